@@ -1,0 +1,2 @@
+//! `firstkey-agent` (placeholder; built out by the lock-side issue).
+fn main() {}
