@@ -1,0 +1,2 @@
+//! Token benchmark (filled in later).
+fn main() {}

@@ -1,0 +1,257 @@
+//! The claims an override token carries, the typed identifiers inside them, and their CBOR labels.
+//!
+//! This module owns the mapping between [`Claims`] and the CWT claims map. It does not sign or
+//! verify anything (see [`crate::token`]) and knows nothing of the lock's state.
+//!
+//! # Claim labels
+//!
+//! | label | name | CBOR type | field |
+//! | --- | --- | --- | --- |
+//! | 1 | `iss` (RFC 8392) | tstr | [`Claims::issuer`]: the municipality's short id |
+//! | 2 | `sub` (RFC 8392) | tstr | [`Claims::subject`]: the responder (or unit) |
+//! | 3 | `aud` (RFC 8392) | tstr | [`Claims::audience`]: the one lock this token opens |
+//! | 4 | `exp` (RFC 8392) | uint | [`Claims::expires_at`] |
+//! | 5 | `nbf` (RFC 8392) | uint | [`Claims::not_before`] |
+//! | 6 | `iat` (RFC 8392) | uint | [`Claims::issued_at`] |
+//! | 7 | `cti` (RFC 8392) | bstr .size 16 | [`Claims::token_id`] |
+//! | 8 | `cnf` (RFC 8747) | `{ 1: COSE_Key }` | [`Claims::confirmation`], optional |
+//! | 9 | `scope` (RFC 9200 §5.10) | tstr | [`Claims::scope`] |
+//! | -65537 | `firstkey` (private use) | `[incident: tstr, grant: bstr .size 16, max_uses: uint]` | [`Claims::incident`], [`Claims::grant`], [`Claims::max_uses`] |
+//!
+//! `scope` uses the registered ACE label rather than a private one: it means exactly what RFC 9200
+//! says. The firstkey-specific claims sit together in one array under a single label from the
+//! IANA "private use" range (< -65536), which costs 6 bytes instead of squatting on the short
+//! labels that are reserved for standards action.
+//!
+//! The `cnf` COSE_Key is either `{1: 1 (OKP), -1: 6 (Ed25519), -2: x}` or
+//! `{1: 2 (EC2), -1: 1 (P-256), -2: x, -3: y}`; no other parameter is allowed.
+//!
+//! Unknown claims are refused rather than ignored: a claim the lock does not understand might
+//! have been meant to restrict access, and ignoring it would widen access.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+
+/// Longest text claim (issuer, subject, incident) in bytes.
+pub const MAX_TEXT_LEN: usize = 64;
+
+/// Longest lock id in bytes.
+pub const MAX_LOCK_ID_LEN: usize = 64;
+
+/// Longest issuer key id in bytes.
+pub const MAX_KEY_ID_LEN: usize = 16;
+
+/// CWT claim label of the firstkey private claim array.
+pub const FIRSTKEY_CLAIM: i64 = -65537;
+
+/// The identity of a lock: the `aud` of every token meant for it.
+///
+/// 1 to 64 bytes of `A-Z a-z 0-9 - _ .`. Keep it short: it is in every token. A 22-character
+/// base64url rendering of 128 random bits (or a 32-character hex uuid) is a good choice.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LockId(String);
+
+impl LockId {
+    /// Parses a lock id, returning `None` if it is empty, longer than 64 bytes, or contains a
+    /// character outside `A-Z a-z 0-9 - _ .`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let valid = !text.is_empty()
+            && text.len() <= MAX_LOCK_ID_LEN
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+        valid.then(|| Self(String::from(text)))
+    }
+
+    /// The lock id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for LockId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LockId({})", self.0)
+    }
+}
+
+impl fmt::Display for LockId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The token id (`cti`): 16 random bytes chosen by the issuer. Replay records are keyed by it.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TokenId(pub [u8; 16]);
+
+impl TokenId {
+    /// The raw bytes.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for TokenId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TokenId({self})")
+    }
+}
+
+impl fmt::Display for TokenId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_hex(f, &self.0)
+    }
+}
+
+/// The grant the token was minted under (the server's grant uuid, as 16 bytes).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GrantId(pub [u8; 16]);
+
+impl GrantId {
+    /// The raw bytes.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for GrantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "GrantId({self})")
+    }
+}
+
+impl fmt::Display for GrantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_hex(f, &self.0)
+    }
+}
+
+/// The id of an issuer signing key (COSE `kid`): 1 to 16 opaque bytes, unique within a bundle.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct KeyId(Vec<u8>);
+
+impl KeyId {
+    /// Parses a key id, returning `None` unless it is 1 to 16 bytes long.
+    pub fn parse(bytes: &[u8]) -> Option<Self> {
+        (!bytes.is_empty() && bytes.len() <= MAX_KEY_ID_LEN).then(|| Self(bytes.to_vec()))
+    }
+
+    /// The raw bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeyId(")?;
+        write_hex(f, &self.0)?;
+        f.write_str(")")
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_hex(f, &self.0)
+    }
+}
+
+/// What the token allows at the door (`scope` claim). Closed: an unknown scope is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// Unlock for the lock's configured hold time. Encoded as the text `"open"`.
+    Open,
+}
+
+impl Scope {
+    /// The text this scope is encoded as.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Open => "open",
+        }
+    }
+
+    /// Parses the encoded text; `None` for any scope this lock does not know.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "open" => Some(Scope::Open),
+            _ => None,
+        }
+    }
+}
+
+/// The key a presenter must prove possession of at the door (RFC 8747 `cnf`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConfirmationKey {
+    /// An Ed25519 public key (32 bytes, RFC 8032 encoding). Proof: an Ed25519 signature over
+    /// [`crate::pop_message`].
+    Ed25519([u8; 32]),
+    /// A P-256 public key as a FIDO2 security key holds it: uncompressed SEC1 point
+    /// `0x04 ‖ x ‖ y` (65 bytes). Proof: a WebAuthn-style assertion (see [`crate::pop`]).
+    P256([u8; 65]),
+}
+
+impl ConfirmationKey {
+    /// A P-256 key from its uncompressed SEC1 encoding (`0x04 ‖ x ‖ y`); `None` if the
+    /// length or prefix is wrong. (Whether the point is on the curve is checked by `ring` at
+    /// proof time; an off-curve key simply never verifies.)
+    pub fn p256_from_sec1(bytes: &[u8]) -> Option<Self> {
+        let point: [u8; 65] = bytes.try_into().ok()?;
+        (point.first() == Some(&0x04)).then_some(ConfirmationKey::P256(point))
+    }
+}
+
+impl fmt::Debug for ConfirmationKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfirmationKey::Ed25519(k) => {
+                f.write_str("Ed25519(")?;
+                write_hex(f, k)?;
+            }
+            ConfirmationKey::P256(k) => {
+                f.write_str("P256(")?;
+                write_hex(f, k)?;
+            }
+        }
+        f.write_str(")")
+    }
+}
+
+/// The claims of an override token.
+///
+/// On the issuer side, fill it in and pass it to [`crate::mint`]; on the lock side, only a
+/// [`crate::VerifiedToken`] hands one out. Text fields are 1 to 64 bytes; every field is
+/// mandatory except [`Claims::confirmation`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claims {
+    /// `iss`: the municipality's short id; must equal the trust bundle's issuer.
+    pub issuer: String,
+    /// `sub`: the responder (or unit) the token was minted for.
+    pub subject: String,
+    /// `aud`: the one lock this token opens.
+    pub audience: LockId,
+    /// `exp`: unix seconds; the token is refused at or after this instant (plus skew).
+    pub expires_at: u64,
+    /// `nbf`: unix seconds; the token is refused before this instant (minus skew).
+    pub not_before: u64,
+    /// `iat`: unix seconds when the server minted the token (informational).
+    pub issued_at: u64,
+    /// `cti`: the token id; replay records are keyed by it.
+    pub token_id: TokenId,
+    /// `scope`: what the token allows.
+    pub scope: Scope,
+    /// The dispatch incident (CAD number), e.g. `25-04711`.
+    pub incident: String,
+    /// The grant the token was minted under.
+    pub grant: GrantId,
+    /// How many times the lock may open for this token (at least 1).
+    pub max_uses: u32,
+    /// `cnf`: the presenter's key; when present, a valid proof of possession is required.
+    pub confirmation: Option<ConfirmationKey>,
+}
+
+fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
+    bytes.iter().try_for_each(|b| write!(f, "{b:02x}"))
+}

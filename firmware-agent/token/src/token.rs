@@ -1,0 +1,191 @@
+//! The override token itself: parsing into an [`UnverifiedToken`], verification into a
+//! [`VerifiedToken`], its identity ([`token_hash`]) and, with the `issuer` feature, [`mint`].
+//!
+//! # Wire form
+//!
+//! An untagged COSE_Sign1 `[protected: bstr, unprotected: {}, payload: bstr, signature: bstr .size 64]`
+//! with protected header exactly `{1: -8 (EdDSA), 4: kid}`, an empty unprotected header, the CWT
+//! claims map of [`crate::claims`] as payload, and an Ed25519 signature over the COSE
+//! `Signature1` structure with empty external AAD. All of it, including the nested header and
+//! claims, in RFC 8949 §4.2.1 core deterministic encoding, at most [`crate::MAX_TOKEN_LEN`] bytes.
+//!
+//! # Verification order (RFC 9200 §5.10.1.1)
+//!
+//! parse (size, CBOR well-formed and canonical, COSE structure, headers, claims) → `kid` is in the
+//! trust bundle → signature → `iss` → `aud` is this lock → time (floor, then `nbf`/`exp` with
+//! skew) → revocation list → replay / use count → proof of possession. The first failure is the
+//! [`Refusal`].
+
+use alloc::vec::Vec;
+use core::fmt;
+
+use crate::bundle::TrustBundle;
+use crate::claims::{Claims, KeyId};
+use crate::lock::{LockView, VerifyOptions};
+use crate::pop::Presentation;
+use crate::refusal::Refusal;
+
+/// SHA-256 of a token's bytes: its identity in revocation lists, receipts and the audit log.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TokenHash(pub [u8; 32]);
+
+impl TokenHash {
+    /// The raw digest.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for TokenHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TokenHash({self})")
+    }
+}
+
+impl fmt::Display for TokenHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+/// SHA-256 of the token bytes.
+pub fn token_hash(bytes: &[u8]) -> TokenHash {
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    TokenHash(out)
+}
+
+/// A token that parsed (canonical, well-formed, supported headers, typed claims) but whose
+/// signature and claims have not been checked. Nothing in it may be trusted; it has no claims
+/// accessor on purpose.
+#[derive(Clone, Debug)]
+pub struct UnverifiedToken {
+    hash: TokenHash,
+    kid: KeyId,
+    claims: Claims,
+    to_be_signed: Vec<u8>,
+    signature: [u8; 64],
+}
+
+/// A token whose signature, issuer, audience, time window, revocation status, use count and
+/// proof of possession all checked out at the `now` it was verified. Only [`verify`] and
+/// [`UnverifiedToken::verify`] make one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedToken {
+    hash: TokenHash,
+    kid: KeyId,
+    claims: Claims,
+}
+
+impl UnverifiedToken {
+    /// Parses token bytes. Refuses (in this order) oversize input, malformed CBOR, trailing
+    /// bytes, indefinite lengths, duplicate map keys, non-canonical encoding, a non-empty
+    /// unprotected header, an algorithm other than EdDSA, critical or unexpected headers, and
+    /// invalid claims.
+    pub fn parse(bytes: &[u8]) -> Result<Self, Refusal> {
+        let _ = bytes;
+        todo!()
+    }
+
+    /// The token's hash (usable for logging a refused token).
+    pub fn hash(&self) -> &TokenHash {
+        &self.hash
+    }
+
+    /// Runs the rest of the verification (trust, time, lock state, proof of possession).
+    pub fn verify(
+        self,
+        trust: &TrustBundle,
+        lock: &impl LockView,
+        presentation: &Presentation<'_>,
+        now: u64,
+        options: &VerifyOptions,
+    ) -> Result<VerifiedToken, Refusal> {
+        let _ = (
+            trust,
+            lock,
+            presentation,
+            now,
+            options,
+            &self.to_be_signed,
+            &self.signature,
+            &self.kid,
+        );
+        todo!()
+    }
+}
+
+impl VerifiedToken {
+    /// The verified claims.
+    pub fn claims(&self) -> &Claims {
+        &self.claims
+    }
+
+    /// SHA-256 of the token bytes.
+    pub fn hash(&self) -> &TokenHash {
+        &self.hash
+    }
+
+    /// The issuer key that signed it.
+    pub fn key_id(&self) -> &KeyId {
+        &self.kid
+    }
+}
+
+/// Parses and verifies token bytes in one go; see [`UnverifiedToken::parse`] and
+/// [`UnverifiedToken::verify`].
+pub fn verify(
+    bytes: &[u8],
+    trust: &TrustBundle,
+    lock: &impl LockView,
+    presentation: &Presentation<'_>,
+    now: u64,
+    options: &VerifyOptions,
+) -> Result<VerifiedToken, Refusal> {
+    UnverifiedToken::parse(bytes)?.verify(trust, lock, presentation, now, options)
+}
+
+/// Why minting (a token, a bundle or a proof) failed.
+#[cfg(feature = "issuer")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MintError {
+    /// A claim is out of range: empty or over-long text, `exp` not after `nbf`, `max_uses` zero,
+    /// a time beyond `i64::MAX`, a small-order Ed25519 `cnf` key.
+    InvalidClaims,
+    /// Bundle content is invalid: no keys, duplicate kids, small-order key, bad issuer or rp id.
+    InvalidBundle,
+    /// The encoded result would exceed its size limit.
+    Oversize,
+    /// CBOR encoding failed (should not happen; reported rather than panicking).
+    Encoding,
+    /// A key could not be generated or loaded, or signing failed.
+    Key,
+}
+
+#[cfg(feature = "issuer")]
+impl fmt::Display for MintError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MintError::InvalidClaims => "invalid claims",
+            MintError::InvalidBundle => "invalid trust bundle content",
+            MintError::Oversize => "encoded result too large",
+            MintError::Encoding => "CBOR encoding failed",
+            MintError::Key => "key generation, loading or signing failed",
+        })
+    }
+}
+
+#[cfg(feature = "issuer")]
+impl core::error::Error for MintError {}
+
+/// Mints an override token: canonical COSE_Sign1 over `claims`, signed by `key` with `kid`.
+#[cfg(feature = "issuer")]
+pub fn mint(
+    claims: &Claims,
+    kid: &KeyId,
+    key: &ring::signature::Ed25519KeyPair,
+) -> Result<Vec<u8>, MintError> {
+    let _ = (claims, kid, key);
+    todo!()
+}
