@@ -24,7 +24,13 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
+use ciborium::value::Value;
+use coset::{CborSerializable, Header, HeaderBuilder, iana};
+use ring::signature::{ED25519, UnparsedPublicKey};
+
 use crate::claims::KeyId;
+use crate::cose;
+use crate::refusal::Refusal;
 
 /// Largest trust bundle accepted, in bytes.
 pub const MAX_BUNDLE_LEN: usize = 8192;
@@ -103,15 +109,40 @@ pub struct TrustBundle {
 impl TrustBundle {
     /// Verifies bundle bytes against the municipality's root key.
     pub fn verify(bytes: &[u8], root: &RootPublicKey) -> Result<Self, BundleError> {
-        let _ = (bytes, root);
-        todo!()
+        let sign1 = cose::split(bytes, MAX_BUNDLE_LEN).map_err(|refusal| match refusal {
+            Refusal::Oversize => BundleError::Oversize,
+            _ => BundleError::Malformed,
+        })?;
+        let header = Header::from_slice(sign1.protected).map_err(|_| BundleError::Malformed)?;
+        if header
+            != HeaderBuilder::new()
+                .algorithm(iana::Algorithm::EdDSA)
+                .build()
+        {
+            return Err(BundleError::Malformed);
+        }
+        let tbs = cose::to_be_signed(sign1.protected, BUNDLE_AAD, sign1.payload);
+        UnparsedPublicKey::new(&ED25519, &root.0)
+            .verify(&tbs, sign1.signature)
+            .map_err(|_| BundleError::BadSignature)?;
+        let contents = decode_contents(sign1.payload)?;
+        Ok(Self {
+            contents,
+            bytes: bytes.to_vec(),
+        })
     }
 
     /// Accepts `bytes` as the successor of `self`: valid root signature, same issuer, strictly
     /// higher version. On error the caller keeps `self`.
     pub fn accept_update(&self, bytes: &[u8], root: &RootPublicKey) -> Result<Self, BundleError> {
-        let _ = (bytes, root);
-        todo!()
+        let next = Self::verify(bytes, root)?;
+        if next.contents.issuer != self.contents.issuer {
+            return Err(BundleError::WrongIssuer);
+        }
+        if next.contents.version <= self.contents.version {
+            return Err(BundleError::NotNewer);
+        }
+        Ok(next)
     }
 
     /// The verified content.
@@ -136,8 +167,13 @@ impl TrustBundle {
 
     /// The Ed25519 public key for `kid`, if the bundle has it.
     pub fn key(&self, kid: &[u8]) -> Option<&[u8; 32]> {
-        let _ = kid;
-        todo!()
+        // Keys are sorted by kid (checked at decode), and bundles are small: a linear scan of a
+        // handful of entries is as fast as a binary search and simpler.
+        self.contents
+            .keys
+            .iter()
+            .find(|k| k.kid.as_bytes() == kid)
+            .map(|k| &k.public_key)
     }
 
     /// The signed bytes, for the agent to persist (re-verify them with [`TrustBundle::verify`] on load).
@@ -152,6 +188,166 @@ pub fn mint_bundle(
     contents: &BundleContents,
     root: &ring::signature::Ed25519KeyPair,
 ) -> Result<Vec<u8>, crate::token::MintError> {
-    let _ = (contents, root);
-    todo!()
+    let mut sorted = contents.clone();
+    sorted.keys.sort_by(|a, b| a.kid.cmp(&b.kid));
+    if !contents_valid(&sorted) || sorted.keys.iter().any(|k| is_small_order(&k.public_key)) {
+        return Err(crate::token::MintError::InvalidBundle);
+    }
+    let keys = sorted
+        .keys
+        .iter()
+        .map(|k| {
+            Value::Array(alloc::vec![
+                Value::Bytes(k.kid.as_bytes().to_vec()),
+                Value::Bytes(k.public_key.to_vec()),
+            ])
+        })
+        .collect();
+    let payload = Value::Map(alloc::vec![
+        (Value::from(1), Value::Text(sorted.issuer.clone())),
+        (Value::from(2), Value::from(sorted.version)),
+        (Value::from(3), Value::Text(sorted.rp_id.clone())),
+        (Value::from(4), Value::Array(keys)),
+    ]);
+    let mut payload_bytes = Vec::new();
+    ciborium::into_writer(&payload, &mut payload_bytes)
+        .map_err(|_| crate::token::MintError::Encoding)?;
+    let protected = HeaderBuilder::new()
+        .algorithm(iana::Algorithm::EdDSA)
+        .build();
+    let bytes = cose::sign(protected, payload_bytes, BUNDLE_AAD, root)?;
+    if bytes.len() > MAX_BUNDLE_LEN {
+        return Err(crate::token::MintError::Oversize);
+    }
+    // Self-check: hand out only what every lock accepts, decoding to what was asked for.
+    let root_public = ring::signature::KeyPair::public_key(root)
+        .as_ref()
+        .try_into()
+        .map_err(|_| crate::token::MintError::Key)?;
+    match TrustBundle::verify(&bytes, &RootPublicKey(root_public)) {
+        Ok(bundle) if bundle.contents == sorted => Ok(bytes),
+        _ => Err(crate::token::MintError::Encoding),
+    }
+}
+
+/// The Ed25519 encodings of points of small order (order 1, 2, 4 or 8), compared with the sign
+/// bit of x masked off, as in libsodium's `ge25519_has_small_order`. Includes the non-canonical
+/// encodings p, p + 1 of y = 0, 1.
+const SMALL_ORDER: [[u8; 32]; 7] = [
+    // y = 0 (order 4)
+    [0; 32],
+    // y = 1: the identity (order 1)
+    [
+        0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0, 0,
+    ],
+    // order 8
+    [
+        0x26, 0xe8, 0x95, 0x8f, 0xc2, 0xb2, 0x27, 0xb0, 0x45, 0xc3, 0xf4, 0x89, 0xf2, 0xef, 0x98,
+        0xf0, 0xd5, 0xdf, 0xac, 0x05, 0xd3, 0xc6, 0x33, 0x39, 0xb1, 0x38, 0x02, 0x88, 0x6d, 0x53,
+        0xfc, 0x05,
+    ],
+    // order 8
+    [
+        0xc7, 0x17, 0x6a, 0x70, 0x3d, 0x4d, 0xd8, 0x4f, 0xba, 0x3c, 0x0b, 0x76, 0x0d, 0x10, 0x67,
+        0x0f, 0x2a, 0x20, 0x53, 0xfa, 0x2c, 0x39, 0xcc, 0xc6, 0x4e, 0xc7, 0xfd, 0x77, 0x92, 0xac,
+        0x03, 0x7a,
+    ],
+    // y = p - 1 (order 2)
+    [
+        0xec, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0x7f,
+    ],
+    // y = p (non-canonical 0, order 4)
+    [
+        0xed, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0x7f,
+    ],
+    // y = p + 1 (non-canonical 1, order 1)
+    [
+        0xee, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0x7f,
+    ],
+];
+
+/// Whether an Ed25519 public key encodes a point of small order (a "weak" key under which
+/// forged signatures verify for many messages).
+pub(crate) fn is_small_order(key: &[u8; 32]) -> bool {
+    let mut masked = *key;
+    masked[31] &= 0x7f;
+    SMALL_ORDER.contains(&masked)
+}
+
+/// Text fields of a bundle: non-empty, at most 64 bytes.
+fn bundle_text_ok(text: &str) -> bool {
+    !text.is_empty() && text.len() <= crate::claims::MAX_TEXT_LEN
+}
+
+/// Content rules shared by minting and decoding (keys must already be sorted).
+fn contents_valid(contents: &BundleContents) -> bool {
+    let sorted_unique = contents
+        .keys
+        .windows(2)
+        .all(|pair| matches!(pair, [a, b] if a.kid < b.kid));
+    bundle_text_ok(&contents.issuer)
+        && bundle_text_ok(&contents.rp_id)
+        && !contents.keys.is_empty()
+        && sorted_unique
+}
+
+/// Decodes the (canonical, already checked) bundle payload.
+fn decode_contents(payload: &[u8]) -> Result<BundleContents, BundleError> {
+    let value: Value = ciborium::from_reader(payload).map_err(|_| BundleError::Malformed)?;
+    let contents = contents_from_value(value).ok_or(BundleError::Malformed)?;
+    if contents.keys.iter().any(|k| is_small_order(&k.public_key)) {
+        return Err(BundleError::WeakKey);
+    }
+    if !contents_valid(&contents) {
+        return Err(BundleError::Malformed);
+    }
+    Ok(contents)
+}
+
+fn contents_from_value(value: Value) -> Option<BundleContents> {
+    let Value::Map(entries) = value else {
+        return None;
+    };
+    let [(l1, issuer), (l2, version), (l3, rp_id), (l4, keys)]: [(Value, Value); 4] =
+        entries.try_into().ok()?;
+    let labels_ok = [l1, l2, l3, l4].iter().zip(1i64..).all(
+        |(label, want)| matches!(label, Value::Integer(i) if i64::try_from(*i).ok() == Some(want)),
+    );
+    if !labels_ok {
+        return None;
+    }
+    let (Value::Text(issuer), Value::Integer(version), Value::Text(rp_id), Value::Array(keys)) =
+        (issuer, version, rp_id, keys)
+    else {
+        return None;
+    };
+    let keys = keys
+        .into_iter()
+        .map(|entry| {
+            let Value::Array(pair) = entry else {
+                return None;
+            };
+            let [Value::Bytes(kid), Value::Bytes(public_key)]: [Value; 2] = pair.try_into().ok()?
+            else {
+                return None;
+            };
+            Some(IssuerKey {
+                kid: KeyId::parse(&kid)?,
+                public_key: public_key.try_into().ok()?,
+            })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(BundleContents {
+        issuer,
+        version: u64::try_from(version).ok()?,
+        rp_id,
+        keys,
+    })
 }

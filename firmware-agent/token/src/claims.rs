@@ -255,3 +255,216 @@ pub struct Claims {
 fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
     bytes.iter().try_for_each(|b| write!(f, "{b:02x}"))
 }
+
+/// Whether a text claim is within bounds.
+fn text_ok(text: &str) -> bool {
+    !text.is_empty() && text.len() <= MAX_TEXT_LEN
+}
+
+impl Claims {
+    /// Whether the claims are internally consistent and within bounds (the rules both minting
+    /// and parsing enforce).
+    pub(crate) fn is_valid(&self) -> bool {
+        let times_fit = [self.expires_at, self.not_before, self.issued_at]
+            .iter()
+            .all(|t| i64::try_from(*t).is_ok());
+        let cnf_ok = match &self.confirmation {
+            Some(ConfirmationKey::Ed25519(key)) => !crate::bundle::is_small_order(key),
+            Some(ConfirmationKey::P256(point)) => point.first() == Some(&0x04),
+            None => true,
+        };
+        text_ok(&self.issuer)
+            && text_ok(&self.subject)
+            && text_ok(&self.incident)
+            && self.expires_at > self.not_before
+            && self.max_uses >= 1
+            && times_fit
+            && cnf_ok
+    }
+
+    /// The CWT claims set, in canonical label order (coset writes the registered claims 1..=7
+    /// in order, then `rest` as given: 8, 9, -65537).
+    #[cfg(feature = "issuer")]
+    pub(crate) fn to_claims_set(&self) -> Option<coset::cwt::ClaimsSet> {
+        use coset::cwt::{ClaimName, ClaimsSet, Timestamp};
+        use coset::iana::CwtClaimName;
+
+        if !self.is_valid() {
+            return None;
+        }
+        let seconds = |t: u64| i64::try_from(t).ok().map(Timestamp::WholeSeconds);
+        let mut rest = Vec::with_capacity(3);
+        if let Some(cnf) = &self.confirmation {
+            rest.push((
+                ClaimName::Assigned(CwtClaimName::Cnf),
+                Value::Map(alloc::vec![(Value::from(1), cose_key(cnf))]),
+            ));
+        }
+        rest.push((
+            ClaimName::Assigned(CwtClaimName::Scope),
+            Value::Text(String::from(self.scope.as_str())),
+        ));
+        rest.push((
+            ClaimName::PrivateUse(FIRSTKEY_CLAIM),
+            Value::Array(alloc::vec![
+                Value::Text(self.incident.clone()),
+                Value::Bytes(self.grant.0.to_vec()),
+                Value::from(self.max_uses),
+            ]),
+        ));
+        Some(ClaimsSet {
+            issuer: Some(self.issuer.clone()),
+            subject: Some(self.subject.clone()),
+            audience: Some(String::from(self.audience.as_str())),
+            expiration_time: Some(seconds(self.expires_at)?),
+            not_before: Some(seconds(self.not_before)?),
+            issued_at: Some(seconds(self.issued_at)?),
+            cwt_id: Some(self.token_id.0.to_vec()),
+            rest,
+        })
+    }
+
+    /// Typed claims from a decoded claims set; `None` if anything is missing, unknown, of the
+    /// wrong type or out of bounds.
+    pub(crate) fn from_claims_set(set: coset::cwt::ClaimsSet) -> Option<Self> {
+        use coset::cwt::{ClaimName, Timestamp};
+        use coset::iana::CwtClaimName;
+
+        let seconds = |t: Option<Timestamp>| match t {
+            Some(Timestamp::WholeSeconds(s)) => u64::try_from(s).ok(),
+            _ => None,
+        };
+        let mut confirmation = None;
+        let mut scope = None;
+        let mut private = None;
+        for (name, value) in set.rest {
+            match name {
+                ClaimName::Assigned(CwtClaimName::Cnf) => confirmation = Some(parse_cnf(value)?),
+                ClaimName::Assigned(CwtClaimName::Scope) => match value {
+                    Value::Text(text) => scope = Some(Scope::parse(&text)?),
+                    _ => return None,
+                },
+                ClaimName::PrivateUse(FIRSTKEY_CLAIM) => private = Some(parse_private(value)?),
+                _ => return None,
+            }
+        }
+        let (incident, grant, max_uses) = private?;
+        let claims = Claims {
+            issuer: set.issuer?,
+            subject: set.subject?,
+            audience: LockId::parse(&set.audience?)?,
+            expires_at: seconds(set.expiration_time)?,
+            not_before: seconds(set.not_before)?,
+            issued_at: seconds(set.issued_at)?,
+            token_id: TokenId(set.cwt_id?.try_into().ok()?),
+            scope: scope?,
+            incident,
+            grant,
+            max_uses,
+            confirmation,
+        };
+        claims.is_valid().then_some(claims)
+    }
+}
+
+use ciborium::value::Value;
+
+/// COSE_Key labels and values used in `cnf`.
+const KTY: i64 = 1;
+const KTY_OKP: i64 = 1;
+const KTY_EC2: i64 = 2;
+const CRV: i64 = -1;
+const CRV_P256: i64 = 1;
+const CRV_ED25519: i64 = 6;
+const X: i64 = -2;
+const Y: i64 = -3;
+
+/// The COSE_Key of a confirmation key, labels in canonical order (1, -1, -2, -3).
+#[cfg(feature = "issuer")]
+fn cose_key(key: &ConfirmationKey) -> Value {
+    match key {
+        ConfirmationKey::Ed25519(x) => Value::Map(alloc::vec![
+            (Value::from(KTY), Value::from(KTY_OKP)),
+            (Value::from(CRV), Value::from(CRV_ED25519)),
+            (Value::from(X), Value::Bytes(x.to_vec())),
+        ]),
+        ConfirmationKey::P256(point) => Value::Map(alloc::vec![
+            (Value::from(KTY), Value::from(KTY_EC2)),
+            (Value::from(CRV), Value::from(CRV_P256)),
+            (
+                Value::from(X),
+                Value::Bytes(point.get(1..33).unwrap_or_default().to_vec())
+            ),
+            (
+                Value::from(Y),
+                Value::Bytes(point.get(33..65).unwrap_or_default().to_vec())
+            ),
+        ]),
+    }
+}
+
+fn int(value: &Value) -> Option<i64> {
+    match value {
+        Value::Integer(i) => i64::try_from(*i).ok(),
+        _ => None,
+    }
+}
+
+fn bytes32(value: Value) -> Option<[u8; 32]> {
+    match value {
+        Value::Bytes(b) => b.try_into().ok(),
+        _ => None,
+    }
+}
+
+/// Parses `{1: COSE_Key}`. The canonical checker already ran, so labels are unique and sorted;
+/// here each position must hold exactly the expected label.
+fn parse_cnf(value: Value) -> Option<ConfirmationKey> {
+    let Value::Map(outer) = value else {
+        return None;
+    };
+    let [(label, key)]: [(Value, Value); 1] = outer.try_into().ok()?;
+    if int(&label)? != 1 {
+        return None;
+    }
+    let Value::Map(params) = key else {
+        return None;
+    };
+    let mut params = params.into_iter();
+    let mut next = |expected: i64| -> Option<Value> {
+        let (label, value) = params.next()?;
+        (int(&label)? == expected).then_some(value)
+    };
+    let kty = int(&next(KTY)?)?;
+    let crv = int(&next(CRV)?)?;
+    let key = match (kty, crv) {
+        (KTY_OKP, CRV_ED25519) => ConfirmationKey::Ed25519(bytes32(next(X)?)?),
+        (KTY_EC2, CRV_P256) => {
+            let x = bytes32(next(X)?)?;
+            let y = bytes32(next(Y)?)?;
+            let mut point = [0u8; 65];
+            point[0] = 0x04;
+            point[1..33].copy_from_slice(&x);
+            point[33..].copy_from_slice(&y);
+            ConfirmationKey::P256(point)
+        }
+        _ => return None,
+    };
+    params.next().is_none().then_some(key)
+}
+
+/// Parses `[incident, grant, max_uses]`.
+fn parse_private(value: Value) -> Option<(String, GrantId, u32)> {
+    let Value::Array(items) = value else {
+        return None;
+    };
+    let [incident, grant, max_uses]: [Value; 3] = items.try_into().ok()?;
+    let Value::Text(incident) = incident else {
+        return None;
+    };
+    let Value::Bytes(grant) = grant else {
+        return None;
+    };
+    let max_uses = u32::try_from(int(&max_uses)?).ok()?;
+    Some((incident, GrantId(grant.try_into().ok()?), max_uses))
+}

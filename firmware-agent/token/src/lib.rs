@@ -32,6 +32,7 @@ extern crate alloc;
 pub mod bundle;
 mod cbor;
 pub mod claims;
+mod cose;
 pub mod lock;
 pub mod pop;
 pub mod refusal;

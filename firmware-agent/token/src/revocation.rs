@@ -9,6 +9,7 @@
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
+use crate::cbor;
 use crate::token::TokenHash;
 
 /// Largest encoded revocation list [`RevocationList::from_cbor`] accepts (about 25 000 entries).
@@ -75,13 +76,54 @@ impl RevocationList {
 
     /// Canonical CBOR: an array of `[hash: bstr .size 32, exp: uint]`, sorted by hash.
     pub fn to_cbor(&self) -> Vec<u8> {
-        todo!()
+        let mut out = Vec::with_capacity(self.entries.len().saturating_mul(45).saturating_add(9));
+        cbor::push_head(
+            &mut out,
+            4,
+            u64::try_from(self.entries.len()).unwrap_or(u64::MAX),
+        );
+        for (hash, expires_at) in &self.entries {
+            cbor::push_head(&mut out, 4, 2);
+            cbor::push_bstr_head(&mut out, 32);
+            out.extend_from_slice(hash.as_bytes());
+            cbor::push_head(&mut out, 0, *expires_at);
+        }
+        out
     }
 
     /// Decodes what [`RevocationList::to_cbor`] wrote; refuses anything else (non-canonical,
     /// unsorted or duplicate entries, trailing bytes, more than [`MAX_REVOCATION_LIST_LEN`] bytes).
     pub fn from_cbor(bytes: &[u8]) -> Result<Self, RevocationListDecodeError> {
-        let _ = bytes;
-        todo!()
+        Self::decode(bytes).ok_or(RevocationListDecodeError)
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() > MAX_REVOCATION_LIST_LEN {
+            return None;
+        }
+        cbor::check_canonical(bytes).ok()?;
+        let (4, count, mut rest) = cbor::head(bytes)? else {
+            return None;
+        };
+        let mut entries = BTreeMap::new();
+        let mut previous: Option<TokenHash> = None;
+        for _ in 0..count {
+            let (4, 2, after) = cbor::head(rest)? else {
+                return None;
+            };
+            let (hash, after) = cbor::bstr(after)?;
+            let hash = TokenHash(hash.try_into().ok()?);
+            let (0, expires_at, after) = cbor::head(after)? else {
+                return None;
+            };
+            // Strictly increasing: sorted and free of duplicates, as `to_cbor` writes it.
+            if previous.is_some_and(|p| p >= hash) {
+                return None;
+            }
+            previous = Some(hash);
+            entries.insert(hash, expires_at);
+            rest = after;
+        }
+        Some(Self { entries })
     }
 }

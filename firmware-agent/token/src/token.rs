@@ -19,11 +19,20 @@
 use alloc::vec::Vec;
 use core::fmt;
 
+use coset::cwt::ClaimsSet;
+use coset::{Algorithm, CborSerializable, Header, iana};
+use ring::signature::{ED25519, UnparsedPublicKey};
+
+use crate::MAX_TOKEN_LEN;
 use crate::bundle::TrustBundle;
 use crate::claims::{Claims, KeyId};
+use crate::cose;
 use crate::lock::{LockView, VerifyOptions};
-use crate::pop::Presentation;
+use crate::pop::{self, Presentation, Proof, pop_message};
 use crate::refusal::Refusal;
+
+#[cfg(feature = "issuer")]
+use coset::HeaderBuilder;
 
 /// SHA-256 of a token's bytes: its identity in revocation lists, receipts and the audit log.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -65,7 +74,7 @@ pub struct UnverifiedToken {
     kid: KeyId,
     claims: Claims,
     to_be_signed: Vec<u8>,
-    signature: [u8; 64],
+    signature: Option<[u8; 64]>,
 }
 
 /// A token whose signature, issuer, audience, time window, revocation status, use count and
@@ -84,8 +93,21 @@ impl UnverifiedToken {
     /// unprotected header, an algorithm other than EdDSA, critical or unexpected headers, and
     /// invalid claims.
     pub fn parse(bytes: &[u8]) -> Result<Self, Refusal> {
-        let _ = bytes;
-        todo!()
+        let sign1 = cose::split(bytes, MAX_TOKEN_LEN)?;
+        let kid = parse_protected(sign1.protected)?;
+        let claims = ClaimsSet::from_slice(sign1.payload)
+            .ok()
+            .and_then(Claims::from_claims_set)
+            .ok_or(Refusal::InvalidClaims)?;
+        // A wrong-length signature cannot verify; refuse it as a bad signature, in order.
+        let signature = <[u8; 64]>::try_from(sign1.signature).ok();
+        Ok(Self {
+            hash: token_hash(bytes),
+            kid,
+            claims,
+            to_be_signed: cose::to_be_signed(sign1.protected, &[], sign1.payload),
+            signature,
+        })
     }
 
     /// The token's hash (usable for logging a refused token).
@@ -102,18 +124,79 @@ impl UnverifiedToken {
         now: u64,
         options: &VerifyOptions,
     ) -> Result<VerifiedToken, Refusal> {
-        let _ = (
-            trust,
-            lock,
-            presentation,
-            now,
-            options,
-            &self.to_be_signed,
-            &self.signature,
-            &self.kid,
-        );
-        todo!()
+        // kid → signature
+        let key = trust.key(self.kid.as_bytes()).ok_or(Refusal::UnknownKey)?;
+        let signature = self.signature.ok_or(Refusal::BadSignature)?;
+        UnparsedPublicKey::new(&ED25519, key)
+            .verify(&self.to_be_signed, &signature)
+            .map_err(|_| Refusal::BadSignature)?;
+        let claims = self.claims;
+        // iss → aud
+        if claims.issuer != trust.issuer() {
+            return Err(Refusal::WrongIssuer);
+        }
+        if &claims.audience != lock.lock_id() {
+            return Err(Refusal::WrongLock);
+        }
+        // time: floor first, so a clock set back cannot revive anything
+        if now < lock.time_floor() {
+            return Err(Refusal::ClockBehindFloor);
+        }
+        if now < claims.not_before.saturating_sub(options.skew_secs) {
+            return Err(Refusal::NotYetValid);
+        }
+        if now >= claims.expires_at.saturating_add(options.skew_secs) {
+            return Err(Refusal::Expired);
+        }
+        // revocation → replay / use count
+        if lock.is_revoked(&self.hash) {
+            return Err(Refusal::Revoked);
+        }
+        if lock.uses(&claims.token_id) >= claims.max_uses {
+            return Err(if claims.max_uses == 1 {
+                Refusal::Replayed
+            } else {
+                Refusal::UsesExhausted
+            });
+        }
+        // proof of possession
+        match &claims.confirmation {
+            Some(cnf) => {
+                let proof = Proof::from_cbor(presentation.proof.ok_or(Refusal::ProofMissing)?)?;
+                let message = pop_message(presentation.challenge, lock.lock_id(), &self.hash);
+                pop::check_proof(cnf, &proof, &message, trust.rp_id())?;
+            }
+            None if options.require_proof_of_possession => {
+                return Err(Refusal::NoConfirmationKey);
+            }
+            None => {}
+        }
+        Ok(VerifiedToken {
+            hash: self.hash,
+            kid: self.kid,
+            claims,
+        })
     }
+}
+
+/// Checks the protected header is exactly `{1: -8, 4: kid}` and returns the kid.
+fn parse_protected(protected: &[u8]) -> Result<KeyId, Refusal> {
+    let header = Header::from_slice(protected).map_err(|_| Refusal::Malformed)?;
+    if header.alg != Some(Algorithm::Assigned(iana::Algorithm::EdDSA)) {
+        return Err(Refusal::AlgorithmNotEdDsa);
+    }
+    if !header.crit.is_empty() {
+        return Err(Refusal::UnknownCriticalHeader);
+    }
+    let only_alg_and_kid = header.content_type.is_none()
+        && header.iv.is_empty()
+        && header.partial_iv.is_empty()
+        && header.counter_signatures.is_empty()
+        && header.rest.is_empty();
+    if !only_alg_and_kid {
+        return Err(Refusal::UnexpectedHeader);
+    }
+    KeyId::parse(&header.key_id).ok_or(Refusal::UnexpectedHeader)
 }
 
 impl VerifiedToken {
@@ -186,6 +269,19 @@ pub fn mint(
     kid: &KeyId,
     key: &ring::signature::Ed25519KeyPair,
 ) -> Result<Vec<u8>, MintError> {
-    let _ = (claims, kid, key);
-    todo!()
+    let set = claims.to_claims_set().ok_or(MintError::InvalidClaims)?;
+    let payload = set.to_vec().map_err(|_| MintError::Encoding)?;
+    let protected = HeaderBuilder::new()
+        .algorithm(iana::Algorithm::EdDSA)
+        .key_id(kid.as_bytes().to_vec())
+        .build();
+    let bytes = cose::sign(protected, payload, &[], key)?;
+    if bytes.len() > MAX_TOKEN_LEN {
+        return Err(MintError::Oversize);
+    }
+    // Only hand out what every verifier accepts: canonical, and parsing back to the same claims.
+    match UnverifiedToken::parse(&bytes) {
+        Ok(parsed) if parsed.claims == *claims => Ok(bytes),
+        _ => Err(MintError::Encoding),
+    }
 }
