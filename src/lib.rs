@@ -1,1 +1,22 @@
-//! placeholder
+//! firstkey: the municipal server that gets first responders through smart-locked doors in an
+//! emergency, and proves afterwards that nobody else got in.
+//!
+//! Layout (top-down):
+//! - [`cli`]: the `firstkey` command line (serve, migrate, demo, openapi).
+//! - [`settings`]: the one typed configuration, defaults → `firstkey.toml` → `FIRSTKEY_*`.
+//! - [`server`]: opening the database (configured or embedded default), migrating, serving.
+//! - [`http`]: actix-web application, middleware, problem-details errors, OpenAPI.
+//! - [`store`]: PostgreSQL pool, migrations (`sql/`), tenant-scoped repositories.
+//! - [`domain`]: typed values parsed at the boundary.
+//! - [`demo`]: the seeded demo municipality.
+//! - [`clock`], [`telemetry`]: time source and logging.
+
+pub mod cli;
+pub mod clock;
+pub mod demo;
+pub mod domain;
+pub mod http;
+pub mod server;
+pub mod settings;
+pub mod store;
+pub mod telemetry;

@@ -1,2 +1,5 @@
-//! placeholder
-fn main() {}
+//! The `firstkey` binary; everything lives in the library.
+
+fn main() -> std::process::ExitCode {
+    firstkey::cli::main()
+}

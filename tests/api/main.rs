@@ -1,1 +1,9 @@
-fn main(){}
+//! The server's black-box test binary: one binary, one module per area.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod health;
+mod helpers;
+mod migrations;
+mod openapi;
+mod startup;
+mod tenancy;

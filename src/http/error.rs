@@ -1,0 +1,123 @@
+//! The one place core errors become HTTP: [`ApiError`] renders RFC 9457 problem details. The client
+//! gets a fixed, external message; the internal cause goes to the log with the request's span.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+use crate::domain::ParseError;
+use crate::store::StoreError;
+
+/// An error on its way to an HTTP client.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request was malformed; the detail is safe to show (it names the bad input).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// Missing or unusable credentials.
+    #[error("unauthenticated")]
+    Unauthenticated,
+    /// The resource does not exist, or the caller may not know that it exists.
+    #[error("not found")]
+    NotFound,
+    /// The request conflicts with the current state.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// A dependency (the database) is unavailable; retrying later may succeed.
+    #[error("service unavailable")]
+    Unavailable(#[source] anyhow::Error),
+    /// A fault of ours.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+/// RFC 9457 problem details body.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// A URI reference identifying the problem type.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Short, human-readable summary of the problem type.
+    pub title: String,
+    /// The HTTP status code.
+    pub status: u16,
+    /// Explanation specific to this occurrence, safe for the client.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl ApiError {
+    fn parts(&self) -> (&'static str, &'static str, Option<String>) {
+        match self {
+            Self::BadRequest(d) => ("bad-request", "The request is not valid", Some(d.clone())),
+            Self::Unauthenticated => ("unauthenticated", "Authentication is required", None),
+            Self::NotFound => ("not-found", "No such resource", None),
+            Self::Conflict(d) => (
+                "conflict",
+                "The request conflicts with the current state",
+                Some(d.clone()),
+            ),
+            Self::Unavailable(_) => (
+                "unavailable",
+                "The service is temporarily unavailable",
+                None,
+            ),
+            Self::Internal(_) => ("internal", "Internal error", None),
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let Self::Unavailable(cause) | Self::Internal(cause) = self {
+            tracing::error!(error = ?cause, "request failed");
+        }
+        let status = self.status_code();
+        let (kind, title, detail) = self.parts();
+        let problem = Problem {
+            kind: format!("https://firstkey.invalid/problems/{kind}"),
+            title: title.to_owned(),
+            status: status.as_u16(),
+            detail,
+        };
+        HttpResponse::build(status)
+            .content_type(PROBLEM_JSON)
+            .json(problem)
+    }
+}
+
+/// The `application/problem+json` media type.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => Self::NotFound,
+            StoreError::Conflict(c) => Self::Conflict(format!("violates {c}")),
+            StoreError::Unavailable(_) => Self::Unavailable(e.into()),
+            StoreError::Query(_) | StoreError::Migration(_) => Self::Internal(e.into()),
+        }
+    }
+}
+
+impl From<ParseError> for ApiError {
+    fn from(e: ParseError) -> Self {
+        Self::BadRequest(e.to_string())
+    }
+}
+
+/// Turns actix's JSON/path/query extractor failures into problem details.
+pub fn extractor_error(err: impl std::fmt::Display) -> actix_web::Error {
+    ApiError::BadRequest(err.to_string()).into()
+}

@@ -1,0 +1,176 @@
+//! The HTTP surface: [`Application`] binds its listener, wires middleware (tracing with request ids,
+//! metrics, security headers) and routes. Handlers are a few lines: extract, call one core function,
+//! map the result; [`error::ApiError`] is the only place core errors meet status codes.
+
+pub mod error;
+pub mod health;
+pub mod metrics;
+pub mod openapi;
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+
+use actix_web::dev::Server;
+use actix_web::middleware::{DefaultHeaders, from_fn};
+use actix_web::{App, HttpResponse, HttpServer, web};
+use anyhow::Context;
+use deadpool_postgres::Pool;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tracing_actix_web::TracingLogger;
+
+use crate::clock::Clock;
+use crate::settings::{Settings, TlsFiles};
+use metrics::Metrics;
+
+/// Shared state of every request handler.
+pub struct AppState {
+    /// Database pool.
+    pub pool: Pool,
+    /// Time source.
+    pub clock: Arc<dyn Clock>,
+    /// Loaded configuration.
+    pub settings: Settings,
+}
+
+/// A bound, not yet running, HTTP server.
+pub struct Application {
+    server: Server,
+    local_addr: SocketAddr,
+    scheme: &'static str,
+}
+
+impl Application {
+    /// Binds `settings.listen` (port 0 picks a free port) and prepares the server over `pool`.
+    pub fn build(settings: Settings, pool: Pool, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(settings.listen)
+            .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        let local_addr = listener.local_addr()?;
+        let tls = settings.tls.as_ref().map(server_tls_config).transpose()?;
+        let hsts = settings.public_origin.as_str().starts_with("https://");
+        let metrics = web::Data::new(Metrics::new().context("metrics registry")?);
+        let state = web::Data::new(AppState {
+            pool,
+            clock,
+            settings,
+        });
+        let factory = move || {
+            let mut headers = DefaultHeaders::new()
+                .add(("X-Content-Type-Options", "nosniff"))
+                .add(("X-Frame-Options", "DENY"))
+                .add(("Referrer-Policy", "no-referrer"))
+                .add((
+                    "Content-Security-Policy",
+                    "default-src 'none'; frame-ancestors 'none'",
+                ))
+                .add(("Cross-Origin-Opener-Policy", "same-origin"))
+                .add(("Cross-Origin-Resource-Policy", "same-origin"))
+                .add((
+                    "Permissions-Policy",
+                    "camera=(), microphone=(), geolocation=()",
+                ))
+                .add(("Cache-Control", "no-store"));
+            if hsts {
+                headers = headers.add((
+                    "Strict-Transport-Security",
+                    "max-age=63072000; includeSubDomains",
+                ));
+            }
+            App::new()
+                .app_data(state.clone())
+                .app_data(metrics.clone())
+                .app_data(
+                    web::JsonConfig::default()
+                        .limit(64 * 1024)
+                        .error_handler(|e, _| error::extractor_error(e)),
+                )
+                .app_data(
+                    web::PathConfig::default().error_handler(|e, _| error::extractor_error(e)),
+                )
+                .app_data(
+                    web::QueryConfig::default().error_handler(|e, _| error::extractor_error(e)),
+                )
+                .wrap(from_fn(metrics::observe))
+                .wrap(headers)
+                .wrap(TracingLogger::default())
+                .configure(routes)
+                .default_service(web::to(|| async {
+                    Err::<HttpResponse, _>(error::ApiError::NotFound)
+                }))
+        };
+        let server = HttpServer::new(factory).shutdown_timeout(10);
+        let (server, scheme) = match tls {
+            Some(config) => (server.listen_rustls_0_23(listener, config)?, "https"),
+            None => (server.listen(listener)?, "http"),
+        };
+        Ok(Self {
+            server: server.run(),
+            local_addr,
+            scheme,
+        })
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.local_addr.port()
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// `http` or `https`.
+    pub fn scheme(&self) -> &'static str {
+        self.scheme
+    }
+
+    /// Runs until the server is stopped (SIGINT/SIGTERM).
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
+
+/// All routes. Keep in step with [`openapi::ApiDoc`]; a test fails when the document drifts.
+fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(health::healthz)
+        .service(health::readyz)
+        .service(health::metrics)
+        .service(
+            web::resource("/api/openapi.json")
+                .route(web::get().to(|| async { HttpResponse::Ok().json(openapi::document()) })),
+        );
+}
+
+/// Loads the PEM chain and key into a rustls server config using the ring provider.
+fn server_tls_config(files: &TlsFiles) -> anyhow::Result<rustls::ServerConfig> {
+    let certs = CertificateDer::pem_file_iter(&files.cert)
+        .with_context(|| format!("setting `tls_cert`: cannot read {}", files.cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| {
+            format!(
+                "setting `tls_cert`: {} is not a PEM certificate chain",
+                files.cert.display()
+            )
+        })?;
+    if certs.is_empty() {
+        anyhow::bail!(
+            "setting `tls_cert`: {} holds no certificate",
+            files.cert.display()
+        );
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key).with_context(|| {
+        format!(
+            "setting `tls_key`: {} holds no usable private key",
+            files.key.display()
+        )
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("setting `tls_key`: the key does not match the certificate")?;
+    Ok(config)
+}

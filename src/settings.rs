@@ -1,0 +1,385 @@
+//! Configuration: one typed [`Settings`], loaded from defaults → an optional `firstkey.toml` →
+//! `FIRSTKEY_*` environment variables (`FIRSTKEY_DATABASE_URL`, `FIRSTKEY_SMTP__RELAY`, …).
+//!
+//! Every value is parsed here, once; a bad value fails start-up with an error that names the setting.
+//! This module does not open connections or files beyond reading the configuration file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+/// Everything the server needs to know about its surroundings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// PostgreSQL connection URL. `None` selects the embedded default (see `store::embedded`).
+    pub database_url: Option<SecretString>,
+    /// Address the HTTP(S) listener binds; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// The public origin users reach the server at; it is also the WebAuthn relying party.
+    pub public_origin: PublicOrigin,
+    /// Certificate chain and private key for HTTPS; plain HTTP when absent.
+    pub tls: Option<TlsFiles>,
+    /// SMTP relay for outgoing mail; mail waits in the outbox when absent.
+    pub smtp: Option<SmtpSettings>,
+    /// Directory holding issuer signing keys (mode 0700, files 0600).
+    pub key_dir: PathBuf,
+    /// Directory for the private PostgreSQL cluster of the embedded default.
+    pub embedded_pg_dir: PathBuf,
+    /// Log output format.
+    pub log_format: LogFormat,
+    /// Maximum number of pooled database connections.
+    pub db_pool_size: usize,
+}
+
+/// The origin (scheme, host, optional port) the server is reached at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicOrigin {
+    url: String,
+    host: String,
+}
+
+impl PublicOrigin {
+    /// Parses an origin such as `https://firstkey.example.org` or `http://localhost:8080`.
+    pub fn parse(input: &str) -> Result<Self, String> {
+        let (scheme, rest) = input
+            .split_once("://")
+            .ok_or_else(|| "must look like https://host[:port]".to_owned())?;
+        if scheme != "https" && scheme != "http" {
+            return Err(format!("scheme must be https or http, not {scheme:?}"));
+        }
+        if rest.is_empty() || rest.contains(['/', '?', '#', '@', ' ']) {
+            return Err(
+                "must be an origin only: scheme, host and optional port, no path".to_owned(),
+            );
+        }
+        let host = match rest.rsplit_once(':') {
+            Some((host, port)) if !host.ends_with(']') || rest.starts_with('[') => {
+                port.parse::<u16>()
+                    .map_err(|_| format!("port {port:?} is not a number from 0 to 65535"))?;
+                host
+            }
+            _ => rest,
+        };
+        if host.is_empty() {
+            return Err("host is empty".to_owned());
+        }
+        if scheme == "http" && !matches!(host, "localhost" | "127.0.0.1" | "[::1]") {
+            return Err("plain http is only allowed for localhost; use https".to_owned());
+        }
+        Ok(Self {
+            url: input.to_owned(),
+            host: host.to_owned(),
+        })
+    }
+
+    /// The origin as written, e.g. `https://firstkey.example.org`.
+    pub fn as_str(&self) -> &str {
+        &self.url
+    }
+
+    /// The host name: the WebAuthn relying-party id.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+}
+
+/// Paths of the PEM certificate chain and private key for HTTPS.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, SEC1 or PKCS#1).
+    pub key: PathBuf,
+}
+
+/// How to reach the SMTP relay.
+#[derive(Debug, Clone)]
+pub struct SmtpSettings {
+    /// Relay URL in lettre's form, e.g. `smtp://127.0.0.1:2525` or `smtps://user:pass@relay:465`.
+    pub relay: SecretString,
+    /// Sender address of every mail.
+    pub from: String,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A setting that could not be loaded, naming the setting and what was wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// A value was present but unusable.
+    #[error("setting `{setting}` is invalid: {reason}")]
+    Invalid {
+        /// The setting's name as written in `firstkey.toml` (environment: `FIRSTKEY_` + upper case).
+        setting: String,
+        /// What was wrong with it.
+        reason: String,
+    },
+    /// The configuration file or environment could not be read as configuration.
+    #[error("configuration could not be read: {0}")]
+    Unreadable(String),
+}
+
+/// The raw shape of the configuration sources, before parsing.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSettings {
+    database_url: Option<String>,
+    listen: String,
+    public_origin: String,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    smtp_relay: Option<String>,
+    smtp_from: String,
+    key_dir: PathBuf,
+    embedded_pg_dir: PathBuf,
+    log_format: String,
+    db_pool_size: usize,
+}
+
+impl Default for RawSettings {
+    fn default() -> Self {
+        Self {
+            database_url: None,
+            listen: "127.0.0.1:8080".to_owned(),
+            public_origin: "http://localhost:8080".to_owned(),
+            tls_cert: None,
+            tls_key: None,
+            smtp_relay: None,
+            smtp_from: "firstkey <noreply@localhost>".to_owned(),
+            key_dir: PathBuf::from(".firstkey/keys"),
+            embedded_pg_dir: PathBuf::from(".firstkey/pg"),
+            log_format: "pretty".to_owned(),
+            db_pool_size: 16,
+        }
+    }
+}
+
+impl Settings {
+    /// Loads defaults, then `config_file` if it exists (an explicitly named file must exist), then
+    /// `FIRSTKEY_*` variables from `env`.
+    pub fn load(
+        config_file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, SettingsError> {
+        let mut figment = Figment::from(Serialized::defaults(RawSettings::default()));
+        match config_file {
+            Some(path) => {
+                if !path.is_file() {
+                    return Err(SettingsError::Invalid {
+                        setting: "--config".to_owned(),
+                        reason: format!("{} does not exist or is not a file", path.display()),
+                    });
+                }
+                figment = figment.merge(Toml::file(path));
+            }
+            None => figment = figment.merge(Toml::file("firstkey.toml")),
+        }
+        let vars: Vec<(String, String)> = env
+            .into_iter()
+            .filter_map(|(k, v)| {
+                k.strip_prefix("FIRSTKEY_")
+                    .map(|rest| (rest.to_ascii_lowercase(), v))
+            })
+            // Test-only variables share the prefix but are not settings.
+            .filter(|(k, _)| !k.starts_with("test_"))
+            .collect();
+        for (key, value) in vars {
+            // Parsed as `figment::providers::Env` would: numbers and booleans become typed values.
+            let value: figment::value::Value = value
+                .parse()
+                .unwrap_or_else(|_| figment::value::Value::from(value));
+            figment = figment.merge(Serialized::global(&key, value));
+        }
+        let raw: RawSettings = figment.extract().map_err(|e| {
+            let setting = e.path.join(".");
+            if setting.is_empty() {
+                SettingsError::Unreadable(e.to_string())
+            } else {
+                SettingsError::Invalid {
+                    setting,
+                    reason: e.kind.to_string(),
+                }
+            }
+        })?;
+        Self::parse(raw)
+    }
+
+    /// Loads from the process environment.
+    pub fn from_process(config_file: Option<&Path>) -> Result<Self, SettingsError> {
+        Self::load(config_file, std::env::vars())
+    }
+
+    fn parse(raw: RawSettings) -> Result<Self, SettingsError> {
+        let invalid = |setting: &str, reason: String| SettingsError::Invalid {
+            setting: setting.to_owned(),
+            reason,
+        };
+        let database_url = match raw.database_url.filter(|u| !u.trim().is_empty()) {
+            None => None,
+            Some(url) => {
+                url.parse::<tokio_postgres::Config>().map_err(|e| {
+                    invalid(
+                        "database_url",
+                        format!("not a PostgreSQL connection string ({e})"),
+                    )
+                })?;
+                Some(SecretString::from(url))
+            }
+        };
+        let listen = raw.listen.parse::<SocketAddr>().map_err(|_| {
+            invalid(
+                "listen",
+                format!("{:?} is not an address like 127.0.0.1:8080", raw.listen),
+            )
+        })?;
+        let public_origin = PublicOrigin::parse(&raw.public_origin)
+            .map_err(|reason| invalid("public_origin", reason))?;
+        let tls = match (raw.tls_cert, raw.tls_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => {
+                for (name, path) in [("tls_cert", &cert), ("tls_key", &key)] {
+                    if !path.is_file() {
+                        return Err(invalid(
+                            name,
+                            format!("{} is not a readable file", path.display()),
+                        ));
+                    }
+                }
+                Some(TlsFiles { cert, key })
+            }
+            (Some(_), None) => {
+                return Err(invalid(
+                    "tls_key",
+                    "tls_cert is set but tls_key is not".to_owned(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "tls_cert",
+                    "tls_key is set but tls_cert is not".to_owned(),
+                ));
+            }
+        };
+        let smtp = match raw.smtp_relay.filter(|r| !r.trim().is_empty()) {
+            None => None,
+            Some(relay) => {
+                if !(relay.starts_with("smtp://") || relay.starts_with("smtps://")) {
+                    return Err(invalid(
+                        "smtp_relay",
+                        "must start with smtp:// or smtps://".to_owned(),
+                    ));
+                }
+                Some(SmtpSettings {
+                    relay: SecretString::from(relay),
+                    from: raw.smtp_from,
+                })
+            }
+        };
+        let log_format = match raw.log_format.as_str() {
+            "pretty" => LogFormat::Pretty,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(invalid(
+                    "log_format",
+                    format!("{other:?} is neither \"pretty\" nor \"json\""),
+                ));
+            }
+        };
+        if raw.db_pool_size == 0 || raw.db_pool_size > 1024 {
+            return Err(invalid(
+                "db_pool_size",
+                "must be between 1 and 1024".to_owned(),
+            ));
+        }
+        Ok(Self {
+            database_url,
+            listen,
+            public_origin,
+            tls,
+            smtp,
+            key_dir: raw.key_dir,
+            embedded_pg_dir: raw.embedded_pg_dir,
+            log_format,
+            db_pool_size: raw.db_pool_size,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_load() {
+        let s = Settings::load(Some(Path::new("/nonexistent")), env(&[])).unwrap_err();
+        assert!(s.to_string().contains("--config"));
+        let s = Settings::load(None, env(&[])).unwrap();
+        assert_eq!(s.listen.port(), 8080);
+        assert!(s.database_url.is_none());
+        assert_eq!(s.public_origin.host(), "localhost");
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        for (var, value, setting) in [
+            ("FIRSTKEY_LISTEN", "nowhere", "listen"),
+            ("FIRSTKEY_PUBLIC_ORIGIN", "ftp://x", "public_origin"),
+            (
+                "FIRSTKEY_PUBLIC_ORIGIN",
+                "http://example.org",
+                "public_origin",
+            ),
+            (
+                "FIRSTKEY_PUBLIC_ORIGIN",
+                "https://example.org/path",
+                "public_origin",
+            ),
+            ("FIRSTKEY_LOG_FORMAT", "xml", "log_format"),
+            ("FIRSTKEY_DB_POOL_SIZE", "0", "db_pool_size"),
+            ("FIRSTKEY_DB_POOL_SIZE", "many", "db_pool_size"),
+            ("FIRSTKEY_SMTP_RELAY", "mail.example.org", "smtp_relay"),
+            ("FIRSTKEY_TLS_CERT", "/nonexistent.pem", "tls_key"),
+            ("FIRSTKEY_DATABASE_URL", "postgres://a b@", "database_url"),
+        ] {
+            let err = Settings::load(None, env(&[(var, value)])).unwrap_err();
+            assert!(
+                err.to_string().contains(&format!("`{setting}`")),
+                "{var}={value}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_setting_is_refused() {
+        let err = Settings::load(None, env(&[("FIRSTKEY_LISTEN_ADRESS", "x")])).unwrap_err();
+        assert!(err.to_string().contains("listen_adress"), "{err}");
+    }
+
+    #[test]
+    fn origin_parsing() {
+        let o = PublicOrigin::parse("https://firstkey.example.org:8443").unwrap();
+        assert_eq!(o.host(), "firstkey.example.org");
+        assert!(PublicOrigin::parse("https://").is_err());
+        assert!(PublicOrigin::parse("https://h:99999").is_err());
+        assert!(PublicOrigin::parse("http://127.0.0.1:1").is_ok());
+    }
+}

@@ -1,0 +1,134 @@
+//! Liveness, readiness, metrics, error bodies and security headers, over real HTTP.
+
+use std::time::Duration;
+
+use crate::helpers::{spawn_app, spawn_app_behind_proxy};
+
+#[tokio::test]
+async fn healthz_answers_with_security_headers_and_request_id() {
+    let app = spawn_app().await;
+    let response = app.get("/healthz").await;
+    assert_eq!(response.status(), 200);
+    let headers = response.headers();
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert_eq!(headers["x-frame-options"], "DENY");
+    assert_eq!(headers["cache-control"], "no-store");
+    assert!(
+        headers["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("default-src 'none'")
+    );
+    let id = headers["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(id.len(), 36, "request id is a UUID: {id}");
+    let other = app.get("/healthz").await;
+    assert_ne!(
+        other.headers()["x-request-id"].to_str().unwrap(),
+        id,
+        "each request gets its own id"
+    );
+}
+
+#[tokio::test]
+async fn readyz_is_200_on_a_migrated_database() {
+    let app = spawn_app().await;
+    let response = app.get("/readyz").await;
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "ready");
+    assert_eq!(body["schema_version"], body["expected_schema_version"]);
+}
+
+#[tokio::test]
+async fn readyz_is_503_while_the_schema_is_behind() {
+    let app = spawn_app().await;
+    app.pool
+        .get()
+        .await
+        .unwrap()
+        .batch_execute("DELETE FROM refinery_schema_history")
+        .await
+        .unwrap();
+    let response = app.get("/readyz").await;
+    assert_eq!(response.status(), 503);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["database"], true);
+    assert_eq!(body["schema_version"], serde_json::Value::Null);
+}
+
+#[tokio::test]
+async fn readyz_follows_the_database_away_and_back_without_restart() {
+    let app = spawn_app_behind_proxy().await;
+    let proxy = app.proxy.as_ref().unwrap();
+    assert_eq!(app.get("/readyz").await.status(), 200);
+
+    proxy.take_down().await;
+    let response = app.get("/readyz").await;
+    assert_eq!(response.status(), 503);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["database"], false);
+    assert_eq!(
+        app.get("/healthz").await.status(),
+        200,
+        "liveness does not depend on the database"
+    );
+
+    proxy.bring_up();
+    let mut status = 0;
+    for _ in 0..50 {
+        status = app.get("/readyz").await.status().as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200, "ready again once the database is back");
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_and_show_the_pool() {
+    let app = spawn_app().await;
+    for _ in 0..3 {
+        app.get("/healthz").await;
+    }
+    app.get("/no/such/path/12345").await;
+    let response = app.get("/metrics").await;
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = response.text().await.unwrap();
+    assert!(
+        text.contains(
+            r#"firstkey_http_requests_total{method="GET",route="/healthz",status="200"} 3"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("firstkey_http_request_duration_seconds_bucket"),
+        "{text}"
+    );
+    assert!(text.contains("firstkey_db_pool_connections"), "{text}");
+    assert!(
+        !text.contains("12345"),
+        "raw paths never become label values"
+    );
+}
+
+#[tokio::test]
+async fn unknown_paths_get_problem_details() {
+    let app = spawn_app().await;
+    let response = app.get("/api/v1/nothing-here").await;
+    assert_eq!(response.status(), 404);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["status"], 404);
+    assert!(body["type"].as_str().unwrap().ends_with("/not-found"));
+    assert!(body["title"].is_string());
+}
