@@ -19,8 +19,9 @@
 use alloc::vec::Vec;
 use core::fmt;
 
+use ciborium::value::Value;
+use coset::CborSerializable;
 use coset::cwt::ClaimsSet;
-use coset::{Algorithm, CborSerializable, Header, iana};
 use ring::signature::{ED25519, UnparsedPublicKey};
 
 use crate::MAX_TOKEN_LEN;
@@ -32,7 +33,7 @@ use crate::pop::{self, Presentation, Proof, pop_message};
 use crate::refusal::Refusal;
 
 #[cfg(feature = "issuer")]
-use coset::HeaderBuilder;
+use coset::{HeaderBuilder, iana};
 
 /// SHA-256 of a token's bytes: its identity in revocation lists, receipts and the audit log.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -180,23 +181,45 @@ impl UnverifiedToken {
 }
 
 /// Checks the protected header is exactly `{1: -8, 4: kid}` and returns the kid.
+///
+/// Decoded as plain CBOR values rather than a coset `Header`: coset cannot represent an
+/// unregistered label inside `crit`, and that is exactly the case that must be refused precisely.
 fn parse_protected(protected: &[u8]) -> Result<KeyId, Refusal> {
-    let header = Header::from_slice(protected).map_err(|_| Refusal::Malformed)?;
-    if header.alg != Some(Algorithm::Assigned(iana::Algorithm::EdDSA)) {
-        return Err(Refusal::AlgorithmNotEdDsa);
+    const ALG: i128 = 1;
+    const CRIT: i128 = 2;
+    const KID: i128 = 4;
+    const EDDSA: i128 = -8;
+
+    let Ok(Value::Map(entries)) = ciborium::from_reader::<Value, _>(protected) else {
+        return Err(Refusal::Malformed);
+    };
+    let label = |value: &Value| match value {
+        Value::Integer(i) => Some(i128::from(*i)),
+        _ => None,
+    };
+    let find = |wanted: i128| {
+        entries
+            .iter()
+            .find(|(k, _)| label(k) == Some(wanted))
+            .map(|(_, v)| v)
+    };
+    match find(ALG) {
+        Some(Value::Integer(alg)) if i128::from(*alg) == EDDSA => {}
+        _ => return Err(Refusal::AlgorithmNotEdDsa),
     }
-    if !header.crit.is_empty() {
+    if find(CRIT).is_some() {
         return Err(Refusal::UnknownCriticalHeader);
     }
-    let only_alg_and_kid = header.content_type.is_none()
-        && header.iv.is_empty()
-        && header.partial_iv.is_empty()
-        && header.counter_signatures.is_empty()
-        && header.rest.is_empty();
-    if !only_alg_and_kid {
+    if entries
+        .iter()
+        .any(|(k, _)| !matches!(label(k), Some(ALG | KID)))
+    {
         return Err(Refusal::UnexpectedHeader);
     }
-    KeyId::parse(&header.key_id).ok_or(Refusal::UnexpectedHeader)
+    match find(KID) {
+        Some(Value::Bytes(kid)) => KeyId::parse(kid).ok_or(Refusal::UnexpectedHeader),
+        _ => Err(Refusal::UnexpectedHeader),
+    }
 }
 
 impl VerifiedToken {
