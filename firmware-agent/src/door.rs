@@ -1,0 +1,190 @@
+//! The tap decision: challenge, verify, record, actuate, answer, in that order.
+//!
+//! [`Door`] owns the [`Store`], the [`Actuator`] and the [`Clock`]. It is synchronous and does
+//! blocking fsyncs; the socket server in [`crate::tap_server`] runs it on a blocking thread.
+//! Ordering for crash safety: the time floor is raised durably before deciding; the receipt (which
+//! is also the replay record) is fsynced before the door opens; the presenter is answered last.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use firstkey_token::{Challenge, Presentation, Refusal};
+use ring::rand::SecureRandom;
+
+use crate::actuator::{Actuator, OpenRequest};
+use crate::clock::Clock;
+use crate::protocol::tap::{Outcome, PresenterMessage, TapAck};
+use crate::protocol::{Bytes, FrameError};
+use crate::receipt::ReceiptBody;
+use crate::state::{StateError, Store};
+
+/// Receipt reason for an allow.
+pub const REASON_OK: &str = "ok";
+/// Receipt reason when the presenter's frame could not be decoded.
+pub const REASON_MALFORMED_FRAME: &str = "malformed_frame";
+/// Receipt reason when the lock has no trust bundle yet.
+pub const REASON_NO_TRUST_BUNDLE: &str = "no_trust_bundle";
+/// Receipt reason for a deny written after an allow whose actuator failed.
+pub const REASON_ACTUATOR_FAILED: &str = "actuator_failed";
+
+/// The outcome of one tap, as sent to the presenter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TapDecision {
+    /// Allow or deny.
+    pub outcome: Outcome,
+    /// The signed acknowledgement of the receipt.
+    pub ack: TapAck,
+}
+
+/// The lock: state, door hardware and clock.
+pub struct Door {
+    store: Store,
+    actuator: Box<dyn Actuator>,
+    clock: Arc<dyn Clock>,
+    rng: ring::rand::SystemRandom,
+}
+
+impl std::fmt::Debug for Door {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Door")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Door {
+    /// A door over an open store.
+    pub fn new(store: Store, actuator: Box<dyn Actuator>, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            store,
+            actuator,
+            clock,
+            rng: ring::rand::SystemRandom::new(),
+        }
+    }
+
+    /// The store (read access).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The store (write access, for the channel).
+    pub fn store_mut(&mut self) -> &mut Store {
+        &mut self.store
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Raise the time floor to the clock's reading (durably); the daemon also calls this
+    /// periodically so the floor advances without taps.
+    pub fn tick(&mut self) -> Result<(), StateError> {
+        let now = self.clock.now();
+        self.store.raise_floor(now)
+    }
+
+    /// A fresh random challenge for a new tap.
+    pub fn new_challenge(&self) -> Result<Challenge, StateError> {
+        let mut c = [0u8; 32];
+        self.rng
+            .fill(&mut c)
+            .map_err(|_| StateError::Invalid("system random number generator failed".into()))?;
+        Ok(Challenge(c))
+    }
+
+    /// Decide one tap. `presented` is the presenter's decoded message, or the reason it could not
+    /// be decoded (a malformed or oversize frame is a deny with a receipt).
+    pub fn decide(
+        &mut self,
+        challenge: &Challenge,
+        presented: Result<PresenterMessage, FrameError>,
+    ) -> Result<TapDecision, StateError> {
+        let now = self.clock.now();
+        self.store.raise_floor(now)?;
+        let mut body = ReceiptBody {
+            version: 0,
+            lock_id: self.store.lock_id().to_string(),
+            seq: 0,
+            time: now,
+            prev: Bytes([0; 32]),
+            outcome: Outcome::Deny,
+            reason: String::new(),
+            token_hash: None,
+            token_id: None,
+            expires_at: None,
+        };
+        match presented {
+            Err(_) => body.reason = REASON_MALFORMED_FRAME.into(),
+            Ok(PresenterMessage::Present { token, proof }) => {
+                body.token_hash = Some(Bytes(firstkey_token::token_hash(&token).0));
+                match self.store.trust_bundle() {
+                    None => body.reason = REASON_NO_TRUST_BUNDLE.into(),
+                    Some(bundle) => {
+                        let presentation = Presentation {
+                            challenge,
+                            proof: proof.as_deref().map(|p| p.as_slice()),
+                        };
+                        let options = self.store.verify_options();
+                        let verdict: Result<_, Refusal> = firstkey_token::verify(
+                            &token,
+                            bundle,
+                            &self.store,
+                            &presentation,
+                            now,
+                            &options,
+                        );
+                        match verdict {
+                            Ok(verified) => {
+                                let claims = verified.claims();
+                                body.outcome = Outcome::Allow;
+                                body.reason = REASON_OK.into();
+                                body.token_id = Some(Bytes(claims.token_id.0));
+                                body.expires_at = Some(claims.expires_at);
+                            }
+                            Err(refusal) => body.reason = refusal.code().into(),
+                        }
+                    }
+                }
+            }
+        }
+        // Durable before the door moves and before the presenter hears anything.
+        let mut receipt = self.store.append_receipt(body.clone())?;
+        tracing::info!(
+            receipt_seq = receipt.body.seq,
+            outcome = ?receipt.body.outcome,
+            reason = %receipt.body.reason,
+            "tap decided"
+        );
+        if receipt.body.outcome == Outcome::Allow {
+            let hold = Duration::from_millis(self.store.config().hold_ms);
+            if let Err(e) = self.actuator.open(OpenRequest {
+                receipt_seq: receipt.body.seq,
+                hold,
+            }) {
+                tracing::error!(error = %e, "actuator failed; recording a deny");
+                body.outcome = Outcome::Deny;
+                body.reason = REASON_ACTUATOR_FAILED.into();
+                receipt = self.store.append_receipt(body)?;
+            }
+        }
+        let outcome = receipt.body.outcome;
+        let signed = TapAck::signed_bytes(
+            &challenge.0,
+            self.store.lock_id().as_str(),
+            receipt.body.seq,
+            &receipt.hash,
+            outcome,
+        );
+        let signature = self.store.device_key().sign(&signed).as_ref().to_vec();
+        Ok(TapDecision {
+            outcome,
+            ack: TapAck {
+                seq: receipt.body.seq,
+                receipt_hash: Bytes(receipt.hash),
+                signature,
+            },
+        })
+    }
+}

@@ -1,0 +1,238 @@
+//! The agent channel: frames exchanged over TLS between a lock agent and any server replica.
+//!
+//! ```text
+//! server → agent  ServerMessage::Challenge { version, nonce[32] }
+//! agent  → server AgentMessage::Hello { version, lock_id, device_public_key, resume_after, signature }
+//! server → agent  ServerMessage::Welcome { receipts_through }      (or Error, then close)
+//! then, in any interleaving:
+//! server → agent  Inbox { seq, message }        agent → server  Ack { seq }
+//! agent  → server Receipts { receipts }         server → agent  ReceiptsAck { through }
+//! agent  → server Status { battery_percent, … } agent → server  Ping / server → agent Pong
+//! ```
+//! See `PROTOCOL.md` for the sequence and idempotency rules.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Bytes, FrameError, decode, encode};
+
+/// Hard cap on a channel frame's payload (a receipt batch or a trust bundle fits easily).
+pub const MAX_CHANNEL_FRAME: usize = 256 * 1024;
+
+/// Most receipts an agent puts in one `Receipts` frame.
+pub const MAX_RECEIPTS_PER_FRAME: usize = 64;
+
+/// Domain separation for the handshake signature.
+const AUTH_DOMAIN: &[u8] = b"firstkey-agent-auth-v1";
+
+/// Messages from the server to an agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerMessage {
+    /// First frame on every connection: a fresh nonce the agent must sign.
+    Challenge {
+        /// [`super::PROTOCOL_VERSION`].
+        version: u16,
+        /// 32 fresh random bytes.
+        nonce: Bytes<32>,
+    },
+    /// The agent is authenticated; `receipts_through` is the highest receipt sequence number the
+    /// server already holds for this lock (0 for none), so the agent can skip those.
+    Welcome {
+        /// Highest stored receipt sequence number.
+        receipts_through: u64,
+    },
+    /// One inbox message, in strictly increasing `seq` order (gaps allowed).
+    Inbox {
+        /// Per-lock inbox sequence number.
+        seq: u64,
+        /// What to apply.
+        message: InboxMessage,
+    },
+    /// Receipts up to and including `through` are stored durably on the server.
+    ReceiptsAck {
+        /// Highest receipt sequence number stored, contiguous from the first.
+        through: u64,
+    },
+    /// Answer to [`AgentMessage::Ping`].
+    Pong,
+    /// The server is closing the connection for this reason.
+    Error {
+        /// Machine-readable reason.
+        code: ErrorCode,
+    },
+}
+
+/// What the server can deliver to a lock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InboxMessage {
+    /// An override token minted for this lock (pre-staged; informational, not needed to tap).
+    Token {
+        /// COSE_Sign1 bytes as minted.
+        #[serde(with = "serde_bytes")]
+        token: Vec<u8>,
+    },
+    /// Revoke the token whose SHA-256 is `token_hash` until `expires_at` (its `exp`).
+    Revocation {
+        /// SHA-256 of the token's bytes.
+        token_hash: Bytes<32>,
+        /// The token's expiry (Unix seconds); the entry may be pruned after it.
+        expires_at: u64,
+    },
+    /// A signed trust bundle; applied only if newer than the current one and root-signed.
+    TrustBundle {
+        /// The bundle's bytes as the token crate encodes them.
+        #[serde(with = "serde_bytes")]
+        bundle: Vec<u8>,
+    },
+}
+
+/// Why the server closes a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The agent speaks a protocol version the server does not.
+    UnsupportedVersion,
+    /// Bad handshake signature, unknown lock, or a public key that is not this lock's paired key.
+    AuthenticationFailed,
+    /// A frame could not be decoded or arrived out of turn.
+    Malformed,
+    /// A receipt failed verification, or conflicts with a stored receipt of the same sequence.
+    ReceiptRejected,
+    /// The server failed; retry later.
+    Internal,
+}
+
+/// Messages from an agent to the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentMessage {
+    /// The agent's answer to [`ServerMessage::Challenge`].
+    Hello {
+        /// [`super::PROTOCOL_VERSION`].
+        version: u16,
+        /// The lock's id.
+        lock_id: String,
+        /// The 32-byte Ed25519 device public key.
+        device_public_key: Bytes<32>,
+        /// Deliver inbox messages with `seq` greater than this (the last one applied).
+        resume_after: u64,
+        /// Ed25519 signature over [`auth_signed_bytes`].
+        #[serde(with = "serde_bytes")]
+        signature: Vec<u8>,
+    },
+    /// The inbox message `seq` (and every earlier one) is applied durably.
+    Ack {
+        /// Inbox sequence number.
+        seq: u64,
+    },
+    /// Signed receipts in sequence order, each as stored in the lock's chain.
+    Receipts {
+        /// Encoded signed receipts (see the `receipt` module), at most [`MAX_RECEIPTS_PER_FRAME`].
+        receipts: Vec<serde_bytes::ByteBuf>,
+    },
+    /// Health report.
+    Status {
+        /// Battery charge in percent, if the lock knows it.
+        battery_percent: Option<u8>,
+        /// Version of the trust bundle in force (0 for none).
+        bundle_version: u64,
+        /// The lock's monotonic time floor (Unix seconds).
+        time_floor: u64,
+    },
+    /// Keep-alive; the server answers [`ServerMessage::Pong`].
+    Ping,
+}
+
+/// The bytes the device key signs in [`AgentMessage::Hello`]: domain ‖ nonce ‖ u16 BE length ‖
+/// lock id ‖ u16 BE length ‖ server name. Binding the server name stops a signature made for one
+/// server from being relayed to another.
+pub fn auth_signed_bytes(nonce: &[u8; 32], lock_id: &str, server_name: &str) -> Vec<u8> {
+    let mut m = Vec::with_capacity(AUTH_DOMAIN.len() + 32 + 4 + lock_id.len() + server_name.len());
+    m.extend_from_slice(AUTH_DOMAIN);
+    m.extend_from_slice(nonce);
+    for part in [lock_id.as_bytes(), server_name.as_bytes()] {
+        m.extend_from_slice(&u16::try_from(part.len()).unwrap_or(u16::MAX).to_be_bytes());
+        m.extend_from_slice(part);
+    }
+    m
+}
+
+/// Server side: check a `Hello` signature against the nonce it sent and its own name.
+pub fn verify_hello(
+    device_public_key: &[u8; 32],
+    nonce: &[u8; 32],
+    lock_id: &str,
+    server_name: &str,
+    signature: &[u8],
+) -> bool {
+    let msg = auth_signed_bytes(nonce, lock_id, server_name);
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, device_public_key)
+        .verify(&msg, signature)
+        .is_ok()
+}
+
+/// Decode a server message.
+pub fn decode_server_message(payload: &[u8]) -> Result<ServerMessage, FrameError> {
+    decode(payload)
+}
+
+/// Decode an agent message.
+pub fn decode_agent_message(payload: &[u8]) -> Result<AgentMessage, FrameError> {
+    decode(payload)
+}
+
+/// Encode a server message.
+pub fn encode_server_message(msg: &ServerMessage) -> Result<Vec<u8>, FrameError> {
+    encode(msg)
+}
+
+/// Encode an agent message.
+pub fn encode_agent_message(msg: &AgentMessage) -> Result<Vec<u8>, FrameError> {
+    encode(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_auth() {
+        use ring::signature::KeyPair;
+        let rng = ring::rand::SystemRandom::new();
+        let pk8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let kp = ring::signature::Ed25519KeyPair::from_pkcs8(pk8.as_ref()).unwrap();
+        let pubkey: [u8; 32] = kp.public_key().as_ref().try_into().unwrap();
+        let nonce = [3u8; 32];
+        let sig = kp.sign(&auth_signed_bytes(&nonce, "lock", "srv"));
+        let hello = AgentMessage::Hello {
+            version: 1,
+            lock_id: "lock".into(),
+            device_public_key: Bytes(pubkey),
+            resume_after: 5,
+            signature: sig.as_ref().to_vec(),
+        };
+        let bytes = encode_agent_message(&hello).unwrap();
+        assert_eq!(decode_agent_message(&bytes).unwrap(), hello);
+        assert!(verify_hello(&pubkey, &nonce, "lock", "srv", sig.as_ref()));
+        assert!(!verify_hello(
+            &pubkey,
+            &nonce,
+            "lock",
+            "other",
+            sig.as_ref()
+        ));
+        assert!(!verify_hello(
+            &pubkey,
+            &[4; 32],
+            "lock",
+            "srv",
+            sig.as_ref()
+        ));
+        let inbox = ServerMessage::Inbox {
+            seq: 9,
+            message: InboxMessage::Revocation {
+                token_hash: Bytes([1; 32]),
+                expires_at: 100,
+            },
+        };
+        let bytes = encode_server_message(&inbox).unwrap();
+        assert_eq!(decode_server_message(&bytes).unwrap(), inbox);
+    }
+}

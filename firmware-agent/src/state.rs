@@ -1,0 +1,846 @@
+//! The agent's state directory and everything it keeps there, written crash-safely.
+//!
+//! Layout of the state directory:
+//!
+//! | file | contents | written by |
+//! | --- | --- | --- |
+//! | `config.json` | lock id, root public key, server address, hold time | `init` |
+//! | `device.pk8` (0600) | Ed25519 device key, PKCS#8 | `init` |
+//! | `server-ca.pem` | CA certificate(s) that sign the server's TLS certificate | `init` |
+//! | `floor` | monotonic time floor, Unix seconds | before every decision |
+//! | `receipts.log` | append-only log of signed receipts (the hash chain) | every decision |
+//! | `replay.cbor` | replay records (`cti` → uses, expiry) folded out of compacted receipts | compaction |
+//! | `channel.cbor` | last applied inbox seq, trust bundle, revocation list, pre-staged tokens | every inbox message |
+//! | `uploaded` | highest receipt seq the server acknowledged | receipt acks |
+//! | `actuator.log` | simulated door events | the simulated actuator |
+//! | `lock` | held with an exclusive file lock while a [`Store`] is open | |
+//!
+//! Crash-safety rules: small files are replaced atomically ([`durable::write_atomic`]); receipts
+//! are appended and fsynced. An allow receipt *is* the durable replay record for its `cti`, so
+//! recording the use and recording the receipt are one fsynced append, made before the door
+//! opens and before the presenter is answered. Replay state is rebuilt at open from
+//! `replay.cbor` plus every receipt newer than the snapshot; over-counting after a crash between
+//! the two steps of compaction is impossible because the snapshot records which receipt it
+//! covers.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+
+use firstkey_token::{
+    LockId, LockView, RevocationList, RootPublicKey, TokenHash, TokenId, TrustBundle,
+};
+use ring::signature::{Ed25519KeyPair, KeyPair};
+use serde::{Deserialize, Serialize};
+
+use crate::durable::{self, AppendLog};
+use crate::protocol::Bytes;
+use crate::protocol::channel::InboxMessage;
+use crate::receipt::{self, ChainHead, ReceiptBody, VerifiedReceipt};
+
+/// Most pre-staged tokens kept; the oldest are dropped first.
+const MAX_STAGED_TOKENS: usize = 64;
+
+/// Receipts kept in `receipts.log` after upload before compaction drops them.
+const COMPACT_AFTER: usize = 4096;
+
+/// Errors from the state directory.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A file's contents are not what the agent wrote.
+    #[error("{path}: {what}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+    /// Another agent process holds this state directory.
+    #[error("state directory {0} is in use by another agent process")]
+    Busy(PathBuf),
+    /// `init` found an existing state directory.
+    #[error("state directory {0} is already initialised")]
+    AlreadyInitialised(PathBuf),
+    /// A value given to `init` is invalid.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
+    move |source| StateError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn corrupt(path: &Path, what: impl Into<String>) -> StateError {
+    StateError::Corrupt {
+        path: path.to_path_buf(),
+        what: what.into(),
+    }
+}
+
+/// Paths inside a state directory.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    /// A state directory at `root` (not checked).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// A file in it.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    /// Default tap socket path.
+    pub fn tap_socket(&self) -> PathBuf {
+        self.file("tap.sock")
+    }
+}
+
+/// Where the channel connects.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerConfig {
+    /// `host:port` to connect to.
+    pub address: String,
+    /// The TLS server name to verify (and sign into the handshake).
+    pub server_name: String,
+}
+
+/// Settings written by `init`, in `config.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentConfig {
+    /// The lock id (token `aud`).
+    pub lock_id: String,
+    /// The municipality's root Ed25519 public key, hex.
+    pub root_public_key: String,
+    /// The server, if the lock has one (a lock without works offline only).
+    pub server: Option<ServerConfig>,
+    /// How long the door stays unlocked after an allow, in milliseconds.
+    pub hold_ms: u64,
+    /// Clock skew allowance for `nbf`/`exp`, in seconds.
+    pub skew_secs: u64,
+}
+
+/// What `init` needs.
+#[derive(Debug, Clone)]
+pub struct InitParams {
+    /// Lock id.
+    pub lock_id: String,
+    /// Root public key, 32 bytes.
+    pub root_public_key: [u8; 32],
+    /// Optional first trust bundle (verified against the root key).
+    pub trust_bundle: Option<Vec<u8>>,
+    /// Optional server.
+    pub server: Option<ServerConfig>,
+    /// Optional server CA certificate(s), PEM.
+    pub server_ca_pem: Option<Vec<u8>>,
+    /// Door hold time in milliseconds.
+    pub hold_ms: u64,
+    /// Clock skew allowance in seconds.
+    pub skew_secs: u64,
+}
+
+/// Result of `init`: what to tell the installer.
+#[derive(Debug, Clone)]
+pub struct Initialised {
+    /// The new device public key.
+    pub device_public_key: [u8; 32],
+}
+
+/// Create a state directory: device key, config, optional bundle and CA. Refuses to overwrite.
+pub fn init(dir: &StateDir, params: &InitParams) -> Result<Initialised, StateError> {
+    let root = dir.root();
+    std::fs::create_dir_all(root).map_err(io_err(root))?;
+    let config_path = dir.file("config.json");
+    if config_path.exists() || dir.file("device.pk8").exists() {
+        return Err(StateError::AlreadyInitialised(root.to_path_buf()));
+    }
+    if LockId::parse(&params.lock_id).is_none() {
+        return Err(StateError::Invalid(
+            "lock id: 1 to 64 characters of A-Z a-z 0-9 - _ .".into(),
+        ));
+    }
+    let root_key = RootPublicKey(params.root_public_key);
+    let bundle = match &params.trust_bundle {
+        Some(bytes) => Some(
+            TrustBundle::verify(bytes, &root_key)
+                .map_err(|e| StateError::Invalid(format!("trust bundle: {e}")))?,
+        ),
+        None => None,
+    };
+    let rng = ring::rand::SystemRandom::new();
+    let pk8 = Ed25519KeyPair::generate_pkcs8(&rng)
+        .map_err(|_| StateError::Invalid("could not generate the device key".into()))?;
+    let key = Ed25519KeyPair::from_pkcs8(pk8.as_ref())
+        .map_err(|_| StateError::Invalid("could not load the generated device key".into()))?;
+    let device_key_path = dir.file("device.pk8");
+    durable::write_atomic(&device_key_path, pk8.as_ref(), 0o600)
+        .map_err(io_err(&device_key_path))?;
+    if let Some(pem) = &params.server_ca_pem {
+        let p = dir.file("server-ca.pem");
+        durable::write_atomic(&p, pem, 0o644).map_err(io_err(&p))?;
+    }
+    let channel = ChannelState {
+        last_seq: 0,
+        bundle,
+        revocations: RevocationList::new(),
+        staged_tokens: Vec::new(),
+    };
+    channel.persist(dir)?;
+    let config = AgentConfig {
+        lock_id: params.lock_id.clone(),
+        root_public_key: hex::encode(params.root_public_key),
+        server: params.server.clone(),
+        hold_ms: params.hold_ms,
+        skew_secs: params.skew_secs,
+    };
+    let json = serde_json::to_vec_pretty(&config)
+        .map_err(|e| StateError::Invalid(format!("config: {e}")))?;
+    // The config is written last: its presence marks a complete init.
+    durable::write_atomic(&config_path, &json, 0o644).map_err(io_err(&config_path))?;
+    let mut device_public_key = [0u8; 32];
+    device_public_key.copy_from_slice(key.public_key().as_ref());
+    Ok(Initialised { device_public_key })
+}
+
+/// Channel-delivered state, replaced atomically as one file so that applying an inbox message
+/// and recording its sequence number are one step.
+#[derive(Debug, Clone)]
+struct ChannelState {
+    last_seq: u64,
+    bundle: Option<TrustBundle>,
+    revocations: RevocationList,
+    staged_tokens: Vec<Vec<u8>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ChannelStateWire {
+    last_seq: u64,
+    bundle: Option<serde_bytes::ByteBuf>,
+    #[serde(with = "serde_bytes")]
+    revocations: Vec<u8>,
+    staged_tokens: Vec<serde_bytes::ByteBuf>,
+}
+
+impl ChannelState {
+    fn load(dir: &StateDir, root: &RootPublicKey) -> Result<Self, StateError> {
+        let path = dir.file("channel.cbor");
+        let bytes = durable::read_optional(&path)
+            .map_err(io_err(&path))?
+            .ok_or_else(|| corrupt(&path, "missing"))?;
+        let wire: ChannelStateWire =
+            crate::protocol::decode(&bytes).map_err(|_| corrupt(&path, "not channel state"))?;
+        let bundle = match wire.bundle {
+            Some(b) => Some(
+                TrustBundle::verify(&b, root)
+                    .map_err(|e| corrupt(&path, format!("stored trust bundle: {e}")))?,
+            ),
+            None => None,
+        };
+        let revocations = RevocationList::from_cbor(&wire.revocations)
+            .map_err(|e| corrupt(&path, format!("revocation list: {e}")))?;
+        Ok(Self {
+            last_seq: wire.last_seq,
+            bundle,
+            revocations,
+            staged_tokens: wire
+                .staged_tokens
+                .into_iter()
+                .map(|b| b.into_vec())
+                .collect(),
+        })
+    }
+
+    fn persist(&self, dir: &StateDir) -> Result<(), StateError> {
+        let path = dir.file("channel.cbor");
+        let wire = ChannelStateWire {
+            last_seq: self.last_seq,
+            bundle: self
+                .bundle
+                .as_ref()
+                .map(|b| serde_bytes::ByteBuf::from(b.as_bytes().to_vec())),
+            revocations: self.revocations.to_cbor(),
+            staged_tokens: self
+                .staged_tokens
+                .iter()
+                .map(|t| serde_bytes::ByteBuf::from(t.clone()))
+                .collect(),
+        };
+        let bytes = crate::protocol::encode(&wire)
+            .map_err(|_| corrupt(&path, "could not encode channel state"))?;
+        durable::write_atomic(&path, &bytes, 0o600).map_err(io_err(&path))
+    }
+}
+
+/// Uses recorded for one token id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplayEntry {
+    /// Times the door opened for it.
+    pub uses: u32,
+    /// The token's `exp`.
+    pub expires_at: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ReplaySnapshot {
+    /// Receipts with seq ≤ this are folded into `entries`.
+    covers_seq: u64,
+    entries: Vec<(Bytes<16>, ReplayEntry)>,
+}
+
+/// What happened to an inbox message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// Applied and recorded durably.
+    Applied,
+    /// Already applied earlier (seq not above the last applied); nothing changed.
+    Duplicate,
+    /// Recorded as handled but refused (e.g. a bundle that is not newer); the reason is for the log.
+    Refused(String),
+}
+
+/// A snapshot of the agent's state for `status` and the channel's `Status` message.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// Lock id.
+    pub lock_id: String,
+    /// Device public key, hex.
+    pub device_public_key: String,
+    /// Trust bundle version (0 for none).
+    pub bundle_version: u64,
+    /// Monotonic time floor.
+    pub time_floor: u64,
+    /// Last applied inbox sequence number.
+    pub inbox_seq: u64,
+    /// Receipts in the chain head.
+    pub receipt_seq: u64,
+    /// Receipts acknowledged by the server.
+    pub uploaded_through: u64,
+    /// Receipts waiting for upload.
+    pub pending_uploads: u64,
+    /// Revocation list entries.
+    pub revocations: usize,
+    /// Replay records.
+    pub replay_records: usize,
+    /// Pre-staged tokens.
+    pub staged_tokens: usize,
+    /// Server address, if any.
+    pub server: Option<String>,
+}
+
+/// The open state directory, held exclusively by one process.
+pub struct Store {
+    dir: StateDir,
+    _lock: File,
+    config: AgentConfig,
+    lock_id: LockId,
+    root: RootPublicKey,
+    device_key: Ed25519KeyPair,
+    device_public_key: [u8; 32],
+    receipts: AppendLog,
+    /// Seq of the first record in `receipts.log` minus one, and its `prev`.
+    log_base: ChainHead,
+    head: ChainHead,
+    replay: BTreeMap<TokenId, ReplayEntry>,
+    replay_covers: u64,
+    floor: u64,
+    channel: ChannelState,
+    uploaded_through: u64,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.dir)
+            .field("lock_id", &self.lock_id)
+            .field("head", &self.head.seq)
+            .finish_non_exhaustive()
+    }
+}
+
+fn read_u64_file(path: &Path) -> Result<u64, StateError> {
+    match durable::read_optional(path).map_err(io_err(path))? {
+        None => Ok(0),
+        Some(bytes) => std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| corrupt(path, "not a number")),
+    }
+}
+
+fn load_config(dir: &StateDir) -> Result<(AgentConfig, LockId, RootPublicKey), StateError> {
+    let path = dir.file("config.json");
+    let bytes = durable::read_optional(&path)
+        .map_err(io_err(&path))?
+        .ok_or_else(|| {
+            StateError::Invalid(format!(
+                "{} is not initialised (run `firstkey-agent init`)",
+                dir.root().display()
+            ))
+        })?;
+    let config: AgentConfig =
+        serde_json::from_slice(&bytes).map_err(|e| corrupt(&path, e.to_string()))?;
+    let lock_id = LockId::parse(&config.lock_id).ok_or_else(|| corrupt(&path, "bad lock id"))?;
+    let root = hex::decode(&config.root_public_key)
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+        .map(RootPublicKey)
+        .ok_or_else(|| corrupt(&path, "bad root public key"))?;
+    Ok((config, lock_id, root))
+}
+
+fn load_device_key(dir: &StateDir) -> Result<Ed25519KeyPair, StateError> {
+    let path = dir.file("device.pk8");
+    let pk8 = durable::read_optional(&path)
+        .map_err(io_err(&path))?
+        .ok_or_else(|| corrupt(&path, "missing"))?;
+    Ed25519KeyPair::from_pkcs8(&pk8).map_err(|_| corrupt(&path, "not an Ed25519 PKCS#8 key"))
+}
+
+/// Verify the records of `receipts.log` as one chain segment and return (base, head).
+fn check_log(
+    path: &Path,
+    records: &[Vec<u8>],
+    device_public_key: &[u8],
+    lock_id: &str,
+) -> Result<(ChainHead, ChainHead, Vec<VerifiedReceipt>), StateError> {
+    let mut verified = Vec::with_capacity(records.len());
+    for r in records {
+        verified.push(
+            receipt::verify_one(r, device_public_key)
+                .map_err(|e| corrupt(path, format!("receipt: {e}")))?,
+        );
+    }
+    let base = match verified.first() {
+        Some(first) => ChainHead {
+            seq: first.body.seq.saturating_sub(1),
+            hash: first.body.prev.0,
+        },
+        None => ChainHead::GENESIS,
+    };
+    let head = receipt::verify_chain(
+        records.iter().map(Vec::as_slice),
+        device_public_key,
+        lock_id,
+        base,
+    )
+    .map_err(|e| corrupt(path, format!("receipt chain: {e}")))?;
+    Ok((base, head, verified))
+}
+
+impl Store {
+    /// Open the state directory, taking its exclusive lock, recovering any torn receipt, and
+    /// rebuilding replay state.
+    pub fn open(dir: &StateDir) -> Result<Self, StateError> {
+        let lock_path = dir.file("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StateError::Busy(dir.root().to_path_buf()));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_err(&lock_path)(e)),
+        }
+        let (config, lock_id, root) = load_config(dir)?;
+        let device_key = load_device_key(dir)?;
+        let mut device_public_key = [0u8; 32];
+        device_public_key.copy_from_slice(device_key.public_key().as_ref());
+
+        let log_path = dir.file("receipts.log");
+        let (receipts, recovery) = AppendLog::open(&log_path).map_err(io_err(&log_path))?;
+        if recovery.truncated_bytes > 0 {
+            tracing::warn!(
+                bytes = recovery.truncated_bytes,
+                "receipt log had a torn tail from a crash; truncated"
+            );
+        }
+        let (log_base, head, verified) = check_log(
+            &log_path,
+            receipts.records(),
+            &device_public_key,
+            lock_id.as_str(),
+        )?;
+
+        let replay_path = dir.file("replay.cbor");
+        let (mut replay, replay_covers) =
+            match durable::read_optional(&replay_path).map_err(io_err(&replay_path))? {
+                None => (BTreeMap::new(), 0),
+                Some(bytes) => {
+                    let snap: ReplaySnapshot = crate::protocol::decode(&bytes)
+                        .map_err(|_| corrupt(&replay_path, "not a replay snapshot"))?;
+                    let map = snap
+                        .entries
+                        .into_iter()
+                        .map(|(id, e)| (TokenId(id.0), e))
+                        .collect::<BTreeMap<_, _>>();
+                    (map, snap.covers_seq)
+                }
+            };
+        if replay_covers > head.seq {
+            return Err(corrupt(
+                &replay_path,
+                "covers receipts the log does not have",
+            ));
+        }
+        if log_base.seq > replay_covers {
+            return Err(corrupt(
+                &log_path,
+                "receipts were compacted before their replay records were saved",
+            ));
+        }
+        let mut floor = read_u64_file(&dir.file("floor"))?;
+        for r in &verified {
+            floor = floor.max(r.body.time);
+            if r.body.seq > replay_covers {
+                fold_use(&mut replay, &r.body);
+            }
+        }
+        let channel = ChannelState::load(dir, &root)?;
+        let uploaded_through = read_u64_file(&dir.file("uploaded"))?.min(head.seq);
+        Ok(Self {
+            dir: dir.clone(),
+            _lock: lock,
+            config,
+            lock_id,
+            root,
+            device_key,
+            device_public_key,
+            receipts,
+            log_base,
+            head,
+            replay,
+            replay_covers,
+            floor,
+            channel,
+            uploaded_through,
+        })
+    }
+
+    /// The settings from `init`.
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    /// The state directory.
+    pub fn dir(&self) -> &StateDir {
+        &self.dir
+    }
+
+    /// This lock's id.
+    pub fn lock_id(&self) -> &LockId {
+        &self.lock_id
+    }
+
+    /// The device key (for signing handshakes and tap acks).
+    pub fn device_key(&self) -> &Ed25519KeyPair {
+        &self.device_key
+    }
+
+    /// The device public key.
+    pub fn device_public_key(&self) -> &[u8; 32] {
+        &self.device_public_key
+    }
+
+    /// The trust bundle in force, if any.
+    pub fn trust_bundle(&self) -> Option<&TrustBundle> {
+        self.channel.bundle.as_ref()
+    }
+
+    /// The receipt chain head.
+    pub fn head(&self) -> ChainHead {
+        self.head
+    }
+
+    /// The monotonic time floor.
+    pub fn floor(&self) -> u64 {
+        self.floor
+    }
+
+    /// Last applied inbox sequence number.
+    pub fn inbox_seq(&self) -> u64 {
+        self.channel.last_seq
+    }
+
+    /// Highest receipt seq the server has acknowledged.
+    pub fn uploaded_through(&self) -> u64 {
+        self.uploaded_through
+    }
+
+    /// Tokens pre-staged by the channel (informational).
+    pub fn staged_tokens(&self) -> &[Vec<u8>] {
+        &self.channel.staged_tokens
+    }
+
+    /// Raise the time floor to `now` durably if `now` is above it. Call before every decision.
+    pub fn raise_floor(&mut self, now: u64) -> Result<(), StateError> {
+        if now > self.floor {
+            let path = self.dir.file("floor");
+            durable::write_atomic(&path, now.to_string().as_bytes(), 0o600)
+                .map_err(io_err(&path))?;
+            self.floor = now;
+        }
+        Ok(())
+    }
+
+    /// Sign and durably append the next receipt; an allow receipt also records the token's use.
+    /// When this returns `Ok`, the decision survives any crash.
+    pub fn append_receipt(&mut self, body: ReceiptBody) -> Result<VerifiedReceipt, StateError> {
+        let path = self.dir.file("receipts.log");
+        let r = receipt::sign_next(&self.device_key, self.head, body)
+            .map_err(|_| corrupt(&path, "could not encode receipt"))?;
+        self.receipts.append(&r.encoded).map_err(io_err(&path))?;
+        self.head = ChainHead {
+            seq: r.body.seq,
+            hash: r.hash,
+        };
+        fold_use(&mut self.replay, &r.body);
+        Ok(r)
+    }
+
+    /// Receipts not yet acknowledged by the server, oldest first, at most `limit`, with seq > `after`.
+    pub fn pending_receipts(&self, after: u64, limit: usize) -> Vec<(u64, Vec<u8>)> {
+        let from = after.max(self.uploaded_through);
+        let skip = usize::try_from(from.saturating_sub(self.log_base.seq)).unwrap_or(usize::MAX);
+        self.receipts
+            .records()
+            .iter()
+            .skip(skip)
+            .take(limit)
+            .zip(from.saturating_add(1)..)
+            .map(|(r, seq)| (seq, r.clone()))
+            .collect()
+    }
+
+    /// Record that the server holds every receipt up to `through`.
+    pub fn mark_uploaded(&mut self, through: u64) -> Result<(), StateError> {
+        let through = through.min(self.head.seq);
+        if through <= self.uploaded_through {
+            return Ok(());
+        }
+        let path = self.dir.file("uploaded");
+        durable::write_atomic(&path, through.to_string().as_bytes(), 0o600)
+            .map_err(io_err(&path))?;
+        self.uploaded_through = through;
+        self.maybe_compact()?;
+        Ok(())
+    }
+
+    /// Apply one inbox message durably. Messages at or below the last applied seq are duplicates.
+    pub fn apply_inbox(&mut self, seq: u64, message: &InboxMessage) -> Result<Applied, StateError> {
+        if seq <= self.channel.last_seq {
+            return Ok(Applied::Duplicate);
+        }
+        let mut next = self.channel.clone();
+        next.last_seq = seq;
+        let outcome = match message {
+            InboxMessage::Token { token } => {
+                if token.len() > firstkey_token::MAX_TOKEN_LEN {
+                    Applied::Refused("token too large".into())
+                } else {
+                    let hash = firstkey_token::token_hash(token);
+                    if !next
+                        .staged_tokens
+                        .iter()
+                        .any(|t| firstkey_token::token_hash(t) == hash)
+                    {
+                        next.staged_tokens.push(token.clone());
+                    }
+                    while next.staged_tokens.len() > MAX_STAGED_TOKENS {
+                        next.staged_tokens.remove(0);
+                    }
+                    Applied::Applied
+                }
+            }
+            InboxMessage::Revocation {
+                token_hash,
+                expires_at,
+            } => {
+                next.revocations
+                    .insert(TokenHash(token_hash.0), *expires_at);
+                let hash = TokenHash(token_hash.0);
+                next.staged_tokens
+                    .retain(|t| firstkey_token::token_hash(t) != hash);
+                Applied::Applied
+            }
+            InboxMessage::TrustBundle { bundle } => {
+                let result = match &next.bundle {
+                    Some(current) => current.accept_update(bundle, &self.root),
+                    None => TrustBundle::verify(bundle, &self.root),
+                };
+                match result {
+                    Ok(b) => {
+                        next.bundle = Some(b);
+                        Applied::Applied
+                    }
+                    Err(e) => Applied::Refused(format!("trust bundle: {e}")),
+                }
+            }
+        };
+        next.revocations.prune(self.floor, self.config.skew_secs);
+        next.persist(&self.dir)?;
+        self.channel = next;
+        Ok(outcome)
+    }
+
+    /// A status snapshot.
+    pub fn status(&self) -> Status {
+        Status {
+            lock_id: self.lock_id.to_string(),
+            device_public_key: hex::encode(self.device_public_key),
+            bundle_version: self.channel.bundle.as_ref().map_or(0, TrustBundle::version),
+            time_floor: self.floor,
+            inbox_seq: self.channel.last_seq,
+            receipt_seq: self.head.seq,
+            uploaded_through: self.uploaded_through,
+            pending_uploads: self.head.seq.saturating_sub(self.uploaded_through),
+            revocations: self.channel.revocations.len(),
+            replay_records: self.replay.len(),
+            staged_tokens: self.channel.staged_tokens.len(),
+            server: self.config.server.as_ref().map(|s| s.address.clone()),
+        }
+    }
+
+    /// Drop uploaded receipts once there are many, after saving the replay records they hold.
+    fn maybe_compact(&mut self) -> Result<(), StateError> {
+        let uploaded_in_log = self.uploaded_through.saturating_sub(self.log_base.seq);
+        if usize::try_from(uploaded_in_log).unwrap_or(usize::MAX) <= COMPACT_AFTER {
+            return Ok(());
+        }
+        self.compact()
+    }
+
+    /// Save pruned replay records covering every receipt, then rewrite `receipts.log` keeping only
+    /// receipts the server has not acknowledged (and always the last one, which anchors the chain).
+    pub fn compact(&mut self) -> Result<(), StateError> {
+        let skew = self.config.skew_secs;
+        let floor = self.floor;
+        self.replay
+            .retain(|_, e| e.expires_at.saturating_add(skew) >= floor);
+        let snap = ReplaySnapshot {
+            covers_seq: self.head.seq,
+            entries: self
+                .replay
+                .iter()
+                .map(|(id, e)| (Bytes(id.0), *e))
+                .collect(),
+        };
+        let replay_path = self.dir.file("replay.cbor");
+        let bytes = crate::protocol::encode(&snap)
+            .map_err(|_| corrupt(&replay_path, "could not encode replay snapshot"))?;
+        durable::write_atomic(&replay_path, &bytes, 0o600).map_err(io_err(&replay_path))?;
+        self.replay_covers = self.head.seq;
+
+        let keep_from = self.uploaded_through.min(self.head.seq.saturating_sub(1));
+        let skip = usize::try_from(keep_from.saturating_sub(self.log_base.seq)).unwrap_or(0);
+        let kept: Vec<Vec<u8>> = self.receipts.records().iter().skip(skip).cloned().collect();
+        let log_path = self.dir.file("receipts.log");
+        let (base, _, _) = check_log(
+            &log_path,
+            &kept,
+            &self.device_public_key,
+            self.lock_id.as_str(),
+        )?;
+        self.receipts.rewrite(kept).map_err(io_err(&log_path))?;
+        self.log_base = base;
+        Ok(())
+    }
+
+    /// Every receipt currently in `receipts.log` (for tests and diagnostics).
+    pub fn receipts(&self) -> &[Vec<u8>] {
+        self.receipts.records()
+    }
+
+    /// The verification policy from the config.
+    pub fn verify_options(&self) -> firstkey_token::VerifyOptions {
+        firstkey_token::VerifyOptions {
+            skew_secs: self.config.skew_secs,
+            ..firstkey_token::VerifyOptions::default()
+        }
+    }
+}
+
+fn fold_use(replay: &mut BTreeMap<TokenId, ReplayEntry>, body: &ReceiptBody) {
+    if body.outcome != crate::protocol::tap::Outcome::Allow {
+        return;
+    }
+    let Some(id) = body.token_id else { return };
+    let e = replay.entry(TokenId(id.0)).or_insert(ReplayEntry {
+        uses: 0,
+        expires_at: 0,
+    });
+    e.uses = e.uses.saturating_add(1);
+    e.expires_at = e.expires_at.max(body.expires_at.unwrap_or(u64::MAX));
+}
+
+impl LockView for Store {
+    fn lock_id(&self) -> &LockId {
+        &self.lock_id
+    }
+
+    fn time_floor(&self) -> u64 {
+        self.floor
+    }
+
+    fn is_revoked(&self, token_hash: &TokenHash) -> bool {
+        self.channel.revocations.contains(token_hash)
+    }
+
+    fn uses(&self, token_id: &TokenId) -> u32 {
+        self.replay.get(token_id).map_or(0, |e| e.uses)
+    }
+}
+
+/// Read a status snapshot without taking the lock (works while `run` holds it).
+pub fn peek_status(dir: &StateDir) -> Result<Status, StateError> {
+    let (config, lock_id, root) = load_config(dir)?;
+    let key = load_device_key(dir)?;
+    let log_path = dir.file("receipts.log");
+    let bytes = durable::read_optional(&log_path)
+        .map_err(io_err(&log_path))?
+        .unwrap_or_default();
+    let records = durable::scan_records(&bytes);
+    let head_seq = records
+        .last()
+        .and_then(|r| receipt::verify_one(r, key.public_key().as_ref()).ok())
+        .map_or(0, |r| r.body.seq);
+    let channel = ChannelState::load(dir, &root)?;
+    let uploaded = read_u64_file(&dir.file("uploaded"))?.min(head_seq);
+    Ok(Status {
+        lock_id: lock_id.to_string(),
+        device_public_key: hex::encode(key.public_key().as_ref()),
+        bundle_version: channel.bundle.as_ref().map_or(0, TrustBundle::version),
+        time_floor: read_u64_file(&dir.file("floor"))?,
+        inbox_seq: channel.last_seq,
+        receipt_seq: head_seq,
+        uploaded_through: uploaded,
+        pending_uploads: head_seq.saturating_sub(uploaded),
+        revocations: channel.revocations.len(),
+        replay_records: 0,
+        staged_tokens: channel.staged_tokens.len(),
+        server: config.server.map(|s| s.address),
+    })
+}
