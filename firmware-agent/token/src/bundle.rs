@@ -351,3 +351,41 @@ fn contents_from_value(value: Value) -> Option<BundleContents> {
         keys,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Evidence that the blocklist is right and that it matters: under each canonical entry,
+    /// the "signature" R = identity, S = 0 verifies in `ring` for some messages (whenever the
+    /// point's order divides the challenge scalar), i.e. these keys let anyone forge.
+    #[test]
+    fn small_order_keys_admit_forgeries_in_ring() {
+        let mut forged_signature = [0u8; 64];
+        forged_signature[0] = 1; // R = identity (y = 1), S = 0
+        for key in SMALL_ORDER.iter().take(5) {
+            let forgeries = (0u32..128)
+                .filter(|i| {
+                    UnparsedPublicKey::new(&ED25519, key)
+                        .verify(&i.to_be_bytes(), &forged_signature)
+                        .is_ok()
+                })
+                .count();
+            assert!(forgeries > 0, "{key:02x?}");
+            assert!(is_small_order(key));
+            let mut signed_x = *key;
+            signed_x[31] |= 0x80;
+            assert!(is_small_order(&signed_x));
+        }
+    }
+
+    #[test]
+    fn ordinary_keys_are_not_small_order() {
+        let key = ring::signature::Ed25519KeyPair::from_seed_unchecked(&[9; 32]).unwrap();
+        let public: [u8; 32] = ring::signature::KeyPair::public_key(&key)
+            .as_ref()
+            .try_into()
+            .unwrap();
+        assert!(!is_small_order(&public));
+    }
+}
