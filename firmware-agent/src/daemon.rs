@@ -28,12 +28,30 @@ pub struct RunOptions {
 }
 
 /// A running agent's handles (for in-process tests).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Running {
     /// The door, shared with the tap server and the channel.
     pub door: Arc<Mutex<Door>>,
     /// The socket taps arrive on.
     pub tap_socket: PathBuf,
+    tasks: Vec<tokio::task::AbortHandle>,
+}
+
+impl Running {
+    /// Stop serving: abort the tap server, the channel and the ticker, wait until nothing else
+    /// holds the door, and release the state directory.
+    pub async fn stop(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        for _ in 0..500 {
+            if Arc::strong_count(&self.door) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = std::fs::remove_file(&self.tap_socket);
+    }
 }
 
 /// Open the store and start serving taps and the channel on the current tokio runtime.
@@ -64,11 +82,10 @@ pub fn start(
     }
     let listener = UnixListener::bind(&socket)?;
     let decided = Arc::new(Notify::new());
-    tokio::spawn(crate::tap_server::serve(
-        listener,
-        door.clone(),
-        decided.clone(),
-    ));
+    let mut tasks = vec![
+        tokio::spawn(crate::tap_server::serve(listener, door.clone(), decided.clone()))
+            .abort_handle(),
+    ];
 
     match &config.server {
         Some(server) => {
@@ -82,14 +99,14 @@ pub fn start(
                 settings.backoff_max = max;
                 settings.ping_interval = ping;
             }
-            tokio::spawn(client::run(door.clone(), settings, decided));
+            tasks.push(tokio::spawn(client::run(door.clone(), settings, decided)).abort_handle());
         }
         None => tracing::info!("no server configured; working offline"),
     }
 
     // Advance the floor without taps, so a long-idle lock still remembers the time.
     let ticker = door.clone();
-    tokio::spawn(async move {
+    let ticker_task = tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(60));
         loop {
             every.tick().await;
@@ -104,10 +121,12 @@ pub fn start(
             }
         }
     });
+    tasks.push(ticker_task.abort_handle());
     tracing::info!(socket = %socket.display(), "agent running");
     Ok(Running {
         door,
         tap_socket: socket,
+        tasks,
     })
 }
 
@@ -120,6 +139,6 @@ pub async fn run(opts: RunOptions, clock: Arc<dyn Clock>) -> anyhow::Result<()> 
         _ = term.recv() => {}
     }
     tracing::info!("shutting down");
-    let _ = std::fs::remove_file(&running.tap_socket);
+    running.stop().await;
     Ok(())
 }
