@@ -9,13 +9,18 @@
 //! - [`store`]: PostgreSQL pool, migrations (`sql/`), tenant-scoped repositories.
 //! - [`domain`]: typed values parsed at the boundary.
 //! - [`demo`]: the seeded demo municipality.
+//! - [`auth`]: sessions, WebAuthn, accounts; [`audit`]: the hash-chained audit log;
+//!   [`notify`]: the mail outbox.
 //! - [`clock`], [`telemetry`]: time source and logging.
 
+pub mod audit;
+pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod demo;
 pub mod domain;
 pub mod http;
+pub mod notify;
 pub mod server;
 pub mod settings;
 pub mod store;

@@ -17,6 +17,18 @@ pub enum ApiError {
     /// Missing or unusable credentials.
     #[error("unauthenticated")]
     Unauthenticated,
+    /// Authenticated, but this action needs a fresh WebAuthn assertion first.
+    #[error("step-up required")]
+    StepUpRequired,
+    /// Authenticated, but not allowed to do this (used where the resource's existence is no secret).
+    #[error("forbidden")]
+    Forbidden,
+    /// Too many attempts; try again after the given number of seconds.
+    #[error("too many requests")]
+    TooManyRequests {
+        /// Seconds until a retry may succeed.
+        retry_after: u64,
+    },
     /// The resource does not exist, or the caller may not know that it exists.
     #[error("not found")]
     NotFound,
@@ -51,6 +63,13 @@ impl ApiError {
         match self {
             Self::BadRequest(d) => ("bad-request", "The request is not valid", Some(d.clone())),
             Self::Unauthenticated => ("unauthenticated", "Authentication is required", None),
+            Self::StepUpRequired => (
+                "step-up-required",
+                "Confirm with your security key first",
+                Some("this action needs a WebAuthn assertion from the last few minutes".to_owned()),
+            ),
+            Self::Forbidden => ("forbidden", "Not allowed", None),
+            Self::TooManyRequests { .. } => ("too-many-requests", "Too many attempts; try again later", None),
             Self::NotFound => ("not-found", "No such resource", None),
             Self::Conflict(d) => (
                 "conflict",
@@ -72,6 +91,9 @@ impl ResponseError for ApiError {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Self::StepUpRequired => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -91,9 +113,12 @@ impl ResponseError for ApiError {
             status: status.as_u16(),
             detail,
         };
-        HttpResponse::build(status)
-            .content_type(PROBLEM_JSON)
-            .json(problem)
+        let mut response = HttpResponse::build(status);
+        response.content_type(PROBLEM_JSON);
+        if let Self::TooManyRequests { retry_after } = self {
+            response.insert_header(("Retry-After", retry_after.to_string()));
+        }
+        response.json(problem)
     }
 }
 

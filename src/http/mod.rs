@@ -2,6 +2,7 @@
 //! metrics, security headers) and routes. Handlers are a few lines: extract, call one core function,
 //! map the result; [`error::ApiError`] is the only place core errors meet status codes.
 
+pub mod auth;
 pub mod error;
 pub mod health;
 pub mod metrics;
@@ -90,6 +91,7 @@ impl Application {
                 .app_data(
                     web::QueryConfig::default().error_handler(|e, _| error::extractor_error(e)),
                 )
+                .wrap(from_fn(check_origin))
                 .wrap(from_fn(metrics::observe))
                 .wrap(headers)
                 .wrap(TracingLogger::default())
@@ -136,10 +138,45 @@ fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(health::healthz)
         .service(health::readyz)
         .service(health::metrics)
+        .configure(auth::routes)
         .service(
             web::resource("/api/openapi.json")
                 .route(web::get().to(|| async { HttpResponse::Ok().json(openapi::document()) })),
         );
+}
+
+/// Paths whose callers are machines that authenticate every request with a signature (CAD systems),
+/// not browsers with cookies; the Origin check does not apply to them.
+const MACHINE_PATHS: &str = "/api/v1/cad/";
+
+/// Middleware: a state-changing request from a browser must come from our own origin. Requests
+/// without `Origin` must say `Sec-Fetch-Site: same-origin`; anything else is refused with 403 before
+/// it reaches a handler (CSRF defence in depth beside SameSite=Strict cookies).
+async fn check_origin(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    use actix_web::http::Method;
+    let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if !safe && !req.path().starts_with(MACHINE_PATHS) {
+        let expected = req
+            .app_data::<web::Data<AppState>>()
+            .map(|s| s.settings.public_origin.as_str().to_owned())
+            .unwrap_or_default();
+        let headers = req.headers();
+        let allowed = match headers.get("origin").and_then(|v| v.to_str().ok()) {
+            Some(origin) => origin == expected,
+            None => headers
+                .get("sec-fetch-site")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|site| site == "same-origin"),
+        };
+        if !allowed {
+            tracing::warn!(path = req.path(), "cross-origin state-changing request refused");
+            return Err(error::ApiError::Forbidden.into());
+        }
+    }
+    next.call(req).await
 }
 
 /// Loads the PEM chain and key into a rustls server config using the ring provider.

@@ -24,6 +24,7 @@ pub struct ApiDoc;
 /// The document, with the crate version.
 pub fn document() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
+    doc.merge(super::auth::AuthApi::openapi());
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
     doc
 }

@@ -1,0 +1,355 @@
+//! The audit log: one immutable entry per access and decision, hash-chained per municipality.
+//!
+//! Each entry's canonical bytes (a fixed-order JSON object of its fields) are hashed as an RFC 9162
+//! Merkle leaf, `SHA-256(0x00 ‖ bytes)`, and linked into a chain, `chain = SHA-256(prev_chain ‖ leaf)`,
+//! starting from 32 zero bytes. The chain makes any rewrite of history detectable by [`verify_chain`];
+//! the leaves are ready for the Merkle tree, checkpoints and proofs that auditors get later. The table
+//! itself refuses UPDATE and DELETE (see `sql/`).
+//!
+//! Writers append inside their own transaction, so an action and its audit entry commit together or
+//! not at all. Appends of one municipality are serialised with a transaction-scoped advisory lock.
+//! Never put a token, key, pairing code or responder note into an entry.
+
+use chrono::{DateTime, SubsecRound, Utc};
+use deadpool_postgres::GenericClient;
+use ring::digest::{SHA256, digest};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::store::{StoreError, Tenant};
+
+/// How a decision came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Allowed.
+    Allow,
+    /// Refused.
+    Deny,
+    /// Not a decision: a fact worth recording (sign-out, enrolment…).
+    Info,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+            Self::Info => "info",
+        }
+    }
+}
+
+/// An entry to append.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// Who acted, when a signed-in user did.
+    pub actor: Option<Uuid>,
+    /// What happened, as `area.verb` (e.g. `auth.sign_in`, `plan.reveal_notes`).
+    pub action: &'static str,
+    /// The decision.
+    pub outcome: Outcome,
+    /// The kind and id of the thing acted on.
+    pub subject: Option<(&'static str, Uuid)>,
+    /// The property concerned, so homeowners can list every entry about their home.
+    pub property: Option<Uuid>,
+    /// The incident concerned.
+    pub incident: Option<Uuid>,
+    /// Hash of the policy set that decided, for policy decisions.
+    pub policy_set_hash: Option<[u8; 32]>,
+    /// Non-personal details (reasons, versions, counts). Keep values to strings, integers and bools.
+    pub details: serde_json::Value,
+}
+
+impl Event {
+    /// An event with only the required fields set.
+    pub fn new(action: &'static str, outcome: Outcome) -> Self {
+        Self {
+            actor: None,
+            action,
+            outcome,
+            subject: None,
+            property: None,
+            incident: None,
+            policy_set_hash: None,
+            details: serde_json::Value::Object(serde_json::Map::new()),
+        }
+    }
+
+    /// Sets the actor.
+    pub fn actor(mut self, actor: Uuid) -> Self {
+        self.actor = Some(actor);
+        self
+    }
+
+    /// Sets the subject.
+    pub fn subject(mut self, kind: &'static str, id: Uuid) -> Self {
+        self.subject = Some((kind, id));
+        self
+    }
+
+    /// Sets the property.
+    pub fn property(mut self, id: Uuid) -> Self {
+        self.property = Some(id);
+        self
+    }
+
+    /// Sets the incident.
+    pub fn incident(mut self, id: Uuid) -> Self {
+        self.incident = Some(id);
+        self
+    }
+
+    /// Sets the deciding policy set's hash.
+    pub fn policy(mut self, hash: [u8; 32]) -> Self {
+        self.policy_set_hash = Some(hash);
+        self
+    }
+
+    /// Sets the details.
+    pub fn details(mut self, details: serde_json::Value) -> Self {
+        self.details = details;
+        self
+    }
+}
+
+/// The canonical form of an entry: field order is fixed, JSON object keys are sorted (serde_json's
+/// default map is ordered), times are RFC 3339 with microseconds (PostgreSQL's precision).
+#[derive(Serialize)]
+struct Canonical<'a> {
+    municipality: Uuid,
+    seq: i64,
+    recorded_at: String,
+    actor: Option<Uuid>,
+    action: &'a str,
+    outcome: &'a str,
+    subject_kind: Option<&'a str>,
+    subject_id: Option<Uuid>,
+    property: Option<Uuid>,
+    incident: Option<Uuid>,
+    policy_set_hash: Option<String>,
+    details: &'a serde_json::Value,
+}
+
+fn leaf_hash(canonical: &Canonical<'_>) -> Result<[u8; 32], StoreError> {
+    let bytes = serde_json::to_vec(canonical).map_err(|e| StoreError::Conflict(format!("audit entry: {e}")))?;
+    let mut input = Vec::with_capacity(bytes.len().saturating_add(1));
+    input.push(0u8);
+    input.extend_from_slice(&bytes);
+    Ok(to_array(digest(&SHA256, &input).as_ref()))
+}
+
+fn chain(prev: &[u8; 32], leaf: &[u8; 32]) -> [u8; 32] {
+    let mut input = Vec::with_capacity(64);
+    input.extend_from_slice(prev);
+    input.extend_from_slice(leaf);
+    to_array(digest(&SHA256, &input).as_ref())
+}
+
+fn to_array(bytes: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    if bytes.len() == 32 {
+        out.copy_from_slice(bytes);
+    }
+    out
+}
+
+/// Appends `event` to the tenant's log inside the caller's transaction; returns its sequence number.
+pub async fn record(
+    tx: &impl GenericClient,
+    tenant: Tenant,
+    event: &Event,
+    now: DateTime<Utc>,
+) -> Result<i64, StoreError> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(7001, hashtext($1::text))",
+        &[&tenant.id()],
+    )
+    .await?;
+    let last = tx
+        .query_opt(
+            "SELECT seq, chain_hash FROM audit_entries WHERE municipality_id = $1 ORDER BY seq DESC LIMIT 1",
+            &[&tenant.id()],
+        )
+        .await?;
+    let (seq, prev) = match last {
+        Some(row) => {
+            let seq: i64 = row.get(0);
+            let prev: Vec<u8> = row.get(1);
+            (seq.saturating_add(1), to_array(&prev))
+        }
+        None => (0, [0u8; 32]),
+    };
+    let recorded_at = now.trunc_subsecs(6);
+    let policy_hex = event.policy_set_hash.map(hex::encode);
+    let canonical = Canonical {
+        municipality: tenant.id(),
+        seq,
+        recorded_at: recorded_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        actor: event.actor,
+        action: event.action,
+        outcome: event.outcome.as_str(),
+        subject_kind: event.subject.map(|(k, _)| k),
+        subject_id: event.subject.map(|(_, id)| id),
+        property: event.property,
+        incident: event.incident,
+        policy_set_hash: policy_hex,
+        details: &event.details,
+    };
+    let leaf = leaf_hash(&canonical)?;
+    let chain_hash = chain(&prev, &leaf);
+    tx.execute(
+        "INSERT INTO audit_entries (municipality_id, seq, recorded_at, actor_id, action, outcome, subject_kind,
+             subject_id, property_id, incident_id, policy_set_hash, public_details, leaf_hash, chain_hash)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+        &[
+            &tenant.id(),
+            &seq,
+            &recorded_at,
+            &event.actor,
+            &event.action,
+            &event.outcome.as_str(),
+            &event.subject.map(|(k, _)| k),
+            &event.subject.map(|(_, id)| id),
+            &event.property,
+            &event.incident,
+            &event.policy_set_hash.map(|h| h.to_vec()),
+            &event.details,
+            &leaf.to_vec(),
+            &chain_hash.to_vec(),
+        ],
+    )
+    .await
+    .map_err(crate::store::conflict_or_query)?;
+    Ok(seq)
+}
+
+/// One stored entry, as auditors see it.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct Entry {
+    /// Position in the municipality's log, from 0.
+    pub seq: i64,
+    /// When it was recorded.
+    pub recorded_at: DateTime<Utc>,
+    /// Who acted.
+    pub actor: Option<Uuid>,
+    /// What happened.
+    pub action: String,
+    /// The decision.
+    pub outcome: String,
+    /// Kind of the subject.
+    pub subject_kind: Option<String>,
+    /// Id of the subject.
+    pub subject_id: Option<Uuid>,
+    /// Property concerned.
+    pub property: Option<Uuid>,
+    /// Incident concerned.
+    pub incident: Option<Uuid>,
+    /// Hex SHA-256 of the deciding policy set.
+    pub policy_set_hash: Option<String>,
+    /// Non-personal details.
+    pub details: serde_json::Value,
+    /// Hex RFC 9162 leaf hash.
+    pub leaf_hash: String,
+    /// Hex chain hash after this entry.
+    pub chain_hash: String,
+}
+
+const ENTRY_COLUMNS: &str = "seq, recorded_at, actor_id, action, outcome, subject_kind, subject_id, property_id,
+     incident_id, policy_set_hash, public_details, leaf_hash, chain_hash";
+
+fn entry_from_row(row: &tokio_postgres::Row) -> Entry {
+    let policy: Option<Vec<u8>> = row.get(9);
+    let leaf: Vec<u8> = row.get(11);
+    let chain_hash: Vec<u8> = row.get(12);
+    Entry {
+        seq: row.get(0),
+        recorded_at: row.get(1),
+        actor: row.get(2),
+        action: row.get(3),
+        outcome: row.get(4),
+        subject_kind: row.get(5),
+        subject_id: row.get(6),
+        property: row.get(7),
+        incident: row.get(8),
+        policy_set_hash: policy.map(hex::encode),
+        details: row.get(10),
+        leaf_hash: hex::encode(leaf),
+        chain_hash: hex::encode(chain_hash),
+    }
+}
+
+/// Entries of the tenant, optionally only those about one property, oldest first.
+pub async fn entries(
+    client: &impl GenericClient,
+    tenant: Tenant,
+    property: Option<Uuid>,
+    after_seq: i64,
+    limit: i64,
+) -> Result<Vec<Entry>, StoreError> {
+    let sql = format!(
+        "SELECT {ENTRY_COLUMNS} FROM audit_entries
+         WHERE municipality_id = $1 AND ($2::uuid IS NULL OR property_id = $2) AND seq > $3
+         ORDER BY seq LIMIT $4"
+    );
+    let rows = client
+        .query(&sql, &[&tenant.id(), &property, &after_seq, &limit.clamp(1, 1000)])
+        .await?;
+    Ok(rows.iter().map(entry_from_row).collect())
+}
+
+/// What [`verify_chain`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChainCheck {
+    /// Every entry recomputes to its stored leaf and chain hash; `entries` were checked.
+    Intact {
+        /// Number of entries.
+        entries: u64,
+        /// The chain head (hex), 64 zeros for an empty log.
+        head: String,
+    },
+    /// The first entry whose recomputed hashes differ from the stored ones, or a gap in `seq`.
+    Broken {
+        /// Sequence number of the first bad entry.
+        seq: i64,
+    },
+}
+
+/// Recomputes every leaf and chain hash of the tenant's log.
+pub async fn verify_chain(client: &impl GenericClient, tenant: Tenant) -> Result<ChainCheck, StoreError> {
+    let sql = format!("SELECT {ENTRY_COLUMNS} FROM audit_entries WHERE municipality_id = $1 ORDER BY seq");
+    let rows = client.query(&sql, &[&tenant.id()]).await?;
+    let mut prev = [0u8; 32];
+    let mut expected_seq = 0i64;
+    for row in &rows {
+        let e = entry_from_row(row);
+        if e.seq != expected_seq {
+            return Ok(ChainCheck::Broken { seq: expected_seq });
+        }
+        let canonical = Canonical {
+            municipality: tenant.id(),
+            seq: e.seq,
+            recorded_at: e.recorded_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            actor: e.actor,
+            action: &e.action,
+            outcome: &e.outcome,
+            subject_kind: e.subject_kind.as_deref(),
+            subject_id: e.subject_id,
+            property: e.property,
+            incident: e.incident,
+            policy_set_hash: e.policy_set_hash.clone(),
+            details: &e.details,
+        };
+        let leaf = leaf_hash(&canonical)?;
+        let next = chain(&prev, &leaf);
+        if hex::encode(leaf) != e.leaf_hash || hex::encode(next) != e.chain_hash {
+            return Ok(ChainCheck::Broken { seq: e.seq });
+        }
+        prev = next;
+        expected_seq = expected_seq.saturating_add(1);
+    }
+    Ok(ChainCheck::Intact {
+        entries: u64::try_from(rows.len()).unwrap_or(u64::MAX),
+        head: hex::encode(prev),
+    })
+}
