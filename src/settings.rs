@@ -358,7 +358,7 @@ mod tests {
             ("FIRSTKEY_DB_POOL_SIZE", "many", "db_pool_size"),
             ("FIRSTKEY_SMTP_RELAY", "mail.example.org", "smtp_relay"),
             ("FIRSTKEY_TLS_CERT", "/nonexistent.pem", "tls_key"),
-            ("FIRSTKEY_DATABASE_URL", "postgres://a b@", "database_url"),
+            ("FIRSTKEY_DATABASE_URL", "postgres://db.example:notaport/x", "database_url"),
         ] {
             let err = Settings::load(None, env(&[(var, value)])).unwrap_err();
             assert!(
