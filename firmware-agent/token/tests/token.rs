@@ -5,7 +5,12 @@
 //! signature itself, so each test exercises exactly the check it names.
 
 // Test helpers outside `#[test]` functions are test code too: a failed unwrap is a failed test.
-#![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing, clippy::cast_possible_truncation)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::cast_possible_truncation
+)]
 
 use std::collections::BTreeMap;
 
