@@ -29,6 +29,9 @@ pub struct Settings {
     pub key_dir: PathBuf,
     /// Directory for the private PostgreSQL cluster of the embedded default.
     pub embedded_pg_dir: PathBuf,
+    /// Key-encryption key for personal data at rest (base64 of 32 bytes); `None` uses
+    /// `<key_dir>/data.kek`, created on first use.
+    pub data_key: Option<SecretString>,
     /// Log output format.
     pub log_format: LogFormat,
     /// Maximum number of pooled database connections.
@@ -144,6 +147,7 @@ struct RawSettings {
     smtp_from: String,
     key_dir: PathBuf,
     embedded_pg_dir: PathBuf,
+    data_key: Option<String>,
     log_format: String,
     db_pool_size: usize,
 }
@@ -160,6 +164,7 @@ impl Default for RawSettings {
             smtp_from: "firstkey <noreply@localhost>".to_owned(),
             key_dir: PathBuf::from(".firstkey/keys"),
             embedded_pg_dir: PathBuf::from(".firstkey/pg"),
+            data_key: None,
             log_format: "pretty".to_owned(),
             db_pool_size: 16,
         }
@@ -297,6 +302,13 @@ impl Settings {
                 ));
             }
         };
+        let data_key = match raw.data_key.filter(|k| !k.trim().is_empty()) {
+            None => None,
+            Some(key) => {
+                crate::crypto::Kek::from_base64(&key).map_err(|e| invalid("data_key", e.to_string()))?;
+                Some(SecretString::from(key))
+            }
+        };
         if raw.db_pool_size == 0 || raw.db_pool_size > 1024 {
             return Err(invalid(
                 "db_pool_size",
@@ -311,6 +323,7 @@ impl Settings {
             smtp,
             key_dir: raw.key_dir,
             embedded_pg_dir: raw.embedded_pg_dir,
+            data_key,
             log_format,
             db_pool_size: raw.db_pool_size,
         })
@@ -358,6 +371,7 @@ mod tests {
             ("FIRSTKEY_DB_POOL_SIZE", "many", "db_pool_size"),
             ("FIRSTKEY_SMTP_RELAY", "mail.example.org", "smtp_relay"),
             ("FIRSTKEY_TLS_CERT", "/nonexistent.pem", "tls_key"),
+            ("FIRSTKEY_DATA_KEY", "c2hvcnQ=", "data_key"),
             ("FIRSTKEY_DATABASE_URL", "postgres://db.example:notaport/x", "database_url"),
         ] {
             let err = Settings::load(None, env(&[(var, value)])).unwrap_err();

@@ -32,6 +32,8 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     /// Loaded configuration.
     pub settings: Settings,
+    /// Key-encryption key for personal data at rest.
+    pub kek: crate::crypto::Kek,
 }
 
 /// A bound, not yet running, HTTP server.
@@ -50,10 +52,16 @@ impl Application {
         let tls = settings.tls.as_ref().map(server_tls_config).transpose()?;
         let hsts = settings.public_origin.as_str().starts_with("https://");
         let metrics = web::Data::new(Metrics::new().context("metrics registry")?);
+        let kek = match &settings.data_key {
+            Some(key) => crate::crypto::Kek::from_base64(secrecy::ExposeSecret::expose_secret(key))?,
+            None => crate::crypto::Kek::load_or_create(&settings.key_dir)
+                .with_context(|| format!("setting `key_dir`: {}", settings.key_dir.display()))?,
+        };
         let state = web::Data::new(AppState {
             pool,
             clock,
             settings,
+            kek,
         });
         let factory = move || {
             let mut headers = DefaultHeaders::new()

@@ -146,6 +146,11 @@ pub fn test_settings(database: tokio_postgres::Config) -> Settings {
             ("FIRSTKEY_DATABASE_URL".to_owned(), url),
             ("FIRSTKEY_LISTEN".to_owned(), "127.0.0.1:0".to_owned()),
             ("FIRSTKEY_DB_POOL_SIZE".to_owned(), "4".to_owned()),
+            // base64 of 32 bytes of 0x2a: a fixed test key-encryption key.
+            (
+                "FIRSTKEY_DATA_KEY".to_owned(),
+                "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=".to_owned(),
+            ),
         ],
     )
     .expect("test settings are valid")

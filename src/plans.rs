@@ -1,0 +1,217 @@
+//! Access plans: what a homeowner allows in an emergency. A plan is parsed once at the boundary into
+//! [`PlanInput`]; stored plans are versioned and immutable (an edit is version n+1), and a grant
+//! records the version it was decided under.
+//!
+//! Responder notes are the one secret part: sealed with envelope encryption ([`crate::crypto`]) and
+//! only revealed through the audited, policy-checked reveal. [`PlanSummary`] is what a dispatcher sees
+//! without a reveal.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::domain::{Email, ParseError};
+
+/// Longest grant a plan may allow, in minutes (24 h).
+pub const MAX_GRANT_MINUTES: i32 = 1440;
+
+/// One agency kind's entry in the plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgencyRule {
+    /// Whether this kind of agency may enter at all.
+    pub allowed: bool,
+    /// Incident types for which entry is allowed (empty: none).
+    #[serde(default)]
+    pub incident_types: Vec<String>,
+    /// Whether a second dispatcher must approve a grant before it is live.
+    #[serde(default)]
+    pub second_approval: bool,
+}
+
+impl AgencyRule {
+    fn denied() -> Self {
+        Self {
+            allowed: false,
+            incident_types: Vec::new(),
+            second_approval: false,
+        }
+    }
+}
+
+/// Per-agency-kind rules.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgencyRules {
+    /// Fire department.
+    #[serde(default = "AgencyRule::denied")]
+    pub fire: AgencyRule,
+    /// Emergency medical services.
+    #[serde(default = "AgencyRule::denied")]
+    pub ems: AgencyRule,
+    /// Police.
+    #[serde(default = "AgencyRule::denied")]
+    pub police: AgencyRule,
+}
+
+/// Structured notes for responders. Secret: encrypted at rest, revealed only under policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResponderNotes {
+    /// Animals in the home.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pets: Option<String>,
+    /// Hazards (oxygen in use, chemicals, structural issues).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hazards: Option<String>,
+    /// Medical equipment in the home.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub medical_equipment: Option<String>,
+    /// Where the water, gas and power shut-offs are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub utilities: Option<String>,
+    /// Anything else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub free_text: Option<String>,
+}
+
+impl ResponderNotes {
+    fn is_empty(&self) -> bool {
+        self == &Self::default()
+    }
+
+    fn fields(&self) -> [&Option<String>; 5] {
+        [&self.pets, &self.hazards, &self.medical_equipment, &self.utilities, &self.free_text]
+    }
+}
+
+/// An emergency contact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Contact {
+    /// Name.
+    pub name: String,
+    /// E-mail for notifications.
+    pub email: String,
+    /// Phone number, free form.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+}
+
+/// What to tell whom.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationChoices {
+    /// Mail the homeowner about grants, tokens and openings.
+    #[serde(default = "yes")]
+    pub homeowner: bool,
+    /// Mail the emergency contacts too.
+    #[serde(default)]
+    pub contacts: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for NotificationChoices {
+    fn default() -> Self {
+        Self {
+            homeowner: true,
+            contacts: false,
+        }
+    }
+}
+
+/// A plan as submitted by the homeowner (the body of `PUT …/plan`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanInput {
+    /// Which agencies may enter and under what conditions.
+    pub agencies: AgencyRules,
+    /// Longest grant a dispatcher may give, in minutes (1 to 1440).
+    pub max_grant_minutes: i32,
+    /// Notes for responders (secret).
+    #[serde(default)]
+    pub notes: ResponderNotes,
+    /// Emergency contacts.
+    #[serde(default)]
+    pub contacts: Vec<Contact>,
+    /// Notification choices.
+    #[serde(default)]
+    pub notifications: NotificationChoices,
+    /// How long records about the home are kept, in days (1 to 3650).
+    pub retention_days: i32,
+}
+
+impl PlanInput {
+    /// Checks every limit; the error names the field.
+    pub fn validate(&self) -> Result<(), ParseError> {
+        let err = |field: &'static str, reason: &str| ParseError {
+            field,
+            reason: reason.to_owned(),
+        };
+        if !(1..=MAX_GRANT_MINUTES).contains(&self.max_grant_minutes) {
+            return Err(err("max_grant_minutes", "must be between 1 and 1440"));
+        }
+        if !(1..=3650).contains(&self.retention_days) {
+            return Err(err("retention_days", "must be between 1 and 3650"));
+        }
+        for rule in [&self.agencies.fire, &self.agencies.ems, &self.agencies.police] {
+            if rule.incident_types.len() > 32
+                || rule
+                    .incident_types
+                    .iter()
+                    .any(|t| t.is_empty() || t.len() > 64 || !t.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+            {
+                return Err(err(
+                    "agencies.incident_types",
+                    "at most 32 types of 1 to 64 lower-case letters or underscores",
+                ));
+            }
+        }
+        if self.notes.fields().iter().any(|f| f.as_ref().is_some_and(|t| t.len() > 4000)) {
+            return Err(err("notes", "each note is at most 4000 characters"));
+        }
+        if self.contacts.len() > 10 {
+            return Err(err("contacts", "at most 10 contacts"));
+        }
+        for c in &self.contacts {
+            if c.name.trim().is_empty() || c.name.len() > 200 {
+                return Err(err("contacts.name", "1 to 200 characters"));
+            }
+            Email::parse(&c.email).map_err(|_| err("contacts.email", "not an e-mail address"))?;
+            if c.phone.as_ref().is_some_and(|p| p.len() > 40) {
+                return Err(err("contacts.phone", "at most 40 characters"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether there are notes to seal.
+    pub fn has_notes(&self) -> bool {
+        !self.notes.is_empty()
+    }
+}
+
+/// What a dispatcher sees of a plan without revealing the notes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct PlanSummary {
+    /// Plan version.
+    pub version: i32,
+    /// Agency rules.
+    pub agencies: AgencyRules,
+    /// Longest grant allowed.
+    pub max_grant_minutes: i32,
+    /// Whether notes exist (reveal them with the audited reveal).
+    pub has_notes: bool,
+}
+
+/// The full plan, as its homeowner sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct PlanView {
+    /// Plan version.
+    pub version: i32,
+    /// The plan.
+    #[serde(flatten)]
+    pub plan: PlanInput,
+}
