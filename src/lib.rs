@@ -9,6 +9,7 @@
 //! - [`store`]: PostgreSQL pool, migrations (`sql/`), tenant-scoped repositories.
 //! - [`domain`]: typed values parsed at the boundary.
 //! - [`demo`]: the seeded demo municipality.
+//! - [`policy`]: Cedar policy engine: typed authorization requests, decisions with the set's hash.
 //! - [`auth`]: sessions, WebAuthn, accounts; [`audit`]: the hash-chained audit log;
 //!   [`notify`]: the mail outbox.
 //! - [`clock`], [`telemetry`]: time source and logging.
@@ -23,6 +24,7 @@ pub mod domain;
 pub mod http;
 pub mod notify;
 pub mod plans;
+pub mod policy;
 pub mod server;
 pub mod settings;
 pub mod store;
