@@ -207,8 +207,17 @@ pub(crate) fn compile(
     files: &[SourceFile],
 ) -> Result<Compiled, Vec<Diagnostic>> {
     let mut problems = Vec::new();
+    let mut warnings: Vec<Diagnostic> = Vec::new();
     let parsed_schema = match Schema::from_cedarschema_str(&schema.text) {
-        Ok((parsed, _warnings)) => Some(parsed),
+        Ok((parsed, schema_warnings)) => {
+            warnings.extend(schema_warnings.map(|w| Diagnostic {
+                file: schema.name.clone(),
+                location: None,
+                policy_id: None,
+                message: w.to_string(),
+            }));
+            Some(parsed)
+        }
         Err(e) => {
             problems.push(Diagnostic {
                 file: schema.name.clone(),
@@ -306,10 +315,11 @@ pub(crate) fn compile(
     if !errors.is_empty() {
         return Err(errors);
     }
-    let warnings = result
-        .validation_warnings()
-        .map(|w| located(w.policy_id(), w.to_string()))
-        .collect();
+    warnings.extend(
+        result
+            .validation_warnings()
+            .map(|w| located(w.policy_id(), w.to_string())),
+    );
 
     Ok(Compiled {
         schema: parsed_schema,

@@ -525,3 +525,24 @@ fn the_engine_is_shareable_across_threads() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<PolicyEngine>();
 }
+
+#[test]
+fn a_stored_plan_becomes_plan_attributes() {
+    let rule = |allowed, types: &[&str]| crate::plans::AgencyRule {
+        allowed,
+        incident_types: types.iter().map(|t| (*t).to_owned()).collect(),
+        second_approval: !allowed,
+    };
+    let agencies = crate::plans::AgencyRules {
+        fire: rule(true, &["fire", "fire"]),
+        ems: rule(false, &[]),
+        police: rule(true, &["welfare_check"]),
+    };
+    let plan = PlanAttrs::from_plan(&agencies, 90);
+    assert!(plan.fire.allowed && !plan.fire.second_approval);
+    assert_eq!(plan.fire.incident_types.len(), 1);
+    assert!(!plan.ems.allowed && plan.ems.second_approval);
+    assert!(plan.police.incident_types.contains("welfare_check"));
+    assert_eq!(plan.max_grant_minutes, 90);
+    assert_eq!(PlanAttrs::from_plan(&agencies, -5).max_grant_minutes, 0);
+}
