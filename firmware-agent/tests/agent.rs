@@ -360,10 +360,22 @@ fn sigkill_at_random_moments_never_lets_a_token_in_twice_nor_loses_a_receipt() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        // SIGKILL from another thread at a random moment: during start-up and recovery, between
-        // taps, or in the middle of one.
+        // SIGKILL from another thread at a random moment: one round in ten during start-up and
+        // recovery, otherwise between taps or in the middle of one.
         let killed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let delay = Duration::from_millis(3 + rng.below(80));
+        let during_startup = rng.below(10) == 0;
+        if !during_startup {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+                assert!(Instant::now() < deadline, "agent did not come up");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        let delay = Duration::from_millis(if during_startup {
+            rng.below(20)
+        } else {
+            rng.below(150)
+        });
         let killer = {
             let killed = killed.clone();
             std::thread::spawn(move || {
@@ -374,14 +386,13 @@ fn sigkill_at_random_moments_never_lets_a_token_in_twice_nor_loses_a_receipt() {
             })
         };
         while !killed.load(std::sync::atomic::Ordering::SeqCst) {
-            let idx = if !tokens.is_empty() && rng.below(100) < 30 {
-                retries += 1;
+            let retry = !tokens.is_empty() && rng.below(100) < 30;
+            let idx = if retry {
                 rng.below(tokens.len() as u64) as usize
             } else {
                 tokens.push(mint(&lock.issuer, "k1", now, 3600, &ed));
                 tokens.len() - 1
             };
-            taps += 1;
             let result = rt.block_on(async {
                 tokio::time::timeout(
                     Duration::from_secs(5),
@@ -391,6 +402,8 @@ fn sigkill_at_random_moments_never_lets_a_token_in_twice_nor_loses_a_receipt() {
             });
             match result {
                 Ok(Ok(a)) => {
+                    taps += 1;
+                    retries += u64::from(retry);
                     answered += 1;
                     if a.outcome == Outcome::Allow {
                         allows += 1;
@@ -403,6 +416,8 @@ fn sigkill_at_random_moments_never_lets_a_token_in_twice_nor_loses_a_receipt() {
                 // Not listening yet (starting up), or killed under us.
                 Ok(Err(_)) | Err(_) => {
                     if killed.load(std::sync::atomic::Ordering::SeqCst) {
+                        taps += 1;
+                        retries += u64::from(retry);
                         cut_short += 1;
                     } else {
                         std::thread::sleep(Duration::from_millis(1));
