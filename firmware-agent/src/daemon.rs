@@ -83,8 +83,12 @@ pub fn start(
     let listener = UnixListener::bind(&socket)?;
     let decided = Arc::new(Notify::new());
     let mut tasks = vec![
-        tokio::spawn(crate::tap_server::serve(listener, door.clone(), decided.clone()))
-            .abort_handle(),
+        tokio::spawn(crate::tap_server::serve(
+            listener,
+            door.clone(),
+            decided.clone(),
+        ))
+        .abort_handle(),
     ];
 
     match &config.server {

@@ -188,8 +188,7 @@ fn verify_at(
 pub fn decode_own(encoded: &[u8]) -> Result<VerifiedReceipt, ReceiptError> {
     let wire: SignedReceiptWire =
         decode(encoded).map_err(|_| ReceiptError::Malformed { index: 0 })?;
-    let body: ReceiptBody =
-        decode(&wire.body).map_err(|_| ReceiptError::Malformed { index: 0 })?;
+    let body: ReceiptBody = decode(&wire.body).map_err(|_| ReceiptError::Malformed { index: 0 })?;
     Ok(VerifiedReceipt {
         body,
         hash: identity(&wire.body, &wire.signature),

@@ -427,9 +427,7 @@ fn check_log(
 ) -> Result<(ChainHead, ChainHead, Vec<VerifiedReceipt>), StateError> {
     let mut verified = Vec::with_capacity(records.len());
     for r in records {
-        verified.push(
-            receipt::decode_own(r).map_err(|e| corrupt(path, format!("receipt: {e}")))?,
-        );
+        verified.push(receipt::decode_own(r).map_err(|e| corrupt(path, format!("receipt: {e}")))?);
     }
     let base = match verified.first() {
         Some(first) => ChainHead {
@@ -441,7 +439,10 @@ fn check_log(
     let mut head = base;
     for r in &verified {
         if r.body.seq != head.seq.saturating_add(1) || r.body.prev.0 != head.hash {
-            return Err(corrupt(path, format!("receipt chain broken at seq {}", r.body.seq)));
+            return Err(corrupt(
+                path,
+                format!("receipt chain broken at seq {}", r.body.seq),
+            ));
         }
         if r.body.lock_id != lock_id {
             return Err(corrupt(path, "receipt for another lock"));
@@ -485,7 +486,8 @@ impl Store {
                 "receipt log had a torn tail from a crash; truncated"
             );
         }
-        let (log_base, head, verified) = check_log(&log_path, receipts.records(), lock_id.as_str())?;
+        let (log_base, head, verified) =
+            check_log(&log_path, receipts.records(), lock_id.as_str())?;
 
         let replay_path = dir.file("replay.cbor");
         let (mut replay, replay_covers) =

@@ -2,8 +2,17 @@
 //! binary under SIGKILL, a rolled-back clock, and the channel client against an in-test TLS
 //! server that speaks PROTOCOL.md.
 
+// Test code: a panic is how a test fails, and helpers outside #[test] fns are test code too.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::cast_possible_truncation
+)]
+
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,8 +22,8 @@ use firstkey_agent::daemon::{self, RunOptions, Running};
 use firstkey_agent::demo::{self, Issuer, TokenSpec};
 use firstkey_agent::pairing::PairingCode;
 use firstkey_agent::protocol::channel::{
-    AgentMessage, ErrorCode, InboxMessage, MAX_CHANNEL_FRAME, ServerMessage,
-    decode_agent_message, encode_server_message, verify_hello,
+    AgentMessage, ErrorCode, InboxMessage, MAX_CHANNEL_FRAME, ServerMessage, decode_agent_message,
+    encode_server_message, verify_hello,
 };
 use firstkey_agent::protocol::tap::{LockMessage, MAX_TAP_FRAME, Outcome};
 use firstkey_agent::protocol::{Bytes, read_frame, write_frame};
@@ -178,7 +187,9 @@ async fn taps_over_the_socket_allow_once_and_deny_everything_else() {
     assert_eq!(tap(&running, &t3, &thief).await.outcome, Outcome::Deny);
     assert_eq!(last_reason(&running), "proof_invalid");
     // ... and with no proof at all.
-    let bare = tap_server::tap(&running.tap_socket, &t3, None).await.unwrap();
+    let bare = tap_server::tap(&running.tap_socket, &t3, None)
+        .await
+        .unwrap();
     assert_eq!(bare.outcome, Outcome::Deny);
     assert_eq!(last_reason(&running), "proof_missing");
     // The rightful holder still gets in: failed attempts do not spend the token.
@@ -210,7 +221,9 @@ async fn taps_over_the_socket_allow_once_and_deny_everything_else() {
         assert_eq!(answer, Some(Outcome::Deny));
         assert_eq!(last_reason(&running), "malformed_frame");
     }
-    let mut s = tokio::net::UnixStream::connect(&running.tap_socket).await.unwrap();
+    let mut s = tokio::net::UnixStream::connect(&running.tap_socket)
+        .await
+        .unwrap();
     read_frame(&mut s, MAX_TAP_FRAME).await.unwrap().unwrap();
     tokio::io::AsyncWriteExt::write_all(&mut s, &u32::MAX.to_be_bytes())
         .await
@@ -263,7 +276,9 @@ async fn a_presenter_who_hangs_up_leaves_no_receipt() {
     let lock = new_lock(&["k1"], None);
     let running = start_agent(&lock, Arc::new(SystemClock));
     {
-        let mut s = tokio::net::UnixStream::connect(&running.tap_socket).await.unwrap();
+        let mut s = tokio::net::UnixStream::connect(&running.tap_socket)
+            .await
+            .unwrap();
         read_frame(&mut s, MAX_TAP_FRAME).await.unwrap().unwrap();
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -463,7 +478,12 @@ fn sigkill_at_random_moments_never_lets_a_token_in_twice_nor_loses_a_receipt() {
         }
     }
     for (idx, answers) in &allow_answers {
-        assert_eq!(answers.len(), 1, "token {idx} was answered allow {} times", answers.len());
+        assert_eq!(
+            answers.len(),
+            1,
+            "token {idx} was answered allow {} times",
+            answers.len()
+        );
         let (seq, hash) = answers[0];
         assert_eq!(
             allow_receipts.get(&seq),
@@ -480,12 +500,22 @@ fn sigkill_at_random_moments_never_lets_a_token_in_twice_nor_loses_a_receipt() {
         })
         .collect();
     let distinct: HashSet<u64> = opens.iter().copied().collect();
-    assert_eq!(distinct.len(), opens.len(), "the door opened twice for one receipt");
+    assert_eq!(
+        distinct.len(),
+        opens.len(),
+        "the door opened twice for one receipt"
+    );
     for seq in &opens {
-        assert!(allow_receipts.contains_key(seq), "door opened without an allow receipt");
+        assert!(
+            allow_receipts.contains_key(seq),
+            "door opened without an allow receipt"
+        );
     }
     for answers in allow_answers.values() {
-        assert!(distinct.contains(&answers[0].0), "answered allow but the door never opened");
+        assert!(
+            distinct.contains(&answers[0].0),
+            "answered allow but the door never opened"
+        );
     }
     eprintln!(
         "crash test: {rounds} rounds, {kills} SIGKILLs ({cut_short} cut a tap short), {taps} taps \
@@ -496,6 +526,542 @@ fn sigkill_at_random_moments_never_lets_a_token_in_twice_nor_loses_a_receipt() {
         elapsed.as_secs_f64()
     );
     // The test must be able to fail: it has to have exercised allows and replays.
-    assert!(allows >= rounds / 10, "too few allows ({allows}) to mean anything");
+    assert!(
+        allows >= rounds / 10,
+        "too few allows ({allows}) to mean anything"
+    );
     assert!(bodies.iter().any(|r| r.body.reason == "replayed"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// the channel, against an in-test TLS server speaking PROTOCOL.md
+
+#[derive(Default)]
+struct ServerState {
+    /// The lock's inbox: (seq, message).
+    inbox: Vec<(u64, InboxMessage)>,
+    /// Highest seq the agent acknowledged.
+    acked: u64,
+    /// Every Ack seq received, in order.
+    acks: Vec<u64>,
+    /// `resume_after` of every Hello.
+    hellos: Vec<u64>,
+    /// Stored receipts by seq.
+    receipts: BTreeMap<u64, Vec<u8>>,
+    /// How many times each receipt seq arrived.
+    receipt_deliveries: BTreeMap<u64, u32>,
+    /// Battery reports.
+    batteries: Vec<Option<u8>>,
+    /// Handshakes refused.
+    refused: u32,
+    /// Misbehave on the next connection: send this (already acknowledged) message again first.
+    resend_on_connect: Option<(u64, InboxMessage)>,
+    /// Deliver the inbox only from this connection number on (1-based), to keep a lock "offline
+    /// from the inbox" while it is connected.
+    connections: u32,
+}
+
+struct FakeServer {
+    addr: String,
+    ca_pem: String,
+    state: Arc<Mutex<ServerState>>,
+    pushed: Arc<tokio::sync::Notify>,
+    kick: tokio::sync::watch::Sender<u64>,
+    accept_task: tokio::task::JoinHandle<()>,
+    /// The pairing code the "homeowner" typed.
+    expected_code: Arc<Mutex<Option<PairingCode>>>,
+}
+
+impl FakeServer {
+    /// Listen on 127.0.0.1 with a fresh self-signed certificate for `localhost`.
+    async fn start() -> Self {
+        Self::start_on("127.0.0.1:0").await
+    }
+
+    async fn start_on(addr: &str) -> Self {
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let ca_pem = certified.cert.pem();
+        let key =
+            rustls::pki_types::PrivateKeyDer::Pkcs8(certified.key_pair.serialize_der().into());
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![certified.cert.der().clone()], key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let state = Arc::new(Mutex::new(ServerState::default()));
+        let pushed = Arc::new(tokio::sync::Notify::new());
+        let (kick, kick_rx) = tokio::sync::watch::channel(0u64);
+        let expected_code = Arc::new(Mutex::new(None));
+        let accept_task = {
+            let state = state.clone();
+            let pushed = pushed.clone();
+            let expected_code = expected_code.clone();
+            tokio::spawn(async move {
+                loop {
+                    let Ok((tcp, _)) = listener.accept().await else {
+                        return;
+                    };
+                    let acceptor = acceptor.clone();
+                    let state = state.clone();
+                    let pushed = pushed.clone();
+                    let kick_rx = kick_rx.clone();
+                    let expected_code = expected_code.clone();
+                    tokio::spawn(async move {
+                        if let Ok(tls) = acceptor.accept(tcp).await {
+                            serve_agent(tls, state, pushed, kick_rx, expected_code).await;
+                        }
+                    });
+                }
+            })
+        };
+        Self {
+            addr,
+            ca_pem,
+            state,
+            pushed,
+            kick,
+            accept_task,
+            expected_code,
+        }
+    }
+
+    fn push(&self, message: InboxMessage) -> u64 {
+        let mut s = self.state.lock().unwrap();
+        // Gaps are allowed: sequence numbers count in tens here.
+        let seq = s.inbox.last().map_or(10, |(q, _)| q + 10);
+        s.inbox.push((seq, message));
+        drop(s);
+        self.pushed.notify_waiters();
+        seq
+    }
+
+    /// Drop every open connection (the agent reconnects with backoff).
+    fn disconnect_all(&self) {
+        self.kick.send_modify(|k| *k += 1);
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, ServerState> {
+        self.state.lock().unwrap()
+    }
+}
+
+impl Drop for FakeServer {
+    fn drop(&mut self) {
+        self.accept_task.abort();
+        self.disconnect_all();
+    }
+}
+
+async fn send_server<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, m: &ServerMessage) -> bool {
+    write_frame(w, &encode_server_message(m).unwrap(), MAX_CHANNEL_FRAME)
+        .await
+        .is_ok()
+}
+
+/// The server side of one connection, as PROTOCOL.md describes it.
+async fn serve_agent(
+    tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    state: Arc<Mutex<ServerState>>,
+    pushed: Arc<tokio::sync::Notify>,
+    mut kick: tokio::sync::watch::Receiver<u64>,
+    expected_code: Arc<Mutex<Option<PairingCode>>>,
+) {
+    // Only kicks after this connection opened count.
+    kick.borrow_and_update();
+    let (mut rd, mut wr) = tokio::io::split(tls);
+    let nonce: [u8; 32] =
+        std::array::from_fn(|i| (SystemClock.now() as u8).wrapping_add(i as u8 * 7));
+    if !send_server(
+        &mut wr,
+        &ServerMessage::Challenge {
+            version: 1,
+            nonce: Bytes(nonce),
+        },
+    )
+    .await
+    {
+        return;
+    }
+    let Ok(Some(hello)) = read_frame(&mut rd, MAX_CHANNEL_FRAME).await else {
+        return;
+    };
+    let Ok(AgentMessage::Hello {
+        lock_id,
+        device_public_key,
+        resume_after,
+        signature,
+        ..
+    }) = decode_agent_message(&hello)
+    else {
+        return;
+    };
+    // Pairing: the code the homeowner typed must be the one derived from the key the agent proves.
+    let code_ok = expected_code
+        .lock()
+        .unwrap()
+        .as_ref()
+        .is_none_or(|c| c.matches(&PairingCode::derive(&device_public_key.0, &lock_id)));
+    if !code_ok
+        || !verify_hello(
+            &device_public_key.0,
+            &nonce,
+            &lock_id,
+            "localhost",
+            &signature,
+        )
+    {
+        state.lock().unwrap().refused += 1;
+        send_server(
+            &mut wr,
+            &ServerMessage::Error {
+                code: ErrorCode::AuthenticationFailed,
+            },
+        )
+        .await;
+        return;
+    }
+    let receipts_through = {
+        let mut s = state.lock().unwrap();
+        s.hellos.push(resume_after);
+        s.connections += 1;
+        let mut through = 0;
+        while s.receipts.contains_key(&(through + 1)) {
+            through += 1;
+        }
+        through
+    };
+    if !send_server(&mut wr, &ServerMessage::Welcome { receipts_through }).await {
+        return;
+    }
+    let resend = state.lock().unwrap().resend_on_connect.take();
+    if let Some((seq, message)) = resend
+        && !send_server(&mut wr, &ServerMessage::Inbox { seq, message }).await
+    {
+        return;
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let reader = tokio::spawn(async move {
+        while let Ok(Some(frame)) = read_frame(&mut rd, MAX_CHANNEL_FRAME).await {
+            if tx.send(frame).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut sent_through = resume_after;
+    loop {
+        // Registered before looking, so a push between the look and the wait is not missed.
+        let notified = pushed.notified();
+        // Deliver whatever is newer than what this connection has sent.
+        let due: Vec<(u64, InboxMessage)> = state
+            .lock()
+            .unwrap()
+            .inbox
+            .iter()
+            .filter(|(seq, _)| *seq > sent_through)
+            .cloned()
+            .collect();
+        for (seq, message) in due {
+            if !send_server(&mut wr, &ServerMessage::Inbox { seq, message }).await {
+                reader.abort();
+                return;
+            }
+            sent_through = seq;
+        }
+        tokio::select! {
+            frame = rx.recv() => {
+                let Some(frame) = frame else { break };
+                let Ok(msg) = decode_agent_message(&frame) else { break };
+                match msg {
+                    AgentMessage::Ack { seq } => {
+                        let mut s = state.lock().unwrap();
+                        s.acks.push(seq);
+                        s.acked = s.acked.max(seq);
+                    }
+                    AgentMessage::Receipts { receipts } => {
+                        let through = {
+                            let mut s = state.lock().unwrap();
+                            for r in receipts {
+                                let seq = receipt::decode_own(&r).unwrap().body.seq;
+                                *s.receipt_deliveries.entry(seq).or_default() += 1;
+                                s.receipts.insert(seq, r.into_vec());
+                            }
+                            let mut through = 0;
+                            while s.receipts.contains_key(&(through + 1)) {
+                                through += 1;
+                            }
+                            through
+                        };
+                        if !send_server(&mut wr, &ServerMessage::ReceiptsAck { through }).await {
+                            break;
+                        }
+                    }
+                    AgentMessage::Status { battery_percent, .. } => {
+                        state.lock().unwrap().batteries.push(battery_percent);
+                    }
+                    AgentMessage::Ping => {
+                        if !send_server(&mut wr, &ServerMessage::Pong).await {
+                            break;
+                        }
+                    }
+                    AgentMessage::Hello { .. } => break,
+                }
+            }
+            () = notified => {}
+            _ = kick.changed() => break,
+        }
+    }
+    reader.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_resumes_after_disconnect_applies_each_message_once_and_uploads_receipts_once() {
+    let server = FakeServer::start().await;
+    let lock = new_lock(&["k1"], Some((&server.addr, &server.ca_pem)));
+    std::fs::write(lock.state.file("battery"), "87\n").unwrap();
+    let now = SystemClock.now();
+    let ed = ed25519_presenter();
+
+    // Offline taps first: the server is up but we stop the lock from hearing about it by
+    // letting it decide three taps before anything else is checked.
+    let running = start_agent(&lock, Arc::new(SystemClock));
+    let pubkey = device_public_key(&running);
+    let spared = mint(&lock.issuer, "k1", now, 600, &ed);
+    let doomed = mint(&lock.issuer, "k1", now, 600, &ed);
+    for _ in 0..3 {
+        let t = mint(&lock.issuer, "k1", now, 600, &ed);
+        assert_eq!(tap(&running, &t, &ed).await.outcome, Outcome::Allow);
+    }
+    wait_until("three receipts uploaded", || {
+        server.state().receipts.len() == 3
+    })
+    .await;
+
+    // Inbox: a staged token, then a revocation.
+    let s1 = server.push(InboxMessage::Token {
+        token: spared.clone(),
+    });
+    let s2 = server.push(InboxMessage::Revocation {
+        token_hash: Bytes(firstkey_token::token_hash(&doomed).0),
+        expires_at: now + 600,
+    });
+    wait_until("both acked", || server.state().acked == s2).await;
+    assert_eq!(running.door.lock().unwrap().store().inbox_seq(), s2);
+
+    // Disconnect; taps go on meanwhile; the agent reconnects and resumes after s2.
+    server.disconnect_all();
+    assert_eq!(tap(&running, &doomed, &ed).await.outcome, Outcome::Deny);
+    assert_eq!(last_reason(&running), "revoked");
+    wait_until("reconnected", || server.state().hellos.len() >= 2).await;
+    assert_eq!(server.state().hellos[1], s2);
+
+    // A misbehaving server re-sends seq s1 with different content (revoking `spared`): the
+    // agent must not apply it, because it already applied s1.
+    server.state().resend_on_connect = Some((
+        s1,
+        InboxMessage::Revocation {
+            token_hash: Bytes(firstkey_token::token_hash(&spared).0),
+            expires_at: now + 600,
+        },
+    ));
+    server.disconnect_all();
+    wait_until("third connection", || server.state().hellos.len() >= 3).await;
+    let s3 = server.push(InboxMessage::Token {
+        token: doomed.clone(),
+    });
+    wait_until("s3 acked", || server.state().acked == s3).await;
+    assert_eq!(tap(&running, &spared, &ed).await.outcome, Outcome::Allow);
+
+    // Every receipt arrived exactly once, and the server's copy verifies as one chain.
+    wait_until("all receipts uploaded", || {
+        server.state().receipts.len() as u64 == running.door.lock().unwrap().store().head().seq
+    })
+    .await;
+    let st = server.state();
+    assert!(
+        st.receipt_deliveries.values().all(|n| *n == 1),
+        "{:?}",
+        st.receipt_deliveries
+    );
+    receipt::verify_chain(
+        st.receipts.values().map(Vec::as_slice),
+        &pubkey,
+        LOCK,
+        ChainHead::GENESIS,
+    )
+    .unwrap();
+    assert_eq!(st.receipts.len(), 5);
+    // Acks: each new message acked once; the re-sent s1 acked again without being applied.
+    assert_eq!(st.acks, vec![s1, s2, s1, s3]);
+    assert!(st.batteries.contains(&Some(87)));
+    drop(st);
+    // Only `doomed` was revoked; the staged tokens are the two the server sent.
+    let d = running.door.lock().unwrap();
+    assert_eq!(d.store().status().revocations, 1);
+    assert_eq!(d.store().staged_tokens(), &[spared, doomed]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundle_rotation_reaches_a_lock_that_was_offline() {
+    // The lock's server address points at a port nothing listens on yet: it is offline.
+    let probe = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = probe.local_addr().unwrap().to_string();
+    drop(probe);
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let lock = new_lock(&["k1"], Some((&addr, &certified.cert.pem())));
+    let now = SystemClock.now();
+    let ed = ed25519_presenter();
+    let running = start_agent(&lock, Arc::new(SystemClock));
+
+    // Offline through a rotation: tokens from k1 (still in its bundle) keep working; k2 is unknown.
+    let k1 = mint(&lock.issuer, "k1", now, 600, &ed);
+    assert_eq!(tap(&running, &k1, &ed).await.outcome, Outcome::Allow);
+    let k2 = mint(&lock.issuer, "k2", now, 600, &ed);
+    assert_eq!(tap(&running, &k2, &ed).await.outcome, Outcome::Deny);
+    assert_eq!(last_reason(&running), "unknown_key");
+
+    // The server comes up on that address (with its own certificate: a new server CA is a
+    // provisioning step, so restart the lock with it), holding v2 {k1,k2} then v3 {k2}.
+    running.stop().await;
+    let server = FakeServer::start_on(&addr).await;
+    std::fs::write(lock.state.file("server-ca.pem"), &server.ca_pem).unwrap();
+    let v2 = server.push(InboxMessage::TrustBundle {
+        bundle: lock.issuer.bundle(2, &["k1", "k2"]).unwrap(),
+    });
+    let running = start_agent(&lock, Arc::new(SystemClock));
+    wait_until("v2 applied", || server.state().acked == v2).await;
+    assert_eq!(
+        running
+            .door
+            .lock()
+            .unwrap()
+            .store()
+            .trust_bundle()
+            .unwrap()
+            .version(),
+        2
+    );
+    assert_eq!(tap(&running, &k2, &ed).await.outcome, Outcome::Allow);
+    let k1b = mint(&lock.issuer, "k1", now, 600, &ed);
+    let k1c = mint(&lock.issuer, "k1", now, 600, &ed);
+    assert_eq!(tap(&running, &k1b, &ed).await.outcome, Outcome::Allow);
+
+    // v3 retires k1; an old bundle (v1, validly signed) replayed afterwards cannot bring it back.
+    let v3 = server.push(InboxMessage::TrustBundle {
+        bundle: lock.issuer.bundle(3, &["k2"]).unwrap(),
+    });
+    let v1 = server.push(InboxMessage::TrustBundle {
+        bundle: lock.issuer.bundle(1, &["k1"]).unwrap(),
+    });
+    // A bundle signed by another root is refused as well.
+    let stranger = Issuer::generate("demo-city", RP).unwrap();
+    let forged = server.push(InboxMessage::TrustBundle {
+        bundle: stranger.bundle(9, &["k1"]).unwrap(),
+    });
+    wait_until("all bundles handled", || server.state().acked == forged).await;
+    assert!(v1 > v3);
+    assert_eq!(
+        running
+            .door
+            .lock()
+            .unwrap()
+            .store()
+            .trust_bundle()
+            .unwrap()
+            .version(),
+        3
+    );
+    assert_eq!(tap(&running, &k1c, &ed).await.outcome, Outcome::Deny);
+    assert_eq!(last_reason(&running), "unknown_key");
+    let k2b = mint(&lock.issuer, "k2", now, 600, &ed);
+    assert_eq!(tap(&running, &k2b, &ed).await.outcome, Outcome::Allow);
+    // The bundle survives a restart.
+    running.stop().await;
+    let store = Store::open(&lock.state).unwrap();
+    assert_eq!(store.trust_bundle().unwrap().version(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_over_the_channel_denies_the_next_tap() {
+    let server = FakeServer::start().await;
+    let lock = new_lock(&["k1"], Some((&server.addr, &server.ca_pem)));
+    let now = SystemClock.now();
+    let ed = ed25519_presenter();
+    let running = start_agent(&lock, Arc::new(SystemClock));
+    let token = mint(&lock.issuer, "k1", now, 600, &ed);
+    let seq = server.push(InboxMessage::Revocation {
+        token_hash: Bytes(firstkey_token::token_hash(&token).0),
+        expires_at: now + 600,
+    });
+    wait_until("revocation acked", || server.state().acked == seq).await;
+    assert_eq!(tap(&running, &token, &ed).await.outcome, Outcome::Deny);
+    assert_eq!(last_reason(&running), "revoked");
+    // The revocation is durable.
+    running.stop().await;
+    let running = start_agent(&lock, Arc::new(SystemClock));
+    assert_eq!(tap(&running, &token, &ed).await.outcome, Outcome::Deny);
+    assert_eq!(last_reason(&running), "revoked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pairing_code_printed_by_init_lets_the_server_bind_the_device_key() {
+    let server = FakeServer::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let issuer = Issuer::generate("demo-city", RP).unwrap();
+    std::fs::write(
+        tmp.path().join("bundle.cbor"),
+        issuer.bundle(1, &["k1"]).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(tmp.path().join("ca.pem"), &server.ca_pem).unwrap();
+    let state_dir = tmp.path().join("state");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_firstkey-agent"))
+        .arg("init")
+        .arg("--state-dir")
+        .arg(&state_dir)
+        .args(["--lock-id", LOCK, "--root-public-key"])
+        .arg(hex::encode(issuer.root_public_key().unwrap()))
+        .arg("--trust-bundle")
+        .arg(tmp.path().join("bundle.cbor"))
+        .args([
+            "--server",
+            &server.addr,
+            "--server-name",
+            "localhost",
+            "--server-ca",
+        ])
+        .arg(tmp.path().join("ca.pem"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let typed = text
+        .lines()
+        .find_map(|l| l.strip_prefix("pairing code:"))
+        .unwrap()
+        .trim()
+        .to_lowercase();
+    // A wrong code is refused ...
+    *server.expected_code.lock().unwrap() = Some(PairingCode::parse("00000-00000").unwrap());
+    let lock = Lock {
+        _tmp: tmp,
+        state: StateDir::new(&state_dir),
+        issuer,
+    };
+    let running = start_agent(&lock, Arc::new(SystemClock));
+    wait_until("refused", || server.state().refused >= 1).await;
+    assert!(server.state().hellos.is_empty());
+    // ... the one the homeowner read off the lock (typed in lower case) is accepted.
+    *server.expected_code.lock().unwrap() = Some(PairingCode::parse(&typed).unwrap());
+    wait_until("paired", || !server.state().hellos.is_empty()).await;
+    running.stop().await;
 }
