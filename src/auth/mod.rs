@@ -2,6 +2,11 @@
 //! invitations, and the rate limits on signing in and up. Authorization decisions are the policy
 //! module's; this module only establishes identity and freshness.
 
+pub mod accounts;
+pub mod error;
+pub mod ratelimit;
 pub mod session;
+pub mod signin;
+pub mod webauthn;
 
 pub use session::Actor;

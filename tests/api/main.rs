@@ -1,6 +1,8 @@
 //! The server's black-box test binary: one binary, one module per area.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+mod auth;
+mod auth_helpers;
 mod health;
 mod helpers;
 mod migrations;

@@ -1,0 +1,641 @@
+//! Accounts: the bootstrap municipal admin, invitations of staff by an admin, homeowner sign-up with
+//! e-mail verification, enrolment of the first credential through a one-time link, and disabling an
+//! account.
+//!
+//! Every account starts `pending`. It becomes `active` only when its holder enrols a credential
+//! through a one-time link: an invitation (staff: a hardware security key) or an e-mail verification
+//! (homeowners: a passkey). Links carry a random secret; the database keeps only its SHA-256. Links
+//! expire ([`INVITATION_LIFETIME`], [`VERIFICATION_LIFETIME`]) and are used once. Roles of an
+//! invitation are granted when it is accepted, not when it is sent.
+//!
+//! Sign-in with an enrolled credential is `signin`'s; this module does not see HTTP.
+
+use chrono::{DateTime, Duration, Utc};
+use deadpool_postgres::GenericClient;
+use ring::digest::{SHA256, digest};
+use ring::rand::SystemRandom;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+use webauthn_rs::prelude::{
+    AuthenticatorAttachment, RegisterPublicKeyCredential, Webauthn, WebauthnError,
+};
+
+use super::error::AuthError;
+use super::session::{self, Actor, SessionSecret};
+use super::webauthn::{self as wa, CeremonyState, Challenge, CredentialKind, Registering, Ticket};
+use crate::audit::{self, Event, Outcome};
+use crate::domain::{Email, Role};
+use crate::notify::{self, Mail};
+use crate::settings::PublicOrigin;
+use crate::store::people::{self, User};
+use crate::store::{StoreError, Tenant, tenancy};
+
+/// How long an invitation link can be used.
+pub const INVITATION_LIFETIME: Duration = Duration::hours(72);
+/// How long an e-mail verification link can be used.
+pub const VERIFICATION_LIFETIME: Duration = Duration::hours(24);
+
+/// The secret of a one-time link (invitation or e-mail verification). Never logged; it leaves the
+/// server only in the mail (or, for the bootstrap admin, on the operator's terminal).
+pub struct LinkSecret(String);
+
+impl LinkSecret {
+    fn new() -> Result<Self, StoreError> {
+        session::random_secret(&SystemRandom::new(), 32).map(Self)
+    }
+
+    /// The raw secret, as the enrolment endpoints take it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The link of an invitation: the secret is in the fragment, so it never reaches a server log.
+    pub fn invitation_url(&self, origin: &PublicOrigin) -> String {
+        format!("{}/invitations/accept#{}", origin.as_str(), self.0)
+    }
+
+    /// The link of an e-mail verification.
+    pub fn verification_url(&self, origin: &PublicOrigin) -> String {
+        format!("{}/accounts/verify#{}", origin.as_str(), self.0)
+    }
+}
+
+impl std::fmt::Debug for LinkSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LinkSecret(..)")
+    }
+}
+
+fn hash(secret: &str) -> Vec<u8> {
+    digest(&SHA256, secret.as_bytes()).as_ref().to_vec()
+}
+
+/// Creates (or finds) the pending account with `email`; a disabled account is refused.
+async fn ensure_pending_user(
+    tx: &impl GenericClient,
+    tenant: Tenant,
+    email: &Email,
+    display_name: &str,
+    now: DateTime<Utc>,
+) -> Result<(Uuid, String), AuthError> {
+    let name = display_name.trim();
+    if name.is_empty() || name.chars().count() > 200 {
+        return Err(AuthError::Invalid(
+            "display_name: use 1 to 200 characters".to_owned(),
+        ));
+    }
+    let row = tx
+        .query_one(
+            "INSERT INTO users (id, municipality_id, email, display_name, status, created_at)
+             VALUES ($1, $2, $3, $4, 'pending', $5)
+             ON CONFLICT (municipality_id, lower(email)) DO UPDATE SET display_name = users.display_name
+             RETURNING id, status",
+            &[&Uuid::new_v4(), &tenant.id(), &email.as_str(), &name, &now],
+        )
+        .await
+        .map_err(crate::store::conflict_or_query)?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// Creates the municipality's first admin account (pending) and a one-time invitation for it; the
+/// operator hands the link to the admin, who enrols a hardware security key through it. Running it
+/// again for the same address issues a fresh link (the recovery path for a lost key).
+pub async fn bootstrap_admin(
+    tx: &impl GenericClient,
+    tenant: Tenant,
+    email: &Email,
+    display_name: &str,
+    now: DateTime<Utc>,
+) -> Result<(User, LinkSecret), AuthError> {
+    let (user, status) = ensure_pending_user(tx, tenant, email, display_name, now).await?;
+    if status == "disabled" {
+        return Err(AuthError::Conflict("the account is disabled"));
+    }
+    let secret = LinkSecret::new()?;
+    let invitation = Uuid::new_v4();
+    tx.execute(
+        "INSERT INTO invitations (id, municipality_id, agency_id, role, email, secret_hash, created_by,
+             created_at, expires_at)
+         VALUES ($1, $2, NULL, 'municipal_admin', $3, $4, $5, $6, $7)",
+        &[&invitation, &tenant.id(), &email.as_str(), &hash(secret.expose()), &user, &now, &(now + INVITATION_LIFETIME)],
+    )
+    .await
+    .map_err(crate::store::conflict_or_query)?;
+    let event = Event::new("account.bootstrap_admin", Outcome::Info)
+        .subject("invitation", invitation)
+        .details(serde_json::json!({ "role": Role::MunicipalAdmin.as_str() }));
+    audit::record(tx, tenant, &event, now).await?;
+    Ok((people::user(tx, tenant, user).await?, secret))
+}
+
+/// An invitation to create.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+pub struct NewInvitation {
+    /// The role to grant on acceptance (not `homeowner`: homeowners sign up themselves).
+    pub role: Role,
+    /// The agency, required for dispatchers and responders.
+    pub agency_id: Option<Uuid>,
+    /// Where the link is mailed.
+    pub email: String,
+    /// The invitee's name as shown to colleagues.
+    pub display_name: String,
+}
+
+/// An invitation as the admin sees it (never with its secret).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Invitation {
+    /// Identifier.
+    pub id: Uuid,
+    /// The account it enrols.
+    pub user_id: Uuid,
+    /// The role granted on acceptance.
+    pub role: Role,
+    /// The agency.
+    pub agency_id: Option<Uuid>,
+    /// When the link stops working.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Invites a member of staff: a pending account, a one-time link mailed to them (through the outbox),
+/// an audit entry. Returns the invitation and its link secret (the HTTP API does not return the
+/// secret; operator tooling and tests may use it).
+pub async fn invite(
+    tx: &impl GenericClient,
+    tenant: Tenant,
+    inviter: Uuid,
+    new: &NewInvitation,
+    origin: &PublicOrigin,
+    now: DateTime<Utc>,
+) -> Result<(Invitation, LinkSecret), AuthError> {
+    let email = Email::parse(&new.email).map_err(|e| AuthError::Invalid(e.to_string()))?;
+    if new.role == Role::Homeowner {
+        return Err(AuthError::Invalid(
+            "role: homeowners sign up themselves".to_owned(),
+        ));
+    }
+    let needs_agency = matches!(new.role, Role::Dispatcher | Role::Responder);
+    match (needs_agency, new.agency_id) {
+        (true, None) => {
+            return Err(AuthError::Invalid(
+                "agency_id: required for dispatchers and responders".to_owned(),
+            ));
+        }
+        (_, Some(agency)) => {
+            tenancy::agency(tx, tenant, agency)
+                .await
+                .map_err(|e| match e {
+                    StoreError::NotFound => {
+                        AuthError::Invalid("agency_id: no such agency".to_owned())
+                    }
+                    other => AuthError::Store(other),
+                })?;
+        }
+        (false, None) => {}
+    }
+    let (user, status) = ensure_pending_user(tx, tenant, &email, &new.display_name, now).await?;
+    if status == "disabled" {
+        return Err(AuthError::Conflict("the account is disabled"));
+    }
+    let secret = LinkSecret::new()?;
+    let invitation = Invitation {
+        id: Uuid::new_v4(),
+        user_id: user,
+        role: new.role,
+        agency_id: new.agency_id,
+        expires_at: now + INVITATION_LIFETIME,
+    };
+    tx.execute(
+        "INSERT INTO invitations (id, municipality_id, agency_id, role, email, secret_hash, created_by,
+             created_at, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        &[
+            &invitation.id,
+            &tenant.id(),
+            &new.agency_id,
+            &new.role.as_str(),
+            &email.as_str(),
+            &hash(secret.expose()),
+            &inviter,
+            &now,
+            &invitation.expires_at,
+        ],
+    )
+    .await
+    .map_err(crate::store::conflict_or_query)?;
+    let link = secret.invitation_url(origin);
+    let text = format!(
+        "You have been invited to firstkey as {role}.\n\nOpen this link within 72 hours and enrol your \
+         hardware security key:\n{link}\n\nIf you did not expect this, ignore this mail.",
+        role = new.role.as_str()
+    );
+    let mail = Mail {
+        dedupe_key: format!("invitation:{}", invitation.id),
+        kind: "account.invitation",
+        to: email,
+        subject: "firstkey: your invitation".to_owned(),
+        html: format!(
+            "<p>{}</p>",
+            notify::html_escape(&text).replace('\n', "<br>")
+        ),
+        text,
+    };
+    notify::enqueue(tx, tenant, &mail, now).await?;
+    let event = Event::new("account.invited", Outcome::Info)
+        .actor(inviter)
+        .subject("invitation", invitation.id)
+        .details(serde_json::json!({ "role": new.role.as_str() }));
+    audit::record(tx, tenant, &event, now).await?;
+    Ok((invitation, secret))
+}
+
+/// Homeowner sign-up: a pending account and a verification link mailed through the outbox. Nothing
+/// is sent for an address that already has an active or disabled account, or when `send_mail` is
+/// false (the per-address mail limit), and the caller answers the same in every case, so the
+/// endpoint reveals nothing about which addresses have accounts.
+pub async fn sign_up(
+    tx: &impl GenericClient,
+    tenant: Tenant,
+    email: &Email,
+    display_name: &str,
+    origin: &PublicOrigin,
+    send_mail: bool,
+    now: DateTime<Utc>,
+) -> Result<(), AuthError> {
+    let (user, status) = ensure_pending_user(tx, tenant, email, display_name, now).await?;
+    if status != "pending" || !send_mail {
+        return Ok(());
+    }
+    let secret = LinkSecret::new()?;
+    let id = Uuid::new_v4();
+    tx.execute(
+        "INSERT INTO email_verifications (id, municipality_id, user_id, secret_hash, created_at, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+        &[&id, &tenant.id(), &user, &hash(secret.expose()), &now, &(now + VERIFICATION_LIFETIME)],
+    )
+    .await
+    .map_err(crate::store::conflict_or_query)?;
+    let link = secret.verification_url(origin);
+    let text = format!(
+        "Confirm your e-mail address for firstkey and create your passkey within 24 hours:\n{link}\n\n\
+         If you did not sign up, ignore this mail."
+    );
+    let mail = Mail {
+        dedupe_key: format!("verify_email:{id}"),
+        kind: "account.verify_email",
+        to: email.clone(),
+        subject: "firstkey: confirm your e-mail address".to_owned(),
+        html: format!(
+            "<p>{}</p>",
+            notify::html_escape(&text).replace('\n', "<br>")
+        ),
+        text,
+    };
+    notify::enqueue(tx, tenant, &mail, now).await?;
+    let event = Event::new("account.sign_up", Outcome::Info).subject("user", user);
+    audit::record(tx, tenant, &event, now).await?;
+    Ok(())
+}
+
+/// Which kind of one-time link an enrolment uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkKind {
+    /// A staff invitation.
+    Invitation,
+    /// A homeowner's e-mail verification.
+    EmailVerification,
+}
+
+struct Pending {
+    ticket: Ticket,
+    tenant: Tenant,
+    user: Uuid,
+    email: String,
+    display_name: String,
+}
+
+async fn find_link(
+    client: &impl GenericClient,
+    kind: LinkKind,
+    secret: &str,
+    now: DateTime<Utc>,
+) -> Result<Pending, AuthError> {
+    let sql = match kind {
+        LinkKind::Invitation => {
+            "SELECT i.id, i.municipality_id, u.id, u.email, u.display_name FROM invitations i
+             JOIN users u ON u.municipality_id = i.municipality_id AND lower(u.email) = lower(i.email)
+             WHERE i.secret_hash = $1 AND i.used_at IS NULL AND i.expires_at > $2 AND u.status <> 'disabled'"
+        }
+        LinkKind::EmailVerification => {
+            "SELECT v.id, v.municipality_id, u.id, u.email, u.display_name FROM email_verifications v
+             JOIN users u ON u.municipality_id = v.municipality_id AND u.id = v.user_id
+             WHERE v.secret_hash = $1 AND v.used_at IS NULL AND v.expires_at > $2 AND u.status <> 'disabled'"
+        }
+    };
+    let row = client
+        .query_opt(sql, &[&hash(secret), &now])
+        .await
+        .map_err(StoreError::from)?
+        .ok_or(AuthError::TicketInvalid)?;
+    let id: Uuid = row.get(0);
+    Ok(Pending {
+        ticket: match kind {
+            LinkKind::Invitation => Ticket::Invitation(id),
+            LinkKind::EmailVerification => Ticket::EmailVerification(id),
+        },
+        tenant: Tenant::assume(row.get(1)),
+        user: row.get(2),
+        email: row.get(3),
+        display_name: row.get(4),
+    })
+}
+
+/// Starts enrolling a credential through a one-time link: a hardware security key for an invitation
+/// (attestation checked against the municipality's CAs, user verification required, synced
+/// credentials refused), a passkey for an e-mail verification. The link stays usable until an
+/// enrolment through it succeeds.
+pub async fn start_enrolment(
+    client: &impl GenericClient,
+    rp: &Webauthn,
+    kind: LinkKind,
+    secret: &str,
+    now: DateTime<Utc>,
+) -> Result<Challenge, AuthError> {
+    let pending = find_link(client, kind, secret, now).await?;
+    let existing: Vec<Vec<u8>> = client
+        .query(
+            "SELECT credential_id FROM webauthn_credentials WHERE municipality_id = $1 AND user_id = $2",
+            &[&pending.tenant.id(), &pending.user],
+        )
+        .await
+        .map_err(StoreError::from)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let exclude = Some(existing.into_iter().map(Into::into).collect());
+    let (options, registering) = match kind {
+        LinkKind::Invitation => {
+            let cas = wa::attestation_cas(client, pending.tenant).await?;
+            let (ccr, state) = rp
+                .start_attested_passkey_registration(
+                    pending.user,
+                    &pending.email,
+                    &pending.display_name,
+                    exclude,
+                    cas,
+                    Some(AuthenticatorAttachment::CrossPlatform),
+                )
+                .map_err(|e| AuthError::Configuration(e.to_string()))?;
+            (serde_json::to_value(ccr)?, Registering::SecurityKey(state))
+        }
+        LinkKind::EmailVerification => {
+            let (ccr, state) = rp
+                .start_passkey_registration(
+                    pending.user,
+                    &pending.email,
+                    &pending.display_name,
+                    exclude,
+                )
+                .map_err(|e| AuthError::Configuration(e.to_string()))?;
+            (serde_json::to_value(ccr)?, Registering::Passkey(state))
+        }
+    };
+    let state = CeremonyState::Enrol {
+        ticket: pending.ticket,
+        registering,
+    };
+    let ceremony = wa::store_ceremony(client, pending.tenant, pending.user, &state, now).await?;
+    Ok(Challenge { ceremony, options })
+}
+
+/// A signed-in user: the new session's secret goes into the cookie.
+#[derive(Debug)]
+pub struct SignedIn {
+    /// Municipality.
+    pub tenant: Tenant,
+    /// User.
+    pub user: Uuid,
+    /// The credential that signed in (the session starts stepped up with it).
+    pub credential: Uuid,
+    /// The session's secret.
+    pub session: SessionSecret,
+}
+
+/// Why webauthn-rs refused a registration, in words safe for the client.
+fn refusal(e: &WebauthnError) -> &'static str {
+    match e {
+        WebauthnError::UserNotVerified => "user verification is required",
+        WebauthnError::CredentialMayNotBeHardwareBound
+        | WebauthnError::CredentialBackupEligibilityInconsistent => {
+            "synced (backup-eligible) credentials are not accepted; use a hardware security key"
+        }
+        WebauthnError::AttestationChainNotTrusted(_)
+        | WebauthnError::AttestationTrustFailure
+        | WebauthnError::AttestationUntrustedAaguid
+        | WebauthnError::AttestationNotVerifiable
+        | WebauthnError::AttestationCertificateTrustStoreEmpty
+        | WebauthnError::AttestationNotSupported
+        | WebauthnError::AttestationLeafCertMissing
+        | WebauthnError::MissingAttestationCredentialData => {
+            "the security key's attestation is not from a manufacturer this municipality trusts"
+        }
+        WebauthnError::CredentialExcludedFromRequest | WebauthnError::CredentialAlreadyExists => {
+            "this authenticator is already enrolled"
+        }
+        _ => "the registration did not verify",
+    }
+}
+
+/// Finishes an enrolment: verifies the registration, uses up the link, activates the account, grants
+/// the invitation's role, stores the credential, audits, and signs the user in. A refused
+/// registration is audited and leaves the link usable; the ceremony is used up either way.
+pub async fn finish_enrolment(
+    client: &mut deadpool_postgres::Client,
+    rp: &Webauthn,
+    ceremony: Uuid,
+    response: &RegisterPublicKeyCredential,
+    now: DateTime<Utc>,
+) -> Result<SignedIn, AuthError> {
+    let taken = wa::take_ceremony(&*client, ceremony, now).await?;
+    let CeremonyState::Enrol {
+        ticket,
+        registering,
+    } = taken.state
+    else {
+        return Err(AuthError::CeremonyInvalid);
+    };
+    let (tenant, user) = (taken.tenant, taken.user);
+    let tx = client.transaction().await.map_err(StoreError::from)?;
+    let (kind, result) = match &registering {
+        Registering::SecurityKey(state) => (
+            CredentialKind::SecurityKey,
+            rp.finish_attested_passkey_registration(response, state)
+                .map(Into::into),
+        ),
+        Registering::Passkey(state) => (
+            CredentialKind::Passkey,
+            rp.finish_passkey_registration(response, state)
+                .map(Into::into),
+        ),
+    };
+    let result = match result {
+        Ok(credential)
+            if kind == CredentialKind::SecurityKey && credential_is_synced(&credential) =>
+        {
+            Err(
+                "synced (backup-eligible) credentials are not accepted; use a hardware security key",
+            )
+        }
+        Ok(credential) => Ok(credential),
+        Err(e) => {
+            tracing::info!(error = %e, "registration refused");
+            Err(refusal(&e))
+        }
+    };
+    let credential = match result {
+        Ok(credential) => credential,
+        Err(reason) => {
+            let event = Event::new("auth.enrol", Outcome::Deny)
+                .actor(user)
+                .details(serde_json::json!({ "reason": reason, "kind": kind_name(kind) }));
+            audit::record(&tx, tenant, &event, now).await?;
+            tx.commit().await.map_err(StoreError::from)?;
+            return Err(AuthError::EnrolmentRefused(reason));
+        }
+    };
+    let (role, agency): (Option<Role>, Option<Uuid>) = match ticket {
+        Ticket::Invitation(id) => {
+            let row = tx
+                .query_opt(
+                    "UPDATE invitations SET used_at = $3
+                     WHERE municipality_id = $1 AND id = $2 AND used_at IS NULL AND expires_at > $3
+                     RETURNING role, agency_id",
+                    &[&tenant.id(), &id, &now],
+                )
+                .await
+                .map_err(StoreError::from)?
+                .ok_or(AuthError::TicketInvalid)?;
+            let role = Role::parse(row.get::<_, &str>(0))
+                .map_err(|e| AuthError::Invalid(e.to_string()))?;
+            (Some(role), row.get(1))
+        }
+        Ticket::EmailVerification(id) => {
+            tx.query_opt(
+                "UPDATE email_verifications SET used_at = $3
+                 WHERE municipality_id = $1 AND id = $2 AND used_at IS NULL AND expires_at > $3 RETURNING id",
+                &[&tenant.id(), &id, &now],
+            )
+            .await
+            .map_err(StoreError::from)?
+            .ok_or(AuthError::TicketInvalid)?;
+            (Some(Role::Homeowner), None)
+        }
+    };
+    let activated = tx
+        .execute(
+            "UPDATE users SET status = 'active', email_verified_at = coalesce(email_verified_at, $3),
+                 agency_id = coalesce($4, agency_id)
+             WHERE municipality_id = $1 AND id = $2 AND status <> 'disabled'",
+            &[&tenant.id(), &user, &now, &agency],
+        )
+        .await
+        .map_err(StoreError::from)?;
+    if activated != 1 {
+        return Err(AuthError::TicketInvalid);
+    }
+    if let Some(role) = role {
+        tx.execute(
+            "INSERT INTO user_roles (municipality_id, user_id, role, granted_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT DO NOTHING",
+            &[&tenant.id(), &user, &role.as_str(), &now],
+        )
+        .await
+        .map_err(StoreError::from)?;
+    }
+    let attestation_ca = match kind {
+        CredentialKind::SecurityKey => Some(attestation_summary(&credential)),
+        CredentialKind::Passkey => None,
+    };
+    let credential_id = wa::insert_credential(
+        &tx,
+        tenant,
+        user,
+        kind,
+        &credential,
+        attestation_ca.as_deref(),
+        now,
+    )
+    .await?;
+    let event = Event::new("auth.enrol", Outcome::Allow)
+        .actor(user)
+        .subject("credential", credential_id)
+        .details(serde_json::json!({
+            "kind": kind_name(kind),
+            "role": role.map(Role::as_str),
+        }));
+    audit::record(&tx, tenant, &event, now).await?;
+    let (_, session) = session::create(&tx, tenant, user, Some(credential_id), now).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(SignedIn {
+        tenant,
+        user,
+        credential: credential_id,
+        session,
+    })
+}
+
+fn credential_is_synced(credential: &webauthn_rs::prelude::Credential) -> bool {
+    credential.backup_eligible || credential.backup_state
+}
+
+fn kind_name(kind: CredentialKind) -> &'static str {
+    match kind {
+        CredentialKind::SecurityKey => "security_key",
+        CredentialKind::Passkey => "passkey",
+    }
+}
+
+/// What the attestation said about the device, for the `attestation_ca` column (no personal data).
+fn attestation_summary(credential: &webauthn_rs::prelude::Credential) -> String {
+    use webauthn_rs::prelude::AttestationMetadata;
+    match &credential.attestation.metadata {
+        AttestationMetadata::Packed { aaguid } | AttestationMetadata::Tpm { aaguid, .. } => {
+            format!("{:?} aaguid {aaguid}", credential.attestation_format)
+        }
+        _ => format!("{:?}", credential.attestation_format),
+    }
+}
+
+/// An admin disables an account of their municipality: status `disabled`, every session ended at once
+/// (the session check reads the status on every request too), an audit entry. Anyone but a municipal
+/// admin, and any account of another municipality, gets [`AuthError::NotFound`].
+pub async fn disable(
+    tx: &impl GenericClient,
+    actor: &Actor,
+    target: Uuid,
+    now: DateTime<Utc>,
+) -> Result<u64, AuthError> {
+    if !actor.has(Role::MunicipalAdmin) {
+        return Err(AuthError::NotFound);
+    }
+    if target == actor.user_id {
+        return Err(AuthError::Conflict("you cannot disable your own account"));
+    }
+    let found = tx
+        .query_opt(
+            "UPDATE users SET status = 'disabled', disabled_at = coalesce(disabled_at, $3)
+             WHERE municipality_id = $1 AND id = $2 RETURNING id",
+            &[&actor.tenant.id(), &target, &now],
+        )
+        .await
+        .map_err(StoreError::from)?;
+    if found.is_none() {
+        return Err(AuthError::NotFound);
+    }
+    let ended = session::end_all(tx, actor.tenant, target, now).await?;
+    let event = Event::new("account.disabled", Outcome::Info)
+        .actor(actor.user_id)
+        .subject("user", target)
+        .details(serde_json::json!({ "sessions_ended": ended }));
+    audit::record(tx, actor.tenant, &event, now).await?;
+    Ok(ended)
+}

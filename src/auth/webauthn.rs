@@ -1,0 +1,752 @@
+//! WebAuthn with webauthn-rs: the relying party, the attestation CAs a municipality trusts, the
+//! server-side ceremony store, stored credentials, and the assertion check behind sign-in and step-up.
+//!
+//! Two kinds of credential:
+//! - **Hardware security keys** ([`CredentialKind::SecurityKey`]) for municipal admins, dispatchers,
+//!   responders and auditors: webauthn-rs's *attested passkey* ceremony, i.e. direct attestation
+//!   verified against the municipality's CA list ([`attestation_cas`]), user verification required,
+//!   backup-eligible (synced) credentials refused.
+//! - **Passkeys** ([`CredentialKind::Passkey`]) for homeowners: user verification required, any
+//!   authenticator, synced ones included.
+//!
+//! Ceremony state lives in `webauthn_ceremonies`: it is written when a ceremony starts, expires after
+//! [`CEREMONY_LIFETIME`], and is deleted by the statement that reads it ([`take_ceremony`]), so each
+//! ceremony can be finished once. A signature counter that does not move forward suspends the
+//! credential, writes an audit entry and mails the municipality's admins.
+//!
+//! Account and invitation logic is in `accounts`; sessions in `session`; this module never sees HTTP.
+
+use std::sync::OnceLock;
+
+use chrono::{DateTime, Duration, Utc};
+use deadpool_postgres::GenericClient;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+use webauthn_rs::prelude::{
+    AttestationCaList, AttestationCaListBuilder, AttestedPasskey, AttestedPasskeyAuthentication,
+    AttestedPasskeyRegistration, AuthenticationResult, COSEKey, COSEKeyType, Credential, Passkey,
+    PasskeyAuthentication, PasskeyRegistration, PublicKeyCredential, Url, Webauthn,
+    WebauthnBuilder, WebauthnError,
+};
+
+use super::error::AuthError;
+use super::ratelimit;
+use crate::audit::{self, Event, Outcome};
+use crate::domain::{Email, Role};
+use crate::notify::{self, Mail};
+use crate::settings::PublicOrigin;
+use crate::store::{StoreError, Tenant};
+
+/// How long a started ceremony may be finished.
+pub const CEREMONY_LIFETIME: Duration = Duration::minutes(5);
+
+/// The Yubico root of webauthn-rs's strict device list (`webauthn-rs-device-catalog`'s
+/// `Data::strict()`), with the AAGUIDs that list admits under it.
+const YUBICO_ROOT_PEM: &[u8] = include_bytes!("attestation/yubico-u2f-root-ca-457200631.pem");
+const STRICT_AAGUIDS: [(&str, &str); 2] = [
+    (
+        "73bb0cd4-e502-49b8-9c6f-b59445bf720b",
+        "YubiKey 5 FIPS Series",
+    ),
+    ("d8522d9f-575b-4866-88a9-ba99fa02f35b", "YubiKey Bio Series"),
+];
+
+/// Which kind of credential a user enrols and signs in with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialKind {
+    /// An attested, non-synced hardware key with user verification (staff).
+    SecurityKey,
+    /// A passkey (homeowners).
+    Passkey,
+}
+
+impl CredentialKind {
+    /// The kind a holder of `roles` must use: any staff role requires a hardware security key.
+    pub fn for_roles(roles: &[Role]) -> Self {
+        if roles.iter().any(|r| *r != Role::Homeowner) {
+            Self::SecurityKey
+        } else {
+            Self::Passkey
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::SecurityKey => "security_key",
+            Self::Passkey => "passkey",
+        }
+    }
+
+    fn parse(stored: &str) -> Self {
+        if stored == "security_key" {
+            Self::SecurityKey
+        } else {
+            Self::Passkey
+        }
+    }
+}
+
+/// The relying party for `origin`: its host is the RP id, the origin the only one allowed.
+pub fn relying_party(origin: &PublicOrigin) -> Result<Webauthn, AuthError> {
+    let url = Url::parse(origin.as_str()).map_err(|e| AuthError::Configuration(e.to_string()))?;
+    WebauthnBuilder::new(origin.host(), &url)
+        .and_then(|b| {
+            b.rp_name("firstkey")
+                .timeout(std::time::Duration::from_secs(300))
+                .build()
+        })
+        .map_err(|e| AuthError::Configuration(e.to_string()))
+}
+
+/// webauthn-rs's strict list, built once.
+fn strict_list() -> Result<&'static AttestationCaList, AuthError> {
+    static STRICT: OnceLock<Result<AttestationCaList, String>> = OnceLock::new();
+    STRICT
+        .get_or_init(|| {
+            let mut builder = AttestationCaListBuilder::new();
+            for (aaguid, name) in STRICT_AAGUIDS {
+                let aaguid = Uuid::parse_str(aaguid).map_err(|e| e.to_string())?;
+                builder
+                    .insert_device_pem(YUBICO_ROOT_PEM, aaguid, name.to_owned(), Default::default())
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(builder.build())
+        })
+        .as_ref()
+        .map_err(|e| AuthError::Configuration(format!("strict attestation list: {e}")))
+}
+
+/// The attestation CAs the municipality trusts for hardware keys: webauthn-rs's strict list, plus
+/// every CA in `municipalities.attestation_cas` (PEM strings; each admits any device it attests).
+/// An unparseable entry is skipped with a warning rather than failing every enrolment.
+pub async fn attestation_cas(
+    client: &impl GenericClient,
+    tenant: Tenant,
+) -> Result<AttestationCaList, AuthError> {
+    let mut list = strict_list()?.clone();
+    let row = client
+        .query_opt(
+            "SELECT attestation_cas FROM municipalities WHERE id = $1",
+            &[&tenant.id()],
+        )
+        .await
+        .map_err(StoreError::from)?
+        .ok_or(AuthError::NotFound)?;
+    let extra: serde_json::Value = row.get(0);
+    for (index, pem) in extra.as_array().into_iter().flatten().enumerate() {
+        let Some(pem) = pem.as_str() else {
+            tracing::warn!(index, "attestation CA entry is not a PEM string; skipped");
+            continue;
+        };
+        match AttestationCaList::try_from(pem.as_bytes()) {
+            Ok(one) => list.union(&one),
+            Err(e) => {
+                tracing::warn!(index, error = %e, "attestation CA entry does not parse; skipped")
+            }
+        }
+    }
+    Ok(list)
+}
+
+// ------------------------------------------------------------------------------------------ ceremonies
+
+/// What a registration ceremony is for: the link that authorised it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "ticket", content = "id", rename_all = "snake_case")]
+pub enum Ticket {
+    /// An invitation (staff, or the bootstrap admin).
+    Invitation(Uuid),
+    /// A homeowner's e-mail verification.
+    EmailVerification(Uuid),
+}
+
+/// Registration state of either kind.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "state", rename_all = "snake_case")]
+pub enum Registering {
+    /// A hardware key enrolment.
+    SecurityKey(AttestedPasskeyRegistration),
+    /// A passkey enrolment.
+    Passkey(PasskeyRegistration),
+}
+
+/// Authentication state of either kind.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "state", rename_all = "snake_case")]
+pub enum Authenticating {
+    /// An assertion from a hardware key.
+    SecurityKey(AttestedPasskeyAuthentication),
+    /// An assertion from a passkey.
+    Passkey(PasskeyAuthentication),
+}
+
+/// Server-side state of one ceremony, stored as JSONB.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "purpose", rename_all = "snake_case")]
+pub enum CeremonyState {
+    /// Enrolling a credential through an invitation or verification link.
+    Enrol {
+        /// The link.
+        ticket: Ticket,
+        /// webauthn-rs state.
+        registering: Registering,
+    },
+    /// Signing in.
+    SignIn {
+        /// webauthn-rs state.
+        authenticating: Authenticating,
+    },
+    /// A fresh assertion for the signed-in session `session`.
+    StepUp {
+        /// The session to step up.
+        session: Uuid,
+        /// webauthn-rs state.
+        authenticating: Authenticating,
+    },
+}
+
+impl CeremonyState {
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Enrol { .. } => "registration",
+            Self::SignIn { .. } | Self::StepUp { .. } => "authentication",
+        }
+    }
+}
+
+/// A started ceremony: its id and the options for `navigator.credentials.create/get`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Challenge {
+    /// Pass back when finishing.
+    pub ceremony: Uuid,
+    /// `CreationChallengeResponse` or `RequestChallengeResponse` of WebAuthn, as JSON.
+    #[schema(value_type = Object)]
+    pub options: serde_json::Value,
+}
+
+/// Stores a new ceremony for `user` and returns its id. Keeps at most
+/// [`ratelimit::MAX_OPEN_CEREMONIES`] live ceremonies per user and prunes expired ones.
+pub async fn store_ceremony(
+    client: &impl GenericClient,
+    tenant: Tenant,
+    user: Uuid,
+    state: &CeremonyState,
+    now: DateTime<Utc>,
+) -> Result<Uuid, AuthError> {
+    let id = Uuid::new_v4();
+    let json = serde_json::to_value(state)?;
+    client
+        .execute(
+            "DELETE FROM webauthn_ceremonies WHERE expires_at <= $1",
+            &[&now],
+        )
+        .await
+        .map_err(StoreError::from)?;
+    client
+        .execute(
+            "DELETE FROM webauthn_ceremonies WHERE id IN (
+                 SELECT id FROM webauthn_ceremonies WHERE user_id = $1 ORDER BY created_at DESC OFFSET $2)",
+            &[&user, &(ratelimit::MAX_OPEN_CEREMONIES - 1)],
+        )
+        .await
+        .map_err(StoreError::from)?;
+    client
+        .execute(
+            "INSERT INTO webauthn_ceremonies (id, municipality_id, user_id, kind, state, created_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[&id, &tenant.id(), &user, &state.kind(), &json, &now, &(now + CEREMONY_LIFETIME)],
+        )
+        .await
+        .map_err(crate::store::conflict_or_query)?;
+    Ok(id)
+}
+
+/// A ceremony taken from the store.
+#[derive(Debug)]
+pub struct TakenCeremony {
+    /// Its municipality.
+    pub tenant: Tenant,
+    /// The user it was started for.
+    pub user: Uuid,
+    /// Its state.
+    pub state: CeremonyState,
+}
+
+/// Deletes and returns a live ceremony: a second call with the same id, or a call after it expired,
+/// is [`AuthError::CeremonyInvalid`]. Run it outside the caller's transaction so the ceremony stays
+/// used even when the rest of the finish fails.
+pub async fn take_ceremony(
+    client: &impl GenericClient,
+    id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<TakenCeremony, AuthError> {
+    let row = client
+        .query_opt(
+            "DELETE FROM webauthn_ceremonies WHERE id = $1 RETURNING municipality_id, user_id, state, expires_at",
+            &[&id],
+        )
+        .await
+        .map_err(StoreError::from)?
+        .ok_or(AuthError::CeremonyInvalid)?;
+    let expires_at: DateTime<Utc> = row.get(3);
+    let user: Option<Uuid> = row.get(1);
+    let (Some(user), true) = (user, expires_at > now) else {
+        return Err(AuthError::CeremonyInvalid);
+    };
+    let state: CeremonyState =
+        serde_json::from_value(row.get(2)).map_err(|_| AuthError::CeremonyInvalid)?;
+    Ok(TakenCeremony {
+        tenant: Tenant::assume(row.get(0)),
+        user,
+        state,
+    })
+}
+
+// ------------------------------------------------------------------------------------------ credentials
+
+/// One stored credential of a user.
+#[derive(Debug, Clone)]
+pub struct StoredCredential {
+    /// Row id (what sessions record as the step-up credential).
+    pub id: Uuid,
+    /// Kind.
+    pub kind: CredentialKind,
+    /// webauthn-rs's credential.
+    pub credential: Credential,
+    /// Whether it is suspended.
+    pub suspended: bool,
+    /// The last signature counter seen.
+    pub sign_count: i64,
+}
+
+fn stored_from_row(row: &tokio_postgres::Row) -> Result<StoredCredential, AuthError> {
+    let kind: String = row.get(1);
+    let status: String = row.get(3);
+    Ok(StoredCredential {
+        id: row.get(0),
+        kind: CredentialKind::parse(&kind),
+        credential: serde_json::from_value(row.get(2))?,
+        suspended: status != "active",
+        sign_count: row.get(4),
+    })
+}
+
+/// The user's active credentials of `kind`.
+pub async fn active_credentials(
+    client: &impl GenericClient,
+    tenant: Tenant,
+    user: Uuid,
+    kind: CredentialKind,
+) -> Result<Vec<StoredCredential>, AuthError> {
+    client
+        .query(
+            "SELECT id, kind, credential, status, sign_count FROM webauthn_credentials
+             WHERE municipality_id = $1 AND user_id = $2 AND kind = $3 AND status = 'active'
+             ORDER BY created_at",
+            &[&tenant.id(), &user, &kind.as_str()],
+        )
+        .await
+        .map_err(StoreError::from)?
+        .iter()
+        .map(stored_from_row)
+        .collect()
+}
+
+/// Stores a newly enrolled credential; returns its row id. A credential id already registered
+/// anywhere is refused (WebAuthn §7.1 step 22).
+pub async fn insert_credential(
+    client: &impl GenericClient,
+    tenant: Tenant,
+    user: Uuid,
+    kind: CredentialKind,
+    credential: &Credential,
+    attestation_ca: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<Uuid, AuthError> {
+    if kind == CredentialKind::SecurityKey && credential.backup_eligible {
+        return Err(AuthError::EnrolmentRefused(
+            "synced (backup-eligible) credentials are not accepted as security keys",
+        ));
+    }
+    let id = Uuid::new_v4();
+    let json = serde_json::to_value(credential)?;
+    client
+        .execute(
+            "INSERT INTO webauthn_credentials (id, municipality_id, user_id, credential_id, kind, credential,
+                 public_key_cose, attestation_ca, sign_count, backup_eligible, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            &[
+                &id,
+                &tenant.id(),
+                &user,
+                &credential.cred_id.as_slice(),
+                &kind.as_str(),
+                &json,
+                &cose_key_bytes(&credential.cred),
+                &attestation_ca,
+                &i64::from(credential.counter),
+                &credential.backup_eligible,
+                &now,
+            ],
+        )
+        .await
+        .map_err(|e| match crate::store::conflict_or_query(e) {
+            StoreError::Conflict(_) => AuthError::Conflict("this authenticator is already enrolled"),
+            other => AuthError::Store(other),
+        })?;
+    Ok(id)
+}
+
+/// Starts an authentication ceremony over `user`'s active credentials of `kind`; `None` when the
+/// user has none.
+pub fn start_authentication(
+    rp: &Webauthn,
+    kind: CredentialKind,
+    credentials: &[StoredCredential],
+) -> Result<Option<(serde_json::Value, Authenticating)>, AuthError> {
+    if credentials.is_empty() {
+        return Ok(None);
+    }
+    let refused = |e: WebauthnError| AuthError::Configuration(e.to_string());
+    let (options, state) = match kind {
+        CredentialKind::SecurityKey => {
+            let keys: Vec<AttestedPasskey> = credentials
+                .iter()
+                .map(|c| c.credential.clone().into())
+                .collect();
+            let (rcr, state) = rp
+                .start_attested_passkey_authentication(&keys)
+                .map_err(refused)?;
+            (
+                serde_json::to_value(rcr)?,
+                Authenticating::SecurityKey(state),
+            )
+        }
+        CredentialKind::Passkey => {
+            let keys: Vec<Passkey> = credentials
+                .iter()
+                .map(|c| c.credential.clone().into())
+                .collect();
+            let (rcr, state) = rp.start_passkey_authentication(&keys).map_err(refused)?;
+            (serde_json::to_value(rcr)?, Authenticating::Passkey(state))
+        }
+    };
+    Ok(Some((options, state)))
+}
+
+/// What an assertion is for, for the audit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// Signing in.
+    SignIn,
+    /// Stepping up an existing session.
+    StepUp,
+}
+
+impl Purpose {
+    /// The audit action of an assertion for this purpose.
+    pub fn action(self) -> &'static str {
+        match self {
+            Self::SignIn => "auth.sign_in",
+            Self::StepUp => "auth.step_up",
+        }
+    }
+}
+
+/// Verifies an assertion of `user` against the ceremony state, inside `tx`. On success the credential's
+/// counter is stored and its row id returned. Every outcome is audited; a counter that did not move
+/// forward suspends the credential and tells the admins. The caller commits `tx` in every case (the
+/// audit entries and the suspension must stand even though the sign-in fails).
+pub async fn verify_assertion(
+    tx: &impl GenericClient,
+    rp: &Webauthn,
+    tenant: Tenant,
+    user: Uuid,
+    authenticating: &Authenticating,
+    response: &PublicKeyCredential,
+    purpose: Purpose,
+    now: DateTime<Utc>,
+) -> Result<Uuid, AuthError> {
+    let deny = |reason: &'static str, credential: Option<Uuid>| {
+        let mut event = Event::new(purpose.action(), Outcome::Deny)
+            .actor(user)
+            .details(serde_json::json!({ "reason": reason }));
+        if let Some(id) = credential {
+            event = event.subject("credential", id);
+        }
+        event
+    };
+    let row = tx
+        .query_opt(
+            "SELECT id, kind, credential, status, sign_count FROM webauthn_credentials
+             WHERE municipality_id = $1 AND user_id = $2 AND credential_id = $3 FOR UPDATE",
+            &[&tenant.id(), &user, &response.raw_id.as_slice()],
+        )
+        .await
+        .map_err(StoreError::from)?;
+    let Some(row) = row else {
+        audit::record(tx, tenant, &deny("unknown_credential", None), now).await?;
+        ratelimit::record_failure(tx, user, now).await?;
+        return Err(AuthError::AuthenticationFailed);
+    };
+    let stored = stored_from_row(&row)?;
+    if stored.suspended {
+        audit::record(
+            tx,
+            tenant,
+            &deny("credential_suspended", Some(stored.id)),
+            now,
+        )
+        .await?;
+        ratelimit::record_failure(tx, user, now).await?;
+        return Err(AuthError::AuthenticationFailed);
+    }
+    let result = match (authenticating, stored.kind) {
+        (Authenticating::SecurityKey(state), CredentialKind::SecurityKey) => {
+            rp.finish_attested_passkey_authentication(response, state)
+        }
+        (Authenticating::Passkey(state), CredentialKind::Passkey) => {
+            rp.finish_passkey_authentication(response, state)
+        }
+        _ => Err(WebauthnError::CredentialNotFound),
+    };
+    // webauthn-rs compares the counter with the copy in the ceremony state; compare with the stored
+    // one too, which may have moved on since the ceremony started.
+    let regressed = |r: &AuthenticationResult| {
+        let counter = i64::from(r.counter());
+        (counter > 0 || stored.sign_count > 0) && counter <= stored.sign_count
+    };
+    let result = match result {
+        Ok(r) if regressed(&r) => Err(WebauthnError::CredentialPossibleCompromise),
+        other => other,
+    };
+    match result {
+        Ok(r) => {
+            if stored.kind == CredentialKind::SecurityKey
+                && (r.backup_eligible() || !r.user_verified())
+            {
+                audit::record(
+                    tx,
+                    tenant,
+                    &deny("security_key_properties", Some(stored.id)),
+                    now,
+                )
+                .await?;
+                ratelimit::record_failure(tx, user, now).await?;
+                return Err(AuthError::AuthenticationFailed);
+            }
+            let mut credential = stored.credential.clone();
+            update_counter(&mut credential, stored.kind, &r);
+            tx.execute(
+                "UPDATE webauthn_credentials SET credential = $2, sign_count = $3, last_used_at = $4 WHERE id = $1",
+                &[&stored.id, &serde_json::to_value(&credential)?, &i64::from(r.counter()), &now],
+            )
+            .await
+            .map_err(StoreError::from)?;
+            let event = Event::new(purpose.action(), Outcome::Allow)
+                .actor(user)
+                .subject("credential", stored.id)
+                .details(serde_json::json!({ "kind": stored.kind.as_str() }));
+            audit::record(tx, tenant, &event, now).await?;
+            ratelimit::clear_failures(tx, user).await?;
+            Ok(stored.id)
+        }
+        Err(WebauthnError::CredentialPossibleCompromise) => {
+            suspend(tx, tenant, user, stored.id, now).await?;
+            audit::record(
+                tx,
+                tenant,
+                &deny("counter_regression", Some(stored.id)),
+                now,
+            )
+            .await?;
+            ratelimit::record_failure(tx, user, now).await?;
+            Err(AuthError::AuthenticationFailed)
+        }
+        Err(e) => {
+            tracing::info!(error = %e, "assertion refused");
+            audit::record(tx, tenant, &deny("assertion_refused", Some(stored.id)), now).await?;
+            ratelimit::record_failure(tx, user, now).await?;
+            Err(AuthError::AuthenticationFailed)
+        }
+    }
+}
+
+fn update_counter(
+    credential: &mut Credential,
+    kind: CredentialKind,
+    result: &AuthenticationResult,
+) {
+    match kind {
+        CredentialKind::SecurityKey => {
+            let mut key: AttestedPasskey = credential.clone().into();
+            key.update_credential(result);
+            *credential = key.into();
+        }
+        CredentialKind::Passkey => {
+            let mut key: Passkey = credential.clone().into();
+            key.update_credential(result);
+            *credential = key.into();
+        }
+    }
+}
+
+/// Suspends a credential whose counter went backwards (a sign of a cloned key): audit entry
+/// `auth.credential_suspended` and a mail to every active municipal admin.
+pub async fn suspend(
+    tx: &impl GenericClient,
+    tenant: Tenant,
+    user: Uuid,
+    credential: Uuid,
+    now: DateTime<Utc>,
+) -> Result<(), AuthError> {
+    tx.execute(
+        "UPDATE webauthn_credentials SET status = 'suspended', suspended_at = $3
+         WHERE municipality_id = $1 AND id = $2 AND status = 'active'",
+        &[&tenant.id(), &credential, &now],
+    )
+    .await
+    .map_err(StoreError::from)?;
+    let event = Event::new("auth.credential_suspended", Outcome::Info)
+        .actor(user)
+        .subject("credential", credential)
+        .details(serde_json::json!({ "reason": "counter_regression" }));
+    audit::record(tx, tenant, &event, now).await?;
+    let holder = tx
+        .query_opt(
+            "SELECT display_name FROM users WHERE municipality_id = $1 AND id = $2",
+            &[&tenant.id(), &user],
+        )
+        .await
+        .map_err(StoreError::from)?
+        .map(|r| r.get::<_, String>(0))
+        .unwrap_or_default();
+    let admins = tx
+        .query(
+            "SELECT u.id, u.email FROM users u JOIN user_roles r ON r.user_id = u.id
+             WHERE u.municipality_id = $1 AND r.role = 'municipal_admin' AND u.status = 'active'",
+            &[&tenant.id()],
+        )
+        .await
+        .map_err(StoreError::from)?;
+    for admin in admins {
+        let admin_id: Uuid = admin.get(0);
+        let Ok(to) = Email::parse(admin.get::<_, &str>(1)) else {
+            continue;
+        };
+        let text = format!(
+            "A security key of {holder} (user {user}) was suspended at {now}: its signature counter went \
+             backwards, which can mean the key was cloned. The key can no longer sign in. Check with the \
+             holder and have them enrol a new key.\n\nCredential: {credential}"
+        );
+        let mail = Mail {
+            dedupe_key: format!("credential_suspended:{credential}:{admin_id}"),
+            kind: "auth.credential_suspended",
+            to,
+            subject: "firstkey: a security key was suspended".to_owned(),
+            html: format!("<p>{}</p>", notify::html_escape(&text)),
+            text,
+        };
+        notify::enqueue(tx, tenant, &mail, now).await?;
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------ COSE
+
+/// The credential public key as a COSE_Key (RFC 9052 §7), for the `public_key_cose` column.
+pub fn cose_key_bytes(key: &COSEKey) -> Vec<u8> {
+    let alg = key.type_ as i64;
+    let mut out = Vec::with_capacity(80);
+    match &key.key {
+        COSEKeyType::EC_EC2(ec) => {
+            cbor_head(&mut out, 5, 5);
+            cbor_int(&mut out, 1);
+            cbor_int(&mut out, 2);
+            cbor_int(&mut out, 3);
+            cbor_int(&mut out, alg);
+            cbor_int(&mut out, -1);
+            cbor_int(&mut out, ec.curve.clone() as i64);
+            cbor_int(&mut out, -2);
+            cbor_bytes(&mut out, &ec.x);
+            cbor_int(&mut out, -3);
+            cbor_bytes(&mut out, &ec.y);
+        }
+        COSEKeyType::EC_OKP(okp) => {
+            cbor_head(&mut out, 5, 4);
+            cbor_int(&mut out, 1);
+            cbor_int(&mut out, 1);
+            cbor_int(&mut out, 3);
+            cbor_int(&mut out, alg);
+            cbor_int(&mut out, -1);
+            cbor_int(&mut out, okp.curve.clone() as i64);
+            cbor_int(&mut out, -2);
+            cbor_bytes(&mut out, &okp.x);
+        }
+        COSEKeyType::RSA(rsa) => {
+            cbor_head(&mut out, 5, 4);
+            cbor_int(&mut out, 1);
+            cbor_int(&mut out, 3);
+            cbor_int(&mut out, 3);
+            cbor_int(&mut out, alg);
+            cbor_int(&mut out, -1);
+            cbor_bytes(&mut out, &rsa.n);
+            cbor_int(&mut out, -2);
+            cbor_bytes(&mut out, &rsa.e);
+        }
+    }
+    out
+}
+
+fn cbor_head(out: &mut Vec<u8>, major: u8, value: u64) {
+    let major = major << 5;
+    match value {
+        0..=23 => out.push(major | value as u8),
+        24..=0xff => {
+            out.push(major | 24);
+            out.push(value as u8);
+        }
+        0x100..=0xffff => {
+            out.push(major | 25);
+            out.extend_from_slice(&(value as u16).to_be_bytes());
+        }
+        _ => {
+            out.push(major | 26);
+            out.extend_from_slice(&u32::try_from(value).unwrap_or(u32::MAX).to_be_bytes());
+        }
+    }
+}
+
+fn cbor_int(out: &mut Vec<u8>, value: i64) {
+    if value >= 0 {
+        cbor_head(out, 0, value.unsigned_abs());
+    } else {
+        cbor_head(out, 1, value.unsigned_abs().saturating_sub(1));
+    }
+}
+
+fn cbor_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    cbor_head(out, 2, u64::try_from(bytes.len()).unwrap_or(u64::MAX));
+    out.extend_from_slice(bytes);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strict_list_parses() {
+        let list = strict_list().unwrap();
+        assert_eq!(list.len(), 1);
+    }
+
+    #[test]
+    fn cbor_integers() {
+        let mut out = Vec::new();
+        cbor_int(&mut out, -7);
+        cbor_int(&mut out, 1);
+        cbor_int(&mut out, -257);
+        assert_eq!(out, vec![0x26, 0x01, 0x39, 0x01, 0x00]);
+    }
+}
