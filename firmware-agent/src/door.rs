@@ -188,3 +188,186 @@ impl Door {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actuator::SimulatedActuator;
+    use crate::clock::ManualClock;
+    use crate::demo::{self, Issuer, TokenSpec};
+    use crate::protocol::channel::InboxMessage;
+    use crate::state::{self, Applied, InitParams, StateDir};
+    use crate::tap_server::{PresenterKey, respond};
+
+    const T0: u64 = 1_800_000_000;
+
+    struct Rig {
+        _tmp: tempfile::TempDir,
+        dir: StateDir,
+        issuer: Issuer,
+        key: PresenterKey,
+        clock: ManualClock,
+    }
+
+    fn rig() -> Rig {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(tmp.path().join("s"));
+        let issuer = Issuer::generate("city", "rp.example").unwrap();
+        state::init(
+            &dir,
+            &InitParams {
+                lock_id: "door".into(),
+                root_public_key: issuer.root_public_key().unwrap(),
+                trust_bundle: Some(issuer.bundle(1, &["k1"]).unwrap()),
+                server: None,
+                server_ca_pem: None,
+                hold_ms: 1,
+                skew_secs: 60,
+            },
+        )
+        .unwrap();
+        let key =
+            PresenterKey::from_pkcs8(&demo::new_ed25519_pkcs8().unwrap(), "rp.example").unwrap();
+        Rig {
+            _tmp: tmp,
+            dir,
+            issuer,
+            key,
+            clock: ManualClock::new(T0),
+        }
+    }
+
+    impl Rig {
+        fn door(&self) -> Door {
+            Door::new(
+                Store::open(&self.dir).unwrap(),
+                Box::new(SimulatedActuator::new(self.dir.root())),
+                Arc::new(self.clock.clone()),
+            )
+        }
+        fn token(&self, ttl: u64) -> Vec<u8> {
+            let now = self.clock.now();
+            self.issuer
+                .mint(
+                    "k1",
+                    &TokenSpec {
+                        lock_id: "door".into(),
+                        not_before: now,
+                        expires_at: now + ttl,
+                        max_uses: 1,
+                        confirmation: Some(demo::confirmation_key(&self.key)),
+                    },
+                )
+                .unwrap()
+        }
+        fn tap(&self, door: &mut Door, token: &[u8]) -> Outcome {
+            let c = door.new_challenge().unwrap();
+            let msg = respond(&c.0, "door", token, Some(&self.key)).unwrap();
+            door.decide(&c, Ok(msg)).unwrap().outcome
+        }
+    }
+
+    #[test]
+    fn a_second_store_on_the_same_directory_is_refused() {
+        let r = rig();
+        let _door = r.door();
+        assert!(matches!(Store::open(&r.dir), Err(StateError::Busy(_))));
+    }
+
+    #[test]
+    fn compaction_keeps_replay_records_pending_receipts_and_the_chain() {
+        let r = rig();
+        let mut door = r.door();
+        let used: Vec<Vec<u8>> = (0..6).map(|_| r.token(600)).collect();
+        for t in &used {
+            assert_eq!(r.tap(&mut door, t), Outcome::Allow);
+        }
+        door.store_mut().mark_uploaded(4).unwrap();
+        door.store_mut().compact().unwrap();
+        // Receipts 1-4 (acknowledged) are gone from the log; 5 links to 4 by hash.
+        assert_eq!(door.store().receipts().len(), 2);
+        assert_eq!(
+            door.store()
+                .pending_receipts(0, 10)
+                .iter()
+                .map(|(s, _)| *s)
+                .collect::<Vec<_>>(),
+            vec![5, 6]
+        );
+        drop(door);
+        let mut door = r.door();
+        assert_eq!(door.store().head().seq, 6);
+        for t in &used {
+            assert_eq!(
+                r.tap(&mut door, t),
+                Outcome::Deny,
+                "replay after compaction"
+            );
+        }
+        let fresh = r.token(600);
+        assert_eq!(r.tap(&mut door, &fresh), Outcome::Allow);
+        // Replay records of expired tokens are pruned once the floor passes exp + skew, and
+        // those tokens stay refused (as expired).
+        r.clock.advance(10_000);
+        door.tick().unwrap();
+        let through = door.store().head().seq;
+        door.store_mut().mark_uploaded(through).unwrap();
+        door.store_mut().compact().unwrap();
+        assert_eq!(door.store().status().replay_records, 0);
+        assert_eq!(r.tap(&mut door, &fresh), Outcome::Deny);
+        let seqs: Vec<u64> = door
+            .store()
+            .receipts()
+            .iter()
+            .map(|e| crate::receipt::decode_own(e).unwrap().body.seq)
+            .collect();
+        assert_eq!(seqs, vec![through, through + 1]);
+    }
+
+    #[test]
+    fn inbox_messages_apply_once_and_bad_bundles_are_refused_but_consumed() {
+        let r = rig();
+        let mut door = r.door();
+        let token = r.token(600);
+        let hash = Bytes(firstkey_token::token_hash(&token).0);
+        let s = door.store_mut();
+        let revoke = InboxMessage::Revocation {
+            token_hash: hash,
+            expires_at: T0 + 600,
+        };
+        assert_eq!(s.apply_inbox(5, &revoke).unwrap(), Applied::Applied);
+        assert_eq!(s.apply_inbox(5, &revoke).unwrap(), Applied::Duplicate);
+        assert_eq!(s.apply_inbox(3, &revoke).unwrap(), Applied::Duplicate);
+        let old = InboxMessage::TrustBundle {
+            bundle: r.issuer.bundle(1, &["k1"]).unwrap(),
+        };
+        assert!(matches!(
+            s.apply_inbox(6, &old).unwrap(),
+            Applied::Refused(_)
+        ));
+        assert_eq!(s.inbox_seq(), 6);
+        assert_eq!(r.tap(&mut door, &token), Outcome::Deny);
+        drop(door);
+        let door = r.door();
+        assert_eq!(door.store().inbox_seq(), 6);
+        assert_eq!(door.store().status().revocations, 1);
+    }
+
+    #[test]
+    fn malformed_presentation_is_a_deny_with_a_receipt() {
+        let r = rig();
+        let mut door = r.door();
+        let c = door.new_challenge().unwrap();
+        let d = door.decide(&c, Err(FrameError::Malformed)).unwrap();
+        assert_eq!(d.outcome, Outcome::Deny);
+        let last = door.store().receipts().last().unwrap();
+        let body = crate::receipt::decode_own(last).unwrap().body;
+        assert_eq!(body.reason, REASON_MALFORMED_FRAME);
+        assert!(d.ack.verify(
+            door.store().device_public_key(),
+            &c.0,
+            "door",
+            Outcome::Deny
+        ));
+    }
+}
