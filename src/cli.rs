@@ -42,11 +42,68 @@ pub enum Command {
     },
     /// Print the OpenAPI 3.1 document of the JSON API to standard output.
     Openapi,
+    /// Administer accounts.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+    /// Work with Cedar policy sets.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+/// `firstkey admin …`
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Bootstrap a municipal admin: creates the municipality if needed and the admin account, and
+    /// prints a one-time link (valid 72 hours) where the admin enrols a hardware security key.
+    Create {
+        /// Municipality slug, e.g. `springfield` (lower-case letters, digits, dashes).
+        #[arg(long)]
+        municipality: String,
+        /// Municipality display name, used when the municipality is created.
+        #[arg(long)]
+        municipality_name: Option<String>,
+        /// The admin's e-mail address.
+        #[arg(long)]
+        email: String,
+        /// The admin's display name.
+        #[arg(long)]
+        name: String,
+    },
+}
+
+/// `firstkey policy …`
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate a policy directory (`*.cedar` files and an optional `schema.cedarschema`; the shipped
+    /// schema is used when it has none) and report each error with file and line. Exit 1 on errors.
+    Check {
+        /// The directory, e.g. `policies/`.
+        dir: PathBuf,
+    },
 }
 
 /// Parses the command line, runs the command, and maps failure to a message and exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Policy(PolicyCommand::Check { dir }) = &cli.command {
+        return match crate::policy::check_dir(dir) {
+            Ok(report) => {
+                println!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(diagnostics) => {
+                for d in &diagnostics {
+                    eprintln!("{d}");
+                }
+                eprintln!(
+                    "firstkey: {} error(s) in {}",
+                    diagnostics.len(),
+                    dir.display()
+                );
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Command::Openapi = cli.command {
         return match crate::http::openapi::document_json() {
             Ok(doc) => {
@@ -140,6 +197,32 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 server::serve(settings, database, print).await
             }
         }
-        Command::Openapi => Ok(()),
+        Command::Admin(AdminCommand::Create {
+            municipality,
+            municipality_name,
+            email,
+            name,
+        }) => {
+            let slug = crate::domain::Slug::parse(&municipality)?;
+            let email = crate::domain::Email::parse(&email)?;
+            server::migrate_with_patience(&database.pool, Duration::from_secs(60)).await?;
+            let now = SystemClock.now();
+            let mut client = database.pool.get().await.map_err(store::StoreError::from)?;
+            let tx = client
+                .transaction()
+                .await
+                .map_err(store::StoreError::from)?;
+            let display = municipality_name.unwrap_or_else(|| municipality.clone());
+            let (tenant, _) =
+                store::tenancy::ensure_municipality(&tx, &slug, &display, now).await?;
+            let (user, link) =
+                crate::auth::accounts::bootstrap_admin(&tx, tenant, &email, &name, now).await?;
+            tx.commit().await.map_err(store::StoreError::from)?;
+            println!("municipal admin {} ({}) of {slug}", email.as_str(), user.id);
+            println!("enrol a hardware security key within 72 hours at:");
+            println!("  {}", link.invitation_url(&settings.public_origin));
+            Ok(())
+        }
+        Command::Openapi | Command::Policy(_) => Ok(()),
     }
 }

@@ -68,12 +68,16 @@ impl Kek {
         if let Ok(text) = std::fs::read_to_string(&path) {
             return Self::from_base64(&text);
         }
-        std::fs::create_dir_all(dir).map_err(|e| CryptoError::Key(format!("{}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| CryptoError::Key(format!("{}: {e}", dir.display())))?;
         set_mode(dir, 0o700)?;
         let mut bytes = [0u8; 32];
-        SystemRandom::new().fill(&mut bytes).map_err(|_| CryptoError::Random)?;
+        SystemRandom::new()
+            .fill(&mut bytes)
+            .map_err(|_| CryptoError::Random)?;
         let tmp = dir.join("data.kek.tmp");
-        std::fs::write(&tmp, STANDARD.encode(bytes)).map_err(|e| CryptoError::Key(e.to_string()))?;
+        std::fs::write(&tmp, STANDARD.encode(bytes))
+            .map_err(|e| CryptoError::Key(e.to_string()))?;
         set_mode(&tmp, 0o600)?;
         std::fs::rename(&tmp, &path).map_err(|e| CryptoError::Key(e.to_string()))?;
         Ok(Self::from_bytes(bytes))
@@ -88,7 +92,8 @@ impl Kek {
 #[cfg(unix)]
 fn set_mode(path: &Path, mode: u32) -> Result<(), CryptoError> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| CryptoError::Key(e.to_string()))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| CryptoError::Key(e.to_string()))
 }
 
 #[cfg(not(unix))]
@@ -106,12 +111,19 @@ pub struct Sealed {
 }
 
 fn seal_with(key: &[u8; 32], aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
-    let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).map_err(|_| CryptoError::Random)?);
+    let key =
+        LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).map_err(|_| CryptoError::Random)?);
     let mut nonce = [0u8; NONCE_LEN];
-    SystemRandom::new().fill(&mut nonce).map_err(|_| CryptoError::Random)?;
-    let mut buffer = plaintext.to_vec();
-    key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut buffer)
+    SystemRandom::new()
+        .fill(&mut nonce)
         .map_err(|_| CryptoError::Random)?;
+    let mut buffer = plaintext.to_vec();
+    key.seal_in_place_append_tag(
+        Nonce::assume_unique_for_key(nonce),
+        Aad::from(aad),
+        &mut buffer,
+    )
+    .map_err(|_| CryptoError::Random)?;
     let mut out = nonce.to_vec();
     out.extend_from_slice(&buffer);
     Ok(out)
@@ -125,7 +137,9 @@ fn open_with(key: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, Crypt
     let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| CryptoError::Open)?;
     let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).map_err(|_| CryptoError::Open)?);
     let mut buffer = body.to_vec();
-    let plain = key.open_in_place(nonce, Aad::from(aad), &mut buffer).map_err(|_| CryptoError::Open)?;
+    let plain = key
+        .open_in_place(nonce, Aad::from(aad), &mut buffer)
+        .map_err(|_| CryptoError::Open)?;
     Ok(plain.to_vec())
 }
 
@@ -133,10 +147,15 @@ fn open_with(key: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, Crypt
 /// so a ciphertext copied to another row does not open.
 pub fn seal(kek: &Kek, aad: &[u8], plaintext: &[u8]) -> Result<Sealed, CryptoError> {
     let mut data_key = [0u8; 32];
-    SystemRandom::new().fill(&mut data_key).map_err(|_| CryptoError::Random)?;
+    SystemRandom::new()
+        .fill(&mut data_key)
+        .map_err(|_| CryptoError::Random)?;
     let ciphertext = seal_with(&data_key, aad, plaintext)?;
     let wrapped_key = seal_with(kek.key.expose_secret(), aad, &data_key)?;
-    Ok(Sealed { ciphertext, wrapped_key })
+    Ok(Sealed {
+        ciphertext,
+        wrapped_key,
+    })
 }
 
 /// Opens a value sealed by [`seal`] with the same `aad`.
@@ -155,8 +174,14 @@ mod tests {
         let kek = Kek::from_bytes([7u8; 32]);
         let sealed = seal(&kek, b"plan-1", b"dog in the yard").unwrap();
         assert_eq!(open(&kek, b"plan-1", &sealed).unwrap(), b"dog in the yard");
-        assert!(open(&kek, b"plan-2", &sealed).is_err(), "bound to its place");
-        assert!(open(&Kek::from_bytes([8u8; 32]), b"plan-1", &sealed).is_err(), "other KEK");
+        assert!(
+            open(&kek, b"plan-2", &sealed).is_err(),
+            "bound to its place"
+        );
+        assert!(
+            open(&Kek::from_bytes([8u8; 32]), b"plan-1", &sealed).is_err(),
+            "other KEK"
+        );
         let mut tampered = sealed.clone();
         if let Some(b) = tampered.ciphertext.last_mut() {
             *b ^= 1;
@@ -174,7 +199,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join("data.kek")).unwrap().permissions().mode();
+            let mode = std::fs::metadata(dir.path().join("data.kek"))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         assert!(Kek::from_base64("short").is_err());

@@ -14,6 +14,7 @@
 //!   [`notify`]: the mail outbox.
 //! - [`clock`], [`telemetry`]: time source and logging.
 
+pub mod access;
 pub mod audit;
 pub mod auth;
 pub mod cli;

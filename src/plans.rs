@@ -80,7 +80,13 @@ impl ResponderNotes {
     }
 
     fn fields(&self) -> [&Option<String>; 5] {
-        [&self.pets, &self.hazards, &self.medical_equipment, &self.utilities, &self.free_text]
+        [
+            &self.pets,
+            &self.hazards,
+            &self.medical_equipment,
+            &self.utilities,
+            &self.free_text,
+        ]
     }
 }
 
@@ -156,12 +162,17 @@ impl PlanInput {
         if !(1..=3650).contains(&self.retention_days) {
             return Err(err("retention_days", "must be between 1 and 3650"));
         }
-        for rule in [&self.agencies.fire, &self.agencies.ems, &self.agencies.police] {
+        for rule in [
+            &self.agencies.fire,
+            &self.agencies.ems,
+            &self.agencies.police,
+        ] {
             if rule.incident_types.len() > 32
-                || rule
-                    .incident_types
-                    .iter()
-                    .any(|t| t.is_empty() || t.len() > 64 || !t.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+                || rule.incident_types.iter().any(|t| {
+                    t.is_empty()
+                        || t.len() > 64
+                        || !t.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                })
             {
                 return Err(err(
                     "agencies.incident_types",
@@ -169,7 +180,12 @@ impl PlanInput {
                 ));
             }
         }
-        if self.notes.fields().iter().any(|f| f.as_ref().is_some_and(|t| t.len() > 4000)) {
+        if self
+            .notes
+            .fields()
+            .iter()
+            .any(|f| f.as_ref().is_some_and(|t| t.len() > 4000))
+        {
             return Err(err("notes", "each note is at most 4000 characters"));
         }
         if self.contacts.len() > 10 {

@@ -32,6 +32,9 @@ pub struct Settings {
     /// Key-encryption key for personal data at rest (base64 of 32 bytes); `None` uses
     /// `<key_dir>/data.kek`, created on first use.
     pub data_key: Option<SecretString>,
+    /// Directory with the municipality's own Cedar policy set (`*.cedar`, `schema.cedarschema`);
+    /// `None` uses the shipped default set.
+    pub policy_dir: Option<PathBuf>,
     /// Log output format.
     pub log_format: LogFormat,
     /// Maximum number of pooled database connections.
@@ -148,6 +151,7 @@ struct RawSettings {
     key_dir: PathBuf,
     embedded_pg_dir: PathBuf,
     data_key: Option<String>,
+    policy_dir: Option<PathBuf>,
     log_format: String,
     db_pool_size: usize,
 }
@@ -165,6 +169,7 @@ impl Default for RawSettings {
             key_dir: PathBuf::from(".firstkey/keys"),
             embedded_pg_dir: PathBuf::from(".firstkey/pg"),
             data_key: None,
+            policy_dir: None,
             log_format: "pretty".to_owned(),
             db_pool_size: 16,
         }
@@ -305,7 +310,8 @@ impl Settings {
         let data_key = match raw.data_key.filter(|k| !k.trim().is_empty()) {
             None => None,
             Some(key) => {
-                crate::crypto::Kek::from_base64(&key).map_err(|e| invalid("data_key", e.to_string()))?;
+                crate::crypto::Kek::from_base64(&key)
+                    .map_err(|e| invalid("data_key", e.to_string()))?;
                 Some(SecretString::from(key))
             }
         };
@@ -324,6 +330,7 @@ impl Settings {
             key_dir: raw.key_dir,
             embedded_pg_dir: raw.embedded_pg_dir,
             data_key,
+            policy_dir: raw.policy_dir,
             log_format,
             db_pool_size: raw.db_pool_size,
         })
@@ -372,7 +379,11 @@ mod tests {
             ("FIRSTKEY_SMTP_RELAY", "mail.example.org", "smtp_relay"),
             ("FIRSTKEY_TLS_CERT", "/nonexistent.pem", "tls_key"),
             ("FIRSTKEY_DATA_KEY", "c2hvcnQ=", "data_key"),
-            ("FIRSTKEY_DATABASE_URL", "postgres://db.example:notaport/x", "database_url"),
+            (
+                "FIRSTKEY_DATABASE_URL",
+                "postgres://db.example:notaport/x",
+                "database_url",
+            ),
         ] {
             let err = Settings::load(None, env(&[(var, value)])).unwrap_err();
             assert!(

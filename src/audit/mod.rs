@@ -131,8 +131,32 @@ struct Canonical<'a> {
     details: &'a serde_json::Value,
 }
 
+/// The same JSON value with every object's keys in sorted order. Needed because serde_json's map
+/// keeps insertion order when any crate in the build enables `preserve_order`, and PostgreSQL's
+/// jsonb returns keys in its own order: hashing must not depend on either.
+fn sorted(value: &serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            let mut out = serde_json::Map::new();
+            for k in keys {
+                if let Some(v) = map.get(k) {
+                    out.insert(k.clone(), sorted(v));
+                }
+            }
+            serde_json::Value::Object(out)
+        }
+        serde_json::Value::Array(items) => {
+            serde_json::Value::Array(items.iter().map(sorted).collect())
+        }
+        other => other.clone(),
+    }
+}
+
 fn leaf_hash(canonical: &Canonical<'_>) -> Result<[u8; 32], StoreError> {
-    let bytes = serde_json::to_vec(canonical).map_err(|e| StoreError::Conflict(format!("audit entry: {e}")))?;
+    let bytes = serde_json::to_vec(canonical)
+        .map_err(|e| StoreError::Conflict(format!("audit entry: {e}")))?;
     let mut input = Vec::with_capacity(bytes.len().saturating_add(1));
     input.push(0u8);
     input.extend_from_slice(&bytes);
@@ -154,15 +178,49 @@ fn to_array(bytes: &[u8]) -> [u8; 32] {
     out
 }
 
-/// Appends `event` to the tenant's log inside the caller's transaction; returns its sequence number.
+/// Appends `event` to the tenant's log; returns its sequence number.
+///
+/// Call it inside the transaction of the action it records, so both commit or neither does. Appends
+/// of one municipality are serialised by a transaction-scoped advisory lock held until the writer's
+/// commit, so the chain never forks. Called outside a transaction, it opens (and commits) one of its
+/// own so that the lock covers read, hash and insert there too.
 pub async fn record(
     tx: &impl GenericClient,
     tenant: Tenant,
     event: &Event,
     now: DateTime<Utc>,
 ) -> Result<i64, StoreError> {
+    match tx.batch_execute("SAVEPOINT firstkey_audit").await {
+        Ok(()) => {
+            let seq = append(tx, tenant, event, now).await?;
+            tx.batch_execute("RELEASE SAVEPOINT firstkey_audit").await?;
+            Ok(seq)
+        }
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::NO_ACTIVE_SQL_TRANSACTION) => {
+            tx.batch_execute("BEGIN").await?;
+            match append(tx, tenant, event, now).await {
+                Ok(seq) => {
+                    tx.batch_execute("COMMIT").await?;
+                    Ok(seq)
+                }
+                Err(e) => {
+                    let _ = tx.batch_execute("ROLLBACK").await;
+                    Err(e)
+                }
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn append(
+    tx: &impl GenericClient,
+    tenant: Tenant,
+    event: &Event,
+    now: DateTime<Utc>,
+) -> Result<i64, StoreError> {
     tx.execute(
-        "SELECT pg_advisory_xact_lock(7001, hashtext($1::text))",
+        "SELECT pg_advisory_xact_lock(7001, hashtext($1::uuid::text))",
         &[&tenant.id()],
     )
     .await?;
@@ -181,6 +239,7 @@ pub async fn record(
         None => (0, [0u8; 32]),
     };
     let recorded_at = now.trunc_subsecs(6);
+    let details = sorted(&event.details);
     let policy_hex = event.policy_set_hash.map(hex::encode);
     let canonical = Canonical {
         municipality: tenant.id(),
@@ -194,7 +253,7 @@ pub async fn record(
         property: event.property,
         incident: event.incident,
         policy_set_hash: policy_hex,
-        details: &event.details,
+        details: &details,
     };
     let leaf = leaf_hash(&canonical)?;
     let chain_hash = chain(&prev, &leaf);
@@ -255,7 +314,8 @@ pub struct Entry {
     pub chain_hash: String,
 }
 
-const ENTRY_COLUMNS: &str = "seq, recorded_at, actor_id, action, outcome, subject_kind, subject_id, property_id,
+const ENTRY_COLUMNS: &str =
+    "seq, recorded_at, actor_id, action, outcome, subject_kind, subject_id, property_id,
      incident_id, policy_set_hash, public_details, leaf_hash, chain_hash";
 
 fn entry_from_row(row: &tokio_postgres::Row) -> Entry {
@@ -293,7 +353,10 @@ pub async fn entries(
          ORDER BY seq LIMIT $4"
     );
     let rows = client
-        .query(&sql, &[&tenant.id(), &property, &after_seq, &limit.clamp(1, 1000)])
+        .query(
+            &sql,
+            &[&tenant.id(), &property, &after_seq, &limit.clamp(1, 1000)],
+        )
         .await?;
     Ok(rows.iter().map(entry_from_row).collect())
 }
@@ -316,8 +379,13 @@ pub enum ChainCheck {
 }
 
 /// Recomputes every leaf and chain hash of the tenant's log.
-pub async fn verify_chain(client: &impl GenericClient, tenant: Tenant) -> Result<ChainCheck, StoreError> {
-    let sql = format!("SELECT {ENTRY_COLUMNS} FROM audit_entries WHERE municipality_id = $1 ORDER BY seq");
+pub async fn verify_chain(
+    client: &impl GenericClient,
+    tenant: Tenant,
+) -> Result<ChainCheck, StoreError> {
+    let sql = format!(
+        "SELECT {ENTRY_COLUMNS} FROM audit_entries WHERE municipality_id = $1 ORDER BY seq"
+    );
     let rows = client.query(&sql, &[&tenant.id()]).await?;
     let mut prev = [0u8; 32];
     let mut expected_seq = 0i64;
@@ -329,7 +397,9 @@ pub async fn verify_chain(client: &impl GenericClient, tenant: Tenant) -> Result
         let canonical = Canonical {
             municipality: tenant.id(),
             seq: e.seq,
-            recorded_at: e.recorded_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            recorded_at: e
+                .recorded_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             actor: e.actor,
             action: &e.action,
             outcome: &e.outcome,
@@ -338,7 +408,7 @@ pub async fn verify_chain(client: &impl GenericClient, tenant: Tenant) -> Result
             property: e.property,
             incident: e.incident,
             policy_set_hash: e.policy_set_hash.clone(),
-            details: &e.details,
+            details: &sorted(&e.details),
         };
         let leaf = leaf_hash(&canonical)?;
         let next = chain(&prev, &leaf);

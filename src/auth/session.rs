@@ -44,7 +44,9 @@ impl SessionSecret {
             .secure(true)
             .http_only(true)
             .same_site(SameSite::Strict)
-            .max_age(actix_web::cookie::time::Duration::seconds(ABSOLUTE_TIMEOUT.num_seconds()))
+            .max_age(actix_web::cookie::time::Duration::seconds(
+                ABSOLUTE_TIMEOUT.num_seconds(),
+            ))
             .finish()
     }
 
@@ -142,7 +144,8 @@ impl Actor {
 
     /// Whether the last step-up is recent enough for a high-risk action.
     pub fn stepped_up(&self, now: DateTime<Utc>) -> bool {
-        self.stepped_up_at.is_some_and(|at| now - at <= STEP_UP_WINDOW && at <= now)
+        self.stepped_up_at
+            .is_some_and(|at| now - at <= STEP_UP_WINDOW && at <= now)
     }
 
     /// Refuses unless the last step-up is fresh.
@@ -156,7 +159,11 @@ impl Actor {
 }
 
 /// Resolves a cookie secret to its live session, sliding the idle timeout.
-pub async fn authenticate(client: &impl GenericClient, secret: &str, now: DateTime<Utc>) -> Result<Option<Actor>, StoreError> {
+pub async fn authenticate(
+    client: &impl GenericClient,
+    secret: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<Actor>, StoreError> {
     let row = client
         .query_opt(
             "UPDATE sessions s SET last_seen_at = $2
@@ -183,7 +190,12 @@ pub async fn authenticate(client: &impl GenericClient, secret: &str, now: DateTi
 }
 
 /// Records a fresh WebAuthn assertion on the session.
-pub async fn step_up(client: &impl GenericClient, actor: &Actor, credential: Uuid, now: DateTime<Utc>) -> Result<(), StoreError> {
+pub async fn step_up(
+    client: &impl GenericClient,
+    actor: &Actor,
+    credential: Uuid,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
     client
         .execute(
             "UPDATE sessions SET stepped_up_at = $3, step_up_credential = $4
@@ -195,7 +207,11 @@ pub async fn step_up(client: &impl GenericClient, actor: &Actor, credential: Uui
 }
 
 /// Ends one session.
-pub async fn end(client: &impl GenericClient, actor: &Actor, now: DateTime<Utc>) -> Result<(), StoreError> {
+pub async fn end(
+    client: &impl GenericClient,
+    actor: &Actor,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
     client
         .execute(
             "UPDATE sessions SET ended_at = $3 WHERE id = $1 AND municipality_id = $2 AND ended_at IS NULL",
@@ -206,7 +222,12 @@ pub async fn end(client: &impl GenericClient, actor: &Actor, now: DateTime<Utc>)
 }
 
 /// Ends every session of a user (sign-out everywhere, account disabled); returns how many ended.
-pub async fn end_all(client: &impl GenericClient, tenant: Tenant, user: Uuid, now: DateTime<Utc>) -> Result<u64, StoreError> {
+pub async fn end_all(
+    client: &impl GenericClient,
+    tenant: Tenant,
+    user: Uuid,
+    now: DateTime<Utc>,
+) -> Result<u64, StoreError> {
     Ok(client
         .execute(
             "UPDATE sessions SET ended_at = $3 WHERE user_id = $1 AND municipality_id = $2 AND ended_at IS NULL",

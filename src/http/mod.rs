@@ -7,6 +7,7 @@ pub mod error;
 pub mod health;
 pub mod metrics;
 pub mod openapi;
+pub mod properties;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -34,6 +35,8 @@ pub struct AppState {
     pub settings: Settings,
     /// Key-encryption key for personal data at rest.
     pub kek: crate::crypto::Kek,
+    /// The policy set deciding every authorization question.
+    pub policy: Arc<crate::policy::PolicyEngine>,
 }
 
 /// A bound, not yet running, HTTP server.
@@ -53,15 +56,24 @@ impl Application {
         let hsts = settings.public_origin.as_str().starts_with("https://");
         let metrics = web::Data::new(Metrics::new().context("metrics registry")?);
         let kek = match &settings.data_key {
-            Some(key) => crate::crypto::Kek::from_base64(secrecy::ExposeSecret::expose_secret(key))?,
+            Some(key) => {
+                crate::crypto::Kek::from_base64(secrecy::ExposeSecret::expose_secret(key))?
+            }
             None => crate::crypto::Kek::load_or_create(&settings.key_dir)
                 .with_context(|| format!("setting `key_dir`: {}", settings.key_dir.display()))?,
         };
+        let policy = match &settings.policy_dir {
+            Some(dir) => crate::policy::PolicyEngine::from_dir(dir)
+                .with_context(|| format!("setting `policy_dir`: {}", dir.display()))?,
+            None => crate::policy::PolicyEngine::shipped().context("the shipped policy set")?,
+        };
+        tracing::info!(policy_set = %hex::encode(policy.policy_set_hash()), "policy set loaded");
         let state = web::Data::new(AppState {
             pool,
             clock,
             settings,
             kek,
+            policy: Arc::new(policy),
         });
         let factory = move || {
             let mut headers = DefaultHeaders::new()
@@ -147,6 +159,7 @@ fn routes(cfg: &mut web::ServiceConfig) {
         .service(health::readyz)
         .service(health::metrics)
         .configure(auth::routes)
+        .configure(properties::routes)
         .service(
             web::resource("/api/openapi.json")
                 .route(web::get().to(|| async { HttpResponse::Ok().json(openapi::document()) })),
@@ -180,7 +193,10 @@ async fn check_origin(
                 .is_some_and(|site| site == "same-origin"),
         };
         if !allowed {
-            tracing::warn!(path = req.path(), "cross-origin state-changing request refused");
+            tracing::warn!(
+                path = req.path(),
+                "cross-origin state-changing request refused"
+            );
             return Err(error::ApiError::Forbidden.into());
         }
     }

@@ -40,7 +40,12 @@ pub struct Mail {
 
 /// Writes `mail` to the outbox inside the caller's transaction. Returns false when the same
 /// `dedupe_key` was already enqueued.
-pub async fn enqueue(tx: &impl GenericClient, tenant: Tenant, mail: &Mail, now: DateTime<Utc>) -> Result<bool, StoreError> {
+pub async fn enqueue(
+    tx: &impl GenericClient,
+    tenant: Tenant,
+    mail: &Mail,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
     let inserted = tx
         .execute(
             "INSERT INTO notification_outbox (id, municipality_id, dedupe_key, kind, recipient, subject, body_text,
@@ -100,10 +105,11 @@ pub struct Mailer {
 impl Mailer {
     /// Builds the transport from settings (no connection is made yet).
     pub fn new(settings: &SmtpSettings) -> Result<Self, DeliveryError> {
-        let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(settings.relay.expose_secret())
-            .map_err(|e| DeliveryError::Relay(e.to_string()))?
-            .timeout(Some(Duration::from_secs(10)))
-            .build();
+        let transport =
+            AsyncSmtpTransport::<Tokio1Executor>::from_url(settings.relay.expose_secret())
+                .map_err(|e| DeliveryError::Relay(e.to_string()))?
+                .timeout(Some(Duration::from_secs(10)))
+                .build();
         let from = settings
             .from
             .parse::<Mailbox>()
@@ -112,14 +118,23 @@ impl Mailer {
     }
 
     async fn send(&self, to: &str, subject: &str, text: &str, html: &str) -> Result<(), String> {
-        let to = to.parse::<Mailbox>().map_err(|e| format!("recipient: {e}"))?;
+        let to = to
+            .parse::<Mailbox>()
+            .map_err(|e| format!("recipient: {e}"))?;
         let message = Message::builder()
             .from(self.from.clone())
             .to(to)
             .subject(subject)
-            .multipart(MultiPart::alternative_plain_html(text.to_owned(), html.to_owned()))
+            .multipart(MultiPart::alternative_plain_html(
+                text.to_owned(),
+                html.to_owned(),
+            ))
             .map_err(|e| format!("message: {e}"))?;
-        self.transport.send(message).await.map(|_| ()).map_err(|e| e.to_string())
+        self.transport
+            .send(message)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -130,7 +145,12 @@ fn backoff(attempts: i32) -> chrono::Duration {
 }
 
 /// Delivers up to `batch` due mails; returns how many were sent.
-pub async fn deliver_due(pool: &Pool, mailer: &Mailer, now: DateTime<Utc>, batch: i64) -> Result<usize, DeliveryError> {
+pub async fn deliver_due(
+    pool: &Pool,
+    mailer: &Mailer,
+    now: DateTime<Utc>,
+    batch: i64,
+) -> Result<usize, DeliveryError> {
     let mut sent = 0;
     for _ in 0..batch {
         let mut client = pool.get().await.map_err(StoreError::from)?;
@@ -149,7 +169,9 @@ pub async fn deliver_due(pool: &Pool, mailer: &Mailer, now: DateTime<Utc>, batch
         };
         let id: Uuid = row.get(0);
         let attempts: i32 = row.get(5);
-        let result = mailer.send(row.get(1), row.get(2), row.get(3), row.get(4)).await;
+        let result = mailer
+            .send(row.get(1), row.get(2), row.get(3), row.get(4))
+            .await;
         match result {
             Ok(()) => {
                 tx.execute(
@@ -176,7 +198,12 @@ pub async fn deliver_due(pool: &Pool, mailer: &Mailer, now: DateTime<Utc>, batch
 }
 
 /// Delivers due mail forever, polling every `interval`. Faults are logged and retried.
-pub async fn run_worker(pool: Pool, mailer: Mailer, clock: std::sync::Arc<dyn Clock>, interval: Duration) {
+pub async fn run_worker(
+    pool: Pool,
+    mailer: Mailer,
+    clock: std::sync::Arc<dyn Clock>,
+    interval: Duration,
+) {
     loop {
         match deliver_due(&pool, &mailer, clock.now(), 50).await {
             Ok(0) => tokio::time::sleep(interval).await,

@@ -48,7 +48,11 @@ pub async fn create_property(
 }
 
 /// One property of the tenant.
-pub async fn property(client: &impl GenericClient, tenant: Tenant, id: Uuid) -> Result<Property, StoreError> {
+pub async fn property(
+    client: &impl GenericClient,
+    tenant: Tenant,
+    id: Uuid,
+) -> Result<Property, StoreError> {
     client
         .query_opt(
             "SELECT id, owner_id, address FROM properties WHERE municipality_id = $1 AND id = $2",
@@ -60,7 +64,11 @@ pub async fn property(client: &impl GenericClient, tenant: Tenant, id: Uuid) -> 
 }
 
 /// The properties `owner` registered.
-pub async fn properties_of(client: &impl GenericClient, tenant: Tenant, owner: Uuid) -> Result<Vec<Property>, StoreError> {
+pub async fn properties_of(
+    client: &impl GenericClient,
+    tenant: Tenant,
+    owner: Uuid,
+) -> Result<Vec<Property>, StoreError> {
     Ok(client
         .query(
             "SELECT id, owner_id, address FROM properties WHERE municipality_id = $1 AND owner_id = $2 ORDER BY created_at",
@@ -73,8 +81,18 @@ pub async fn properties_of(client: &impl GenericClient, tenant: Tenant, owner: U
 }
 
 /// Properties of the tenant whose address contains `query` (case-insensitive), for dispatchers.
-pub async fn search_properties(client: &impl GenericClient, tenant: Tenant, query: &str) -> Result<Vec<Property>, StoreError> {
-    let pattern = format!("%{}%", query.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
+pub async fn search_properties(
+    client: &impl GenericClient,
+    tenant: Tenant,
+    query: &str,
+) -> Result<Vec<Property>, StoreError> {
+    let pattern = format!(
+        "%{}%",
+        query
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_")
+    );
     Ok(client
         .query(
             "SELECT id, owner_id, address FROM properties WHERE municipality_id = $1 AND address ILIKE $2
@@ -144,7 +162,12 @@ fn lock_from_row(row: &tokio_postgres::Row) -> Lock {
 }
 
 /// One lock of a property.
-pub async fn lock(client: &impl GenericClient, tenant: Tenant, property: Uuid, id: Uuid) -> Result<Lock, StoreError> {
+pub async fn lock(
+    client: &impl GenericClient,
+    tenant: Tenant,
+    property: Uuid,
+    id: Uuid,
+) -> Result<Lock, StoreError> {
     client
         .query_opt(
             &format!("SELECT {LOCK_COLUMNS} FROM locks WHERE municipality_id = $1 AND property_id = $2 AND id = $3"),
@@ -156,7 +179,11 @@ pub async fn lock(client: &impl GenericClient, tenant: Tenant, property: Uuid, i
 }
 
 /// The locks of a property.
-pub async fn locks(client: &impl GenericClient, tenant: Tenant, property: Uuid) -> Result<Vec<Lock>, StoreError> {
+pub async fn locks(
+    client: &impl GenericClient,
+    tenant: Tenant,
+    property: Uuid,
+) -> Result<Vec<Lock>, StoreError> {
     Ok(client
         .query(
             &format!("SELECT {LOCK_COLUMNS} FROM locks WHERE municipality_id = $1 AND property_id = $2 ORDER BY name"),
@@ -184,12 +211,19 @@ pub async fn complete_pairing(
              FROM lock_pairings p
              WHERE l.id = $1 AND p.lock_id = l.id AND p.code_hash = $3 AND p.expires_at > $4
                AND l.pairing_state = 'unpaired'",
-            &[&lock_id, &device_public_key.to_vec(), &derived_code_hash.to_vec(), &now],
+            &[
+                &lock_id,
+                &device_public_key.to_vec(),
+                &derived_code_hash.to_vec(),
+                &now,
+            ],
         )
         .await
         .map_err(conflict_or_query)?;
     if updated == 1 {
-        client.execute("DELETE FROM lock_pairings WHERE lock_id = $1", &[&lock_id]).await?;
+        client
+            .execute("DELETE FROM lock_pairings WHERE lock_id = $1", &[&lock_id])
+            .await?;
     }
     Ok(updated == 1)
 }
@@ -227,11 +261,16 @@ pub async fn insert_plan(
 ) -> Result<i32, StoreError> {
     // Serialise concurrent edits of one property's plan so versions stay dense.
     client
-        .execute("SELECT 1 FROM properties WHERE municipality_id = $1 AND id = $2 FOR UPDATE", &[&tenant.id(), &property])
+        .execute(
+            "SELECT 1 FROM properties WHERE municipality_id = $1 AND id = $2 FOR UPDATE",
+            &[&tenant.id(), &property],
+        )
         .await?;
     let id = Uuid::new_v4();
     let sealed = seal_notes(id)?;
-    let to_json = |v: serde_json::Result<serde_json::Value>| v.map_err(|e| StoreError::Conflict(e.to_string()));
+    let to_json = |v: serde_json::Result<serde_json::Value>| {
+        v.map_err(|e| StoreError::Conflict(e.to_string()))
+    };
     let rules = to_json(serde_json::to_value(&plan.agencies))?;
     let contacts = to_json(serde_json::to_value(&plan.contacts))?;
     let notifications = to_json(serde_json::to_value(&plan.notifications))?;
@@ -265,7 +304,11 @@ pub async fn insert_plan(
 }
 
 /// The newest plan version of a property.
-pub async fn current_plan(client: &impl GenericClient, tenant: Tenant, property: Uuid) -> Result<StoredPlan, StoreError> {
+pub async fn current_plan(
+    client: &impl GenericClient,
+    tenant: Tenant,
+    property: Uuid,
+) -> Result<StoredPlan, StoreError> {
     let row = client
         .query_opt(
             "SELECT id, version, rules, max_grant_minutes, notes_ciphertext, notes_wrapped_key, contacts, notifications,
@@ -283,7 +326,12 @@ pub async fn current_plan(client: &impl GenericClient, tenant: Tenant, property:
         version: row.get(1),
         agencies: serde_json::from_value(row.get(2)).map_err(bad)?,
         max_grant_minutes: row.get(3),
-        notes: ciphertext.zip(wrapped).map(|(ciphertext, wrapped_key)| Sealed { ciphertext, wrapped_key }),
+        notes: ciphertext
+            .zip(wrapped)
+            .map(|(ciphertext, wrapped_key)| Sealed {
+                ciphertext,
+                wrapped_key,
+            }),
         contacts: row.get(6),
         notifications: serde_json::from_value(row.get(7)).map_err(bad)?,
         retention_days: row.get(8),

@@ -60,7 +60,7 @@ async fn template() -> &'static str {
             }
             let digest = ring::digest::digest(&ring::digest::SHA256, &schema);
             let name = format!("fk_tpl_{}", &hex::encode(digest.as_ref())[..12]);
-            // Leftovers of earlier runs.
+            // Leftovers of earlier runs: databases whose test process is gone (the name carries its pid).
             let (client, connection) = admin_config().connect(NoTls).await.unwrap();
             let task = tokio::spawn(connection);
             for row in client
@@ -69,7 +69,10 @@ async fn template() -> &'static str {
                 .unwrap()
             {
                 let db: String = row.get(0);
-                let _ = client.batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)")).await;
+                let pid = db.split('_').nth(2).unwrap_or_default();
+                if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                    let _ = client.batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)")).await;
+                }
             }
             let exists = client
                 .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
@@ -102,14 +105,22 @@ async fn template() -> &'static str {
 /// A fresh, migrated database for one test.
 pub async fn fresh_database() -> String {
     let template = template().await;
-    let name = format!("fk_test_{}", uuid::Uuid::new_v4().simple());
+    let name = format!(
+        "fk_test_{}_{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    );
     admin_execute(&format!("CREATE DATABASE {name} TEMPLATE {template}")).await;
     name
 }
 
 /// An empty (unmigrated) database for one test.
 pub async fn empty_database() -> String {
-    let name = format!("fk_test_{}", uuid::Uuid::new_v4().simple());
+    let name = format!(
+        "fk_test_{}_{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    );
     admin_execute(&format!("CREATE DATABASE {name} TEMPLATE template0")).await;
     name
 }

@@ -1,0 +1,585 @@
+//! HTTP endpoints of properties, locks, access plans, the notes reveal and the audit log.
+//!
+//! Every endpoint that takes an id loads the row in the caller's tenant and asks the policy; a caller
+//! who may not see it gets the same 404 as for an id that does not exist.
+
+use actix_web::{HttpResponse, get, post, put, web};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+use uuid::Uuid;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::access;
+use crate::audit::{self, Event, Outcome};
+use crate::auth::Actor;
+use crate::crypto;
+use crate::domain::Role;
+use crate::plans::{PlanInput, PlanSummary, PlanView, ResponderNotes};
+use crate::policy::{AuditLogAttrs, AuthzRequest, RevealContext, StepUpContext};
+use crate::store::StoreError;
+use crate::store::properties::{self as store, Lock, Property};
+
+/// OpenAPI description of these endpoints.
+#[derive(OpenApi)]
+#[openapi(
+    paths(
+        create_property, list_properties, get_property, register_lock, list_locks, put_plan, get_plan,
+        get_plan_summary, reveal_notes, search_properties, read_audit
+    ),
+    components(schemas(
+        NewProperty, Property, NewLock, Lock, PlanInput, PlanSummary, PlanView, ResponderNotes, PlanVersion,
+        audit::Entry
+    )),
+    tags((name = "properties", description = "Homes, their locks and access plans"),
+         (name = "audit", description = "The audit log"))
+)]
+pub struct PropertiesApi;
+
+/// Registers the routes.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(create_property)
+        .service(list_properties)
+        .service(search_properties)
+        .service(get_property)
+        .service(register_lock)
+        .service(list_locks)
+        .service(put_plan)
+        .service(get_plan)
+        .service(get_plan_summary)
+        .service(reveal_notes)
+        .service(read_audit);
+}
+
+/// Body of `POST /api/v1/properties`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewProperty {
+    /// Street address, 1 to 500 characters.
+    pub address: String,
+}
+
+/// A homeowner registers a property.
+#[utoipa::path(post, path = "/api/v1/properties", tag = "properties", request_body = NewProperty,
+    responses((status = 201, body = Property), (status = 400), (status = 401), (status = 403)))]
+#[post("/api/v1/properties")]
+pub async fn create_property(
+    state: web::Data<AppState>,
+    actor: Actor,
+    body: web::Json<NewProperty>,
+) -> Result<HttpResponse, ApiError> {
+    if !actor.has(Role::Homeowner) {
+        return Err(ApiError::Forbidden);
+    }
+    let address = body.address.trim();
+    if address.is_empty() || address.len() > 500 {
+        return Err(ApiError::BadRequest(
+            "address: 1 to 500 characters".to_owned(),
+        ));
+    }
+    let now = state.clock.now();
+    let mut client = state.pool.get().await.map_err(StoreError::from)?;
+    let tx = client.transaction().await.map_err(StoreError::from)?;
+    let property = store::create_property(&tx, actor.tenant, actor.user_id, address, now).await?;
+    audit::record(
+        &tx,
+        actor.tenant,
+        &Event::new("property.create", Outcome::Info)
+            .actor(actor.user_id)
+            .subject("property", property.id)
+            .property(property.id),
+        now,
+    )
+    .await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(HttpResponse::Created().json(property))
+}
+
+/// The caller's own properties (homeowners).
+#[utoipa::path(get, path = "/api/v1/properties", tag = "properties",
+    responses((status = 200, body = [Property]), (status = 401)))]
+#[get("/api/v1/properties")]
+pub async fn list_properties(
+    state: web::Data<AppState>,
+    actor: Actor,
+) -> Result<HttpResponse, ApiError> {
+    let client = state.pool.get().await.map_err(StoreError::from)?;
+    let list = store::properties_of(&client, actor.tenant, actor.user_id).await?;
+    Ok(HttpResponse::Ok().json(list))
+}
+
+/// Query of the dispatcher's property search.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct SearchQuery {
+    /// Part of the address, at least 3 characters.
+    pub q: String,
+}
+
+/// A dispatcher finds properties by address.
+#[utoipa::path(get, path = "/api/v1/dispatch/properties", tag = "properties", params(SearchQuery),
+    responses((status = 200, body = [Property]), (status = 400), (status = 401), (status = 403)))]
+#[get("/api/v1/dispatch/properties")]
+pub async fn search_properties(
+    state: web::Data<AppState>,
+    actor: Actor,
+    query: web::Query<SearchQuery>,
+) -> Result<HttpResponse, ApiError> {
+    if !actor.has(Role::Dispatcher) {
+        return Err(ApiError::Forbidden);
+    }
+    let q = query.q.trim();
+    if q.chars().count() < 3 || q.len() > 200 {
+        return Err(ApiError::BadRequest("q: 3 to 200 characters".to_owned()));
+    }
+    let client = state.pool.get().await.map_err(StoreError::from)?;
+    Ok(HttpResponse::Ok().json(store::search_properties(&client, actor.tenant, q).await?))
+}
+
+/// One property: its owner, or a dispatcher of the municipality.
+#[utoipa::path(get, path = "/api/v1/properties/{id}", tag = "properties",
+    responses((status = 200, body = Property), (status = 401), (status = 404)))]
+#[get("/api/v1/properties/{id}")]
+pub async fn get_property(
+    state: web::Data<AppState>,
+    actor: Actor,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    let (_, ctx) = load_and_authorize(&state, &actor, *id, |p, prop, fresh| {
+        AuthzRequest::view_plan_summary(
+            p,
+            prop,
+            StepUpContext {
+                step_up_fresh: fresh,
+            },
+        )
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(ctx.property))
+}
+
+/// Body of `POST /api/v1/properties/{id}/locks`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewLock {
+    /// The lock id `firstkey-agent init` printed.
+    pub lock_id: Uuid,
+    /// A name, e.g. "Front door".
+    pub name: String,
+    /// The pairing code `firstkey-agent init` printed (XXXXX-XXXXX).
+    pub pairing_code: String,
+}
+
+/// The homeowner registers a lock with the code its agent printed; the lock is paired once its agent
+/// proves, over its channel, the device key the code was derived from.
+#[utoipa::path(post, path = "/api/v1/properties/{id}/locks", tag = "properties", request_body = NewLock,
+    responses((status = 201, body = Lock), (status = 400), (status = 404), (status = 409)))]
+#[post("/api/v1/properties/{id}/locks")]
+pub async fn register_lock(
+    state: web::Data<AppState>,
+    actor: Actor,
+    id: web::Path<Uuid>,
+    body: web::Json<NewLock>,
+) -> Result<HttpResponse, ApiError> {
+    let (client, ctx) = load_and_authorize(&state, &actor, *id, |p, prop, fresh| {
+        AuthzRequest::manage_locks(
+            p,
+            prop,
+            StepUpContext {
+                step_up_fresh: fresh,
+            },
+        )
+    })
+    .await?;
+    let name = body.name.trim();
+    if name.is_empty() || name.len() > 100 {
+        return Err(ApiError::BadRequest("name: 1 to 100 characters".to_owned()));
+    }
+    let code = normalise_pairing_code(&body.pairing_code)?;
+    let code_hash = pairing_code_hash(&code);
+    let now = state.clock.now();
+    drop(client);
+    let mut client = state.pool.get().await.map_err(StoreError::from)?;
+    let tx = client.transaction().await.map_err(StoreError::from)?;
+    let lock = store::register_lock(
+        &tx,
+        actor.tenant,
+        ctx.property.id,
+        body.lock_id,
+        name,
+        &code_hash,
+        now,
+    )
+    .await?;
+    audit::record(
+        &tx,
+        actor.tenant,
+        &Event::new("lock.register", Outcome::Info)
+            .actor(actor.user_id)
+            .subject("lock", lock.id)
+            .property(ctx.property.id),
+        now,
+    )
+    .await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(HttpResponse::Created().json(lock))
+}
+
+/// Crockford base32 as typed by a person: case-insensitive, `-` and spaces ignored, I/L read as 1 and
+/// O as 0. Exactly 10 symbols.
+pub fn normalise_pairing_code(typed: &str) -> Result<String, ApiError> {
+    const ALPHABET: &str = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    let mut out = String::with_capacity(10);
+    for c in typed.chars().filter(|c| *c != '-' && *c != ' ') {
+        let c = match c.to_ascii_uppercase() {
+            'I' | 'L' => '1',
+            'O' => '0',
+            other => other,
+        };
+        if !ALPHABET.contains(c) || out.len() >= 10 {
+            return Err(ApiError::BadRequest(
+                "pairing_code: 10 characters as `firstkey-agent init` printed them".to_owned(),
+            ));
+        }
+        out.push(c);
+    }
+    if out.len() != 10 {
+        return Err(ApiError::BadRequest(
+            "pairing_code: 10 characters as `firstkey-agent init` printed them".to_owned(),
+        ));
+    }
+    Ok(out)
+}
+
+/// What the server stores of a pairing code: SHA-256 of its normalised form.
+pub fn pairing_code_hash(normalised: &str) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, normalised.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+/// The locks of a property, with pairing state, last contact and battery.
+#[utoipa::path(get, path = "/api/v1/properties/{id}/locks", tag = "properties",
+    responses((status = 200, body = [Lock]), (status = 404)))]
+#[get("/api/v1/properties/{id}/locks")]
+pub async fn list_locks(
+    state: web::Data<AppState>,
+    actor: Actor,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    let (client, ctx) = load_and_authorize(&state, &actor, *id, |p, prop, fresh| {
+        AuthzRequest::manage_locks(
+            p,
+            prop,
+            StepUpContext {
+                step_up_fresh: fresh,
+            },
+        )
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(store::locks(&client, actor.tenant, ctx.property.id).await?))
+}
+
+/// The version a plan change created.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PlanVersion {
+    /// The new version number.
+    pub version: i32,
+}
+
+/// The homeowner writes a new version of the access plan (step-up required).
+#[utoipa::path(put, path = "/api/v1/properties/{id}/plan", tag = "properties", request_body = PlanInput,
+    responses((status = 201, body = PlanVersion), (status = 400), (status = 401), (status = 404)))]
+#[put("/api/v1/properties/{id}/plan")]
+pub async fn put_plan(
+    state: web::Data<AppState>,
+    actor: Actor,
+    id: web::Path<Uuid>,
+    body: web::Json<PlanInput>,
+) -> Result<HttpResponse, ApiError> {
+    body.validate()?;
+    let (client, ctx) = load_and_authorize(&state, &actor, *id, |p, prop, fresh| {
+        AuthzRequest::edit_plan(
+            p,
+            prop,
+            StepUpContext {
+                step_up_fresh: fresh,
+            },
+        )
+    })
+    .await?;
+    drop(client);
+    let now = state.clock.now();
+    let mut client = state.pool.get().await.map_err(StoreError::from)?;
+    let tx = client.transaction().await.map_err(StoreError::from)?;
+    let plan = body.into_inner();
+    let notes = serde_json::to_vec(&plan.notes).map_err(|e| ApiError::Internal(e.into()))?;
+    let kek = &state.kek;
+    let has_notes = plan.has_notes();
+    let version = store::insert_plan(
+        &tx,
+        actor.tenant,
+        ctx.property.id,
+        actor.user_id,
+        &plan,
+        |plan_id| {
+            if !has_notes {
+                return Ok(None);
+            }
+            crypto::seal(kek, plan_id.as_bytes(), &notes)
+                .map(Some)
+                .map_err(|e| StoreError::Unavailable(e.to_string()))
+        },
+        now,
+    )
+    .await?;
+    audit::record(
+        &tx,
+        actor.tenant,
+        &Event::new("plan.update", Outcome::Allow)
+            .actor(actor.user_id)
+            .subject("property", ctx.property.id)
+            .property(ctx.property.id)
+            .details(serde_json::json!({ "version": version })),
+        now,
+    )
+    .await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(HttpResponse::Created().json(PlanVersion { version }))
+}
+
+/// The homeowner's full current plan, notes included. The owner reading what they wrote is not a
+/// reveal to a third party and, like every GET, changes nothing (only a denial is audited).
+#[utoipa::path(get, path = "/api/v1/properties/{id}/plan", tag = "properties",
+    responses((status = 200, body = PlanView), (status = 404)))]
+#[get("/api/v1/properties/{id}/plan")]
+pub async fn get_plan(
+    state: web::Data<AppState>,
+    actor: Actor,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    let (_client, ctx) = load_and_authorize(&state, &actor, *id, |p, prop, fresh| {
+        AuthzRequest::reveal_notes(
+            p,
+            prop,
+            RevealContext {
+                step_up_fresh: fresh,
+                ..RevealContext::default()
+            },
+        )
+    })
+    .await?;
+    // The full plan (contacts, notification choices) is the owner's alone; others use the summary
+    // and the incident-bound reveal.
+    if ctx.property.owner_id != actor.user_id {
+        return Err(ApiError::NotFound);
+    }
+    let plan = ctx.plan.as_ref().ok_or(ApiError::NotFound)?;
+    let notes = open_notes(&state, plan)?;
+    let view = PlanView {
+        version: plan.version,
+        plan: PlanInput {
+            agencies: plan.agencies.clone(),
+            max_grant_minutes: plan.max_grant_minutes,
+            notes,
+            contacts: serde_json::from_value(plan.contacts.clone())
+                .map_err(|e| ApiError::Internal(e.into()))?,
+            notifications: plan.notifications.clone(),
+            retention_days: plan.retention_days,
+        },
+    };
+    Ok(HttpResponse::Ok().json(view))
+}
+
+fn open_notes(state: &AppState, plan: &store::StoredPlan) -> Result<ResponderNotes, ApiError> {
+    match &plan.notes {
+        None => Ok(ResponderNotes::default()),
+        Some(sealed) => {
+            let bytes = crypto::open(&state.kek, plan.id.as_bytes(), sealed)
+                .map_err(|e| ApiError::Internal(e.into()))?;
+            serde_json::from_slice(&bytes).map_err(|e| ApiError::Internal(e.into()))
+        }
+    }
+}
+
+/// What a dispatcher may see without revealing the notes.
+#[utoipa::path(get, path = "/api/v1/properties/{id}/plan/summary", tag = "properties",
+    responses((status = 200, body = PlanSummary), (status = 404)))]
+#[get("/api/v1/properties/{id}/plan/summary")]
+pub async fn get_plan_summary(
+    state: web::Data<AppState>,
+    actor: Actor,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    let (_, ctx) = load_and_authorize(&state, &actor, *id, |p, prop, fresh| {
+        AuthzRequest::view_plan_summary(
+            p,
+            prop,
+            StepUpContext {
+                step_up_fresh: fresh,
+            },
+        )
+    })
+    .await?;
+    let plan = ctx.plan.ok_or(ApiError::NotFound)?;
+    Ok(HttpResponse::Ok().json(PlanSummary {
+        version: plan.version,
+        agencies: plan.agencies,
+        max_grant_minutes: plan.max_grant_minutes,
+        has_notes: plan.notes.is_some(),
+    }))
+}
+
+/// Reveals the responder notes to a dispatcher with an open incident at the property or a responder
+/// named in a live grant for it. Every reveal is audited; a POST because it writes that entry.
+#[utoipa::path(post, path = "/api/v1/properties/{id}/plan/reveal", tag = "properties",
+    responses((status = 200, body = ResponderNotes), (status = 401), (status = 404)))]
+#[post("/api/v1/properties/{id}/plan/reveal")]
+pub async fn reveal_notes(
+    state: web::Data<AppState>,
+    actor: Actor,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    let now = state.clock.now();
+    let mut client = state.pool.get().await.map_err(StoreError::from)?;
+    let ctx = access::property(&client, actor.tenant, *id).await?;
+    let principal = access::principal(&client, &actor).await?;
+    let named = access::named_in_live_grant(&client, &actor, ctx.property.id, now).await?;
+    let incident = access::open_incident_here(&client, actor.tenant, &ctx.property).await?;
+    let decision = access::authorize(
+        &mut client,
+        &state.policy,
+        &actor,
+        Some(ctx.property.id),
+        now,
+        |fresh| {
+            AuthzRequest::reveal_notes(
+                &principal,
+                &ctx.attrs,
+                RevealContext {
+                    step_up_fresh: fresh,
+                    named_in_live_grant: named,
+                    open_incident_here: incident,
+                },
+            )
+        },
+    )
+    .await?;
+    let plan = ctx.plan.as_ref().ok_or(ApiError::NotFound)?;
+    let notes = open_notes(&state, plan)?;
+    let tx = client.transaction().await.map_err(StoreError::from)?;
+    audit::record(
+        &tx,
+        actor.tenant,
+        &Event::new("plan.reveal_notes", Outcome::Allow)
+            .actor(actor.user_id)
+            .subject("property", ctx.property.id)
+            .property(ctx.property.id)
+            .policy(decision.policy_set_hash)
+            .details(serde_json::json!({
+                "version": plan.version,
+                "policies": decision.determining_policies,
+                "named_in_live_grant": named,
+                "open_incident_here": incident,
+            })),
+        now,
+    )
+    .await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(HttpResponse::Ok().json(notes))
+}
+
+/// Query of the audit log listing.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct AuditQuery {
+    /// Only entries about this property (homeowners must give their own property).
+    pub property: Option<Uuid>,
+    /// Entries after this sequence number (paging); default from the start.
+    pub after: Option<i64>,
+    /// At most this many entries (1 to 1000, default 100).
+    pub limit: Option<i64>,
+}
+
+/// Reads the audit log: auditors the whole municipality's, homeowners their own property's (both
+/// with a fresh step-up). A refused read is audited like every policy denial.
+#[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(AuditQuery),
+    responses((status = 200, body = [audit::Entry]), (status = 401), (status = 404)))]
+#[get("/api/v1/audit")]
+pub async fn read_audit(
+    state: web::Data<AppState>,
+    actor: Actor,
+    query: web::Query<AuditQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let now = state.clock.now();
+    let mut client = state.pool.get().await.map_err(StoreError::from)?;
+    let principal = access::principal(&client, &actor).await?;
+    match query.property {
+        Some(property) => {
+            let ctx = access::property(&client, actor.tenant, property).await?;
+            access::authorize(
+                &mut client,
+                &state.policy,
+                &actor,
+                Some(property),
+                now,
+                |fresh| {
+                    AuthzRequest::read_property_audit(
+                        &principal,
+                        &ctx.attrs,
+                        StepUpContext {
+                            step_up_fresh: fresh,
+                        },
+                    )
+                },
+            )
+            .await?;
+        }
+        None => {
+            let log = AuditLogAttrs {
+                municipality: actor.tenant.id(),
+            };
+            access::authorize(&mut client, &state.policy, &actor, None, now, |fresh| {
+                AuthzRequest::read_audit_log(
+                    &principal,
+                    log,
+                    StepUpContext {
+                        step_up_fresh: fresh,
+                    },
+                )
+            })
+            .await?;
+        }
+    }
+    let entries = audit::entries(
+        &client,
+        actor.tenant,
+        query.property,
+        query.after.unwrap_or(-1),
+        query.limit.unwrap_or(100),
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(entries))
+}
+
+/// Loads a property in the actor's tenant and asks the policy; returns the connection for reuse.
+async fn load_and_authorize(
+    state: &AppState,
+    actor: &Actor,
+    id: Uuid,
+    build: impl Fn(&crate::policy::PrincipalAttrs, &crate::policy::PropertyAttrs, bool) -> AuthzRequest,
+) -> Result<(deadpool_postgres::Object, access::PropertyContext), ApiError> {
+    let now = state.clock.now();
+    let mut client = state.pool.get().await.map_err(StoreError::from)?;
+    let ctx = access::property(&client, actor.tenant, id).await?;
+    let principal = access::principal(&client, actor).await?;
+    access::authorize(
+        &mut client,
+        &state.policy,
+        actor,
+        Some(ctx.property.id),
+        now,
+        |fresh| build(&principal, &ctx.attrs, fresh),
+    )
+    .await?;
+    Ok((client, ctx))
+}
