@@ -199,4 +199,27 @@ mod tests {
         let mut ok: &[u8] = &[0, 0, 0, 2, 9, 9];
         assert_eq!(read_frame(&mut ok, 8).await.unwrap().unwrap(), vec![9, 9]);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_chunking_yields_the_same_frames(
+            frames in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..64), 0..8),
+            chunk in 1usize..17,
+        ) {
+            let mut wire = Vec::new();
+            for f in &frames {
+                wire.extend(encode_frame(f, 64).unwrap());
+            }
+            let mut d = FrameDecoder::new(64);
+            let mut out = Vec::new();
+            for piece in wire.chunks(chunk) {
+                d.push(piece);
+                while let Some(f) = d.next_frame().unwrap() {
+                    out.push(f);
+                }
+            }
+            proptest::prop_assert_eq!(out, frames);
+            proptest::prop_assert_eq!(d.buffered(), 0);
+        }
+    }
 }
