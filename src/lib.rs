@@ -17,6 +17,7 @@
 pub mod access;
 pub mod audit;
 pub mod auth;
+pub mod channel;
 pub mod cli;
 pub mod clock;
 pub mod crypto;
@@ -24,6 +25,7 @@ pub mod demo;
 pub mod domain;
 pub mod http;
 pub mod notify;
+pub mod pairing;
 pub mod plans;
 pub mod policy;
 pub mod server;

@@ -194,8 +194,8 @@ pub async fn register_lock(
     if name.is_empty() || name.len() > 100 {
         return Err(ApiError::BadRequest("name: 1 to 100 characters".to_owned()));
     }
-    let code = normalise_pairing_code(&body.pairing_code)?;
-    let code_hash = pairing_code_hash(&code);
+    let code = crate::pairing::normalise(&body.pairing_code)?;
+    let code_hash = crate::pairing::code_hash(&code);
     let now = state.clock.now();
     drop(client);
     let mut client = state.pool.get().await.map_err(StoreError::from)?;
@@ -222,40 +222,6 @@ pub async fn register_lock(
     .await?;
     tx.commit().await.map_err(StoreError::from)?;
     Ok(HttpResponse::Created().json(lock))
-}
-
-/// Crockford base32 as typed by a person: case-insensitive, `-` and spaces ignored, I/L read as 1 and
-/// O as 0. Exactly 10 symbols.
-pub fn normalise_pairing_code(typed: &str) -> Result<String, ApiError> {
-    const ALPHABET: &str = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
-    let mut out = String::with_capacity(10);
-    for c in typed.chars().filter(|c| *c != '-' && *c != ' ') {
-        let c = match c.to_ascii_uppercase() {
-            'I' | 'L' => '1',
-            'O' => '0',
-            other => other,
-        };
-        if !ALPHABET.contains(c) || out.len() >= 10 {
-            return Err(ApiError::BadRequest(
-                "pairing_code: 10 characters as `firstkey-agent init` printed them".to_owned(),
-            ));
-        }
-        out.push(c);
-    }
-    if out.len() != 10 {
-        return Err(ApiError::BadRequest(
-            "pairing_code: 10 characters as `firstkey-agent init` printed them".to_owned(),
-        ));
-    }
-    Ok(out)
-}
-
-/// What the server stores of a pairing code: SHA-256 of its normalised form.
-pub fn pairing_code_hash(normalised: &str) -> [u8; 32] {
-    let digest = ring::digest::digest(&ring::digest::SHA256, normalised.as_bytes());
-    let mut out = [0u8; 32];
-    out.copy_from_slice(digest.as_ref());
-    out
 }
 
 /// The locks of a property, with pairing state, last contact and battery.

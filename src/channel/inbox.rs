@@ -1,0 +1,127 @@
+//! The per-lock inbox: tokens, revocations and trust bundles waiting for a lock, in order.
+//!
+//! [`push`] runs inside the caller's transaction: the entry, its sequence number and the `NOTIFY`
+//! that wakes the replica holding the lock's connection all commit together with the event that
+//! caused them (PostgreSQL delivers a notification only when its transaction commits). Nothing is
+//! lost if the server dies after the commit: the entry is in the table and is sent when the agent
+//! next resumes.
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::GenericClient;
+use uuid::Uuid;
+
+use crate::store::{StoreError, Tenant};
+
+/// The `LISTEN` channel replicas use to wake each other; the payload is the lock id.
+pub const NOTIFY_CHANNEL: &str = "firstkey_inbox";
+
+/// What an inbox entry carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InboxMessage {
+    /// An override token (its COSE bytes), pre-staged on the lock.
+    Token(Vec<u8>),
+    /// Revoke the token with this hash until it expires (Unix seconds).
+    Revocation {
+        /// SHA-256 of the token.
+        token_hash: [u8; 32],
+        /// The token's expiry; the lock may forget the revocation after it.
+        expires_at: u64,
+    },
+    /// A new trust bundle (its signed CBOR bytes).
+    TrustBundle(Vec<u8>),
+}
+
+impl InboxMessage {
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Token(_) => "token",
+            Self::Revocation { .. } => "revocation",
+            Self::TrustBundle(_) => "trust_bundle",
+        }
+    }
+
+    /// Stored form: the token or bundle bytes; for a revocation, hash ‖ u64be expiry.
+    fn payload(&self) -> Vec<u8> {
+        match self {
+            Self::Token(bytes) | Self::TrustBundle(bytes) => bytes.clone(),
+            Self::Revocation {
+                token_hash,
+                expires_at,
+            } => {
+                let mut out = token_hash.to_vec();
+                out.extend_from_slice(&expires_at.to_be_bytes());
+                out
+            }
+        }
+    }
+
+    /// Parses a stored entry; `None` for a kind or payload this version does not know.
+    pub fn from_stored(kind: &str, payload: &[u8]) -> Option<Self> {
+        match kind {
+            "token" => Some(Self::Token(payload.to_vec())),
+            "trust_bundle" => Some(Self::TrustBundle(payload.to_vec())),
+            "revocation" => {
+                let (hash, expiry) = payload.split_at_checked(32)?;
+                Some(Self::Revocation {
+                    token_hash: hash.try_into().ok()?,
+                    expires_at: u64::from_be_bytes(expiry.try_into().ok()?),
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Appends `message` to the lock's inbox and notifies every replica; returns its sequence number.
+/// A lock of another tenant is `NotFound`.
+pub async fn push(
+    tx: &impl GenericClient,
+    tenant: Tenant,
+    lock: Uuid,
+    message: &InboxMessage,
+    now: DateTime<Utc>,
+) -> Result<i64, StoreError> {
+    let row = tx
+        .query_opt(
+            "UPDATE locks SET inbox_next_seq = inbox_next_seq + 1 WHERE municipality_id = $1 AND id = $2
+             RETURNING inbox_next_seq - 1",
+            &[&tenant.id(), &lock],
+        )
+        .await?
+        .ok_or(StoreError::NotFound)?;
+    let seq: i64 = row.get(0);
+    tx.execute(
+        "INSERT INTO lock_inbox (lock_id, seq, municipality_id, kind, payload, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        &[&lock, &seq, &tenant.id(), &message.kind(), &message.payload(), &now],
+    )
+    .await?;
+    tx.execute(
+        "SELECT pg_notify($1, $2)",
+        &[&NOTIFY_CHANNEL, &lock.to_string()],
+    )
+    .await?;
+    Ok(seq)
+}
+
+/// Entries of a lock after `after_seq`, oldest first, at most `limit`.
+pub async fn pending(
+    client: &impl GenericClient,
+    lock: Uuid,
+    after_seq: i64,
+    limit: i64,
+) -> Result<Vec<(i64, InboxMessage)>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT seq, kind, payload FROM lock_inbox WHERE lock_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            &[&lock, &after_seq, &limit],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            let kind: String = r.get(1);
+            let payload: Vec<u8> = r.get(2);
+            InboxMessage::from_stored(&kind, &payload).map(|m| (r.get(0), m))
+        })
+        .collect())
+}
