@@ -33,6 +33,8 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
+use ciborium::value::Value;
+
 /// Longest text claim (issuer, subject, incident) in bytes.
 pub const MAX_TEXT_LEN: usize = 64;
 
@@ -366,8 +368,6 @@ impl Claims {
         claims.is_valid().then_some(claims)
     }
 }
-
-use ciborium::value::Value;
 
 /// COSE_Key labels and values used in `cnf`.
 const KTY: i64 = 1;

@@ -120,7 +120,7 @@ impl UnverifiedToken {
     pub fn verify(
         self,
         trust: &TrustBundle,
-        lock: &impl LockView,
+        lock: &(impl LockView + ?Sized),
         presentation: &Presentation<'_>,
         now: u64,
         options: &VerifyOptions,
@@ -244,7 +244,7 @@ impl VerifiedToken {
 pub fn verify(
     bytes: &[u8],
     trust: &TrustBundle,
-    lock: &impl LockView,
+    lock: &(impl LockView + ?Sized),
     presentation: &Presentation<'_>,
     now: u64,
     options: &VerifyOptions,
