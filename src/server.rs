@@ -71,11 +71,35 @@ pub async fn serve(
     on_ready: impl FnOnce(&Application),
 ) -> anyhow::Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let mail_worker = spawn_mail_worker(&settings, &database.pool, clock.clone())?;
     let app = Application::build(settings, database.pool.clone(), clock)?;
     tracing::info!(address = %app.local_addr(), scheme = app.scheme(), database = %database.description, "listening");
     on_ready(&app);
     app.run_until_stopped().await?;
+    if let Some(worker) = mail_worker {
+        worker.abort();
+    }
     tracing::info!("stopped");
     drop(database);
     Ok(())
+}
+
+/// Starts the outbox delivery worker when an SMTP relay is configured; without one, mail waits in
+/// the outbox (nothing is lost) until a server with a relay runs.
+pub fn spawn_mail_worker(
+    settings: &Settings,
+    pool: &Pool,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let Some(smtp) = &settings.smtp else {
+        tracing::warn!("no smtp_relay configured: notifications wait in the outbox");
+        return Ok(None);
+    };
+    let mailer = crate::notify::Mailer::new(smtp).context("setting `smtp_relay`")?;
+    Ok(Some(tokio::spawn(crate::notify::run_worker(
+        pool.clone(),
+        mailer,
+        clock,
+        Duration::from_millis(500),
+    ))))
 }

@@ -6,6 +6,8 @@
 //! it everything is delivered once (`dedupe_key` makes a second enqueue of the same event a no-op,
 //! and a row is claimed with `FOR UPDATE SKIP LOCKED` so two replicas never send the same row).
 
+pub mod sink;
+
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};

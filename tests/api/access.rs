@@ -770,9 +770,7 @@ async fn locks_register_with_the_agents_pairing_code_and_pair_when_the_key_match
     let client = w.app.pool.get().await.unwrap();
     let derived = |key: &[u8; 32]| {
         let c = firstkey_agent::pairing::PairingCode::derive(key, &lock_id.to_string()).display();
-        firstkey::http::properties::pairing_code_hash(
-            &firstkey::http::properties::normalise_pairing_code(&c).unwrap(),
-        )
+        firstkey::pairing::code_hash(&firstkey::pairing::normalise(&c).unwrap())
     };
     let now = Utc::now();
     // A different device key derives a different code: no pairing.

@@ -8,6 +8,7 @@ mod auth;
 mod auth_helpers;
 mod health;
 mod helpers;
+mod mail;
 mod migrations;
 mod openapi;
 mod startup;

@@ -1,0 +1,121 @@
+//! Notifications through the durable outbox and a real SMTP server (the sink): during an SMTP outage
+//! mail waits; after it, everything arrives, once.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chrono::Utc;
+use firstkey::domain::{Email, Slug};
+use firstkey::notify::{self, Mail, Mailer, sink::SmtpSink};
+use firstkey::settings::SmtpSettings;
+use firstkey::store::tenancy;
+
+use crate::helpers::spawn_app;
+
+fn mail(n: u32) -> Mail {
+    Mail {
+        dedupe_key: format!("test:{n}"),
+        kind: "test.notice",
+        to: Email::parse(&format!("home{n}@example.org")).unwrap(),
+        subject: format!("Front door opened ({n})"),
+        text: "Front door opened by Engine 7 for incident 26-04711 at 14:02.".to_owned(),
+        html: "<p>Front door opened by <b>Engine 7</b> for incident 26-04711 at 14:02.</p>"
+            .to_owned(),
+    }
+}
+
+async fn start_sink(addr: SocketAddr, dir: &std::path::Path) -> SmtpSink {
+    for _ in 0..50 {
+        if let Ok(sink) = SmtpSink::start(addr, dir).await {
+            return sink;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("could not bind the SMTP sink at {addr}");
+}
+
+#[tokio::test]
+async fn mail_waits_through_an_smtp_outage_and_arrives_once() {
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    // Find a free port for the relay, then leave it closed: SMTP is down.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mailer = Mailer::new(&SmtpSettings {
+        relay: format!("smtp://{addr}").into(),
+        from: "firstkey <noreply@firstkey.test>".to_owned(),
+    })
+    .unwrap();
+
+    let now = Utc::now();
+    let mut client = app.pool.get().await.unwrap();
+    let tx = client.transaction().await.unwrap();
+    let (tenant, _) =
+        tenancy::ensure_municipality(&tx, &Slug::parse("mail-town").unwrap(), "Mail", now)
+            .await
+            .unwrap();
+    for n in 0..3 {
+        assert!(notify::enqueue(&tx, tenant, &mail(n), now).await.unwrap());
+    }
+    assert!(
+        !notify::enqueue(&tx, tenant, &mail(0), now).await.unwrap(),
+        "same event, enqueued once"
+    );
+    tx.commit().await.unwrap();
+
+    // Outage: nothing is sent, nothing is lost, each row records the failure and backs off.
+    assert_eq!(
+        notify::deliver_due(&app.pool, &mailer, now, 10)
+            .await
+            .unwrap(),
+        0
+    );
+    let row = client
+        .query_one("SELECT count(*), min(attempts), bool_and(last_error IS NOT NULL), bool_and(next_attempt_at > $1) FROM notification_outbox WHERE sent_at IS NULL", &[&now])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 3);
+    assert_eq!(row.get::<_, i32>(1), 1);
+    assert!(row.get::<_, bool>(2) && row.get::<_, bool>(3));
+    assert_eq!(
+        notify::deliver_due(&app.pool, &mailer, now, 10)
+            .await
+            .unwrap(),
+        0,
+        "not due again before the backoff"
+    );
+
+    // SMTP returns: everything arrives, once.
+    let sink = start_sink(addr, dir.path()).await;
+    let later = now + chrono::Duration::minutes(1);
+    assert_eq!(
+        notify::deliver_due(&app.pool, &mailer, later, 10)
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(
+        notify::deliver_due(&app.pool, &mailer, later + chrono::Duration::hours(1), 10)
+            .await
+            .unwrap(),
+        0
+    );
+    let messages = notify::sink::messages(sink.dir()).unwrap();
+    assert_eq!(messages.len(), 3);
+    for m in &messages {
+        assert!(m.contains("Subject: Front door opened"), "{m}");
+        assert!(
+            m.contains("text/plain") && m.contains("text/html"),
+            "plain text and HTML: {m}"
+        );
+    }
+    let recipients: Vec<&str> = messages.iter().map(|m| m.lines().next().unwrap()).collect();
+    assert!(
+        recipients.iter().any(|r| r.contains("home0@example.org")),
+        "{recipients:?}"
+    );
+}
