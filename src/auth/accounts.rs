@@ -371,7 +371,7 @@ pub async fn start_enrolment(
         .iter()
         .map(|r| r.get(0))
         .collect();
-    let exclude = Some(existing.into_iter().map(Into::into).collect());
+    let exclude = Some(existing);
     let (options, registering) = match kind {
         LinkKind::Invitation => {
             let cas = wa::attestation_cas(client, pending.tenant).await?;

@@ -13,7 +13,7 @@ use super::accounts::SignedIn;
 use super::error::AuthError;
 use super::ratelimit::{self, Decision};
 use super::session::{self, Actor};
-use super::webauthn::{self as wa, CeremonyState, Challenge, CredentialKind, Purpose};
+use super::webauthn::{self as wa, CeremonyState, Challenge, Claimant, CredentialKind, Purpose};
 use crate::audit::{self, Event, Outcome};
 use crate::domain::{Email, Role, Slug};
 use crate::store::{StoreError, Tenant, tenancy};
@@ -96,12 +96,11 @@ pub async fn start_sign_in(
     let Some((account, kind, credentials)) = usable else {
         return Err(AuthError::AuthenticationFailed);
     };
-    if !hardware_key {
-        if let Decision::Limited { retry_after } =
+    if !hardware_key
+        && let Decision::Limited { retry_after } =
             ratelimit::failure_backoff(client, account.user, now).await?
-        {
-            return Err(AuthError::Limited { retry_after });
-        }
+    {
+        return Err(AuthError::Limited { retry_after });
     }
     let Some((options, authenticating)) = wa::start_authentication(rp, kind, &credentials)? else {
         return Err(AuthError::AuthenticationFailed);
@@ -149,11 +148,13 @@ pub async fn finish_sign_in(
     let verified = wa::verify_assertion(
         &tx,
         rp,
-        tenant,
-        user,
+        Claimant {
+            tenant,
+            user,
+            purpose: Purpose::SignIn,
+        },
         &authenticating,
         response,
-        Purpose::SignIn,
         now,
     )
     .await;
@@ -220,11 +221,13 @@ pub async fn finish_step_up(
     let verified = wa::verify_assertion(
         &tx,
         rp,
-        actor.tenant,
-        actor.user_id,
+        Claimant {
+            tenant: actor.tenant,
+            user: actor.user_id,
+            purpose: Purpose::StepUp,
+        },
         &authenticating,
         response,
-        Purpose::StepUp,
         now,
     )
     .await;

@@ -454,6 +454,17 @@ impl Purpose {
     }
 }
 
+/// Who an assertion claims to be, and what for.
+#[derive(Debug, Clone, Copy)]
+pub struct Claimant {
+    /// The municipality.
+    pub tenant: Tenant,
+    /// The user the ceremony was started for.
+    pub user: Uuid,
+    /// Sign-in or step-up.
+    pub purpose: Purpose,
+}
+
 /// Verifies an assertion of `user` against the ceremony state, inside `tx`. On success the credential's
 /// counter is stored and its row id returned. Every outcome is audited; a counter that did not move
 /// forward suspends the credential and tells the admins. The caller commits `tx` in every case (the
@@ -461,13 +472,16 @@ impl Purpose {
 pub async fn verify_assertion(
     tx: &impl GenericClient,
     rp: &Webauthn,
-    tenant: Tenant,
-    user: Uuid,
+    claimant: Claimant,
     authenticating: &Authenticating,
     response: &PublicKeyCredential,
-    purpose: Purpose,
     now: DateTime<Utc>,
 ) -> Result<Uuid, AuthError> {
+    let Claimant {
+        tenant,
+        user,
+        purpose,
+    } = claimant;
     let deny = |reason: &'static str, credential: Option<Uuid>| {
         let mut event = Event::new(purpose.action(), Outcome::Deny)
             .actor(user)
@@ -702,14 +716,14 @@ pub fn cose_key_bytes(key: &COSEKey) -> Vec<u8> {
 fn cbor_head(out: &mut Vec<u8>, major: u8, value: u64) {
     let major = major << 5;
     match value {
-        0..=23 => out.push(major | value as u8),
+        0..=23 => out.push(major | u8::try_from(value).unwrap_or(0)),
         24..=0xff => {
             out.push(major | 24);
-            out.push(value as u8);
+            out.push(u8::try_from(value).unwrap_or(u8::MAX));
         }
         0x100..=0xffff => {
             out.push(major | 25);
-            out.extend_from_slice(&(value as u16).to_be_bytes());
+            out.extend_from_slice(&u16::try_from(value).unwrap_or(u16::MAX).to_be_bytes());
         }
         _ => {
             out.push(major | 26);

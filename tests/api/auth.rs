@@ -2,12 +2,21 @@
 //! e-mail verification, sign-in, step-up, the hardware-key rules (attestation CA, user verification,
 //! no synced credentials), counter regression, ceremony replay and expiry, sessions, rate limits.
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::Utc;
-use firstkey::domain::{Role, Slug};
+use firstkey::domain::{AgencyKind, Role, Slug};
 use firstkey::store::{Tenant, tenancy};
+use ring::rand::SystemRandom;
+use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
 use serde_json::{Value, json};
+use uuid::Uuid;
+use webauthn_authenticator_rs::softtoken::SoftToken;
 
-use crate::auth_helpers::{self, TestKey, post, sign_in_as};
+use crate::auth_helpers::{
+    self, TestKey, enrol, mailed_secret, post, session_cookie, sign_in, sign_in_as, soft_token,
+    trust_ca,
+};
 use crate::helpers::{TestApp, spawn_app};
 
 async fn municipality(app: &TestApp, slug: &str) -> Tenant {
@@ -23,8 +32,35 @@ async fn municipality(app: &TestApp, slug: &str) -> Tenant {
     .0
 }
 
+async fn fire(app: &TestApp, tenant: Tenant) -> Uuid {
+    let client = app.pool.get().await.unwrap();
+    tenancy::ensure_agency(&client, tenant, AgencyKind::Fire, "Test Fire", Utc::now())
+        .await
+        .unwrap()
+        .id
+}
+
+async fn audit_actions(app: &TestApp, tenant: Tenant) -> Vec<(String, String, Value)> {
+    let client = app.pool.get().await.unwrap();
+    client
+        .query(
+            "SELECT action, outcome, public_details FROM audit_entries WHERE municipality_id = $1 ORDER BY seq",
+            &[&tenant.id()],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+async fn problem_detail(response: reqwest::Response) -> String {
+    let body: Value = response.json().await.unwrap();
+    body["detail"].as_str().unwrap_or_default().to_owned()
+}
+
 #[tokio::test]
-async fn a_dispatcher_enrols_a_security_key_and_signs_in() {
+async fn a_dispatcher_enrols_a_security_key_signs_in_and_steps_up() {
     let app = spawn_app().await;
     let tenant = municipality(&app, "enrol-town").await;
     let mut dispatcher = sign_in_as(&app, tenant, Role::Dispatcher).await;
@@ -50,22 +86,911 @@ async fn a_dispatcher_enrols_a_security_key_and_signs_in() {
         "a fresh sign-in counts as a step-up"
     );
     dispatcher.step_up(&app).await;
+
+    let actions = audit_actions(&app, tenant).await;
+    let has =
+        |action: &str, outcome: &str| actions.iter().any(|(a, o, _)| a == action && o == outcome);
+    assert!(has("auth.enrol", "allow"));
+    assert!(has("auth.sign_in", "allow"));
+    assert!(has("auth.step_up", "allow"));
+    let client = app.pool.get().await.unwrap();
+    let kind: String = client
+        .query_one(
+            "SELECT kind FROM webauthn_credentials WHERE user_id = $1",
+            &[&dispatcher.user_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kind, "security_key");
 }
 
 #[tokio::test]
-async fn a_homeowner_signs_up_verifies_and_signs_in_with_a_passkey() {
+async fn a_homeowner_signs_up_by_mail_and_signs_in_with_a_passkey() {
     let app = spawn_app().await;
-    let tenant = municipality(&app, "home-town").await;
-    let mut homeowner = sign_in_as(&app, tenant, Role::Homeowner).await;
-    assert!(matches!(homeowner.key, TestKey::Passkey(_)));
-    homeowner.sign_in(&app).await;
-    let me: Value = homeowner
-        .get(&app, "/api/v1/me")
+    municipality(&app, "home-town").await;
+    let email = "owner@home-town.test";
+    let response = post(
+        &app,
+        "/api/v1/accounts/sign-up",
+        &json!({ "municipality": "home-town", "email": email, "display_name": "Olive Owner" }),
+        None,
+    )
+    .await;
+    assert_eq!(response.status(), 202);
+    // An unknown municipality answers the same.
+    let unknown = post(
+        &app,
+        "/api/v1/accounts/sign-up",
+        &json!({ "municipality": "nowhere", "email": email, "display_name": "Olive Owner" }),
+        None,
+    )
+    .await;
+    assert_eq!(unknown.status(), 202);
+
+    let secret = mailed_secret(&app, email, "account.verify_email")
         .await
-        .json()
+        .expect("verification mail in the outbox");
+    let mut key = TestKey::Passkey(webauthn_authenticator_rs::softpasskey::SoftPasskey::new(
+        true,
+    ));
+    let finish = enrol(&app, "/api/v1/accounts/verify", &secret, &mut key).await;
+    assert_eq!(finish.status(), 200);
+    assert!(session_cookie(&finish).is_some());
+    let me: Value = finish.json().await.unwrap();
+    assert_eq!(me["roles"], json!(["homeowner"]));
+
+    // The link is single-use.
+    let again = post(
+        &app,
+        "/api/v1/accounts/verify/start",
+        &json!({ "secret": secret }),
+        None,
+    )
+    .await;
+    assert_eq!(again.status(), 404);
+
+    let signed_in = sign_in(&app, "home-town", email, &mut key).await;
+    assert_eq!(signed_in.status(), 200);
+    let cookie = session_cookie(&signed_in).unwrap();
+    let me = app
+        .http
+        .get(format!("{}/api/v1/me", app.address))
+        .header("Cookie", cookie)
+        .send()
         .await
         .unwrap();
-    assert_eq!(me["roles"], json!(["homeowner"]));
-    let _ = post;
-    let _ = auth_helpers::ORIGIN;
+    assert_eq!(me.status(), 200);
+}
+
+#[tokio::test]
+async fn an_admin_invites_a_responder_whose_link_works_once() {
+    let app = spawn_app().await;
+    let tenant = municipality(&app, "invite-town").await;
+    let agency = fire(&app, tenant).await;
+    let admin = sign_in_as(&app, tenant, Role::MunicipalAdmin).await;
+    let email = "rita@invite-town.test";
+    let invitation =
+        json!({ "role": "responder", "agency_id": agency, "email": email, "display_name": "Rita" });
+
+    let created = admin.post(&app, "/api/v1/invitations", &invitation).await;
+    assert_eq!(created.status(), 201);
+    let body: Value = created.json().await.unwrap();
+    assert!(
+        body.get("secret").is_none(),
+        "the secret only travels by mail"
+    );
+    let secret = mailed_secret(&app, email, "account.invitation")
+        .await
+        .unwrap();
+
+    let (token, pem) = soft_token(true);
+    trust_ca(&app, tenant, &pem).await;
+    let mut key = TestKey::Token(Box::new(token));
+    let finish = enrol(&app, "/api/v1/invitations/accept", &secret, &mut key).await;
+    assert_eq!(finish.status(), 200);
+    let me: Value = finish.json().await.unwrap();
+    assert_eq!(me["roles"], json!(["responder"]));
+    assert_eq!(me["agency_id"], json!(agency));
+
+    let again = post(
+        &app,
+        "/api/v1/invitations/accept/start",
+        &json!({ "secret": secret }),
+        None,
+    )
+    .await;
+    assert_eq!(again.status(), 404);
+
+    // Only an admin may invite; anyone else learns nothing.
+    let responder_cookie = session_cookie_of_sign_in(&app, "invite-town", email, &mut key).await;
+    let refused = post(
+        &app,
+        "/api/v1/invitations",
+        &invitation,
+        Some(&responder_cookie),
+    )
+    .await;
+    assert_eq!(refused.status(), 404);
+
+    // Inviting needs a fresh step-up.
+    let client = app.pool.get().await.unwrap();
+    client
+        .execute(
+            "UPDATE sessions SET stepped_up_at = stepped_up_at - interval '10 minutes' WHERE user_id = $1",
+            &[&admin.user_id],
+        )
+        .await
+        .unwrap();
+    let stale = admin
+        .post(
+            &app,
+            "/api/v1/invitations",
+            &json!({ "role": "auditor", "email": "a@invite-town.test", "display_name": "A" }),
+        )
+        .await;
+    assert_eq!(stale.status(), 401);
+    let problem: Value = stale.json().await.unwrap();
+    assert!(
+        problem["type"]
+            .as_str()
+            .unwrap()
+            .ends_with("step-up-required")
+    );
+}
+
+async fn session_cookie_of_sign_in(
+    app: &TestApp,
+    slug: &str,
+    email: &str,
+    key: &mut TestKey,
+) -> String {
+    let response = sign_in(app, slug, email, key).await;
+    assert_eq!(response.status(), 200);
+    session_cookie(&response).unwrap()
+}
+
+#[tokio::test]
+async fn a_key_whose_attestation_ca_is_not_listed_is_refused() {
+    let app = spawn_app().await;
+    let tenant = municipality(&app, "ca-town").await;
+    let agency = fire(&app, tenant).await;
+    let (inviter, _) = auth_helpers::bootstrap_admin(&app, tenant, "boot@ca-town.test").await;
+    let secret = auth_helpers::invitation(
+        &app,
+        tenant,
+        inviter,
+        Role::Responder,
+        Some(agency),
+        "r@ca-town.test",
+    )
+    .await;
+
+    // A key from an unknown manufacturer: its CA is in nobody's list.
+    let (token, _untrusted_pem) = soft_token(true);
+    let mut key = TestKey::Token(Box::new(token));
+    let refused = enrol(&app, "/api/v1/invitations/accept", &secret, &mut key).await;
+    assert_eq!(refused.status(), 400);
+    assert!(problem_detail(refused).await.contains("attestation"));
+
+    // Another municipality trusting that CA does not help this one.
+    let other = municipality(&app, "other-town").await;
+    let (token, pem) = soft_token(true);
+    trust_ca(&app, other, &pem).await;
+    let mut key = TestKey::Token(Box::new(token));
+    let refused = enrol(&app, "/api/v1/invitations/accept", &secret, &mut key).await;
+    assert_eq!(refused.status(), 400);
+
+    let actions = audit_actions(&app, tenant).await;
+    assert!(actions.iter().any(|(a, o, d)| a == "auth.enrol"
+        && o == "deny"
+        && d["reason"].as_str().unwrap().contains("attestation")));
+
+    // The link still works once the municipality admits the manufacturer.
+    let (token, pem) = soft_token(true);
+    trust_ca(&app, tenant, &pem).await;
+    let mut key = TestKey::Token(Box::new(token));
+    assert_eq!(
+        enrol(&app, "/api/v1/invitations/accept", &secret, &mut key)
+            .await
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_responder_key_without_user_verification_is_refused() {
+    let app = spawn_app().await;
+    let tenant = municipality(&app, "uv-town").await;
+    let agency = fire(&app, tenant).await;
+    let (inviter, _) = auth_helpers::bootstrap_admin(&app, tenant, "boot@uv-town.test").await;
+    let secret = auth_helpers::invitation(
+        &app,
+        tenant,
+        inviter,
+        Role::Responder,
+        Some(agency),
+        "r@uv-town.test",
+    )
+    .await;
+    // A key that cannot verify its user (UV=0); the client downgrades the request so it answers.
+    let (mut token, pem) = soft_token(false);
+    trust_ca(&app, tenant, &pem).await;
+    let start = post(
+        &app,
+        "/api/v1/invitations/accept/start",
+        &json!({ "secret": secret }),
+        None,
+    )
+    .await;
+    let challenge: Value = start.json().await.unwrap();
+    let mut options = challenge["options"].clone();
+    assert_eq!(
+        options["publicKey"]["authenticatorSelection"]["userVerification"],
+        "required"
+    );
+    options["publicKey"]["authenticatorSelection"]["userVerification"] = json!("discouraged");
+    use webauthn_authenticator_rs::WebauthnAuthenticator;
+    let registration = token
+        .do_registration(
+            auth_helpers::origin(),
+            serde_json::from_value(options).unwrap(),
+        )
+        .unwrap();
+    let finish = post(
+        &app,
+        "/api/v1/invitations/accept/finish",
+        &json!({ "ceremony": challenge["ceremony"], "credential": registration }),
+        None,
+    )
+    .await;
+    assert_eq!(finish.status(), 400);
+    assert!(problem_detail(finish).await.contains("user verification"));
+    let client = app.pool.get().await.unwrap();
+    let count: i64 = client
+        .query_one(
+            "SELECT count(*) FROM webauthn_credentials WHERE municipality_id = $1",
+            &[&tenant.id()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 0);
+}
+
+#[tokio::test]
+async fn a_synced_backup_eligible_credential_is_refused_as_a_security_key() {
+    let app = spawn_app().await;
+    let tenant = municipality(&app, "sync-town").await;
+    let agency = fire(&app, tenant).await;
+    let (inviter, _) = auth_helpers::bootstrap_admin(&app, tenant, "boot@sync-town.test").await;
+    let secret = auth_helpers::invitation(
+        &app,
+        tenant,
+        inviter,
+        Role::Dispatcher,
+        Some(agency),
+        "d@sync-town.test",
+    )
+    .await;
+    let authenticator = CraftedAuthenticator::new();
+    trust_ca(&app, tenant, &authenticator.ca_pem).await;
+
+    let start = post(
+        &app,
+        "/api/v1/invitations/accept/start",
+        &json!({ "secret": secret }),
+        None,
+    )
+    .await;
+    let challenge: Value = start.json().await.unwrap();
+    // The same authenticator with the backup-eligible and backed-up flags set (a synced passkey).
+    let registration = authenticator.register(&challenge["options"], FLAG_BE | FLAG_BS);
+    let finish = post(
+        &app,
+        "/api/v1/invitations/accept/finish",
+        &json!({ "ceremony": challenge["ceremony"], "credential": registration }),
+        None,
+    )
+    .await;
+    assert_eq!(finish.status(), 400);
+    let detail = problem_detail(finish).await;
+    assert!(detail.contains("synced"), "{detail}");
+
+    // The control: without those flags the same attested authenticator is accepted, so the refusal
+    // above was for being synced, not for the crafted attestation.
+    let start = post(
+        &app,
+        "/api/v1/invitations/accept/start",
+        &json!({ "secret": secret }),
+        None,
+    )
+    .await;
+    let challenge: Value = start.json().await.unwrap();
+    let registration = authenticator.register(&challenge["options"], 0);
+    let finish = post(
+        &app,
+        "/api/v1/invitations/accept/finish",
+        &json!({ "ceremony": challenge["ceremony"], "credential": registration }),
+        None,
+    )
+    .await;
+    assert_eq!(finish.status(), 200);
+}
+
+#[tokio::test]
+async fn a_counter_that_goes_backwards_suspends_the_key_audits_and_tells_the_admins() {
+    let app = spawn_app().await;
+    let tenant = municipality(&app, "clone-town").await;
+    let admin = sign_in_as(&app, tenant, Role::MunicipalAdmin).await;
+    let mut responder = sign_in_as(&app, tenant, Role::Responder).await;
+    let TestKey::Token(token) = &responder.key else {
+        panic!("responders hold a security key")
+    };
+    // A clone of the key, taken now.
+    let clone = SoftToken::from_cbor(&token.to_cbor().unwrap()).unwrap();
+    responder.sign_in(&app).await;
+    responder.sign_in(&app).await;
+
+    let mut clone = TestKey::Token(Box::new(clone));
+    let refused = sign_in(&app, &responder.slug, &responder.email, &mut clone).await;
+    assert_eq!(refused.status(), 401);
+
+    let client = app.pool.get().await.unwrap();
+    let status: String = client
+        .query_one(
+            "SELECT status FROM webauthn_credentials WHERE user_id = $1",
+            &[&responder.user_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "suspended");
+    let actions = audit_actions(&app, tenant).await;
+    assert!(
+        actions
+            .iter()
+            .any(|(a, _, _)| a == "auth.credential_suspended")
+    );
+    assert!(actions.iter().any(|(a, o, d)| a == "auth.sign_in"
+        && o == "deny"
+        && d["reason"] == "counter_regression"));
+    let mailed: i64 = client
+        .query_one(
+            "SELECT count(*) FROM notification_outbox WHERE recipient = $1 AND kind = 'auth.credential_suspended'",
+            &[&admin.email],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(mailed, 1, "the municipal admin is told");
+
+    // The genuine key is suspended too: nobody signs in with that credential any more.
+    let start = post(
+        &app,
+        "/api/v1/auth/sign-in/start",
+        &json!({ "municipality": responder.slug, "email": responder.email }),
+        None,
+    )
+    .await;
+    assert_eq!(start.status(), 401);
+}
+
+#[tokio::test]
+async fn a_replayed_or_expired_ceremony_fails() {
+    let app = spawn_app().await;
+    let tenant = municipality(&app, "replay-town").await;
+    let mut dispatcher = sign_in_as(&app, tenant, Role::Dispatcher).await;
+    let start = |app: &TestApp, slug: String, email: String| {
+        let app_address = app.address.clone();
+        let http = app.http.clone();
+        async move {
+            http.post(format!("{app_address}/api/v1/auth/sign-in/start"))
+                .header("Origin", auth_helpers::ORIGIN)
+                .json(&json!({ "municipality": slug, "email": email }))
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+
+    let challenge = start(&app, dispatcher.slug.clone(), dispatcher.email.clone()).await;
+    let credential = dispatcher.key.assert(&challenge["options"]);
+    let finish = json!({ "ceremony": challenge["ceremony"], "credential": credential });
+    assert_eq!(
+        post(&app, "/api/v1/auth/sign-in/finish", &finish, None)
+            .await
+            .status(),
+        200
+    );
+    let replayed = post(&app, "/api/v1/auth/sign-in/finish", &finish, None).await;
+    assert_eq!(replayed.status(), 400);
+    assert!(session_cookie(&replayed).is_none());
+
+    let challenge = start(&app, dispatcher.slug.clone(), dispatcher.email.clone()).await;
+    let credential = dispatcher.key.assert(&challenge["options"]);
+    let client = app.pool.get().await.unwrap();
+    let id: Uuid = challenge["ceremony"].as_str().unwrap().parse().unwrap();
+    client
+        .execute(
+            "UPDATE webauthn_ceremonies SET created_at = created_at - interval '6 minutes',
+                 expires_at = expires_at - interval '6 minutes' WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let expired = post(
+        &app,
+        "/api/v1/auth/sign-in/finish",
+        &json!({ "ceremony": challenge["ceremony"], "credential": credential }),
+        None,
+    )
+    .await;
+    assert_eq!(expired.status(), 400);
+
+    // A step-up ceremony cannot be finished by another session.
+    let other_session = session_cookie_of_sign_in(
+        &app,
+        &dispatcher.slug.clone(),
+        &dispatcher.email.clone(),
+        &mut dispatcher.key,
+    )
+    .await;
+    let step = dispatcher
+        .post(&app, "/api/v1/auth/step-up/start", &json!({}))
+        .await;
+    let challenge: Value = step.json().await.unwrap();
+    let credential = dispatcher.key.assert(&challenge["options"]);
+    let stolen = post(
+        &app,
+        "/api/v1/auth/step-up/finish",
+        &json!({ "ceremony": challenge["ceremony"], "credential": credential }),
+        Some(&other_session),
+    )
+    .await;
+    assert_eq!(stolen.status(), 400);
+}
+
+#[tokio::test]
+async fn disabling_an_account_ends_its_sessions_at_once() {
+    let app = spawn_app().await;
+    let tenant = municipality(&app, "disable-town").await;
+    let admin = sign_in_as(&app, tenant, Role::MunicipalAdmin).await;
+    let mut responder = sign_in_as(&app, tenant, Role::Responder).await;
+    let first = responder.cookie.clone();
+    responder.sign_in(&app).await;
+    assert_eq!(responder.get(&app, "/api/v1/me").await.status(), 200);
+
+    // Neither another role nor another municipality's admin can do it, and they learn nothing.
+    let dispatcher = sign_in_as(&app, tenant, Role::Dispatcher).await;
+    let path = format!("/api/v1/accounts/{}/disable", responder.user_id);
+    assert_eq!(dispatcher.post(&app, &path, &json!({})).await.status(), 404);
+    let elsewhere = municipality(&app, "elsewhere").await;
+    let foreign_admin = sign_in_as(&app, elsewhere, Role::MunicipalAdmin).await;
+    assert_eq!(
+        foreign_admin.post(&app, &path, &json!({})).await.status(),
+        404
+    );
+    assert_eq!(responder.get(&app, "/api/v1/me").await.status(), 200);
+
+    let disabled = admin.post(&app, &path, &json!({})).await;
+    assert_eq!(disabled.status(), 200);
+    let body: Value = disabled.json().await.unwrap();
+    assert_eq!(body["ended"], 2);
+    assert_eq!(responder.get(&app, "/api/v1/me").await.status(), 401);
+    let old = app
+        .http
+        .get(format!("{}/api/v1/me", app.address))
+        .header("Cookie", first)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(old.status(), 401);
+    // And the key no longer signs in.
+    let start = post(
+        &app,
+        "/api/v1/auth/sign-in/start",
+        &json!({ "municipality": responder.slug, "email": responder.email }),
+        None,
+    )
+    .await;
+    assert_eq!(start.status(), 401);
+    assert!(
+        audit_actions(&app, tenant)
+            .await
+            .iter()
+            .any(|(a, _, _)| a == "account.disabled")
+    );
+}
+
+#[tokio::test]
+async fn sign_out_ends_one_session_and_sign_out_everywhere_ends_all() {
+    let app = spawn_app().await;
+    let tenant = municipality(&app, "signout-town").await;
+    let mut auditor = sign_in_as(&app, tenant, Role::Auditor).await;
+    let enrolment_session = auditor.cookie.clone();
+    auditor.sign_in(&app).await;
+    let laptop = auditor.cookie.clone();
+    auditor.sign_in(&app).await;
+    let phone = auditor.cookie.clone();
+
+    let out = post(
+        &app,
+        "/api/v1/auth/sign-out",
+        &json!({}),
+        Some(&enrolment_session),
+    )
+    .await;
+    assert_eq!(out.status(), 204);
+    let me = |cookie: String| {
+        let request = app
+            .http
+            .get(format!("{}/api/v1/me", app.address))
+            .header("Cookie", cookie);
+        async move { request.send().await.unwrap().status() }
+    };
+    assert_eq!(me(enrolment_session.clone()).await, 401);
+    assert_eq!(me(laptop.clone()).await, 200);
+
+    let everywhere = post(
+        &app,
+        "/api/v1/auth/sign-out-everywhere",
+        &json!({}),
+        Some(&phone),
+    )
+    .await;
+    assert_eq!(everywhere.status(), 200);
+    let body: Value = everywhere.json().await.unwrap();
+    assert_eq!(body["ended"], 2);
+    assert_eq!(me(laptop).await, 401);
+    assert_eq!(me(phone).await, 401);
+}
+
+#[tokio::test]
+async fn a_cross_origin_post_is_refused() {
+    let app = spawn_app().await;
+    let tenant = municipality(&app, "csrf-town").await;
+    let auditor = sign_in_as(&app, tenant, Role::Auditor).await;
+    let forged = app
+        .http
+        .post(format!("{}/api/v1/auth/sign-out-everywhere", app.address))
+        .header("Origin", "https://evil.example")
+        .header("Cookie", &auditor.cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    let no_origin = app
+        .http
+        .post(format!("{}/api/v1/auth/sign-out", app.address))
+        .header("Cookie", &auditor.cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_origin.status(), 403);
+    assert_eq!(
+        auditor.get(&app, "/api/v1/me").await.status(),
+        200,
+        "the session survived"
+    );
+}
+
+#[tokio::test]
+async fn rate_limits_hold_yet_a_dispatcher_with_a_security_key_still_signs_in() {
+    let app = spawn_app().await;
+    let tenant = municipality(&app, "flood-town").await;
+    let mut dispatcher = sign_in_as(&app, tenant, Role::Dispatcher).await;
+    let mut homeowner = sign_in_as(&app, tenant, Role::Homeowner).await;
+
+    // A flood of sign-in starts from this address.
+    let mut limited = None;
+    for i in 0..(firstkey::auth::ratelimit::SIGN_IN_PER_ADDRESS + 5) {
+        let response = post(
+            &app,
+            "/api/v1/auth/sign-in/start",
+            &json!({ "municipality": "flood-town", "email": format!("nobody{i}@flood-town.test") }),
+            None,
+        )
+        .await;
+        if response.status() == 429 {
+            limited = Some(response);
+            break;
+        }
+        assert_eq!(response.status(), 401);
+    }
+    let limited = limited.expect("the per-address limit answers 429");
+    let retry_after: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after));
+
+    // A homeowner behind the same address waits…
+    let start = post(
+        &app,
+        "/api/v1/auth/sign-in/start",
+        &json!({ "municipality": "flood-town", "email": homeowner.email }),
+        None,
+    )
+    .await;
+    assert_eq!(start.status(), 429);
+    // …the dispatcher does not: the hardware key signs in.
+    dispatcher.sign_in(&app).await;
+    assert_eq!(dispatcher.get(&app, "/api/v1/me").await.status(), 200);
+    let _ = &mut homeowner;
+
+    // Sign-ups are limited per address too.
+    let mut sign_up_limited = false;
+    for i in 0..(firstkey::auth::ratelimit::SIGN_UP_PER_ADDRESS + 2) {
+        let response = post(
+            &app,
+            "/api/v1/accounts/sign-up",
+            &json!({ "municipality": "flood-town", "email": format!("new{i}@flood-town.test"), "display_name": "N" }),
+            None,
+        )
+        .await;
+        if response.status() == 429 {
+            assert!(response.headers().contains_key("retry-after"));
+            sign_up_limited = true;
+            break;
+        }
+        assert_eq!(response.status(), 202);
+    }
+    assert!(sign_up_limited);
+}
+
+#[tokio::test]
+async fn failed_assertions_slow_a_homeowner_down_but_do_not_lock() {
+    let app = spawn_app().await;
+    let tenant = municipality(&app, "backoff-town").await;
+    let mut homeowner = sign_in_as(&app, tenant, Role::Homeowner).await;
+    // Someone else's passkey answers the homeowner's challenges: failures.
+    let mut wrong = TestKey::Passkey(webauthn_authenticator_rs::softpasskey::SoftPasskey::new(
+        true,
+    ));
+    let _ = &mut wrong;
+    for _ in 0..=firstkey::auth::ratelimit::FREE_FAILURES {
+        let start = post(
+            &app,
+            "/api/v1/auth/sign-in/start",
+            &json!({ "municipality": "backoff-town", "email": homeowner.email }),
+            None,
+        )
+        .await;
+        assert_eq!(start.status(), 200);
+        let challenge: Value = start.json().await.unwrap();
+        let mut credential = homeowner.key.assert(&challenge["options"]);
+        // Break the signature.
+        let sig = credential["response"]["signature"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let mut bytes = URL_SAFE_NO_PAD.decode(sig).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        credential["response"]["signature"] = json!(URL_SAFE_NO_PAD.encode(bytes));
+        let finish = post(
+            &app,
+            "/api/v1/auth/sign-in/finish",
+            &json!({ "ceremony": challenge["ceremony"], "credential": credential }),
+            None,
+        )
+        .await;
+        assert_eq!(finish.status(), 401);
+    }
+    let start = post(
+        &app,
+        "/api/v1/auth/sign-in/start",
+        &json!({ "municipality": "backoff-town", "email": homeowner.email }),
+        None,
+    )
+    .await;
+    assert_eq!(
+        start.status(),
+        429,
+        "after the free failures the account backs off"
+    );
+    let retry_after: i64 = start.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (1..=2).contains(&retry_after),
+        "a short backoff, not a lock: {retry_after}"
+    );
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    homeowner.sign_in(&app).await;
+    let actions = audit_actions(&app, tenant).await;
+    assert!(
+        actions
+            .iter()
+            .filter(|(a, o, _)| a == "auth.sign_in" && o == "deny")
+            .count()
+            > 5
+    );
+}
+
+// ------------------------------------------------------------------------------------------ a crafted authenticator
+
+/// The crafted authenticator's model id.
+const CRAFTED_AAGUID: Uuid = uuid::uuid!("6e1e2f0a-3b1c-4d5e-8f70-112233445566");
+const FLAG_UP: u8 = 0x01;
+const FLAG_UV: u8 = 0x04;
+const FLAG_BE: u8 = 0x08;
+const FLAG_BS: u8 = 0x10;
+const FLAG_AT: u8 = 0x40;
+
+/// A packed-attestation authenticator built in the test, so flags the software token never sets
+/// (backup eligibility) can be presented with a valid attestation signature.
+struct CraftedAuthenticator {
+    ca_pem: String,
+    leaf_der: Vec<u8>,
+    leaf_key: EcdsaKeyPair,
+}
+
+impl CraftedAuthenticator {
+    fn new() -> Self {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose,
+            PKCS_ECDSA_P256_SHA256,
+        };
+        let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "Crafted Test Authenticator CA");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+
+        let leaf_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CountryName, "AU");
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "Crafted Test");
+        params
+            .distinguished_name
+            .push(DnType::OrganizationalUnitName, "Authenticator Attestation");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "Crafted Test Authenticator");
+        params.is_ca = IsCa::ExplicitNoCa;
+        let leaf = params.signed_by(&leaf_key, &ca, &ca_key).unwrap();
+        let leaf_key = EcdsaKeyPair::from_pkcs8(
+            &ECDSA_P256_SHA256_ASN1_SIGNING,
+            &leaf_key.serialize_der(),
+            &SystemRandom::new(),
+        )
+        .unwrap();
+        Self {
+            ca_pem: ca.pem(),
+            leaf_der: leaf.der().to_vec(),
+            leaf_key,
+        }
+    }
+
+    /// A registration response to `options` with the extra authenticator-data `flags`.
+    fn register(&self, options: &Value, flags: u8) -> Value {
+        let rng = SystemRandom::new();
+        let public_key = options["publicKey"].clone();
+        let challenge = public_key["challenge"].as_str().unwrap();
+        let rp_id = public_key["rp"]["id"].as_str().unwrap();
+        let client_data = serde_json::to_vec(&json!({
+            "type": "webauthn.create",
+            "challenge": challenge,
+            "origin": auth_helpers::ORIGIN,
+            "crossOrigin": false,
+        }))
+        .unwrap();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
+        let credential_key =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng)
+                .unwrap();
+        let point = credential_key.public_key().as_ref();
+        let (x, y) = (&point[1..33], &point[33..65]);
+        let mut cose = Vec::new();
+        cbor::map(&mut cose, 5);
+        cbor::int(&mut cose, 1);
+        cbor::int(&mut cose, 2);
+        cbor::int(&mut cose, 3);
+        cbor::int(&mut cose, -7);
+        cbor::int(&mut cose, -1);
+        cbor::int(&mut cose, 1);
+        cbor::int(&mut cose, -2);
+        cbor::bytes(&mut cose, x);
+        cbor::int(&mut cose, -3);
+        cbor::bytes(&mut cose, y);
+
+        let credential_id: Vec<u8> = Uuid::new_v4()
+            .as_bytes()
+            .iter()
+            .chain(Uuid::new_v4().as_bytes())
+            .copied()
+            .collect();
+        let mut auth_data = ring::digest::digest(&ring::digest::SHA256, rp_id.as_bytes())
+            .as_ref()
+            .to_vec();
+        auth_data.push(FLAG_UP | FLAG_UV | FLAG_AT | flags);
+        auth_data.extend_from_slice(&0u32.to_be_bytes());
+        auth_data.extend_from_slice(CRAFTED_AAGUID.as_bytes());
+        auth_data.extend_from_slice(&u16::try_from(credential_id.len()).unwrap().to_be_bytes());
+        auth_data.extend_from_slice(&credential_id);
+        auth_data.extend_from_slice(&cose);
+
+        let mut signed = auth_data.clone();
+        signed
+            .extend_from_slice(ring::digest::digest(&ring::digest::SHA256, &client_data).as_ref());
+        let signature = self.leaf_key.sign(&rng, &signed).unwrap();
+
+        let mut object = Vec::new();
+        cbor::map(&mut object, 3);
+        cbor::text(&mut object, "fmt");
+        cbor::text(&mut object, "packed");
+        cbor::text(&mut object, "attStmt");
+        cbor::map(&mut object, 3);
+        cbor::text(&mut object, "alg");
+        cbor::int(&mut object, -7);
+        cbor::text(&mut object, "sig");
+        cbor::bytes(&mut object, signature.as_ref());
+        cbor::text(&mut object, "x5c");
+        cbor::array(&mut object, 1);
+        cbor::bytes(&mut object, &self.leaf_der);
+        cbor::text(&mut object, "authData");
+        cbor::bytes(&mut object, &auth_data);
+
+        json!({
+            "id": URL_SAFE_NO_PAD.encode(&credential_id),
+            "rawId": URL_SAFE_NO_PAD.encode(&credential_id),
+            "type": "public-key",
+            "response": {
+                "attestationObject": URL_SAFE_NO_PAD.encode(&object),
+                "clientDataJSON": URL_SAFE_NO_PAD.encode(&client_data),
+            },
+            "extensions": {},
+        })
+    }
+}
+
+/// Just enough CBOR (RFC 8949 definite lengths) for an attestation object.
+mod cbor {
+    fn head(out: &mut Vec<u8>, major: u8, value: u64) {
+        let major = major << 5;
+        let bytes = value.to_be_bytes();
+        match value {
+            0..24 => out.push(major | bytes[7]),
+            24..=0xff => out.extend_from_slice(&[major | 24, bytes[7]]),
+            0x100..=0xffff => out.extend_from_slice(&[major | 25, bytes[6], bytes[7]]),
+            _ => {
+                out.push(major | 26);
+                out.extend_from_slice(&bytes[4..]);
+            }
+        }
+    }
+    pub fn int(out: &mut Vec<u8>, v: i64) {
+        if v >= 0 {
+            head(out, 0, v as u64)
+        } else {
+            head(out, 1, (-1 - v) as u64)
+        }
+    }
+    pub fn bytes(out: &mut Vec<u8>, b: &[u8]) {
+        head(out, 2, b.len() as u64);
+        out.extend_from_slice(b);
+    }
+    pub fn text(out: &mut Vec<u8>, s: &str) {
+        head(out, 3, s.len() as u64);
+        out.extend_from_slice(s.as_bytes());
+    }
+    pub fn array(out: &mut Vec<u8>, n: u64) {
+        head(out, 4, n);
+    }
+    pub fn map(out: &mut Vec<u8>, n: u64) {
+        head(out, 5, n);
+    }
 }

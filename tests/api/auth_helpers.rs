@@ -39,7 +39,7 @@ pub fn origin() -> Url {
 /// A software authenticator.
 pub enum TestKey {
     /// An attesting security key (staff).
-    Token(SoftToken),
+    Token(Box<SoftToken>),
     /// A passkey (homeowners).
     Passkey(SoftPasskey),
 }
@@ -395,7 +395,7 @@ pub async fn sign_in_as_in(
             let (token, pem) = soft_token(true);
             trust_ca(app, tenant, &pem).await;
             let (_, secret) = bootstrap_admin(app, tenant, &email).await;
-            let mut key = TestKey::Token(token);
+            let mut key = TestKey::Token(Box::new(token));
             (
                 enrol(app, "/api/v1/invitations/accept", &secret, &mut key).await,
                 key,
@@ -411,7 +411,7 @@ pub async fn sign_in_as_in(
             )
             .await;
             let secret = invitation(app, tenant, inviter, staff, agency_id, &email).await;
-            let mut key = TestKey::Token(token);
+            let mut key = TestKey::Token(Box::new(token));
             (
                 enrol(app, "/api/v1/invitations/accept", &secret, &mut key).await,
                 key,
