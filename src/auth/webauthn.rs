@@ -149,6 +149,115 @@ pub async fn attestation_cas(
     Ok(list)
 }
 
+/// One attestation CA a municipality added, as listed to its admins.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct TrustedCa {
+    /// Hex SHA-256 of the certificate's DER (webauthn-rs's key id for it).
+    pub fingerprint: String,
+    /// The certificate, PEM.
+    pub pem: String,
+}
+
+/// The fingerprint of a PEM certificate that webauthn-rs accepts as an attestation CA.
+fn ca_fingerprint(pem: &str) -> Result<String, AuthError> {
+    let list = AttestationCaList::try_from(pem.as_bytes())
+        .map_err(|_| AuthError::Invalid("pem: not a PEM-encoded X.509 certificate".to_owned()))?;
+    list.cas()
+        .keys()
+        .next()
+        .map(|kid| hex::encode(kid.as_slice()))
+        .ok_or_else(|| AuthError::Invalid("pem: no certificate".to_owned()))
+}
+
+/// The CAs the municipality added to webauthn-rs's strict list.
+pub async fn added_attestation_cas(
+    client: &impl GenericClient,
+    tenant: Tenant,
+) -> Result<Vec<TrustedCa>, AuthError> {
+    let row = client
+        .query_opt(
+            "SELECT attestation_cas FROM municipalities WHERE id = $1",
+            &[&tenant.id()],
+        )
+        .await
+        .map_err(StoreError::from)?
+        .ok_or(AuthError::NotFound)?;
+    let stored: serde_json::Value = row.get(0);
+    Ok(stored
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str())
+        .filter_map(|pem| {
+            ca_fingerprint(pem).ok().map(|fingerprint| TrustedCa {
+                fingerprint,
+                pem: pem.to_owned(),
+            })
+        })
+        .collect())
+}
+
+/// Adds an attestation CA (PEM) to the municipality's list, audited as `auth.attestation_ca_added`
+/// (by `actor` when an admin did it, none for operator tooling). Adding one already listed is a no-op.
+pub async fn add_attestation_ca(
+    tx: &impl GenericClient,
+    tenant: Tenant,
+    pem: &str,
+    actor: Option<Uuid>,
+    now: DateTime<Utc>,
+) -> Result<TrustedCa, AuthError> {
+    let fingerprint = ca_fingerprint(pem)?;
+    let listed = added_attestation_cas(tx, tenant).await?;
+    if let Some(existing) = listed.into_iter().find(|c| c.fingerprint == fingerprint) {
+        return Ok(existing);
+    }
+    let pem = pem.trim().to_owned();
+    tx.execute(
+        "UPDATE municipalities SET attestation_cas = attestation_cas || jsonb_build_array($2::text) WHERE id = $1",
+        &[&tenant.id(), &pem],
+    )
+    .await
+    .map_err(StoreError::from)?;
+    let mut event = Event::new("auth.attestation_ca_added", Outcome::Info)
+        .details(serde_json::json!({ "fingerprint": fingerprint }));
+    if let Some(actor) = actor {
+        event = event.actor(actor);
+    }
+    audit::record(tx, tenant, &event, now).await?;
+    Ok(TrustedCa { fingerprint, pem })
+}
+
+/// Removes an added attestation CA by fingerprint (audited). Credentials already enrolled under it stay;
+/// only new enrolments are affected.
+pub async fn remove_attestation_ca(
+    tx: &impl GenericClient,
+    tenant: Tenant,
+    fingerprint: &str,
+    actor: Uuid,
+    now: DateTime<Utc>,
+) -> Result<(), AuthError> {
+    let listed = added_attestation_cas(tx, tenant).await?;
+    if !listed.iter().any(|c| c.fingerprint == fingerprint) {
+        return Err(AuthError::NotFound);
+    }
+    let kept: Vec<String> = listed
+        .into_iter()
+        .filter(|c| c.fingerprint != fingerprint)
+        .map(|c| c.pem)
+        .collect();
+    tx.execute(
+        "UPDATE municipalities SET attestation_cas = $2 WHERE id = $1",
+        &[&tenant.id(), &serde_json::json!(kept)],
+    )
+    .await
+    .map_err(StoreError::from)?;
+    let event = Event::new("auth.attestation_ca_removed", Outcome::Info)
+        .actor(actor)
+        .details(serde_json::json!({ "fingerprint": fingerprint }));
+    audit::record(tx, tenant, &event, now).await?;
+    Ok(())
+}
+
 // ------------------------------------------------------------------------------------------ ceremonies
 
 /// What a registration ceremony is for: the link that authorised it.

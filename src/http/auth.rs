@@ -6,7 +6,7 @@
 //! `navigator.credentials.create()`/`get()`), `…/finish` takes `{ceremony, credential}`. A finish that
 //! signs in answers with the session cookie.
 
-use actix_web::{HttpRequest, HttpResponse, get, post, web};
+use actix_web::{HttpRequest, HttpResponse, delete, get, post, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::OpenApi;
@@ -20,7 +20,7 @@ use crate::auth::error::AuthError;
 use crate::auth::ratelimit::{self, Decision};
 use crate::auth::session::{self, Actor};
 use crate::auth::signin;
-use crate::auth::webauthn::{Challenge, relying_party};
+use crate::auth::webauthn::{self, Challenge, TrustedCa, relying_party};
 use crate::domain::{Email, Role, Slug};
 use crate::store::{StoreError, Tenant, tenancy};
 
@@ -41,7 +41,10 @@ use crate::store::{StoreError, Tenant, tenancy};
         sign_up,
         verify_start,
         verify_finish,
-        disable_account
+        disable_account,
+        list_attestation_cas,
+        add_attestation_ca,
+        remove_attestation_ca
     ),
     components(schemas(
         Challenge,
@@ -54,7 +57,9 @@ use crate::store::{StoreError, Tenant, tenancy};
         Invitation,
         SignUp,
         SessionsEnded,
-        Role
+        Role,
+        TrustedCa,
+        NewCa
     )),
     tags((name = "identity", description = "Accounts, WebAuthn ceremonies and sessions"))
 )]
@@ -75,7 +80,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(sign_up)
         .service(verify_start)
         .service(verify_finish)
-        .service(disable_account);
+        .service(disable_account)
+        .service(list_attestation_cas)
+        .service(add_attestation_ca)
+        .service(remove_attestation_ca);
 }
 
 impl From<AuthError> for ApiError {
@@ -650,4 +658,101 @@ async fn disable_account(
     let ended = accounts::disable(&tx, &actor, path.into_inner(), now).await?;
     tx.commit().await.map_err(StoreError::from)?;
     Ok(HttpResponse::Ok().json(SessionsEnded { ended }))
+}
+
+/// An attestation CA to admit.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct NewCa {
+    /// The CA certificate, PEM.
+    pub pem: String,
+}
+
+/// The attestation CAs this municipality added to webauthn-rs's strict list (municipal admins only).
+#[utoipa::path(
+    get,
+    path = "/api/v1/auth/attestation-cas",
+    tag = "identity",
+    responses(
+        (status = 200, description = "The added CAs", body = Vec<TrustedCa>),
+        (status = 401, description = "Not signed in", body = Problem),
+        (status = 404, description = "Not available to this user", body = Problem)
+    )
+)]
+#[get("/api/v1/auth/attestation-cas")]
+#[tracing::instrument(skip_all)]
+async fn list_attestation_cas(
+    state: web::Data<AppState>,
+    actor: Actor,
+) -> Result<HttpResponse, ApiError> {
+    if !actor.has(Role::MunicipalAdmin) {
+        return Err(ApiError::NotFound);
+    }
+    let client = connection(&state).await?;
+    let cas = webauthn::added_attestation_cas(&client, actor.tenant).await?;
+    Ok(HttpResponse::Ok().json(cas))
+}
+
+/// Admits the security keys a manufacturer's CA attests, for new enrolments. Needs a fresh step-up.
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/attestation-cas",
+    tag = "identity",
+    request_body = NewCa,
+    responses(
+        (status = 201, description = "Added (or already listed)", body = TrustedCa),
+        (status = 400, description = "Not a PEM certificate", body = Problem),
+        (status = 401, description = "Not signed in, or step-up required", body = Problem),
+        (status = 404, description = "Not available to this user", body = Problem)
+    )
+)]
+#[post("/api/v1/auth/attestation-cas")]
+#[tracing::instrument(skip_all)]
+async fn add_attestation_ca(
+    state: web::Data<AppState>,
+    actor: Actor,
+    body: web::Json<NewCa>,
+) -> Result<HttpResponse, ApiError> {
+    if !actor.has(Role::MunicipalAdmin) {
+        return Err(ApiError::NotFound);
+    }
+    let now = state.clock.now();
+    actor.require_step_up(now)?;
+    let mut client = connection(&state).await?;
+    let tx = client.transaction().await.map_err(StoreError::from)?;
+    let added =
+        webauthn::add_attestation_ca(&tx, actor.tenant, &body.pem, Some(actor.user_id), now)
+            .await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(HttpResponse::Created().json(added))
+}
+
+/// Stops admitting a CA for new enrolments (enrolled keys stay). Needs a fresh step-up.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/auth/attestation-cas/{fingerprint}",
+    tag = "identity",
+    params(("fingerprint" = String, Path, description = "Hex SHA-256 of the CA certificate")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 401, description = "Not signed in, or step-up required", body = Problem),
+        (status = 404, description = "No such CA, or not available to this user", body = Problem)
+    )
+)]
+#[delete("/api/v1/auth/attestation-cas/{fingerprint}")]
+#[tracing::instrument(skip_all)]
+async fn remove_attestation_ca(
+    state: web::Data<AppState>,
+    actor: Actor,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    if !actor.has(Role::MunicipalAdmin) {
+        return Err(ApiError::NotFound);
+    }
+    let now = state.clock.now();
+    actor.require_step_up(now)?;
+    let mut client = connection(&state).await?;
+    let tx = client.transaction().await.map_err(StoreError::from)?;
+    webauthn::remove_attestation_ca(&tx, actor.tenant, &path, actor.user_id, now).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(HttpResponse::NoContent().finish())
 }

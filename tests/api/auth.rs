@@ -994,3 +994,90 @@ mod cbor {
         head(out, 5, n);
     }
 }
+
+#[tokio::test]
+async fn an_admin_manages_the_attestation_cas_of_the_municipality() {
+    let app = spawn_app().await;
+    let tenant = municipality(&app, "ca-admin-town").await;
+    let agency = fire(&app, tenant).await;
+    let admin = sign_in_as(&app, tenant, Role::MunicipalAdmin).await;
+    let auditor = sign_in_as(&app, tenant, Role::Auditor).await;
+    let (token, pem) = soft_token(true);
+
+    let path = "/api/v1/auth/attestation-cas";
+    assert_eq!(
+        auditor
+            .post(&app, path, &json!({ "pem": pem }))
+            .await
+            .status(),
+        404
+    );
+    assert_eq!(auditor.get(&app, path).await.status(), 404);
+    let bad = admin
+        .post(&app, path, &json!({ "pem": "not a certificate" }))
+        .await;
+    assert_eq!(bad.status(), 400);
+    let added = admin.post(&app, path, &json!({ "pem": pem })).await;
+    assert_eq!(added.status(), 201);
+    let added: Value = added.json().await.unwrap();
+    let fingerprint = added["fingerprint"].as_str().unwrap().to_owned();
+    let listed: Value = admin.get(&app, path).await.json().await.unwrap();
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["fingerprint"] == fingerprint.as_str())
+    );
+
+    // Keys from that manufacturer can now enrol.
+    let email = "new@ca-admin-town.test";
+    let invitation =
+        json!({ "role": "dispatcher", "agency_id": agency, "email": email, "display_name": "D" });
+    assert_eq!(
+        admin
+            .post(&app, "/api/v1/invitations", &invitation)
+            .await
+            .status(),
+        201
+    );
+    let secret = mailed_secret(&app, email, "account.invitation")
+        .await
+        .unwrap();
+    let mut key = TestKey::Token(Box::new(token));
+    assert_eq!(
+        enrol(&app, "/api/v1/invitations/accept", &secret, &mut key)
+            .await
+            .status(),
+        200
+    );
+
+    let removed = app
+        .http
+        .delete(format!("{}{path}/{fingerprint}", app.address))
+        .header("Origin", auth_helpers::ORIGIN)
+        .header("Cookie", &admin.cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(removed.status(), 204);
+    let listed: Value = admin.get(&app, path).await.json().await.unwrap();
+    assert!(
+        !listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["fingerprint"] == fingerprint.as_str())
+    );
+    let actions = audit_actions(&app, tenant).await;
+    assert!(
+        actions
+            .iter()
+            .any(|(a, _, _)| a == "auth.attestation_ca_added")
+    );
+    assert!(
+        actions
+            .iter()
+            .any(|(a, _, _)| a == "auth.attestation_ca_removed")
+    );
+}
