@@ -17,6 +17,8 @@ use crate::store::{self, StoreError, embedded};
 pub struct Database {
     /// Connection pool.
     pub pool: Pool,
+    /// How to connect, for connections outside the pool (the agent channel's `LISTEN`).
+    pub config: tokio_postgres::Config,
     /// One line for the operator (never contains a password).
     pub description: String,
     /// Stops the private cluster when dropped.
@@ -39,9 +41,10 @@ pub async fn open_database(settings: &Settings) -> anyhow::Result<Database> {
             (resolved.config, resolved.description, resolved.cluster)
         }
     };
-    let pool = store::pool(config, settings.db_pool_size)?;
+    let pool = store::pool(config.clone(), settings.db_pool_size)?;
     Ok(Database {
         pool,
+        config,
         description,
         _cluster: cluster,
     })
@@ -72,10 +75,18 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let mail_worker = spawn_mail_worker(&settings, &database.pool, clock.clone())?;
+    let channel = crate::channel::server::start(
+        &settings,
+        database.pool.clone(),
+        database.config.clone(),
+        clock.clone(),
+    )
+    .await?;
     let app = Application::build(settings, database.pool.clone(), clock)?;
     tracing::info!(address = %app.local_addr(), scheme = app.scheme(), database = %database.description, "listening");
     on_ready(&app);
     app.run_until_stopped().await?;
+    channel.stop();
     if let Some(worker) = mail_worker {
         worker.abort();
     }

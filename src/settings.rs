@@ -39,6 +39,11 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Maximum number of pooled database connections.
     pub db_pool_size: usize,
+    /// Address the agent channel's TLS listener binds (`firmware-agent/PROTOCOL.md`).
+    pub agent_listen: SocketAddr,
+    /// Certificate chain and key of the agent channel; `None` generates a dev CA and server
+    /// certificate in `key_dir` and writes the CA to `<key_dir>/agent-ca.pem` for provisioning.
+    pub agent_tls: Option<TlsFiles>,
 }
 
 /// The origin (scheme, host, optional port) the server is reached at.
@@ -154,6 +159,9 @@ struct RawSettings {
     policy_dir: Option<PathBuf>,
     log_format: String,
     db_pool_size: usize,
+    agent_listen: String,
+    agent_tls_cert: Option<PathBuf>,
+    agent_tls_key: Option<PathBuf>,
 }
 
 impl Default for RawSettings {
@@ -172,6 +180,9 @@ impl Default for RawSettings {
             policy_dir: None,
             log_format: "pretty".to_owned(),
             db_pool_size: 16,
+            agent_listen: "127.0.0.1:8443".to_owned(),
+            agent_tls_cert: None,
+            agent_tls_key: None,
         }
     }
 }
@@ -256,32 +267,22 @@ impl Settings {
         })?;
         let public_origin = PublicOrigin::parse(&raw.public_origin)
             .map_err(|reason| invalid("public_origin", reason))?;
-        let tls = match (raw.tls_cert, raw.tls_key) {
-            (None, None) => None,
-            (Some(cert), Some(key)) => {
-                for (name, path) in [("tls_cert", &cert), ("tls_key", &key)] {
-                    if !path.is_file() {
-                        return Err(invalid(
-                            name,
-                            format!("{} is not a readable file", path.display()),
-                        ));
-                    }
-                }
-                Some(TlsFiles { cert, key })
-            }
-            (Some(_), None) => {
-                return Err(invalid(
-                    "tls_key",
-                    "tls_cert is set but tls_key is not".to_owned(),
-                ));
-            }
-            (None, Some(_)) => {
-                return Err(invalid(
-                    "tls_cert",
-                    "tls_key is set but tls_cert is not".to_owned(),
-                ));
-            }
-        };
+        let tls = tls_files("tls_cert", raw.tls_cert, "tls_key", raw.tls_key)?;
+        let agent_listen = raw.agent_listen.parse::<SocketAddr>().map_err(|_| {
+            invalid(
+                "agent_listen",
+                format!(
+                    "{:?} is not an address like 127.0.0.1:8443",
+                    raw.agent_listen
+                ),
+            )
+        })?;
+        let agent_tls = tls_files(
+            "agent_tls_cert",
+            raw.agent_tls_cert,
+            "agent_tls_key",
+            raw.agent_tls_key,
+        )?;
         let smtp = match raw.smtp_relay.filter(|r| !r.trim().is_empty()) {
             None => None,
             Some(relay) => {
@@ -333,7 +334,44 @@ impl Settings {
             policy_dir: raw.policy_dir,
             log_format,
             db_pool_size: raw.db_pool_size,
+            agent_listen,
+            agent_tls,
         })
+    }
+}
+
+/// A certificate and key setting pair: both or neither, each a readable file.
+fn tls_files(
+    cert_setting: &str,
+    cert: Option<PathBuf>,
+    key_setting: &str,
+    key: Option<PathBuf>,
+) -> Result<Option<TlsFiles>, SettingsError> {
+    let invalid = |setting: &str, reason: String| SettingsError::Invalid {
+        setting: setting.to_owned(),
+        reason,
+    };
+    match (cert, key) {
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => {
+            for (name, path) in [(cert_setting, &cert), (key_setting, &key)] {
+                if !path.is_file() {
+                    return Err(invalid(
+                        name,
+                        format!("{} is not a readable file", path.display()),
+                    ));
+                }
+            }
+            Ok(Some(TlsFiles { cert, key }))
+        }
+        (Some(_), None) => Err(invalid(
+            key_setting,
+            format!("{cert_setting} is set but {key_setting} is not"),
+        )),
+        (None, Some(_)) => Err(invalid(
+            cert_setting,
+            format!("{key_setting} is set but {cert_setting} is not"),
+        )),
     }
 }
 
@@ -354,6 +392,8 @@ mod tests {
         assert!(s.to_string().contains("--config"));
         let s = Settings::load(None, env(&[])).unwrap();
         assert_eq!(s.listen.port(), 8080);
+        assert_eq!(s.agent_listen.port(), 8443);
+        assert!(s.agent_tls.is_none());
         assert!(s.database_url.is_none());
         assert_eq!(s.public_origin.host(), "localhost");
     }
@@ -378,6 +418,12 @@ mod tests {
             ("FIRSTKEY_DB_POOL_SIZE", "many", "db_pool_size"),
             ("FIRSTKEY_SMTP_RELAY", "mail.example.org", "smtp_relay"),
             ("FIRSTKEY_TLS_CERT", "/nonexistent.pem", "tls_key"),
+            ("FIRSTKEY_AGENT_LISTEN", "nowhere", "agent_listen"),
+            (
+                "FIRSTKEY_AGENT_TLS_KEY",
+                "/nonexistent.pem",
+                "agent_tls_cert",
+            ),
             ("FIRSTKEY_DATA_KEY", "c2hvcnQ=", "data_key"),
             (
                 "FIRSTKEY_DATABASE_URL",

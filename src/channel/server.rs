@@ -1,0 +1,825 @@
+//! The agent channel's TLS listener and one session per connected lock (`firmware-agent/PROTOCOL.md`).
+//!
+//! A session: TLS handshake → `Challenge` → `Hello` checked against the lock's paired device key or
+//! its pending pairing → `Welcome` → then, in any order, inbox entries after the agent's
+//! `resume_after` (and new ones whenever [`wake`](super::wake) says the lock's inbox changed), acks,
+//! receipt batches, status reports and pings, until the agent hangs up or stays silent past the idle
+//! timeout.
+//!
+//! Built to hold very many idle agents per replica: an idle session owns no database connection
+//! (one is taken from the pool per query), no read buffer (a frame's payload is allocated when its
+//! length prefix arrives and freed once decoded), and waits on one small [`Notify`](tokio::sync::Notify).
+//! At most [`ChannelOptions::window`] inbox entries are unacknowledged at a time, which bounds what
+//! a session holds and keeps a slow agent from filling its socket.
+//!
+//! This module does not decide what goes into an inbox ([`super::inbox`]) or what a receipt means
+//! to the homeowner ([`super::receipts`]).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use deadpool_postgres::Pool;
+use firstkey_agent::pairing::PairingCode;
+use firstkey_agent::protocol::channel::{
+    AgentMessage, ErrorCode, InboxMessage as WireInbox, MAX_CHANNEL_FRAME, MAX_RECEIPTS_PER_FRAME,
+    ServerMessage, decode_agent_message, encode_server_message, verify_hello,
+};
+use firstkey_agent::protocol::frame::encode_frame;
+use firstkey_agent::protocol::{Bytes, FrameError, PROTOCOL_VERSION};
+use ring::rand::SecureRandom;
+use serde_json::json;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+use uuid::Uuid;
+
+use super::inbox::{self, InboxMessage};
+use super::receipts::{self, BatchOutcome, LockIdentity};
+use super::tls::ServerIdentity;
+use super::wake::{self, Registry};
+use crate::audit::{self, Event, Outcome};
+use crate::clock::Clock;
+use crate::settings::Settings;
+use crate::store::{StoreError, Tenant, properties};
+
+/// Timings and limits of the channel.
+#[derive(Debug, Clone)]
+pub struct ChannelOptions {
+    /// A session ends when the agent sends nothing for this long (agents ping every 30 s).
+    pub idle_timeout: Duration,
+    /// Longest TLS handshake, and longest wait for `Hello`.
+    pub handshake_timeout: Duration,
+    /// Longest wait for one frame to be written to a slow agent.
+    pub write_timeout: Duration,
+    /// Most inbox entries sent and not yet acknowledged.
+    pub window: usize,
+    /// An unchanged status is written to the database at most this often (last seen, battery).
+    pub status_write_interval: Duration,
+    /// Wrong pairing codes tolerated per lock before its pending pairing is refused for good.
+    pub max_pairing_failures: i32,
+}
+
+impl Default for ChannelOptions {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(100),
+            handshake_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(30),
+            window: 32,
+            status_write_interval: Duration::from_secs(300),
+            max_pairing_failures: 10,
+        }
+    }
+}
+
+/// What every session of one listener shares.
+struct Shared {
+    pool: Pool,
+    clock: Arc<dyn Clock>,
+    identity: ServerIdentity,
+    acceptor: TlsAcceptor,
+    registry: Arc<Registry>,
+    options: ChannelOptions,
+    rng: ring::rand::SystemRandom,
+}
+
+/// A bound agent-channel listener, not yet accepting.
+pub struct AgentListener {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+impl AgentListener {
+    /// Binds `addr` (port 0 picks a free port).
+    pub async fn bind(
+        addr: SocketAddr,
+        identity: ServerIdentity,
+        pool: Pool,
+        clock: Arc<dyn Clock>,
+        registry: Arc<Registry>,
+        options: ChannelOptions,
+    ) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let acceptor = TlsAcceptor::from(identity.config());
+        Ok(Self {
+            listener,
+            shared: Arc::new(Shared {
+                pool,
+                clock,
+                identity,
+                acceptor,
+                registry,
+                options,
+                rng: ring::rand::SystemRandom::new(),
+            }),
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accepts connections until the task is dropped; dropping it ends every session it started.
+    pub async fn run(self) {
+        let mut sessions = JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok((tcp, peer)) => {
+                        let shared = self.shared.clone();
+                        sessions.spawn(async move {
+                            match session(&shared, tcp).await {
+                                Ok(()) => tracing::debug!(%peer, "agent session ended"),
+                                Err(e) => tracing::info!(%peer, error = %e, "agent session failed"),
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait instead of spinning.
+                        tracing::warn!(error = %e, "agent channel accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            }
+        }
+    }
+}
+
+/// A running agent channel: the listener and the `LISTEN` connection. Dropping it (or [`stop`])
+/// stops both and ends every session, as a killed replica would.
+///
+/// [`stop`]: RunningChannel::stop
+pub struct RunningChannel {
+    local_addr: SocketAddr,
+    registry: Arc<Registry>,
+    identity: ServerIdentity,
+    tasks: JoinSet<()>,
+}
+
+impl RunningChannel {
+    /// The address agents connect to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The sessions of this replica.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// The certificate in use.
+    pub fn identity(&self) -> &ServerIdentity {
+        &self.identity
+    }
+
+    /// Stops accepting, ends every session and the `LISTEN` connection.
+    pub fn stop(mut self) {
+        self.tasks.abort_all();
+    }
+}
+
+/// Starts the channel as `firstkey serve` runs it: `settings.agent_listen`, the configured or dev
+/// certificate, sessions over `pool`, wake-ups over a `LISTEN` connection to `pg_config`.
+pub async fn start(
+    settings: &Settings,
+    pool: Pool,
+    pg_config: tokio_postgres::Config,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<RunningChannel> {
+    let identity = ServerIdentity::from_settings(settings).context("agent channel TLS")?;
+    start_with(
+        settings.agent_listen,
+        identity,
+        pool,
+        pg_config,
+        clock,
+        ChannelOptions::default(),
+    )
+    .await
+}
+
+/// Starts the channel with explicit parts (tests, benchmarks). Returns once the `LISTEN` connection
+/// is up, or after a few seconds without it (sessions then still work; wake-ups from other replicas
+/// start when it connects).
+pub async fn start_with(
+    addr: SocketAddr,
+    identity: ServerIdentity,
+    pool: Pool,
+    pg_config: tokio_postgres::Config,
+    clock: Arc<dyn Clock>,
+    options: ChannelOptions,
+) -> anyhow::Result<RunningChannel> {
+    let registry = Registry::new();
+    let listener = AgentListener::bind(
+        addr,
+        identity.clone(),
+        pool,
+        clock,
+        registry.clone(),
+        options,
+    )
+    .await
+    .with_context(|| format!("setting `agent_listen`: cannot listen on {addr}"))?;
+    let local_addr = listener.local_addr()?;
+    let ready = Arc::new(Notify::new());
+    let mut tasks = JoinSet::new();
+    let listening = ready.notified();
+    tokio::pin!(listening);
+    listening.as_mut().enable();
+    tasks.spawn(wake::listen(pg_config, registry.clone(), ready.clone()));
+    if tokio::time::timeout(Duration::from_secs(5), listening)
+        .await
+        .is_err()
+    {
+        tracing::warn!("agent channel started before its LISTEN connection");
+    }
+    tasks.spawn(listener.run());
+    tracing::info!(address = %local_addr, "agent channel listening");
+    Ok(RunningChannel {
+        local_addr,
+        registry,
+        identity,
+        tasks,
+    })
+}
+
+/// Why a session ended abnormally (for the log; the agent only sees an error code).
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("frame: {0}")]
+    Frame(#[from] FrameError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("timed out {0}")]
+    Timeout(&'static str),
+    #[error("refused: {0:?}")]
+    Refused(ErrorCode),
+}
+
+/// Reads length-prefixed frames without losing bytes when the read is cancelled (it is polled in a
+/// `select!` beside wake-ups and timers), and without any buffer while no frame is arriving.
+#[derive(Debug, Default)]
+struct FrameReader {
+    header: [u8; 4],
+    header_got: usize,
+    payload: Vec<u8>,
+    payload_got: usize,
+}
+
+impl FrameReader {
+    /// The next frame's payload; `Ok(None)` on a clean end of stream between frames.
+    async fn next<R: AsyncRead + Unpin>(
+        &mut self,
+        r: &mut R,
+    ) -> Result<Option<Vec<u8>>, FrameError> {
+        loop {
+            if self.header_got < 4 {
+                let Some(dst) = self.header.get_mut(self.header_got..) else {
+                    return Err(FrameError::Malformed);
+                };
+                let n = r.read(dst).await?;
+                if n == 0 {
+                    return if self.header_got == 0 {
+                        Ok(None)
+                    } else {
+                        Err(FrameError::Truncated)
+                    };
+                }
+                self.header_got = self.header_got.saturating_add(n);
+                if self.header_got == 4 {
+                    let len32 = u32::from_be_bytes(self.header);
+                    let len = usize::try_from(len32).unwrap_or(usize::MAX);
+                    if len > MAX_CHANNEL_FRAME {
+                        return Err(FrameError::TooLarge {
+                            len: u64::from(len32),
+                            cap: MAX_CHANNEL_FRAME,
+                        });
+                    }
+                    self.payload = vec![0u8; len];
+                    self.payload_got = 0;
+                }
+                continue;
+            }
+            if self.payload_got == self.payload.len() {
+                self.header_got = 0;
+                self.payload_got = 0;
+                return Ok(Some(std::mem::take(&mut self.payload)));
+            }
+            let Some(dst) = self.payload.get_mut(self.payload_got..) else {
+                return Err(FrameError::Malformed);
+            };
+            let n = r.read(dst).await?;
+            if n == 0 {
+                return Err(FrameError::Truncated);
+            }
+            self.payload_got = self.payload_got.saturating_add(n);
+        }
+    }
+}
+
+async fn send<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    msg: &ServerMessage,
+    timeout: Duration,
+) -> Result<(), SessionError> {
+    let framed = encode_frame(&encode_server_message(msg)?, MAX_CHANNEL_FRAME)?;
+    tokio::time::timeout(timeout, async {
+        w.write_all(&framed).await?;
+        w.flush().await
+    })
+    .await
+    .map_err(|_| SessionError::Timeout("writing to the agent"))??;
+    Ok(())
+}
+
+/// Sends `Error { code }` (best effort) and ends the session with it.
+async fn refuse<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    code: ErrorCode,
+    timeout: Duration,
+) -> SessionError {
+    let _ = send(w, &ServerMessage::Error { code }, timeout).await;
+    let _ = tokio::time::timeout(timeout, w.shutdown()).await;
+    SessionError::Refused(code)
+}
+
+/// The name the agent must have signed: the TLS server name it asked for, or, when it connected by
+/// IP address (no SNI), the address it reached us at. Either must be a name our certificate is
+/// valid for, so a signature made for another server cannot be relayed to this one.
+fn signed_server_name(sni: Option<&str>, local: IpAddr) -> String {
+    match sni {
+        Some(name) => name.to_owned(),
+        None => match local {
+            IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map_or_else(|| v6.to_string(), |v4| v4.to_string()),
+            IpAddr::V4(v4) => v4.to_string(),
+        },
+    }
+}
+
+fn to_wire(message: InboxMessage) -> WireInbox {
+    match message {
+        InboxMessage::Token(token) => WireInbox::Token { token },
+        InboxMessage::Revocation {
+            token_hash,
+            expires_at,
+        } => WireInbox::Revocation {
+            token_hash: Bytes(token_hash),
+            expires_at,
+        },
+        InboxMessage::TrustBundle(bundle) => WireInbox::TrustBundle { bundle },
+    }
+}
+
+fn seq_i64(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+async fn session(shared: &Shared, tcp: TcpStream) -> Result<(), SessionError> {
+    let opts = &shared.options;
+    let _ = tcp.set_nodelay(true);
+    let local_ip = tcp.local_addr()?.ip();
+    let mut stream = tokio::time::timeout(opts.handshake_timeout, shared.acceptor.accept(tcp))
+        .await
+        .map_err(|_| SessionError::Timeout("in the TLS handshake"))??;
+    let server_name = signed_server_name(stream.get_ref().1.server_name(), local_ip);
+    let mut reader = FrameReader::default();
+
+    let mut nonce = [0u8; 32];
+    shared
+        .rng
+        .fill(&mut nonce)
+        .map_err(|_| SessionError::Refused(ErrorCode::Internal))?;
+    send(
+        &mut stream,
+        &ServerMessage::Challenge {
+            version: PROTOCOL_VERSION,
+            nonce: Bytes(nonce),
+        },
+        opts.write_timeout,
+    )
+    .await?;
+    let hello = tokio::time::timeout(opts.handshake_timeout, reader.next(&mut stream))
+        .await
+        .map_err(|_| SessionError::Timeout("waiting for Hello"))??;
+    let Some(hello) = hello else {
+        return Ok(());
+    };
+    let (lock_id, device_public_key, resume_after, signature) = match decode_agent_message(&hello) {
+        Ok(AgentMessage::Hello {
+            version,
+            lock_id,
+            device_public_key,
+            resume_after,
+            signature,
+        }) => {
+            if version != PROTOCOL_VERSION {
+                return Err(refuse(
+                    &mut stream,
+                    ErrorCode::UnsupportedVersion,
+                    opts.write_timeout,
+                )
+                .await);
+            }
+            (lock_id, device_public_key.0, resume_after, signature)
+        }
+        _ => return Err(refuse(&mut stream, ErrorCode::Malformed, opts.write_timeout).await),
+    };
+    let signature_ok = shared.identity.serves_name(&server_name)
+        && verify_hello(
+            &device_public_key,
+            &nonce,
+            &lock_id,
+            &server_name,
+            &signature,
+        );
+    let lock = if signature_ok {
+        authenticate(shared, &lock_id, &device_public_key).await
+    } else {
+        Err(ErrorCode::AuthenticationFailed)
+    };
+    let lock = match lock {
+        Ok(lock) => lock,
+        Err(code) => {
+            tracing::info!(lock = %lock_id.escape_debug(), ?code, "agent handshake refused");
+            return Err(refuse(&mut stream, code, opts.write_timeout).await);
+        }
+    };
+    // Registered before the first inbox read: an entry committed after this point wakes us, one
+    // committed before it is found by that read.
+    let registration = shared.registry.register(lock.id);
+
+    let now = shared.clock.now();
+    let receipts_through = {
+        let client = shared.pool.get().await.map_err(StoreError::from)?;
+        client
+            .execute(
+                "UPDATE locks SET last_seen_at = $2,
+                     inbox_acked_seq = GREATEST(inbox_acked_seq, LEAST($3, inbox_next_seq - 1))
+                 WHERE id = $1",
+                &[&lock.id, &now, &seq_i64(resume_after)],
+            )
+            .await
+            .map_err(StoreError::from)?;
+        receipts::head(&client, lock.id).await?.0
+    };
+    send(
+        &mut stream,
+        &ServerMessage::Welcome { receipts_through },
+        opts.write_timeout,
+    )
+    .await?;
+    tracing::info!(lock = %lock.id, resume_after, receipts_through, "agent connected");
+
+    let mut sent = resume_after;
+    let mut acked = resume_after;
+    let mut dirty = true;
+    let mut last_status: Option<(Option<u8>, u64, u64)> = None;
+    let mut status_written = Instant::now();
+    let idle = tokio::time::sleep(opts.idle_timeout);
+    tokio::pin!(idle);
+    let window = i64::try_from(opts.window.max(1)).unwrap_or(32);
+
+    enum Wake {
+        Frame(Result<Option<Vec<u8>>, FrameError>),
+        Inbox,
+        Idle,
+    }
+    loop {
+        if dirty && acked >= sent {
+            let entries = {
+                let client = shared.pool.get().await.map_err(StoreError::from)?;
+                inbox::pending(&client, lock.id, seq_i64(sent), window).await?
+            };
+            dirty = i64::try_from(entries.len()).unwrap_or(i64::MAX) >= window;
+            for (seq, message) in entries {
+                let seq = u64::try_from(seq).unwrap_or(0);
+                send(
+                    &mut stream,
+                    &ServerMessage::Inbox {
+                        seq,
+                        message: to_wire(message),
+                    },
+                    opts.write_timeout,
+                )
+                .await?;
+                sent = sent.max(seq);
+            }
+        }
+        let wake = tokio::select! {
+            frame = reader.next(&mut stream) => Wake::Frame(frame),
+            () = registration.woken() => Wake::Inbox,
+            () = &mut idle => Wake::Idle,
+        };
+        let payload = match wake {
+            Wake::Inbox => {
+                dirty = true;
+                continue;
+            }
+            Wake::Idle => {
+                tracing::info!(lock = %lock.id, "agent silent past the idle timeout; closing");
+                let _ = tokio::time::timeout(opts.write_timeout, stream.shutdown()).await;
+                return Ok(());
+            }
+            Wake::Frame(Ok(None)) => return Ok(()),
+            Wake::Frame(Err(e)) => {
+                let _ = refuse(&mut stream, ErrorCode::Malformed, opts.write_timeout).await;
+                return Err(e.into());
+            }
+            Wake::Frame(Ok(Some(payload))) => payload,
+        };
+        idle.as_mut().reset(Instant::now() + opts.idle_timeout);
+        let Ok(message) = decode_agent_message(&payload) else {
+            return Err(refuse(&mut stream, ErrorCode::Malformed, opts.write_timeout).await);
+        };
+        drop(payload);
+        match message {
+            AgentMessage::Ack { seq } => {
+                if seq > sent {
+                    return Err(
+                        refuse(&mut stream, ErrorCode::Malformed, opts.write_timeout).await,
+                    );
+                }
+                if seq > acked {
+                    record_ack(shared, lock.id, acked, seq).await?;
+                    acked = seq;
+                }
+            }
+            AgentMessage::Receipts { receipts } => {
+                if receipts.is_empty() || receipts.len() > MAX_RECEIPTS_PER_FRAME {
+                    return Err(
+                        refuse(&mut stream, ErrorCode::Malformed, opts.write_timeout).await,
+                    );
+                }
+                let now = shared.clock.now();
+                match receipts::store_batch(&shared.pool, &lock, &receipts, now).await? {
+                    BatchOutcome::Stored { through } => {
+                        send(
+                            &mut stream,
+                            &ServerMessage::ReceiptsAck { through },
+                            opts.write_timeout,
+                        )
+                        .await?;
+                    }
+                    BatchOutcome::Rejected { reason, seq } => {
+                        tracing::error!(lock = %lock.id, reason, ?seq, "receipt batch rejected");
+                        record_rejection(shared, &lock, reason, seq).await;
+                        return Err(refuse(
+                            &mut stream,
+                            ErrorCode::ReceiptRejected,
+                            opts.write_timeout,
+                        )
+                        .await);
+                    }
+                }
+            }
+            AgentMessage::Status {
+                battery_percent,
+                bundle_version,
+                time_floor,
+            } => {
+                let status = (
+                    battery_percent.filter(|b| *b <= 100),
+                    bundle_version,
+                    time_floor,
+                );
+                if last_status != Some(status)
+                    || status_written.elapsed() >= opts.status_write_interval
+                {
+                    record_status(shared, lock.id, status).await?;
+                    last_status = Some(status);
+                    status_written = Instant::now();
+                }
+            }
+            AgentMessage::Ping => {
+                send(&mut stream, &ServerMessage::Pong, opts.write_timeout).await?
+            }
+            AgentMessage::Hello { .. } => {
+                return Err(refuse(&mut stream, ErrorCode::Malformed, opts.write_timeout).await);
+            }
+        }
+    }
+}
+
+/// Checks the lock's identity after the `Hello` signature verified over `device_public_key`: the
+/// lock's paired key, or its pending pairing (which this completes).
+async fn authenticate(
+    shared: &Shared,
+    wire_id: &str,
+    device_public_key: &[u8; 32],
+) -> Result<LockIdentity, ErrorCode> {
+    let internal = |e: StoreError| {
+        tracing::warn!(error = %e, "agent handshake: database");
+        ErrorCode::Internal
+    };
+    let Ok(id) = Uuid::parse_str(wire_id) else {
+        return Err(ErrorCode::AuthenticationFailed);
+    };
+    let mut client = shared.pool.get().await.map_err(|e| internal(e.into()))?;
+    let row = client
+        .query_opt(
+            "SELECT municipality_id, property_id, name, pairing_state, device_public_key FROM locks WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .map_err(|e| internal(e.into()))?
+        .ok_or(ErrorCode::AuthenticationFailed)?;
+    let state: String = row.get(3);
+    let stored_key: Option<Vec<u8>> = row.get(4);
+    let lock = LockIdentity {
+        id,
+        wire_id: wire_id.to_owned(),
+        tenant: Tenant::assume(row.get(0)),
+        property: row.get(1),
+        name: row.get(2),
+        device_public_key: *device_public_key,
+    };
+    match state.as_str() {
+        "paired" if stored_key.as_deref() == Some(device_public_key.as_slice()) => Ok(lock),
+        "unpaired" => {
+            let now = shared.clock.now();
+            let tx = client.transaction().await.map_err(|e| internal(e.into()))?;
+            let failures: Option<i32> = tx
+                .query_opt(
+                    "SELECT failed_attempts FROM lock_pairings WHERE lock_id = $1 FOR UPDATE",
+                    &[&id],
+                )
+                .await
+                .map_err(|e| internal(e.into()))?
+                .map(|r| r.get(0));
+            let Some(failures) = failures else {
+                return Err(ErrorCode::AuthenticationFailed);
+            };
+            if failures >= shared.options.max_pairing_failures {
+                tracing::warn!(lock = %id, "pairing refused: too many wrong codes");
+                return Err(ErrorCode::AuthenticationFailed);
+            }
+            let code = PairingCode::derive(device_public_key, wire_id).display();
+            let Ok(normalised) = crate::pairing::normalise(&code) else {
+                return Err(ErrorCode::Internal);
+            };
+            let hash = crate::pairing::code_hash(&normalised);
+            let paired = properties::complete_pairing(&tx, id, device_public_key, &hash, now)
+                .await
+                .map_err(|e| {
+                    tracing::warn!(lock = %id, error = %e, "pairing could not complete");
+                    ErrorCode::AuthenticationFailed
+                })?;
+            if !paired {
+                tx.execute(
+                    "UPDATE lock_pairings SET failed_attempts = failed_attempts + 1 WHERE lock_id = $1",
+                    &[&id],
+                )
+                .await
+                .map_err(|e| internal(e.into()))?;
+            }
+            let event = Event::new(
+                "lock.pair",
+                if paired {
+                    Outcome::Allow
+                } else {
+                    Outcome::Deny
+                },
+            )
+            .subject("lock", id)
+            .property(lock.property)
+            .details(json!({ "failed_attempts": failures.saturating_add(i32::from(!paired)) }));
+            audit::record(&tx, lock.tenant, &event, now)
+                .await
+                .map_err(internal)?;
+            tx.commit().await.map_err(|e| internal(e.into()))?;
+            if paired {
+                tracing::info!(lock = %id, "lock paired at its first handshake");
+                Ok(lock)
+            } else {
+                tracing::warn!(lock = %id, "pairing refused: the device key does not match the code");
+                Err(ErrorCode::AuthenticationFailed)
+            }
+        }
+        _ => Err(ErrorCode::AuthenticationFailed),
+    }
+}
+
+/// Records the agent's acknowledgement of inbox entries up to `seq` (monotonic), and marks tokens
+/// among the newly acknowledged entries delivered.
+async fn record_ack(
+    shared: &Shared,
+    lock: Uuid,
+    previous: u64,
+    seq: u64,
+) -> Result<(), StoreError> {
+    let client = shared.pool.get().await.map_err(StoreError::from)?;
+    client
+        .execute(
+            "UPDATE locks SET inbox_acked_seq = $2 WHERE id = $1 AND inbox_acked_seq < $2 AND $2 < inbox_next_seq",
+            &[&lock, &seq_i64(seq)],
+        )
+        .await?;
+    client
+        .execute(
+            "UPDATE issued_tokens SET status = 'delivered'
+             WHERE lock_id = $1 AND status = 'issued' AND token_hash IN (
+                 SELECT sha256(payload) FROM lock_inbox
+                 WHERE lock_id = $1 AND kind = 'token' AND seq > $2 AND seq <= $3)",
+            &[&lock, &seq_i64(previous), &seq_i64(seq)],
+        )
+        .await?;
+    Ok(())
+}
+
+async fn record_status(
+    shared: &Shared,
+    lock: Uuid,
+    (battery, bundle_version, time_floor): (Option<u8>, u64, u64),
+) -> Result<(), StoreError> {
+    let client = shared.pool.get().await.map_err(StoreError::from)?;
+    client
+        .execute(
+            "UPDATE locks SET last_seen_at = $2, battery_percent = coalesce($3, battery_percent),
+                 trust_bundle_version = $4, time_floor = $5
+             WHERE id = $1",
+            &[
+                &lock,
+                &shared.clock.now(),
+                &battery.map(i16::from),
+                &seq_i64(bundle_version),
+                &seq_i64(time_floor),
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Audits a refused receipt batch (a fork is an alert: the lock's history disagrees with ours).
+async fn record_rejection(shared: &Shared, lock: &LockIdentity, reason: &str, seq: Option<u64>) {
+    let event = Event::new("lock.receipt_rejected", Outcome::Deny)
+        .subject("lock", lock.id)
+        .property(lock.property)
+        .details(json!({ "reason": reason, "seq": seq }));
+    let result = async {
+        let client = shared.pool.get().await.map_err(StoreError::from)?;
+        audit::record(&client, lock.tenant, &event, shared.clock.now()).await
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(lock = %lock.id, error = %e, "could not audit a rejected receipt batch");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frame_reader_survives_byte_by_byte_delivery_and_cancellation() {
+        let mut wire = encode_frame(b"hello", 16).unwrap();
+        wire.extend(encode_frame(b"", 16).unwrap());
+        let (mut client, mut server) = tokio::io::duplex(64);
+        let mut reader = FrameReader::default();
+        for b in &wire[..6] {
+            client.write_all(&[*b]).await.unwrap();
+            // A read cancelled by a timer loses nothing.
+            let r = tokio::time::timeout(Duration::from_millis(5), reader.next(&mut server)).await;
+            assert!(r.is_err());
+        }
+        client.write_all(&wire[6..]).await.unwrap();
+        assert_eq!(reader.next(&mut server).await.unwrap().unwrap(), b"hello");
+        assert_eq!(reader.next(&mut server).await.unwrap().unwrap(), b"");
+        drop(client);
+        assert!(reader.next(&mut server).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn frame_reader_refuses_oversize_before_allocating() {
+        let (mut client, mut server) = tokio::io::duplex(64);
+        client.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+        let mut reader = FrameReader::default();
+        assert!(matches!(
+            reader.next(&mut server).await,
+            Err(FrameError::TooLarge { .. })
+        ));
+        assert!(reader.payload.capacity() == 0);
+    }
+
+    #[test]
+    fn signed_name_prefers_sni_then_local_address() {
+        let v4: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(
+            signed_server_name(Some("locks.example"), v4),
+            "locks.example"
+        );
+        assert_eq!(signed_server_name(None, v4), "127.0.0.1");
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        assert_eq!(signed_server_name(None, mapped), "127.0.0.1");
+    }
+}

@@ -1,0 +1,226 @@
+//! Simulated lock agents for tests and `firstkey bench`: paired locks created straight in the
+//! database, and minimal TLS clients that speak the channel protocol (handshake, then acknowledge
+//! every inbox entry at once and report when it arrived). They keep no state on disk and upload no
+//! receipts; the real agent is `firstkey-agent`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use deadpool_postgres::GenericClient;
+use firstkey_agent::protocol::channel::{
+    AgentMessage, MAX_CHANNEL_FRAME, ServerMessage, auth_signed_bytes, decode_server_message,
+    encode_agent_message,
+};
+use firstkey_agent::protocol::{Bytes, FrameError, PROTOCOL_VERSION, read_frame, write_frame};
+use ring::signature::{Ed25519KeyPair, KeyPair};
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_rustls::TlsConnector;
+use uuid::Uuid;
+
+use crate::store::{StoreError, Tenant};
+
+/// A paired lock whose device key the simulator holds.
+pub struct SimLock {
+    /// The lock's id.
+    pub id: Uuid,
+    key: Ed25519KeyPair,
+}
+
+impl std::fmt::Debug for SimLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimLock")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a simulated agent failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// TCP or TLS failed.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// A frame could not be read or written.
+    #[error("frame: {0}")]
+    Frame(#[from] FrameError),
+    /// The server did not follow the protocol, or refused us.
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// Key generation or TLS configuration failed.
+    #[error("setup: {0}")]
+    Setup(String),
+}
+
+/// Creates `n` locks on `property`, already paired with fresh device keys.
+pub async fn provision(
+    client: &impl GenericClient,
+    tenant: Tenant,
+    property: Uuid,
+    n: usize,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<SimLock>, StoreError> {
+    let rng = ring::rand::SystemRandom::new();
+    let mut locks = Vec::with_capacity(n);
+    for _ in 0..n {
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng)
+            .map_err(|_| StoreError::Conflict("key generation failed".to_owned()))?;
+        let key = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
+            .map_err(|_| StoreError::Conflict("key generation failed".to_owned()))?;
+        locks.push(SimLock {
+            id: Uuid::new_v4(),
+            key,
+        });
+    }
+    for chunk in locks.chunks(1000) {
+        let ids: Vec<Uuid> = chunk.iter().map(|l| l.id).collect();
+        let keys: Vec<Vec<u8>> = chunk
+            .iter()
+            .map(|l| l.key.public_key().as_ref().to_vec())
+            .collect();
+        client
+            .execute(
+                "INSERT INTO locks (id, municipality_id, property_id, name, pairing_state, device_public_key,
+                     paired_at, created_at)
+                 SELECT id, $2, $3, 'sim ' || id::text, 'paired', key, $5, $5
+                 FROM unnest($1::uuid[], $4::bytea[]) AS t(id, key)",
+                &[&ids, &tenant.id(), &property, &keys, &now],
+            )
+            .await?;
+    }
+    Ok(locks)
+}
+
+/// Where simulated agents connect and how they check the server.
+#[derive(Clone)]
+pub struct SimTarget {
+    /// The listener's address.
+    pub addr: SocketAddr,
+    /// The TLS name to verify and sign.
+    pub server_name: String,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl SimTarget {
+    /// A target trusting the CA certificates in `ca_pem`.
+    pub fn new(addr: SocketAddr, server_name: &str, ca_pem: &[u8]) -> Result<Self, SimError> {
+        let tls = firstkey_agent::client::tls_config(ca_pem)
+            .map_err(|e| SimError::Setup(e.to_string()))?;
+        Ok(Self {
+            addr,
+            server_name: server_name.to_owned(),
+            tls,
+        })
+    }
+}
+
+/// One inbox entry as a simulated agent received it.
+#[derive(Debug, Clone, Copy)]
+pub struct Delivery {
+    /// The lock.
+    pub lock: Uuid,
+    /// The entry's sequence number.
+    pub seq: u64,
+    /// When it arrived (just before the agent sent its `Ack`).
+    pub at: Instant,
+}
+
+/// A connected simulated agent; dropping it hangs up.
+#[derive(Debug)]
+pub struct SimConnection {
+    task: tokio::task::JoinHandle<Result<(), SimError>>,
+}
+
+impl SimConnection {
+    /// Whether the session is still running.
+    pub fn is_connected(&self) -> bool {
+        !self.task.is_finished()
+    }
+}
+
+impl Drop for SimConnection {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Connects `lock` to `target`, completes the handshake (returns after `Welcome`), then
+/// acknowledges every inbox entry after `resume_after` and reports it on `deliveries`.
+pub async fn connect(
+    target: &SimTarget,
+    lock: &SimLock,
+    resume_after: u64,
+    deliveries: mpsc::UnboundedSender<Delivery>,
+) -> Result<SimConnection, SimError> {
+    let tcp = TcpStream::connect(target.addr).await?;
+    let _ = tcp.set_nodelay(true);
+    let name = ServerName::try_from(target.server_name.clone())
+        .map_err(|e| SimError::Setup(e.to_string()))?;
+    let mut stream = TlsConnector::from(target.tls.clone())
+        .connect(name, tcp)
+        .await?;
+    let nonce = match next(&mut stream).await? {
+        ServerMessage::Challenge { nonce, .. } => nonce,
+        other => {
+            return Err(SimError::Protocol(format!(
+                "expected a challenge: {other:?}"
+            )));
+        }
+    };
+    let lock_id = lock.id.to_string();
+    let signature = lock
+        .key
+        .sign(&auth_signed_bytes(&nonce.0, &lock_id, &target.server_name));
+    let mut public_key = [0u8; 32];
+    public_key.copy_from_slice(lock.key.public_key().as_ref());
+    send(
+        &mut stream,
+        &AgentMessage::Hello {
+            version: PROTOCOL_VERSION,
+            lock_id,
+            device_public_key: Bytes(public_key),
+            resume_after,
+            signature: signature.as_ref().to_vec(),
+        },
+    )
+    .await?;
+    match next(&mut stream).await? {
+        ServerMessage::Welcome { .. } => {}
+        other => return Err(SimError::Protocol(format!("expected welcome: {other:?}"))),
+    }
+    let id = lock.id;
+    let task = tokio::spawn(async move {
+        loop {
+            match next(&mut stream).await? {
+                ServerMessage::Inbox { seq, .. } => {
+                    let _ = deliveries.send(Delivery {
+                        lock: id,
+                        seq,
+                        at: Instant::now(),
+                    });
+                    send(&mut stream, &AgentMessage::Ack { seq }).await?;
+                }
+                ServerMessage::Pong | ServerMessage::ReceiptsAck { .. } => {}
+                other => return Err(SimError::Protocol(format!("unexpected {other:?}"))),
+            }
+        }
+    });
+    Ok(SimConnection { task })
+}
+
+async fn next<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Result<ServerMessage, SimError> {
+    let frame = read_frame(s, MAX_CHANNEL_FRAME)
+        .await?
+        .ok_or_else(|| SimError::Protocol("server closed".to_owned()))?;
+    Ok(decode_server_message(&frame)?)
+}
+
+async fn send<S: tokio::io::AsyncWrite + Unpin>(
+    s: &mut S,
+    m: &AgentMessage,
+) -> Result<(), SimError> {
+    write_frame(s, &encode_agent_message(m)?, MAX_CHANNEL_FRAME).await?;
+    Ok(())
+}
