@@ -48,6 +48,47 @@ pub enum Command {
     /// Work with Cedar policy sets.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Issuer signing keys (in `key_dir`, never in the database) and trust bundles.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+/// `firstkey keys …`
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Make the municipality's first issuer signing key (Ed25519, `<key_dir>/issuer/<kid>.pk8`, 0600).
+    Generate {
+        /// Municipality slug.
+        #[arg(long)]
+        municipality: String,
+    },
+    /// Add a new active issuer key; the previous keys stay in trust bundles for the overlap, then
+    /// retire (no longer used, left out of bundles, private files deleted).
+    Rotate {
+        /// Municipality slug.
+        #[arg(long)]
+        municipality: String,
+        /// Hours the previous keys stay trusted after rotation.
+        #[arg(long, default_value_t = 24)]
+        overlap_hours: u32,
+    },
+    /// Build the next trust bundle from the keys not yet retired, sign it with the municipality's
+    /// offline root key, store it and queue it for every lock.
+    Bundle {
+        /// Municipality slug.
+        #[arg(long)]
+        municipality: String,
+        /// The root key (Ed25519 PKCS#8 file), read for this command only.
+        #[arg(long, value_name = "FILE")]
+        root_key: PathBuf,
+    },
+    /// Write a new municipality root key (Ed25519 PKCS#8, mode 0600) for development and demos, and
+    /// print its public key. A production root key is made and kept offline.
+    RootGenerate {
+        /// Where to write it; an existing file is never overwritten.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
 }
 
 /// `firstkey admin …`
@@ -102,6 +143,16 @@ pub fn main() -> ExitCode {
                 );
                 ExitCode::FAILURE
             }
+        };
+    }
+    if let Command::Keys(KeysCommand::RootGenerate { out }) = &cli.command {
+        return match crate::emergency::keys::root_generate(out) {
+            Ok(root) => {
+                println!("root key written to {}", root.path.display());
+                println!("public key: {}", hex::encode(root.public_key));
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e.into()),
         };
     }
     if let Command::Openapi = cli.command {
@@ -223,6 +274,69 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             println!("  {}", link.invitation_url(&settings.public_origin));
             Ok(())
         }
+        Command::Keys(command) => {
+            server::migrate_with_patience(&database.pool, Duration::from_secs(60)).await?;
+            run_keys(command, &settings, &database.pool).await
+        }
         Command::Openapi | Command::Policy(_) => Ok(()),
     }
+}
+
+async fn run_keys(
+    command: KeysCommand,
+    settings: &Settings,
+    pool: &deadpool_postgres::Pool,
+) -> anyhow::Result<()> {
+    use crate::emergency::keys;
+
+    let tenant_of = |slug: &str| -> anyhow::Result<crate::domain::Slug> {
+        Ok(crate::domain::Slug::parse(slug)?)
+    };
+    let now = SystemClock.now();
+    let mut client = pool.get().await.map_err(store::StoreError::from)?;
+    match command {
+        KeysCommand::Generate { municipality } => {
+            let slug = tenant_of(&municipality)?;
+            let (tenant, _) = store::tenancy::municipality_by_slug(&client, &slug).await?;
+            let key = keys::generate(&mut client, tenant, &settings.key_dir, now).await?;
+            println!(
+                "issuer key {} of {slug} written to {}",
+                key.kid,
+                key.path.display()
+            );
+            println!("next: firstkey keys bundle --municipality {slug} --root-key FILE");
+        }
+        KeysCommand::Rotate {
+            municipality,
+            overlap_hours,
+        } => {
+            let slug = tenant_of(&municipality)?;
+            let (tenant, _) = store::tenancy::municipality_by_slug(&client, &slug).await?;
+            let overlap = chrono::Duration::hours(i64::from(overlap_hours));
+            let key = keys::rotate(&mut client, tenant, &settings.key_dir, overlap, now).await?;
+            println!("new active issuer key {} of {slug}", key.kid);
+            for (kid, at) in &key.retiring {
+                println!("  {kid} retires at {}", at.to_rfc3339());
+            }
+            println!("next: firstkey keys bundle --municipality {slug} --root-key FILE");
+        }
+        KeysCommand::Bundle {
+            municipality,
+            root_key,
+        } => {
+            let slug = tenant_of(&municipality)?;
+            let (tenant, _) = store::tenancy::municipality_by_slug(&client, &slug).await?;
+            let root = keys::load_pair(&root_key)?;
+            let rp_id = settings.public_origin.host().to_owned();
+            let built = keys::bundle(&mut client, tenant, &root, &rp_id, now).await?;
+            println!(
+                "trust bundle v{} of {slug} (keys {}) queued for {} lock(s)",
+                built.version,
+                built.kids.join(", "),
+                built.locks
+            );
+        }
+        KeysCommand::RootGenerate { .. } => {}
+    }
+    Ok(())
 }

@@ -12,6 +12,7 @@
 //! - [`policy`]: Cedar policy engine: typed authorization requests, decisions with the set's hash.
 //! - [`auth`]: sessions, WebAuthn, accounts; [`audit`]: the hash-chained audit log;
 //!   [`notify`]: the mail outbox.
+//! - [`emergency`]: incidents, grants, override tokens, issuer keys and the CAD integration.
 //! - [`clock`], [`telemetry`]: time source and logging.
 
 pub mod access;
@@ -23,6 +24,7 @@ pub mod clock;
 pub mod crypto;
 pub mod demo;
 pub mod domain;
+pub mod emergency;
 pub mod http;
 pub mod notify;
 pub mod pairing;

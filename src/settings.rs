@@ -39,6 +39,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Maximum number of pooled database connections.
     pub db_pool_size: usize,
+    /// Longest lifetime of an override token (a grant that ends sooner ends its tokens sooner).
+    pub token_lifetime: chrono::Duration,
     /// Address the agent channel's TLS listener binds (`firmware-agent/PROTOCOL.md`).
     pub agent_listen: SocketAddr,
     /// Certificate chain and key of the agent channel; `None` generates a dev CA and server
@@ -159,6 +161,7 @@ struct RawSettings {
     policy_dir: Option<PathBuf>,
     log_format: String,
     db_pool_size: usize,
+    token_lifetime_minutes: i64,
     agent_listen: String,
     agent_tls_cert: Option<PathBuf>,
     agent_tls_key: Option<PathBuf>,
@@ -180,6 +183,7 @@ impl Default for RawSettings {
             policy_dir: None,
             log_format: "pretty".to_owned(),
             db_pool_size: 16,
+            token_lifetime_minutes: 10,
             agent_listen: "127.0.0.1:8443".to_owned(),
             agent_tls_cert: None,
             agent_tls_key: None,
@@ -316,6 +320,12 @@ impl Settings {
                 Some(SecretString::from(key))
             }
         };
+        if !(1..=60).contains(&raw.token_lifetime_minutes) {
+            return Err(invalid(
+                "token_lifetime_minutes",
+                "must be between 1 and 60".to_owned(),
+            ));
+        }
         if raw.db_pool_size == 0 || raw.db_pool_size > 1024 {
             return Err(invalid(
                 "db_pool_size",
@@ -334,6 +344,7 @@ impl Settings {
             policy_dir: raw.policy_dir,
             log_format,
             db_pool_size: raw.db_pool_size,
+            token_lifetime: chrono::Duration::minutes(raw.token_lifetime_minutes),
             agent_listen,
             agent_tls,
         })
@@ -416,6 +427,11 @@ mod tests {
             ("FIRSTKEY_LOG_FORMAT", "xml", "log_format"),
             ("FIRSTKEY_DB_POOL_SIZE", "0", "db_pool_size"),
             ("FIRSTKEY_DB_POOL_SIZE", "many", "db_pool_size"),
+            (
+                "FIRSTKEY_TOKEN_LIFETIME_MINUTES",
+                "0",
+                "token_lifetime_minutes",
+            ),
             ("FIRSTKEY_SMTP_RELAY", "mail.example.org", "smtp_relay"),
             ("FIRSTKEY_TLS_CERT", "/nonexistent.pem", "tls_key"),
             ("FIRSTKEY_AGENT_LISTEN", "nowhere", "agent_listen"),

@@ -3,11 +3,13 @@
 //! map the result; [`error::ApiError`] is the only place core errors meet status codes.
 
 pub mod auth;
+pub mod dispatch;
 pub mod error;
 pub mod health;
 pub mod metrics;
 pub mod openapi;
 pub mod properties;
+pub mod tokens;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -160,6 +162,8 @@ fn routes(cfg: &mut web::ServiceConfig) {
         .service(health::metrics)
         .configure(auth::routes)
         .configure(properties::routes)
+        .configure(dispatch::routes)
+        .configure(tokens::routes)
         .service(
             web::resource("/api/openapi.json")
                 .route(web::get().to(|| async { HttpResponse::Ok().json(openapi::document()) })),

@@ -26,6 +26,8 @@ pub fn document() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     doc.merge(super::auth::AuthApi::openapi());
     doc.merge(super::properties::PropertiesApi::openapi());
+    doc.merge(super::dispatch::DispatchApi::openapi());
+    doc.merge(super::tokens::TokensApi::openapi());
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
     doc
 }

@@ -1,0 +1,412 @@
+//! Override tokens: minted for a responder, for one lock, under a live grant that names them.
+//!
+//! The responder proves freshness with a WebAuthn assertion from the last few minutes (the session's
+//! step-up, which records the credential used), and the token's `cnf` is that same security key's
+//! P-256 public key, so only the hand holding that key can use the token at the door. The token is
+//! signed with the municipality's newest non-retired issuer key, expires at the earlier of the grant's
+//! end and now + the token lifetime, opens once, and names the lock as its audience.
+//!
+//! Recording (`issued_tokens`), the audit entry, the lock's inbox entry and the homeowner's mail
+//! commit in one transaction with the token: no token exists that the audit log does not know. A
+//! responder who is not named in a live grant of an open incident, or asks for a lock of another
+//! property, learns nothing (not found); one without a fresh assertion is told to step up.
+
+use std::path::Path;
+
+use chrono::{DateTime, Duration, Utc};
+use deadpool_postgres::GenericClient;
+use firstkey_token::{Claims, ConfirmationKey, GrantId, LockId, Scope, TokenId};
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::grants;
+use super::keys;
+use super::{EmergencyError, Notice, notify_property, unix_seconds};
+use crate::access;
+use crate::audit::{self, Event, Outcome};
+use crate::auth::Actor;
+use crate::channel::inbox::{self, InboxMessage};
+use crate::domain::Role;
+use crate::http::error::ApiError;
+use crate::policy::{AuthzRequest, PolicyEngine, TokenContext};
+use crate::store::StoreError;
+
+/// Body of a token request.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    /// The grant the responder acts under.
+    pub grant: Uuid,
+    /// The lock to open (a lock of the grant's property).
+    pub lock: Uuid,
+}
+
+/// A minted token, as handed to the responder.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct IssuedToken {
+    /// The token (COSE_Sign1 bytes), base64url without padding. Secret: present it only at the door.
+    pub token: String,
+    /// The token id (`cti`), hex.
+    pub token_id: String,
+    /// The lock it opens.
+    pub lock_id: Uuid,
+    /// The grant it was minted under.
+    pub grant_id: Uuid,
+    /// The issuer key id that signed it.
+    pub kid: String,
+    /// Not valid before.
+    pub not_before: DateTime<Utc>,
+    /// Not valid from this instant.
+    pub expires_at: DateTime<Utc>,
+    /// How many times it opens the lock.
+    pub max_uses: u32,
+}
+
+/// How tokens are minted: where the issuer keys are and how long a token lives at most.
+#[derive(Debug, Clone, Copy)]
+pub struct Minting<'a> {
+    /// The key directory (`settings.key_dir`).
+    pub key_dir: &'a Path,
+    /// Longest token lifetime.
+    pub lifetime: Duration,
+}
+
+fn denied(e: ApiError) -> EmergencyError {
+    match e {
+        ApiError::NotFound => EmergencyError::NotFound,
+        ApiError::StepUpRequired => EmergencyError::StepUpRequired,
+        other => EmergencyError::Denied(other),
+    }
+}
+
+/// Mints a token for `actor`; see the module documentation.
+pub async fn issue(
+    client: &mut deadpool_postgres::Object,
+    engine: &PolicyEngine,
+    minting: Minting<'_>,
+    actor: &Actor,
+    request: &TokenRequest,
+    now: DateTime<Utc>,
+) -> Result<IssuedToken, EmergencyError> {
+    if !actor.has(Role::Responder) {
+        return Err(EmergencyError::NotFound);
+    }
+    let tenant = actor.tenant;
+    let grant = grants::by_id(&*client, tenant, request.grant).await?;
+    let lock = client
+        .query_opt(
+            "SELECT id FROM locks WHERE municipality_id = $1 AND id = $2 AND property_id = $3
+               AND pairing_state = 'paired'",
+            &[&tenant.id(), &request.lock, &grant.property_id],
+        )
+        .await?
+        .map(|r| r.get::<_, Uuid>(0));
+    let incident = super::incidents::by_id(&*client, tenant, grant.incident_id).await?;
+    // Someone else's grant, a lock of another property, an ended grant or a closed incident: the
+    // policy sees "not named in a live grant", denies (audited) and the caller learns nothing.
+    let live = grant.responders.contains(&actor.user_id)
+        && grant.is_live(now)
+        && incident.closed_at.is_none()
+        && lock.is_some();
+    let ctx = access::property(&*client, tenant, grant.property_id).await?;
+    let principal = access::principal(&*client, actor).await?;
+    let decision = access::authorize(client, engine, actor, Some(ctx.property.id), now, |fresh| {
+        AuthzRequest::request_token(
+            &principal,
+            &ctx.attrs,
+            TokenContext {
+                step_up_fresh: fresh,
+                named_in_live_grant: live,
+            },
+        )
+    })
+    .await
+    .map_err(denied)?;
+    let lock = lock.ok_or(EmergencyError::NotFound)?;
+    let credential = actor
+        .step_up_credential
+        .ok_or(EmergencyError::StepUpRequired)?;
+    let confirmation = confirmation_key(&*client, actor, credential).await?;
+    let key = keys::current_signing_key(&*client, tenant, minting.key_dir, now).await?;
+    let kid = key.key_id()?;
+    let issuer: String = client
+        .query_one(
+            "SELECT slug FROM municipalities WHERE id = $1",
+            &[&tenant.id()],
+        )
+        .await?
+        .get(0);
+
+    let tx = client.transaction().await.map_err(StoreError::from)?;
+    // Re-check under a share lock on the grant: a revocation or incident close that commits first
+    // wins, and one that comes later waits for this token and then revokes it.
+    let still_live = tx
+        .query_opt(
+            "SELECT 1 FROM grants g
+             JOIN grant_responders r ON r.grant_id = g.id AND r.responder_id = $3
+             JOIN incidents i ON i.id = g.incident_id
+             WHERE g.municipality_id = $1 AND g.id = $2 AND g.status = 'live'
+               AND g.starts_at <= $4 AND g.ends_at > $4 AND i.closed_at IS NULL
+             FOR SHARE OF g",
+            &[&tenant.id(), &grant.id, &actor.user_id, &now],
+        )
+        .await?
+        .is_some();
+    if !still_live {
+        return Err(EmergencyError::NotFound);
+    }
+    let expires_at = grant.ends_at.min(now + minting.lifetime);
+    let mut cti = [0u8; 16];
+    SystemRandom::new()
+        .fill(&mut cti)
+        .map_err(|_| keys::KeyError::Random)?;
+    let claims = Claims {
+        issuer,
+        subject: actor.user_id.to_string(),
+        audience: LockId::parse(&lock.to_string())
+            .ok_or_else(|| EmergencyError::Invalid("lock id is not a token audience".to_owned()))?,
+        expires_at: unix_seconds(expires_at),
+        not_before: unix_seconds(now),
+        issued_at: unix_seconds(now),
+        token_id: TokenId(cti),
+        scope: Scope::Open,
+        incident: incident.cad_number.clone(),
+        grant: GrantId(*grant.id.as_bytes()),
+        max_uses: 1,
+        confirmation: Some(confirmation),
+    };
+    let bytes = firstkey_token::mint(&claims, &kid, &key.pair).map_err(EmergencyError::Mint)?;
+    let hash = firstkey_token::token_hash(&bytes);
+    // The stored window is the token's own (whole seconds), so the records match what the lock sees.
+    let not_before = DateTime::from_timestamp(now.timestamp(), 0).unwrap_or(now);
+    let expires_at = DateTime::from_timestamp(expires_at.timestamp(), 0).unwrap_or(expires_at);
+    tx.execute(
+        "INSERT INTO issued_tokens (cti, municipality_id, grant_id, lock_id, responder_id, credential_id, kid,
+             token_hash, issued_at, not_before, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        &[
+            &cti.to_vec(),
+            &tenant.id(),
+            &grant.id,
+            &lock,
+            &actor.user_id,
+            &credential,
+            &key.kid,
+            &hash.as_bytes().to_vec(),
+            &now,
+            &not_before,
+            &expires_at,
+        ],
+    )
+    .await
+    .map_err(crate::store::conflict_or_query)?;
+    let token_uuid = Uuid::from_bytes(cti);
+    let event = Event::new("token.issue", Outcome::Allow)
+        .actor(actor.user_id)
+        .subject("token", token_uuid)
+        .property(grant.property_id)
+        .incident(grant.incident_id)
+        .policy(decision.policy_set_hash)
+        .details(serde_json::json!({
+            "grant": grant.id,
+            "lock": lock,
+            "kid": key.kid,
+            "token_hash": hex::encode(hash.as_bytes()),
+            "expires_at": expires_at.to_rfc3339(),
+            "credential": credential,
+            "policies": decision.determining_policies,
+        }));
+    audit::record(&tx, tenant, &event, now).await?;
+    inbox::push(&tx, tenant, lock, &InboxMessage::Token(bytes.clone()), now).await?;
+    let lock_name: String = tx
+        .query_one("SELECT name FROM locks WHERE id = $1", &[&lock])
+        .await?
+        .get(0);
+    let text = format!(
+        "An entry token for your lock \"{lock_name}\" at {} was issued to a responder for incident {} \
+         ({}). It is valid until {} and opens the door once.",
+        ctx.property.address,
+        incident.cad_number,
+        incident.kind,
+        expires_at.format("%Y-%m-%d %H:%M:%S UTC"),
+    );
+    notify_property(
+        &tx,
+        tenant,
+        grant.property_id,
+        &Notice {
+            kind: "token.issued",
+            event: hex::encode(cti),
+            subject: "firstkey: an entry token for your home was issued",
+            text: &text,
+        },
+        now,
+    )
+    .await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    use base64::Engine;
+    Ok(IssuedToken {
+        token: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&bytes),
+        token_id: hex::encode(cti),
+        lock_id: lock,
+        grant_id: grant.id,
+        kid: key.kid,
+        not_before,
+        expires_at,
+        max_uses: 1,
+    })
+}
+
+/// The `cnf` key: the P-256 public key of the security key the session's step-up used. A
+/// suspended or foreign credential means no fresh assertion; a key of another algorithm cannot be
+/// proven at the door.
+async fn confirmation_key(
+    client: &impl GenericClient,
+    actor: &Actor,
+    credential: Uuid,
+) -> Result<ConfirmationKey, EmergencyError> {
+    let cose: Vec<u8> = client
+        .query_opt(
+            "SELECT public_key_cose FROM webauthn_credentials
+             WHERE municipality_id = $1 AND id = $2 AND user_id = $3 AND status = 'active'
+               AND kind = 'security_key'",
+            &[&actor.tenant.id(), &credential, &actor.user_id],
+        )
+        .await?
+        .ok_or(EmergencyError::StepUpRequired)?
+        .get(0);
+    p256_from_cose(&cose).ok_or_else(|| {
+        EmergencyError::Conflict(
+            "this security key does not use P-256 (ES256), which locks verify; enrol another key"
+                .to_owned(),
+        )
+    })
+}
+
+/// An EC2 P-256 COSE_Key (RFC 9052 §7: `{1: 2, -1: 1, -2: x, -3: y, …}`) as a confirmation key.
+pub fn p256_from_cose(bytes: &[u8]) -> Option<ConfirmationKey> {
+    let mut reader = Cbor { bytes, pos: 0 };
+    let (major, entries) = reader.head()?;
+    if major != 5 || entries > 16 {
+        return None;
+    }
+    let (mut kty, mut crv, mut x, mut y) = (None, None, None, None);
+    for _ in 0..entries {
+        let label = reader.int()?;
+        match reader.peek_major()? {
+            0 | 1 => {
+                let value = reader.int()?;
+                match label {
+                    1 => kty = Some(value),
+                    -1 => crv = Some(value),
+                    _ => {}
+                }
+            }
+            2 => {
+                let value = reader.bytes()?;
+                match label {
+                    -2 => x = Some(value),
+                    -3 => y = Some(value),
+                    _ => {}
+                }
+            }
+            _ => return None,
+        }
+    }
+    if reader.pos != bytes.len() || kty != Some(2) || crv != Some(1) {
+        return None;
+    }
+    let (x, y): (&[u8], &[u8]) = (x?, y?);
+    if x.len() != 32 || y.len() != 32 {
+        return None;
+    }
+    let mut point = Vec::with_capacity(65);
+    point.push(0x04);
+    point.extend_from_slice(x);
+    point.extend_from_slice(y);
+    ConfirmationKey::p256_from_sec1(&point)
+}
+
+/// Just enough CBOR to read a COSE_Key of integers and byte strings.
+struct Cbor<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cbor<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let end = self.pos.checked_add(n)?;
+        let out = self.bytes.get(self.pos..end)?;
+        self.pos = end;
+        Some(out)
+    }
+
+    fn peek_major(&self) -> Option<u8> {
+        self.bytes.get(self.pos).map(|b| b >> 5)
+    }
+
+    fn head(&mut self) -> Option<(u8, u64)> {
+        let first = *self.take(1)?.first()?;
+        let value = match first & 0x1f {
+            n @ 0..=23 => u64::from(n),
+            24 => u64::from(*self.take(1)?.first()?),
+            25 => u64::from(u16::from_be_bytes(self.take(2)?.try_into().ok()?)),
+            26 => u64::from(u32::from_be_bytes(self.take(4)?.try_into().ok()?)),
+            27 => u64::from_be_bytes(self.take(8)?.try_into().ok()?),
+            _ => return None,
+        };
+        Some((first >> 5, value))
+    }
+
+    fn int(&mut self) -> Option<i64> {
+        match self.head()? {
+            (0, n) => i64::try_from(n).ok(),
+            (1, n) => i64::try_from(n).ok().map(|n| -1 - n),
+            _ => None,
+        }
+    }
+
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        match self.head()? {
+            (2, n) => self.take(usize::try_from(n).ok()?),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cose(x: &[u8], y: &[u8]) -> Vec<u8> {
+        let mut out = vec![0xa5, 0x01, 0x02, 0x03, 0x26, 0x20, 0x01, 0x21, 0x58, 0x20];
+        out.extend_from_slice(x);
+        out.extend_from_slice(&[0x22, 0x58, 0x20]);
+        out.extend_from_slice(y);
+        out
+    }
+
+    #[test]
+    fn reads_p256_cose_keys_only() {
+        let key = p256_from_cose(&cose(&[1; 32], &[2; 32])).unwrap();
+        let ConfirmationKey::P256(point) = key else {
+            panic!("P-256 expected")
+        };
+        assert_eq!(point[0], 4);
+        assert_eq!(&point[1..33], &[1; 32]);
+        assert_eq!(&point[33..], &[2; 32]);
+        assert!(p256_from_cose(&[]).is_none());
+        assert!(p256_from_cose(&[0x00]).is_none());
+        let mut trailing = cose(&[1; 32], &[2; 32]);
+        trailing.push(0);
+        assert!(p256_from_cose(&trailing).is_none());
+        let short = cose(&[1; 32], &[2; 32]);
+        assert!(p256_from_cose(&short[..short.len() - 1]).is_none());
+        // An OKP (Ed25519) key.
+        let mut okp = vec![0xa4, 0x01, 0x01, 0x03, 0x27, 0x20, 0x06, 0x21, 0x58, 0x20];
+        okp.extend_from_slice(&[3; 32]);
+        assert!(p256_from_cose(&okp).is_none());
+    }
+}
