@@ -235,7 +235,7 @@ async fn store_one(
         let denials: i64 = tx
             .query_one(
                 "SELECT count(*) FROM receipts WHERE lock_id = $1 AND decision = 'deny'
-                   AND decided_at > $2 - make_interval(mins => $3::int) AND decided_at <= $2",
+                   AND decided_at > $2::timestamptz - make_interval(mins => $3::int) AND decided_at <= $2::timestamptz",
                 &[
                     &lock.id,
                     &decided_at,

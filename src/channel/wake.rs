@@ -19,10 +19,13 @@ use uuid::Uuid;
 
 use super::inbox::NOTIFY_CHANNEL;
 
+/// One registered session: its registration id and what wakes it.
+type Session = (u64, Arc<Notify>);
+
 /// The sessions on this replica, by lock.
 #[derive(Debug, Default)]
 pub struct Registry {
-    sessions: Mutex<HashMap<Uuid, Vec<(u64, Arc<Notify>)>>>,
+    sessions: Mutex<HashMap<Uuid, Vec<Session>>>,
     next_id: AtomicU64,
 }
 

@@ -6,6 +6,7 @@
 mod access;
 mod auth;
 mod auth_helpers;
+mod channel;
 mod health;
 mod helpers;
 mod mail;

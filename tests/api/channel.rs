@@ -1,0 +1,841 @@
+//! The agent channel across real processes: the `firstkey-agent` binary (init, run, tap) over TLS
+//! against the server's channel listener on a fresh database; replicas are listeners in this
+//! process that share the database and are stopped (every task aborted) to play a killed replica.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use deadpool_postgres::Pool;
+use firstkey::channel::inbox::{self, InboxMessage};
+use firstkey::channel::receipts::{self, BatchOutcome, LockIdentity};
+use firstkey::channel::server::{ChannelOptions, RunningChannel, start_with};
+use firstkey::channel::tls::ServerIdentity;
+use firstkey::clock::SystemClock;
+use firstkey::domain::{AgencyKind, Email, Role, Slug};
+use firstkey::store::{Tenant, people, properties, tenancy};
+use firstkey_agent::protocol::Bytes;
+use firstkey_agent::protocol::tap::Outcome as TapOutcome;
+use firstkey_agent::receipt::{ChainHead, ReceiptBody, sign_next};
+use uuid::Uuid;
+
+use crate::helpers::{admin_config, fresh_database};
+
+/// The agent binary beside this test binary (`target/debug/firstkey-agent`), built once if missing.
+fn agent_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap();
+        let dir = exe.parent().unwrap().parent().unwrap();
+        let bin = dir.join("firstkey-agent");
+        if !bin.is_file() {
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "-p", "firstkey-agent", "--bin", "firstkey-agent"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .unwrap();
+            assert!(status.success(), "building firstkey-agent failed");
+        }
+        bin
+    })
+}
+
+fn agent_cli(args: &[&str]) -> String {
+    let out = Command::new(agent_bin()).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "firstkey-agent {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A database with one municipality, a homeowner and a property, and a key directory for the dev CA.
+struct World {
+    db_config: tokio_postgres::Config,
+    pool: Pool,
+    tenant: Tenant,
+    property: Uuid,
+    owner: Uuid,
+    dir: tempfile::TempDir,
+}
+
+impl World {
+    async fn new() -> Self {
+        let db = fresh_database().await;
+        let mut db_config = admin_config();
+        db_config.dbname(&db);
+        let pool = firstkey::store::pool(db_config.clone(), 8).unwrap();
+        let client = pool.get().await.unwrap();
+        let now = Utc::now();
+        let (tenant, _) = tenancy::ensure_municipality(
+            &client,
+            &Slug::parse("channel-city").unwrap(),
+            "Channel City",
+            now,
+        )
+        .await
+        .unwrap();
+        let owner = people::ensure_user(
+            &client,
+            tenant,
+            &Email::parse("owner@example.org").unwrap(),
+            "Owner",
+            None,
+            &[Role::Homeowner],
+            now,
+        )
+        .await
+        .unwrap();
+        let property = properties::create_property(&client, tenant, owner.id, "1 Main St", now)
+            .await
+            .unwrap();
+        drop(client);
+        Self {
+            db_config,
+            pool,
+            tenant,
+            property: property.id,
+            owner: owner.id,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn key_dir(&self) -> PathBuf {
+        self.dir.path().join("keys")
+    }
+
+    /// A replica: a channel listener on `port` (0: any) with its own pool and LISTEN connection.
+    async fn replica(&self, port: u16) -> RunningChannel {
+        let identity = ServerIdentity::dev(
+            &self.key_dir(),
+            &["localhost".to_owned(), "127.0.0.1".to_owned()],
+        )
+        .unwrap();
+        start_with(
+            ([127, 0, 0, 1], port).into(),
+            identity,
+            firstkey::store::pool(self.db_config.clone(), 4).unwrap(),
+            self.db_config.clone(),
+            Arc::new(SystemClock),
+            ChannelOptions::default(),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Registers a lock with the pairing code its agent printed, as the homeowner would.
+    async fn register(&self, lock: Uuid, name: &str, code: &str) {
+        let hash = firstkey::pairing::code_hash(&firstkey::pairing::normalise(code).unwrap());
+        let client = self.pool.get().await.unwrap();
+        properties::register_lock(
+            &client,
+            self.tenant,
+            self.property,
+            lock,
+            name,
+            &hash,
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    }
+
+    async fn push(&self, pool: &Pool, lock: Uuid, n: u8) -> i64 {
+        let mut client = pool.get().await.unwrap();
+        let tx = client.transaction().await.unwrap();
+        let seq = inbox::push(
+            &tx,
+            self.tenant,
+            lock,
+            &InboxMessage::Revocation {
+                token_hash: [n; 32],
+                expires_at: 4_000_000_000,
+            },
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        seq
+    }
+
+    async fn scalar<T: for<'a> tokio_postgres::types::FromSql<'a>>(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> T {
+        let client = self.pool.get().await.unwrap();
+        client.query_one(sql, params).await.unwrap().get(0)
+    }
+
+    async fn acked(&self, lock: Uuid) -> i64 {
+        self.scalar("SELECT inbox_acked_seq FROM locks WHERE id = $1", &[&lock])
+            .await
+    }
+}
+
+/// Polls `check` until it holds, or fails after `secs` seconds.
+async fn eventually<F, Fut>(what: &str, secs: u64, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One lock agent process and its state directory.
+struct Agent {
+    lock: Uuid,
+    state: PathBuf,
+    code: String,
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Agent {
+    /// `firstkey-agent init` against the channel at `port`, trusting the dev CA of `world`.
+    fn init(world: &World, port: u16, extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let lock = Uuid::new_v4();
+        let ca = world.key_dir().join(firstkey::channel::tls::DEV_CA_FILE);
+        let server = format!("127.0.0.1:{port}");
+        let root = hex::encode([7u8; 32]);
+        let mut args = vec![
+            "init",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--server",
+            &server,
+            "--server-name",
+            "localhost",
+            "--server-ca",
+            ca.to_str().unwrap(),
+            "--hold-ms",
+            "100",
+        ];
+        let lock_id = lock.to_string();
+        args.extend(["--lock-id", &lock_id]);
+        if !extra.contains(&"--root-public-key") {
+            args.extend(["--root-public-key", &root]);
+        }
+        args.extend(extra);
+        let out = agent_cli(&args);
+        let code = out
+            .lines()
+            .find_map(|l| l.strip_prefix("pairing code:"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        Self {
+            lock,
+            state,
+            code,
+            child: None,
+            _dir: dir,
+        }
+    }
+
+    fn run(&mut self) {
+        let child = Command::new(agent_bin())
+            .args(["run", "--state-dir", self.state.to_str().unwrap()])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&agent_cli(&[
+            "status",
+            "--json",
+            "--state-dir",
+            self.state.to_str().unwrap(),
+        ]))
+        .unwrap()
+    }
+
+    fn inbox_seq(&self) -> u64 {
+        self.status()["inbox_seq"].as_u64().unwrap()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn paired(world: &World, lock: Uuid) -> bool {
+    world
+        .scalar::<String>("SELECT pairing_state FROM locks WHERE id = $1", &[&lock])
+        .await
+        == "paired"
+}
+
+#[tokio::test]
+async fn pairing_completes_at_first_connect_and_an_entry_is_delivered_and_acked() {
+    let world = World::new().await;
+    let replica = world.replica(0).await;
+    let mut agent = Agent::init(&world, replica.local_addr().port(), &[]);
+    world.register(agent.lock, "Front door", &agent.code).await;
+    agent.run();
+    eventually("pairing", 20, || paired(&world, agent.lock)).await;
+    let audited: i64 = world
+        .scalar(
+            "SELECT count(*) FROM audit_entries WHERE action = 'lock.pair' AND outcome = 'allow' AND subject_id = $1",
+            &[&agent.lock],
+        )
+        .await;
+    assert_eq!(audited, 1);
+
+    let seq = world.push(&world.pool, agent.lock, 1).await;
+    eventually("the ack", 20, || async {
+        world.acked(agent.lock).await == seq
+    })
+    .await;
+    assert_eq!(agent.inbox_seq(), u64::try_from(seq).unwrap());
+    assert_eq!(agent.status()["revocations"].as_u64(), Some(1));
+    // Status reached the server.
+    let seen: Option<chrono::DateTime<Utc>> = world
+        .scalar(
+            "SELECT last_seen_at FROM locks WHERE id = $1",
+            &[&agent.lock],
+        )
+        .await;
+    assert!(seen.is_some());
+}
+
+#[tokio::test]
+async fn a_wrong_pairing_code_is_refused_counted_and_audited() {
+    let world = World::new().await;
+    let replica = world.replica(0).await;
+    let mut agent = Agent::init(&world, replica.local_addr().port(), &[]);
+    // The homeowner mistyped one symbol.
+    let mut wrong = agent.code.clone().into_bytes();
+    wrong[0] = if wrong[0] == b'A' { b'B' } else { b'A' };
+    world
+        .register(
+            agent.lock,
+            "Back door",
+            std::str::from_utf8(&wrong).unwrap(),
+        )
+        .await;
+    agent.run();
+    eventually("a failed attempt", 20, || async {
+        world
+            .scalar::<i32>(
+                "SELECT failed_attempts FROM lock_pairings WHERE lock_id = $1",
+                &[&agent.lock],
+            )
+            .await
+            >= 1
+    })
+    .await;
+    assert!(!paired(&world, agent.lock).await);
+    let denied: i64 = world
+        .scalar(
+            "SELECT count(*) FROM audit_entries WHERE action = 'lock.pair' AND outcome = 'deny' AND subject_id = $1",
+            &[&agent.lock],
+        )
+        .await;
+    assert!(denied >= 1);
+}
+
+#[tokio::test]
+async fn a_push_through_replica_b_wakes_the_agent_on_replica_a() {
+    let world = World::new().await;
+    let a = world.replica(0).await;
+    let b = world.replica(0).await;
+    let mut agent = Agent::init(&world, a.local_addr().port(), &[]);
+    world.register(agent.lock, "Front door", &agent.code).await;
+    agent.run();
+    eventually("pairing", 20, || paired(&world, agent.lock)).await;
+    eventually("the session on A", 10, || async { a.registry().len() == 1 }).await;
+    assert_eq!(b.registry().len(), 0);
+    // Replica B's own pool commits the entry; only A's LISTEN can tell A's session.
+    let b_pool = firstkey::store::pool(world.db_config.clone(), 2).unwrap();
+    let started = Instant::now();
+    let seq = world.push(&b_pool, agent.lock, 2).await;
+    eventually("the ack", 10, || async {
+        world.acked(agent.lock).await == seq
+    })
+    .await;
+    // Woken by NOTIFY, not by a reconnect or a poll: well within the agent's 30 s keep-alive.
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(agent.inbox_seq(), u64::try_from(seq).unwrap());
+}
+
+#[tokio::test]
+async fn entries_pushed_while_the_agent_is_offline_arrive_on_reconnect() {
+    let world = World::new().await;
+    let replica = world.replica(0).await;
+    let mut agent = Agent::init(&world, replica.local_addr().port(), &[]);
+    world.register(agent.lock, "Front door", &agent.code).await;
+    agent.run();
+    eventually("pairing", 20, || paired(&world, agent.lock)).await;
+    agent.kill();
+    let first = world.push(&world.pool, agent.lock, 3).await;
+    let second = world.push(&world.pool, agent.lock, 4).await;
+    assert!(second > first);
+    assert_eq!(world.acked(agent.lock).await, 0);
+    agent.run();
+    eventually("both acks", 20, || async {
+        world.acked(agent.lock).await == second
+    })
+    .await;
+    assert_eq!(agent.status()["revocations"].as_u64(), Some(2));
+}
+
+#[tokio::test]
+async fn an_entry_committed_while_the_replica_is_dead_is_delivered_after_restart() {
+    let world = World::new().await;
+    let replica = world.replica(0).await;
+    let port = replica.local_addr().port();
+    let mut agent = Agent::init(&world, port, &[]);
+    world.register(agent.lock, "Front door", &agent.code).await;
+    agent.run();
+    eventually("pairing", 20, || paired(&world, agent.lock)).await;
+    eventually("the session", 10, || async {
+        replica.registry().len() == 1
+    })
+    .await;
+    // Killed: listener, sessions and LISTEN connection all gone; the commit happens after that.
+    replica.stop();
+    let seq = world.push(&world.pool, agent.lock, 5).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(world.acked(agent.lock).await, 0);
+    let restarted = world.replica(port).await;
+    eventually("the ack after restart", 30, || async {
+        world.acked(agent.lock).await == seq
+    })
+    .await;
+    assert_eq!(restarted.registry().len(), 1);
+}
+
+#[tokio::test]
+async fn a_lost_listen_connection_loses_no_wake_up() {
+    let world = World::new().await;
+    let replica = world.replica(0).await;
+    let mut agent = Agent::init(&world, replica.local_addr().port(), &[]);
+    world.register(agent.lock, "Front door", &agent.code).await;
+    agent.run();
+    eventually("pairing", 20, || paired(&world, agent.lock)).await;
+    eventually("the session", 10, || async {
+        replica.registry().len() == 1
+    })
+    .await;
+    let db = world.db_config.get_dbname().unwrap().to_owned();
+    // Cut the LISTEN connection (the only one of this database in LISTEN state) and push at once:
+    // the notification may be lost, the wake-up after reconnecting is not.
+    let cut: i64 = world
+        .scalar(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE datname = $1 AND query ILIKE 'LISTEN%'",
+            &[&db],
+        )
+        .await;
+    assert_eq!(cut, 1);
+    let seq = world.push(&world.pool, agent.lock, 6).await;
+    eventually("the ack", 20, || async {
+        world.acked(agent.lock).await == seq
+    })
+    .await;
+}
+
+/// Issuer, responder key and token made with the agent's own demo commands; the server-side records
+/// (incident, grant, issued token) inserted as token issuance would.
+#[tokio::test]
+async fn tap_receipts_are_uploaded_once_audited_and_mailed() {
+    let world = World::new().await;
+    let replica = world.replica(0).await;
+    let issuer = world.dir.path().join("issuer");
+    let out = agent_cli(&["demo", "issuer", "--dir", issuer.to_str().unwrap()]);
+    let root = out
+        .lines()
+        .find_map(|l| l.strip_prefix("root public key:"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let bundle = issuer.join("bundle.cbor");
+    let mut agent = Agent::init(
+        &world,
+        replica.local_addr().port(),
+        &[
+            "--root-public-key",
+            &root,
+            "--trust-bundle",
+            bundle.to_str().unwrap(),
+        ],
+    );
+    world.register(agent.lock, "Front door", &agent.code).await;
+    let key = world.dir.path().join("responder.pk8");
+    agent_cli(&["demo", "key", "--out", key.to_str().unwrap()]);
+    let token = world.dir.path().join("token.cbor");
+    agent_cli(&[
+        "demo",
+        "mint",
+        "--dir",
+        issuer.to_str().unwrap(),
+        "--lock-id",
+        &agent.lock.to_string(),
+        "--key",
+        key.to_str().unwrap(),
+        "--out",
+        token.to_str().unwrap(),
+    ]);
+    let token_hash = ring::digest::digest(&ring::digest::SHA256, &std::fs::read(&token).unwrap())
+        .as_ref()
+        .to_vec();
+    let incident = record_issued_token(&world, agent.lock, &token_hash).await;
+
+    agent.run();
+    eventually("pairing", 20, || paired(&world, agent.lock)).await;
+    let state = agent.state.clone();
+    let tap = |expect: i32| {
+        let out = Command::new(agent_bin())
+            .args([
+                "tap",
+                "--state-dir",
+                state.to_str().unwrap(),
+                "--token",
+                token.to_str().unwrap(),
+                "--key",
+                key.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(expect),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    tap(0); // allow
+    tap(2); // deny: replayed
+    let lock = agent.lock;
+    let receipts = || async {
+        world
+            .scalar::<i64>("SELECT count(*) FROM receipts WHERE lock_id = $1", &[&lock])
+            .await
+    };
+    eventually("two receipts", 20, || async { receipts().await == 2 }).await;
+    eventually("the upload ack", 10, || async {
+        agent.status()["uploaded_through"].as_u64() == Some(2)
+    })
+    .await;
+
+    // Audited, allow and deny, with the incident joined through the token.
+    let client = world.pool.get().await.unwrap();
+    let rows = client
+        .query(
+            "SELECT outcome, incident_id, public_details FROM audit_entries
+             WHERE action = 'lock.receipt' AND subject_id = $1 ORDER BY seq",
+            &[&agent.lock],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    let outcome: String = rows[0].get(0);
+    assert_eq!(outcome, "allow");
+    assert_eq!(rows[0].get::<_, Option<Uuid>>(1), Some(incident));
+    let details: serde_json::Value = rows[0].get(2);
+    assert_eq!(details["seq"], 1);
+    assert_eq!(details["reason"], "ok");
+    assert_eq!(details["cti"].as_str().unwrap().len(), 32);
+    assert_eq!(rows[1].get::<_, String>(0), "deny");
+    let details: serde_json::Value = rows[1].get(2);
+    assert_eq!(details["reason"], "replayed");
+
+    // The homeowner's door-opened mail.
+    let mail = client
+        .query(
+            "SELECT recipient, body_text FROM notification_outbox WHERE kind = 'door.opened'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(mail.len(), 1);
+    assert_eq!(mail[0].get::<_, String>(0), "owner@example.org");
+    let text: String = mail[0].get(1);
+    assert!(
+        text.starts_with("Front door opened by Engine 7 for incident 25-04711 at "),
+        "{text}"
+    );
+    let status: String = client
+        .query_one(
+            "SELECT status FROM issued_tokens WHERE token_hash = $1",
+            &[&token_hash],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "used");
+
+    // Reconnecting uploads nothing twice: Welcome says the server holds both.
+    agent.kill();
+    agent.run();
+    let socket = agent.state.join("tap.sock");
+    eventually("the restarted agent's tap socket", 20, || async {
+        tokio::net::UnixStream::connect(&socket).await.is_ok()
+    })
+    .await;
+    tap(2);
+    eventually("the third receipt", 20, || async { receipts().await == 3 }).await;
+    let audited: i64 = world
+        .scalar(
+            "SELECT count(*) FROM audit_entries WHERE action = 'lock.receipt' AND subject_id = $1",
+            &[&agent.lock],
+        )
+        .await;
+    assert_eq!(audited, 3);
+}
+
+/// Inserts what token issuance records for `token_hash`: an incident, a live grant to a responder of
+/// unit "Engine 7", and the issued token. Returns the incident.
+async fn record_issued_token(world: &World, lock: Uuid, token_hash: &[u8]) -> Uuid {
+    let client = world.pool.get().await.unwrap();
+    let now = Utc::now();
+    let agency = tenancy::ensure_agency(
+        &client,
+        world.tenant,
+        AgencyKind::parse("fire").unwrap(),
+        "Fire",
+        now,
+    )
+    .await
+    .unwrap();
+    let responder = people::ensure_user(
+        &client,
+        world.tenant,
+        &Email::parse("firefighter@example.org").unwrap(),
+        "Pat Firefighter",
+        Some(agency.id),
+        &[Role::Responder],
+        now,
+    )
+    .await
+    .unwrap();
+    let m = world.tenant.id();
+    client
+        .execute(
+            "UPDATE users SET unit = 'Engine 7' WHERE id = $1",
+            &[&responder.id],
+        )
+        .await
+        .unwrap();
+    let (incident, plan, grant) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    client
+        .execute(
+            "INSERT INTO incidents (id, municipality_id, agency_id, cad_number, kind, address, opened_at)
+             VALUES ($1, $2, $3, '25-04711', 'fire', '1 Main St', $4)",
+            &[&incident, &m, &agency.id, &now],
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            "INSERT INTO access_plans (id, municipality_id, property_id, version, created_at, created_by, rules,
+                 max_grant_minutes, retention_days)
+             VALUES ($1, $2, $3, 1, $4, $5, '{}'::jsonb, 60, 30)",
+            &[&plan, &m, &world.property, &now, &world.owner],
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            "INSERT INTO grants (id, municipality_id, incident_id, property_id, plan_id, granted_by, justification,
+                 status, policy_set_hash, created_at, starts_at, ends_at)
+             VALUES ($1, $2, $3, $4, $5, $6, 'smoke reported', 'live', $7, $8, $8, $8::timestamptz + interval '1 hour')",
+            &[&grant, &m, &incident, &world.property, &plan, &world.owner, &vec![0u8; 32], &now],
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            "INSERT INTO signing_keys (kid, municipality_id, public_key, created_at) VALUES ('k1', $1, $2, $3)",
+            &[&m, &vec![1u8; 32], &now],
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            "INSERT INTO issued_tokens (cti, municipality_id, grant_id, lock_id, responder_id, kid, token_hash,
+                 issued_at, not_before, expires_at)
+             VALUES ($1, $2, $3, $4, $5, 'k1', $6, $7, $7, $7::timestamptz + interval '10 minutes')",
+            &[&vec![9u8; 16], &m, &grant, &lock, &responder.id, &token_hash, &now],
+        )
+        .await
+        .unwrap();
+    incident
+}
+
+/// The receipt store alone, with receipts signed here: idempotent re-upload, forks and gaps
+/// refused, and the repeated-denials mail at the third denial within ten minutes.
+#[tokio::test]
+async fn receipt_batches_are_idempotent_and_forks_are_refused() {
+    let world = World::new().await;
+    let rng = ring::rand::SystemRandom::new();
+    let pk8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+    let key = ring::signature::Ed25519KeyPair::from_pkcs8(pk8.as_ref()).unwrap();
+    let public: [u8; 32] = ring::signature::KeyPair::public_key(&key)
+        .as_ref()
+        .try_into()
+        .unwrap();
+    let id = Uuid::new_v4();
+    let client = world.pool.get().await.unwrap();
+    client
+        .execute(
+            "INSERT INTO locks (id, municipality_id, property_id, name, pairing_state, device_public_key, paired_at, created_at)
+             VALUES ($1, $2, $3, 'Side door', 'paired', $4, now(), now())",
+            &[&id, &world.tenant.id(), &world.property, &public.to_vec()],
+        )
+        .await
+        .unwrap();
+    drop(client);
+    let lock = LockIdentity {
+        id,
+        wire_id: id.to_string(),
+        tenant: world.tenant,
+        property: world.property,
+        name: "Side door".to_owned(),
+        device_public_key: public,
+    };
+    let t0 = 1_750_000_000u64;
+    let body = |time: u64, reason: &str| ReceiptBody {
+        version: 1,
+        lock_id: id.to_string(),
+        seq: 0,
+        time,
+        prev: Bytes([0; 32]),
+        outcome: TapOutcome::Deny,
+        reason: reason.to_owned(),
+        token_hash: None,
+        token_id: None,
+        expires_at: None,
+    };
+    let mut head = ChainHead::GENESIS;
+    let mut chain = Vec::new();
+    for i in 0..4u64 {
+        let r = sign_next(&key, head, body(t0 + i * 60, "expired")).unwrap();
+        head = ChainHead {
+            seq: r.body.seq,
+            hash: r.hash,
+        };
+        chain.push(r);
+    }
+    let enc = |rs: &[firstkey_agent::receipt::VerifiedReceipt]| -> Vec<Vec<u8>> {
+        rs.iter().map(|r| r.encoded.clone()).collect()
+    };
+    let now = Utc::now();
+    let store = |batch: Vec<Vec<u8>>| {
+        let (pool, lock) = (world.pool.clone(), lock.clone());
+        async move {
+            receipts::store_batch(&pool, &lock, &batch, now)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        store(enc(&chain[..2])).await,
+        BatchOutcome::Stored { through: 2 }
+    );
+    // A lost ack: the same receipts again, plus the next ones.
+    assert_eq!(
+        store(enc(&chain[..4])).await,
+        BatchOutcome::Stored { through: 4 }
+    );
+    assert_eq!(
+        store(enc(&chain[1..3])).await,
+        BatchOutcome::Stored { through: 4 }
+    );
+    let count: i64 = world
+        .scalar("SELECT count(*) FROM receipts WHERE lock_id = $1", &[&id])
+        .await;
+    assert_eq!(count, 4);
+    // Three denials within ten minutes make one mail (at the third), four do not make two.
+    let denial_mails: i64 = world
+        .scalar(
+            "SELECT count(*) FROM notification_outbox WHERE kind = 'door.denials'",
+            &[],
+        )
+        .await;
+    assert_eq!(denial_mails, 1);
+
+    // A different receipt at seq 2 is a fork; a receipt after a gap breaks the chain.
+    let fork = sign_next(
+        &key,
+        ChainHead {
+            seq: 1,
+            hash: chain[0].hash,
+        },
+        body(t0 + 5, "revoked"),
+    )
+    .unwrap();
+    assert!(matches!(
+        store(vec![fork.encoded]).await,
+        BatchOutcome::Rejected {
+            reason: "fork",
+            seq: Some(2)
+        }
+    ));
+    let gap = sign_next(
+        &key,
+        ChainHead {
+            seq: 9,
+            hash: [1; 32],
+        },
+        body(t0, "expired"),
+    )
+    .unwrap();
+    assert!(matches!(
+        store(vec![gap.encoded]).await,
+        BatchOutcome::Rejected {
+            reason: "broken_chain",
+            ..
+        }
+    ));
+    // Signed by another key.
+    let other = ring::signature::Ed25519KeyPair::from_pkcs8(
+        ring::signature::Ed25519KeyPair::generate_pkcs8(&rng)
+            .unwrap()
+            .as_ref(),
+    )
+    .unwrap();
+    let forged = sign_next(&other, head, body(t0, "expired")).unwrap();
+    assert!(matches!(
+        store(vec![forged.encoded]).await,
+        BatchOutcome::Rejected {
+            reason: "bad_signature",
+            ..
+        }
+    ));
+    let count: i64 = world
+        .scalar("SELECT count(*) FROM receipts WHERE lock_id = $1", &[&id])
+        .await;
+    assert_eq!(count, 4);
+    let audited: i64 = world
+        .scalar(
+            "SELECT count(*) FROM audit_entries WHERE action = 'lock.receipt' AND subject_id = $1",
+            &[&id],
+        )
+        .await;
+    assert_eq!(audited, 4);
+}
