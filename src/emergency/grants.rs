@@ -530,8 +530,8 @@ pub async fn approve(
     let tx = client.transaction().await.map_err(StoreError::from)?;
     let updated = tx
         .execute(
-            "UPDATE grants g SET status = 'live', approved_by = $3, starts_at = $4,
-                 ends_at = $4 + (g.ends_at - g.starts_at)
+            "UPDATE grants g SET status = 'live', approved_by = $3, starts_at = $4::timestamptz,
+                 ends_at = $4::timestamptz + (g.ends_at - g.starts_at)
              FROM incidents i
              WHERE g.municipality_id = $1 AND g.id = $2 AND g.status = 'awaiting_approval'
                AND g.granted_by <> $3 AND i.id = g.incident_id AND i.closed_at IS NULL",

@@ -7,6 +7,7 @@ mod access;
 mod auth;
 mod auth_helpers;
 mod channel;
+mod emergency;
 mod health;
 mod helpers;
 mod mail;

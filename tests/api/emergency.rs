@@ -1,0 +1,1124 @@
+//! Emergency entry over HTTP: incidents, grants (with second approval), override tokens verified as
+//! a lock would (trust bundle, proof of possession with the responder's key), revocation and incident
+//! close, the HMAC-signed idempotent CAD integration, and issuer key rotation.
+//!
+//! Sessions are made directly in the database as in `access`; a responder's step-up credential holds
+//! the real P-256 public key of a software authenticator, so the token's `cnf` can be proven at the
+//! "door" with real crypto.
+
+use std::sync::Arc;
+
+use chrono::{Duration, Utc};
+use firstkey::audit::{self, ChainCheck};
+use firstkey::auth::session;
+use firstkey::clock::SystemClock;
+use firstkey::domain::{AgencyKind, Email, Role, Slug};
+use firstkey::emergency::{cad, keys};
+use firstkey::http::Application;
+use firstkey::store::{Tenant, people, tenancy};
+use firstkey_token::pop::FLAG_USER_PRESENT;
+use firstkey_token::{
+    Challenge, LockId, LockView, Presentation, Refusal, RootPublicKey, SoftwareAuthenticator,
+    TokenHash, TokenId, TrustBundle, VerifiedToken, VerifyOptions, pop_message, token_hash,
+};
+use reqwest::Method;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::helpers::{TestApp, admin_config, fresh_database, test_settings};
+
+const ORIGIN: &str = "http://localhost:8080";
+const RP_ID: &str = "localhost";
+
+/// A signed-in test user; responders carry the software security key behind their step-up.
+struct As {
+    id: Uuid,
+    cookie: String,
+    key: Option<SoftwareAuthenticator>,
+}
+
+struct World {
+    app: TestApp,
+    tenant: Tenant,
+    key_dir: std::path::PathBuf,
+    _tmp: tempfile::TempDir,
+    dispatcher: As,
+    dispatcher2: As,
+    dispatcher_plain: As,
+    responder: As,
+    responder2: As,
+    responder_plain: As,
+    admin: As,
+    fire: Uuid,
+    police: Uuid,
+    property: Uuid,
+    lock: Uuid,
+    other_lock: Uuid,
+    bundle: TrustBundle,
+}
+
+async fn spawn_with_keys(key_dir: &std::path::Path) -> TestApp {
+    let db = fresh_database().await;
+    let mut config = admin_config();
+    config.dbname(&db);
+    let mut settings = test_settings(config.clone());
+    settings.key_dir = key_dir.to_path_buf();
+    let app_pool = firstkey::store::pool(config.clone(), settings.db_pool_size).unwrap();
+    let app = Application::build(settings, app_pool, Arc::new(SystemClock)).unwrap();
+    let address = format!("http://{}", app.local_addr());
+    tokio::spawn(app.run_until_stopped());
+    TestApp {
+        address,
+        pool: firstkey::store::pool(config, 2).unwrap(),
+        http: reqwest::Client::new(),
+        proxy: None,
+    }
+}
+
+fn cose_p256(key: &SoftwareAuthenticator) -> Vec<u8> {
+    let firstkey_token::ConfirmationKey::P256(point) = key.confirmation_key() else {
+        panic!("P-256 key expected");
+    };
+    let mut out = vec![0xa5, 0x01, 0x02, 0x03, 0x26, 0x20, 0x01, 0x21, 0x58, 0x20];
+    out.extend_from_slice(&point[1..33]);
+    out.extend_from_slice(&[0x22, 0x58, 0x20]);
+    out.extend_from_slice(&point[33..]);
+    out
+}
+
+async fn user(
+    app: &TestApp,
+    tenant: Tenant,
+    email: &str,
+    agency: Option<Uuid>,
+    role: Role,
+    stepped_up: bool,
+) -> As {
+    let client = app.pool.get().await.unwrap();
+    let now = Utc::now();
+    let u = people::ensure_user(
+        &client,
+        tenant,
+        &Email::parse(email).unwrap(),
+        email,
+        agency,
+        &[role],
+        now,
+    )
+    .await
+    .unwrap();
+    let rng = ring::rand::SystemRandom::new();
+    let pk8 = SoftwareAuthenticator::generate_pkcs8(&rng).unwrap();
+    let key = SoftwareAuthenticator::from_pkcs8(&pk8, RP_ID, &rng).unwrap();
+    let credential = if stepped_up {
+        let id = Uuid::new_v4();
+        client
+            .execute(
+                "INSERT INTO webauthn_credentials (id, municipality_id, user_id, credential_id, kind, credential,
+                     public_key_cose, backup_eligible, created_at)
+                 VALUES ($1, $2, $3, $4, 'security_key', '{}', $5, false, now())",
+                &[&id, &tenant.id(), &u.id, &Uuid::new_v4().as_bytes().to_vec(), &cose_p256(&key)],
+            )
+            .await
+            .unwrap();
+        Some(id)
+    } else {
+        None
+    };
+    let (_, secret) = session::create(&client, tenant, u.id, credential, now)
+        .await
+        .unwrap();
+    As {
+        id: u.id,
+        cookie: format!("{}={}", session::COOKIE, secret.expose()),
+        key: stepped_up.then_some(key),
+    }
+}
+
+async fn call(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    who: Option<&As>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = app
+        .http
+        .request(method.clone(), format!("{}{path}", app.address));
+    if let Some(who) = who {
+        request = request.header("cookie", &who.cookie);
+    }
+    if method != Method::GET {
+        request = request.header("origin", ORIGIN);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+fn plan() -> Value {
+    json!({
+        "agencies": {
+            "fire": { "allowed": true, "incident_types": ["fire", "medical"] },
+            "ems": { "allowed": true, "incident_types": ["medical"] },
+            "police": { "allowed": true, "incident_types": ["welfare_check"], "second_approval": true }
+        },
+        "max_grant_minutes": 60,
+        "notes": { "pets": "Two dogs" },
+        "contacts": [{ "name": "Sam Neighbour", "email": "sam@example.org" }],
+        "notifications": { "homeowner": true, "contacts": true },
+        "retention_days": 365
+    })
+}
+
+async fn paired_lock(app: &TestApp, tenant: Tenant, property: Uuid, name: &str) -> Uuid {
+    let client = app.pool.get().await.unwrap();
+    let id = Uuid::new_v4();
+    client
+        .execute(
+            "INSERT INTO locks (id, municipality_id, property_id, name, pairing_state, device_public_key, paired_at, created_at)
+             VALUES ($1, $2, $3, $4, 'paired', $5, now(), now())",
+            &[&id, &tenant.id(), &property, &name, &Uuid::new_v4().as_bytes().repeat(2)],
+        )
+        .await
+        .unwrap();
+    id
+}
+
+async fn property(app: &TestApp, owner: &As, address: &str) -> Uuid {
+    let (status, body) = call(
+        app,
+        Method::POST,
+        "/api/v1/properties",
+        Some(owner),
+        Some(json!({ "address": address })),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let id: Uuid = body["id"].as_str().unwrap().parse().unwrap();
+    let (status, body) = call(
+        app,
+        Method::PUT,
+        &format!("/api/v1/properties/{id}/plan"),
+        Some(owner),
+        Some(plan()),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    id
+}
+
+async fn world() -> World {
+    let tmp = tempfile::tempdir().unwrap();
+    let key_dir = tmp.path().join("keys");
+    let app = spawn_with_keys(&key_dir).await;
+    let now = Utc::now();
+    let mut client = app.pool.get().await.unwrap();
+    let (tenant, _) =
+        tenancy::ensure_municipality(&client, &Slug::parse("town-a").unwrap(), "Town A", now)
+            .await
+            .unwrap();
+    let fire = tenancy::ensure_agency(&client, tenant, AgencyKind::Fire, "A Fire", now)
+        .await
+        .unwrap()
+        .id;
+    let police = tenancy::ensure_agency(&client, tenant, AgencyKind::Police, "A Police", now)
+        .await
+        .unwrap()
+        .id;
+    keys::generate(&mut client, tenant, &key_dir, now)
+        .await
+        .unwrap();
+    drop(client);
+    let owner = user(&app, tenant, "owner@a.example", None, Role::Homeowner, true).await;
+    let property_id = property(&app, &owner, "12 Elm Street").await;
+    let other_property = property(&app, &owner, "14 Elm Street").await;
+    let lock = paired_lock(&app, tenant, property_id, "Front door").await;
+    let other_lock = paired_lock(&app, tenant, other_property, "Front door").await;
+    let responder = user(
+        &app,
+        tenant,
+        "e7a@a.example",
+        Some(fire),
+        Role::Responder,
+        true,
+    )
+    .await;
+    let responder2 = user(
+        &app,
+        tenant,
+        "e7b@a.example",
+        Some(fire),
+        Role::Responder,
+        true,
+    )
+    .await;
+    let bundle = bundle(&app, tenant, &tmp.path().join("root.pk8"), now).await;
+    World {
+        dispatcher: user(&app, tenant, "d1@a.example", None, Role::Dispatcher, true).await,
+        dispatcher2: user(&app, tenant, "d2@a.example", None, Role::Dispatcher, true).await,
+        dispatcher_plain: user(&app, tenant, "d3@a.example", None, Role::Dispatcher, false).await,
+        responder_plain: As {
+            id: responder.id,
+            ..user(
+                &app,
+                tenant,
+                "e7a@a.example",
+                Some(fire),
+                Role::Responder,
+                false,
+            )
+            .await
+        },
+        responder,
+        responder2,
+        admin: user(
+            &app,
+            tenant,
+            "admin@a.example",
+            None,
+            Role::MunicipalAdmin,
+            true,
+        )
+        .await,
+        app,
+        tenant,
+        key_dir,
+        _tmp: tmp,
+        fire,
+        police,
+        property: property_id,
+        lock,
+        other_lock,
+        bundle,
+    }
+}
+
+/// Builds (or rebuilds) the trust bundle with the root key at `root` (generated on first use).
+async fn bundle(
+    app: &TestApp,
+    tenant: Tenant,
+    root: &std::path::Path,
+    now: chrono::DateTime<Utc>,
+) -> TrustBundle {
+    if !root.exists() {
+        keys::root_generate(root).unwrap();
+    }
+    let pair = keys::load_pair(root).unwrap();
+    let public: [u8; 32] = ring::signature::KeyPair::public_key(&pair)
+        .as_ref()
+        .try_into()
+        .unwrap();
+    let mut client = app.pool.get().await.unwrap();
+    let built = keys::bundle(&mut client, tenant, &pair, RP_ID, now)
+        .await
+        .unwrap();
+    TrustBundle::verify(&built.bytes, &RootPublicKey(public)).unwrap()
+}
+
+async fn open_incident(w: &World, cad: &str, kind: &str, agency: Uuid) -> Uuid {
+    let (status, body) = call(
+        &w.app,
+        Method::POST,
+        "/api/v1/incidents",
+        Some(&w.dispatcher),
+        Some(json!({ "cad_number": cad, "kind": kind, "address": "12 Elm Street", "agency": agency })),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    body["id"].as_str().unwrap().parse().unwrap()
+}
+
+async fn grant(w: &World, incident: Uuid, who: &As, body: Value) -> (u16, Value) {
+    call(
+        &w.app,
+        Method::POST,
+        &format!("/api/v1/incidents/{incident}/grants"),
+        Some(who),
+        Some(body),
+    )
+    .await
+}
+
+fn grant_body(w: &World, property: Uuid) -> Value {
+    json!({
+        "property": property,
+        "responders": [w.responder.id],
+        "minutes": 30,
+        "justification": "Smoke alarm, occupant not answering"
+    })
+}
+
+async fn live_fire_grant(w: &World) -> (Uuid, Uuid) {
+    let incident = open_incident(w, "25-04711", "fire", w.fire).await;
+    let (status, body) = grant(w, incident, &w.dispatcher, grant_body(w, w.property)).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["status"], "live");
+    (incident, body["id"].as_str().unwrap().parse().unwrap())
+}
+
+async fn request_token(w: &World, who: &As, grant: Uuid, lock: Uuid) -> (u16, Value) {
+    call(
+        &w.app,
+        Method::POST,
+        "/api/v1/tokens",
+        Some(who),
+        Some(json!({ "grant": grant, "lock": lock })),
+    )
+    .await
+}
+
+/// A lock's state for verification: nothing used, nothing revoked, clock floor 0.
+struct Door {
+    id: LockId,
+    revoked: Vec<TokenHash>,
+}
+
+impl LockView for Door {
+    fn lock_id(&self) -> &LockId {
+        &self.id
+    }
+    fn time_floor(&self) -> u64 {
+        0
+    }
+    fn is_revoked(&self, token_hash: &TokenHash) -> bool {
+        self.revoked.contains(token_hash)
+    }
+    fn uses(&self, _: &TokenId) -> u32 {
+        0
+    }
+}
+
+fn token_bytes(body: &Value) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(body["token"].as_str().unwrap())
+        .unwrap()
+}
+
+/// Presents a token at `lock` as the holder of `key` would.
+fn tap(
+    bundle: &TrustBundle,
+    lock: Uuid,
+    bytes: &[u8],
+    key: &SoftwareAuthenticator,
+    revoked: Vec<TokenHash>,
+) -> Result<VerifiedToken, Refusal> {
+    let door = Door {
+        id: LockId::parse(&lock.to_string()).unwrap(),
+        revoked,
+    };
+    let challenge = Challenge([7u8; 32]);
+    let message = pop_message(&challenge, &door.id, &token_hash(bytes));
+    let proof = key
+        .assert(
+            &message,
+            FLAG_USER_PRESENT,
+            &ring::rand::SystemRandom::new(),
+        )
+        .unwrap()
+        .to_cbor();
+    let now = u64::try_from(Utc::now().timestamp()).unwrap();
+    firstkey_token::verify(
+        bytes,
+        bundle,
+        &door,
+        &Presentation {
+            challenge: &challenge,
+            proof: Some(&proof),
+        },
+        now,
+        &VerifyOptions::default(),
+    )
+}
+
+async fn audit_actions(w: &World) -> Vec<(String, String, Option<String>)> {
+    let client = w.app.pool.get().await.unwrap();
+    client
+        .query(
+            "SELECT action, outcome, encode(policy_set_hash, 'hex') FROM audit_entries
+             WHERE municipality_id = $1 ORDER BY seq",
+            &[&w.tenant.id()],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+async fn mails(w: &World, kind: &str) -> Vec<String> {
+    let client = w.app.pool.get().await.unwrap();
+    client
+        .query(
+            "SELECT recipient FROM notification_outbox WHERE municipality_id = $1 AND kind = $2 ORDER BY recipient",
+            &[&w.tenant.id(), &kind],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+async fn inbox(w: &World, lock: Uuid) -> Vec<(String, Vec<u8>)> {
+    let client = w.app.pool.get().await.unwrap();
+    client
+        .query(
+            "SELECT kind, payload FROM lock_inbox WHERE lock_id = $1 ORDER BY seq",
+            &[&lock],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+#[tokio::test]
+async fn dispatcher_grants_and_responder_gets_a_token_the_lock_accepts() {
+    let w = world().await;
+    let incident = open_incident(&w, "25-04711", "fire", w.fire).await;
+
+    // Without a fresh step-up the dispatcher is told to step up; nothing is granted.
+    let (status, _) = grant(
+        &w,
+        incident,
+        &w.dispatcher_plain,
+        grant_body(&w, w.property),
+    )
+    .await;
+    assert_eq!(status, 401);
+    // Longer than the plan allows: the policy refuses (learning nothing).
+    let mut long = grant_body(&w, w.property);
+    long["minutes"] = json!(61);
+    assert_eq!(grant(&w, incident, &w.dispatcher, long).await.0, 404);
+    // A responder cannot grant.
+    assert_eq!(
+        grant(&w, incident, &w.responder, grant_body(&w, w.property))
+            .await
+            .0,
+        404
+    );
+
+    let (status, g) = grant(&w, incident, &w.dispatcher, grant_body(&w, w.property)).await;
+    assert_eq!(status, 201, "{g}");
+    assert_eq!(g["status"], "live");
+    assert_eq!(g["plan_version"], 1);
+    assert_eq!(g["responders"], json!([w.responder.id]));
+    let grant_id: Uuid = g["id"].as_str().unwrap().parse().unwrap();
+    let ends_at: chrono::DateTime<Utc> = g["ends_at"].as_str().unwrap().parse().unwrap();
+    assert!(ends_at - Utc::now() <= Duration::minutes(30));
+    let policy_hash = g["policy_set_hash"].as_str().unwrap().to_owned();
+    assert_eq!(policy_hash.len(), 64);
+    let client = w.app.pool.get().await.unwrap();
+    let plan_id: Uuid = client
+        .query_one(
+            "SELECT id FROM access_plans WHERE property_id = $1 AND version = 1",
+            &[&w.property],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(g["plan_id"], json!(plan_id));
+    assert_eq!(
+        mails(&w, "grant.created").await,
+        vec!["owner@a.example".to_owned(), "sam@example.org".to_owned()]
+    );
+
+    // The responder sees the grant with the property's lock.
+    let (status, mine) = call(
+        &w.app,
+        Method::GET,
+        "/api/v1/responder/grants",
+        Some(&w.responder),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(mine[0]["grant_id"], json!(grant_id));
+    assert_eq!(mine[0]["locks"][0]["id"], json!(w.lock));
+
+    let (status, t) = request_token(&w, &w.responder, grant_id, w.lock).await;
+    assert_eq!(status, 201, "{t}");
+    let bytes = token_bytes(&t);
+    let key = w.responder.key.as_ref().unwrap();
+    let verified = tap(&w.bundle, w.lock, &bytes, key, vec![]).expect("the lock accepts it");
+    let claims = verified.claims();
+    assert_eq!(claims.issuer, "town-a");
+    assert_eq!(claims.audience.as_str(), w.lock.to_string());
+    assert_eq!(claims.subject, w.responder.id.to_string());
+    assert_eq!(claims.incident, "25-04711");
+    assert_eq!(claims.grant.0, *grant_id.as_bytes());
+    assert_eq!(claims.max_uses, 1);
+    assert!(claims.expires_at - claims.not_before <= 600);
+    assert_eq!(claims.confirmation, Some(key.confirmation_key()));
+    // Someone else's key cannot use it (proof of possession), nor can another lock.
+    let other_key = w.responder2.key.as_ref().unwrap();
+    assert!(tap(&w.bundle, w.lock, &bytes, other_key, vec![]).is_err());
+    assert!(tap(&w.bundle, w.other_lock, &bytes, key, vec![]).is_err());
+
+    // Recorded, audited, queued, mailed — and nothing else carries the token.
+    let row = client
+        .query_one(
+            "SELECT grant_id, lock_id, responder_id, kid, token_hash, status FROM issued_tokens WHERE cti = $1",
+            &[&hex::decode(t["token_id"].as_str().unwrap()).unwrap()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, Uuid>(0), grant_id);
+    assert_eq!(row.get::<_, Uuid>(1), w.lock);
+    assert_eq!(row.get::<_, Uuid>(2), w.responder.id);
+    assert_eq!(row.get::<_, String>(3), t["kid"].as_str().unwrap());
+    assert_eq!(row.get::<_, Vec<u8>>(4), token_hash(&bytes).0.to_vec());
+    assert_eq!(row.get::<_, String>(5), "issued");
+    assert_eq!(
+        inbox(&w, w.lock).await.last().unwrap(),
+        &("token".to_owned(), bytes.clone())
+    );
+    assert_eq!(mails(&w, "token.issued").await.len(), 2);
+    let actions = audit_actions(&w).await;
+    let find = |a: &str| actions.iter().find(|(x, _, _)| x == a).cloned();
+    let (_, outcome, hash) = find("grant.create").expect("grant audited");
+    assert_eq!(
+        (outcome.as_str(), hash.as_deref()),
+        ("allow", Some(policy_hash.as_str()))
+    );
+    let (_, outcome, hash) = find("token.issue").expect("token audited");
+    assert_eq!(outcome, "allow");
+    assert!(hash.is_some());
+    assert!(find("incident.open").is_some());
+    assert!(
+        actions
+            .iter()
+            .any(|(a, o, _)| a == "policy.deny" && o == "deny"),
+        "the refused grants were audited"
+    );
+    let token_text = t["token"].as_str().unwrap();
+    let leaked = client
+        .query_one(
+            "SELECT count(*) FROM audit_entries WHERE public_details::text LIKE '%' || $1 || '%'",
+            &[&token_text],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(leaked, 0);
+    assert!(matches!(
+        audit::verify_chain(&client, w.tenant).await.unwrap(),
+        ChainCheck::Intact { .. }
+    ));
+}
+
+#[tokio::test]
+async fn a_plan_asking_for_second_approval_needs_another_dispatcher() {
+    let w = world().await;
+    let police_officer = user(
+        &w.app,
+        w.tenant,
+        "p1@a.example",
+        Some(w.police),
+        Role::Responder,
+        true,
+    )
+    .await;
+    let incident = open_incident(&w, "25-00001", "welfare_check", w.police).await;
+    let (status, g) = grant(
+        &w,
+        incident,
+        &w.dispatcher,
+        json!({ "property": w.property, "responders": [police_officer.id], "minutes": 20,
+                "justification": "Welfare check requested by family" }),
+    )
+    .await;
+    assert_eq!(status, 201, "{g}");
+    assert_eq!(g["status"], "awaiting_approval");
+    let grant_id: Uuid = g["id"].as_str().unwrap().parse().unwrap();
+    assert!(
+        mails(&w, "grant.created").await.is_empty(),
+        "no mail before approval"
+    );
+    assert_eq!(
+        request_token(&w, &police_officer, grant_id, w.lock).await.0,
+        404
+    );
+
+    let path = format!("/api/v1/grants/{grant_id}/approve");
+    let approve = |who| call(&w.app, Method::POST, &path, Some(who), None);
+    assert_eq!(
+        approve(&w.dispatcher).await.0,
+        403,
+        "the creator cannot approve"
+    );
+    assert_eq!(
+        approve(&w.dispatcher_plain).await.0,
+        401,
+        "approval needs step-up"
+    );
+    assert_eq!(approve(&w.responder).await.0, 404);
+    let (status, g) = approve(&w.dispatcher2).await;
+    assert_eq!(status, 200, "{g}");
+    assert_eq!(g["status"], "live");
+    assert_eq!(g["approved_by"], json!(w.dispatcher2.id));
+    assert_eq!(approve(&w.dispatcher2).await.0, 409, "approved once");
+    assert_eq!(mails(&w, "grant.created").await.len(), 2);
+    let (status, t) = request_token(&w, &police_officer, grant_id, w.lock).await;
+    assert_eq!(status, 201, "{t}");
+    assert!(
+        audit_actions(&w)
+            .await
+            .iter()
+            .any(|(a, o, h)| a == "grant.approve" && o == "allow" && h.is_some())
+    );
+
+    // A fire responder cannot be named under a police incident.
+    let (status, _) = grant(
+        &w,
+        incident,
+        &w.dispatcher,
+        json!({ "property": w.property, "responders": [w.responder.id], "minutes": 20,
+                "justification": "x" }),
+    )
+    .await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn tokens_are_refused_outside_a_live_grant_of_ones_own() {
+    let w = world().await;
+    let (incident, grant_id) = live_fire_grant(&w).await;
+
+    // Someone else's grant, another property's lock, a grant id that does not exist: all 404.
+    assert_eq!(
+        request_token(&w, &w.responder2, grant_id, w.lock).await.0,
+        404
+    );
+    assert_eq!(
+        request_token(&w, &w.responder, grant_id, w.other_lock)
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        request_token(&w, &w.responder, Uuid::new_v4(), w.lock)
+            .await
+            .0,
+        404
+    );
+    // No fresh assertion: step up first.
+    assert_eq!(
+        request_token(&w, &w.responder_plain, grant_id, w.lock)
+            .await
+            .0,
+        401
+    );
+    let client = w.app.pool.get().await.unwrap();
+    client
+        .execute(
+            "UPDATE sessions SET stepped_up_at = now() - interval '10 minutes' WHERE user_id = $1",
+            &[&w.responder.id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        request_token(&w, &w.responder, grant_id, w.lock).await.0,
+        401
+    );
+    client
+        .execute(
+            "UPDATE sessions SET stepped_up_at = now() WHERE user_id = $1 AND step_up_credential IS NOT NULL",
+            &[&w.responder.id],
+        )
+        .await
+        .unwrap();
+    let (status, t) = request_token(&w, &w.responder, grant_id, w.lock).await;
+    assert_eq!(status, 201, "{t}");
+    let first = token_bytes(&t);
+
+    // Revocation: the grant is revoked, its token revoked at the lock, no new token.
+    let (status, g) = call(
+        &w.app,
+        Method::POST,
+        &format!("/api/v1/grants/{grant_id}/revoke"),
+        Some(&w.dispatcher),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{g}");
+    assert_eq!(g["status"], "revoked");
+    assert_eq!(g["end_reason"], "revoked");
+    assert_eq!(
+        request_token(&w, &w.responder, grant_id, w.lock).await.0,
+        404
+    );
+    let (kind, payload) = inbox(&w, w.lock).await.last().cloned().unwrap();
+    assert_eq!(kind, "revocation");
+    assert_eq!(&payload[..32], &token_hash(&first).0);
+    let status: String = client
+        .query_one(
+            "SELECT status FROM issued_tokens WHERE token_hash = $1",
+            &[&token_hash(&first).0.to_vec()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "revoked");
+    let key = w.responder.key.as_ref().unwrap();
+    assert_eq!(
+        tap(&w.bundle, w.lock, &first, key, vec![token_hash(&first)]).unwrap_err(),
+        Refusal::Revoked
+    );
+    assert_eq!(mails(&w, "grant.revoked").await.len(), 2);
+
+    // Incident close: a second live grant ends with it, its token is revoked at the lock.
+    let (status, g) = grant(&w, incident, &w.dispatcher, grant_body(&w, w.property)).await;
+    assert_eq!(status, 201, "{g}");
+    let second_grant: Uuid = g["id"].as_str().unwrap().parse().unwrap();
+    let (status, t) = request_token(&w, &w.responder, second_grant, w.lock).await;
+    assert_eq!(status, 201);
+    let second = token_bytes(&t);
+    let (status, _) = call(
+        &w.app,
+        Method::POST,
+        &format!("/api/v1/incidents/{incident}/close"),
+        Some(&w.dispatcher),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (_, g) = call(
+        &w.app,
+        Method::GET,
+        &format!("/api/v1/grants/{second_grant}"),
+        Some(&w.dispatcher),
+        None,
+    )
+    .await;
+    assert_eq!(g["status"], "ended");
+    assert_eq!(g["end_reason"], "incident_closed");
+    assert_eq!(
+        request_token(&w, &w.responder, second_grant, w.lock)
+            .await
+            .0,
+        404
+    );
+    let (kind, payload) = inbox(&w, w.lock).await.last().cloned().unwrap();
+    assert_eq!(kind, "revocation");
+    assert_eq!(&payload[..32], &token_hash(&second).0);
+    assert_eq!(mails(&w, "grant.ended").await.len(), 2);
+    // A closed incident takes no new grants.
+    assert_eq!(
+        grant(&w, incident, &w.dispatcher, grant_body(&w, w.property))
+            .await
+            .0,
+        409
+    );
+}
+
+struct Cad {
+    key_id: String,
+    secret: String,
+}
+
+async fn cad_credential(w: &World) -> Cad {
+    let (status, body) = call(
+        &w.app,
+        Method::POST,
+        "/api/v1/admin/cad-credentials",
+        Some(&w.admin),
+        Some(json!({ "name": "Primary CAD" })),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    Cad {
+        key_id: body["key_id"].as_str().unwrap().to_owned(),
+        secret: body["secret"].as_str().unwrap().to_owned(),
+    }
+}
+
+async fn cad_post(
+    w: &World,
+    cad: &Cad,
+    path: &str,
+    idempotency_key: &str,
+    body: &[u8],
+    timestamp: i64,
+    secret: &str,
+) -> reqwest::Response {
+    let ts = timestamp.to_string();
+    let signature = cad::sign(
+        secret,
+        &cad::string_to_sign("POST", path, &ts, idempotency_key, body),
+    );
+    w.app
+        .http
+        .post(format!("{}{path}", w.app.address))
+        .header("content-type", "application/json")
+        .header(cad::KEY_ID_HEADER, &cad.key_id)
+        .header(cad::TIMESTAMP_HEADER, ts)
+        .header(cad::SIGNATURE_HEADER, signature)
+        .header(cad::IDEMPOTENCY_HEADER, idempotency_key)
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn cad_calls_are_signed_fresh_and_idempotent() {
+    let w = world().await;
+    let cad = cad_credential(&w).await;
+    let client = w.app.pool.get().await.unwrap();
+    let stored: Vec<u8> = client
+        .query_one(
+            "SELECT wrapped_secret FROM api_credentials WHERE key_id = $1",
+            &[&cad.key_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        !stored
+            .windows(cad.secret.len())
+            .any(|win| win == cad.secret.as_bytes())
+    );
+
+    let body = serde_json::to_vec(&json!({
+        "cad_number": "25-09999", "kind": "fire", "address": "12 Elm Street", "agency": w.fire
+    }))
+    .unwrap();
+    let now = Utc::now().timestamp();
+    let path = "/api/v1/cad/incidents";
+    let c = &client;
+    let count = || async move {
+        c.query_one(
+            "SELECT count(*) FROM incidents WHERE cad_number = '25-09999'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+    };
+
+    // Bad signature, stale or future timestamp, unknown key: 401, nothing created.
+    assert_eq!(
+        cad_post(&w, &cad, path, "k1", &body, now, "wrong-secret")
+            .await
+            .status(),
+        401
+    );
+    assert_eq!(
+        cad_post(&w, &cad, path, "k1", &body, now - 301, &cad.secret)
+            .await
+            .status(),
+        401
+    );
+    assert_eq!(
+        cad_post(&w, &cad, path, "k1", &body, now + 301, &cad.secret)
+            .await
+            .status(),
+        401
+    );
+    let unknown = Cad {
+        key_id: "cad_0000000000000000".to_owned(),
+        secret: cad.secret.clone(),
+    };
+    assert_eq!(
+        cad_post(&w, &unknown, path, "k1", &body, now, &cad.secret)
+            .await
+            .status(),
+        401
+    );
+    // A signature over another idempotency key does not carry over.
+    let ts = now.to_string();
+    let signature = cad::sign(
+        &cad.secret,
+        &cad::string_to_sign("POST", path, &ts, "k1", &body),
+    );
+    let replayed = w
+        .app
+        .http
+        .post(format!("{}{path}", w.app.address))
+        .header(cad::KEY_ID_HEADER, &cad.key_id)
+        .header(cad::TIMESTAMP_HEADER, &ts)
+        .header(cad::SIGNATURE_HEADER, signature)
+        .header(cad::IDEMPOTENCY_HEADER, "k-other")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replayed.status(), 401);
+    assert_eq!(count().await, 0);
+
+    // First call creates; the retry returns the same response and creates nothing.
+    let first = cad_post(&w, &cad, path, "k1", &body, now, &cad.secret).await;
+    assert_eq!(first.status(), 201);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let first: Value = first.json().await.unwrap();
+    let retry = cad_post(&w, &cad, path, "k1", &body, now + 5, &cad.secret).await;
+    assert_eq!(retry.status(), 201);
+    assert_eq!(retry.headers().get("idempotent-replayed").unwrap(), "true");
+    assert_eq!(retry.json::<Value>().await.unwrap(), first);
+    assert_eq!(count().await, 1);
+    // The same key with another body: conflict.
+    let mut other = body.clone();
+    other.extend_from_slice(b" ");
+    assert_eq!(
+        cad_post(&w, &cad, path, "k1", &other, now, &cad.secret)
+            .await
+            .status(),
+        409
+    );
+    // Another key for the same CAD number: the incident exists.
+    assert_eq!(
+        cad_post(&w, &cad, path, "k2", &body, now, &cad.secret)
+            .await
+            .status(),
+        409
+    );
+    assert_eq!(count().await, 1);
+
+    // CAD closes it, once.
+    let close = "/api/v1/cad/incidents/25-09999/close";
+    let closed = cad_post(&w, &cad, close, "c1", b"", now, &cad.secret).await;
+    assert_eq!(closed.status(), 200);
+    let closed: Value = closed.json().await.unwrap();
+    assert!(closed["closed_at"].is_string());
+    let again = cad_post(&w, &cad, close, "c1", b"", now, &cad.secret).await;
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.json::<Value>().await.unwrap(), closed);
+    let actions = audit_actions(&w).await;
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|(a, _, _)| a == "incident.open")
+            .count(),
+        1
+    );
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|(a, _, _)| a == "incident.close")
+            .count(),
+        1
+    );
+
+    // Only step-up admins create credentials.
+    let (status, _) = call(
+        &w.app,
+        Method::POST,
+        "/api/v1/admin/cad-credentials",
+        Some(&w.dispatcher),
+        Some(json!({ "name": "x" })),
+    )
+    .await;
+    assert_eq!(status, 403);
+}
+
+#[tokio::test]
+async fn rotated_keys_verify_until_retired() {
+    let w = world().await;
+    let issuer = w.key_dir.join(keys::ISSUER_DIR);
+    let client = w.app.pool.get().await.unwrap();
+    let first_kid: String = client
+        .query_one(
+            "SELECT kid FROM signing_keys WHERE municipality_id = $1",
+            &[&w.tenant.id()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&w.key_dir), 0o700);
+        assert_eq!(mode(&issuer), 0o700);
+        assert_eq!(mode(&issuer.join(format!("{first_kid}.pk8"))), 0o600);
+    }
+    // The database holds the public half only (32 bytes), the file the private one.
+    let public: Vec<u8> = client
+        .query_one(
+            "SELECT public_key FROM signing_keys WHERE kid = $1",
+            &[&first_kid],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(public.len(), 32);
+    let mut admin_client = w.app.pool.get().await.unwrap();
+    assert!(matches!(
+        keys::generate(&mut admin_client, w.tenant, &w.key_dir, Utc::now()).await,
+        Err(keys::KeyError::Refused(_))
+    ));
+    drop(client);
+    // The bundle was queued for every lock.
+    assert_eq!(inbox(&w, w.lock).await[0].0, "trust_bundle");
+    assert_eq!(inbox(&w, w.other_lock).await[0].0, "trust_bundle");
+
+    let (_, grant_id) = live_fire_grant(&w).await;
+    let (status, t) = request_token(&w, &w.responder, grant_id, w.lock).await;
+    assert_eq!(status, 201);
+    assert_eq!(t["kid"], json!(first_kid));
+    let old = token_bytes(&t);
+
+    let now = Utc::now();
+    let rotated = keys::rotate(
+        &mut admin_client,
+        w.tenant,
+        &w.key_dir,
+        Duration::hours(1),
+        now,
+    )
+    .await
+    .unwrap();
+    assert_eq!(rotated.retiring.len(), 1);
+    let root = w._tmp.path().join("root.pk8");
+    let overlap_bundle = bundle(&w.app, w.tenant, &root, now).await;
+    assert_eq!(overlap_bundle.version(), 2);
+    let key = w.responder.key.as_ref().unwrap();
+    assert!(
+        tap(&overlap_bundle, w.lock, &old, key, vec![]).is_ok(),
+        "old key still trusted"
+    );
+    let (status, t) = request_token(&w, &w.responder, grant_id, w.lock).await;
+    assert_eq!(status, 201);
+    assert_eq!(t["kid"], json!(rotated.kid), "minting uses the newest key");
+    let new = token_bytes(&t);
+    assert!(tap(&overlap_bundle, w.lock, &new, key, vec![]).is_ok());
+    assert!(
+        tap(&w.bundle, w.lock, &new, key, vec![]).is_err(),
+        "the first bundle does not know it"
+    );
+
+    // After the overlap the old key is retired: left out of the bundle, its file deleted.
+    let later = now + Duration::hours(2);
+    let after = bundle(&w.app, w.tenant, &root, later).await;
+    assert_eq!(after.version(), 3);
+    assert_eq!(
+        tap(&after, w.lock, &old, key, vec![]).unwrap_err(),
+        Refusal::UnknownKey
+    );
+    assert!(tap(&after, w.lock, &new, key, vec![]).is_ok());
+    assert_eq!(
+        keys::prune_retired(&admin_client, w.tenant, &w.key_dir, later)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(!issuer.join(format!("{first_kid}.pk8")).exists());
+    assert_eq!(
+        keys::current_signing_key(&admin_client, w.tenant, &w.key_dir, later)
+            .await
+            .unwrap()
+            .kid,
+        rotated.kid
+    );
+}
