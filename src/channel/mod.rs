@@ -6,8 +6,9 @@
 //! - [`wake`]: which sessions run on this replica, and the `LISTEN` connection that wakes them.
 //! - [`receipts`]: verifying, storing, auditing and mailing about uploaded receipts.
 //! - [`tls`]: the listener's certificate (configured, or a dev CA in the key directory).
-//! - [`sim`]: simulated agents for tests and `firstkey bench`.
+//! - [`sim`]: simulated agents for tests and `firstkey bench`; [`bench`]: the figures it prints.
 
+pub mod bench;
 pub mod inbox;
 pub mod receipts;
 pub mod server;

@@ -839,3 +839,50 @@ async fn receipt_batches_are_idempotent_and_forks_are_refused() {
         .await;
     assert_eq!(audited, 4);
 }
+
+/// Benchmark figures at test scale (`cargo test --test api channel::bench -- --ignored
+/// --nocapture`); `firstkey bench` runs the same hooks at full scale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: prints figures"]
+async fn bench_push_latency_and_idle_memory() {
+    use firstkey::channel::bench::{self, Fleet};
+    let agents: usize = std::env::var("FIRSTKEY_TEST_BENCH_AGENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let world = World::new().await;
+    let replica = world.replica(0).await;
+    let ca = std::fs::read(world.key_dir().join(firstkey::channel::tls::DEV_CA_FILE)).unwrap();
+    let target =
+        firstkey::channel::sim::SimTarget::new(replica.local_addr(), "localhost", &ca).unwrap();
+    let clock = SystemClock;
+    let (memory, mut fleet) = bench::idle_memory(
+        &world.pool,
+        world.tenant,
+        world.property,
+        &target,
+        agents,
+        &clock,
+    )
+    .await
+    .unwrap();
+    println!(
+        "idle agents: {} connected, RSS {} -> {} KiB, {} bytes per agent (client and server ends)",
+        memory.agents,
+        memory.rss_before / 1024,
+        memory.rss_after / 1024,
+        memory.per_agent()
+    );
+    let latency = bench::push_latency(&world.pool, world.tenant, &mut fleet, 1000, &clock)
+        .await
+        .unwrap();
+    println!(
+        "push latency over {} pushes with {} agents: p50 {:?}, p99 {:?}, max {:?}",
+        latency.samples,
+        fleet.connected(),
+        latency.p50,
+        latency.p99,
+        latency.max
+    );
+    let _: &Fleet = &fleet;
+}
