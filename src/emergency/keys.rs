@@ -37,7 +37,7 @@ pub const DEFAULT_OVERLAP: Duration = Duration::hours(24);
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     /// A file or directory of the key directory could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The path.
         path: PathBuf,
