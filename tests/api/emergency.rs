@@ -1122,3 +1122,37 @@ async fn rotated_keys_verify_until_retired() {
         rotated.kid
     );
 }
+
+#[tokio::test]
+async fn a_unit_grant_names_the_units_active_responders() {
+    let w = world().await;
+    let client = w.app.pool.get().await.unwrap();
+    client
+        .execute(
+            "UPDATE users SET unit = 'Engine 7' WHERE id = ANY($1)",
+            &[&vec![w.responder.id, w.responder2.id]],
+        )
+        .await
+        .unwrap();
+    let incident = open_incident(&w, "25-04712", "medical", w.fire).await;
+    let body = |unit: &str| json!({ "property": w.property, "unit": unit, "minutes": 15, "justification": "Fall, no answer" });
+    let (status, g) = grant(&w, incident, &w.dispatcher, body("Engine 7")).await;
+    assert_eq!(status, 201, "{g}");
+    assert_eq!(g["unit"], "Engine 7");
+    let mut expected = vec![w.responder.id, w.responder2.id];
+    expected.sort();
+    assert_eq!(g["responders"], json!(expected));
+    let grant_id: Uuid = g["id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        request_token(&w, &w.responder2, grant_id, w.lock).await.0,
+        201
+    );
+    // A unit with nobody in it, or both a unit and names: refused.
+    assert_eq!(
+        grant(&w, incident, &w.dispatcher, body("Ladder 9")).await.0,
+        400
+    );
+    let mut both = body("Engine 7");
+    both["responders"] = json!([w.responder.id]);
+    assert_eq!(grant(&w, incident, &w.dispatcher, both).await.0, 400);
+}
