@@ -593,7 +593,9 @@ async fn session(shared: &Shared, tcp: TcpStream) -> Result<(), SessionError> {
                     bundle_version,
                     time_floor,
                 );
-                if last_status != Some(status)
+                // The time floor moves with every report; only a change of battery or bundle
+                // (or the interval) is worth a write, so 100k idle agents stay cheap.
+                if last_status.map(|(b, v, _)| (b, v)) != Some((status.0, status.1))
                     || status_written.elapsed() >= opts.status_write_interval
                 {
                     record_status(shared, lock.id, status).await?;
