@@ -110,6 +110,15 @@ pub enum AdminCommand {
         #[arg(long)]
         name: String,
     },
+    /// Admit a security-key maker for a municipality: adds a PEM attestation CA to its list (beside
+    /// the shipped strict list), e.g. before the first admin enrols a key of another make.
+    TrustCa {
+        /// Municipality slug.
+        #[arg(long)]
+        municipality: String,
+        /// PEM file with the CA certificate.
+        pem: PathBuf,
+    },
 }
 
 /// `firstkey policy …`
@@ -277,6 +286,29 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Keys(command) => {
             server::migrate_with_patience(&database.pool, Duration::from_secs(60)).await?;
             run_keys(command, &settings, &database.pool).await
+        }
+        Command::Admin(AdminCommand::TrustCa { municipality, pem }) => {
+            let slug = crate::domain::Slug::parse(&municipality)?;
+            let text = std::fs::read_to_string(&pem)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", pem.display()))?;
+            server::migrate_with_patience(&database.pool, Duration::from_secs(60)).await?;
+            let mut client = database.pool.get().await.map_err(store::StoreError::from)?;
+            let tx = client
+                .transaction()
+                .await
+                .map_err(store::StoreError::from)?;
+            let (tenant, _) = store::tenancy::municipality_by_slug(&tx, &slug).await?;
+            let ca = crate::auth::webauthn::add_attestation_ca(
+                &tx,
+                tenant,
+                &text,
+                None,
+                SystemClock.now(),
+            )
+            .await?;
+            tx.commit().await.map_err(store::StoreError::from)?;
+            println!("{slug} now admits security keys attested by {ca:?}");
+            Ok(())
         }
         Command::Openapi | Command::Policy(_) => Ok(()),
     }

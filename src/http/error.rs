@@ -69,7 +69,11 @@ impl ApiError {
                 Some("this action needs a WebAuthn assertion from the last few minutes".to_owned()),
             ),
             Self::Forbidden => ("forbidden", "Not allowed", None),
-            Self::TooManyRequests { .. } => ("too-many-requests", "Too many attempts; try again later", None),
+            Self::TooManyRequests { .. } => (
+                "too-many-requests",
+                "Too many attempts; try again later",
+                None,
+            ),
             Self::NotFound => ("not-found", "No such resource", None),
             Self::Conflict(d) => (
                 "conflict",

@@ -1,5 +1,10 @@
 //! The server's black-box test binary: one binary, one module per area.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 // The server under test runs on the system clock, so the tests read it too.
 #![allow(clippy::disallowed_methods)]
 
