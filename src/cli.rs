@@ -34,9 +34,11 @@ pub enum Command {
     Serve,
     /// Apply pending database migrations and exit. Running it again is a no-op.
     Migrate,
-    /// Serve with a seeded demo municipality (agencies and one user of each role), printing where to go.
+    /// The whole story in one command: server, a simulated lock agent over TLS, a local SMTP sink
+    /// (mail lands in .firstkey/demo/mail); homeowner plan → dispatcher grant → responder token →
+    /// push to the lock → tap → door opens → receipt → mail, each step timed; then keeps serving.
     Demo {
-        /// Seed and check the server answers, then exit instead of serving.
+        /// Walk the story once and exit (non-zero if any step fails) instead of serving afterwards.
         #[arg(long)]
         once: bool,
     },
@@ -215,48 +217,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             server::migrate_with_patience(&database.pool, Duration::from_secs(60)).await?;
             server::serve(settings, database, |_| {}).await
         }
-        Command::Demo { once } => {
-            server::migrate_with_patience(&database.pool, Duration::from_secs(60)).await?;
-            let world = demo::seed(&database.pool, SystemClock.now()).await?;
-            let origin = settings.public_origin.as_str().to_owned();
-            let description = database.description.clone();
-            let slug = world.slug.clone();
-            let users = world.users.clone();
-            let print = move |app: &crate::http::Application| {
-                println!("firstkey demo is running");
-                println!("  database:     {description}");
-                println!("  listening:    {}://{}", app.scheme(), app.local_addr());
-                println!("  public origin {origin}");
-                println!("  municipality: {slug}");
-                for (role, email) in &users {
-                    println!("  {:<16} {email}", role.as_str());
-                }
-                println!("  try: curl {}://{}/readyz", app.scheme(), app.local_addr());
-                println!(
-                    "       curl {}://{}/api/openapi.json",
-                    app.scheme(),
-                    app.local_addr()
-                );
-            };
-            if once {
-                let pool = database.pool.clone();
-                match store::readiness(&pool).await {
-                    store::Readiness::Ready => {
-                        println!(
-                            "firstkey demo: seeded municipality {} in {}",
-                            world.slug, database.description
-                        );
-                        for (role, email) in &world.users {
-                            println!("  {:<16} {email}", role.as_str());
-                        }
-                        Ok(())
-                    }
-                    other => anyhow::bail!("database not ready after seeding: {other:?}"),
-                }
-            } else {
-                server::serve(settings, database, print).await
-            }
-        }
+        Command::Demo { once } => demo::run(settings, database, once).await,
         Command::Admin(AdminCommand::Create {
             municipality,
             municipality_name,

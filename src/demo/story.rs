@@ -1,0 +1,658 @@
+//! The whole emergency-entry story, walked through the real server by real clients: the JSON API
+//! over HTTP with WebAuthn ceremonies from software security keys, a `firstkey-agent` process on
+//! the lock side over TLS, and mail through SMTP into the demo's sink folder.
+//!
+//! homeowner signs up and writes the plan → lock is provisioned and paired → staff enrol security
+//! keys → dispatcher opens an incident and grants entry → responder gets a token → the token is
+//! pushed to the lock → tap → door opens → receipt reaches the server → the homeowner is mailed.
+
+// Indexing a `serde_json::Value` by key yields `Null` for a missing key; it never panics.
+#![allow(clippy::indexing_slicing)]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
+use ring::signature::KeyPair;
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+use uuid::Uuid;
+
+use super::softkey::SoftSecurityKey;
+use crate::audit::{self, ChainCheck};
+use crate::domain::{AgencyKind, Email};
+use crate::emergency::keys;
+use crate::notify::sink;
+use crate::store::{StoreError, Tenant, tenancy};
+
+/// Where the story runs.
+pub struct Stage {
+    /// `http://host:port` of the running server.
+    pub base: String,
+    /// The server's public origin (WebAuthn origin of the soft keys).
+    pub origin: String,
+    /// The database, for the operator steps (keys, bootstrap) and for waiting on effects.
+    pub pool: Pool,
+    /// The demo municipality.
+    pub tenant: Tenant,
+    /// Its slug.
+    pub slug: String,
+    /// The server's key directory (issuer keys, agent-channel CA).
+    pub key_dir: PathBuf,
+    /// Address of the agent channel.
+    pub agent_addr: std::net::SocketAddr,
+    /// The SMTP sink's folder.
+    pub mail_dir: PathBuf,
+    /// Scratch directory for this run (lock state, token and key files).
+    pub work_dir: PathBuf,
+}
+
+/// What the story leaves running.
+pub struct Ending {
+    /// The lock agent process (killed on drop).
+    pub agent: Child,
+    /// The lock's state directory.
+    pub lock_dir: PathBuf,
+}
+
+struct Narrator {
+    started: Instant,
+    last: Instant,
+    step: u32,
+}
+
+impl Narrator {
+    fn new() -> Self {
+        let now = Instant::now();
+        Self {
+            started: now,
+            last: now,
+            step: 0,
+        }
+    }
+
+    fn say(&mut self, what: impl AsRef<str>) {
+        self.step = self.step.saturating_add(1);
+        let now = Instant::now();
+        println!(
+            "[{:>2}] {:>8.1} ms  (+{:>7.1} ms)  {}",
+            self.step,
+            now.duration_since(self.started).as_secs_f64() * 1000.0,
+            now.duration_since(self.last).as_secs_f64() * 1000.0,
+            what.as_ref()
+        );
+        self.last = now;
+    }
+}
+
+struct Http {
+    client: reqwest::Client,
+    base: String,
+    origin: String,
+}
+
+impl Http {
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        cookie: Option<&str>,
+    ) -> anyhow::Result<(u16, Value, Option<String>)> {
+        let mut request = self
+            .client
+            .request(method.clone(), format!("{}{path}", self.base))
+            .header("Origin", &self.origin);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        if let Some(cookie) = cookie {
+            request = request.header("Cookie", cookie);
+        }
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("{method} {path}"))?;
+        let status = response.status().as_u16();
+        let cookie = response
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|v| v.starts_with(crate::auth::session::COOKIE) && !v.contains("=;"))
+            .and_then(|v| v.split(';').next())
+            .map(str::to_owned);
+        let text = response.text().await?;
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Ok((status, value, cookie))
+    }
+
+    async fn expect(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        cookie: Option<&str>,
+    ) -> anyhow::Result<(Value, Option<String>)> {
+        let (status, value, cookie) = self.send(method.clone(), path, body, cookie).await?;
+        if !(200..300).contains(&status) {
+            bail!("{method} {path} answered {status}: {value}");
+        }
+        Ok((value, cookie))
+    }
+
+    async fn post(&self, path: &str, body: &Value, cookie: Option<&str>) -> anyhow::Result<Value> {
+        Ok(self
+            .expect(reqwest::Method::POST, path, Some(body), cookie)
+            .await?
+            .0)
+    }
+
+    /// Runs an enrolment ceremony (`{base}/start` then `{base}/finish`); returns the session cookie.
+    async fn enrol(
+        &self,
+        base: &str,
+        secret: &str,
+        key: &mut SoftSecurityKey,
+    ) -> anyhow::Result<String> {
+        let start = self
+            .post(&format!("{base}/start"), &json!({ "secret": secret }), None)
+            .await?;
+        let credential = key.register(&start["options"])?;
+        let (_, cookie) = self
+            .expect(
+                reqwest::Method::POST,
+                &format!("{base}/finish"),
+                Some(&json!({ "ceremony": start["ceremony"], "credential": credential })),
+                None,
+            )
+            .await?;
+        cookie.ok_or_else(|| anyhow!("{base}/finish set no session cookie"))
+    }
+}
+
+/// Waits until `check` yields a value, polling every 50 ms, for at most `limit`.
+async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await? {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The secret of the newest link mailed to `to` (the text after `#`), read from the sink folder.
+async fn mailed_link_secret(mail_dir: &Path, to: &str) -> anyhow::Result<String> {
+    wait_for(
+        &format!("the mail to {to}"),
+        Duration::from_secs(20),
+        || async {
+            let messages = sink::messages(mail_dir).unwrap_or_default();
+            Ok(messages
+                .iter()
+                .rev()
+                .filter(|m| m.lines().next().is_some_and(|l| l.contains(to)))
+                .find_map(|m| {
+                    // Undo quoted-printable soft line breaks (RFC 2045 §6.7) before reading the link.
+                    let m = m.replace("=\r\n", "").replace("=\n", "");
+                    let (_, after) = m.split_once('#')?;
+                    let secret: String = after
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+                        .collect();
+                    (secret.len() >= 20).then_some(secret)
+                }))
+        },
+    )
+    .await
+}
+
+/// Locates the `firstkey-agent` binary next to this one; under `cargo run`, builds it if missing.
+pub async fn agent_binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .ok_or_else(|| anyhow!("no directory for {}", exe.display()))?;
+    let candidates = [dir.join("firstkey-agent"), dir.join("../firstkey-agent")];
+    if let Some(found) = candidates.iter().find(|p| p.is_file()) {
+        return Ok(found.clone());
+    }
+    if let Ok(cargo) = std::env::var("CARGO") {
+        println!("building the lock agent (cargo build -p firstkey-agent) …");
+        let status = Command::new(cargo)
+            .args(["build", "-q", "-p", "firstkey-agent"])
+            .status()
+            .await?;
+        if status.success()
+            && let Some(found) = candidates.iter().find(|p| p.is_file())
+        {
+            return Ok(found.clone());
+        }
+    }
+    bail!(
+        "the lock agent binary `firstkey-agent` is not next to {}; build it with `cargo build -p firstkey-agent`",
+        exe.display()
+    )
+}
+
+fn write_secret_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    keys::write_private_file(path, bytes).map_err(|e| anyhow!("{e}"))
+}
+
+/// Runs the story; returns the lock agent, still running.
+pub async fn run(stage: &Stage, now: DateTime<Utc>) -> anyhow::Result<Ending> {
+    let run_id = Uuid::new_v4().simple().to_string();
+    let short = run_id.get(..8).unwrap_or("demo");
+    let http = Http {
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()?,
+        base: stage.base.clone(),
+        origin: stage.origin.clone(),
+    };
+    let mut n = Narrator::new();
+    std::fs::create_dir_all(&stage.work_dir)?;
+    let pool = &stage.pool;
+    let tenant = stage.tenant;
+
+    // --- The municipality's keys (operator, offline root key in a file).
+    let root_path = stage.key_dir.join("demo-root.pk8");
+    if !root_path.exists() {
+        keys::root_generate(&root_path).map_err(|e| anyhow!("{e}"))?;
+    }
+    let root = keys::load_pair(&root_path).map_err(|e| anyhow!("{e}"))?;
+    let mut client = pool.get().await.map_err(StoreError::from)?;
+    match keys::generate(&mut client, tenant, &stage.key_dir, now).await {
+        Ok(_) | Err(keys::KeyError::Refused(_)) => {}
+        Err(e) => return Err(anyhow!("{e}")),
+    }
+    let rp_id = "localhost";
+    let bundle = keys::bundle(&mut client, tenant, &root, rp_id, now)
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    let bundle_path = stage.work_dir.join("bundle.cbor");
+    std::fs::write(&bundle_path, &bundle.bytes)?;
+    n.say(format!(
+        "operator: issuer key ready, trust bundle v{} signed with the offline root key",
+        bundle.version
+    ));
+
+    // --- Homeowner: sign up, verify by mail, enrol a passkey, register the home, write the plan.
+    let home_email = format!("harper+{short}@demo-city.example");
+    http.post(
+        "/api/v1/accounts/sign-up",
+        &json!({ "municipality": stage.slug, "email": home_email, "display_name": "Harper Homeowner" }),
+        None,
+    )
+    .await?;
+    let secret = mailed_link_secret(&stage.mail_dir, &home_email).await?;
+    let mut home_key = SoftSecurityKey::new(&stage.origin)?;
+    let home = http
+        .enrol("/api/v1/accounts/verify", &secret, &mut home_key)
+        .await?;
+    n.say(format!(
+        "homeowner {home_email}: signed up, verified by mail, enrolled a passkey"
+    ));
+    let address = format!(
+        "{} Elm Street",
+        100 + u32::from(short.as_bytes().first().copied().unwrap_or(0) % 100)
+    );
+    let property = http
+        .post(
+            "/api/v1/properties",
+            &json!({ "address": address }),
+            Some(&home),
+        )
+        .await?;
+    let property_id = property["id"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no property id"))?
+        .to_owned();
+    let plan = json!({
+        "agencies": {
+            "fire": { "allowed": true, "incident_types": ["fire", "medical"] },
+            "ems": { "allowed": true, "incident_types": ["medical"] },
+            "police": { "allowed": false }
+        },
+        "max_grant_minutes": 60,
+        "notes": { "pets": "Friendly dog, Biscuit", "medical_equipment": "Home oxygen in the bedroom" },
+        "contacts": [{ "name": "Sam Neighbour", "email": format!("sam+{short}@demo-city.example") }],
+        "notifications": { "homeowner": true, "contacts": true },
+        "retention_days": 365
+    });
+    let (version, _) = http
+        .expect(
+            reqwest::Method::PUT,
+            &format!("/api/v1/properties/{property_id}/plan"),
+            Some(&plan),
+            Some(&home),
+        )
+        .await?;
+    n.say(format!(
+        "homeowner: registered {address} and wrote access plan v{}",
+        version["version"]
+    ));
+
+    // --- The lock: provision the agent, register it with the printed pairing code, run it.
+    let agent = agent_binary().await?;
+    let lock_id = Uuid::new_v4();
+    let lock_dir = stage.work_dir.join(format!("lock-{short}"));
+    let ca = stage.key_dir.join("agent-ca.pem");
+    let init = Command::new(&agent)
+        .arg("init")
+        .arg("--state-dir")
+        .arg(&lock_dir)
+        .args(["--lock-id", &lock_id.to_string()])
+        .args([
+            "--root-public-key",
+            &hex::encode(root.public_key().as_ref()),
+        ])
+        .arg("--trust-bundle")
+        .arg(&bundle_path)
+        .args([
+            "--server",
+            &stage.agent_addr.to_string(),
+            "--server-name",
+            "localhost",
+        ])
+        .arg("--server-ca")
+        .arg(&ca)
+        .args(["--hold-ms", "3000"])
+        .output()
+        .await?;
+    if !init.status.success() {
+        bail!(
+            "firstkey-agent init failed: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+    }
+    let printed = String::from_utf8_lossy(&init.stdout);
+    let code = printed
+        .lines()
+        .find(|l| l.contains("pairing code:"))
+        .and_then(|l| l.split_whitespace().last())
+        .ok_or_else(|| anyhow!("firstkey-agent init printed no pairing code"))?
+        .to_owned();
+    http.post(
+        &format!("/api/v1/properties/{property_id}/locks"),
+        &json!({ "lock_id": lock_id, "name": "Front door", "pairing_code": code }),
+        Some(&home),
+    )
+    .await?;
+    let log = std::fs::File::create(stage.work_dir.join(format!("lock-{short}.log")))?;
+    let agent_process = Command::new(&agent)
+        .arg("run")
+        .arg("--state-dir")
+        .arg(&lock_dir)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()?;
+    wait_for(
+        "the lock to pair over its TLS channel",
+        Duration::from_secs(30),
+        || async {
+            let client = pool.get().await.map_err(StoreError::from)?;
+            let row = client
+                .query_one("SELECT pairing_state FROM locks WHERE id = $1", &[&lock_id])
+                .await?;
+            Ok((row.get::<_, String>(0) == "paired").then_some(()))
+        },
+    )
+    .await?;
+    n.say(format!(
+        "lock {lock_id}: agent provisioned, homeowner typed its pairing code, agent proved its device key over TLS: paired"
+    ));
+
+    // --- Staff: the admin bootstraps, enrols a security key, invites a dispatcher and a responder.
+    let ems =
+        tenancy::ensure_agency(&client, tenant, AgencyKind::Ems, "Demo City EMS", now).await?;
+    let fire = tenancy::ensure_agency(
+        &client,
+        tenant,
+        AgencyKind::Fire,
+        "Demo City Fire Department",
+        now,
+    )
+    .await?;
+    let mut admin_key = SoftSecurityKey::new(&stage.origin)?;
+    let mut dispatch_key = SoftSecurityKey::new(&stage.origin)?;
+    let mut responder_key = SoftSecurityKey::new(&stage.origin)?;
+    let admin_email = format!("avery+{short}@demo-city.example");
+    let invite_secret = {
+        let tx = client.transaction().await.map_err(StoreError::from)?;
+        for key in [&admin_key, &dispatch_key, &responder_key] {
+            crate::auth::webauthn::add_attestation_ca(&tx, tenant, key.ca_pem(), None, now)
+                .await
+                .map_err(|e| anyhow!("{e}"))?;
+        }
+        let email = Email::parse(&admin_email)?;
+        let (_, secret) =
+            crate::auth::accounts::bootstrap_admin(&tx, tenant, &email, "Avery Admin", now)
+                .await
+                .map_err(|e| anyhow!("{e}"))?;
+        tx.commit().await.map_err(StoreError::from)?;
+        secret.expose().to_owned()
+    };
+    let admin = http
+        .enrol("/api/v1/invitations/accept", &invite_secret, &mut admin_key)
+        .await?;
+    let mut staff = Vec::new();
+    for (role, email, name, agency, key) in [
+        (
+            "dispatcher",
+            format!("dana+{short}@demo-city.example"),
+            "Dana Dispatcher",
+            ems.id,
+            &mut dispatch_key,
+        ),
+        (
+            "responder",
+            format!("engine7+{short}@demo-city.example"),
+            "Engine 7",
+            fire.id,
+            &mut responder_key,
+        ),
+    ] {
+        http.post(
+            "/api/v1/invitations",
+            &json!({ "role": role, "agency_id": agency, "email": email, "display_name": name }),
+            Some(&admin),
+        )
+        .await?;
+        let secret = mailed_link_secret(&stage.mail_dir, &email).await?;
+        staff.push(
+            http.enrol("/api/v1/invitations/accept", &secret, key)
+                .await?,
+        );
+    }
+    let (dispatcher, responder) = match staff.as_slice() {
+        [d, r] => (d.clone(), r.clone()),
+        _ => bail!("staff enrolment incomplete"),
+    };
+    let (me, _) = http
+        .expect(reqwest::Method::GET, "/api/v1/me", None, Some(&responder))
+        .await?;
+    let responder_id = me["user_id"].clone();
+    n.say("admin enrolled a security key and invited a dispatcher (EMS) and a responder (Engine 7); both enrolled keys");
+
+    // --- Dispatcher: incident and grant (the policy decides; the homeowner is mailed).
+    let cad = format!("26-{}", &short.get(..5).unwrap_or("00000"));
+    let incident = http
+        .post(
+            "/api/v1/incidents",
+            &json!({ "cad_number": cad, "kind": "medical", "address": address, "agency": fire.id }),
+            Some(&dispatcher),
+        )
+        .await?;
+    let incident_id = incident["id"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no incident id"))?
+        .to_owned();
+    let grant = http
+        .post(
+            &format!("/api/v1/incidents/{incident_id}/grants"),
+            &json!({
+                "property": property_id,
+                "responders": [responder_id],
+                "minutes": 30,
+                "justification": "Caller unresponsive behind a locked door; neighbour reports oxygen in use"
+            }),
+            Some(&dispatcher),
+        )
+        .await?;
+    let grant_id = grant["id"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no grant id: {grant}"))?
+        .to_owned();
+    n.say(format!(
+        "dispatcher opened incident {cad} and granted Engine 7 entry for 30 min (status {}, policy {})",
+        grant["status"],
+        grant["policy_set_hash"].as_str().map(|h| h.get(..12).unwrap_or(h)).unwrap_or("?")
+    ));
+
+    // --- Responder: a token for the front door, bound to the security key just used.
+    let issued = http
+        .post(
+            "/api/v1/tokens",
+            &json!({ "grant": grant_id, "lock": lock_id }),
+            Some(&responder),
+        )
+        .await?;
+    let token = URL_SAFE_NO_PAD
+        .decode(
+            issued["token"]
+                .as_str()
+                .ok_or_else(|| anyhow!("no token"))?,
+        )
+        .context("token is base64url")?;
+    let token_path = stage.work_dir.join(format!("token-{short}.cbor"));
+    let key_path = stage.work_dir.join(format!("responder-{short}.pk8"));
+    write_secret_file(&token_path, &token)?;
+    write_secret_file(&key_path, responder_key.credential_pkcs8())?;
+    n.say(format!(
+        "responder got a {}-byte token for the front door, expiring {}",
+        token.len(),
+        issued["expires_at"].as_str().unwrap_or("?")
+    ));
+    let token_id = issued["token_id"].as_str().unwrap_or_default().to_owned();
+    let cti = hex::decode(&token_id).unwrap_or_default();
+    wait_for(
+        "the lock to acknowledge the token",
+        Duration::from_secs(20),
+        || async {
+            let client = pool.get().await.map_err(StoreError::from)?;
+            let row = client
+                .query_one("SELECT status FROM issued_tokens WHERE cti = $1", &[&cti])
+                .await?;
+            let status: String = row.get(0);
+            Ok((status != "issued").then_some(()))
+        },
+    )
+    .await?;
+    n.say("token pushed to the lock over its TLS channel and acknowledged");
+
+    // --- At the door.
+    let tap = Command::new(&agent)
+        .arg("tap")
+        .arg("--state-dir")
+        .arg(&lock_dir)
+        .arg("--token")
+        .arg(&token_path)
+        .arg("--key")
+        .arg(&key_path)
+        .args(["--rp-id", rp_id])
+        .output()
+        .await?;
+    if !tap.status.success() {
+        bail!(
+            "the door did not open: {}{}",
+            String::from_utf8_lossy(&tap.stdout),
+            String::from_utf8_lossy(&tap.stderr)
+        );
+    }
+    n.say("tap: challenge → token + security-key proof → ALLOW; the door is open for 3 s");
+    let replay = Command::new(&agent)
+        .arg("tap")
+        .arg("--state-dir")
+        .arg(&lock_dir)
+        .arg("--token")
+        .arg(&token_path)
+        .arg("--key")
+        .arg(&key_path)
+        .args(["--rp-id", rp_id])
+        .output()
+        .await?;
+    n.say(format!(
+        "the same token tapped again: {}",
+        if replay.status.success() {
+            "ALLOW (unexpected!)"
+        } else {
+            "DENY (single use)"
+        }
+    ));
+
+    // --- Back at the server: receipts, audit, mail.
+    wait_for(
+        "the lock's receipts to reach the server",
+        Duration::from_secs(30),
+        || async {
+            let client = pool.get().await.map_err(StoreError::from)?;
+            let row = client
+                .query_one(
+                    "SELECT count(*) FROM receipts WHERE lock_id = $1",
+                    &[&lock_id],
+                )
+                .await?;
+            Ok((row.get::<_, i64>(0) >= 2).then_some(()))
+        },
+    )
+    .await?;
+    n.say("signed receipts (allow, then deny: replayed) uploaded, verified against the chain, audited");
+    let opened_mail = wait_for("the door-opened mail", Duration::from_secs(20), || async {
+        Ok(sink::messages(&stage.mail_dir)
+            .unwrap_or_default()
+            .into_iter()
+            .rev()
+            .find(|m| {
+                m.lines().next().is_some_and(|l| l.contains(&home_email))
+                    && m.to_lowercase().contains("opened")
+            }))
+    })
+    .await?;
+    let subject = opened_mail
+        .lines()
+        .find(|l| l.starts_with("Subject:"))
+        .unwrap_or("Subject: (none)")
+        .to_owned();
+    n.say(format!(
+        "mail to {home_email}: {}",
+        subject.trim_start_matches("Subject: ")
+    ));
+    let client = pool.get().await.map_err(StoreError::from)?;
+    match audit::verify_chain(&client, tenant).await? {
+        ChainCheck::Intact { entries, head } => n.say(format!(
+            "audit log of {}: {entries} entries, chain intact, head {}",
+            stage.slug,
+            head.get(..16).unwrap_or(&head)
+        )),
+        ChainCheck::Broken { seq } => bail!("audit chain broken at entry {seq}"),
+    }
+    Ok(Ending {
+        agent: agent_process,
+        lock_dir,
+    })
+}
