@@ -156,6 +156,25 @@ pub async fn run(
         work_dir: demo_dir.clone(),
     };
     let outcome = story::run(&stage, clock.now()).await;
+    if outcome.is_ok() {
+        // Let the outbox worker deliver what the last steps queued before the run ends.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while std::time::Instant::now() < deadline {
+            let client = database.pool.get().await.map_err(StoreError::from)?;
+            let pending: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM notification_outbox WHERE sent_at IS NULL",
+                    &[],
+                )
+                .await
+                .map_err(StoreError::from)?
+                .get(0);
+            if pending == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
     match &outcome {
         Ok(_) => println!("the story is complete."),
         Err(e) => eprintln!("firstkey demo: the story stopped: {e:#}"),

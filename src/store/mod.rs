@@ -106,6 +106,16 @@ pub fn latest_migration() -> i32 {
         .unwrap_or(0)
 }
 
+/// A fingerprint of the migrations compiled into this binary (versions, names, checksums), so
+/// tooling can tell which schema a database built by this binary has.
+pub fn migrations_fingerprint() -> String {
+    let mut text = String::new();
+    for m in migrations::runner().get_migrations() {
+        text.push_str(&format!("{}:{}:{};", m.version(), m.name(), m.checksum()));
+    }
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, text.as_bytes()).as_ref())
+}
+
 /// Why the store is not ready to serve.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Readiness {

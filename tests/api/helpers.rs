@@ -49,17 +49,8 @@ async fn template() -> &'static str {
     static TEMPLATE: OnceCell<String> = OnceCell::const_new();
     TEMPLATE
         .get_or_init(|| async {
-            let mut schema = Vec::new();
-            let mut files: Vec<_> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/sql"))
-                .unwrap()
-                .map(|e| e.unwrap().path())
-                .collect();
-            files.sort();
-            for f in files {
-                schema.extend(std::fs::read(f).unwrap());
-            }
-            let digest = ring::digest::digest(&ring::digest::SHA256, &schema);
-            let name = format!("fk_tpl_{}", &hex::encode(digest.as_ref())[..12]);
+            // Keyed by what this binary embeds (build.rs makes cargo rebuild when sql/ changes).
+            let name = format!("fk_tpl_{}", &firstkey::store::migrations_fingerprint()[..12]);
             // Leftovers of earlier runs: databases whose test process is gone (the name carries its pid).
             let (client, connection) = admin_config().connect(NoTls).await.unwrap();
             let task = tokio::spawn(connection);

@@ -19,4 +19,5 @@ mod mail;
 mod migrations;
 mod openapi;
 mod startup;
+mod story;
 mod tenancy;
