@@ -44,6 +44,25 @@ pub enum Command {
     },
     /// Print the OpenAPI 3.1 document of the JSON API to standard output.
     Openapi,
+    /// Measure the emergency-entry figures (push latency, issuance throughput, memory per agent) on a
+    /// scratch database and print them with their baselines. Not a test: nothing is asserted.
+    Bench {
+        /// Simulated agents connected while timing token pushes.
+        #[arg(long, default_value_t = 1000)]
+        latency_agents: usize,
+        /// Token requests timed for push latency.
+        #[arg(long, default_value_t = 1000)]
+        pushes: usize,
+        /// Concurrent responders for issuance throughput.
+        #[arg(long, default_value_t = 32)]
+        responders: usize,
+        /// Seconds each throughput measurement runs.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Idle agents for the memory-per-connection figure.
+        #[arg(long, default_value_t = 10_000)]
+        idle_agents: usize,
+    },
     /// Administer accounts.
     #[command(subcommand)]
     Admin(AdminCommand),
@@ -218,6 +237,23 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             server::serve(settings, database, |_| {}).await
         }
         Command::Demo { once } => demo::run(settings, database, once).await,
+        Command::Bench {
+            latency_agents,
+            pushes,
+            responders,
+            seconds,
+            idle_agents,
+        } => {
+            let options = crate::bench::BenchOptions {
+                latency_agents,
+                pushes,
+                responders,
+                duration: Duration::from_secs(seconds),
+                idle_agents,
+            };
+            let config = database.config.clone();
+            crate::bench::run(settings, config, options).await
+        }
         Command::Admin(AdminCommand::Create {
             municipality,
             municipality_name,

@@ -18,6 +18,7 @@
 pub mod access;
 pub mod audit;
 pub mod auth;
+pub mod bench;
 pub mod channel;
 pub mod cli;
 pub mod clock;

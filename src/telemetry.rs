@@ -11,7 +11,7 @@ use crate::settings::LogFormat;
 /// is harmless (the second call does nothing).
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,refinery_core=warn,tokio_postgres=warn"));
+        .unwrap_or_else(|_| EnvFilter::new("info,refinery_core=warn,tokio_postgres=error"));
     let registry = tracing_subscriber::registry().with(filter);
     let _ = match format {
         LogFormat::Json => registry

@@ -107,6 +107,20 @@ impl Fleet {
     }
 
     /// Number of agents still connected.
+    /// Waits for the next delivery to `lock` (others are discarded); when it arrived, or `None` on
+    /// timeout.
+    pub async fn next_delivery_for(&mut self, lock: Uuid, timeout: Duration) -> Option<Instant> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.deliveries.recv()).await {
+                Ok(Some(d)) if d.lock == lock => return Some(d.at),
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    }
+
+    /// Connected agents.
     pub fn connected(&self) -> usize {
         self.connections.iter().filter(|c| c.is_connected()).count()
     }

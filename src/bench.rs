@@ -1,0 +1,549 @@
+//! `firstkey bench`: the emergency-entry figures, measured in one run on loopback against a scratch
+//! database (created, migrated, dropped), each printed with the baseline it is compared to:
+//!
+//! (a) push latency — from a responder's token request (HTTP, policy, mint, audit, inbox, commit)
+//!     to the simulated agent receiving and acknowledging that token — p50/p99 over many requests
+//!     with many agents connected over TLS;
+//! (b) token issuance throughput with concurrent responders, each issuance including a fresh
+//!     WebAuthn assertion (step-up ceremony) and the issuing transaction, as a ratio to a plain
+//!     single-INSERT transaction rate with the same concurrency on the same database;
+//! (c) memory per idle connected agent: RSS growth of this process divided by N. The simulated
+//!     agents run in this process too, so the figure includes both ends of each connection and is
+//!     an upper bound for the server alone.
+//!
+//! A figure is never asserted here; targets are printed beside the measurements.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use chrono::Utc;
+use deadpool_postgres::Pool;
+use serde_json::{Value, json};
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+use crate::channel::bench::{self as channel_bench, Fleet};
+use crate::channel::sim::SimTarget;
+use crate::clock::{Clock, SystemClock};
+use crate::demo::softkey::SoftSecurityKey;
+use crate::domain::{AgencyKind, Email, Role, Slug};
+use crate::settings::Settings;
+use crate::store::{self, StoreError, Tenant};
+
+/// What to measure.
+#[derive(Debug, Clone, Copy)]
+pub struct BenchOptions {
+    /// Agents connected while measuring push latency.
+    pub latency_agents: usize,
+    /// Token requests timed for push latency.
+    pub pushes: usize,
+    /// Concurrent responders for the issuance throughput.
+    pub responders: usize,
+    /// How long each throughput measurement runs.
+    pub duration: Duration,
+    /// Idle agents for the memory figure.
+    pub idle_agents: usize,
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    origin: String,
+}
+
+impl Client {
+    async fn post(
+        &self,
+        path: &str,
+        body: &Value,
+        cookie: Option<&str>,
+    ) -> anyhow::Result<(Value, Option<String>)> {
+        let mut request = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("Origin", &self.origin)
+            .json(body);
+        if let Some(c) = cookie {
+            request = request.header("Cookie", c);
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        let cookie = response
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|v| v.starts_with(crate::auth::session::COOKIE) && !v.contains("=;"))
+            .and_then(|v| v.split(';').next())
+            .map(str::to_owned);
+        let value: Value = response.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!("POST {path}: {status} {value}");
+        }
+        Ok((value, cookie))
+    }
+
+    async fn enrol(&self, secret: &str, key: &mut SoftSecurityKey) -> anyhow::Result<String> {
+        let (start, _) = self
+            .post(
+                "/api/v1/invitations/accept/start",
+                &json!({ "secret": secret }),
+                None,
+            )
+            .await?;
+        let credential = key.register(start.get("options").unwrap_or(&Value::Null))?;
+        let (_, cookie) = self
+            .post(
+                "/api/v1/invitations/accept/finish",
+                &json!({ "ceremony": start.get("ceremony"), "credential": credential }),
+                None,
+            )
+            .await?;
+        cookie.ok_or_else(|| anyhow!("enrolment set no cookie"))
+    }
+
+    async fn step_up(&self, cookie: &str, key: &mut SoftSecurityKey) -> anyhow::Result<()> {
+        let (start, _) = self
+            .post("/api/v1/auth/step-up/start", &json!({}), Some(cookie))
+            .await?;
+        let credential = key.assert(start.get("options").unwrap_or(&Value::Null))?;
+        self.post(
+            "/api/v1/auth/step-up/finish",
+            &json!({ "ceremony": start.get("ceremony"), "credential": credential }),
+            Some(cookie),
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+struct Staff {
+    cookie: String,
+    key: SoftSecurityKey,
+    id: Uuid,
+}
+
+/// Runs every measurement and prints the figures.
+pub async fn run(
+    mut settings: Settings,
+    server: tokio_postgres::Config,
+    options: BenchOptions,
+) -> anyhow::Result<()> {
+    raise_file_limit(
+        options
+            .idle_agents
+            .saturating_add(options.latency_agents)
+            .saturating_mul(2)
+            + 4096,
+    );
+    // A scratch database on the same server.
+    let name = format!("firstkey_bench_{}", std::process::id());
+    admin(&server, &format!("DROP DATABASE IF EXISTS {name}")).await?;
+    admin(&server, &format!("CREATE DATABASE {name}")).await?;
+    let result = async {
+        let mut config = server.clone();
+        config.dbname(&name);
+        let pool = store::pool(config.clone(), 48)?;
+        store::migrate(&pool).await?;
+        measure(&mut settings, pool, config, options).await
+    }
+    .await;
+    admin(
+        &server,
+        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+    )
+    .await?;
+    result
+}
+
+async fn admin(server: &tokio_postgres::Config, sql: &str) -> anyhow::Result<()> {
+    let mut config = server.clone();
+    config.dbname("postgres");
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+    let task = tokio::spawn(connection);
+    client
+        .batch_execute(sql)
+        .await
+        .with_context(|| sql.to_owned())?;
+    drop(client);
+    let _ = task.await;
+    Ok(())
+}
+
+fn raise_file_limit(wanted: usize) {
+    let wanted = u64::try_from(wanted).unwrap_or(u64::MAX);
+    match rlimit::increase_nofile_limit(wanted) {
+        Ok(got) if got < wanted => {
+            println!("note: open-file limit is {got}, below the {wanted} this run wants")
+        }
+        Ok(_) => {}
+        Err(e) => println!("note: cannot raise the open-file limit: {e}"),
+    }
+}
+
+async fn measure(
+    settings: &mut Settings,
+    pool: Pool,
+    pg_config: tokio_postgres::Config,
+    options: BenchOptions,
+) -> anyhow::Result<()> {
+    let key_dir = tempfile::tempdir()?;
+    settings.key_dir = key_dir.path().to_path_buf();
+    settings.listen = ([127, 0, 0, 1], 0).into();
+    settings.agent_listen = ([127, 0, 0, 1], 0).into();
+    settings.smtp = None;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let now = clock.now();
+    let origin = settings.public_origin.clone();
+    let channel =
+        crate::channel::server::start(settings, pool.clone(), pg_config, clock.clone()).await?;
+    let app = crate::http::Application::build(settings.clone(), pool.clone(), clock.clone())?;
+    let base = format!("http://{}", app.local_addr());
+    let server = tokio::spawn(app.run_until_stopped());
+    let client = Client {
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .build()?,
+        base,
+        origin: origin.as_str().to_owned(),
+    };
+    println!(
+        "firstkey bench: {} responders, {} s per throughput run, {} agents for latency, {} idle agents",
+        options.responders,
+        options.duration.as_secs(),
+        options.latency_agents,
+        options.idle_agents
+    );
+
+    // --- The world: municipality, keys, a home with a plan, a dispatcher, responders, a live grant.
+    let (tenant, property, dispatcher, mut responders) =
+        world(&pool, &client, settings, &origin, options.responders, now).await?;
+    let c = pool.get().await.map_err(StoreError::from)?;
+    let fire: Uuid = c
+        .query_one(
+            "SELECT id FROM agencies WHERE municipality_id = $1 AND kind = 'fire'",
+            &[&tenant.id()],
+        )
+        .await?
+        .get(0);
+    let (incident, _) = client
+        .post(
+            "/api/v1/incidents",
+            &json!({ "cad_number": "BENCH-1", "kind": "fire", "address": "1 Bench Road", "agency": fire }),
+            Some(&dispatcher.cookie),
+        )
+        .await?;
+    let incident = incident
+        .get("id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| anyhow!("no incident id"))?
+        .to_owned();
+    let ids: Vec<Uuid> = responders.iter().map(|r| r.id).collect();
+    let (grant, _) = client
+        .post(
+            &format!("/api/v1/incidents/{incident}/grants"),
+            &json!({ "property": property, "responders": ids, "minutes": 60, "justification": "benchmark" }),
+            Some(&dispatcher.cookie),
+        )
+        .await?;
+    let grant = grant
+        .get("id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| anyhow!("no grant id: {grant}"))?
+        .to_owned();
+
+    // --- (a) push latency with agents connected.
+    let ca = std::fs::read(settings.key_dir.join(crate::channel::tls::DEV_CA_FILE))?;
+    let target = SimTarget::new(channel.local_addr(), "localhost", &ca)?;
+    let mut fleet = Fleet::connect(
+        &pool,
+        tenant,
+        property,
+        &target,
+        options.latency_agents,
+        100,
+        clock.as_ref(),
+    )
+    .await?;
+    let locks: Vec<Uuid> = fleet.locks.iter().map(|l| l.id).collect();
+    let bare = channel_bench::push_latency(
+        &pool,
+        tenant,
+        &mut fleet,
+        options.pushes.min(500),
+        clock.as_ref(),
+    )
+    .await?;
+    let first = responders
+        .first_mut()
+        .ok_or_else(|| anyhow!("no responders"))?;
+    let mut samples = Vec::with_capacity(options.pushes);
+    for i in 0..options.pushes {
+        if i % 200 == 0 {
+            // Keep the step-up fresh (5-minute window) without timing the ceremony.
+            client.step_up(&first.cookie, &mut first.key).await?;
+        }
+        let lock = locks
+            .get(i % locks.len().max(1))
+            .copied()
+            .ok_or_else(|| anyhow!("no locks"))?;
+        let started = Instant::now();
+        client
+            .post(
+                "/api/v1/tokens",
+                &json!({ "grant": grant, "lock": lock }),
+                Some(&first.cookie),
+            )
+            .await?;
+        let arrived = fleet
+            .next_delivery_for(lock, Duration::from_secs(10))
+            .await
+            .ok_or_else(|| anyhow!("token for lock {lock} never reached its agent"))?;
+        samples.push(arrived.saturating_duration_since(started));
+    }
+    samples.sort();
+    let pct = |q: f64| {
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss
+        )]
+        let i = ((samples.len().saturating_sub(1) as f64) * q).round() as usize;
+        samples.get(i).copied().unwrap_or_default()
+    };
+    let (p50, p99) = (pct(0.50), pct(0.99));
+    println!();
+    println!(
+        "(a) push latency, token request → agent ack, {} requests, {} agents connected over TLS",
+        samples.len(),
+        fleet.connected()
+    );
+    println!(
+        "    p50 {:>8.2} ms   p99 {:>8.2} ms   (target p99 < 100 ms)",
+        ms(p50),
+        ms(p99)
+    );
+    println!(
+        "    baseline: inbox commit → agent ack alone, p50 {:.2} ms, p99 {:.2} ms; the token request adds {:.1}× at p50",
+        ms(bare.p50),
+        ms(bare.p99),
+        ms(p50) / ms(bare.p50).max(0.001)
+    );
+    drop(fleet);
+
+    // --- (b) issuance throughput vs a plain single-INSERT transaction rate.
+    c.batch_execute("CREATE TABLE bench_raw (id uuid PRIMARY KEY, payload bytea NOT NULL)")
+        .await?;
+    drop(c);
+    let raw = raw_insert_rate(&pool, options.responders, options.duration).await?;
+    let issued = issuance_rate(&client, &mut responders, &grant, &locks, options.duration).await?;
+    println!();
+    println!(
+        "(b) token issuance, {} concurrent responders, each with a fresh WebAuthn assertion + issuing transaction",
+        options.responders
+    );
+    println!(
+        "    {issued:>8.1} tokens/s   vs raw single-INSERT transactions {raw:>8.1}/s   ratio {:.1}% (target ≥ 25%)",
+        100.0 * issued / raw.max(0.001)
+    );
+
+    // --- (c) memory per idle connected agent.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (memory, fleet) = channel_bench::idle_memory(
+        &pool,
+        tenant,
+        property,
+        &target,
+        options.idle_agents,
+        clock.as_ref(),
+    )
+    .await?;
+    println!();
+    println!("(c) idle agents over TLS: {} connected", memory.agents);
+    println!(
+        "    RSS {} MiB → {} MiB: {:.1} KiB per agent, both ends of each connection in this process (target ≤ 32 KiB)",
+        memory.rss_before / (1024 * 1024),
+        memory.rss_after / (1024 * 1024),
+        f64::from(u32::try_from(memory.per_agent()).unwrap_or(u32::MAX)) / 1024.0
+    );
+    drop(fleet);
+    channel.stop();
+    server.abort();
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+async fn world(
+    pool: &Pool,
+    client: &Client,
+    settings: &Settings,
+    origin: &crate::settings::PublicOrigin,
+    responders: usize,
+    now: chrono::DateTime<Utc>,
+) -> anyhow::Result<(Tenant, Uuid, Staff, Vec<Staff>)> {
+    let mut c = pool.get().await.map_err(StoreError::from)?;
+    let slug = Slug::parse("bench-city")?;
+    let (tenant, _) = store::tenancy::ensure_municipality(&c, &slug, "Bench City", now).await?;
+    let fire =
+        store::tenancy::ensure_agency(&c, tenant, AgencyKind::Fire, "Bench Fire", now).await?;
+    crate::emergency::keys::generate(&mut c, tenant, &settings.key_dir, now)
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    let owner = store::people::ensure_user(
+        &c,
+        tenant,
+        &Email::parse("owner@bench.example")?,
+        "Owner",
+        None,
+        &[Role::Homeowner],
+        now,
+    )
+    .await?;
+    let property =
+        store::properties::create_property(&c, tenant, owner.id, "1 Bench Road", now).await?;
+    let plan: crate::plans::PlanInput = serde_json::from_value(json!({
+        "agencies": { "fire": { "allowed": true, "incident_types": ["fire"] } },
+        "max_grant_minutes": 60,
+        "retention_days": 30
+    }))?;
+    store::properties::insert_plan(&c, tenant, property.id, owner.id, &plan, |_| Ok(None), now)
+        .await?;
+    // Staff: keys whose CA the municipality trusts, invited by a bootstrapped admin, enrolled over HTTP.
+    let mut keys = Vec::new();
+    let tx = c.transaction().await.map_err(StoreError::from)?;
+    let (admin, _) = crate::auth::accounts::bootstrap_admin(
+        &tx,
+        tenant,
+        &Email::parse("admin@bench.example")?,
+        "Admin",
+        now,
+    )
+    .await
+    .map_err(|e| anyhow!("{e}"))?;
+    let mut invitations = Vec::new();
+    for i in 0..=responders {
+        let key = SoftSecurityKey::new(origin.as_str())?;
+        crate::auth::webauthn::add_attestation_ca(&tx, tenant, key.ca_pem(), None, now)
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
+        let role = if i == 0 {
+            Role::Dispatcher
+        } else {
+            Role::Responder
+        };
+        let new = crate::auth::accounts::NewInvitation {
+            role,
+            agency_id: Some(fire.id),
+            email: format!("{}{i}@bench.example", role.as_str()),
+            display_name: format!("{} {i}", role.as_str()),
+        };
+        let (_, secret) = crate::auth::accounts::invite(&tx, tenant, admin.id, &new, origin, now)
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
+        invitations.push(secret.expose().to_owned());
+        keys.push(key);
+    }
+    tx.commit().await.map_err(StoreError::from)?;
+    let mut staff = Vec::new();
+    for (secret, mut key) in invitations.iter().zip(keys) {
+        let cookie = client.enrol(secret, &mut key).await?;
+        let me: Value = client
+            .http
+            .get(format!("{}/api/v1/me", client.base))
+            .header("Cookie", &cookie)
+            .send()
+            .await?
+            .json()
+            .await?;
+        let id = me
+            .get("user_id")
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| anyhow!("no user id"))?;
+        staff.push(Staff { cookie, key, id });
+    }
+    let mut staff = staff.into_iter();
+    let dispatcher = staff.next().ok_or_else(|| anyhow!("no dispatcher"))?;
+    Ok((tenant, property.id, dispatcher, staff.collect()))
+}
+
+async fn raw_insert_rate(
+    pool: &Pool,
+    concurrency: usize,
+    duration: Duration,
+) -> anyhow::Result<f64> {
+    let deadline = Instant::now() + duration;
+    let mut tasks = JoinSet::new();
+    for _ in 0..concurrency {
+        let pool = pool.clone();
+        tasks.spawn(async move {
+            let mut n = 0u64;
+            let mut client = pool.get().await.map_err(StoreError::from)?;
+            while Instant::now() < deadline {
+                let tx = client.transaction().await?;
+                tx.execute(
+                    "INSERT INTO bench_raw (id, payload) VALUES ($1, $2)",
+                    &[&Uuid::new_v4(), &vec![0u8; 200]],
+                )
+                .await?;
+                tx.commit().await?;
+                n += 1;
+            }
+            Ok::<u64, anyhow::Error>(n)
+        });
+    }
+    let started = Instant::now();
+    let mut total = 0u64;
+    while let Some(done) = tasks.join_next().await {
+        total += done??;
+    }
+    Ok(rate(total, started.elapsed()))
+}
+
+async fn issuance_rate(
+    client: &Client,
+    responders: &mut [Staff],
+    grant: &str,
+    locks: &[Uuid],
+    duration: Duration,
+) -> anyhow::Result<f64> {
+    let deadline = Instant::now() + duration;
+    let started = Instant::now();
+    let results = futures_util::future::join_all(responders.iter_mut().enumerate().map(
+        |(i, r)| async move {
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                client.step_up(&r.cookie, &mut r.key).await?;
+                let lock = locks
+                    .get((i + usize::try_from(n).unwrap_or(0) * 7) % locks.len().max(1))
+                    .ok_or_else(|| anyhow!("no locks"))?;
+                client
+                    .post(
+                        "/api/v1/tokens",
+                        &json!({ "grant": grant, "lock": lock }),
+                        Some(&r.cookie),
+                    )
+                    .await?;
+                n += 1;
+            }
+            Ok::<u64, anyhow::Error>(n)
+        },
+    ))
+    .await;
+    let elapsed = started.elapsed();
+    let mut total = 0;
+    for r in results {
+        total += r?;
+    }
+    Ok(rate(total, elapsed))
+}
+
+fn rate(count: u64, elapsed: Duration) -> f64 {
+    #[allow(clippy::cast_precision_loss)]
+    let count = count as f64;
+    count / elapsed.as_secs_f64().max(0.001)
+}
