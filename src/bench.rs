@@ -16,7 +16,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, anyhow};
 use chrono::Utc;
 use deadpool_postgres::Pool;
 use serde_json::{Value, json};
@@ -26,6 +26,7 @@ use uuid::Uuid;
 use crate::channel::bench::{self as channel_bench, Fleet};
 use crate::channel::sim::SimTarget;
 use crate::clock::{Clock, SystemClock};
+use crate::demo::client::ApiClient;
 use crate::demo::softkey::SoftSecurityKey;
 use crate::domain::{AgencyKind, Email, Role, Slug};
 use crate::settings::Settings;
@@ -44,78 +45,6 @@ pub struct BenchOptions {
     pub duration: Duration,
     /// Idle agents for the memory figure.
     pub idle_agents: usize,
-}
-
-struct Client {
-    http: reqwest::Client,
-    base: String,
-    origin: String,
-}
-
-impl Client {
-    async fn post(
-        &self,
-        path: &str,
-        body: &Value,
-        cookie: Option<&str>,
-    ) -> anyhow::Result<(Value, Option<String>)> {
-        let mut request = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .header("Origin", &self.origin)
-            .json(body);
-        if let Some(c) = cookie {
-            request = request.header("Cookie", c);
-        }
-        let response = request.send().await?;
-        let status = response.status();
-        let cookie = response
-            .headers()
-            .get_all("set-cookie")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .find(|v| v.starts_with(crate::auth::session::COOKIE) && !v.contains("=;"))
-            .and_then(|v| v.split(';').next())
-            .map(str::to_owned);
-        let value: Value = response.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            bail!("POST {path}: {status} {value}");
-        }
-        Ok((value, cookie))
-    }
-
-    async fn enrol(&self, secret: &str, key: &mut SoftSecurityKey) -> anyhow::Result<String> {
-        let (start, _) = self
-            .post(
-                "/api/v1/invitations/accept/start",
-                &json!({ "secret": secret }),
-                None,
-            )
-            .await?;
-        let credential = key.register(start.get("options").unwrap_or(&Value::Null))?;
-        let (_, cookie) = self
-            .post(
-                "/api/v1/invitations/accept/finish",
-                &json!({ "ceremony": start.get("ceremony"), "credential": credential }),
-                None,
-            )
-            .await?;
-        cookie.ok_or_else(|| anyhow!("enrolment set no cookie"))
-    }
-
-    async fn step_up(&self, cookie: &str, key: &mut SoftSecurityKey) -> anyhow::Result<()> {
-        let (start, _) = self
-            .post("/api/v1/auth/step-up/start", &json!({}), Some(cookie))
-            .await?;
-        let credential = key.assert(start.get("options").unwrap_or(&Value::Null))?;
-        self.post(
-            "/api/v1/auth/step-up/finish",
-            &json!({ "ceremony": start.get("ceremony"), "credential": credential }),
-            Some(cookie),
-        )
-        .await?;
-        Ok(())
-    }
 }
 
 struct Staff {
@@ -201,13 +130,7 @@ async fn measure(
     let app = crate::http::Application::build(settings.clone(), pool.clone(), clock.clone())?;
     let base = format!("http://{}", app.local_addr());
     let server = tokio::spawn(app.run_until_stopped());
-    let client = Client {
-        http: reqwest::Client::builder()
-            .pool_max_idle_per_host(64)
-            .build()?,
-        base,
-        origin: origin.as_str().to_owned(),
-    };
+    let client = ApiClient::new(&base, origin.as_str())?;
     println!(
         "firstkey bench: {} responders, {} s per throughput run, {} agents for latency, {} idle agents",
         options.responders,
@@ -227,7 +150,7 @@ async fn measure(
         )
         .await?
         .get(0);
-    let (incident, _) = client
+    let incident = client
         .post(
             "/api/v1/incidents",
             &json!({ "cad_number": "BENCH-1", "kind": "fire", "address": "1 Bench Road", "agency": fire }),
@@ -240,7 +163,7 @@ async fn measure(
         .ok_or_else(|| anyhow!("no incident id"))?
         .to_owned();
     let ids: Vec<Uuid> = responders.iter().map(|r| r.id).collect();
-    let (grant, _) = client
+    let grant = client
         .post(
             &format!("/api/v1/incidents/{incident}/grants"),
             &json!({ "property": property, "responders": ids, "minutes": 60, "justification": "benchmark" }),
@@ -379,7 +302,7 @@ fn ms(d: Duration) -> f64 {
 
 async fn world(
     pool: &Pool,
-    client: &Client,
+    client: &ApiClient,
     settings: &Settings,
     origin: &crate::settings::PublicOrigin,
     responders: usize,
@@ -450,15 +373,10 @@ async fn world(
     tx.commit().await.map_err(StoreError::from)?;
     let mut staff = Vec::new();
     for (secret, mut key) in invitations.iter().zip(keys) {
-        let cookie = client.enrol(secret, &mut key).await?;
-        let me: Value = client
-            .http
-            .get(format!("{}/api/v1/me", client.base))
-            .header("Cookie", &cookie)
-            .send()
-            .await?
-            .json()
+        let cookie = client
+            .enrol("/api/v1/invitations/accept", secret, &mut key)
             .await?;
+        let me = client.get("/api/v1/me", Some(&cookie)).await?;
         let id = me
             .get("user_id")
             .and_then(Value::as_str)
@@ -505,7 +423,7 @@ async fn raw_insert_rate(
 }
 
 async fn issuance_rate(
-    client: &Client,
+    client: &ApiClient,
     responders: &mut [Staff],
     grant: &str,
     locks: &[Uuid],

@@ -2,6 +2,7 @@
 //! emergency-entry story ([`story`]) walked through the real server, a real lock agent process and
 //! an SMTP sink, so a person can see it work and then explore.
 
+pub mod client;
 pub mod softkey;
 pub mod story;
 

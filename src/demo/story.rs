@@ -19,10 +19,11 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use ring::signature::KeyPair;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
+use super::client::ApiClient;
 use super::softkey::SoftSecurityKey;
 use crate::audit::{self, ChainCheck};
 use crate::domain::{AgencyKind, Email};
@@ -87,92 +88,6 @@ impl Narrator {
             what.as_ref()
         );
         self.last = now;
-    }
-}
-
-struct Http {
-    client: reqwest::Client,
-    base: String,
-    origin: String,
-}
-
-impl Http {
-    async fn send(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<&Value>,
-        cookie: Option<&str>,
-    ) -> anyhow::Result<(u16, Value, Option<String>)> {
-        let mut request = self
-            .client
-            .request(method.clone(), format!("{}{path}", self.base))
-            .header("Origin", &self.origin);
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        if let Some(cookie) = cookie {
-            request = request.header("Cookie", cookie);
-        }
-        let response = request
-            .send()
-            .await
-            .with_context(|| format!("{method} {path}"))?;
-        let status = response.status().as_u16();
-        let cookie = response
-            .headers()
-            .get_all("set-cookie")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .find(|v| v.starts_with(crate::auth::session::COOKIE) && !v.contains("=;"))
-            .and_then(|v| v.split(';').next())
-            .map(str::to_owned);
-        let text = response.text().await?;
-        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        Ok((status, value, cookie))
-    }
-
-    async fn expect(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<&Value>,
-        cookie: Option<&str>,
-    ) -> anyhow::Result<(Value, Option<String>)> {
-        let (status, value, cookie) = self.send(method.clone(), path, body, cookie).await?;
-        if !(200..300).contains(&status) {
-            bail!("{method} {path} answered {status}: {value}");
-        }
-        Ok((value, cookie))
-    }
-
-    async fn post(&self, path: &str, body: &Value, cookie: Option<&str>) -> anyhow::Result<Value> {
-        Ok(self
-            .expect(reqwest::Method::POST, path, Some(body), cookie)
-            .await?
-            .0)
-    }
-
-    /// Runs an enrolment ceremony (`{base}/start` then `{base}/finish`); returns the session cookie.
-    async fn enrol(
-        &self,
-        base: &str,
-        secret: &str,
-        key: &mut SoftSecurityKey,
-    ) -> anyhow::Result<String> {
-        let start = self
-            .post(&format!("{base}/start"), &json!({ "secret": secret }), None)
-            .await?;
-        let credential = key.register(&start["options"])?;
-        let (_, cookie) = self
-            .expect(
-                reqwest::Method::POST,
-                &format!("{base}/finish"),
-                Some(&json!({ "ceremony": start["ceremony"], "credential": credential })),
-                None,
-            )
-            .await?;
-        cookie.ok_or_else(|| anyhow!("{base}/finish set no session cookie"))
     }
 }
 
@@ -256,13 +171,7 @@ fn write_secret_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 pub async fn run(stage: &Stage, now: DateTime<Utc>) -> anyhow::Result<Ending> {
     let run_id = Uuid::new_v4().simple().to_string();
     let short = run_id.get(..8).unwrap_or("demo");
-    let http = Http {
-        client: reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()?,
-        base: stage.base.clone(),
-        origin: stage.origin.clone(),
-    };
+    let http = ApiClient::new(&stage.base, &stage.origin)?;
     let mut n = Narrator::new();
     std::fs::create_dir_all(&stage.work_dir)?;
     let pool = &stage.pool;
@@ -483,9 +392,7 @@ pub async fn run(stage: &Stage, now: DateTime<Utc>) -> anyhow::Result<Ending> {
         [d, r] => (d.clone(), r.clone()),
         _ => bail!("staff enrolment incomplete"),
     };
-    let (me, _) = http
-        .expect(reqwest::Method::GET, "/api/v1/me", None, Some(&responder))
-        .await?;
+    let me = http.get("/api/v1/me", Some(&responder)).await?;
     let responder_id = me["user_id"].clone();
     n.say("admin enrolled a security key and invited a dispatcher (EMS) and a responder (Engine 7); both enrolled keys");
 

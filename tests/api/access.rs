@@ -8,68 +8,15 @@
 
 use chrono::Utc;
 use firstkey::audit::{self, ChainCheck};
-use firstkey::auth::session;
-use firstkey::domain::{AgencyKind, Email, Role, Slug};
-use firstkey::store::{Tenant, people, tenancy};
+use firstkey::domain::{AgencyKind, Role, Slug};
+use firstkey::store::{Tenant, tenancy};
 use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, spawn_app};
+use crate::helpers::{As, TestApp, spawn_app, user};
 
 const ORIGIN: &str = "http://localhost:8080";
-
-/// A signed-in test user.
-#[derive(Clone)]
-struct As {
-    id: Uuid,
-    cookie: String,
-}
-
-async fn user(
-    app: &TestApp,
-    tenant: Tenant,
-    email: &str,
-    agency: Option<Uuid>,
-    role: Role,
-    stepped_up: bool,
-) -> As {
-    let client = app.pool.get().await.unwrap();
-    let now = Utc::now();
-    let u = people::ensure_user(
-        &client,
-        tenant,
-        &Email::parse(email).unwrap(),
-        email,
-        agency,
-        &[role],
-        now,
-    )
-    .await
-    .unwrap();
-    let credential = if stepped_up {
-        let id = Uuid::new_v4();
-        client
-            .execute(
-                "INSERT INTO webauthn_credentials (id, municipality_id, user_id, credential_id, kind, credential,
-                     public_key_cose, backup_eligible, created_at)
-                 VALUES ($1, $2, $3, $4, 'security_key', '{}', '\\x00', false, now())",
-                &[&id, &tenant.id(), &u.id, &Uuid::new_v4().as_bytes().to_vec()],
-            )
-            .await
-            .unwrap();
-        Some(id)
-    } else {
-        None
-    };
-    let (_, secret) = session::create(&client, tenant, u.id, credential, now)
-        .await
-        .unwrap();
-    As {
-        id: u.id,
-        cookie: format!("{}={}", session::COOKIE, secret.expose()),
-    }
-}
 
 async fn call(
     app: &TestApp,

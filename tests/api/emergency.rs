@@ -10,12 +10,11 @@ use std::sync::Arc;
 
 use chrono::{Duration, Utc};
 use firstkey::audit::{self, ChainCheck};
-use firstkey::auth::session;
 use firstkey::clock::SystemClock;
-use firstkey::domain::{AgencyKind, Email, Role, Slug};
+use firstkey::domain::{AgencyKind, Role, Slug};
 use firstkey::emergency::{cad, keys};
 use firstkey::http::Application;
-use firstkey::store::{Tenant, people, tenancy};
+use firstkey::store::{Tenant, tenancy};
 use firstkey_token::pop::FLAG_USER_PRESENT;
 use firstkey_token::{
     Challenge, LockId, LockView, Presentation, Refusal, RootPublicKey, SoftwareAuthenticator,
@@ -25,17 +24,10 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, admin_config, fresh_database, test_settings};
+use crate::helpers::{As, TestApp, admin_config, fresh_database, test_settings, user};
 
 const ORIGIN: &str = "http://localhost:8080";
 const RP_ID: &str = "localhost";
-
-/// A signed-in test user; responders carry the software security key behind their step-up.
-struct As {
-    id: Uuid,
-    cookie: String,
-    key: Option<SoftwareAuthenticator>,
-}
 
 struct World {
     app: TestApp,
@@ -72,66 +64,6 @@ async fn spawn_with_keys(key_dir: &std::path::Path) -> TestApp {
         pool: firstkey::store::pool(config, 2).unwrap(),
         http: reqwest::Client::new(),
         proxy: None,
-    }
-}
-
-fn cose_p256(key: &SoftwareAuthenticator) -> Vec<u8> {
-    let firstkey_token::ConfirmationKey::P256(point) = key.confirmation_key() else {
-        panic!("P-256 key expected");
-    };
-    let mut out = vec![0xa5, 0x01, 0x02, 0x03, 0x26, 0x20, 0x01, 0x21, 0x58, 0x20];
-    out.extend_from_slice(&point[1..33]);
-    out.extend_from_slice(&[0x22, 0x58, 0x20]);
-    out.extend_from_slice(&point[33..]);
-    out
-}
-
-async fn user(
-    app: &TestApp,
-    tenant: Tenant,
-    email: &str,
-    agency: Option<Uuid>,
-    role: Role,
-    stepped_up: bool,
-) -> As {
-    let client = app.pool.get().await.unwrap();
-    let now = Utc::now();
-    let u = people::ensure_user(
-        &client,
-        tenant,
-        &Email::parse(email).unwrap(),
-        email,
-        agency,
-        &[role],
-        now,
-    )
-    .await
-    .unwrap();
-    let rng = ring::rand::SystemRandom::new();
-    let pk8 = SoftwareAuthenticator::generate_pkcs8(&rng).unwrap();
-    let key = SoftwareAuthenticator::from_pkcs8(&pk8, RP_ID, &rng).unwrap();
-    let credential = if stepped_up {
-        let id = Uuid::new_v4();
-        client
-            .execute(
-                "INSERT INTO webauthn_credentials (id, municipality_id, user_id, credential_id, kind, credential,
-                     public_key_cose, backup_eligible, created_at)
-                 VALUES ($1, $2, $3, $4, 'security_key', '{}', $5, false, now())",
-                &[&id, &tenant.id(), &u.id, &Uuid::new_v4().as_bytes().to_vec(), &cose_p256(&key)],
-            )
-            .await
-            .unwrap();
-        Some(id)
-    } else {
-        None
-    };
-    let (_, secret) = session::create(&client, tenant, u.id, credential, now)
-        .await
-        .unwrap();
-    As {
-        id: u.id,
-        cookie: format!("{}={}", session::COOKIE, secret.expose()),
-        key: stepped_up.then_some(key),
     }
 }
 
@@ -915,13 +847,13 @@ async fn cad_calls_are_signed_fresh_and_idempotent() {
         401
     );
     assert_eq!(
-        cad_post(&w, &cad, path, "k1", &body, now - 301, &cad.secret)
+        cad_post(&w, &cad, path, "k1", &body, now - 360, &cad.secret)
             .await
             .status(),
         401
     );
     assert_eq!(
-        cad_post(&w, &cad, path, "k1", &body, now + 301, &cad.secret)
+        cad_post(&w, &cad, path, "k1", &body, now + 360, &cad.secret)
             .await
             .status(),
         401

@@ -263,3 +263,80 @@ impl PgProxy {
         self.up.store(true, Ordering::SeqCst);
     }
 }
+
+/// A signed-in test user (session made directly in the database); a stepped-up user's credential
+/// holds the real P-256 public key of `key`, a software authenticator, so proofs of possession made
+/// with it verify.
+pub struct As {
+    /// The user.
+    pub id: uuid::Uuid,
+    /// `Cookie` header value.
+    pub cookie: String,
+    /// The key behind the step-up credential, for stepped-up users.
+    pub key: Option<firstkey_token::SoftwareAuthenticator>,
+}
+
+/// The COSE_Key (EC2, P-256, ES256) of a software authenticator's public key.
+pub fn cose_p256(key: &firstkey_token::SoftwareAuthenticator) -> Vec<u8> {
+    let firstkey_token::ConfirmationKey::P256(point) = key.confirmation_key() else {
+        panic!("P-256 key expected");
+    };
+    let mut out = vec![0xa5, 0x01, 0x02, 0x03, 0x26, 0x20, 0x01, 0x21, 0x58, 0x20];
+    out.extend_from_slice(&point[1..33]);
+    out.extend_from_slice(&[0x22, 0x58, 0x20]);
+    out.extend_from_slice(&point[33..]);
+    out
+}
+
+/// Creates (or finds) a user with `role` and a session for them; `stepped_up` gives the session a
+/// fresh step-up with an enrolled credential.
+pub async fn user(
+    app: &TestApp,
+    tenant: firstkey::store::Tenant,
+    email: &str,
+    agency: Option<uuid::Uuid>,
+    role: firstkey::domain::Role,
+    stepped_up: bool,
+) -> As {
+    use firstkey::auth::session;
+    use firstkey_token::SoftwareAuthenticator;
+    let client = app.pool.get().await.unwrap();
+    let now = chrono::Utc::now();
+    let u = firstkey::store::people::ensure_user(
+        &client,
+        tenant,
+        &firstkey::domain::Email::parse(email).unwrap(),
+        email,
+        agency,
+        &[role],
+        now,
+    )
+    .await
+    .unwrap();
+    let rng = ring::rand::SystemRandom::new();
+    let pk8 = SoftwareAuthenticator::generate_pkcs8(&rng).unwrap();
+    let key = SoftwareAuthenticator::from_pkcs8(&pk8, "localhost", &rng).unwrap();
+    let credential = if stepped_up {
+        let id = uuid::Uuid::new_v4();
+        client
+            .execute(
+                "INSERT INTO webauthn_credentials (id, municipality_id, user_id, credential_id, kind, credential,
+                     public_key_cose, backup_eligible, created_at)
+                 VALUES ($1, $2, $3, $4, 'security_key', '{}', $5, false, now())",
+                &[&id, &tenant.id(), &u.id, &uuid::Uuid::new_v4().as_bytes().to_vec(), &cose_p256(&key)],
+            )
+            .await
+            .unwrap();
+        Some(id)
+    } else {
+        None
+    };
+    let (_, secret) = session::create(&client, tenant, u.id, credential, now)
+        .await
+        .unwrap();
+    As {
+        id: u.id,
+        cookie: format!("{}={}", session::COOKIE, secret.expose()),
+        key: stepped_up.then_some(key),
+    }
+}
