@@ -231,7 +231,9 @@ pub(crate) fn compile(
 
     let mut policies = PolicySet::new();
     let mut policy_ids = Vec::new();
-    let mut origin: HashMap<String, (String, Location)> = HashMap::new();
+    // Where each policy came from: file, its location, and its byte offset in the file (Cedar's
+    // error spans are relative to the policy's own text).
+    let mut origin: HashMap<String, (String, Location, usize, String)> = HashMap::new();
     let (mut permits, mut forbids) = (0, 0);
     for file in files {
         for chunk in split_policies(&file.text) {
@@ -245,7 +247,13 @@ pub(crate) fn compile(
             let policy = match Policy::parse(None, chunk.text) {
                 Ok(policy) => policy,
                 Err(errors) => {
-                    problems.extend(errors.iter().map(|e| problem(None, e.to_string())));
+                    problems.extend(errors.iter().map(|e| Diagnostic {
+                        // The exact token when Cedar labels one, else the policy's start.
+                        location: Some(first_label(e).map_or(at, |offset| {
+                            location(&file.text, chunk.start.saturating_add(offset))
+                        })),
+                        ..problem(None, e.to_string())
+                    }));
                     continue;
                 }
             };
@@ -260,7 +268,7 @@ pub(crate) fn compile(
                 problems.push(problem(None, "policy has an empty @id".to_owned()));
                 continue;
             }
-            if let Some((other_file, other_at)) = origin.get(&id) {
+            if let Some((other_file, other_at, _, _)) = origin.get(&id) {
                 problems.push(problem(
                     Some(id.clone()),
                     format!(
@@ -279,7 +287,10 @@ pub(crate) fn compile(
                 problems.push(problem(Some(id.clone()), e.to_string()));
                 continue;
             }
-            origin.insert(id.clone(), (file.name.clone(), at));
+            origin.insert(
+                id.clone(),
+                (file.name.clone(), at, chunk.start, file.text.clone()),
+            );
             policy_ids.push(id);
         }
     }
@@ -291,7 +302,7 @@ pub(crate) fn compile(
         return Err(problems);
     }
 
-    let located = |id: &PolicyId, message: String| {
+    let located = |id: &PolicyId, message: String, offset: Option<usize>| {
         let id = id.to_string();
         // Cedar starts validator messages with the policy id, which the diagnostic already carries.
         let message = message
@@ -299,7 +310,10 @@ pub(crate) fn compile(
             .map_or(message.clone(), str::to_owned);
         let (file, at) = origin
             .get(&id)
-            .map_or((None, None), |(f, at)| (Some(f.clone()), Some(*at)));
+            .map_or((None, None), |(f, at, start, text)| {
+                let exact = offset.map(|o| location(text, start.saturating_add(o)));
+                (Some(f.clone()), Some(exact.unwrap_or(*at)))
+            });
         Diagnostic {
             file: file.unwrap_or_else(|| "?".to_owned()),
             location: at,
@@ -310,7 +324,7 @@ pub(crate) fn compile(
     let result = Validator::new(parsed_schema.clone()).validate(&policies, ValidationMode::Strict);
     let errors: Vec<Diagnostic> = result
         .validation_errors()
-        .map(|e| located(e.policy_id(), e.to_string()))
+        .map(|e| located(e.policy_id(), e.to_string(), first_label(e)))
         .collect();
     if !errors.is_empty() {
         return Err(errors);
@@ -318,7 +332,7 @@ pub(crate) fn compile(
     warnings.extend(
         result
             .validation_warnings()
-            .map(|w| located(w.policy_id(), w.to_string())),
+            .map(|w| located(w.policy_id(), w.to_string(), first_label(w))),
     );
 
     Ok(Compiled {
@@ -435,6 +449,13 @@ pub(crate) fn split_policies(text: &str) -> Vec<Chunk<'_>> {
 }
 
 /// The line and column (from 1, columns in characters) of byte `offset` in `text`.
+/// Byte offset of the first source span Cedar attached to an error, if any.
+fn first_label(e: &dyn miette::Diagnostic) -> Option<usize> {
+    e.labels()
+        .and_then(|mut labels| labels.next())
+        .map(|l| l.offset())
+}
+
 pub(crate) fn location(text: &str, offset: usize) -> Location {
     let before = text.get(..offset).unwrap_or(text);
     let line = before.matches('\n').count() + 1;

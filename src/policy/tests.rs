@@ -310,8 +310,15 @@ fn a_syntax_error_names_file_and_line() {
     assert_eq!(problems.len(), 1, "{problems:?}");
     let p = &problems[0];
     assert_eq!(p.file, "extra.cedar");
-    assert_eq!(p.location, Some(Location { line: 6, column: 3 }));
-    assert!(p.to_string().starts_with("extra.cedar:6:3: "), "{p}");
+    // The exact token: the `}` where an operand was expected.
+    assert_eq!(
+        p.location,
+        Some(Location {
+            line: 7,
+            column: 67
+        })
+    );
+    assert!(p.to_string().starts_with("extra.cedar:7:67: "), "{p}");
 }
 
 #[test]
@@ -340,7 +347,8 @@ fn an_unknown_attribute_fails_validation() {
     let p = &problems[0];
     assert_eq!(p.file, "extra.cedar");
     assert_eq!(p.policy_id.as_deref(), Some("uses-unknown"));
-    assert_eq!(p.location, Some(Location { line: 3, column: 1 }));
+    // The exact expression: `principal.clearance_level`.
+    assert_eq!(p.location, Some(Location { line: 5, column: 8 }));
     assert!(p.message.contains("clearance_level"), "{p}");
 }
 
@@ -427,7 +435,7 @@ fn check_dir_reports_counts_hash_and_problems() {
     let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
     assert!(
         shown.contains(
-            &"bad.cedar:1:1: policy `x`: attribute `nope` on entity type `Property` not found"
+            &"bad.cedar:2:45: policy `x`: attribute `nope` on entity type `Property` not found"
                 .to_owned()
         ),
         "{shown:?}"
