@@ -102,6 +102,8 @@ async fn admin(server: &tokio_postgres::Config, sql: &str) -> anyhow::Result<()>
 
 fn raise_file_limit(wanted: usize) {
     let wanted = u64::try_from(wanted).unwrap_or(u64::MAX);
+    // Root (CI, containers) may raise the hard limit too; others get the soft limit raised to it.
+    let _ = rlimit::setrlimit(rlimit::Resource::NOFILE, wanted, wanted);
     match rlimit::increase_nofile_limit(wanted) {
         Ok(got) if got < wanted => {
             println!("note: open-file limit is {got}, below the {wanted} this run wants")
