@@ -119,6 +119,7 @@ async fn measure(
     pg_config: tokio_postgres::Config,
     options: BenchOptions,
 ) -> anyhow::Result<()> {
+    let db_config = pg_config.clone();
     let key_dir = tempfile::tempdir()?;
     settings.key_dir = key_dir.path().to_path_buf();
     settings.listen = ([127, 0, 0, 1], 0).into();
@@ -273,26 +274,53 @@ async fn measure(
         100.0 * issued / raw.max(0.001)
     );
 
-    // --- (c) memory per idle connected agent.
+    // --- (c) memory per idle connected agent: the agents live in a child process (its own
+    // descriptor table), so this process's RSS growth is the server side alone.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (memory, fleet) = channel_bench::idle_memory(
-        &pool,
-        tenant,
-        property,
-        &target,
-        options.idle_agents,
-        clock.as_ref(),
-    )
-    .await?;
+    let rss_before = channel_bench::rss_bytes().unwrap_or(0);
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .arg("bench-fleet")
+        .args(["--database", &connection_string(&db_config)])
+        .args(["--municipality", &tenant.id().to_string()])
+        .args(["--property", &property.to_string()])
+        .args(["--agent-addr", &channel.local_addr().to_string()])
+        .arg("--ca")
+        .arg(settings.key_dir.join(crate::channel::tls::DEV_CA_FILE))
+        .args(["--agents", &options.idle_agents.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the agent fleet process")?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow!("fleet process has no stdout"))?;
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let connected: usize = loop {
+        let line = tokio::time::timeout(Duration::from_secs(600), lines.next_line())
+            .await
+            .context("fleet process timed out")??
+            .ok_or_else(|| anyhow!("fleet process ended before connecting"))?;
+        if let Some(n) = line.strip_prefix("connected ") {
+            break n.trim().parse()?;
+        }
+    };
+    // Let handshake buffers be freed and sessions settle into their idle wait.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss_after = channel_bench::rss_bytes().unwrap_or(0);
+    let per_agent =
+        rss_after.saturating_sub(rss_before) / u64::try_from(connected.max(1)).unwrap_or(1);
     println!();
-    println!("(c) idle agents over TLS: {} connected", memory.agents);
+    println!("(c) idle agents over TLS: {connected} connected (simulated in a separate process)");
     println!(
-        "    RSS {} MiB → {} MiB: {:.1} KiB per agent, both ends of each connection in this process (target ≤ 32 KiB)",
-        memory.rss_before / (1024 * 1024),
-        memory.rss_after / (1024 * 1024),
-        f64::from(u32::try_from(memory.per_agent()).unwrap_or(u32::MAX)) / 1024.0
+        "    server RSS {} MiB → {} MiB: {:.1} KiB per idle agent connection (target ≤ 32 KiB)",
+        rss_before / (1024 * 1024),
+        rss_after / (1024 * 1024),
+        f64::from(u32::try_from(per_agent).unwrap_or(u32::MAX)) / 1024.0
     );
-    drop(fleet);
+    drop(child.stdin.take());
+    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
     channel.stop();
     server.abort();
     Ok(())
@@ -466,4 +494,63 @@ fn rate(count: u64, elapsed: Duration) -> f64 {
     #[allow(clippy::cast_precision_loss)]
     let count = count as f64;
     count / elapsed.as_secs_f64().max(0.001)
+}
+
+/// A `key=value` connection string for a config (passwords are not carried: the fleet process is a
+/// local benchmark helper; use trust or a socket).
+fn connection_string(config: &tokio_postgres::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "127.0.0.1".to_owned(),
+    };
+    format!(
+        "host={host} port={} user={} dbname={}",
+        config.get_ports().first().copied().unwrap_or(5432),
+        config.get_user().unwrap_or("postgres"),
+        config.get_dbname().unwrap_or("postgres")
+    )
+}
+
+/// Where the fleet process connects.
+#[derive(Debug, Clone)]
+pub struct FleetTarget {
+    /// PostgreSQL connection string of the bench database.
+    pub database: String,
+    /// The bench municipality.
+    pub municipality: Uuid,
+    /// The property the simulated locks are registered on.
+    pub property: Uuid,
+    /// The agent channel.
+    pub agent_addr: std::net::SocketAddr,
+    /// The channel's CA (PEM file).
+    pub ca: std::path::PathBuf,
+    /// How many agents.
+    pub agents: usize,
+}
+
+/// The fleet process of `firstkey bench` (c): provisions and connects `agents` idle simulated
+/// agents, prints `connected N`, and holds them until its standard input closes.
+pub async fn fleet_process(target: FleetTarget) -> anyhow::Result<()> {
+    raise_file_limit(target.agents.saturating_mul(2).saturating_add(1024));
+    let config: tokio_postgres::Config = target.database.parse()?;
+    let pool = store::pool(config, 4)?;
+    let ca = std::fs::read(&target.ca)?;
+    let sim = SimTarget::new(target.agent_addr, "localhost", &ca)?;
+    let fleet = Fleet::connect(
+        &pool,
+        Tenant::assume(target.municipality),
+        target.property,
+        &sim,
+        target.agents,
+        64,
+        &SystemClock,
+    )
+    .await?;
+    println!("connected {}", fleet.connected());
+    let mut stdin = tokio::io::stdin();
+    let mut sink = Vec::new();
+    let _ = tokio::io::AsyncReadExt::read_to_end(&mut stdin, &mut sink).await;
+    drop(fleet);
+    Ok(())
 }

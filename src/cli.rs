@@ -63,6 +63,28 @@ pub enum Command {
         #[arg(long, default_value_t = 10_000)]
         idle_agents: usize,
     },
+    /// Internal: the simulated-agent process of `firstkey bench` (c).
+    #[command(hide = true)]
+    BenchFleet {
+        /// PostgreSQL connection string of the bench database.
+        #[arg(long)]
+        database: String,
+        /// Municipality id.
+        #[arg(long)]
+        municipality: uuid::Uuid,
+        /// Property id.
+        #[arg(long)]
+        property: uuid::Uuid,
+        /// Agent channel address.
+        #[arg(long)]
+        agent_addr: std::net::SocketAddr,
+        /// The channel's CA (PEM).
+        #[arg(long)]
+        ca: PathBuf,
+        /// Number of agents.
+        #[arg(long)]
+        agents: usize,
+    },
     /// Administer accounts.
     #[command(subcommand)]
     Admin(AdminCommand),
@@ -183,6 +205,33 @@ pub fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => fail(&e.into()),
+        };
+    }
+    if let Command::BenchFleet {
+        database,
+        municipality,
+        property,
+        agent_addr,
+        ca,
+        agents,
+    } = &cli.command
+    {
+        let target = crate::bench::FleetTarget {
+            database: database.clone(),
+            municipality: *municipality,
+            property: *property,
+            agent_addr: *agent_addr,
+            ca: ca.clone(),
+            agents: *agents,
+        };
+        let result = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(crate::bench::fleet_process(target)));
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
         };
     }
     if let Command::Openapi = cli.command {
@@ -307,7 +356,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             println!("{slug} now admits security keys attested by {ca:?}");
             Ok(())
         }
-        Command::Openapi | Command::Policy(_) => Ok(()),
+        Command::Openapi | Command::Policy(_) | Command::BenchFleet { .. } => Ok(()),
     }
 }
 
