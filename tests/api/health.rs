@@ -132,3 +132,64 @@ async fn unknown_paths_get_problem_details() {
     assert!(body["type"].as_str().unwrap().ends_with("/not-found"));
     assert!(body["title"].is_string());
 }
+
+#[tokio::test]
+async fn https_is_served_with_rustls_when_cert_and_key_are_configured() {
+    use std::sync::Arc;
+
+    use rustls_pki_types::CertificateDer;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+
+    let db = crate::helpers::fresh_database().await;
+    let mut config = crate::helpers::admin_config();
+    config.dbname(&db);
+    let mut settings = crate::helpers::test_settings(config.clone());
+    settings.tls = Some(firstkey::settings::TlsFiles {
+        cert: cert_path,
+        key: key_path,
+    });
+    let pool = firstkey::store::pool(config, 2).unwrap();
+    let app =
+        firstkey::http::Application::build(settings, pool, Arc::new(firstkey::clock::SystemClock))
+            .unwrap();
+    assert_eq!(app.scheme(), "https");
+    let addr = app.local_addr();
+    tokio::spawn(app.run_until_stopped());
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(cert.der().to_vec()))
+        .unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake with the server");
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    let _ = tls.read_to_end(&mut response).await;
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with("ok"), "{response}");
+}

@@ -119,3 +119,176 @@ async fn mail_waits_through_an_smtp_outage_and_arrives_once() {
         "{recipients:?}"
     );
 }
+
+#[tokio::test]
+async fn a_grant_succeeds_while_smtp_is_down_and_its_mail_arrives_after() {
+    use firstkey::domain::{AgencyKind, Role};
+    use serde_json::json;
+
+    use crate::helpers::user;
+
+    let app = spawn_app().await;
+    let now = Utc::now();
+    let client = app.pool.get().await.unwrap();
+    let (tenant, _) =
+        tenancy::ensure_municipality(&client, &Slug::parse("outage-town").unwrap(), "Outage", now)
+            .await
+            .unwrap();
+    let fire = tenancy::ensure_agency(&client, tenant, AgencyKind::Fire, "Outage Fire", now)
+        .await
+        .unwrap();
+    drop(client);
+    let owner = user(
+        &app,
+        tenant,
+        "owner@outage.example",
+        None,
+        Role::Homeowner,
+        true,
+    )
+    .await;
+    let dispatcher = user(
+        &app,
+        tenant,
+        "dispatch@outage.example",
+        Some(fire.id),
+        Role::Dispatcher,
+        true,
+    )
+    .await;
+    let responder = user(
+        &app,
+        tenant,
+        "engine1@outage.example",
+        Some(fire.id),
+        Role::Responder,
+        true,
+    )
+    .await;
+    let post = |path: String,
+                who: &crate::helpers::As,
+                body: serde_json::Value,
+                method: reqwest::Method| {
+        let request = app
+            .http
+            .request(method, format!("{}{path}", app.address))
+            .header("cookie", &who.cookie)
+            .header("origin", "http://localhost:8080")
+            .json(&body);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (
+                status,
+                response
+                    .json::<serde_json::Value>()
+                    .await
+                    .unwrap_or_default(),
+            )
+        }
+    };
+    let (status, property) = post(
+        "/api/v1/properties".into(),
+        &owner,
+        json!({ "address": "5 Outage Lane" }),
+        reqwest::Method::POST,
+    )
+    .await;
+    assert_eq!(status, 201);
+    let property = property["id"].as_str().unwrap().to_owned();
+    let plan = json!({
+        "agencies": { "fire": { "allowed": true, "incident_types": ["fire"] } },
+        "max_grant_minutes": 60,
+        "retention_days": 30
+    });
+    assert_eq!(
+        post(
+            format!("/api/v1/properties/{property}/plan"),
+            &owner,
+            plan,
+            reqwest::Method::PUT
+        )
+        .await
+        .0,
+        201
+    );
+
+    // SMTP is down (no relay reachable): the grant still succeeds.
+    let (status, incident) = post(
+        "/api/v1/incidents".into(),
+        &dispatcher,
+        json!({ "cad_number": "26-99001", "kind": "fire", "address": "5 Outage Lane", "agency": fire.id }),
+        reqwest::Method::POST,
+    )
+    .await;
+    assert_eq!(status, 201, "{incident}");
+    let (status, grant) = post(
+        format!("/api/v1/incidents/{}/grants", incident["id"].as_str().unwrap()),
+        &dispatcher,
+        json!({ "property": property, "responders": [responder.id], "minutes": 30, "justification": "smoke from the roof" }),
+        reqwest::Method::POST,
+    )
+    .await;
+    assert_eq!(status, 201, "{grant}");
+    assert_eq!(grant["status"], "live");
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mailer = Mailer::new(&SmtpSettings {
+        relay: format!("smtp://{addr}").into(),
+        from: "firstkey <noreply@firstkey.test>".to_owned(),
+    })
+    .unwrap();
+    assert_eq!(
+        notify::deliver_due(&app.pool, &mailer, Utc::now(), 50)
+            .await
+            .unwrap(),
+        0
+    );
+    let waiting: i64 = app
+        .pool
+        .get()
+        .await
+        .unwrap()
+        .query_one("SELECT count(*) FROM notification_outbox WHERE recipient = 'owner@outage.example' AND sent_at IS NULL", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(waiting >= 1, "the grant's mail waits in the outbox");
+
+    // SMTP returns: the homeowner's mail arrives, once.
+    let dir = tempfile::tempdir().unwrap();
+    let sink = start_sink(addr, dir.path()).await;
+    let later = Utc::now() + chrono::Duration::minutes(30);
+    notify::deliver_due(&app.pool, &mailer, later, 50)
+        .await
+        .unwrap();
+    assert_eq!(
+        notify::deliver_due(&app.pool, &mailer, later + chrono::Duration::hours(2), 50)
+            .await
+            .unwrap(),
+        0
+    );
+    let to_owner: Vec<String> = notify::sink::messages(sink.dir())
+        .unwrap()
+        .into_iter()
+        .filter(|m| {
+            m.lines()
+                .next()
+                .is_some_and(|l| l.contains("owner@outage.example"))
+        })
+        .collect();
+    assert_eq!(
+        to_owner.len(),
+        usize::try_from(waiting).unwrap(),
+        "each waiting mail arrives once"
+    );
+    assert!(
+        to_owner.iter().any(|m| m.contains("26-99001")),
+        "the grant mail names the incident"
+    );
+}
