@@ -886,3 +886,72 @@ async fn bench_push_latency_and_idle_memory() {
     );
     let _: &Fleet = &fleet;
 }
+
+/// A `firstkey serve` process on the world's database and key directory, agent channel on `port`.
+fn serve_process(world: &World, port: u16) -> Child {
+    let host = match world.db_config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => "127.0.0.1".to_owned(),
+    };
+    let url = format!(
+        "host={host} port={} user={} dbname={}",
+        world.db_config.get_ports().first().copied().unwrap_or(5432),
+        world.db_config.get_user().unwrap_or("postgres"),
+        world.db_config.get_dbname().unwrap()
+    );
+    Command::new(env!("CARGO_BIN_EXE_firstkey"))
+        .arg("serve")
+        .env("FIRSTKEY_DATABASE_URL", url)
+        .env("FIRSTKEY_LISTEN", "127.0.0.1:0")
+        .env("FIRSTKEY_AGENT_LISTEN", format!("127.0.0.1:{port}"))
+        .env("FIRSTKEY_KEY_DIR", world.key_dir())
+        .env(
+            "FIRSTKEY_DATA_KEY",
+            "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=",
+        )
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_server_killed_with_sigkill_after_the_commit_delivers_the_entry_after_restart() {
+    let world = World::new().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = serve_process(&world, port);
+    let ca = world.key_dir().join(firstkey::channel::tls::DEV_CA_FILE);
+    eventually("the server's dev CA", 30, || async { ca.is_file() }).await;
+    let mut agent = Agent::init(&world, port, &[]);
+    world.register(agent.lock, "Front door", &agent.code).await;
+    agent.run();
+    eventually("pairing through the server process", 30, || {
+        paired(&world, agent.lock)
+    })
+    .await;
+
+    // SIGKILL: no shutdown path runs. Then an entry commits (as a grant's token would) with no
+    // server alive to push it.
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let seq = world.push(&world.pool, agent.lock, 9).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        world.acked(agent.lock).await,
+        0,
+        "nobody could have delivered it"
+    );
+
+    let mut restarted = serve_process(&world, port);
+    eventually("delivery after the restart", 60, || async {
+        world.acked(agent.lock).await == seq
+    })
+    .await;
+    let _ = restarted.kill();
+    let _ = restarted.wait();
+}
