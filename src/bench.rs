@@ -269,6 +269,7 @@ async fn measure(
         "(b) token issuance, {} concurrent responders, each with a fresh WebAuthn assertion + issuing transaction",
         options.responders
     );
+    route_breakdown(&client).await;
     println!(
         "    {issued:>8.1} tokens/s   vs raw single-INSERT transactions {raw:>8.1}/s   ratio {:.1}% (target ≥ 25%)",
         100.0 * issued / raw.max(0.001)
@@ -553,4 +554,27 @@ pub async fn fleet_process(target: FleetTarget) -> anyhow::Result<()> {
     let _ = tokio::io::AsyncReadExt::read_to_end(&mut stdin, &mut sink).await;
     drop(fleet);
     Ok(())
+}
+
+/// Mean server-side latency of the routes one issuance uses, from the server's own `/metrics`.
+async fn route_breakdown(client: &ApiClient) {
+    let Ok((_, text, _)) = client.send(reqwest::Method::GET, "/metrics", None, None).await else {
+        return;
+    };
+    let text = text.as_str().unwrap_or_default().to_owned();
+    for route in ["/api/v1/auth/step-up/start", "/api/v1/auth/step-up/finish", "/api/v1/tokens"] {
+        let metric = |name: &str| -> f64 {
+            text.lines()
+                .filter(|l| l.starts_with(name) && l.contains(&format!("route=\"{route}\"")))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        let (sum, count) = (
+            metric("firstkey_http_request_duration_seconds_sum"),
+            metric("firstkey_http_request_duration_seconds_count"),
+        );
+        if count > 0.0 {
+            println!("    server time per request, {route}: {:.2} ms (mean over {count} requests)", 1000.0 * sum / count);
+        }
+    }
 }
