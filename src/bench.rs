@@ -558,11 +558,18 @@ pub async fn fleet_process(target: FleetTarget) -> anyhow::Result<()> {
 
 /// Mean server-side latency of the routes one issuance uses, from the server's own `/metrics`.
 async fn route_breakdown(client: &ApiClient) {
-    let Ok((_, text, _)) = client.send(reqwest::Method::GET, "/metrics", None, None).await else {
+    let Ok((_, text, _)) = client
+        .send(reqwest::Method::GET, "/metrics", None, None)
+        .await
+    else {
         return;
     };
     let text = text.as_str().unwrap_or_default().to_owned();
-    for route in ["/api/v1/auth/step-up/start", "/api/v1/auth/step-up/finish", "/api/v1/tokens"] {
+    for route in [
+        "/api/v1/auth/step-up/start",
+        "/api/v1/auth/step-up/finish",
+        "/api/v1/tokens",
+    ] {
         let metric = |name: &str| -> f64 {
             text.lines()
                 .filter(|l| l.starts_with(name) && l.contains(&format!("route=\"{route}\"")))
@@ -574,7 +581,10 @@ async fn route_breakdown(client: &ApiClient) {
             metric("firstkey_http_request_duration_seconds_count"),
         );
         if count > 0.0 {
-            println!("    server time per request, {route}: {:.2} ms (mean over {count} requests)", 1000.0 * sum / count);
+            println!(
+                "    server time per request, {route}: {:.2} ms (mean over {count} requests)",
+                1000.0 * sum / count
+            );
         }
     }
 }

@@ -128,7 +128,7 @@ struct Canonical<'a> {
     property: Option<Uuid>,
     incident: Option<Uuid>,
     policy_set_hash: Option<String>,
-    details: &'a serde_json::Value,
+    details: serde_json::Value,
 }
 
 /// The same JSON value with every object's keys in sorted order. Needed because serde_json's map
@@ -178,33 +178,68 @@ fn to_array(bytes: &[u8]) -> [u8; 32] {
     out
 }
 
-/// Appends `event` to the tenant's log; returns its sequence number.
+/// Appends `event` to the tenant's log, inside the caller's transaction so the action and its entry
+/// commit together or not at all. Returns the entry's row id; its position in the chain is assigned
+/// by [`seal`].
 ///
-/// Call it inside the transaction of the action it records, so both commit or neither does. Appends
-/// of one municipality are serialised by a transaction-scoped advisory lock held until the writer's
-/// commit, so the chain never forks. Called outside a transaction, it opens (and commits) one of its
-/// own so that the lock covers read, hash and insert there too.
+/// Appending takes no lock: writers never wait for each other. The entry is *pending* until sealed;
+/// sealing is ordered and serialised per municipality, and readers ([`entries`], [`verify_chain`])
+/// seal before they read, so no reader ever sees a log that omits a committed entry.
 pub async fn record(
     tx: &impl GenericClient,
     tenant: Tenant,
     event: &Event,
     now: DateTime<Utc>,
 ) -> Result<i64, StoreError> {
-    match tx.batch_execute("SAVEPOINT firstkey_audit").await {
+    let row = tx
+        .query_one(
+            "INSERT INTO audit_entries (municipality_id, recorded_at, actor_id, action, outcome, subject_kind,
+                 subject_id, property_id, incident_id, policy_set_hash, public_details)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+             RETURNING id",
+            &[
+                &tenant.id(),
+                &now.trunc_subsecs(6),
+                &event.actor,
+                &event.action,
+                &event.outcome.as_str(),
+                &event.subject.map(|(k, _)| k),
+                &event.subject.map(|(_, id)| id),
+                &event.property,
+                &event.incident,
+                &event.policy_set_hash.map(|h| h.to_vec()),
+                &event.details,
+            ],
+        )
+        .await
+        .map_err(crate::store::conflict_or_query)?;
+    Ok(row.get(0))
+}
+
+/// Most pending entries one sealing pass takes.
+const SEAL_BATCH: i64 = 2000;
+
+/// Seals the tenant's pending entries: assigns each the next position and its leaf and chain
+/// hashes, in insertion order, under a per-municipality lock. Runs in the caller's transaction if
+/// there is one, else in its own. Returns how many entries it sealed.
+pub async fn seal(client: &impl GenericClient, tenant: Tenant) -> Result<u64, StoreError> {
+    match client.batch_execute("SAVEPOINT firstkey_seal").await {
         Ok(()) => {
-            let seq = append(tx, tenant, event, now).await?;
-            tx.batch_execute("RELEASE SAVEPOINT firstkey_audit").await?;
-            Ok(seq)
+            let n = seal_batch(client, tenant).await?;
+            client
+                .batch_execute("RELEASE SAVEPOINT firstkey_seal")
+                .await?;
+            Ok(n)
         }
         Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::NO_ACTIVE_SQL_TRANSACTION) => {
-            tx.batch_execute("BEGIN").await?;
-            match append(tx, tenant, event, now).await {
-                Ok(seq) => {
-                    tx.batch_execute("COMMIT").await?;
-                    Ok(seq)
+            client.batch_execute("BEGIN").await?;
+            match seal_batch(client, tenant).await {
+                Ok(n) => {
+                    client.batch_execute("COMMIT").await?;
+                    Ok(n)
                 }
                 Err(e) => {
-                    let _ = tx.batch_execute("ROLLBACK").await;
+                    let _ = client.batch_execute("ROLLBACK").await;
                     Err(e)
                 }
             }
@@ -213,12 +248,7 @@ pub async fn record(
     }
 }
 
-async fn append(
-    tx: &impl GenericClient,
-    tenant: Tenant,
-    event: &Event,
-    now: DateTime<Utc>,
-) -> Result<i64, StoreError> {
+async fn seal_batch(tx: &impl GenericClient, tenant: Tenant) -> Result<u64, StoreError> {
     tx.execute(
         "SELECT pg_advisory_xact_lock(7001, hashtext($1::uuid::text))",
         &[&tenant.id()],
@@ -226,11 +256,12 @@ async fn append(
     .await?;
     let last = tx
         .query_opt(
-            "SELECT seq, chain_hash FROM audit_entries WHERE municipality_id = $1 ORDER BY seq DESC LIMIT 1",
+            "SELECT seq, chain_hash FROM audit_entries WHERE municipality_id = $1 AND seq IS NOT NULL
+             ORDER BY seq DESC LIMIT 1",
             &[&tenant.id()],
         )
         .await?;
-    let (seq, prev) = match last {
+    let (mut seq, mut prev) = match last {
         Some(row) => {
             let seq: i64 = row.get(0);
             let prev: Vec<u8> = row.get(1);
@@ -238,49 +269,71 @@ async fn append(
         }
         None => (0, [0u8; 32]),
     };
-    let recorded_at = now.trunc_subsecs(6);
-    let details = sorted(&event.details);
-    let policy_hex = event.policy_set_hash.map(hex::encode);
-    let canonical = Canonical {
-        municipality: tenant.id(),
-        seq,
-        recorded_at: recorded_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-        actor: event.actor,
-        action: event.action,
-        outcome: event.outcome.as_str(),
-        subject_kind: event.subject.map(|(k, _)| k),
-        subject_id: event.subject.map(|(_, id)| id),
-        property: event.property,
-        incident: event.incident,
-        policy_set_hash: policy_hex,
-        details: &details,
-    };
-    let leaf = leaf_hash(&canonical)?;
-    let chain_hash = chain(&prev, &leaf);
+    let pending = tx
+        .query(
+            &format!(
+                "SELECT id, {ENTRY_COLUMNS} FROM audit_entries WHERE municipality_id = $1 AND seq IS NULL
+                 ORDER BY id LIMIT $2 FOR UPDATE"
+            ),
+            &[&tenant.id(), &SEAL_BATCH],
+        )
+        .await?;
+    if pending.is_empty() {
+        return Ok(0);
+    }
+    let (mut ids, mut seqs, mut leaves, mut chains) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for row in &pending {
+        let id: i64 = row.get(0);
+        let e = entry_fields(row, 1);
+        let leaf = leaf_hash(&canonical_of(tenant, seq, &e))?;
+        let next = chain(&prev, &leaf);
+        ids.push(id);
+        seqs.push(seq);
+        leaves.push(leaf.to_vec());
+        chains.push(next.to_vec());
+        prev = next;
+        seq = seq.saturating_add(1);
+    }
     tx.execute(
-        "INSERT INTO audit_entries (municipality_id, seq, recorded_at, actor_id, action, outcome, subject_kind,
-             subject_id, property_id, incident_id, policy_set_hash, public_details, leaf_hash, chain_hash)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-        &[
-            &tenant.id(),
-            &seq,
-            &recorded_at,
-            &event.actor,
-            &event.action,
-            &event.outcome.as_str(),
-            &event.subject.map(|(k, _)| k),
-            &event.subject.map(|(_, id)| id),
-            &event.property,
-            &event.incident,
-            &event.policy_set_hash.map(|h| h.to_vec()),
-            &event.details,
-            &leaf.to_vec(),
-            &chain_hash.to_vec(),
-        ],
+        "UPDATE audit_entries a SET seq = u.seq, leaf_hash = u.leaf, chain_hash = u.chain
+         FROM unnest($1::bigint[], $2::bigint[], $3::bytea[], $4::bytea[]) AS u(id, seq, leaf, chain)
+         WHERE a.id = u.id",
+        &[&ids, &seqs, &leaves, &chains],
     )
-    .await
-    .map_err(crate::store::conflict_or_query)?;
-    Ok(seq)
+    .await?;
+    Ok(u64::try_from(ids.len()).unwrap_or(0))
+}
+
+/// Seals every municipality's pending entries.
+pub async fn seal_all(pool: &deadpool_postgres::Pool) -> Result<u64, StoreError> {
+    let client = pool.get().await?;
+    let tenants: Vec<Uuid> = client
+        .query(
+            "SELECT DISTINCT municipality_id FROM audit_entries WHERE seq IS NULL",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut sealed = 0;
+    for t in tenants {
+        sealed += seal(&client, Tenant::assume(t)).await?;
+    }
+    Ok(sealed)
+}
+
+/// Seals pending entries forever, every `interval`; faults are logged and retried.
+pub async fn run_sealer(pool: deadpool_postgres::Pool, interval: std::time::Duration) {
+    loop {
+        match seal_all(&pool).await {
+            Ok(n) if n > 0 => continue,
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "sealing the audit log failed; will retry"),
+        }
+        tokio::time::sleep(interval).await;
+    }
 }
 
 /// One stored entry, as auditors see it.
@@ -319,23 +372,51 @@ const ENTRY_COLUMNS: &str =
      incident_id, policy_set_hash, public_details, leaf_hash, chain_hash";
 
 fn entry_from_row(row: &tokio_postgres::Row) -> Entry {
-    let policy: Option<Vec<u8>> = row.get(9);
-    let leaf: Vec<u8> = row.get(11);
-    let chain_hash: Vec<u8> = row.get(12);
+    entry_fields(row, 0)
+}
+
+/// Reads the `ENTRY_COLUMNS` starting at column `at` (pending entries have no position or hashes yet:
+/// `seq` reads as -1 and the hashes as empty).
+fn entry_fields(row: &tokio_postgres::Row, at: usize) -> Entry {
+    let col = |i: usize| at.saturating_add(i);
+    let policy: Option<Vec<u8>> = row.get(col(9));
+    let leaf: Option<Vec<u8>> = row.get(col(11));
+    let chain_hash: Option<Vec<u8>> = row.get(col(12));
+    let seq: Option<i64> = row.get(col(0));
     Entry {
-        seq: row.get(0),
-        recorded_at: row.get(1),
-        actor: row.get(2),
-        action: row.get(3),
-        outcome: row.get(4),
-        subject_kind: row.get(5),
-        subject_id: row.get(6),
-        property: row.get(7),
-        incident: row.get(8),
+        seq: seq.unwrap_or(-1),
+        recorded_at: row.get(col(1)),
+        actor: row.get(col(2)),
+        action: row.get(col(3)),
+        outcome: row.get(col(4)),
+        subject_kind: row.get(col(5)),
+        subject_id: row.get(col(6)),
+        property: row.get(col(7)),
+        incident: row.get(col(8)),
         policy_set_hash: policy.map(hex::encode),
-        details: row.get(10),
-        leaf_hash: hex::encode(leaf),
-        chain_hash: hex::encode(chain_hash),
+        details: row.get(col(10)),
+        leaf_hash: leaf.map(hex::encode).unwrap_or_default(),
+        chain_hash: chain_hash.map(hex::encode).unwrap_or_default(),
+    }
+}
+
+/// An entry's canonical form at position `seq`.
+fn canonical_of<'a>(tenant: Tenant, seq: i64, e: &'a Entry) -> Canonical<'a> {
+    Canonical {
+        municipality: tenant.id(),
+        seq,
+        recorded_at: e
+            .recorded_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        actor: e.actor,
+        action: &e.action,
+        outcome: &e.outcome,
+        subject_kind: e.subject_kind.as_deref(),
+        subject_id: e.subject_id,
+        property: e.property,
+        incident: e.incident,
+        policy_set_hash: e.policy_set_hash.clone(),
+        details: sorted(&e.details),
     }
 }
 
@@ -347,6 +428,7 @@ pub async fn entries(
     after_seq: i64,
     limit: i64,
 ) -> Result<Vec<Entry>, StoreError> {
+    seal(client, tenant).await?;
     let sql = format!(
         "SELECT {ENTRY_COLUMNS} FROM audit_entries
          WHERE municipality_id = $1 AND ($2::uuid IS NULL OR property_id = $2) AND seq > $3
@@ -378,13 +460,14 @@ pub enum ChainCheck {
     },
 }
 
-/// Recomputes every leaf and chain hash of the tenant's log.
+/// Seals what is pending, then recomputes every leaf and chain hash of the tenant's log.
 pub async fn verify_chain(
     client: &impl GenericClient,
     tenant: Tenant,
 ) -> Result<ChainCheck, StoreError> {
+    seal(client, tenant).await?;
     let sql = format!(
-        "SELECT {ENTRY_COLUMNS} FROM audit_entries WHERE municipality_id = $1 ORDER BY seq"
+        "SELECT {ENTRY_COLUMNS} FROM audit_entries WHERE municipality_id = $1 AND seq IS NOT NULL ORDER BY seq"
     );
     let rows = client.query(&sql, &[&tenant.id()]).await?;
     let mut prev = [0u8; 32];
@@ -394,23 +477,7 @@ pub async fn verify_chain(
         if e.seq != expected_seq {
             return Ok(ChainCheck::Broken { seq: expected_seq });
         }
-        let canonical = Canonical {
-            municipality: tenant.id(),
-            seq: e.seq,
-            recorded_at: e
-                .recorded_at
-                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-            actor: e.actor,
-            action: &e.action,
-            outcome: &e.outcome,
-            subject_kind: e.subject_kind.as_deref(),
-            subject_id: e.subject_id,
-            property: e.property,
-            incident: e.incident,
-            policy_set_hash: e.policy_set_hash.clone(),
-            details: &sorted(&e.details),
-        };
-        let leaf = leaf_hash(&canonical)?;
+        let leaf = leaf_hash(&canonical_of(tenant, e.seq, &e))?;
         let next = chain(&prev, &leaf);
         if hex::encode(leaf) != e.leaf_hash || hex::encode(next) != e.chain_hash {
             return Ok(ChainCheck::Broken { seq: e.seq });

@@ -44,6 +44,9 @@ pub struct AppState {
 /// A bound, not yet running, HTTP server.
 pub struct Application {
     server: Server,
+    /// Seals pending audit entries while the server runs (every replica runs one; they take turns
+    /// per municipality under the sealing lock).
+    sealer: tokio::task::JoinHandle<()>,
     local_addr: SocketAddr,
     scheme: &'static str,
 }
@@ -70,6 +73,10 @@ impl Application {
             None => crate::policy::PolicyEngine::shipped().context("the shipped policy set")?,
         };
         tracing::info!(policy_set = %hex::encode(policy.policy_set_hash()), "policy set loaded");
+        let sealer = tokio::spawn(crate::audit::run_sealer(
+            pool.clone(),
+            std::time::Duration::from_millis(50),
+        ));
         let state = web::Data::new(AppState {
             pool,
             clock,
@@ -129,6 +136,7 @@ impl Application {
         };
         Ok(Self {
             server: server.run(),
+            sealer,
             local_addr,
             scheme,
         })
@@ -151,7 +159,9 @@ impl Application {
 
     /// Runs until the server is stopped (SIGINT/SIGTERM).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let result = self.server.await;
+        self.sealer.abort();
+        result
     }
 }
 
