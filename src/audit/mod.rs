@@ -4,10 +4,14 @@
 //! Merkle leaf, `SHA-256(0x00 ‖ bytes)`, and linked into a chain, `chain = SHA-256(prev_chain ‖ leaf)`,
 //! starting from 32 zero bytes. The chain makes any rewrite of history detectable by [`verify_chain`];
 //! the leaves are ready for the Merkle tree, checkpoints and proofs that auditors get later. The table
-//! itself refuses UPDATE and DELETE (see `sql/`).
+//! itself refuses UPDATE and DELETE, except the one-time sealing of a pending entry (see `sql/`).
 //!
-//! Writers append inside their own transaction, so an action and its audit entry commit together or
-//! not at all. Appends of one municipality are serialised with a transaction-scoped advisory lock.
+//! Two steps, as a Certificate Transparency log queues and then integrates:
+//! - [`record`]: writers insert the entry *pending* inside their own transaction, so an action and
+//!   its audit entry commit together or not at all. No lock: writers never wait for each other.
+//! - [`seal`]: assigns positions and hashes to pending entries in insertion order, in batches, under
+//!   a per-municipality lock. Every server runs a sealer ([`run_sealer`]); readers seal first.
+//!
 //! Never put a token, key, pairing code or responder note into an entry.
 
 use chrono::{DateTime, SubsecRound, Utc};
