@@ -14,37 +14,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{As, TestApp, spawn_app, user};
-
-const ORIGIN: &str = "http://localhost:8080";
-
-async fn call(
-    app: &TestApp,
-    method: Method,
-    path: &str,
-    who: Option<&As>,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut request = app
-        .http
-        .request(method.clone(), format!("{}{path}", app.address));
-    if let Some(who) = who {
-        request = request.header("cookie", &who.cookie);
-    }
-    if method != Method::GET {
-        request = request.header("origin", ORIGIN);
-    }
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
+use crate::helpers::{As, TestApp, call, spawn_app, user};
 
 fn plan() -> Value {
     json!({

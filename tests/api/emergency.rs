@@ -24,9 +24,8 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{As, TestApp, admin_config, fresh_database, test_settings, user};
+use crate::helpers::{As, TestApp, admin_config, call, fresh_database, test_settings, user};
 
-const ORIGIN: &str = "http://localhost:8080";
 const RP_ID: &str = "localhost";
 
 struct World {
@@ -65,34 +64,6 @@ async fn spawn_with_keys(key_dir: &std::path::Path) -> TestApp {
         http: reqwest::Client::new(),
         proxy: None,
     }
-}
-
-async fn call(
-    app: &TestApp,
-    method: Method,
-    path: &str,
-    who: Option<&As>,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut request = app
-        .http
-        .request(method.clone(), format!("{}{path}", app.address));
-    if let Some(who) = who {
-        request = request.header("cookie", &who.cookie);
-    }
-    if method != Method::GET {
-        request = request.header("origin", ORIGIN);
-    }
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
 }
 
 fn plan() -> Value {

@@ -125,7 +125,7 @@ async fn a_grant_succeeds_while_smtp_is_down_and_its_mail_arrives_after() {
     use firstkey::domain::{AgencyKind, Role};
     use serde_json::json;
 
-    use crate::helpers::user;
+    use crate::helpers::{call, user};
 
     let app = spawn_app().await;
     let now = Utc::now();
@@ -165,33 +165,12 @@ async fn a_grant_succeeds_while_smtp_is_down_and_its_mail_arrives_after() {
         true,
     )
     .await;
-    let post = |path: String,
-                who: &crate::helpers::As,
-                body: serde_json::Value,
-                method: reqwest::Method| {
-        let request = app
-            .http
-            .request(method, format!("{}{path}", app.address))
-            .header("cookie", &who.cookie)
-            .header("origin", "http://localhost:8080")
-            .json(&body);
-        async move {
-            let response = request.send().await.unwrap();
-            let status = response.status().as_u16();
-            (
-                status,
-                response
-                    .json::<serde_json::Value>()
-                    .await
-                    .unwrap_or_default(),
-            )
-        }
-    };
-    let (status, property) = post(
-        "/api/v1/properties".into(),
-        &owner,
-        json!({ "address": "5 Outage Lane" }),
+    let (status, property) = call(
+        &app,
         reqwest::Method::POST,
+        "/api/v1/properties",
+        Some(&owner),
+        Some(json!({ "address": "5 Outage Lane" })),
     )
     .await;
     assert_eq!(status, 201);
@@ -202,11 +181,12 @@ async fn a_grant_succeeds_while_smtp_is_down_and_its_mail_arrives_after() {
         "retention_days": 30
     });
     assert_eq!(
-        post(
-            format!("/api/v1/properties/{property}/plan"),
-            &owner,
-            plan,
-            reqwest::Method::PUT
+        call(
+            &app,
+            reqwest::Method::PUT,
+            &format!("/api/v1/properties/{property}/plan"),
+            Some(&owner),
+            Some(plan)
         )
         .await
         .0,
@@ -214,20 +194,10 @@ async fn a_grant_succeeds_while_smtp_is_down_and_its_mail_arrives_after() {
     );
 
     // SMTP is down (no relay reachable): the grant still succeeds.
-    let (status, incident) = post(
-        "/api/v1/incidents".into(),
-        &dispatcher,
-        json!({ "cad_number": "26-99001", "kind": "fire", "address": "5 Outage Lane", "agency": fire.id }),
-        reqwest::Method::POST,
-    )
+    let (status, incident) = call(&app, reqwest::Method::POST, "/api/v1/incidents", Some(&dispatcher), Some(json!({ "cad_number": "26-99001", "kind": "fire", "address": "5 Outage Lane", "agency": fire.id })))
     .await;
     assert_eq!(status, 201, "{incident}");
-    let (status, grant) = post(
-        format!("/api/v1/incidents/{}/grants", incident["id"].as_str().unwrap()),
-        &dispatcher,
-        json!({ "property": property, "responders": [responder.id], "minutes": 30, "justification": "smoke from the roof" }),
-        reqwest::Method::POST,
-    )
+    let (status, grant) = call(&app, reqwest::Method::POST, &format!("/api/v1/incidents/{}/grants", incident["id"].as_str().unwrap()), Some(&dispatcher), Some(json!({ "property": property, "responders": [responder.id], "minutes": 30, "justification": "smoke from the roof" })))
     .await;
     assert_eq!(status, 201, "{grant}");
     assert_eq!(grant["status"], "live");
