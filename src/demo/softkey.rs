@@ -149,6 +149,17 @@ impl SoftSecurityKey {
 
     /// Answers a registration ceremony (`navigator.credentials.create`) with packed attestation.
     pub fn register(&mut self, options: &Value) -> Result<Value, SoftKeyError> {
+        self.register_with_flags(options, 0)
+    }
+
+    /// [`Self::register`] with extra authenticator-data flags (e.g. backup-eligible `0x08` and
+    /// backed-up `0x10`, as a synced passkey would set), attested all the same — for tests that
+    /// check the server refuses what the flags say.
+    pub fn register_with_flags(
+        &mut self,
+        options: &Value,
+        extra_flags: u8,
+    ) -> Result<Value, SoftKeyError> {
         let rng = SystemRandom::new();
         let client_data = self.client_data("webauthn.create", options)?;
         let point = self.credential_key.public_key().as_ref();
@@ -168,7 +179,7 @@ impl SoftSecurityKey {
         cbor::bytes(&mut cose, y);
 
         let mut auth_data = Self::rp_id_hash(options, &["rp", "id"])?;
-        auth_data.push(FLAG_UP | FLAG_UV | FLAG_AT);
+        auth_data.push(FLAG_UP | FLAG_UV | FLAG_AT | extra_flags);
         auth_data.extend_from_slice(&self.counter.to_be_bytes());
         auth_data.extend_from_slice(&AAGUID);
         let id_len = u16::try_from(self.credential_id.len()).map_err(err)?;

@@ -458,16 +458,7 @@ async fn invitation_accept_start(
     state: web::Data<AppState>,
     body: web::Json<LinkStart>,
 ) -> Result<HttpResponse, ApiError> {
-    let client = connection(&state).await?;
-    let challenge = accounts::start_enrolment(
-        &client,
-        &rp(&state)?,
-        LinkKind::Invitation,
-        &body.secret,
-        state.clock.now(),
-    )
-    .await?;
-    Ok(HttpResponse::Ok().json(challenge))
+    start_registration(&state, LinkKind::Invitation, &body.secret).await
 }
 
 /// Finishes accepting an invitation; activates the account and signs in.
@@ -489,6 +480,18 @@ async fn invitation_accept_finish(
     body: web::Json<FinishRegistration>,
 ) -> Result<HttpResponse, ApiError> {
     finish_registration(&state, &body).await
+}
+
+/// Starts the enrolment a mailed link (invitation or e-mail verification) allows.
+async fn start_registration(
+    state: &AppState,
+    kind: LinkKind,
+    secret: &str,
+) -> Result<HttpResponse, ApiError> {
+    let client = connection(state).await?;
+    let challenge =
+        accounts::start_enrolment(&client, &rp(state)?, kind, secret, state.clock.now()).await?;
+    Ok(HttpResponse::Ok().json(challenge))
 }
 
 async fn finish_registration(
@@ -595,16 +598,7 @@ async fn verify_start(
     state: web::Data<AppState>,
     body: web::Json<LinkStart>,
 ) -> Result<HttpResponse, ApiError> {
-    let client = connection(&state).await?;
-    let challenge = accounts::start_enrolment(
-        &client,
-        &rp(&state)?,
-        LinkKind::EmailVerification,
-        &body.secret,
-        state.clock.now(),
-    )
-    .await?;
-    Ok(HttpResponse::Ok().json(challenge))
+    start_registration(&state, LinkKind::EmailVerification, &body.secret).await
 }
 
 /// Finishes the e-mail verification; activates the account and signs in.

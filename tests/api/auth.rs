@@ -7,8 +7,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::Utc;
 use firstkey::domain::{AgencyKind, Role, Slug};
 use firstkey::store::{Tenant, tenancy};
-use ring::rand::SystemRandom;
-use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
 use serde_json::{Value, json};
 use uuid::Uuid;
 use webauthn_authenticator_rs::softtoken::SoftToken;
@@ -17,6 +15,8 @@ use crate::auth_helpers::{
     self, TestKey, enrol, mailed_secret, post, session_cookie, sign_in, sign_in_as, soft_token,
     trust_ca,
 };
+use firstkey::demo::softkey::SoftSecurityKey;
+
 use crate::helpers::{TestApp, spawn_app};
 
 async fn municipality(app: &TestApp, slug: &str) -> Tenant {
@@ -373,8 +373,8 @@ async fn a_synced_backup_eligible_credential_is_refused_as_a_security_key() {
         "d@sync-town.test",
     )
     .await;
-    let authenticator = CraftedAuthenticator::new();
-    trust_ca(&app, tenant, &authenticator.ca_pem).await;
+    let mut authenticator = SoftSecurityKey::new(auth_helpers::ORIGIN).unwrap();
+    trust_ca(&app, tenant, authenticator.ca_pem()).await;
 
     let start = post(
         &app,
@@ -385,7 +385,9 @@ async fn a_synced_backup_eligible_credential_is_refused_as_a_security_key() {
     .await;
     let challenge: Value = start.json().await.unwrap();
     // The same authenticator with the backup-eligible and backed-up flags set (a synced passkey).
-    let registration = authenticator.register(&challenge["options"], FLAG_BE | FLAG_BS);
+    let registration = authenticator
+        .register_with_flags(&challenge["options"], FLAG_BE | FLAG_BS)
+        .unwrap();
     let finish = post(
         &app,
         "/api/v1/invitations/accept/finish",
@@ -407,7 +409,7 @@ async fn a_synced_backup_eligible_credential_is_refused_as_a_security_key() {
     )
     .await;
     let challenge: Value = start.json().await.unwrap();
-    let registration = authenticator.register(&challenge["options"], 0);
+    let registration = authenticator.register(&challenge["options"]).unwrap();
     let finish = post(
         &app,
         "/api/v1/invitations/accept/finish",
@@ -818,182 +820,8 @@ async fn failed_assertions_slow_a_homeowner_down_but_do_not_lock() {
 // ------------------------------------------------------------------------------------------ a crafted authenticator
 
 /// The crafted authenticator's model id.
-const CRAFTED_AAGUID: Uuid = uuid::uuid!("6e1e2f0a-3b1c-4d5e-8f70-112233445566");
-const FLAG_UP: u8 = 0x01;
-const FLAG_UV: u8 = 0x04;
 const FLAG_BE: u8 = 0x08;
 const FLAG_BS: u8 = 0x10;
-const FLAG_AT: u8 = 0x40;
-
-/// A packed-attestation authenticator built in the test, so flags the software token never sets
-/// (backup eligibility) can be presented with a valid attestation signature.
-struct CraftedAuthenticator {
-    ca_pem: String,
-    leaf_der: Vec<u8>,
-    leaf_key: EcdsaKeyPair,
-}
-
-impl CraftedAuthenticator {
-    fn new() -> Self {
-        use rcgen::{
-            BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose,
-            PKCS_ECDSA_P256_SHA256,
-        };
-        let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "Crafted Test Authenticator CA");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-
-        let leaf_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(DnType::CountryName, "AU");
-        params
-            .distinguished_name
-            .push(DnType::OrganizationName, "Crafted Test");
-        params
-            .distinguished_name
-            .push(DnType::OrganizationalUnitName, "Authenticator Attestation");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "Crafted Test Authenticator");
-        params.is_ca = IsCa::ExplicitNoCa;
-        let leaf = params.signed_by(&leaf_key, &ca, &ca_key).unwrap();
-        let leaf_key = EcdsaKeyPair::from_pkcs8(
-            &ECDSA_P256_SHA256_ASN1_SIGNING,
-            &leaf_key.serialize_der(),
-            &SystemRandom::new(),
-        )
-        .unwrap();
-        Self {
-            ca_pem: ca.pem(),
-            leaf_der: leaf.der().to_vec(),
-            leaf_key,
-        }
-    }
-
-    /// A registration response to `options` with the extra authenticator-data `flags`.
-    fn register(&self, options: &Value, flags: u8) -> Value {
-        let rng = SystemRandom::new();
-        let public_key = options["publicKey"].clone();
-        let challenge = public_key["challenge"].as_str().unwrap();
-        let rp_id = public_key["rp"]["id"].as_str().unwrap();
-        let client_data = serde_json::to_vec(&json!({
-            "type": "webauthn.create",
-            "challenge": challenge,
-            "origin": auth_helpers::ORIGIN,
-            "crossOrigin": false,
-        }))
-        .unwrap();
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
-        let credential_key =
-            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng)
-                .unwrap();
-        let point = credential_key.public_key().as_ref();
-        let (x, y) = (&point[1..33], &point[33..65]);
-        let mut cose = Vec::new();
-        cbor::map(&mut cose, 5);
-        cbor::int(&mut cose, 1);
-        cbor::int(&mut cose, 2);
-        cbor::int(&mut cose, 3);
-        cbor::int(&mut cose, -7);
-        cbor::int(&mut cose, -1);
-        cbor::int(&mut cose, 1);
-        cbor::int(&mut cose, -2);
-        cbor::bytes(&mut cose, x);
-        cbor::int(&mut cose, -3);
-        cbor::bytes(&mut cose, y);
-
-        let credential_id: Vec<u8> = Uuid::new_v4()
-            .as_bytes()
-            .iter()
-            .chain(Uuid::new_v4().as_bytes())
-            .copied()
-            .collect();
-        let mut auth_data = ring::digest::digest(&ring::digest::SHA256, rp_id.as_bytes())
-            .as_ref()
-            .to_vec();
-        auth_data.push(FLAG_UP | FLAG_UV | FLAG_AT | flags);
-        auth_data.extend_from_slice(&0u32.to_be_bytes());
-        auth_data.extend_from_slice(CRAFTED_AAGUID.as_bytes());
-        auth_data.extend_from_slice(&u16::try_from(credential_id.len()).unwrap().to_be_bytes());
-        auth_data.extend_from_slice(&credential_id);
-        auth_data.extend_from_slice(&cose);
-
-        let mut signed = auth_data.clone();
-        signed
-            .extend_from_slice(ring::digest::digest(&ring::digest::SHA256, &client_data).as_ref());
-        let signature = self.leaf_key.sign(&rng, &signed).unwrap();
-
-        let mut object = Vec::new();
-        cbor::map(&mut object, 3);
-        cbor::text(&mut object, "fmt");
-        cbor::text(&mut object, "packed");
-        cbor::text(&mut object, "attStmt");
-        cbor::map(&mut object, 3);
-        cbor::text(&mut object, "alg");
-        cbor::int(&mut object, -7);
-        cbor::text(&mut object, "sig");
-        cbor::bytes(&mut object, signature.as_ref());
-        cbor::text(&mut object, "x5c");
-        cbor::array(&mut object, 1);
-        cbor::bytes(&mut object, &self.leaf_der);
-        cbor::text(&mut object, "authData");
-        cbor::bytes(&mut object, &auth_data);
-
-        json!({
-            "id": URL_SAFE_NO_PAD.encode(&credential_id),
-            "rawId": URL_SAFE_NO_PAD.encode(&credential_id),
-            "type": "public-key",
-            "response": {
-                "attestationObject": URL_SAFE_NO_PAD.encode(&object),
-                "clientDataJSON": URL_SAFE_NO_PAD.encode(&client_data),
-            },
-            "extensions": {},
-        })
-    }
-}
-
-/// Just enough CBOR (RFC 8949 definite lengths) for an attestation object.
-mod cbor {
-    fn head(out: &mut Vec<u8>, major: u8, value: u64) {
-        let major = major << 5;
-        let bytes = value.to_be_bytes();
-        match value {
-            0..24 => out.push(major | bytes[7]),
-            24..=0xff => out.extend_from_slice(&[major | 24, bytes[7]]),
-            0x100..=0xffff => out.extend_from_slice(&[major | 25, bytes[6], bytes[7]]),
-            _ => {
-                out.push(major | 26);
-                out.extend_from_slice(&bytes[4..]);
-            }
-        }
-    }
-    pub fn int(out: &mut Vec<u8>, v: i64) {
-        if v >= 0 {
-            head(out, 0, v as u64)
-        } else {
-            head(out, 1, (-1 - v) as u64)
-        }
-    }
-    pub fn bytes(out: &mut Vec<u8>, b: &[u8]) {
-        head(out, 2, b.len() as u64);
-        out.extend_from_slice(b);
-    }
-    pub fn text(out: &mut Vec<u8>, s: &str) {
-        head(out, 3, s.len() as u64);
-        out.extend_from_slice(s.as_bytes());
-    }
-    pub fn array(out: &mut Vec<u8>, n: u64) {
-        head(out, 4, n);
-    }
-    pub fn map(out: &mut Vec<u8>, n: u64) {
-        head(out, 5, n);
-    }
-}
 
 #[tokio::test]
 async fn an_admin_manages_the_attestation_cas_of_the_municipality() {
