@@ -3,7 +3,10 @@
 //! [`Door`] owns the [`Store`], the [`Actuator`] and the [`Clock`]. It is synchronous and does
 //! blocking fsyncs; the socket server in [`crate::tap_server`] runs it on a blocking thread.
 //! Ordering for crash safety: the time floor is raised durably before deciding; the receipt (which
-//! is also the replay record) is fsynced before the door opens; the presenter is answered last.
+//! is also the replay record) is fsynced and read back before the door opens; the presenter is
+//! answered last. If the receipt cannot be made durable, the decision is an error: the door stays
+//! shut and the presenter gets no answer; if the receipt log cannot even be restored, the store is
+//! halted and every later tap is refused the same way.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -101,6 +104,10 @@ impl Door {
         challenge: &Challenge,
         presented: Result<PresenterMessage, FrameError>,
     ) -> Result<TapDecision, StateError> {
+        // A lock that cannot record a receipt safely decides nothing: the door stays shut.
+        if let Some(why) = self.store.halted() {
+            return Err(StateError::Halted(why));
+        }
         let now = self.clock.now();
         self.store.raise_floor(now)?;
         let mut body = ReceiptBody {

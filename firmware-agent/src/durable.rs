@@ -2,8 +2,10 @@
 //!
 //! Everything the agent must not lose goes through this module. A power cut at any instant leaves
 //! either the old or the new contents of a replaced file, and a log whose torn tail (a record cut
-//! short by the crash) is dropped when the log is next opened. This module knows nothing about
-//! what the bytes mean.
+//! short by the crash) is dropped when the log is next opened. A failed append (disk full, I/O
+//! error, short write) cuts the log back to its last good record before reporting the error, or
+//! halts the log if it cannot; opening never drops a readable record. This module knows nothing
+//! about what the bytes mean.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -70,28 +72,108 @@ fn parent_dir(path: &Path) -> io::Result<PathBuf> {
     }
 }
 
+/// The file operations an [`AppendLog`] needs. [`File`] is the real one; tests substitute a file
+/// that fails (an error, or a short write) at a chosen byte, to check that a failed append never
+/// leaves the log damaged.
+pub trait LogFile: Send + std::fmt::Debug {
+    /// Write some of `bytes` at the end of the file; returns how many were written (maybe fewer).
+    fn append(&mut self, bytes: &[u8]) -> io::Result<usize>;
+    /// Make every write so far durable (`fdatasync`).
+    fn sync_data(&mut self) -> io::Result<()>;
+    /// Cut the file to `len` bytes and make that durable (`ftruncate` + `fsync`).
+    fn truncate(&mut self, len: u64) -> io::Result<()>;
+    /// Fill `buf` from the file at `offset`.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+}
+
+impl LogFile for File {
+    fn append(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        // Opened with O_APPEND: every write goes to the current end, also after a truncate.
+        self.write(bytes)
+    }
+
+    fn sync_data(&mut self) -> io::Result<()> {
+        File::sync_data(self)
+    }
+
+    fn truncate(&mut self, len: u64) -> io::Result<()> {
+        self.set_len(len)?;
+        self.sync_all()
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(self, buf, offset)
+    }
+}
+
+/// Wraps the log's real file (tests inject faults this way); called at open and after a rewrite.
+pub type LogFileWrapper = std::sync::Arc<dyn Fn(File) -> Box<dyn LogFile> + Send + Sync>;
+
 /// An append-only log of length- and checksum-framed records, fsynced on every append.
 ///
-/// Record layout: `len: u32 LE ‖ first 8 bytes of SHA-256(payload) ‖ payload`. Opening the log
-/// scans it and truncates a torn tail. A damaged region longer than one maximal record is not a
-/// torn write but corruption, and opening fails rather than silently dropping records.
-#[derive(Debug)]
+/// Record layout: `len: u32 LE ‖ first 8 bytes of SHA-256(payload) ‖ payload`.
+///
+/// Appends: a record counts only once it is written, fsynced and read back intact. A failed or
+/// short append cuts the file back to its last good length (truncate + fsync) before it returns
+/// the error, so nothing is ever appended after stray bytes. If even that fails, the log is
+/// *halted* ([`AppendLog::halted`]): every later append is refused, because the file's end is
+/// unknown.
+///
+/// Opening: every readable (length- and checksum-valid) record is kept, wherever it is. Unreadable
+/// bytes after the last readable record, no longer than one maximal record, are a torn write (a
+/// crash during an append) and are cut off. Anything else (unreadable bytes *between* readable
+/// records, or a longer unreadable tail) is damage the append path cannot produce: the file is left
+/// as it is, the readable records are loaded, and the log opens halted with a [`Damage`] report, so
+/// the caller can decide whether a repair ([`AppendLog::rewrite`]) loses nothing.
 pub struct AppendLog {
     path: PathBuf,
-    file: File,
+    file: Box<dyn LogFile>,
+    wrapper: Option<LogFileWrapper>,
     records: Vec<Vec<u8>>,
+    /// Bytes of the file that hold good records (where the next append starts).
+    len: u64,
+    halted: Option<String>,
+}
+
+impl std::fmt::Debug for AppendLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppendLog")
+            .field("path", &self.path)
+            .field("records", &self.records.len())
+            .field("len", &self.len)
+            .field("halted", &self.halted)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What [`AppendLog::open`] found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recovery {
     /// Bytes dropped from a torn tail (0 when the log was clean).
     pub truncated_bytes: u64,
+    /// Unreadable regions the log was opened despite (it is then halted); empty when clean.
+    pub damage: Vec<Damage>,
+}
+
+/// An unreadable region of a log file that is not a torn tail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Damage {
+    /// Byte offset where the unreadable bytes start.
+    pub offset: u64,
+    /// How many bytes are unreadable.
+    pub len: u64,
+    /// Readable records between this region and the next one (or the end).
+    pub records_after: usize,
 }
 
 impl AppendLog {
-    /// Open (creating if needed) the log at `path`, truncate any torn tail, and load its records.
+    /// Open (creating if needed) the log at `path`, truncate a torn tail, and load its records.
     pub fn open(path: &Path) -> io::Result<(Self, Recovery)> {
+        Self::open_with(path, None)
+    }
+
+    /// [`AppendLog::open`], with the file wrapped by `wrapper` (fault injection in tests).
+    pub fn open_with(path: &Path, wrapper: Option<LogFileWrapper>) -> io::Result<(Self, Recovery)> {
         let created = !path.exists();
         let mut file = OpenOptions::new()
             .read(true)
@@ -104,32 +186,35 @@ impl AppendLog {
         }
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
-        let (records, valid_len) = scan(&bytes);
-        let total = u64::try_from(bytes.len()).map_err(io::Error::other)?;
-        let valid = u64::try_from(valid_len).map_err(io::Error::other)?;
-        let truncated_bytes = total.saturating_sub(valid);
-        if truncated_bytes > 0 {
-            let max_torn = u64::try_from(HEADER_LEN + MAX_RECORD_LEN).map_err(io::Error::other)?;
-            if truncated_bytes > max_torn {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "{}: {truncated_bytes} unreadable bytes after offset {valid}; \
-                         more than a torn write, refusing to truncate",
-                        path.display()
-                    ),
-                ));
-            }
-            file.set_len(valid)?;
+        let found = inspect(&bytes);
+        let end = to_u64(found.end)?;
+        let mut truncated_bytes = 0;
+        if found.torn_tail > 0 {
+            // A torn write: the record being appended when the power went. Nothing readable
+            // follows it, so cutting it loses nothing.
+            file.set_len(end)?;
             file.sync_all()?;
+            truncated_bytes = found.torn_tail;
         }
+        let damage = found.damage;
+        let halted = describe_damage(path, &damage);
+        let file = match &wrapper {
+            Some(w) => w(file),
+            None => Box::new(file) as Box<dyn LogFile>,
+        };
         Ok((
             Self {
                 path: path.to_path_buf(),
                 file,
-                records,
+                wrapper,
+                records: found.records,
+                len: end,
+                halted,
             },
-            Recovery { truncated_bytes },
+            Recovery {
+                truncated_bytes,
+                damage,
+            },
         ))
     }
 
@@ -138,29 +223,84 @@ impl AppendLog {
         &self.records
     }
 
-    /// Append one record and fsync it; when this returns `Ok`, the record survives a crash.
+    /// Why appends are refused, if they are: the file was damaged at open, or a failed append
+    /// could not be cut back.
+    pub fn halted(&self) -> Option<&str> {
+        self.halted.as_deref()
+    }
+
+    /// Append one record, fsync it and read it back. When this returns `Ok`, the record survives a
+    /// crash and is readable. When it returns an error, the log is as before the call (the file
+    /// was cut back to its last good length), or, if that failed too, the log is halted.
     pub fn append(&mut self, payload: &[u8]) -> io::Result<()> {
+        if let Some(why) = &self.halted {
+            return Err(io::Error::other(format!("receipt log halted: {why}")));
+        }
         let framed = frame(payload)?;
-        self.file.write_all(&framed)?;
+        match self.write_checked(&framed) {
+            Ok(()) => {
+                self.len = self.len.saturating_add(to_u64(framed.len())?);
+                self.records.push(payload.to_vec());
+                Ok(())
+            }
+            Err(e) => {
+                if let Err(t) = self.file.truncate(self.len) {
+                    self.halted = Some(format!(
+                        "{}: an append failed ({e}) and cutting the file back to {} bytes failed \
+                         too ({t})",
+                        self.path.display(),
+                        self.len
+                    ));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn write_checked(&mut self, framed: &[u8]) -> io::Result<()> {
+        let mut done = 0usize;
+        while let Some(rest) = framed.get(done..).filter(|r| !r.is_empty()) {
+            match self.file.append(rest) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => done = done.saturating_add(n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
         self.file.sync_data()?;
-        self.records.push(payload.to_vec());
+        let mut back = vec![0u8; framed.len()];
+        self.file.read_exact_at(&mut back, self.len)?;
+        if back != framed {
+            return Err(io::Error::other("the appended record does not read back"));
+        }
         Ok(())
     }
 
-    /// Atomically replace the whole log with `records` (used for compaction).
+    /// Atomically replace the whole log with `records` (compaction, and repairing a damaged log);
+    /// clears a halt, since the file is then exactly `records`.
     pub fn rewrite(&mut self, records: Vec<Vec<u8>>) -> io::Result<()> {
         let mut bytes = Vec::new();
         for r in &records {
             bytes.extend_from_slice(&frame(r)?);
         }
         write_atomic(&self.path, &bytes, 0o600)?;
-        self.file = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .append(true)
             .open(&self.path)?;
+        self.file = match &self.wrapper {
+            Some(w) => w(file),
+            None => Box::new(file),
+        };
+        self.len = to_u64(bytes.len())?;
         self.records = records;
+        self.halted = None;
         Ok(())
     }
+}
+
+fn to_u64(n: usize) -> io::Result<u64> {
+    u64::try_from(n).map_err(io::Error::other)
 }
 
 fn checksum(payload: &[u8]) -> [u8; 8] {
@@ -187,39 +327,128 @@ fn frame(payload: &[u8]) -> io::Result<Vec<u8>> {
     Ok(out)
 }
 
-/// The records of a log file's bytes, without modifying anything (a torn tail is ignored).
+/// The readable records of a log file's bytes, without modifying anything.
 pub fn scan_records(bytes: &[u8]) -> Vec<Vec<u8>> {
-    scan(bytes).0
+    scan(bytes).records
 }
 
-/// Parse records from the start of `bytes`; returns them and the length of the valid prefix.
-fn scan(bytes: &[u8]) -> (Vec<Vec<u8>>, usize) {
-    let mut records = Vec::new();
-    let mut pos = 0usize;
-    while let Some(rest) = bytes.get(pos..) {
-        let Some((header, body)) = rest.split_first_chunk::<HEADER_LEN>() else {
-            break;
-        };
-        let (len_bytes, sum) = header.split_at(4);
-        let Ok(len_arr) = <[u8; 4]>::try_from(len_bytes) else {
-            break;
-        };
-        let Ok(len) = usize::try_from(u32::from_le_bytes(len_arr)) else {
-            break;
-        };
-        if len > MAX_RECORD_LEN {
-            break;
-        }
-        let Some(payload) = body.get(..len) else {
-            break;
-        };
-        if checksum(payload).as_slice() != sum {
-            break;
-        }
-        records.push(payload.to_vec());
-        pos += HEADER_LEN + len;
+/// What a log file's bytes hold, judged as [`AppendLog::open`] judges them (nothing is modified).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inspection {
+    /// Every readable record, in file order.
+    pub records: Vec<Vec<u8>>,
+    /// End of the last readable record.
+    pub end: usize,
+    /// Length of a torn tail that opening would cut (0 if none, or if the file is damaged).
+    pub torn_tail: u64,
+    /// Unreadable regions that are not a torn tail.
+    pub damage: Vec<Damage>,
+}
+
+/// Inspect a log file's bytes: readable records, torn tail, damage.
+pub fn inspect(bytes: &[u8]) -> Inspection {
+    let found = scan(bytes);
+    let as_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+    let mut damage: Vec<Damage> = found
+        .gaps
+        .iter()
+        .map(|(offset, len, records_after)| Damage {
+            offset: as_u64(*offset),
+            len: as_u64(*len),
+            records_after: *records_after,
+        })
+        .collect();
+    let tail = as_u64(bytes.len().saturating_sub(found.end));
+    let mut torn_tail = 0;
+    if tail > as_u64(HEADER_LEN + MAX_RECORD_LEN) {
+        // Longer than any append: not a torn write.
+        damage.push(Damage {
+            offset: as_u64(found.end),
+            len: tail,
+            records_after: 0,
+        });
+    } else if damage.is_empty() {
+        torn_tail = tail;
     }
-    (records, pos)
+    Inspection {
+        records: found.records,
+        end: found.end,
+        torn_tail,
+        damage,
+    }
+}
+
+fn describe_damage(path: &Path, damage: &[Damage]) -> Option<String> {
+    if damage.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "{}: unreadable bytes between or after its records ({}); every readable record was kept \
+         and the file left as it is",
+        path.display(),
+        damage
+            .iter()
+            .map(|d| format!("{} bytes at offset {}", d.len, d.offset))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+}
+
+/// What a scan of a log file found.
+struct Scan {
+    /// Every readable record, in file order.
+    records: Vec<Vec<u8>>,
+    /// End of the last readable record.
+    end: usize,
+    /// Unreadable regions followed by readable records: (offset, length, records up to the next
+    /// region).
+    gaps: Vec<(usize, usize, usize)>,
+}
+
+/// The record framed at the start of `bytes`, and its framed length, if it is readable.
+fn record_at(bytes: &[u8]) -> Option<(&[u8], usize)> {
+    let (header, body) = bytes.split_first_chunk::<HEADER_LEN>()?;
+    let (len_bytes, sum) = header.split_at(4);
+    let len = usize::try_from(u32::from_le_bytes(<[u8; 4]>::try_from(len_bytes).ok()?)).ok()?;
+    if len > MAX_RECORD_LEN {
+        return None;
+    }
+    let payload = body.get(..len)?;
+    (checksum(payload).as_slice() == sum).then_some((payload, HEADER_LEN + len))
+}
+
+/// Parse every readable record. After an unreadable byte, look for the next readable record at
+/// every later offset, so that no checksummed record is ever lost behind stray bytes (a false
+/// match needs a 64-bit checksum to agree by chance).
+fn scan(bytes: &[u8]) -> Scan {
+    let mut records = Vec::new();
+    let mut gaps: Vec<(usize, usize, usize)> = Vec::new();
+    let mut pos = 0usize;
+    let mut end = 0usize;
+    while pos < bytes.len() {
+        match bytes.get(pos..).and_then(record_at) {
+            Some((payload, framed)) => {
+                records.push(payload.to_vec());
+                if let Some(gap) = gaps.last_mut() {
+                    gap.2 = gap.2.saturating_add(1);
+                }
+                pos = pos.saturating_add(framed);
+                end = pos;
+            }
+            None => {
+                let next = (pos.saturating_add(1)..bytes.len())
+                    .find(|&q| bytes.get(q..).and_then(record_at).is_some());
+                match next {
+                    Some(q) => {
+                        gaps.push((pos, q.saturating_sub(pos), 0));
+                        pos = q;
+                    }
+                    None => break,
+                }
+            }
+        }
+    }
+    Scan { records, end, gaps }
 }
 
 #[cfg(test)]
@@ -281,14 +510,56 @@ mod tests {
     }
 
     #[test]
-    fn large_damage_is_refused_not_truncated() {
+    fn large_damage_is_kept_and_halts_the_log() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("log");
         let mut bytes = frame(b"ok").unwrap();
         bytes.extend(std::iter::repeat_n(0xffu8, HEADER_LEN + MAX_RECORD_LEN + 1));
         fs::write(&p, &bytes).unwrap();
-        assert!(AppendLog::open(&p).is_err());
-        assert_eq!(fs::read(&p).unwrap().len(), bytes.len());
+        let (mut log, rec) = AppendLog::open(&p).unwrap();
+        assert_eq!(log.records(), &[b"ok".to_vec()]);
+        assert_eq!(rec.damage.len(), 1);
+        assert!(log.halted().is_some());
+        assert!(log.append(b"more").is_err());
+        assert_eq!(fs::read(&p).unwrap(), bytes);
+    }
+
+    #[test]
+    fn records_after_stray_bytes_are_kept_and_the_log_halts_until_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("log");
+        // The shape of the observed failure: a record cut short, later records appended after it.
+        let mut bytes = frame(b"first").unwrap();
+        let torn = frame(b"a record cut short by a full disk").unwrap();
+        bytes.extend_from_slice(&torn[..torn.len() - 5]);
+        bytes.extend_from_slice(&frame(b"second").unwrap());
+        bytes.extend_from_slice(&frame(b"third").unwrap());
+        fs::write(&p, &bytes).unwrap();
+        let (mut log, rec) = AppendLog::open(&p).unwrap();
+        assert_eq!(
+            log.records(),
+            &[b"first".to_vec(), b"second".to_vec(), b"third".to_vec()]
+        );
+        assert_eq!(rec.truncated_bytes, 0);
+        assert_eq!(
+            rec.damage,
+            vec![Damage {
+                offset: u64::try_from(HEADER_LEN + 5).unwrap(),
+                len: u64::try_from(torn.len() - 5).unwrap(),
+                records_after: 2
+            }]
+        );
+        assert!(log.halted().is_some());
+        assert!(log.append(b"x").is_err());
+        assert_eq!(fs::read(&p).unwrap(), bytes, "damage is never cut");
+        let kept = log.records().to_vec();
+        log.rewrite(kept).unwrap();
+        assert!(log.halted().is_none());
+        log.append(b"fourth").unwrap();
+        drop(log);
+        let (log, rec) = AppendLog::open(&p).unwrap();
+        assert!(rec.damage.is_empty());
+        assert_eq!(log.records().len(), 4);
     }
 
     #[test]

@@ -232,7 +232,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 out(&format!(
                     "lock id:            {}\ndevice public key:  {}\ntrust bundle:       version {}\n\
                      time floor:         {}\ninbox seq applied:  {}\nreceipts:           {} ({} uploaded, {} pending)\n\
-                     revocations:        {}\nstaged tokens:      {}\nserver:             {}\n",
+                     revocations:        {}\nstaged tokens:      {}\nserver:             {}\n\
+                     deciding:           {}\n",
                     s.lock_id,
                     s.device_public_key,
                     s.bundle_version,
@@ -244,6 +245,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     s.revocations,
                     s.staged_tokens,
                     s.server.as_deref().unwrap_or("none (offline)"),
+                    s.halted.as_deref().map_or_else(
+                        || "yes".to_owned(),
+                        |why| format!("NO, every tap is refused: {why}")
+                    ),
                 ))?;
             }
             Ok(ExitCode::SUCCESS)

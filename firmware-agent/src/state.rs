@@ -72,6 +72,10 @@ pub enum StateError {
     /// A value given to `init` is invalid.
     #[error("{0}")]
     Invalid(String),
+    /// The agent has stopped deciding: its receipt log cannot take a record safely. Every tap is
+    /// refused (no decision, the door stays shut) until an operator repairs the state.
+    #[error("the agent has stopped deciding: {0}")]
+    Halted(String),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
@@ -345,6 +349,8 @@ pub struct Status {
     pub staged_tokens: usize,
     /// Server address, if any.
     pub server: Option<String>,
+    /// Why the agent has stopped deciding, if it has (every tap is then refused).
+    pub halted: Option<String>,
 }
 
 /// The open state directory, held exclusively by one process.
@@ -365,6 +371,8 @@ pub struct Store {
     floor: u64,
     channel: ChannelState,
     uploaded_through: u64,
+    /// Why deciding stopped at open (a damaged receipt log that could not be repaired losslessly).
+    halted: Option<String>,
 }
 
 impl std::fmt::Debug for Store {
@@ -375,6 +383,29 @@ impl std::fmt::Debug for Store {
             .field("head", &self.head.seq)
             .finish_non_exhaustive()
     }
+}
+
+/// Written (best effort: the disk may be full) when the agent stops deciding, so that `status`
+/// can tell why while `run` holds the state; removed at the next healthy open.
+const HALTED_FILE: &str = "halted";
+
+fn record_halt(path: &Path, why: &str) {
+    if let Err(e) = durable::write_atomic(path, why.as_bytes(), 0o600) {
+        tracing::warn!(error = %e, "could not record why the agent stopped deciding");
+    }
+}
+
+fn clear_halt(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => durable::sync_dir(&parent_dir_of(path)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn parent_dir_of(path: &Path) -> PathBuf {
+    path.parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
 fn read_u64_file(path: &Path) -> Result<u64, StateError> {
@@ -416,20 +447,33 @@ fn load_device_key(dir: &StateDir) -> Result<Ed25519KeyPair, StateError> {
     Ed25519KeyPair::from_pkcs8(&pk8).map_err(|_| corrupt(&path, "not an Ed25519 PKCS#8 key"))
 }
 
-/// Check the records of `receipts.log` as one chain segment (sequence numbers, hash links, lock
-/// id) and return (base, head, decoded receipts). Signatures are not re-checked: the log's
-/// checksums guard our own writes, and re-verifying thousands of signatures at every start would
-/// slow recovery; [`receipt::verify_chain`] does the full check for auditors and tests.
-fn check_log(
-    path: &Path,
-    records: &[Vec<u8>],
-    lock_id: &str,
-) -> Result<(ChainHead, ChainHead, Vec<VerifiedReceipt>), StateError> {
-    let mut verified = Vec::with_capacity(records.len());
-    for r in records {
-        verified.push(receipt::decode_own(r).map_err(|e| corrupt(path, format!("receipt: {e}")))?);
+/// The records of `receipts.log` checked as one chain segment (sequence numbers, hash links, lock
+/// id). Signatures are not re-checked: the log's checksums guard our own writes, and re-verifying
+/// thousands of signatures at every start would slow recovery; [`receipt::verify_chain`] does the
+/// full check for auditors and tests.
+struct CheckedLog {
+    /// Seq of the first record minus one, and its `prev`.
+    base: ChainHead,
+    /// Head of the longest well-linked prefix.
+    head: ChainHead,
+    /// Every record that decodes, linked or not (replay records are folded from all of them).
+    decoded: Vec<VerifiedReceipt>,
+    /// Where the chain breaks, if it does.
+    broken: Option<String>,
+}
+
+fn check_log(records: &[Vec<u8>], lock_id: &str) -> CheckedLog {
+    let mut decoded = Vec::with_capacity(records.len());
+    let mut broken = None;
+    for (i, r) in records.iter().enumerate() {
+        match receipt::decode_own(r) {
+            Ok(v) => decoded.push(v),
+            Err(e) => {
+                broken.get_or_insert_with(|| format!("record {i}: {e}"));
+            }
+        }
     }
-    let base = match verified.first() {
+    let base = match decoded.first() {
         Some(first) => ChainHead {
             seq: first.body.seq.saturating_sub(1),
             hash: first.body.prev.0,
@@ -437,28 +481,49 @@ fn check_log(
         None => ChainHead::GENESIS,
     };
     let mut head = base;
-    for r in &verified {
+    let mut linked = broken.is_none();
+    for r in &decoded {
+        if !linked {
+            break;
+        }
         if r.body.seq != head.seq.saturating_add(1) || r.body.prev.0 != head.hash {
-            return Err(corrupt(
-                path,
-                format!("receipt chain broken at seq {}", r.body.seq),
-            ));
+            broken = Some(format!("receipt chain broken at seq {}", r.body.seq));
+            linked = false;
+        } else if r.body.lock_id != lock_id {
+            broken = Some(format!("receipt seq {} is for another lock", r.body.seq));
+            linked = false;
+        } else {
+            head = ChainHead {
+                seq: r.body.seq,
+                hash: r.hash,
+            };
         }
-        if r.body.lock_id != lock_id {
-            return Err(corrupt(path, "receipt for another lock"));
-        }
-        head = ChainHead {
-            seq: r.body.seq,
-            hash: r.hash,
-        };
     }
-    Ok((base, head, verified))
+    CheckedLog {
+        base,
+        head,
+        decoded,
+        broken,
+    }
 }
 
 impl Store {
     /// Open the state directory, taking its exclusive lock, recovering any torn receipt, and
     /// rebuilding replay state.
+    ///
+    /// A damaged receipt log never stops the agent from starting and never loses a readable
+    /// record: if the readable receipts still form one whole chain (stray bytes between records),
+    /// the log is rewritten without the stray bytes; otherwise the store opens *halted*: every
+    /// readable receipt still counts for replay, and every tap is refused ([`StateError::Halted`]).
     pub fn open(dir: &StateDir) -> Result<Self, StateError> {
+        Self::open_with(dir, None)
+    }
+
+    /// [`Store::open`] with the receipt log's file wrapped by `wrapper` (fault injection).
+    pub fn open_with(
+        dir: &StateDir,
+        wrapper: Option<durable::LogFileWrapper>,
+    ) -> Result<Self, StateError> {
         let lock_path = dir.file("lock");
         let lock = OpenOptions::new()
             .create(true)
@@ -479,15 +544,40 @@ impl Store {
         device_public_key.copy_from_slice(device_key.public_key().as_ref());
 
         let log_path = dir.file("receipts.log");
-        let (receipts, recovery) = AppendLog::open(&log_path).map_err(io_err(&log_path))?;
+        let (mut receipts, recovery) =
+            AppendLog::open_with(&log_path, wrapper).map_err(io_err(&log_path))?;
         if recovery.truncated_bytes > 0 {
             tracing::warn!(
                 bytes = recovery.truncated_bytes,
                 "receipt log had a torn tail from a crash; truncated"
             );
         }
-        let (log_base, head, verified) =
-            check_log(&log_path, receipts.records(), lock_id.as_str())?;
+        let mut checked = check_log(receipts.records(), lock_id.as_str());
+        let mut halted = None;
+        if let Some(why) = receipts.halted().map(str::to_owned) {
+            match &checked.broken {
+                None => {
+                    // Stray bytes between whole records: every receipt is readable and the chain
+                    // is complete, so dropping the stray bytes loses nothing.
+                    let kept = receipts.records().to_vec();
+                    receipts.rewrite(kept).map_err(io_err(&log_path))?;
+                    tracing::warn!(
+                        damage = %why,
+                        "receipt log repaired: unreadable bytes removed, every receipt kept"
+                    );
+                    checked = check_log(receipts.records(), lock_id.as_str());
+                }
+                Some(broken) => halted = Some(format!("{why}; {broken}")),
+            }
+        } else if let Some(broken) = &checked.broken {
+            halted = Some(format!("{}: {broken}", log_path.display()));
+        }
+        let CheckedLog {
+            base: log_base,
+            head,
+            decoded: verified,
+            ..
+        } = checked;
 
         let replay_path = dir.file("replay.cbor");
         let (mut replay, replay_covers) =
@@ -525,6 +615,14 @@ impl Store {
         }
         let channel = ChannelState::load(dir, &root)?;
         let uploaded_through = read_u64_file(&dir.file("uploaded"))?.min(head.seq);
+        let halt_path = dir.file(HALTED_FILE);
+        match &halted {
+            Some(why) => {
+                tracing::error!(reason = %why, "receipt log damaged; refusing every tap");
+                record_halt(&halt_path, why);
+            }
+            None => clear_halt(&halt_path).map_err(io_err(&halt_path))?,
+        }
         Ok(Self {
             dir: dir.clone(),
             _lock: lock,
@@ -541,7 +639,15 @@ impl Store {
             floor,
             channel,
             uploaded_through,
+            halted,
         })
+    }
+
+    /// Why the agent has stopped deciding, if it has.
+    pub fn halted(&self) -> Option<String> {
+        self.halted
+            .clone()
+            .or_else(|| self.receipts.halted().map(str::to_owned))
     }
 
     /// The settings from `init`.
@@ -612,11 +718,22 @@ impl Store {
 
     /// Sign and durably append the next receipt; an allow receipt also records the token's use.
     /// When this returns `Ok`, the decision survives any crash.
+    /// When it returns an error, no receipt was added and the log is as it was, or the store is
+    /// now halted ([`Store::halted`]) and refuses every later receipt.
     pub fn append_receipt(&mut self, body: ReceiptBody) -> Result<VerifiedReceipt, StateError> {
+        if let Some(why) = self.halted() {
+            return Err(StateError::Halted(why));
+        }
         let path = self.dir.file("receipts.log");
         let r = receipt::sign_next(&self.device_key, self.head, body)
             .map_err(|_| corrupt(&path, "could not encode receipt"))?;
-        self.receipts.append(&r.encoded).map_err(io_err(&path))?;
+        if let Err(e) = self.receipts.append(&r.encoded) {
+            if let Some(why) = self.receipts.halted() {
+                tracing::error!(reason = %why, "receipt log halted; refusing every tap");
+                record_halt(&self.dir.file(HALTED_FILE), why);
+            }
+            return Err(io_err(&path)(e));
+        }
         self.head = ChainHead {
             seq: r.body.seq,
             hash: r.hash,
@@ -626,7 +743,15 @@ impl Store {
     }
 
     /// Receipts not yet acknowledged by the server, oldest first, at most `limit`, with seq > `after`.
+    /// Only the well-linked part of the log is offered.
     pub fn pending_receipts(&self, after: u64, limit: usize) -> Vec<(u64, Vec<u8>)> {
+        let limit = usize::try_from(
+            self.head
+                .seq
+                .saturating_sub(after.max(self.uploaded_through)),
+        )
+        .unwrap_or(usize::MAX)
+        .min(limit);
         let from = after.max(self.uploaded_through);
         let skip = usize::try_from(from.saturating_sub(self.log_base.seq)).unwrap_or(usize::MAX);
         self.receipts
@@ -725,11 +850,15 @@ impl Store {
             replay_records: self.replay.len(),
             staged_tokens: self.channel.staged_tokens.len(),
             server: self.config.server.as_ref().map(|s| s.address.clone()),
+            halted: self.halted(),
         }
     }
 
     /// Drop uploaded receipts once there are many, after saving the replay records they hold.
     fn maybe_compact(&mut self) -> Result<(), StateError> {
+        if self.halted().is_some() {
+            return Ok(());
+        }
         let uploaded_in_log = self.uploaded_through.saturating_sub(self.log_base.seq);
         if usize::try_from(uploaded_in_log).unwrap_or(usize::MAX) <= COMPACT_AFTER {
             return Ok(());
@@ -762,9 +891,12 @@ impl Store {
         let skip = usize::try_from(keep_from.saturating_sub(self.log_base.seq)).unwrap_or(0);
         let kept: Vec<Vec<u8>> = self.receipts.records().iter().skip(skip).cloned().collect();
         let log_path = self.dir.file("receipts.log");
-        let (base, _, _) = check_log(&log_path, &kept, self.lock_id.as_str())?;
+        let checked = check_log(&kept, self.lock_id.as_str());
+        if let Some(broken) = checked.broken {
+            return Err(corrupt(&log_path, broken));
+        }
         self.receipts.rewrite(kept).map_err(io_err(&log_path))?;
-        self.log_base = base;
+        self.log_base = checked.base;
         Ok(())
     }
 
@@ -821,7 +953,16 @@ pub fn peek_status(dir: &StateDir) -> Result<Status, StateError> {
     let bytes = durable::read_optional(&log_path)
         .map_err(io_err(&log_path))?
         .unwrap_or_default();
-    let records = durable::scan_records(&bytes);
+    let found = durable::inspect(&bytes);
+    let records = found.records;
+    let halted = match durable::read_optional(&dir.file(HALTED_FILE)) {
+        Ok(Some(why)) => Some(String::from_utf8_lossy(&why).into_owned()),
+        _ if !found.damage.is_empty() => Some(format!(
+            "{}: unreadable bytes between or after its records",
+            log_path.display()
+        )),
+        _ => None,
+    };
     let head_seq = records
         .last()
         .and_then(|r| receipt::verify_one(r, key.public_key().as_ref()).ok())
@@ -841,5 +982,6 @@ pub fn peek_status(dir: &StateDir) -> Result<Status, StateError> {
         replay_records: 0,
         staged_tokens: channel.staged_tokens.len(),
         server: config.server.map(|s| s.address),
+        halted,
     })
 }

@@ -44,7 +44,10 @@ struct Lock {
 }
 
 fn new_lock(bundle_kids: &[&str], server: Option<(&str, &str)>) -> Lock {
-    let tmp = tempfile::tempdir().unwrap();
+    new_lock_in(tempfile::tempdir().unwrap(), bundle_kids, server)
+}
+
+fn new_lock_in(tmp: tempfile::TempDir, bundle_kids: &[&str], server: Option<(&str, &str)>) -> Lock {
     let state = StateDir::new(tmp.path().join("state"));
     let mut issuer = Issuer::generate("demo-city", RP).unwrap();
     while issuer.keys.len() < 3 {
@@ -1064,4 +1067,608 @@ async fn pairing_code_printed_by_init_lets_the_server_bind_the_device_key() {
     *server.expected_code.lock().unwrap() = Some(PairingCode::parse(&typed).unwrap());
     wait_until("paired", || !server.state().hellos.is_empty()).await;
     running.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// write failures: a fault-injecting receipt-log file, a real full file system
+
+/// How the next receipt append fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// The first `n` bytes land (a short write), then the write fails with ENOSPC.
+    ShortThenError(usize),
+    /// The first `n` bytes land and the same call reports an I/O error.
+    LandThenError(usize),
+    /// Every byte lands, then `fdatasync` fails.
+    SyncFails,
+}
+
+#[derive(Debug, Default)]
+struct FaultPlan {
+    /// Armed fault for the next append (one-shot).
+    fault: Option<Fault>,
+    /// Bytes of the current append written so far.
+    written: usize,
+    /// Also fail the truncate that restores the log after the fault.
+    truncate_fails: bool,
+    /// A fault fired and its truncate has not run yet.
+    fired: bool,
+    /// Faults injected.
+    injected: u64,
+    /// The last fault fired after every byte of its append had landed.
+    all_landed: bool,
+}
+
+/// A receipt-log file that fails as [`FaultPlan`] says, then behaves like the real file.
+#[derive(Debug)]
+struct FaultyFile {
+    inner: std::fs::File,
+    plan: Arc<Mutex<FaultPlan>>,
+}
+
+fn enospc() -> std::io::Error {
+    std::io::Error::from_raw_os_error(28)
+}
+
+impl firstkey_agent::durable::LogFile for FaultyFile {
+    fn append(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let mut p = self.plan.lock().unwrap();
+        let (limit, error_in_same_call) = match p.fault {
+            None | Some(Fault::SyncFails) => {
+                drop(p);
+                return std::io::Write::write(&mut self.inner, bytes);
+            }
+            Some(Fault::ShortThenError(n)) => (n, false),
+            Some(Fault::LandThenError(n)) => (n, true),
+        };
+        let room = limit.saturating_sub(p.written);
+        let n = room.min(bytes.len());
+        if n > 0 {
+            std::io::Write::write_all(&mut self.inner, &bytes[..n]).unwrap();
+            p.written += n;
+        }
+        if n == bytes.len() && n > 0 && !error_in_same_call {
+            return Ok(n);
+        }
+        if n > 0 && !error_in_same_call {
+            return Ok(n); // short write; the next call fails
+        }
+        p.all_landed = n == bytes.len();
+        p.fault = None;
+        p.written = 0;
+        p.fired = true;
+        p.injected += 1;
+        Err(if error_in_same_call {
+            std::io::Error::other("injected I/O error")
+        } else {
+            enospc()
+        })
+    }
+
+    fn sync_data(&mut self) -> std::io::Result<()> {
+        let mut p = self.plan.lock().unwrap();
+        if p.fault.is_some() {
+            // Every byte of the append landed (a fault that fires mid-write never gets here).
+            p.fault = None;
+            p.written = 0;
+            p.fired = true;
+            p.injected += 1;
+            p.all_landed = true;
+            return Err(std::io::Error::other("injected fdatasync failure"));
+        }
+        drop(p);
+        self.inner.sync_data()
+    }
+
+    fn truncate(&mut self, len: u64) -> std::io::Result<()> {
+        let mut p = self.plan.lock().unwrap();
+        if std::mem::take(&mut p.fired) && std::mem::take(&mut p.truncate_fails) {
+            return Err(std::io::Error::other("injected truncate failure"));
+        }
+        drop(p);
+        firstkey_agent::durable::LogFile::truncate(&mut self.inner, len)
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(&self.inner, buf, offset)
+    }
+}
+
+fn faulty(plan: &Arc<Mutex<FaultPlan>>) -> firstkey_agent::durable::LogFileWrapper {
+    let plan = plan.clone();
+    Arc::new(move |inner| {
+        Box::new(FaultyFile {
+            inner,
+            plan: plan.clone(),
+        })
+    })
+}
+
+/// Every fault at every byte offset of an append of about `framed_len` bytes (a few more, as
+/// receipts grow by a byte when their seq needs a longer integer), with and without a failing
+/// truncate.
+fn every_fault(framed_len: usize) -> Vec<(Fault, bool)> {
+    let mut all = Vec::new();
+    for truncate_fails in [false, true] {
+        for k in 0..framed_len + 4 {
+            all.push((Fault::ShortThenError(k), truncate_fails));
+            all.push((Fault::LandThenError(k), truncate_fails));
+        }
+        all.push((Fault::SyncFails, truncate_fails));
+    }
+    all
+}
+
+/// A temporary directory where fsync costs nothing (the fault tests check logic, not the disk).
+fn fast_tempdir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        tempfile::tempdir_in(shm).unwrap()
+    } else {
+        tempfile::tempdir().unwrap()
+    }
+}
+
+#[test]
+fn a_failed_append_at_any_byte_restores_the_log_or_halts_it() {
+    use firstkey_agent::durable::AppendLog;
+    let tmp = fast_tempdir();
+    let path = tmp.path().join("log");
+    let record = vec![0xa5u8; 200];
+    let framed_len = 12 + record.len();
+    let plan = Arc::new(Mutex::new(FaultPlan::default()));
+    let mut expected: Vec<Vec<u8>> = Vec::new();
+    let faults = every_fault(framed_len);
+    for (i, (fault, truncate_fails)) in faults.iter().enumerate() {
+        let (mut log, rec) = AppendLog::open_with(&path, Some(faulty(&plan))).unwrap();
+        assert!(rec.damage.is_empty(), "{fault:?}: reopened with damage");
+        assert_eq!(log.records(), expected.as_slice(), "{fault:?}");
+        let len_before = std::fs::metadata(&path).unwrap().len();
+        {
+            let mut p = plan.lock().unwrap();
+            p.fault = Some(*fault);
+            p.truncate_fails = *truncate_fails;
+        }
+        let result = log.append(&record);
+        let fired = plan.lock().unwrap().fault.is_none();
+        if !fired {
+            // The fault lies beyond this append's last byte: it succeeded.
+            plan.lock().unwrap().fault = None;
+            assert!(result.is_ok());
+            expected.push(record.clone());
+            continue;
+        }
+        assert!(result.is_err(), "{fault:?}: append reported Ok");
+        assert_eq!(log.records(), expected.as_slice());
+        if *truncate_fails && plan.lock().unwrap().all_landed {
+            // The whole record reached the file and could not be cut back: it is readable, so
+            // the next open keeps it (never drops a readable record).
+            expected.push(record.clone());
+        }
+        if *truncate_fails {
+            // The end of the file is unknown: nothing more may be appended.
+            assert!(log.halted().is_some(), "{fault:?}");
+            assert!(log.append(&record).is_err());
+        } else {
+            assert!(log.halted().is_none(), "{fault:?}");
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), len_before);
+            // The next append lands right after the last good record.
+            let tagged = format!("ok {i}").into_bytes();
+            log.append(&tagged).unwrap();
+            expected.push(tagged);
+        }
+        drop(log);
+    }
+    let (log, rec) = AppendLog::open(&path).unwrap();
+    assert!(rec.damage.is_empty());
+    assert_eq!(log.records(), expected.as_slice());
+    eprintln!(
+        "append faults: {} injected over {} byte offsets",
+        plan.lock().unwrap().injected,
+        framed_len + 1
+    );
+}
+
+/// Door openings from the simulated actuator's log.
+fn door_opens(state: &StateDir) -> Vec<u64> {
+    SimulatedActuator::events(state.root())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|e| match e {
+            DoorEvent::Open { receipt_seq, .. } => Some(receipt_seq),
+            DoorEvent::Close { .. } => None,
+        })
+        .collect()
+}
+
+/// Counts from a run of taps under faults.
+#[derive(Debug, Default)]
+struct FaultCounts {
+    rounds: u64,
+    taps: u64,
+    allows: u64,
+    refused: u64,
+    restarts: u64,
+    spent_unopened: u64,
+    double_allows: u64,
+}
+
+/// Check a state directory after faults: the log reopens, the chain verifies, no token has two
+/// allow receipts, the door opened only for allow receipts and at most once each, and every
+/// allow the presenter heard is in the chain.
+fn check_no_double_allow(state: &StateDir, answered_allow: &HashMap<[u8; 32], u32>) -> u64 {
+    // Nothing was ever appended after stray bytes: the file is whole records, at most a torn tail.
+    let bytes = std::fs::read(state.file("receipts.log")).unwrap();
+    let found = firstkey_agent::durable::inspect(&bytes);
+    assert!(
+        found.damage.is_empty(),
+        "receipt log damaged: {:?}",
+        found.damage
+    );
+    let store = Store::open(state).unwrap();
+    assert_eq!(store.halted(), None);
+    let pubkey = *store.device_public_key();
+    let records = store.receipts().to_vec();
+    receipt::verify_chain(
+        records.iter().map(Vec::as_slice),
+        &pubkey,
+        LOCK,
+        ChainHead::GENESIS,
+    )
+    .unwrap();
+    let mut allowed: HashMap<[u8; 32], u64> = HashMap::new();
+    let mut allow_seqs = HashSet::new();
+    let mut doubles = 0;
+    for r in &records {
+        let b = receipt::verify_one(r, &pubkey).unwrap().body;
+        if b.outcome == Outcome::Allow {
+            let n = allowed.entry(b.token_hash.unwrap().0).or_default();
+            *n += 1;
+            if *n > 1 {
+                doubles += 1;
+            }
+            allow_seqs.insert(b.seq);
+        }
+    }
+    for (hash, n) in answered_allow {
+        if *n > 1 {
+            doubles += 1;
+        }
+        assert!(
+            allowed.contains_key(hash),
+            "an answered allow has no receipt"
+        );
+    }
+    let opens = door_opens(state);
+    let distinct: HashSet<u64> = opens.iter().copied().collect();
+    assert_eq!(
+        distinct.len(),
+        opens.len(),
+        "the door opened twice for one receipt"
+    );
+    assert!(
+        opens.iter().all(|s| allow_seqs.contains(s)),
+        "the door opened without an allow receipt"
+    );
+    doubles
+}
+
+#[test]
+fn a_receipt_write_failing_at_any_byte_never_opens_the_door_nor_lets_a_token_in_twice() {
+    let mut counts = FaultCounts::default();
+    let framed_len = fault_rounds(&[], &mut counts);
+    let faults = every_fault(framed_len);
+    // A fresh lock every few dozen rounds keeps each restart's log scan short.
+    for chunk in faults.chunks(64) {
+        fault_rounds(chunk, &mut counts);
+    }
+    eprintln!(
+        "receipt write faults at every byte of a {framed_len}-byte receipt (error or short \
+         write, failing fdatasync, with and without a failing truncate): {counts:?}"
+    );
+    assert_eq!(counts.double_allows, 0);
+    assert_eq!(counts.rounds as usize, faults.len());
+}
+
+/// Run one tap per fault in `faults` on a fresh lock (each fault hitting that tap's receipt
+/// append), check everything, add to `total`; returns the framed size of an allow receipt.
+fn fault_rounds(faults: &[(Fault, bool)], total: &mut FaultCounts) -> usize {
+    use firstkey_agent::door::Door;
+    let lock = new_lock_in(fast_tempdir(), &["k1"], None);
+    let t0 = 1_800_000_000;
+    let clock = ManualClock::new(t0);
+    let ed = ed25519_presenter();
+    let plan = Arc::new(Mutex::new(FaultPlan::default()));
+    let open_door = |plan: &Arc<Mutex<FaultPlan>>| {
+        Door::new(
+            Store::open_with(&lock.state, Some(faulty(plan))).unwrap(),
+            Box::new(SimulatedActuator::new(lock.state.root())),
+            Arc::new(clock.clone()),
+        )
+    };
+    let mut counts = FaultCounts::default();
+    let mut answered_allow: HashMap<[u8; 32], u32> = HashMap::new();
+    let tap_door = |door: &mut Door, token: &[u8]| {
+        let c = door.new_challenge().unwrap();
+        let msg = tap_server::respond(&c.0, LOCK, token, Some(&ed)).unwrap();
+        door.decide(&c, Ok(msg)).map(|d| d.outcome)
+    };
+    // Learn the framed size of an allow receipt from a clean one.
+    let mut door = open_door(&plan);
+    let first = mint(&lock.issuer, "k1", t0, 3600, &ed);
+    let before = std::fs::metadata(lock.state.file("receipts.log"))
+        .unwrap()
+        .len();
+    assert_eq!(tap_door(&mut door, &first).unwrap(), Outcome::Allow);
+    *answered_allow
+        .entry(firstkey_token::token_hash(&first).0)
+        .or_default() += 1;
+    let framed_len = (std::fs::metadata(lock.state.file("receipts.log"))
+        .unwrap()
+        .len()
+        - before) as usize;
+    let mut spent = vec![first];
+    for &(fault, truncate_fails) in faults {
+        counts.rounds += 1;
+        let token = mint(&lock.issuer, "k1", t0, 3600, &ed);
+        let hash = firstkey_token::token_hash(&token).0;
+        {
+            let mut p = plan.lock().unwrap();
+            p.fault = Some(fault);
+            p.truncate_fails = truncate_fails;
+        }
+        let opens_before = door_opens(&lock.state).len();
+        counts.taps += 1;
+        let result = tap_door(&mut door, &token);
+        if plan.lock().unwrap().fault.take().is_some() {
+            // The fault lies beyond this receipt's last byte: the tap was decided normally.
+            assert_eq!(result.unwrap(), Outcome::Allow);
+            counts.allows += 1;
+            *answered_allow.entry(hash).or_default() += 1;
+            spent.push(token);
+            continue;
+        }
+        assert!(
+            result.is_err(),
+            "{fault:?}: a tap whose receipt failed was decided"
+        );
+        counts.refused += 1;
+        assert_eq!(
+            door_opens(&lock.state).len(),
+            opens_before,
+            "{fault:?}: door opened"
+        );
+        if truncate_fails {
+            // Halted: every tap is refused, even one that would be a plain deny, and status says why.
+            assert!(door.store().status().halted.is_some());
+            counts.taps += 1;
+            counts.refused += 1;
+            assert!(matches!(
+                tap_door(&mut door, &spent[0]),
+                Err(state::StateError::Halted(_))
+            ));
+            let peek = state::peek_status(&lock.state).unwrap();
+            assert!(peek.halted.is_some(), "status does not say why");
+            // Restart: the torn tail is cut, the agent decides again.
+            drop(door);
+            counts.restarts += 1;
+            door = open_door(&plan);
+            assert_eq!(door.store().halted(), None);
+        }
+        let every_byte_landed = plan.lock().unwrap().all_landed;
+        counts.taps += 1;
+        let again = tap_door(&mut door, &token).unwrap();
+        if truncate_fails && every_byte_landed {
+            // The whole receipt reached the file though the write was reported failed, and it
+            // could not be cut back: at the restart it is a readable record and is kept, so the
+            // token counts as used although the door never opened. Safe side.
+            assert_eq!(again, Outcome::Deny, "{fault:?}");
+            counts.spent_unopened += 1;
+        } else {
+            // The token was never used: it gets in exactly once.
+            assert_eq!(again, Outcome::Allow, "{fault:?}");
+            counts.allows += 1;
+            *answered_allow.entry(hash).or_default() += 1;
+        }
+        spent.push(token);
+    }
+    drop(door);
+    // Across a restart, no spent token gets in.
+    let mut door = open_door(&plan);
+    for t in &spent {
+        counts.taps += 1;
+        assert_eq!(tap_door(&mut door, t).unwrap(), Outcome::Deny);
+    }
+    drop(door);
+    counts.double_allows = check_no_double_allow(&lock.state, &answered_allow);
+    assert_eq!(counts.double_allows, 0);
+    assert_eq!(door_opens(&lock.state).len() as u64, counts.allows + 1);
+    total.rounds += counts.rounds;
+    total.taps += counts.taps + 1;
+    total.allows += counts.allows + 1;
+    total.refused += counts.refused;
+    total.restarts += counts.restarts;
+    total.spent_unopened += counts.spent_unopened;
+    total.double_allows += counts.double_allows;
+    framed_len
+}
+
+/// A small tmpfs mounted for one test (root only); unmounted on drop.
+struct SmallFs {
+    dir: tempfile::TempDir,
+}
+
+impl SmallFs {
+    /// Mount a tmpfs of `size` (e.g. `200k`), or say why not and return `None`.
+    fn mount(size: &str) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        if std::fs::metadata("/proc/self")
+            .map(|m| m.uid())
+            .unwrap_or(1)
+            != 0
+        {
+            eprintln!("skipped: not running as root, so no small tmpfs can be mounted");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Self { dir }),
+            Ok(o) => {
+                eprintln!(
+                    "skipped: mounting a {size} tmpfs failed: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("skipped: cannot run mount: {e}");
+                None
+            }
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Fill the file system completely with a filler file, then free `free` bytes of it.
+    fn fill_leaving(&self, free: u64) {
+        use std::io::Write;
+        let filler = self.path().join("filler");
+        let _ = std::fs::remove_file(&filler);
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 4096];
+        loop {
+            match f.write(&chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        let len = f.metadata().unwrap().len();
+        f.set_len(len.saturating_sub(free)).unwrap();
+    }
+
+    fn unfill(&self) {
+        let _ = std::fs::remove_file(self.path().join("filler"));
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[test]
+fn a_full_file_system_never_lets_a_token_in_twice_and_the_agent_recovers() {
+    use firstkey_agent::door::Door;
+    let Some(fs) = SmallFs::mount("200k") else {
+        return;
+    };
+    let lock = new_lock_in(tempfile::tempdir_in(fs.path()).unwrap(), &["k1"], None);
+    let t0 = 1_800_000_000;
+    let clock = ManualClock::new(t0);
+    let ed = ed25519_presenter();
+    let open_door = || {
+        Door::new(
+            Store::open(&lock.state).unwrap(),
+            Box::new(SimulatedActuator::new(lock.state.root())),
+            Arc::new(clock.clone()),
+        )
+    };
+    let tap_door = |door: &mut Door, token: &[u8]| {
+        let c = door.new_challenge().unwrap();
+        let msg = tap_server::respond(&c.0, LOCK, token, Some(&ed)).unwrap();
+        door.decide(&c, Ok(msg)).map(|d| d.outcome)
+    };
+    let mut rng = XorShift(0x5eed_f00d);
+    let mut counts = FaultCounts::default();
+    let mut answered_allow: HashMap<[u8; 32], u32> = HashMap::new();
+    let mut tokens: Vec<Vec<u8>> = Vec::new();
+    let mut door = open_door();
+    // Rounds: leave a little free space (0 to 3 pages), tap until taps are refused, restart.
+    for round in 0..12u64 {
+        counts.rounds += 1;
+        fs.fill_leaving(rng.below(3 * 4096));
+        let mut refused_in_a_row = 0;
+        while refused_in_a_row < 5 {
+            let retry = !tokens.is_empty() && rng.below(100) < 30;
+            let idx = if retry {
+                rng.below(tokens.len() as u64) as usize
+            } else {
+                tokens.push(mint(&lock.issuer, "k1", t0, 86_400, &ed));
+                tokens.len() - 1
+            };
+            counts.taps += 1;
+            match tap_door(&mut door, &tokens[idx]) {
+                Ok(Outcome::Allow) => {
+                    counts.allows += 1;
+                    refused_in_a_row = 0;
+                    *answered_allow
+                        .entry(firstkey_token::token_hash(&tokens[idx]).0)
+                        .or_default() += 1;
+                }
+                Ok(Outcome::Deny) => refused_in_a_row = 0,
+                Err(_) => {
+                    counts.refused += 1;
+                    refused_in_a_row += 1;
+                }
+            }
+        }
+        // Space comes back: the same agent decides again, without a restart.
+        fs.unfill();
+        let fresh = mint(&lock.issuer, "k1", t0, 86_400, &ed);
+        counts.taps += 1;
+        assert_eq!(
+            tap_door(&mut door, &fresh).unwrap(),
+            Outcome::Allow,
+            "round {round}: no recovery after the disk had room again"
+        );
+        counts.allows += 1;
+        *answered_allow
+            .entry(firstkey_token::token_hash(&fresh).0)
+            .or_default() += 1;
+        tokens.push(fresh);
+        if round % 3 == 2 {
+            drop(door);
+            let bytes = std::fs::read(lock.state.file("receipts.log")).unwrap();
+            let found = firstkey_agent::durable::inspect(&bytes);
+            assert!(
+                found.damage.is_empty(),
+                "receipt log damaged: {:?}",
+                found.damage
+            );
+            counts.restarts += 1;
+            door = open_door();
+        }
+    }
+    // Every token once more after a restart: each already let in is refused.
+    drop(door);
+    let mut door = open_door();
+    for t in &tokens {
+        counts.taps += 1;
+        if tap_door(&mut door, t).unwrap() == Outcome::Allow {
+            *answered_allow
+                .entry(firstkey_token::token_hash(t).0)
+                .or_default() += 1;
+            counts.allows += 1;
+        }
+    }
+    drop(door);
+    counts.double_allows = check_no_double_allow(&lock.state, &answered_allow);
+    eprintln!("full file system (200 KiB tmpfs): {counts:?}");
+    assert_eq!(counts.double_allows, 0);
+    assert!(counts.refused > 0, "the disk never filled up");
 }
