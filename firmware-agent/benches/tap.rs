@@ -7,14 +7,14 @@
 //!    WebAuthn-style proof from a [`SoftwareAuthenticator`], checked against the lock's own
 //!    [`Store`] (trust bundle, revocations, replay records, floor) exactly as `Door::decide` calls
 //!    it, but with nothing written.
-//! 2. `decide_allow_new_second`: the full decision, `Door::decide`, for a fresh token: raise the
-//!    time floor durably (the clock moved on by one second, as it has for nearly every real tap),
-//!    verify, sign and fsync-append the receipt that is also the replay record, open the door
-//!    (an actuator that only counts), sign the ack.
-//! 3. `decide_allow_same_second`: the same with the floor already at `now` (no floor write), to
-//!    split the floor's atomic replacement from the receipt append.
-//! 4. `decide_deny_replayed`: the full decision for a token already used: the floor raise, the
-//!    verify that refuses it as replayed, and the deny receipt (also fsynced).
+//! 2. `decide_allow_new_second`: the full decision, `Door::decide`, for a fresh token minted a
+//!    second after the previous one (as nearly every real token is): verify, sign and
+//!    fsync-append the receipt that is also the replay record, raise the time floor durably to the
+//!    token's `iat` (trusted time), open the door (an actuator that only counts), sign the ack.
+//! 3. `decide_allow_same_second`: the same with the floor already at the token's `iat` (no floor
+//!    write), to split the floor's atomic replacement from the receipt append.
+//! 4. `decide_deny_replayed`: the full decision for a token already used: the verify that refuses
+//!    it as replayed, and the deny receipt (also fsynced); a deny never moves the floor.
 //!
 //! Minting, challenges and the presenter's proofs are prepared outside the measured time
 //! (`iter_custom`, each decision timed on its own). Every decision is checked (allow/deny, reason,
@@ -245,15 +245,18 @@ fn main() {
         });
     }
 
-    // (2) full decision, allow, floor raised durably by this tap.
+    // (2) full decision, allow, floor raised durably by this tap's token (its `iat`).
     let mut allows = 0u64;
     c.bench_function("decide_allow_new_second", |b| {
         b.iter_custom(|iters| {
             let prepared: Vec<_> = (0..iters)
-                .map(|_| rig.present(&rig.mint()))
+                .map(|_| {
+                    rig.clock.advance(1);
+                    rig.present(&rig.mint())
+                })
                 .collect::<Vec<_>>();
             allows += iters;
-            rig.decide_all(prepared, 1, Outcome::Allow, &mut t_allow)
+            rig.decide_all(prepared, 0, Outcome::Allow, &mut t_allow)
         });
     });
     assert_eq!(rig.last_reason(), REASON_OK);
@@ -262,7 +265,9 @@ fn main() {
     c.bench_function("decide_allow_same_second", |b| {
         b.iter_custom(|iters| {
             rig.clock.advance(1);
-            rig.door.tick().unwrap();
+            // Trusted time at the tokens' `iat` already: no floor write during the batch.
+            let now = rig.clock.now();
+            rig.door.store_mut().advance_floor(now - 5).unwrap();
             let prepared: Vec<_> = (0..iters)
                 .map(|_| rig.present(&rig.mint()))
                 .collect::<Vec<_>>();

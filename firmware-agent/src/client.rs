@@ -316,6 +316,13 @@ pub async fn session(
                             in_flight = upload_next(door, &mut wr, in_flight).await?;
                         }
                         ServerMessage::Pong => {}
+                        ServerMessage::Time { now } => {
+                            blocking(door, move |d| {
+                                let skew = d.store().config().skew_secs;
+                                Ok(d.store_mut().advance_floor(now.saturating_sub(skew))?)
+                            })
+                            .await?;
+                        }
                         ServerMessage::Error { code } => return Err(ChannelError::Server(code)),
                         ServerMessage::Challenge { .. } | ServerMessage::Welcome { .. } => {
                             return Err(ChannelError::Protocol("handshake frame after handshake".into()));

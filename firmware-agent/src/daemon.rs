@@ -1,4 +1,4 @@
-//! `firstkey-agent run`: open the state directory, serve taps, keep the channel, tick the floor.
+//! `firstkey-agent run`: open the state directory, serve taps, keep the channel.
 //!
 //! Taps are served whether or not the server is reachable; the channel runs beside them and only
 //! shares the door's mutex for short, durable updates.
@@ -38,7 +38,7 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stop serving: abort the tap server, the channel and the ticker, wait until nothing else
+    /// Stop serving: abort the tap server and the channel, wait until nothing else
     /// holds the door, and release the state directory.
     pub async fn stop(self) {
         for t in &self.tasks {
@@ -65,8 +65,7 @@ pub fn start(
     let config = store.config().clone();
     let actuator =
         actuator.unwrap_or_else(|| Box::new(SimulatedActuator::new(opts.state_dir.root())));
-    let mut door = Door::new(store, actuator, clock);
-    door.tick()?;
+    let door = Door::new(store, actuator, clock);
     let door = Arc::new(Mutex::new(door));
 
     let socket = opts
@@ -108,24 +107,6 @@ pub fn start(
         None => tracing::info!("no server configured; working offline"),
     }
 
-    // Advance the floor without taps, so a long-idle lock still remembers the time.
-    let ticker = door.clone();
-    let ticker_task = tokio::spawn(async move {
-        let mut every = tokio::time::interval(Duration::from_secs(60));
-        loop {
-            every.tick().await;
-            let d = ticker.clone();
-            let r = tokio::task::spawn_blocking(move || match d.lock() {
-                Ok(mut d) => d.tick().map_err(|e| e.to_string()),
-                Err(_) => Err("door state poisoned".to_string()),
-            })
-            .await;
-            if let Ok(Err(e)) = r {
-                tracing::error!(error = %e, "could not raise the time floor");
-            }
-        }
-    });
-    tasks.push(ticker_task.abort_handle());
     tracing::info!(socket = %socket.display(), "agent running");
     Ok(Running {
         door,

@@ -2,8 +2,8 @@
 //!
 //! [`Door`] owns the [`Store`], the [`Actuator`] and the [`Clock`]. It is synchronous and does
 //! blocking fsyncs; the socket server in [`crate::tap_server`] runs it on a blocking thread.
-//! Ordering for crash safety: the time floor is raised durably before deciding; the receipt (which
-//! is also the replay record) is fsynced and read back before the door opens; the presenter is
+//! Ordering for crash safety: the receipt (which is also the replay record) is fsynced and read
+//! back before the door opens (an allow's `iat` then raises the time floor); the presenter is
 //! answered last. If the receipt cannot be made durable, the decision is an error: the door stays
 //! shut and the presenter gets no answer; if the receipt log cannot even be restored, the store is
 //! halted and every later tap is refused the same way.
@@ -81,13 +81,6 @@ impl Door {
         &self.clock
     }
 
-    /// Raise the time floor to the clock's reading (durably); the daemon also calls this
-    /// periodically so the floor advances without taps.
-    pub fn tick(&mut self) -> Result<(), StateError> {
-        let now = self.clock.now();
-        self.store.raise_floor(now)
-    }
-
     /// A fresh random challenge for a new tap.
     pub fn new_challenge(&self) -> Result<Challenge, StateError> {
         let mut c = [0u8; 32];
@@ -109,7 +102,6 @@ impl Door {
             return Err(StateError::Halted(why));
         }
         let now = self.clock.now();
-        self.store.raise_floor(now)?;
         let mut body = ReceiptBody {
             version: 0,
             lock_id: self.store.lock_id().to_string(),
@@ -122,6 +114,7 @@ impl Door {
             token_id: None,
             expires_at: None,
         };
+        let mut trusted_time = None;
         match presented {
             Err(_) => body.reason = REASON_MALFORMED_FRAME.into(),
             Ok(PresenterMessage::Present { token, proof }) => {
@@ -145,6 +138,10 @@ impl Door {
                         match verdict {
                             Ok(verified) => {
                                 let claims = verified.claims();
+                                // The issuer vouches that its clock had reached `iat` and `nbf`;
+                                // never past our own `now`, so the next tap is not refused.
+                                trusted_time =
+                                    Some(claims.issued_at.max(claims.not_before).min(now));
                                 body.outcome = Outcome::Allow;
                                 body.reason = REASON_OK.into();
                                 body.token_id = Some(Bytes(claims.token_id.0));
@@ -164,6 +161,13 @@ impl Door {
             reason = %receipt.body.reason,
             "tap decided"
         );
+        if let Some(t) = trusted_time
+            && let Err(e) = self.store.advance_floor(t)
+        {
+            // The floor is raised in memory; a failed write only narrows what survives a
+            // restart, and the receipt already holds the token's use.
+            tracing::warn!(error = %e, "could not persist the time floor");
+        }
         if receipt.body.outcome == Outcome::Allow {
             let hold = Duration::from_millis(self.store.config().hold_ms);
             if let Err(e) = self.actuator.open(OpenRequest {
@@ -316,7 +320,8 @@ mod tests {
         // Replay records of expired tokens are pruned once the floor passes exp + skew, and
         // those tokens stay refused (as expired).
         r.clock.advance(10_000);
-        door.tick().unwrap();
+        // Trusted time (here: the server's, over the channel) moves the floor past the expiries.
+        door.store_mut().advance_floor(T0 + 10_000).unwrap();
         let through = door.store().head().seq;
         door.store_mut().mark_uploaded(through).unwrap();
         door.store_mut().compact().unwrap();

@@ -7,7 +7,7 @@
 //! | `config.json` | lock id, root public key, server address, hold time | `init` |
 //! | `device.pk8` (0600) | Ed25519 device key, PKCS#8 | `init` |
 //! | `server-ca.pem` | CA certificate(s) that sign the server's TLS certificate | `init` |
-//! | `floor` | monotonic time floor, Unix seconds | before every decision |
+//! | `floor` | monotonic time floor from trusted time, Unix seconds | when trusted time moves it |
 //! | `receipts.log` | append-only log of signed receipts (the hash chain) | every decision |
 //! | `replay.cbor` | replay records (`cti` → uses, expiry) folded out of compacted receipts | compaction |
 //! | `channel.cbor` | last applied inbox seq, trust bundle, revocation list, pre-staged tokens | every inbox message |
@@ -331,7 +331,7 @@ pub struct Status {
     pub device_public_key: String,
     /// Trust bundle version (0 for none).
     pub bundle_version: u64,
-    /// Monotonic time floor.
+    /// Monotonic time floor (from trusted time only).
     pub time_floor: u64,
     /// Last applied inbox sequence number.
     pub inbox_seq: u64,
@@ -606,9 +606,10 @@ impl Store {
                 "receipts were compacted before their replay records were saved",
             ));
         }
-        let mut floor = read_u64_file(&dir.file("floor"))?;
+        // Receipt times are the lock's own clock, which is not trusted time: they do not move
+        // the floor.
+        let floor = read_u64_file(&dir.file("floor"))?;
         for r in &verified {
-            floor = floor.max(r.body.time);
             if r.body.seq > replay_covers {
                 fold_use(&mut replay, &r.body);
             }
@@ -705,15 +706,19 @@ impl Store {
         &self.channel.staged_tokens
     }
 
-    /// Raise the time floor to `now` durably if `now` is above it. Call before every decision.
-    pub fn raise_floor(&mut self, now: u64) -> Result<(), StateError> {
-        if now > self.floor {
-            let path = self.dir.file("floor");
-            durable::write_atomic(&path, now.to_string().as_bytes(), 0o600)
-                .map_err(io_err(&path))?;
-            self.floor = now;
+    /// Raise the time floor to `trusted` if it is above it: a time the lock knows has passed
+    /// because something it trusts says so (a verified token's `iat`/`nbf`, the server's time over
+    /// the authenticated channel), never its own clock. Taken in memory at once, then persisted;
+    /// if persisting fails the error is returned and a later raise writes it again.
+    pub fn advance_floor(&mut self, trusted: u64) -> Result<bool, StateError> {
+        if trusted <= self.floor {
+            return Ok(false);
         }
-        Ok(())
+        self.floor = trusted;
+        let path = self.dir.file("floor");
+        durable::write_atomic(&path, trusted.to_string().as_bytes(), 0o600)
+            .map_err(io_err(&path))?;
+        Ok(true)
     }
 
     /// Sign and durably append the next receipt; an allow receipt also records the token's use.

@@ -292,38 +292,107 @@ async fn a_presenter_who_hangs_up_leaves_no_receipt() {
 // clock rollback
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_clock_set_back_never_revives_old_tokens() {
+async fn a_clock_set_back_never_revives_spent_or_expired_tokens() {
+    let lock = new_lock(&["k1"], None);
+    let t0 = 1_800_000_000;
+    let day = 86_400;
+    let clock = ManualClock::new(t0);
+    let ed = ed25519_presenter();
+    let spent = mint(&lock.issuer, "k1", t0, 2 * day, &ed);
+    // Valid for 10 minutes from t0, never used.
+    let short = mint(&lock.issuer, "k1", t0, 600, &ed);
+    {
+        let running = start_agent(&lock, Arc::new(clock.clone()));
+        assert_eq!(tap(&running, &spent, &ed).await.outcome, Outcome::Allow);
+        // A day later a fresh token (minted a day later: trusted time) is used.
+        clock.set(t0 + day);
+        let later = mint(&lock.issuer, "k1", t0 + day, 600, &ed);
+        assert_eq!(tap(&running, &later, &ed).await.outcome, Outcome::Allow);
+        assert!(running.door.lock().unwrap().store().floor() >= t0 + day - 5);
+        assert_eq!(tap(&running, &short, &ed).await.outcome, Outcome::Deny);
+        assert_eq!(last_reason(&running), "expired");
+        // Someone sets the clock back into the short token's window: refused, and the spent
+        // token stays spent.
+        clock.set(t0 + 60);
+        assert_eq!(tap(&running, &short, &ed).await.outcome, Outcome::Deny);
+        assert_eq!(last_reason(&running), "clock_behind_floor");
+        assert_eq!(tap(&running, &spent, &ed).await.outcome, Outcome::Deny);
+        running.stop().await;
+    }
+    // The floor and the replay records survive a restart with the clock still set back.
+    let running = start_agent(&lock, Arc::new(clock.clone()));
+    assert!(running.door.lock().unwrap().store().floor() >= t0 + day - 5);
+    assert_eq!(tap(&running, &short, &ed).await.outcome, Outcome::Deny);
+    assert_eq!(last_reason(&running), "clock_behind_floor");
+    assert_eq!(tap(&running, &spent, &ed).await.outcome, Outcome::Deny);
+    // Once the clock is right again: the spent token is still spent, the short one expired,
+    // tokens valid now work.
+    clock.set(t0 + day + 100);
+    assert_eq!(tap(&running, &spent, &ed).await.outcome, Outcome::Deny);
+    assert_eq!(last_reason(&running), "replayed");
+    assert_eq!(tap(&running, &short, &ed).await.outcome, Outcome::Deny);
+    assert_eq!(last_reason(&running), "expired");
+    let now_token = mint(&lock.issuer, "k1", t0 + day + 100, 600, &ed);
+    assert_eq!(tap(&running, &now_token, &ed).await.outcome, Outcome::Allow);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_that_jumped_days_ahead_does_not_lock_out_fresh_tokens() {
     let lock = new_lock(&["k1"], None);
     let t0 = 1_800_000_000;
     let clock = ManualClock::new(t0);
     let ed = ed25519_presenter();
-    // Valid for 10 minutes from t0.
+    let spent = mint(&lock.issuer, "k1", t0, 600, &ed);
     let short = mint(&lock.issuer, "k1", t0, 600, &ed);
     {
         let running = start_agent(&lock, Arc::new(clock.clone()));
-        // A day later the short token is expired.
-        clock.set(t0 + 86_400);
+        assert_eq!(tap(&running, &spent, &ed).await.outcome, Outcome::Allow);
+        // The RTC jumps two days ahead (a bad battery, a spoofed time source): tokens minted
+        // now look expired, and a token minted "in two days" cannot exist.
+        clock.set(t0 + 2 * 86_400);
         assert_eq!(tap(&running, &short, &ed).await.outcome, Outcome::Deny);
         assert_eq!(last_reason(&running), "expired");
-        // Someone sets the clock back into the token's window: still refused.
-        clock.set(t0 + 60);
-        assert_eq!(tap(&running, &short, &ed).await.outcome, Outcome::Deny);
-        assert_eq!(last_reason(&running), "clock_behind_floor");
-        // A fresh token minted "now" by the rolled-back clock is refused too: the lock trusts
-        // no time below its floor.
-        let fresh = mint(&lock.issuer, "k1", t0 + 60, 600, &ed);
-        assert_eq!(tap(&running, &fresh, &ed).await.outcome, Outcome::Deny);
+        // The lock's own clock did not move the floor.
+        assert!(running.door.lock().unwrap().store().floor() <= t0);
         running.stop().await;
     }
-    // The floor survives a restart: reopen with the clock still set back.
+    // Back at real time (and after a restart): fresh tokens get in at once.
+    clock.set(t0 + 120);
     let running = start_agent(&lock, Arc::new(clock.clone()));
-    assert!(running.door.lock().unwrap().store().floor() >= t0 + 86_400);
-    assert_eq!(tap(&running, &short, &ed).await.outcome, Outcome::Deny);
+    let fresh = mint(&lock.issuer, "k1", t0 + 120, 600, &ed);
+    assert_eq!(tap(&running, &fresh, &ed).await.outcome, Outcome::Allow);
+    let unused = mint(&lock.issuer, "k1", t0 + 100, 600, &ed);
+    assert_eq!(tap(&running, &unused, &ed).await.outcome, Outcome::Allow);
+    // ... and the spent one stays spent.
+    assert_eq!(tap(&running, &spent, &ed).await.outcome, Outcome::Deny);
+    assert_eq!(last_reason(&running), "replayed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_servers_time_over_the_channel_raises_the_floor_and_the_local_clock_does_not() {
+    let server = FakeServer::start().await;
+    let t0 = 1_800_000_000;
+    server.state().server_time = Some(t0 + 3600);
+    let lock = new_lock(&["k1"], Some((&server.addr, &server.ca_pem)));
+    let clock = ManualClock::new(t0 + 7 * 86_400);
+    let ed = ed25519_presenter();
+    let running = start_agent(&lock, Arc::new(clock.clone()));
+    wait_until("the server's time applied", || {
+        running.door.lock().unwrap().store().floor() == t0 + 3600 - 60
+    })
+    .await;
+    // The clock set back below the server's time: refused.
+    clock.set(t0);
+    let old = mint(&lock.issuer, "k1", t0, 600, &ed);
+    assert_eq!(tap(&running, &old, &ed).await.outcome, Outcome::Deny);
     assert_eq!(last_reason(&running), "clock_behind_floor");
-    // Once the clock is right again, tokens valid now work.
-    clock.set(t0 + 86_500);
-    let now_token = mint(&lock.issuer, "k1", t0 + 86_500, 600, &ed);
-    assert_eq!(tap(&running, &now_token, &ed).await.outcome, Outcome::Allow);
+    clock.set(t0 + 3600);
+    let fresh = mint(&lock.issuer, "k1", t0 + 3600, 600, &ed);
+    assert_eq!(tap(&running, &fresh, &ed).await.outcome, Outcome::Allow);
+    running.stop().await;
+    // The fresh token's `iat` (its `nbf`, 5 s before) raised the floor further; it is durable.
+    let store = Store::open(&lock.state).unwrap();
+    assert_eq!(store.floor(), t0 + 3595);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -562,6 +631,8 @@ struct ServerState {
     /// Deliver the inbox only from this connection number on (1-based), to keep a lock "offline
     /// from the inbox" while it is connected.
     connections: u32,
+    /// Send `Time { now }` after `Welcome`.
+    server_time: Option<u64>,
 }
 
 struct FakeServer {
@@ -740,6 +811,12 @@ async fn serve_agent(
         through
     };
     if !send_server(&mut wr, &ServerMessage::Welcome { receipts_through }).await {
+        return;
+    }
+    let server_time = state.lock().unwrap().server_time;
+    if let Some(now) = server_time
+        && !send_server(&mut wr, &ServerMessage::Time { now }).await
+    {
         return;
     }
     let resend = state.lock().unwrap().resend_on_connect.take();

@@ -381,6 +381,13 @@ fn to_wire(message: InboxMessage) -> WireInbox {
     }
 }
 
+/// The server's clock for the agent (`ServerMessage::Time`).
+fn server_time(shared: &Shared) -> ServerMessage {
+    ServerMessage::Time {
+        now: u64::try_from(shared.clock.now().timestamp()).unwrap_or(0),
+    }
+}
+
 fn seq_i64(seq: u64) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)
 }
@@ -479,6 +486,8 @@ async fn session(shared: &Shared, tcp: TcpStream) -> Result<(), SessionError> {
         opts.write_timeout,
     )
     .await?;
+    // Trusted time for the lock's floor: its own clock never raises it (PROTOCOL.md).
+    send(&mut stream, &server_time(shared), opts.write_timeout).await?;
     tracing::info!(lock = %lock.id, resume_after, receipts_through, "agent connected");
 
     let mut sent = resume_after;
@@ -604,7 +613,8 @@ async fn session(shared: &Shared, tcp: TcpStream) -> Result<(), SessionError> {
                 }
             }
             AgentMessage::Ping => {
-                send(&mut stream, &ServerMessage::Pong, opts.write_timeout).await?
+                send(&mut stream, &ServerMessage::Pong, opts.write_timeout).await?;
+                send(&mut stream, &server_time(shared), opts.write_timeout).await?;
             }
             AgentMessage::Hello { .. } => {
                 return Err(refuse(&mut stream, ErrorCode::Malformed, opts.write_timeout).await);

@@ -202,7 +202,9 @@ pub async fn connect(
                     });
                     send(&mut stream, &AgentMessage::Ack { seq }).await?;
                 }
-                ServerMessage::Pong | ServerMessage::ReceiptsAck { .. } => {}
+                ServerMessage::Pong
+                | ServerMessage::Time { .. }
+                | ServerMessage::ReceiptsAck { .. } => {}
                 other => return Err(SimError::Protocol(format!("unexpected {other:?}"))),
             }
         }

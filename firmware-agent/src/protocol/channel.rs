@@ -8,6 +8,7 @@
 //! server → agent  Inbox { seq, message }        agent → server  Ack { seq }
 //! agent  → server Receipts { receipts }         server → agent  ReceiptsAck { through }
 //! agent  → server Status { battery_percent, … } agent → server  Ping / server → agent Pong
+//! server → agent  Time { now }                  (after Welcome and after every Pong)
 //! ```
 //! See `PROTOCOL.md` for the sequence and idempotency rules.
 
@@ -54,6 +55,13 @@ pub enum ServerMessage {
     },
     /// Answer to [`AgentMessage::Ping`].
     Pong,
+    /// The server's clock (Unix seconds), sent after `Welcome` and after every `Pong`. Trusted
+    /// time for the lock: it raises the lock's time floor (minus the skew allowance), which the
+    /// lock's own clock never does.
+    Time {
+        /// Seconds since the Unix epoch on the server.
+        now: u64,
+    },
     /// The server is closing the connection for this reason.
     Error {
         /// Machine-readable reason.

@@ -71,6 +71,9 @@ pub enum Refusal {
     ClockBehindFloor,
     /// `now` is before `nbf` minus the skew allowance.
     NotYetValid,
+    /// `iat` is after `now` plus the skew allowance: the token claims to be minted in the lock's
+    /// future (a wrong lock clock or a wrong issuer clock; either way `now` cannot be trusted).
+    IssuedInFuture,
     /// `now` is at or after `exp` plus the skew allowance.
     Expired,
     // --- lock state ---
@@ -123,6 +126,7 @@ impl Refusal {
             Refusal::WrongLock => "wrong_lock",
             Refusal::ClockBehindFloor => "clock_behind_floor",
             Refusal::NotYetValid => "not_yet_valid",
+            Refusal::IssuedInFuture => "issued_in_future",
             Refusal::Expired => "expired",
             Refusal::Revoked => "revoked",
             Refusal::Replayed => "replayed",
@@ -140,7 +144,7 @@ impl Refusal {
     }
 
     /// Every refusal, in verification order (for tests and for mapping stored codes back).
-    pub const ALL: [Refusal; 30] = [
+    pub const ALL: [Refusal; 31] = [
         Refusal::Oversize,
         Refusal::TrailingBytes,
         Refusal::IndefiniteLength,
@@ -158,6 +162,7 @@ impl Refusal {
         Refusal::WrongLock,
         Refusal::ClockBehindFloor,
         Refusal::NotYetValid,
+        Refusal::IssuedInFuture,
         Refusal::Expired,
         Refusal::Revoked,
         Refusal::Replayed,

@@ -12,8 +12,8 @@
 //! # Verification order (RFC 9200 §5.10.1.1)
 //!
 //! parse (size, CBOR well-formed and canonical, COSE structure, headers, claims) → `kid` is in the
-//! trust bundle → signature → `iss` → `aud` is this lock → time (floor, then `nbf`/`exp` with
-//! skew) → revocation list → replay / use count → proof of possession. The first failure is the
+//! trust bundle → signature → `iss` → `aud` is this lock → time (floor, then `nbf`, `iat`, `exp`,
+//! each with skew) → revocation list → replay / use count → proof of possession. The first failure is the
 //! [`Refusal`].
 
 use alloc::vec::Vec;
@@ -145,6 +145,9 @@ impl UnverifiedToken {
         }
         if now < claims.not_before.saturating_sub(options.skew_secs) {
             return Err(Refusal::NotYetValid);
+        }
+        if claims.issued_at > now.saturating_add(options.skew_secs) {
+            return Err(Refusal::IssuedInFuture);
         }
         if now >= claims.expires_at.saturating_add(options.skew_secs) {
             return Err(Refusal::Expired);

@@ -755,6 +755,26 @@ fn refuses_expired_beyond_skew() {
 }
 
 #[test]
+fn refuses_a_token_issued_beyond_now_plus_skew() {
+    let mut c = claims();
+    c.not_before = NOW - 60;
+    c.issued_at = NOW + 100;
+    let bytes = mint_with(&c, 1);
+    assert_eq!(
+        check_at(&bytes, &Lock::new(), NOW).unwrap_err(),
+        Refusal::IssuedInFuture
+    );
+    assert_eq!(
+        check_at(&bytes, &Lock::new(), NOW + 39).unwrap_err(),
+        Refusal::IssuedInFuture
+    );
+    assert!(
+        check_at(&bytes, &Lock::new(), NOW + 40).is_ok(),
+        "within 60 s skew"
+    );
+}
+
+#[test]
 fn refuses_clock_set_back_below_floor() {
     let bytes = token();
     let mut lock = Lock::new();
@@ -1390,7 +1410,9 @@ prop_compose! {
         audience in "[A-Za-z0-9._-]{1,64}",
         not_before in 0u64..(i64::MAX as u64 / 2),
         lifetime in 1u64..1_000_000,
-        issued_at in 0u64..(i64::MAX as u64),
+        // `iat` at or before `nbf`: the round trip verifies at `nbf`, and a later `iat` would be
+        // refused as issued in the future (tested on its own).
+        issued_before in 0u64..(i64::MAX as u64),
         token_id in any::<[u8; 16]>(),
         incident in arb_text(),
         grant in any::<[u8; 16]>(),
@@ -1411,7 +1433,7 @@ prop_compose! {
             audience: LockId::parse(&audience).unwrap(),
             expires_at: not_before + lifetime,
             not_before,
-            issued_at,
+            issued_at: not_before.saturating_sub(issued_before),
             token_id: TokenId(token_id),
             scope: Scope::Open,
             incident,
