@@ -166,7 +166,7 @@ impl Rig {
         for (challenge, msg) in prepared {
             self.clock.advance(step);
             let start = Instant::now();
-            let decision = self.door.decide(&challenge, Ok(msg)).unwrap();
+            let decision = self.door.decide(&challenge, msg).unwrap();
             let elapsed = start.elapsed();
             assert_eq!(decision.outcome, expect);
             black_box(decision);
@@ -282,10 +282,7 @@ fn main() {
     // (4) full decision, deny: a token already used once (its allow receipt is its replay record).
     let spent = rig.mint();
     let (ch, msg) = rig.present(&spent);
-    assert_eq!(
-        rig.door.decide(&ch, Ok(msg)).unwrap().outcome,
-        Outcome::Allow
-    );
+    assert_eq!(rig.door.decide(&ch, msg).unwrap().outcome, Outcome::Allow);
     allows += 1;
     c.bench_function("decide_deny_replayed", |b| {
         b.iter_custom(|iters| {

@@ -1,4 +1,4 @@
-//! `firstkey-agent run`: open the state directory, serve taps, keep the channel.
+//! `firstkey-agent run`: open the state directory, serve taps, keep the channel, housekeeping.
 //!
 //! Taps are served whether or not the server is reachable; the channel runs beside them and only
 //! shares the door's mutex for short, durable updates.
@@ -38,7 +38,7 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stop serving: abort the tap server and the channel, wait until nothing else
+    /// Stop serving: abort the tap server, the channel and the housekeeping, wait until nothing else
     /// holds the door, and release the state directory.
     pub async fn stop(self) {
         for t in &self.tasks {
@@ -49,6 +49,11 @@ impl Running {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if let Ok(mut d) = self.door.lock()
+            && let Err(e) = d.tick()
+        {
+            tracing::warn!(error = %e, "could not write the malformed-frame tally at shutdown");
         }
         let _ = std::fs::remove_file(&self.tap_socket);
     }
@@ -107,6 +112,24 @@ pub fn start(
         None => tracing::info!("no server configured; working offline"),
     }
 
+    // Housekeeping once a minute: the malformed-frame tally is written here when taps did not.
+    let ticker = door.clone();
+    let ticker_task = tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            every.tick().await;
+            let d = ticker.clone();
+            let r = tokio::task::spawn_blocking(move || match d.lock() {
+                Ok(mut d) => d.tick().map_err(|e| e.to_string()),
+                Err(_) => Err("door state poisoned".to_string()),
+            })
+            .await;
+            if let Ok(Err(e)) = r {
+                tracing::error!(error = %e, "housekeeping failed");
+            }
+        }
+    });
+    tasks.push(ticker_task.abort_handle());
     tracing::info!(socket = %socket.display(), "agent running");
     Ok(Running {
         door,

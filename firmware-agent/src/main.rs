@@ -233,7 +233,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     "lock id:            {}\ndevice public key:  {}\ntrust bundle:       version {}\n\
                      time floor:         {}\ninbox seq applied:  {}\nreceipts:           {} ({} uploaded, {} pending)\n\
                      revocations:        {}\nstaged tokens:      {}\nserver:             {}\n\
-                     deciding:           {}\n",
+                     deciding:           {}\nmalformed frames:   {}\n",
                     s.lock_id,
                     s.device_public_key,
                     s.bundle_version,
@@ -249,6 +249,16 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                         || "yes".to_owned(),
                         |why| format!("NO, every tap is refused: {why}")
                     ),
+                    if s.malformed_frames.count == 0 {
+                        "0".to_owned()
+                    } else {
+                        format!(
+                            "{} (first at {}, last at {})",
+                            s.malformed_frames.count,
+                            s.malformed_frames.first,
+                            s.malformed_frames.last
+                        )
+                    },
                 ))?;
             }
             Ok(ExitCode::SUCCESS)

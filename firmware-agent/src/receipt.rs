@@ -34,7 +34,7 @@ pub struct ReceiptBody {
     /// What the presenter was told.
     pub outcome: Outcome,
     /// `ok` for an allow; otherwise the token crate's refusal code or an agent reason
-    /// (`malformed_frame`, `interrupted`).
+    /// (`no_trust_bundle`, `actuator_failed`).
     pub reason: String,
     /// SHA-256 of the presented token's bytes, when a token was presented.
     pub token_hash: Option<Bytes<32>>,

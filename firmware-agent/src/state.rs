@@ -13,6 +13,8 @@
 //! | `channel.cbor` | last applied inbox seq, trust bundle, revocation list, pre-staged tokens | every inbox message |
 //! | `uploaded` | highest receipt seq the server acknowledged | receipt acks |
 //! | `actuator.log` | simulated door events | the simulated actuator |
+//! | `malformed` | count, first and last time of malformed tap frames (JSON) | at most once a minute |
+//! | `halted` | why the agent stopped deciding (only while it has) | when it stops |
 //! | `lock` | held with an exclusive file lock while a [`Store`] is open | |
 //!
 //! Crash-safety rules: small files are replaced atomically ([`durable::write_atomic`]); receipts
@@ -43,6 +45,23 @@ const MAX_STAGED_TOKENS: usize = 64;
 
 /// Receipts kept in `receipts.log` after upload before compaction drops them.
 const COMPACT_AFTER: usize = 4096;
+
+/// The malformed-frame tally is written at most once per this many seconds of the lock's clock
+/// (and by the daemon's periodic flush), however many frames arrive.
+pub const MALFORMED_WRITE_INTERVAL_SECS: u64 = 60;
+
+const MALFORMED_FILE: &str = "malformed";
+
+/// Malformed or oversize tap frames: accountability without a receipt (and an fsync) each.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MalformedTally {
+    /// Frames counted since the state directory was made.
+    pub count: u64,
+    /// Lock clock at the first one (0 if none).
+    pub first: u64,
+    /// Lock clock at the latest one (0 if none).
+    pub last: u64,
+}
 
 /// Errors from the state directory.
 #[derive(Debug, thiserror::Error)]
@@ -351,6 +370,8 @@ pub struct Status {
     pub server: Option<String>,
     /// Why the agent has stopped deciding, if it has (every tap is then refused).
     pub halted: Option<String>,
+    /// Malformed tap frames (as last written, for `peek_status`).
+    pub malformed_frames: MalformedTally,
 }
 
 /// The open state directory, held exclusively by one process.
@@ -373,6 +394,12 @@ pub struct Store {
     uploaded_through: u64,
     /// Why deciding stopped at open (a damaged receipt log that could not be repaired losslessly).
     halted: Option<String>,
+    malformed: MalformedTally,
+    /// Lock clock when the tally was last written in this process, if it was.
+    malformed_written_at: Option<u64>,
+    malformed_dirty: bool,
+    /// Durable writes (appends and atomic replacements) made through this store.
+    durable_writes: u64,
 }
 
 impl std::fmt::Debug for Store {
@@ -616,6 +643,7 @@ impl Store {
         }
         let channel = ChannelState::load(dir, &root)?;
         let uploaded_through = read_u64_file(&dir.file("uploaded"))?.min(head.seq);
+        let malformed = read_malformed(dir)?;
         let halt_path = dir.file(HALTED_FILE);
         match &halted {
             Some(why) => {
@@ -641,7 +669,55 @@ impl Store {
             channel,
             uploaded_through,
             halted,
+            malformed,
+            malformed_written_at: None,
+            malformed_dirty: false,
+            durable_writes: 0,
         })
+    }
+
+    /// Count one malformed or oversize tap frame. Written at most once per
+    /// [`MALFORMED_WRITE_INTERVAL_SECS`]; [`Store::flush_malformed`] writes the rest.
+    pub fn note_malformed(&mut self, now: u64) -> Result<(), StateError> {
+        if self.malformed.count == 0 {
+            self.malformed.first = now;
+        }
+        self.malformed.count = self.malformed.count.saturating_add(1);
+        self.malformed.last = now;
+        self.malformed_dirty = true;
+        let due = self
+            .malformed_written_at
+            .is_none_or(|t| now >= t.saturating_add(MALFORMED_WRITE_INTERVAL_SECS));
+        if due {
+            self.write_malformed(now)?;
+        }
+        Ok(())
+    }
+
+    /// Write the malformed-frame tally if it changed since it was last written (the daemon calls
+    /// this once a minute and at shutdown).
+    pub fn flush_malformed(&mut self, now: u64) -> Result<(), StateError> {
+        if self.malformed_dirty {
+            self.write_malformed(now)?;
+        }
+        Ok(())
+    }
+
+    fn write_malformed(&mut self, now: u64) -> Result<(), StateError> {
+        let path = self.dir.file(MALFORMED_FILE);
+        let json = serde_json::to_vec(&self.malformed)
+            .map_err(|e| corrupt(&path, format!("could not encode: {e}")))?;
+        self.malformed_written_at = Some(now);
+        self.durable_writes = self.durable_writes.saturating_add(1);
+        durable::write_atomic(&path, &json, 0o600).map_err(io_err(&path))?;
+        self.malformed_dirty = false;
+        Ok(())
+    }
+
+    /// Durable writes (fsynced appends and atomic replacements) made through this store since it
+    /// was opened.
+    pub fn durable_writes(&self) -> u64 {
+        self.durable_writes
     }
 
     /// Why the agent has stopped deciding, if it has.
@@ -715,6 +791,7 @@ impl Store {
             return Ok(false);
         }
         self.floor = trusted;
+        self.durable_writes = self.durable_writes.saturating_add(1);
         let path = self.dir.file("floor");
         durable::write_atomic(&path, trusted.to_string().as_bytes(), 0o600)
             .map_err(io_err(&path))?;
@@ -732,6 +809,7 @@ impl Store {
         let path = self.dir.file("receipts.log");
         let r = receipt::sign_next(&self.device_key, self.head, body)
             .map_err(|_| corrupt(&path, "could not encode receipt"))?;
+        self.durable_writes = self.durable_writes.saturating_add(1);
         if let Err(e) = self.receipts.append(&r.encoded) {
             if let Some(why) = self.receipts.halted() {
                 tracing::error!(reason = %why, "receipt log halted; refusing every tap");
@@ -776,6 +854,7 @@ impl Store {
             return Ok(());
         }
         let path = self.dir.file("uploaded");
+        self.durable_writes = self.durable_writes.saturating_add(1);
         durable::write_atomic(&path, through.to_string().as_bytes(), 0o600)
             .map_err(io_err(&path))?;
         self.uploaded_through = through;
@@ -835,6 +914,7 @@ impl Store {
             }
         };
         next.revocations.prune(self.floor, self.config.skew_secs);
+        self.durable_writes = self.durable_writes.saturating_add(1);
         next.persist(&self.dir)?;
         self.channel = next;
         Ok(outcome)
@@ -856,6 +936,7 @@ impl Store {
             staged_tokens: self.channel.staged_tokens.len(),
             server: self.config.server.as_ref().map(|s| s.address.clone()),
             halted: self.halted(),
+            malformed_frames: self.malformed,
         }
     }
 
@@ -988,5 +1069,14 @@ pub fn peek_status(dir: &StateDir) -> Result<Status, StateError> {
         staged_tokens: channel.staged_tokens.len(),
         server: config.server.map(|s| s.address),
         halted,
+        malformed_frames: read_malformed(dir)?,
     })
+}
+
+fn read_malformed(dir: &StateDir) -> Result<MalformedTally, StateError> {
+    let path = dir.file(MALFORMED_FILE);
+    match durable::read_optional(&path).map_err(io_err(&path))? {
+        None => Ok(MalformedTally::default()),
+        Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| corrupt(&path, e.to_string())),
+    }
 }

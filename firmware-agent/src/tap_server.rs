@@ -3,8 +3,9 @@
 //! The socket stands in for NFC: one connection is one tap. The lock speaks first with a fresh
 //! challenge, reads one [`PresenterMessage`] (capped at [`MAX_TAP_FRAME`] bytes, with a timeout),
 //! decides with [`Door::decide`] and answers with the outcome and its signed ack. A malformed or
-//! oversize frame is decided as a deny (with a receipt); a presenter that hangs up or times out
-//! before presenting anything gets no decision and leaves no receipt.
+//! oversize frame gets no decision and no receipt: it is counted ([`Door::note_malformed`], written
+//! at most once a minute) and the connection closed; a presenter that hangs up or times out before
+//! presenting anything gets no decision and leaves no receipt.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -100,6 +101,15 @@ async fn handle(mut stream: UnixStream, door: Arc<Mutex<Door>>) -> Result<bool, 
             Ok(Err(e @ FrameError::TooLarge { .. })) | Ok(Err(e @ FrameError::Malformed)) => Err(e),
             Ok(Err(e)) => return Err(e.into()),
         };
+    let presented = match presented {
+        Ok(message) => message,
+        Err(_) => {
+            // No decision, no receipt: counted (bounded writes) and the connection closed.
+            tracing::info!("malformed tap frame; no decision");
+            note_malformed_blocking(door).await?;
+            return Ok(false);
+        }
+    };
     let decision = decide_blocking(door, challenge, presented).await?;
     let answer = encode_lock_message(&LockMessage::Decision {
         outcome: decision.outcome,
@@ -112,10 +122,19 @@ async fn handle(mut stream: UnixStream, door: Arc<Mutex<Door>>) -> Result<bool, 
     Ok(true)
 }
 
+async fn note_malformed_blocking(door: Arc<Mutex<Door>>) -> Result<(), TapError> {
+    tokio::task::spawn_blocking(move || {
+        let mut d = door.lock().map_err(|_| TapError::Poisoned)?;
+        d.note_malformed().map_err(TapError::from)
+    })
+    .await
+    .map_err(|_| TapError::Join)?
+}
+
 async fn decide_blocking(
     door: Arc<Mutex<Door>>,
     challenge: Challenge,
-    presented: Result<PresenterMessage, FrameError>,
+    presented: PresenterMessage,
 ) -> Result<TapDecision, TapError> {
     tokio::task::spawn_blocking(move || {
         let mut d = door.lock().map_err(|_| TapError::Poisoned)?;

@@ -218,11 +218,11 @@ async fn taps_over_the_socket_allow_once_and_deny_everything_else() {
     assert_eq!(tap(&running, &t4, &ed).await.outcome, Outcome::Deny);
     assert_eq!(last_reason(&running), "unknown_key");
 
-    // Malformed and oversize frames: a deny with a receipt, and the agent keeps serving.
+    // Malformed and oversize frames: no decision, no receipt, counted; the agent keeps serving.
+    let head = running.door.lock().unwrap().store().head().seq;
     for payload in [vec![0xff, 0x00, 0x13], vec![]] {
         let answer = raw_exchange(&running.tap_socket, &payload).await;
-        assert_eq!(answer, Some(Outcome::Deny));
-        assert_eq!(last_reason(&running), "malformed_frame");
+        assert_eq!(answer, None);
     }
     let mut s = tokio::net::UnixStream::connect(&running.tap_socket)
         .await
@@ -231,14 +231,16 @@ async fn taps_over_the_socket_allow_once_and_deny_everything_else() {
     tokio::io::AsyncWriteExt::write_all(&mut s, &u32::MAX.to_be_bytes())
         .await
         .unwrap();
-    let answer = read_frame(&mut s, MAX_TAP_FRAME).await.unwrap().unwrap();
-    assert!(matches!(
-        firstkey_agent::protocol::tap::decode_lock_message(&answer).unwrap(),
-        LockMessage::Decision {
-            outcome: Outcome::Deny,
-            ..
-        }
-    ));
+    assert!(read_frame(&mut s, MAX_TAP_FRAME).await.unwrap().is_none());
+    {
+        let d = running.door.lock().unwrap();
+        assert_eq!(
+            d.store().head().seq,
+            head,
+            "a malformed frame wrote a receipt"
+        );
+        assert_eq!(d.store().status().malformed_frames.count, 3);
+    }
     let t5 = mint(&lock.issuer, "k1", now, 600, &ed);
     assert_eq!(tap(&running, &t5, &ed).await.outcome, Outcome::Allow);
 
@@ -250,7 +252,7 @@ async fn taps_over_the_socket_allow_once_and_deny_everything_else() {
         .map(|b| b.seq)
         .collect();
     assert_eq!(allows.len(), 4);
-    assert_eq!(bodies.len(), 12);
+    assert_eq!(bodies.len(), 9);
     let opens: Vec<u64> = SimulatedActuator::events(lock.state.root())
         .unwrap()
         .into_iter()
@@ -262,7 +264,48 @@ async fn taps_over_the_socket_allow_once_and_deny_everything_else() {
     assert_eq!(opens, allows);
 }
 
-/// Send one raw payload after the challenge; return the outcome the lock answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_malformed_tap_frames_write_no_receipt_and_a_bounded_tally() {
+    let lock = new_lock_in(fast_tempdir(), &["k1"], None);
+    let running = start_agent(&lock, Arc::new(SystemClock));
+    let log_len = || {
+        std::fs::metadata(lock.state.file("receipts.log"))
+            .unwrap()
+            .len()
+    };
+    let before = log_len();
+    let writes_before = running.door.lock().unwrap().store().durable_writes();
+    for i in 0..10_000u32 {
+        let junk = i.to_be_bytes();
+        assert_eq!(raw_exchange(&running.tap_socket, &junk).await, None);
+    }
+    let (writes, count, head) = {
+        let d = running.door.lock().unwrap();
+        let s = d.store();
+        (
+            s.durable_writes() - writes_before,
+            s.status().malformed_frames.count,
+            s.head().seq,
+        )
+    };
+    eprintln!("10,000 malformed tap frames: {writes} durable writes, receipt log +0 bytes");
+    assert_eq!(log_len(), before);
+    assert_eq!(head, 0);
+    assert_eq!(count, 10_000);
+    // One write per minute of the lock's clock at most, plus the first.
+    assert!(writes <= 3, "{writes} durable writes");
+    running.stop().await;
+    assert_eq!(
+        state::peek_status(&lock.state)
+            .unwrap()
+            .malformed_frames
+            .count,
+        10_000
+    );
+}
+
+/// Send one raw payload after the challenge; return the outcome the lock answered (`None`: it
+/// closed without a decision).
 async fn raw_exchange(socket: &Path, payload: &[u8]) -> Option<Outcome> {
     let mut s = tokio::net::UnixStream::connect(socket).await.unwrap();
     read_frame(&mut s, MAX_TAP_FRAME).await.unwrap().unwrap();
@@ -1468,7 +1511,7 @@ fn fault_rounds(faults: &[(Fault, bool)], total: &mut FaultCounts) -> usize {
     let tap_door = |door: &mut Door, token: &[u8]| {
         let c = door.new_challenge().unwrap();
         let msg = tap_server::respond(&c.0, LOCK, token, Some(&ed)).unwrap();
-        door.decide(&c, Ok(msg)).map(|d| d.outcome)
+        door.decide(&c, msg).map(|d| d.outcome)
     };
     // Learn the framed size of an allow receipt from a clean one.
     let mut door = open_door(&plan);
@@ -1668,7 +1711,7 @@ fn a_full_file_system_never_lets_a_token_in_twice_and_the_agent_recovers() {
     let tap_door = |door: &mut Door, token: &[u8]| {
         let c = door.new_challenge().unwrap();
         let msg = tap_server::respond(&c.0, LOCK, token, Some(&ed)).unwrap();
-        door.decide(&c, Ok(msg)).map(|d| d.outcome)
+        door.decide(&c, msg).map(|d| d.outcome)
     };
     let mut rng = XorShift(0x5eed_f00d);
     let mut counts = FaultCounts::default();
