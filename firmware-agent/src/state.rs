@@ -190,13 +190,14 @@ pub struct Initialised {
 }
 
 /// Create a state directory: device key, config, optional bundle and CA. Refuses to overwrite.
+///
+/// Atomic: everything is built in a temporary sibling directory (`.<name>.init`), each file and
+/// the directory fsynced, then renamed into place and the parent fsynced. A killed `init` leaves
+/// either no state directory or a whole one; a temporary directory left by a killed `init` is
+/// removed by the next one and ignored by everything else. An existing empty directory (made by
+/// a package or a mount) is replaced the same way.
 pub fn init(dir: &StateDir, params: &InitParams) -> Result<Initialised, StateError> {
     let root = dir.root();
-    std::fs::create_dir_all(root).map_err(io_err(root))?;
-    let config_path = dir.file("config.json");
-    if config_path.exists() || dir.file("device.pk8").exists() {
-        return Err(StateError::AlreadyInitialised(root.to_path_buf()));
-    }
     if LockId::parse(&params.lock_id).is_none() {
         return Err(StateError::Invalid(
             "lock id: 1 to 64 characters of A-Z a-z 0-9 - _ .".into(),
@@ -210,6 +211,57 @@ pub fn init(dir: &StateDir, params: &InitParams) -> Result<Initialised, StateErr
         ),
         None => None,
     };
+    match std::fs::read_dir(root) {
+        Ok(mut entries) => {
+            if dir.file("config.json").exists() {
+                return Err(StateError::AlreadyInitialised(root.to_path_buf()));
+            }
+            if entries.next().is_some() {
+                return Err(StateError::Invalid(format!(
+                    "{} exists and is not empty but holds no agent state (no config.json); \
+                     remove it or choose another --state-dir",
+                    root.display()
+                )));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(root)(e)),
+    }
+    let name = root
+        .file_name()
+        .ok_or_else(|| StateError::Invalid(format!("{}: not a directory name", root.display())))?;
+    let parent = parent_dir_of(root);
+    std::fs::create_dir_all(&parent).map_err(io_err(&parent))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(".init");
+    let tmp_root = parent.join(tmp_name);
+    match std::fs::remove_dir_all(&tmp_root) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(&tmp_root)(e)),
+    }
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&tmp_root)
+            .map_err(io_err(&tmp_root))?;
+    }
+    let tmp = StateDir::new(&tmp_root);
+    let done = write_initial_state(&tmp, params, bundle)?;
+    durable::sync_dir(&tmp_root).map_err(io_err(&tmp_root))?;
+    std::fs::rename(&tmp_root, root).map_err(io_err(root))?;
+    durable::sync_dir(&parent).map_err(io_err(&parent))?;
+    Ok(done)
+}
+
+/// The files of a new state directory, written into `dir` (the temporary one).
+fn write_initial_state(
+    dir: &StateDir,
+    params: &InitParams,
+    bundle: Option<TrustBundle>,
+) -> Result<Initialised, StateError> {
     let rng = ring::rand::SystemRandom::new();
     let pk8 = Ed25519KeyPair::generate_pkcs8(&rng)
         .map_err(|_| StateError::Invalid("could not generate the device key".into()))?;
@@ -238,7 +290,7 @@ pub fn init(dir: &StateDir, params: &InitParams) -> Result<Initialised, StateErr
     };
     let json = serde_json::to_vec_pretty(&config)
         .map_err(|e| StateError::Invalid(format!("config: {e}")))?;
-    // The config is written last: its presence marks a complete init.
+    let config_path = dir.file("config.json");
     durable::write_atomic(&config_path, &json, 0o644).map_err(io_err(&config_path))?;
     let mut device_public_key = [0u8; 32];
     device_public_key.copy_from_slice(key.public_key().as_ref());
@@ -551,6 +603,8 @@ impl Store {
         dir: &StateDir,
         wrapper: Option<durable::LogFileWrapper>,
     ) -> Result<Self, StateError> {
+        // First, so that a directory that is not (yet) a state directory gets no `lock` file.
+        let (config, lock_id, root) = load_config(dir)?;
         let lock_path = dir.file("lock");
         let lock = OpenOptions::new()
             .create(true)
@@ -565,7 +619,6 @@ impl Store {
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(io_err(&lock_path)(e)),
         }
-        let (config, lock_id, root) = load_config(dir)?;
         let device_key = load_device_key(dir)?;
         let mut device_public_key = [0u8; 32];
         device_public_key.copy_from_slice(device_key.public_key().as_ref());

@@ -1792,3 +1792,101 @@ fn a_full_file_system_never_lets_a_token_in_twice_and_the_agent_recovers() {
     assert_eq!(counts.double_allows, 0);
     assert!(counts.refused > 0, "the disk never filled up");
 }
+
+// ---------------------------------------------------------------------------------------------
+// init killed part-way
+
+fn init_command(state_dir: &Path, issuer_dir: &Path, root_hex: &str) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_firstkey-agent"));
+    c.arg("init")
+        .arg("--state-dir")
+        .arg(state_dir)
+        .args(["--lock-id", LOCK, "--root-public-key", root_hex])
+        .arg("--trust-bundle")
+        .arg(issuer_dir.join("bundle.cbor"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    c
+}
+
+fn agent_status(state_dir: &Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_firstkey-agent"))
+        .arg("status")
+        .arg("--state-dir")
+        .arg(state_dir)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn init_killed_at_any_moment_leaves_nothing_or_a_whole_state() {
+    let tmp = tempfile::tempdir().unwrap();
+    let issuer = Issuer::generate("demo-city", RP).unwrap();
+    std::fs::write(
+        tmp.path().join("bundle.cbor"),
+        issuer.bundle(1, &["k1"]).unwrap(),
+    )
+    .unwrap();
+    let root_hex = hex::encode(issuer.root_public_key().unwrap());
+    // How long a whole init takes here, to spread the kills over it.
+    let started = Instant::now();
+    let out = init_command(&tmp.path().join("timing"), tmp.path(), &root_hex)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let full = started.elapsed().as_micros().max(1000) as u64;
+    let rounds = 60;
+    let mut rng = XorShift(0x1417_0b5e_55ed);
+    let (mut nothing, mut whole) = (0, 0);
+    for round in 0..rounds {
+        let state = tmp.path().join(format!("s{round}"));
+        let mut child = init_command(&state, tmp.path(), &root_hex).spawn().unwrap();
+        std::thread::sleep(Duration::from_micros(rng.below(full + full / 4)));
+        let _ = child.kill();
+        let _ = child.wait();
+        if state.exists() {
+            // A whole state: status reads it and init refuses to overwrite it.
+            let st = agent_status(&state);
+            assert!(
+                st.status.success(),
+                "round {round}: a state directory status cannot read: {}",
+                String::from_utf8_lossy(&st.stderr)
+            );
+            let again = init_command(&state, tmp.path(), &root_hex)
+                .output()
+                .unwrap();
+            assert!(!again.status.success());
+            assert!(
+                String::from_utf8_lossy(&again.stderr).contains("already initialised"),
+                "round {round}"
+            );
+            Store::open(&StateDir::new(&state)).unwrap();
+            whole += 1;
+        } else {
+            // Nothing: init starts afresh (and clears any temporary directory it left).
+            let again = init_command(&state, tmp.path(), &root_hex)
+                .output()
+                .unwrap();
+            assert!(
+                again.status.success(),
+                "round {round}: init after a killed init: {}",
+                String::from_utf8_lossy(&again.stderr)
+            );
+            assert!(agent_status(&state).status.success());
+            nothing += 1;
+        }
+        let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".init"))
+            .collect();
+        assert!(
+            leftovers.is_empty(),
+            "round {round}: temporary directory left"
+        );
+    }
+    eprintln!(
+        "init under SIGKILL: {rounds} rounds (whole init {full} µs): {nothing} left nothing, \
+         {whole} a whole state"
+    );
+}
