@@ -67,7 +67,12 @@ impl SimulatedActuator {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
-        Ok(text.lines().filter_map(parse_line).collect())
+        // Only whole lines count: a line cut short by a crash or a full disk has no newline yet.
+        Ok(text
+            .split_inclusive('\n')
+            .filter_map(|l| l.strip_suffix('\n'))
+            .filter_map(parse_line)
+            .collect())
     }
 }
 
@@ -88,13 +93,18 @@ fn parse_line(line: &str) -> Option<DoorEvent> {
     }
 }
 
+/// Append one event line. It starts with a newline too, so that a line torn by a crash or a full
+/// disk ends there and cannot swallow the next one (torn lines are ignored when reading).
 fn append_line(path: &Path, line: &str) -> io::Result<()> {
     let mut f = OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
         .open(path)?;
-    f.write_all(line.as_bytes())?;
+    let mut bytes = Vec::with_capacity(line.len().saturating_add(1));
+    bytes.push(b'\n');
+    bytes.extend_from_slice(line.as_bytes());
+    f.write_all(&bytes)?;
     f.sync_data()
 }
 
@@ -151,5 +161,31 @@ mod tests {
     fn torn_line_is_ignored() {
         assert_eq!(parse_line("OPEN seq=3 hold"), None);
         assert_eq!(parse_line("OPEN seq="), None);
+    }
+
+    #[test]
+    fn a_torn_line_does_not_swallow_the_next_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(SimulatedActuator::FILE_NAME);
+        append_line(&path, "OPEN seq=1 hold_ms=10\n").unwrap();
+        // A write cut short by a full disk, then the next event.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"\nOPEN seq=2 ho")
+            .unwrap();
+        append_line(&path, "OPEN seq=3 hold_ms=10\n").unwrap();
+        append_line(&path, "CLOSE seq=").unwrap();
+        let seqs: Vec<u64> = SimulatedActuator::events(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|e| match e {
+                DoorEvent::Open { receipt_seq, .. } | DoorEvent::Close { receipt_seq } => {
+                    receipt_seq
+                }
+            })
+            .collect();
+        assert_eq!(seqs, vec![1, 3]);
     }
 }

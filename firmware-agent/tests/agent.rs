@@ -465,8 +465,33 @@ fn sigkill_at_random_moments_never_lets_a_token_in_twice_nor_loses_a_receipt() {
         .unwrap_or(300);
     let seed = SystemClock.now() ^ 0x9e37_79b9_7f4a_7c15;
     eprintln!("crash test seed {seed:#x}, {rounds} rounds");
-    let mut rng = XorShift(seed | 1);
     let lock = new_lock(&["k1"], None);
+    crash_rounds(&lock, rounds, seed, None);
+}
+
+/// The SIGKILL crash test on a nearly full file system: before every round the disk is filled to
+/// leave 0 to 3 pages free, so receipt appends, floor and tally writes and the door's log fail
+/// with ENOSPC (often after a short write) between and during the kills.
+#[test]
+fn sigkill_on_a_nearly_full_disk_never_lets_a_token_in_twice_nor_loses_a_receipt() {
+    let Some(fs) = SmallFs::mount("200k") else {
+        return;
+    };
+    let rounds: u64 = std::env::var("FIRSTKEY_DISKFULL_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
+    let seed = SystemClock.now() ^ 0x5151_d15c_f011;
+    eprintln!("disk-full crash test seed {seed:#x}, {rounds} rounds");
+    let lock = new_lock_in(tempfile::tempdir_in(fs.path()).unwrap(), &["k1"], None);
+    crash_rounds(&lock, rounds, seed, Some(&fs));
+}
+
+/// Run the real binary `rounds` times, SIGKILLing it at random moments while tapping (new tokens
+/// and retries of earlier ones), then check the recovered state. With `disk`, each round starts
+/// with the disk nearly full.
+fn crash_rounds(lock: &Lock, rounds: u64, seed: u64, disk: Option<&SmallFs>) {
+    let mut rng = XorShift(seed | 1);
     let bin = env!("CARGO_BIN_EXE_firstkey-agent");
     let socket = lock.state.tap_socket();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -481,7 +506,11 @@ fn sigkill_at_random_moments_never_lets_a_token_in_twice_nor_loses_a_receipt() {
     let (mut taps, mut answered, mut allows, mut retries, mut kills, mut cut_short) =
         (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
     let started = Instant::now();
+    let mut refused = 0u64;
     for _round in 0..rounds {
+        if let Some(fs) = disk {
+            fs.fill_leaving(rng.below(3 * 4096));
+        }
         let mut child = std::process::Command::new(bin)
             .args(["run", "--state-dir"])
             .arg(lock.state.root())
@@ -543,8 +572,22 @@ fn sigkill_at_random_moments_never_lets_a_token_in_twice_nor_loses_a_receipt() {
                             .push((a.ack.seq, a.ack.receipt_hash.0));
                     }
                 }
-                // Not listening yet (starting up), or killed under us.
-                Ok(Err(_)) | Err(_) => {
+                // Not listening yet (starting up), killed under us, or refused (disk full).
+                Ok(Err(e)) => {
+                    if killed.load(std::sync::atomic::Ordering::SeqCst) {
+                        taps += 1;
+                        retries += u64::from(retry);
+                        cut_short += 1;
+                    } else {
+                        if matches!(e, tap_server::TapError::Protocol(_)) {
+                            // The lock read the presentation and closed without a decision.
+                            taps += 1;
+                            refused += 1;
+                        }
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+                Err(_) => {
                     if killed.load(std::sync::atomic::Ordering::SeqCst) {
                         taps += 1;
                         retries += u64::from(retry);
@@ -560,8 +603,20 @@ fn sigkill_at_random_moments_never_lets_a_token_in_twice_nor_loses_a_receipt() {
     }
     let elapsed = started.elapsed();
 
-    // Recover the state as the next start would, and check everything.
+    // Recover the state as the next start would, and check everything. Nothing was appended
+    // after stray bytes (at most a torn tail).
+    if let Some(fs) = disk {
+        fs.unfill();
+    }
+    let bytes = std::fs::read(lock.state.file("receipts.log")).unwrap();
+    let found = firstkey_agent::durable::inspect(&bytes);
+    assert!(
+        found.damage.is_empty(),
+        "receipt log damaged: {:?}",
+        found.damage
+    );
     let store = Store::open(&lock.state).unwrap();
+    assert_eq!(store.halted(), None);
     let pubkey = *store.device_public_key();
     let records = store.receipts().to_vec();
     let head = receipt::verify_chain(
@@ -633,9 +688,15 @@ fn sigkill_at_random_moments_never_lets_a_token_in_twice_nor_loses_a_receipt() {
         );
     }
     eprintln!(
-        "crash test: {rounds} rounds, {kills} SIGKILLs ({cut_short} cut a tap short), {taps} taps \
-         ({retries} retries of earlier tokens), {answered} answered, {allows} allowed, \
-         {} receipts in the verified chain, {} door openings, {:.1}s",
+        "crash test{}: {rounds} rounds, {kills} SIGKILLs ({cut_short} cut a tap short), {taps} \
+         taps ({retries} retries of earlier tokens), {answered} answered, {allows} allowed, \
+         {refused} refused without a decision, 0 double allows, {} receipts in the verified \
+         chain, {} door openings, {:.1}s",
+        if disk.is_some() {
+            " (nearly full disk)"
+        } else {
+            ""
+        },
         head.seq,
         opens.len(),
         elapsed.as_secs_f64()
@@ -645,6 +706,12 @@ fn sigkill_at_random_moments_never_lets_a_token_in_twice_nor_loses_a_receipt() {
         allows >= rounds / 10,
         "too few allows ({allows}) to mean anything"
     );
+    if disk.is_some() {
+        assert!(
+            refused > 0,
+            "the disk never got full enough to refuse a tap"
+        );
+    }
     assert!(bodies.iter().any(|r| r.body.reason == "replayed"));
 }
 
