@@ -146,15 +146,15 @@ pub async fn named_in_live_grant(
     property: Uuid,
     now: DateTime<Utc>,
 ) -> Result<bool, StoreError> {
-    Ok(client
-        .query_opt(
-            "SELECT 1 FROM grants g JOIN grant_responders r ON r.grant_id = g.id
-             WHERE g.municipality_id = $1 AND g.property_id = $2 AND r.responder_id = $3
-               AND g.status = 'live' AND g.starts_at <= $4 AND g.ends_at > $4",
-            &[&actor.tenant.id(), &property, &actor.user_id, &now],
-        )
-        .await?
-        .is_some())
+    // Several live grants may name the responder for one property: any one is enough.
+    crate::store::exists(
+        client,
+        "SELECT 1 FROM grants g JOIN grant_responders r ON r.grant_id = g.id
+         WHERE g.municipality_id = $1 AND g.property_id = $2 AND r.responder_id = $3
+           AND g.status = 'live' AND g.starts_at <= $4 AND g.ends_at > $4",
+        &[&actor.tenant.id(), &property, &actor.user_id, &now],
+    )
+    .await
 }
 
 /// Whether an open incident of the tenant concerns the property (a grant for it, or its address).
@@ -163,14 +163,14 @@ pub async fn open_incident_here(
     tenant: Tenant,
     property: &Property,
 ) -> Result<bool, StoreError> {
-    Ok(client
-        .query_opt(
-            "SELECT 1 FROM incidents i
-             WHERE i.municipality_id = $1 AND i.closed_at IS NULL
-               AND (lower(i.address) = lower($3)
-                    OR EXISTS (SELECT 1 FROM grants g WHERE g.incident_id = i.id AND g.property_id = $2))",
-            &[&tenant.id(), &property.id, &property.address],
-        )
-        .await?
-        .is_some())
+    // Several incidents may be open at one address: any one is enough.
+    crate::store::exists(
+        client,
+        "SELECT 1 FROM incidents i
+         WHERE i.municipality_id = $1 AND i.closed_at IS NULL
+           AND (lower(i.address) = lower($3)
+                OR EXISTS (SELECT 1 FROM grants g WHERE g.incident_id = i.id AND g.property_id = $2))",
+        &[&tenant.id(), &property.id, &property.address],
+    )
+    .await
 }

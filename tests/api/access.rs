@@ -762,3 +762,81 @@ async fn concurrent_appends_keep_one_intact_chain() {
         broken => panic!("{broken:?}"),
     }
 }
+
+/// Inserts an open incident of `agency_kind` at `address` and a live grant of it for `property`
+/// naming `responder`; returns (incident, grant).
+async fn live_grant_row(
+    w: &World,
+    cad: &str,
+    agency_kind: &str,
+    address: &str,
+    responder: Uuid,
+) -> (Uuid, Uuid) {
+    let client = w.app.pool.get().await.unwrap();
+    let agency: Uuid = client
+        .query_one(
+            "SELECT id FROM agencies WHERE municipality_id = $1 AND kind = $2",
+            &[&w.a.id(), &agency_kind],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let incident = Uuid::new_v4();
+    client
+        .execute(
+            "INSERT INTO incidents (id, municipality_id, agency_id, cad_number, kind, address, opened_at)
+             VALUES ($1, $2, $3, $4, 'medical', $5, now())",
+            &[&incident, &w.a.id(), &agency, &cad, &address],
+        )
+        .await
+        .unwrap();
+    let plan_id: Uuid = client
+        .query_one(
+            "SELECT id FROM access_plans WHERE property_id = $1 ORDER BY version DESC LIMIT 1",
+            &[&w.property],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let grant = Uuid::new_v4();
+    client
+        .execute(
+            "INSERT INTO grants (id, municipality_id, incident_id, property_id, plan_id, granted_by, justification, status,
+                 policy_set_hash, created_at, starts_at, ends_at)
+             VALUES ($1, $2, $3, $4, $5, $6, 'patient unresponsive', 'live', $7, now(), now() - interval '1 minute',
+                 now() + interval '30 minutes')",
+            &[&grant, &w.a.id(), &incident, &w.property, &plan_id, &w.dispatcher.id, &vec![0u8; 32]],
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            "INSERT INTO grant_responders (municipality_id, grant_id, responder_id) VALUES ($1, $2, $3)",
+            &[&w.a.id(), &grant, &responder],
+        )
+        .await
+        .unwrap();
+    (incident, grant)
+}
+
+#[tokio::test]
+async fn reveal_works_with_two_incidents_at_one_address_and_two_live_grants() {
+    let w = world().await;
+    let plan_path = format!("/api/v1/properties/{}/plan", w.property);
+    let (status, body) = call(&w.app, Method::PUT, &plan_path, Some(&w.owner), Some(plan())).await;
+    assert_eq!(status, 201, "{body}");
+    // Two open incidents of the dispatcher's agency at the address, each with a live grant for the
+    // property naming the same responder: two rows for every "is there one?" question.
+    live_grant_row(&w, "26-00011", "ems", &w.address, w.responder.id).await;
+    live_grant_row(&w, "26-00012", "ems", &w.address, w.responder.id).await;
+    let reveal = format!("{plan_path}/reveal");
+    for (who, name) in [
+        (&w.owner, "owner"),
+        (&w.dispatcher, "dispatcher"),
+        (&w.responder, "responder"),
+    ] {
+        let (status, notes) = call(&w.app, Method::POST, &reveal, Some(who), None).await;
+        assert_eq!(status, 200, "{name}: {notes}");
+        assert_eq!(notes["hazards"], "Oxygen in use", "{name}");
+    }
+}
