@@ -40,6 +40,7 @@ struct World {
     responder2: As,
     responder_plain: As,
     admin: As,
+    owner: As,
     fire: Uuid,
     police: Uuid,
     property: Uuid,
@@ -191,6 +192,7 @@ async fn world() -> World {
             true,
         )
         .await,
+        owner,
         app,
         tenant,
         key_dir,
@@ -1058,4 +1060,73 @@ async fn a_unit_grant_names_the_units_active_responders() {
     let mut both = body("Engine 7");
     both["responders"] = json!([w.responder.id]);
     assert_eq!(grant(&w, incident, &w.dispatcher, both).await.0, 400);
+}
+
+#[tokio::test]
+async fn an_approval_re_decides_against_the_plan_in_force() {
+    let w = world().await;
+    let police_officer = user(
+        &w.app,
+        w.tenant,
+        "p1@a.example",
+        Some(w.police),
+        Role::Responder,
+        true,
+    )
+    .await;
+    let incident = open_incident(&w, "25-00002", "welfare_check", w.police).await;
+    let (status, g) = grant(
+        &w,
+        incident,
+        &w.dispatcher,
+        json!({ "property": w.property, "responders": [police_officer.id], "minutes": 20,
+                "justification": "Welfare check requested by family" }),
+    )
+    .await;
+    assert_eq!(status, 201, "{g}");
+    assert_eq!(g["status"], "awaiting_approval");
+    assert_eq!(g["plan_version"], 1);
+    let grant_id: Uuid = g["id"].as_str().unwrap().parse().unwrap();
+
+    // The homeowner takes police out of the plan while the grant waits.
+    let plan_path = format!("/api/v1/properties/{}/plan", w.property);
+    let mut no_police = plan();
+    no_police["agencies"]["police"] = json!({ "allowed": false });
+    let (status, body) = call(&w.app, Method::PUT, &plan_path, Some(&w.owner), Some(no_police)).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["version"], 2);
+
+    let path = format!("/api/v1/grants/{grant_id}/approve");
+    let (status, body) = call(&w.app, Method::POST, &path, Some(&w.dispatcher2), None).await;
+    assert_eq!(status, 409, "the plan in force no longer admits police: {body}");
+    let (_, g) = call(&w.app, Method::GET, &format!("/api/v1/grants/{grant_id}"), Some(&w.dispatcher2), None).await;
+    assert_eq!(g["status"], "awaiting_approval", "{g}");
+    assert_eq!(g["approved_by"], Value::Null);
+    assert_eq!(
+        request_token(&w, &police_officer, grant_id, w.lock).await.0,
+        404,
+        "no token under a refused approval"
+    );
+    let client = w.app.pool.get().await.unwrap();
+    let refusals: i64 = client
+        .query_one(
+            "SELECT count(*) FROM audit_entries WHERE action = 'policy.deny' AND actor_id = $1
+               AND public_details->>'action' = 'create_grant' AND property_id = $2",
+            &[&w.dispatcher2.id, &w.property],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(refusals, 1, "the refused approval is audited");
+
+    // Police back in (version 3): the approval goes through and records the version it was decided under.
+    let (status, body) = call(&w.app, Method::PUT, &plan_path, Some(&w.owner), Some(plan())).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, g) = call(&w.app, Method::POST, &path, Some(&w.dispatcher2), None).await;
+    assert_eq!(status, 200, "{g}");
+    assert_eq!(g["status"], "live");
+    assert_eq!(g["plan_version"], 1, "the version it was requested under");
+    assert_eq!(g["approved_plan_version"], 3, "the version it was approved under");
+    let (status, t) = request_token(&w, &police_officer, grant_id, w.lock).await;
+    assert_eq!(status, 201, "{t}");
 }
