@@ -396,8 +396,9 @@ pub async fn get_plan_summary(
     }))
 }
 
-/// Reveals the responder notes to a dispatcher with an open incident at the property or a responder
-/// named in a live grant for it. Every reveal is audited; a POST because it writes that entry.
+/// Reveals the responder notes to a dispatcher (with step-up) whose own agency has an open incident
+/// tied to the property (a grant for it, or an explicit link), or to a responder named in a live grant
+/// for it. Every reveal is audited; a POST because it writes that entry.
 #[utoipa::path(post, path = "/api/v1/properties/{id}/plan/reveal", tag = "properties",
     responses((status = 200, body = ResponderNotes), (status = 401), (status = 404)))]
 #[post("/api/v1/properties/{id}/plan/reveal")]
@@ -411,7 +412,7 @@ pub async fn reveal_notes(
     let ctx = access::property(&client, actor.tenant, *id).await?;
     let principal = access::principal(&client, &actor).await?;
     let named = access::named_in_live_grant(&client, &actor, ctx.property.id, now).await?;
-    let incident = access::open_incident_here(&client, actor.tenant, &ctx.property).await?;
+    let agencies = access::incident_agencies_here(&client, actor.tenant, ctx.property.id).await?;
     let decision = access::authorize(
         &mut client,
         &state.policy,
@@ -425,7 +426,7 @@ pub async fn reveal_notes(
                 RevealContext {
                     step_up_fresh: fresh,
                     named_in_live_grant: named,
-                    open_incident_here: incident,
+                    incident_agencies: agencies.clone(),
                 },
             )
         },
@@ -446,7 +447,7 @@ pub async fn reveal_notes(
                 "version": plan.version,
                 "policies": decision.determining_policies,
                 "named_in_live_grant": named,
-                "open_incident_here": incident,
+                "incident_agencies": agencies,
             })),
         now,
     )

@@ -33,7 +33,10 @@ struct World {
     tenant: Tenant,
     key_dir: std::path::PathBuf,
     _tmp: tempfile::TempDir,
+    /// A fire dispatcher; `police_desk` opens the police incidents (dispatchers open incidents
+    /// for their own agency only).
     dispatcher: As,
+    police_desk: As,
     dispatcher2: As,
     dispatcher_plain: As,
     responder: As,
@@ -166,7 +169,8 @@ async fn world() -> World {
     .await;
     let bundle = bundle(&app, tenant, &tmp.path().join("root.pk8"), now).await;
     World {
-        dispatcher: user(&app, tenant, "d1@a.example", None, Role::Dispatcher, true).await,
+        dispatcher: user(&app, tenant, "d1@a.example", Some(fire), Role::Dispatcher, true).await,
+        police_desk: user(&app, tenant, "d4@a.example", Some(police), Role::Dispatcher, true).await,
         dispatcher2: user(&app, tenant, "d2@a.example", None, Role::Dispatcher, true).await,
         dispatcher_plain: user(&app, tenant, "d3@a.example", None, Role::Dispatcher, false).await,
         responder_plain: As {
@@ -229,11 +233,16 @@ async fn bundle(
 }
 
 async fn open_incident(w: &World, cad: &str, kind: &str, agency: Uuid) -> Uuid {
+    let desk = if agency == w.police {
+        &w.police_desk
+    } else {
+        &w.dispatcher
+    };
     let (status, body) = call(
         &w.app,
         Method::POST,
         "/api/v1/incidents",
-        Some(&w.dispatcher),
+        Some(desk),
         Some(json!({ "cad_number": cad, "kind": kind, "address": "12 Elm Street", "agency": agency })),
     )
     .await;
@@ -1130,3 +1139,4 @@ async fn an_approval_re_decides_against_the_plan_in_force() {
     let (status, t) = request_token(&w, &police_officer, grant_id, w.lock).await;
     assert_eq!(status, 201, "{t}");
 }
+
