@@ -23,7 +23,7 @@ use super::{EmergencyError, Notice, notify_property, revoke_tokens_of_grant};
 use crate::access;
 use crate::audit::{self, Event, Outcome};
 use crate::auth::Actor;
-use crate::domain::{AgencyKind, Role};
+use crate::domain::{AgencyKind, Role, Text};
 use crate::http::error::ApiError;
 use crate::policy::{ApprovalContext, AuthzRequest, GrantContext, PolicyEngine};
 use crate::store::StoreError;
@@ -79,27 +79,23 @@ impl NewGrant {
                 }
                 Named::Responders(ids)
             }
-            (true, Some(unit)) => {
-                let unit = unit.trim();
-                if unit.is_empty() || unit.len() > 100 {
-                    return Err(invalid("unit: 1 to 100 characters"));
-                }
-                Named::Unit(unit.to_owned())
-            }
+            (true, Some(unit)) => Named::Unit(
+                Text::parse("unit", &unit, 100)
+                    .map_err(|e| EmergencyError::Invalid(e.to_string()))?
+                    .into_string(),
+            ),
             _ => return Err(invalid("give either responders or unit")),
         };
         if !(1..=crate::plans::MAX_GRANT_MINUTES.unsigned_abs()).contains(&self.minutes) {
             return Err(invalid("minutes: 1 to 1440"));
         }
-        let justification = self.justification.trim();
-        if justification.is_empty() || justification.chars().count() > 2000 {
-            return Err(invalid("justification: 1 to 2000 characters"));
-        }
+        let justification = Text::parse("justification", &self.justification, 2000)
+            .map_err(|e| EmergencyError::Invalid(e.to_string()))?;
         Ok(GrantInput {
             property: self.property,
             named,
             minutes: self.minutes,
-            justification: justification.to_owned(),
+            justification: justification.into_string(),
         })
     }
 }

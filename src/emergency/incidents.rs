@@ -20,7 +20,7 @@ use uuid::Uuid;
 use super::{EmergencyError, Notice, notify_property, revoke_tokens_of_grant};
 use crate::audit::{self, Event, Outcome};
 use crate::auth::Actor;
-use crate::domain::{AgencyKind, Role};
+use crate::domain::{AgencyKind, Role, Text};
 use crate::store::{StoreError, Tenant};
 
 /// Body of an incident opening (dispatcher or CAD).
@@ -59,16 +59,12 @@ impl NewIncident {
                 "kind: 1 to 64 lower-case letters or underscores".to_owned(),
             ));
         }
-        let address = self.address.trim();
-        if address.is_empty() || address.len() > 500 {
-            return Err(EmergencyError::Invalid(
-                "address: 1 to 500 characters".to_owned(),
-            ));
-        }
+        let address = Text::parse("address", &self.address, 500)
+            .map_err(|e| EmergencyError::Invalid(e.to_string()))?;
         Ok(IncidentInput {
             cad_number,
             kind: kind.to_owned(),
-            address: address.to_owned(),
+            address: address.into_string(),
             agency: self.agency,
         })
     }

@@ -14,7 +14,7 @@ use crate::access;
 use crate::audit::{self, Event, Outcome};
 use crate::auth::Actor;
 use crate::crypto;
-use crate::domain::Role;
+use crate::domain::{Role, Text};
 use crate::plans::{PlanInput, PlanSummary, PlanView, ResponderNotes};
 use crate::policy::{AuditLogAttrs, AuthzRequest, RevealContext, StepUpContext};
 use crate::store::StoreError;
@@ -71,12 +71,8 @@ pub async fn create_property(
     if !actor.has(Role::Homeowner) {
         return Err(ApiError::Forbidden);
     }
-    let address = body.address.trim();
-    if address.is_empty() || address.len() > 500 {
-        return Err(ApiError::BadRequest(
-            "address: 1 to 500 characters".to_owned(),
-        ));
-    }
+    let address = Text::parse("address", &body.address, 500)?;
+    let address = address.as_str();
     let now = state.clock.now();
     let mut client = state.pool.get().await.map_err(StoreError::from)?;
     let tx = client.transaction().await.map_err(StoreError::from)?;
@@ -127,8 +123,9 @@ pub async fn search_properties(
     if !actor.has(Role::Dispatcher) {
         return Err(ApiError::Forbidden);
     }
-    let q = query.q.trim();
-    if q.chars().count() < 3 || q.len() > 200 {
+    let q = Text::parse("q", &query.q, 200)?;
+    let q = q.as_str();
+    if q.chars().count() < 3 {
         return Err(ApiError::BadRequest("q: 3 to 200 characters".to_owned()));
     }
     let client = state.pool.get().await.map_err(StoreError::from)?;
@@ -180,6 +177,9 @@ pub async fn register_lock(
     id: web::Path<Uuid>,
     body: web::Json<NewLock>,
 ) -> Result<HttpResponse, ApiError> {
+    let name = Text::parse("name", &body.name, 100)?;
+    let name = name.as_str();
+    let code = crate::pairing::normalise(&body.pairing_code)?;
     let (client, ctx) = load_and_authorize(&state, &actor, *id, |p, prop, fresh| {
         AuthzRequest::manage_locks(
             p,
@@ -190,11 +190,6 @@ pub async fn register_lock(
         )
     })
     .await?;
-    let name = body.name.trim();
-    if name.is_empty() || name.len() > 100 {
-        return Err(ApiError::BadRequest("name: 1 to 100 characters".to_owned()));
-    }
-    let code = crate::pairing::normalise(&body.pairing_code)?;
     let code_hash = crate::pairing::code_hash(&code);
     let now = state.clock.now();
     drop(client);
