@@ -26,7 +26,7 @@ pub async fn principal(
 ) -> Result<PrincipalAttrs, StoreError> {
     let row = client
         .query_opt(
-            "SELECT u.status, a.kind FROM users u LEFT JOIN agencies a ON a.id = u.agency_id
+            "SELECT u.status, a.kind, a.id FROM users u LEFT JOIN agencies a ON a.id = u.agency_id
              WHERE u.municipality_id = $1 AND u.id = $2",
             &[&actor.tenant.id(), &actor.user_id],
         )
@@ -39,6 +39,7 @@ pub async fn principal(
         municipality: actor.tenant.id(),
         roles: actor.roles.clone(),
         agency_kind: kind.and_then(|k| AgencyKind::parse(&k).ok()),
+        agency: row.get(2),
         active: status == "active",
     })
 }
@@ -146,31 +147,39 @@ pub async fn named_in_live_grant(
     property: Uuid,
     now: DateTime<Utc>,
 ) -> Result<bool, StoreError> {
-    Ok(client
-        .query_opt(
-            "SELECT 1 FROM grants g JOIN grant_responders r ON r.grant_id = g.id
-             WHERE g.municipality_id = $1 AND g.property_id = $2 AND r.responder_id = $3
-               AND g.status = 'live' AND g.starts_at <= $4 AND g.ends_at > $4",
-            &[&actor.tenant.id(), &property, &actor.user_id, &now],
-        )
-        .await?
-        .is_some())
+    // Several live grants may name the responder for one property: any one is enough.
+    crate::store::exists(
+        client,
+        "SELECT 1 FROM grants g JOIN grant_responders r ON r.grant_id = g.id
+         WHERE g.municipality_id = $1 AND g.property_id = $2 AND r.responder_id = $3
+           AND g.status = 'live' AND g.starts_at <= $4 AND g.ends_at > $4",
+        &[&actor.tenant.id(), &property, &actor.user_id, &now],
+    )
+    .await
 }
 
-/// Whether an open incident of the tenant concerns the property (a grant for it, or its address).
-pub async fn open_incident_here(
+/// The agencies with an open incident of the tenant tied to the property: by a grant for it that is
+/// live or awaiting approval, or by an explicit incident↔property link. An incident whose address
+/// merely matches is no tie (anyone may type an address).
+pub async fn incident_agencies_here(
     client: &impl GenericClient,
     tenant: Tenant,
-    property: &Property,
-) -> Result<bool, StoreError> {
+    property: Uuid,
+) -> Result<std::collections::BTreeSet<Uuid>, StoreError> {
     Ok(client
-        .query_opt(
-            "SELECT 1 FROM incidents i
+        .query(
+            "SELECT DISTINCT i.agency_id FROM incidents i
              WHERE i.municipality_id = $1 AND i.closed_at IS NULL
-               AND (lower(i.address) = lower($3)
-                    OR EXISTS (SELECT 1 FROM grants g WHERE g.incident_id = i.id AND g.property_id = $2))",
-            &[&tenant.id(), &property.id, &property.address],
+               AND (EXISTS (SELECT 1 FROM grants g
+                            WHERE g.municipality_id = i.municipality_id AND g.incident_id = i.id
+                              AND g.property_id = $2 AND g.status IN ('live', 'awaiting_approval'))
+                    OR EXISTS (SELECT 1 FROM incident_properties l
+                               WHERE l.municipality_id = i.municipality_id AND l.incident_id = i.id
+                                 AND l.property_id = $2))",
+            &[&tenant.id(), &property],
         )
         .await?
-        .is_some())
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
 }

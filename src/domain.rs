@@ -1,5 +1,9 @@
 //! Domain values parsed at the boundary. Each has private fields and a `parse`; code past the
 //! boundary holds the typed value and never re-validates.
+//!
+//! Free text (addresses, names, justifications, notes, phone numbers…) goes through one gate,
+//! [`Text`]: whatever its field, text PostgreSQL cannot store (a NUL character) is refused there
+//! with an error naming the field, so no such text ever reaches a query.
 
 use std::fmt;
 
@@ -19,6 +23,69 @@ impl ParseError {
             field,
             reason: reason.into(),
         }
+    }
+}
+
+/// Refuses text PostgreSQL cannot store. Rust strings are valid UTF-8, so the one character it
+/// cannot hold in `text` (nor in `jsonb`) is NUL.
+fn storable(field: &'static str, input: &str) -> Result<(), ParseError> {
+    if input.contains('\0') {
+        Err(ParseError::new(
+            field,
+            "contains a NUL character, which cannot be stored",
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// Free text from outside: trimmed, 1 to a maximum of characters (as PostgreSQL's `length` counts
+/// them), and storable. Every free-text field of the API is parsed through here.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Text(String);
+
+impl Text {
+    /// Parses a required field: trimmed, 1 to `max_chars` characters, no NUL.
+    pub fn parse(field: &'static str, input: &str, max_chars: usize) -> Result<Self, ParseError> {
+        let text = input.trim();
+        storable(field, text)?;
+        let n = text.chars().count();
+        if n == 0 || n > max_chars {
+            return Err(ParseError::new(
+                field,
+                format!("1 to {max_chars} characters"),
+            ));
+        }
+        Ok(Self(text.to_owned()))
+    }
+
+    /// Checks text kept as typed (notes, a phone number): at most `max_chars` characters, may be
+    /// empty, no NUL.
+    pub fn check(field: &'static str, input: &str, max_chars: usize) -> Result<(), ParseError> {
+        storable(field, input)?;
+        if input.chars().count() > max_chars {
+            return Err(ParseError::new(
+                field,
+                format!("at most {max_chars} characters"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The text, owned.
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+impl fmt::Display for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -153,6 +220,7 @@ impl Email {
     /// Parses an address.
     pub fn parse(input: &str) -> Result<Self, ParseError> {
         let input = input.trim();
+        storable("email", input)?;
         let valid = input.len() <= 320
             && !input.chars().any(char::is_whitespace)
             && input.split_once('@').is_some_and(|(local, domain)| {
@@ -206,9 +274,22 @@ mod tests {
     }
 
     #[test]
+    fn free_text_is_trimmed_bounded_and_storable() {
+        assert_eq!(Text::parse("name", "  Front door ", 10).unwrap().as_str(), "Front door");
+        assert_eq!(Text::parse("name", "ääääää", 6).unwrap().as_str(), "ääääää");
+        for bad in ["", "   ", "12345678901", "Front\0door"] {
+            let e = Text::parse("name", bad, 10).unwrap_err();
+            assert_eq!(e.field, "name", "{bad:?}");
+        }
+        assert!(Text::check("phone", "", 5).is_ok());
+        assert!(Text::check("phone", "123456", 5).is_err());
+        assert!(Text::check("phone", "1\02", 5).unwrap_err().reason.contains("NUL"));
+    }
+
+    #[test]
     fn emails() {
         assert!(Email::parse("a@b.example").is_ok());
-        for bad in ["", "ab", "a@", "@b", "a b@c", "a@b@c"] {
+        for bad in ["", "ab", "a@", "@b", "a b@c", "a@b@c", "a\0@b.example"] {
             assert!(Email::parse(bad).is_err(), "{bad}");
         }
     }

@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::domain::{Email, ParseError};
+use crate::domain::{Email, ParseError, Text};
 
 /// Longest grant a plan may allow, in minutes (24 h).
 pub const MAX_GRANT_MINUTES: i32 = 1440;
@@ -79,13 +79,13 @@ impl ResponderNotes {
         self == &Self::default()
     }
 
-    fn fields(&self) -> [&Option<String>; 5] {
+    fn fields(&self) -> [(&'static str, &Option<String>); 5] {
         [
-            &self.pets,
-            &self.hazards,
-            &self.medical_equipment,
-            &self.utilities,
-            &self.free_text,
+            ("notes.pets", &self.pets),
+            ("notes.hazards", &self.hazards),
+            ("notes.medical_equipment", &self.medical_equipment),
+            ("notes.utilities", &self.utilities),
+            ("notes.free_text", &self.free_text),
         ]
     }
 }
@@ -180,24 +180,19 @@ impl PlanInput {
                 ));
             }
         }
-        if self
-            .notes
-            .fields()
-            .iter()
-            .any(|f| f.as_ref().is_some_and(|t| t.len() > 4000))
-        {
-            return Err(err("notes", "each note is at most 4000 characters"));
+        for (field, note) in self.notes.fields() {
+            if let Some(text) = note {
+                Text::check(field, text, 4000)?;
+            }
         }
         if self.contacts.len() > 10 {
             return Err(err("contacts", "at most 10 contacts"));
         }
         for c in &self.contacts {
-            if c.name.trim().is_empty() || c.name.len() > 200 {
-                return Err(err("contacts.name", "1 to 200 characters"));
-            }
-            Email::parse(&c.email).map_err(|_| err("contacts.email", "not an e-mail address"))?;
-            if c.phone.as_ref().is_some_and(|p| p.len() > 40) {
-                return Err(err("contacts.phone", "at most 40 characters"));
+            Text::parse("contacts.name", &c.name, 200)?;
+            Email::parse(&c.email).map_err(|e| err("contacts.email", &e.reason))?;
+            if let Some(phone) = &c.phone {
+                Text::check("contacts.phone", phone, 40)?;
             }
         }
         Ok(())

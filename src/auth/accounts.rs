@@ -78,12 +78,9 @@ async fn ensure_pending_user(
     display_name: &str,
     now: DateTime<Utc>,
 ) -> Result<(Uuid, String), AuthError> {
-    let name = display_name.trim();
-    if name.is_empty() || name.chars().count() > 200 {
-        return Err(AuthError::Invalid(
-            "display_name: use 1 to 200 characters".to_owned(),
-        ));
-    }
+    let name = crate::domain::Text::parse("display_name", display_name, 200)
+        .map_err(|e| AuthError::Invalid(e.to_string()))?;
+    let name = name.as_str();
     let row = tx
         .query_one(
             "INSERT INTO users (id, municipality_id, email, display_name, status, created_at)

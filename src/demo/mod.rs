@@ -39,8 +39,7 @@ pub async fn seed(pool: &Pool, now: DateTime<Utc>) -> Result<DemoWorld, StoreErr
         now,
     )
     .await?;
-    let ems =
-        store::tenancy::ensure_agency(&tx, tenant, AgencyKind::Ems, "Demo City EMS", now).await?;
+    store::tenancy::ensure_agency(&tx, tenant, AgencyKind::Ems, "Demo City EMS", now).await?;
     store::tenancy::ensure_agency(&tx, tenant, AgencyKind::Police, "Demo City Police", now).await?;
     let seeds: [(&str, &str, Option<uuid::Uuid>, Role); 5] = [
         (
@@ -52,7 +51,9 @@ pub async fn seed(pool: &Pool, now: DateTime<Utc>) -> Result<DemoWorld, StoreErr
         (
             "dispatch@demo-city.example",
             "Dana Dispatcher",
-            Some(ems.id),
+            // Dispatchers open incidents for their own agency only; the demo's incident is the fire
+            // service's.
+            Some(fire.id),
             Role::Dispatcher,
         ),
         (

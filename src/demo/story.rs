@@ -327,8 +327,7 @@ pub async fn run(stage: &Stage, now: DateTime<Utc>) -> anyhow::Result<Ending> {
     ));
 
     // --- Staff: the admin bootstraps, enrols a security key, invites a dispatcher and a responder.
-    let ems =
-        tenancy::ensure_agency(&client, tenant, AgencyKind::Ems, "Demo City EMS", now).await?;
+    tenancy::ensure_agency(&client, tenant, AgencyKind::Ems, "Demo City EMS", now).await?;
     let fire = tenancy::ensure_agency(
         &client,
         tenant,
@@ -365,7 +364,8 @@ pub async fn run(stage: &Stage, now: DateTime<Utc>) -> anyhow::Result<Ending> {
             "dispatcher",
             format!("dana+{short}@demo-city.example"),
             "Dana Dispatcher",
-            ems.id,
+            // Dispatchers open incidents for their own agency only.
+            fire.id,
             &mut dispatch_key,
         ),
         (
@@ -394,7 +394,7 @@ pub async fn run(stage: &Stage, now: DateTime<Utc>) -> anyhow::Result<Ending> {
     };
     let me = http.get("/api/v1/me", Some(&responder)).await?;
     let responder_id = me["user_id"].clone();
-    n.say("admin enrolled a security key and invited a dispatcher (EMS) and a responder (Engine 7); both enrolled keys");
+    n.say("admin enrolled a security key and invited a dispatcher (Fire) and a responder (Engine 7); both enrolled keys");
 
     // --- Dispatcher: incident and grant (the policy decides; the homeowner is mailed).
     let cad = format!("26-{}", &short.get(..5).unwrap_or("00000"));

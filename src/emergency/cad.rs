@@ -70,12 +70,9 @@ pub async fn create_credential(
     name: &str,
     now: DateTime<Utc>,
 ) -> Result<NewCredential, EmergencyError> {
-    let name = name.trim();
-    if name.is_empty() || name.len() > 200 {
-        return Err(EmergencyError::Invalid(
-            "name: 1 to 200 characters".to_owned(),
-        ));
-    }
+    let name = crate::domain::Text::parse("name", name, 200)
+        .map_err(|e| EmergencyError::Invalid(e.to_string()))?;
+    let name = name.as_str();
     let rng = SystemRandom::new();
     let mut id_bytes = [0u8; 8];
     let mut secret_bytes = [0u8; 32];

@@ -5,7 +5,8 @@
 //! plan; the grant records that plan version and the deciding policy set's hash, as does its audit
 //! entry. Where the plan's rule for the incident's agency kind asks for a second approval, the grant
 //! waits (`awaiting_approval`) until another dispatcher approves ([`approve`]); the window starts at
-//! approval. A grant ends when it is revoked ([`revoke`]) or its incident closes (`incidents::close`);
+//! approval, and the approval decides the grant again against the plan in force (a plan changed in
+//! the meantime so that it no longer admits the grant refuses the approval), recording that version. A grant ends when it is revoked ([`revoke`]) or its incident closes (`incidents::close`);
 //! either way its live tokens are revoked at the locks in the same transaction.
 //!
 //! Responders named must be active responders of an agency of the incident's kind: the plan's rule
@@ -22,7 +23,7 @@ use super::{EmergencyError, Notice, notify_property, revoke_tokens_of_grant};
 use crate::access;
 use crate::audit::{self, Event, Outcome};
 use crate::auth::Actor;
-use crate::domain::{AgencyKind, Role};
+use crate::domain::{AgencyKind, Role, Text};
 use crate::http::error::ApiError;
 use crate::policy::{ApprovalContext, AuthzRequest, GrantContext, PolicyEngine};
 use crate::store::StoreError;
@@ -78,27 +79,23 @@ impl NewGrant {
                 }
                 Named::Responders(ids)
             }
-            (true, Some(unit)) => {
-                let unit = unit.trim();
-                if unit.is_empty() || unit.len() > 100 {
-                    return Err(invalid("unit: 1 to 100 characters"));
-                }
-                Named::Unit(unit.to_owned())
-            }
+            (true, Some(unit)) => Named::Unit(
+                Text::parse("unit", &unit, 100)
+                    .map_err(|e| EmergencyError::Invalid(e.to_string()))?
+                    .into_string(),
+            ),
             _ => return Err(invalid("give either responders or unit")),
         };
         if !(1..=crate::plans::MAX_GRANT_MINUTES.unsigned_abs()).contains(&self.minutes) {
             return Err(invalid("minutes: 1 to 1440"));
         }
-        let justification = self.justification.trim();
-        if justification.is_empty() || justification.chars().count() > 2000 {
-            return Err(invalid("justification: 1 to 2000 characters"));
-        }
+        let justification = Text::parse("justification", &self.justification, 2000)
+            .map_err(|e| EmergencyError::Invalid(e.to_string()))?;
         Ok(GrantInput {
             property: self.property,
             named,
             minutes: self.minutes,
-            justification: justification.to_owned(),
+            justification: justification.into_string(),
         })
     }
 }
@@ -126,6 +123,8 @@ pub struct Grant {
     pub granted_by: Uuid,
     /// The second dispatcher who approved, where the plan asked for one.
     pub approved_by: Option<Uuid>,
+    /// The plan version in force when it was approved (the approval re-decided against it).
+    pub approved_plan_version: Option<i32>,
     /// Why.
     pub justification: String,
     /// SHA-256 (hex) of the policy set that decided.
@@ -152,7 +151,7 @@ impl Grant {
 const COLUMNS: &str = "g.id, g.incident_id, g.property_id, g.plan_id, ap.version, g.status, g.unit,
     ARRAY(SELECT responder_id FROM grant_responders r WHERE r.grant_id = g.id ORDER BY responder_id),
     g.granted_by, g.approved_by, g.justification, g.policy_set_hash, g.created_at, g.starts_at, g.ends_at,
-    g.ended_at, g.end_reason";
+    g.ended_at, g.end_reason, (SELECT version FROM access_plans p WHERE p.id = g.approved_plan_id)";
 
 fn from_row(row: &tokio_postgres::Row) -> Grant {
     let hash: Vec<u8> = row.get(11);
@@ -174,6 +173,7 @@ fn from_row(row: &tokio_postgres::Row) -> Grant {
         ends_at: row.get(14),
         ended_at: row.get(15),
         end_reason: row.get(16),
+        approved_plan_version: row.get(17),
     }
 }
 
@@ -495,6 +495,12 @@ async fn notify_granted(
 
 /// A second dispatcher approves a grant awaiting approval; it goes live with its window starting now.
 /// The creator can never approve their own grant.
+///
+/// Approval is a decision of its own about the home as it is now: besides `approve_grant` (four
+/// eyes, step-up), the grant is decided again — the same `create_grant` question the creator asked —
+/// against the plan in force. If the homeowner has since changed the plan so that it no longer admits
+/// this grant, the approval is refused (a `policy.deny` audit entry) and the grant keeps waiting. The
+/// approved grant records the plan version it was approved under.
 pub async fn approve(
     client: &mut deadpool_postgres::Object,
     engine: &PolicyEngine,
@@ -507,6 +513,10 @@ pub async fn approve(
     }
     let tenant = actor.tenant;
     let grant = by_id(&*client, tenant, grant_id).await?;
+    if grant.status != "awaiting_approval" {
+        return Err(not_awaiting());
+    }
+    let incident = incidents::by_id(&*client, tenant, grant.incident_id).await?;
     let ctx = access::property(&*client, tenant, grant.property_id).await?;
     let principal = access::principal(&*client, actor).await?;
     let decision = access::authorize(client, engine, actor, Some(ctx.property.id), now, |fresh| {
@@ -527,24 +537,57 @@ pub async fn approve(
             denied(e)
         }
     })?;
+    let minutes = u32::try_from((grant.ends_at - grant.starts_at).num_minutes()).unwrap_or(u32::MAX);
+    let context = |fresh| GrantContext {
+        step_up_fresh: fresh,
+        incident_agency_kind: incident.agency_kind,
+        incident_type: incident.kind.clone(),
+        requested_minutes: minutes,
+    };
+    let redecision =
+        access::authorize(client, engine, actor, Some(ctx.property.id), now, |fresh| {
+            AuthzRequest::create_grant(&principal, &ctx.attrs, &context(fresh))
+        })
+        .await
+        .map_err(|e| match e {
+            ApiError::StepUpRequired => EmergencyError::StepUpRequired,
+            _ => EmergencyError::Conflict(
+                "the access plan in force no longer allows this grant".to_owned(),
+            ),
+        })?;
+    let plan = ctx.plan.as_ref().ok_or_else(|| {
+        EmergencyError::Conflict("the property has no access plan".to_owned())
+    })?;
     let tx = client.transaction().await.map_err(StoreError::from)?;
+    // Hold off plan edits (they lock the property row for update) until this commits, and make sure
+    // the plan decided on is still the one in force.
+    let current: Option<Uuid> = tx
+        .query_one(
+            "SELECT (SELECT ap.id FROM access_plans ap WHERE ap.property_id = p.id ORDER BY ap.version DESC LIMIT 1)
+             FROM properties p WHERE p.municipality_id = $1 AND p.id = $2 FOR SHARE OF p",
+            &[&tenant.id(), &grant.property_id],
+        )
+        .await?
+        .get(0);
+    if current != Some(plan.id) {
+        return Err(EmergencyError::Conflict(
+            "the access plan changed while approving; approve again".to_owned(),
+        ));
+    }
     let updated = tx
         .execute(
-            "UPDATE grants g SET status = 'live', approved_by = $3, starts_at = $4::timestamptz,
-                 ends_at = $4::timestamptz + (g.ends_at - g.starts_at)
+            "UPDATE grants g SET status = 'live', approved_by = $3, approved_plan_id = $5,
+                 starts_at = $4::timestamptz, ends_at = $4::timestamptz + (g.ends_at - g.starts_at)
              FROM incidents i
              WHERE g.municipality_id = $1 AND g.id = $2 AND g.status = 'awaiting_approval'
                AND g.granted_by <> $3 AND i.id = g.incident_id AND i.closed_at IS NULL",
-            &[&tenant.id(), &grant_id, &actor.user_id, &now],
+            &[&tenant.id(), &grant_id, &actor.user_id, &now, &plan.id],
         )
         .await?;
     if updated != 1 {
-        return Err(EmergencyError::Conflict(
-            "the grant is not awaiting approval".to_owned(),
-        ));
+        return Err(not_awaiting());
     }
     let grant = by_id(&tx, tenant, grant_id).await?;
-    let incident = incidents::by_id(&tx, tenant, grant.incident_id).await?;
     let event = Event::new("grant.approve", Outcome::Allow)
         .actor(actor.user_id)
         .subject("grant", grant.id)
@@ -554,11 +597,18 @@ pub async fn approve(
         .details(serde_json::json!({
             "granted_by": grant.granted_by,
             "policies": decision.determining_policies,
+            "plan_id": plan.id,
+            "plan_version": plan.version,
+            "plan_policies": redecision.determining_policies,
         }));
     audit::record(&tx, tenant, &event, now).await?;
     notify_granted(&tx, tenant, &grant, &incident, &ctx.property.address, now).await?;
     tx.commit().await.map_err(StoreError::from)?;
     Ok(grant)
+}
+
+fn not_awaiting() -> EmergencyError {
+    EmergencyError::Conflict("the grant is not awaiting approval".to_owned())
 }
 
 /// A dispatcher revokes a grant that is live or awaiting approval: its live tokens are revoked at

@@ -3,7 +3,13 @@
 //! and tells the homeowners, in the closing transaction.
 //!
 //! Who may open or close is the caller's business (`http::dispatch` checks the dispatcher role; the
-//! CAD path authenticates the municipality's credential); this module records who did it.
+//! CAD path authenticates the municipality's credential); this module records who did it, and holds
+//! one rule itself: a dispatcher opens incidents only for their own agency (the CAD system, the
+//! municipality's record of calls, may open them for any of its agencies).
+//!
+//! An incident concerns a property when a grant for it is made, or when a dispatcher of the
+//! incident's agency links the two explicitly ([`link_property`], step-up, audited). Such a tie is
+//! what lets that agency's dispatchers reveal the home's responder notes; an address match is not.
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
@@ -13,7 +19,8 @@ use uuid::Uuid;
 
 use super::{EmergencyError, Notice, notify_property, revoke_tokens_of_grant};
 use crate::audit::{self, Event, Outcome};
-use crate::domain::AgencyKind;
+use crate::auth::Actor;
+use crate::domain::{AgencyKind, Role, Text};
 use crate::store::{StoreError, Tenant};
 
 /// Body of an incident opening (dispatcher or CAD).
@@ -52,16 +59,12 @@ impl NewIncident {
                 "kind: 1 to 64 lower-case letters or underscores".to_owned(),
             ));
         }
-        let address = self.address.trim();
-        if address.is_empty() || address.len() > 500 {
-            return Err(EmergencyError::Invalid(
-                "address: 1 to 500 characters".to_owned(),
-            ));
-        }
+        let address = Text::parse("address", &self.address, 500)
+            .map_err(|e| EmergencyError::Invalid(e.to_string()))?;
         Ok(IncidentInput {
             cad_number,
             kind: kind.to_owned(),
-            address: address.to_owned(),
+            address: address.into_string(),
             agency: self.agency,
         })
     }
@@ -149,8 +152,24 @@ fn from_row(row: &tokio_postgres::Row) -> Result<Incident, EmergencyError> {
     })
 }
 
+/// The agency a user belongs to now (not as the session remembers it).
+async fn agency_of(
+    client: &impl GenericClient,
+    tenant: Tenant,
+    user: Uuid,
+) -> Result<Option<Uuid>, EmergencyError> {
+    Ok(client
+        .query_opt(
+            "SELECT agency_id FROM users WHERE municipality_id = $1 AND id = $2",
+            &[&tenant.id(), &user],
+        )
+        .await?
+        .and_then(|r| r.get(0)))
+}
+
 /// Opens an incident (audited `incident.open`). A CAD number already used in the municipality is a
-/// conflict; an agency of another municipality is invalid.
+/// conflict; an agency of another municipality is invalid; a dispatcher naming an agency other than
+/// their own is refused (`Forbidden`), so no one can make an incident "of" another agency.
 pub async fn open(
     tx: &impl GenericClient,
     tenant: Tenant,
@@ -158,6 +177,11 @@ pub async fn open(
     input: &IncidentInput,
     now: DateTime<Utc>,
 ) -> Result<Incident, EmergencyError> {
+    if let Origin::User(user) = origin {
+        if agency_of(tx, tenant, *user).await? != Some(input.agency) {
+            return Err(EmergencyError::Forbidden);
+        }
+    }
     let id = Uuid::new_v4();
     let inserted = tx
         .execute(
@@ -349,6 +373,98 @@ pub async fn close(
     };
     audit::record(tx, tenant, &event, now).await?;
     Ok(incident)
+}
+
+/// An explicit tie between an incident and a property.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct IncidentLink {
+    /// The incident.
+    pub incident_id: Uuid,
+    /// The property it concerns.
+    pub property_id: Uuid,
+    /// The dispatcher who linked them.
+    pub linked_by: Option<Uuid>,
+    /// When.
+    pub linked_at: DateTime<Utc>,
+}
+
+/// Body of an incident↔property link.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewLink {
+    /// The property the incident concerns (a property of the municipality).
+    pub property: Uuid,
+}
+
+/// A dispatcher of the incident's own agency, with a fresh step-up, ties an open incident to a
+/// property (audited `incident.link_property`). Returns the link and whether it is new; linking twice
+/// changes nothing.
+pub async fn link_property(
+    tx: &impl GenericClient,
+    actor: &Actor,
+    incident_id: Uuid,
+    property_id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<(IncidentLink, bool), EmergencyError> {
+    if !actor.has(Role::Dispatcher) {
+        return Err(EmergencyError::NotFound);
+    }
+    let tenant = actor.tenant;
+    let incident = by_id(tx, tenant, incident_id).await?;
+    if agency_of(tx, tenant, actor.user_id).await? != Some(incident.agency_id) {
+        return Err(EmergencyError::Forbidden);
+    }
+    if !actor.stepped_up(now) {
+        return Err(EmergencyError::StepUpRequired);
+    }
+    if incident.closed_at.is_some() {
+        return Err(EmergencyError::Conflict(
+            "the incident is closed".to_owned(),
+        ));
+    }
+    crate::store::properties::property(tx, tenant, property_id)
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound => EmergencyError::NotFound,
+            other => other.into(),
+        })?;
+    let inserted = tx
+        .query_opt(
+            "INSERT INTO incident_properties (municipality_id, incident_id, property_id, linked_by, linked_at)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (incident_id, property_id) DO NOTHING
+             RETURNING linked_by, linked_at",
+            &[&tenant.id(), &incident_id, &property_id, &actor.user_id, &now],
+        )
+        .await?;
+    let created = inserted.is_some();
+    let row = match inserted {
+        Some(row) => row,
+        None => {
+            tx.query_one(
+                "SELECT linked_by, linked_at FROM incident_properties
+                 WHERE municipality_id = $1 AND incident_id = $2 AND property_id = $3",
+                &[&tenant.id(), &incident_id, &property_id],
+            )
+            .await?
+        }
+    };
+    if created {
+        let event = Event::new("incident.link_property", Outcome::Info)
+            .actor(actor.user_id)
+            .subject("incident", incident_id)
+            .property(property_id)
+            .incident(incident_id);
+        audit::record(tx, tenant, &event, now).await?;
+    }
+    Ok((
+        IncidentLink {
+            incident_id,
+            property_id,
+            linked_by: row.get(0),
+            linked_at: row.get(1),
+        },
+        created,
+    ))
 }
 
 fn merge(a: &serde_json::Value, b: serde_json::Value) -> serde_json::Value {

@@ -533,6 +533,8 @@ async fn sign_up(
 ) -> Result<HttpResponse, ApiError> {
     let municipality = Slug::parse(&body.municipality)?;
     let email = Email::parse(&body.email)?;
+    // Checked before anything is counted or written (the account code checks it again).
+    crate::domain::Text::parse("display_name", &body.display_name, 200)?;
     let now = state.clock.now();
     let mut client = connection(&state).await?;
     if let Some(ip) = req.peer_addr().map(|a| a.ip()) {

@@ -18,7 +18,7 @@ use crate::domain::Role;
 use crate::emergency::EmergencyError;
 use crate::emergency::cad::{self, CadAction, CadCall, NewCredential};
 use crate::emergency::grants::{self, Grant, NewGrant};
-use crate::emergency::incidents::{self, Incident, NewIncident, Origin};
+use crate::emergency::incidents::{self, Incident, IncidentLink, NewIncident, NewLink, Origin};
 use crate::emergency::keys::KeyError;
 use crate::store::StoreError;
 
@@ -26,10 +26,10 @@ use crate::store::StoreError;
 #[derive(OpenApi)]
 #[openapi(
     paths(
-        open_incident, list_incidents, get_incident, close_incident, create_grant, get_grant,
+        open_incident, list_incidents, get_incident, close_incident, link_property, create_grant, get_grant,
         approve_grant, revoke_grant, create_cad_credential, cad_open_incident, cad_close_incident
     ),
-    components(schemas(NewIncident, Incident, IncidentDetail, NewGrant, Grant, NewCadCredential, NewCredential)),
+    components(schemas(NewIncident, Incident, IncidentDetail, NewLink, IncidentLink, NewGrant, Grant, NewCadCredential, NewCredential)),
     tags((name = "dispatch", description = "Incidents and grants of entry"),
          (name = "cad", description = "Computer-aided dispatch integration (HMAC-signed, idempotent)"))
 )]
@@ -41,6 +41,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(list_incidents)
         .service(get_incident)
         .service(close_incident)
+        .service(link_property)
         .service(create_grant)
         .service(get_grant)
         .service(approve_grant)
@@ -81,7 +82,7 @@ fn require_dispatcher(actor: &Actor) -> Result<(), ApiError> {
     }
 }
 
-/// A dispatcher opens an incident.
+/// A dispatcher opens an incident for their own agency (another agency's: 403).
 #[utoipa::path(post, path = "/api/v1/incidents", tag = "dispatch", request_body = NewIncident,
     responses((status = 201, body = Incident), (status = 400), (status = 401), (status = 403), (status = 409)))]
 #[post("/api/v1/incidents")]
@@ -161,6 +162,30 @@ pub async fn close_incident(
         incidents::close(&tx, actor.tenant, &Origin::User(actor.user_id), *id, now).await?;
     tx.commit().await.map_err(StoreError::from)?;
     Ok(HttpResponse::Ok().json(incident))
+}
+
+/// A dispatcher of the incident's agency (with step-up) ties it to a property it concerns, so that
+/// agency's dispatchers may reveal the home's responder notes (audited; linking again changes nothing).
+#[utoipa::path(post, path = "/api/v1/incidents/{id}/properties", tag = "dispatch", request_body = NewLink,
+    responses((status = 201, body = IncidentLink), (status = 200, body = IncidentLink, description = "already linked"),
+        (status = 401), (status = 403), (status = 404), (status = 409)))]
+#[post("/api/v1/incidents/{id}/properties")]
+pub async fn link_property(
+    state: web::Data<AppState>,
+    actor: Actor,
+    id: web::Path<Uuid>,
+    body: web::Json<NewLink>,
+) -> Result<HttpResponse, ApiError> {
+    let now = state.clock.now();
+    let mut client = client(&state).await?;
+    let tx = client.transaction().await.map_err(StoreError::from)?;
+    let (link, created) = incidents::link_property(&tx, &actor, *id, body.property, now).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(if created {
+        HttpResponse::Created().json(link)
+    } else {
+        HttpResponse::Ok().json(link)
+    })
 }
 
 /// A dispatcher (with step-up) grants entry to a property for an incident, as the policy decides.

@@ -14,7 +14,7 @@ use crate::access;
 use crate::audit::{self, Event, Outcome};
 use crate::auth::Actor;
 use crate::crypto;
-use crate::domain::Role;
+use crate::domain::{Role, Text};
 use crate::plans::{PlanInput, PlanSummary, PlanView, ResponderNotes};
 use crate::policy::{AuditLogAttrs, AuthzRequest, RevealContext, StepUpContext};
 use crate::store::StoreError;
@@ -71,12 +71,8 @@ pub async fn create_property(
     if !actor.has(Role::Homeowner) {
         return Err(ApiError::Forbidden);
     }
-    let address = body.address.trim();
-    if address.is_empty() || address.len() > 500 {
-        return Err(ApiError::BadRequest(
-            "address: 1 to 500 characters".to_owned(),
-        ));
-    }
+    let address = Text::parse("address", &body.address, 500)?;
+    let address = address.as_str();
     let now = state.clock.now();
     let mut client = state.pool.get().await.map_err(StoreError::from)?;
     let tx = client.transaction().await.map_err(StoreError::from)?;
@@ -127,8 +123,9 @@ pub async fn search_properties(
     if !actor.has(Role::Dispatcher) {
         return Err(ApiError::Forbidden);
     }
-    let q = query.q.trim();
-    if q.chars().count() < 3 || q.len() > 200 {
+    let q = Text::parse("q", &query.q, 200)?;
+    let q = q.as_str();
+    if q.chars().count() < 3 {
         return Err(ApiError::BadRequest("q: 3 to 200 characters".to_owned()));
     }
     let client = state.pool.get().await.map_err(StoreError::from)?;
@@ -180,6 +177,9 @@ pub async fn register_lock(
     id: web::Path<Uuid>,
     body: web::Json<NewLock>,
 ) -> Result<HttpResponse, ApiError> {
+    let name = Text::parse("name", &body.name, 100)?;
+    let name = name.as_str();
+    let code = crate::pairing::normalise(&body.pairing_code)?;
     let (client, ctx) = load_and_authorize(&state, &actor, *id, |p, prop, fresh| {
         AuthzRequest::manage_locks(
             p,
@@ -190,11 +190,6 @@ pub async fn register_lock(
         )
     })
     .await?;
-    let name = body.name.trim();
-    if name.is_empty() || name.len() > 100 {
-        return Err(ApiError::BadRequest("name: 1 to 100 characters".to_owned()));
-    }
-    let code = crate::pairing::normalise(&body.pairing_code)?;
     let code_hash = crate::pairing::code_hash(&code);
     let now = state.clock.now();
     drop(client);
@@ -396,8 +391,9 @@ pub async fn get_plan_summary(
     }))
 }
 
-/// Reveals the responder notes to a dispatcher with an open incident at the property or a responder
-/// named in a live grant for it. Every reveal is audited; a POST because it writes that entry.
+/// Reveals the responder notes to a dispatcher (with step-up) whose own agency has an open incident
+/// tied to the property (a grant for it, or an explicit link), or to a responder named in a live grant
+/// for it. Every reveal is audited; a POST because it writes that entry.
 #[utoipa::path(post, path = "/api/v1/properties/{id}/plan/reveal", tag = "properties",
     responses((status = 200, body = ResponderNotes), (status = 401), (status = 404)))]
 #[post("/api/v1/properties/{id}/plan/reveal")]
@@ -411,7 +407,7 @@ pub async fn reveal_notes(
     let ctx = access::property(&client, actor.tenant, *id).await?;
     let principal = access::principal(&client, &actor).await?;
     let named = access::named_in_live_grant(&client, &actor, ctx.property.id, now).await?;
-    let incident = access::open_incident_here(&client, actor.tenant, &ctx.property).await?;
+    let agencies = access::incident_agencies_here(&client, actor.tenant, ctx.property.id).await?;
     let decision = access::authorize(
         &mut client,
         &state.policy,
@@ -425,7 +421,7 @@ pub async fn reveal_notes(
                 RevealContext {
                     step_up_fresh: fresh,
                     named_in_live_grant: named,
-                    open_incident_here: incident,
+                    incident_agencies: agencies.clone(),
                 },
             )
         },
@@ -446,7 +442,7 @@ pub async fn reveal_notes(
                 "version": plan.version,
                 "policies": decision.determining_policies,
                 "named_in_live_grant": named,
-                "open_incident_here": incident,
+                "incident_agencies": agencies,
             })),
         now,
     )

@@ -255,6 +255,7 @@ fn sample_requests() -> Vec<AuthzRequest> {
         municipality: uuid::Uuid::nil(),
         roles: vec![Role::Dispatcher],
         agency_kind: Some(AgencyKind::Fire),
+        agency: Some(uuid::Uuid::nil()),
         active: true,
     };
     let property = PropertyAttrs {
@@ -266,7 +267,14 @@ fn sample_requests() -> Vec<AuthzRequest> {
     let step_up = StepUpContext::default();
     vec![
         AuthzRequest::view_plan_summary(&principal, &property, step_up),
-        AuthzRequest::reveal_notes(&principal, &property, RevealContext::default()),
+        AuthzRequest::reveal_notes(
+            &principal,
+            &property,
+            RevealContext {
+                incident_agencies: [uuid::Uuid::nil()].into(),
+                ..RevealContext::default()
+            },
+        ),
         AuthzRequest::edit_plan(&principal, &property, step_up),
         AuthzRequest::manage_locks(&principal, &property, step_up),
         AuthzRequest::create_grant(

@@ -75,6 +75,9 @@ pub struct PrincipalAttrs {
     pub roles: Vec<Role>,
     /// The kind of the user's agency; `None` for users outside any agency.
     pub agency_kind: Option<AgencyKind>,
+    /// The user's agency; `None` for users outside any agency.
+    #[serde(default)]
+    pub agency: Option<Uuid>,
     /// `false` when the account is pending or disabled.
     pub active: bool,
 }
@@ -164,15 +167,17 @@ pub struct StepUpContext {
 }
 
 /// Context of [`Action::RevealNotes`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RevealContext {
     /// The session holds a WebAuthn assertion from the last few minutes.
     pub step_up_fresh: bool,
     /// The principal is named in a live grant for this property.
     pub named_in_live_grant: bool,
-    /// The principal's agency or dispatch centre has an open incident at this property.
-    pub open_incident_here: bool,
+    /// The agencies that have an open incident tied to this property: by a grant for it, or by an
+    /// explicit incident↔property link (an address match is no tie).
+    #[serde(default)]
+    pub incident_agencies: BTreeSet<Uuid>,
 }
 
 /// Context of [`Action::CreateGrant`].
@@ -233,6 +238,7 @@ enum ContextValue {
     Bool(bool),
     Long(i64),
     Str(String),
+    Strs(Vec<String>),
     User(Uuid),
 }
 
@@ -259,8 +265,8 @@ impl AuthzRequest {
                 ContextValue::Bool(ctx.named_in_live_grant),
             ),
             (
-                "open_incident_here",
-                ContextValue::Bool(ctx.open_incident_here),
+                "incident_agencies",
+                ContextValue::Strs(ctx.incident_agencies.iter().map(Uuid::to_string).collect()),
             ),
         ];
         Self::on_property(principal, Action::RevealNotes, property, context)
@@ -415,6 +421,7 @@ impl AuthzRequest {
                 ContextValue::Bool(b) => RestrictedExpression::new_bool(*b),
                 ContextValue::Long(n) => RestrictedExpression::new_long(*n),
                 ContextValue::Str(s) => RestrictedExpression::new_string(s.clone()),
+                ContextValue::Strs(items) => strings(items.iter().map(String::as_str)),
                 ContextValue::User(id) => RestrictedExpression::new_entity_uid(user_uid(*id)?),
             };
             pairs.push(((*key).to_owned(), value));
@@ -464,7 +471,7 @@ fn strings<'a>(items: impl IntoIterator<Item = &'a str>) -> RestrictedExpression
 
 fn user_entity(user: &PrincipalAttrs) -> Result<Entity, String> {
     let agency_kind = user.agency_kind.map_or("none", AgencyKind::as_str);
-    let attrs = HashMap::from([
+    let mut attrs = HashMap::from([
         (
             "municipality".to_owned(),
             RestrictedExpression::new_string(user.municipality.to_string()),
@@ -482,6 +489,12 @@ fn user_entity(user: &PrincipalAttrs) -> Result<Entity, String> {
             RestrictedExpression::new_bool(user.active),
         ),
     ]);
+    if let Some(agency) = user.agency {
+        attrs.insert(
+            "agency".to_owned(),
+            RestrictedExpression::new_string(agency.to_string()),
+        );
+    }
     Entity::new(user_uid(user.id)?, attrs, HashSet::new()).map_err(err)
 }
 

@@ -354,8 +354,8 @@ fn an_unknown_attribute_fails_validation() {
 
 #[test]
 fn an_unknown_context_field_for_the_action_fails_validation() {
-    // `open_incident_here` exists for reveal_notes, not for request_token.
-    let text = "@id(\"wrong-context\")\npermit (principal, action == Action::\"request_token\", resource)\nwhen { context.open_incident_here };\n";
+    // `incident_agencies` exists for reveal_notes, not for request_token.
+    let text = "@id(\"wrong-context\")\npermit (principal, action == Action::\"request_token\", resource)\nwhen { context.incident_agencies.contains(\"x\") };\n";
     let (schema, files) = shipped_with("extra.cedar", text);
     let problems = compile::compile(&schema, &files).expect_err("must fail");
     assert_eq!(problems[0].policy_id.as_deref(), Some("wrong-context"));
@@ -495,6 +495,7 @@ fn evaluation_problems_deny_and_are_reported() {
         municipality: uuid::Uuid::from_u128(7),
         roles: vec![Role::Responder],
         agency_kind: Some(AgencyKind::Fire),
+        agency: None,
         active: true,
     };
     let property = PropertyAttrs {

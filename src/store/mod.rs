@@ -153,6 +153,20 @@ pub async fn readiness(pool: &Pool) -> Readiness {
     }
 }
 
+/// Whether `query` returns at least one row. The one way to ask "is there one?": it wraps the query
+/// in `SELECT EXISTS (…)`, so any number of matching rows is a plain yes (`query_opt` would fail on
+/// the second row).
+pub async fn exists(
+    client: &impl deadpool_postgres::GenericClient,
+    query: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<bool, StoreError> {
+    let row = client
+        .query_one(&format!("SELECT EXISTS ({query})"), params)
+        .await?;
+    Ok(row.get(0))
+}
+
 /// Maps a write error to [`StoreError::Conflict`] when a constraint refused it.
 pub(crate) fn conflict_or_query(e: tokio_postgres::Error) -> StoreError {
     use tokio_postgres::error::SqlState;

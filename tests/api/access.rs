@@ -353,7 +353,7 @@ async fn reveals_follow_incidents_and_grants_and_are_audited() {
         "the summary never carries notes"
     );
 
-    // An open incident at the address lets the dispatcher reveal.
+    // An open incident of the dispatcher's agency at the address is no tie to the home.
     let client = w.app.pool.get().await.unwrap();
     let agency: Uuid = client
         .query_one(
@@ -373,8 +373,7 @@ async fn reveals_follow_incidents_and_grants_and_are_audited() {
         .await
         .unwrap();
     let (status, notes) = call(&w.app, Method::POST, &reveal, Some(&w.dispatcher), None).await;
-    assert_eq!(status, 200, "{notes}");
-    assert_eq!(notes["hazards"], "Oxygen in use");
+    assert_eq!(status, 404, "{notes}");
     assert_eq!(
         call(&w.app, Method::POST, &reveal, Some(&w.responder), None)
             .await
@@ -383,7 +382,8 @@ async fn reveals_follow_incidents_and_grants_and_are_audited() {
         "an incident alone does not admit a responder"
     );
 
-    // A live grant naming the responder lets the responder reveal.
+    // A live grant of the incident for the home, naming the responder, lets the responder reveal,
+    // and ties the incident to the home for its agency's dispatcher.
     let plan_id: Uuid = client
         .query_one(
             "SELECT id FROM access_plans WHERE property_id = $1 ORDER BY version DESC LIMIT 1",
@@ -416,6 +416,9 @@ async fn reveals_follow_incidents_and_grants_and_are_audited() {
             .0,
         200
     );
+    let (status, notes) = call(&w.app, Method::POST, &reveal, Some(&w.dispatcher), None).await;
+    assert_eq!(status, 200, "{notes}");
+    assert_eq!(notes["hazards"], "Oxygen in use");
 
     // Every reveal and every denial is in the log, and the chain verifies.
     let reveals: i64 = client
@@ -761,4 +764,206 @@ async fn concurrent_appends_keep_one_intact_chain() {
         ChainCheck::Intact { entries, .. } => assert_eq!(entries, 24),
         broken => panic!("{broken:?}"),
     }
+}
+
+/// Inserts an open incident of `agency_kind` at `address` and a live grant of it for `property`
+/// naming `responder`; returns (incident, grant).
+async fn live_grant_row(
+    w: &World,
+    cad: &str,
+    agency_kind: &str,
+    address: &str,
+    responder: Uuid,
+) -> (Uuid, Uuid) {
+    let client = w.app.pool.get().await.unwrap();
+    let agency: Uuid = client
+        .query_one(
+            "SELECT id FROM agencies WHERE municipality_id = $1 AND kind = $2",
+            &[&w.a.id(), &agency_kind],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let incident = Uuid::new_v4();
+    client
+        .execute(
+            "INSERT INTO incidents (id, municipality_id, agency_id, cad_number, kind, address, opened_at)
+             VALUES ($1, $2, $3, $4, 'medical', $5, now())",
+            &[&incident, &w.a.id(), &agency, &cad, &address],
+        )
+        .await
+        .unwrap();
+    let plan_id: Uuid = client
+        .query_one(
+            "SELECT id FROM access_plans WHERE property_id = $1 ORDER BY version DESC LIMIT 1",
+            &[&w.property],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let grant = Uuid::new_v4();
+    client
+        .execute(
+            "INSERT INTO grants (id, municipality_id, incident_id, property_id, plan_id, granted_by, justification, status,
+                 policy_set_hash, created_at, starts_at, ends_at)
+             VALUES ($1, $2, $3, $4, $5, $6, 'patient unresponsive', 'live', $7, now(), now() - interval '1 minute',
+                 now() + interval '30 minutes')",
+            &[&grant, &w.a.id(), &incident, &w.property, &plan_id, &w.dispatcher.id, &vec![0u8; 32]],
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            "INSERT INTO grant_responders (municipality_id, grant_id, responder_id) VALUES ($1, $2, $3)",
+            &[&w.a.id(), &grant, &responder],
+        )
+        .await
+        .unwrap();
+    (incident, grant)
+}
+
+#[tokio::test]
+async fn reveal_works_with_two_incidents_at_one_address_and_two_live_grants() {
+    let w = world().await;
+    let plan_path = format!("/api/v1/properties/{}/plan", w.property);
+    let (status, body) = call(&w.app, Method::PUT, &plan_path, Some(&w.owner), Some(plan())).await;
+    assert_eq!(status, 201, "{body}");
+    // Two open incidents of the dispatcher's agency at the address, each with a live grant for the
+    // property naming the same responder: two rows for every "is there one?" question.
+    live_grant_row(&w, "26-00011", "ems", &w.address, w.responder.id).await;
+    live_grant_row(&w, "26-00012", "ems", &w.address, w.responder.id).await;
+    let reveal = format!("{plan_path}/reveal");
+    for (who, name) in [
+        (&w.owner, "owner"),
+        (&w.dispatcher, "dispatcher"),
+        (&w.responder, "responder"),
+    ] {
+        let (status, notes) = call(&w.app, Method::POST, &reveal, Some(who), None).await;
+        assert_eq!(status, 200, "{name}: {notes}");
+        assert_eq!(notes["hazards"], "Oxygen in use", "{name}");
+    }
+}
+
+#[tokio::test]
+async fn a_dispatcher_reads_notes_only_under_an_own_agency_incident_tied_to_the_home_with_step_up() {
+    let w = world().await;
+    let plan_path = format!("/api/v1/properties/{}/plan", w.property);
+    let (status, body) = call(&w.app, Method::PUT, &plan_path, Some(&w.owner), Some(plan())).await;
+    assert_eq!(status, 201, "{body}");
+    let reveal = format!("{plan_path}/reveal");
+    let client = w.app.pool.get().await.unwrap();
+    let police = tenancy::ensure_agency(&client, w.a, AgencyKind::Police, "A Police", Utc::now())
+        .await
+        .unwrap();
+    let ems: Uuid = client
+        .query_one(
+            "SELECT id FROM agencies WHERE municipality_id = $1 AND kind = 'ems'",
+            &[&w.a.id()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let officer = user(&w.app, w.a, "desk@a.example", Some(police.id), Role::Dispatcher, false).await;
+    let officer_up = As {
+        id: officer.id,
+        ..user(&w.app, w.a, "desk@a.example", Some(police.id), Role::Dispatcher, true).await
+    };
+    let incidents = || async {
+        client
+            .query_one("SELECT count(*) FROM incidents", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+
+    // The exploit: a police dispatcher without step-up finds the address and opens an "other"
+    // incident there naming another agency. Refused, and nothing is written.
+    let (status, found) = call(
+        &w.app,
+        Method::GET,
+        "/api/v1/dispatch/properties?q=Elm",
+        Some(&officer),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(found[0]["id"], json!(w.property));
+    let (status, body) = call(
+        &w.app,
+        Method::POST,
+        "/api/v1/incidents",
+        Some(&officer),
+        Some(json!({ "cad_number": "26-00100", "kind": "other", "address": w.address, "agency": ems })),
+    )
+    .await;
+    assert_eq!(status, 403, "an incident for another agency: {body}");
+    assert_eq!(incidents().await, 0);
+
+    // An incident of the dispatcher's own agency at the address is not tied to the home: no reveal,
+    // with or without step-up.
+    let (status, incident) = call(
+        &w.app,
+        Method::POST,
+        "/api/v1/incidents",
+        Some(&officer),
+        Some(json!({ "cad_number": "26-00101", "kind": "other", "address": w.address, "agency": police.id })),
+    )
+    .await;
+    assert_eq!(status, 201, "{incident}");
+    let incident_id = incident["id"].as_str().unwrap().to_owned();
+    for who in [&officer, &officer_up] {
+        let (status, body) = call(&w.app, Method::POST, &reveal, Some(who), None).await;
+        assert_eq!(status, 404, "an address match is no tie: {body}");
+    }
+
+    // Tying the incident to the home: the incident's own agency, with step-up, audited.
+    let link = format!("/api/v1/incidents/{incident_id}/properties");
+    let body = json!({ "property": w.property });
+    assert_eq!(
+        call(&w.app, Method::POST, &link, Some(&officer), Some(body.clone())).await.0,
+        401,
+        "a link needs step-up"
+    );
+    assert_eq!(
+        call(&w.app, Method::POST, &link, Some(&w.dispatcher), Some(body.clone())).await.0,
+        403,
+        "only the incident's own agency links it"
+    );
+    let (status, linked) = call(&w.app, Method::POST, &link, Some(&officer_up), Some(body.clone())).await;
+    assert_eq!(status, 201, "{linked}");
+    let links: i64 = client
+        .query_one(
+            "SELECT count(*) FROM audit_entries WHERE action = 'incident.link_property' AND property_id = $1
+               AND actor_id = $2",
+            &[&w.property, &officer.id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(links, 1);
+
+    // Tied: a fresh step-up reveals; without one the dispatcher is asked to step up.
+    assert_eq!(call(&w.app, Method::POST, &reveal, Some(&officer), None).await.0, 401);
+    let (status, notes) = call(&w.app, Method::POST, &reveal, Some(&officer_up), None).await;
+    assert_eq!(status, 200, "{notes}");
+    assert_eq!(notes["hazards"], "Oxygen in use");
+    // Another agency's dispatcher gains nothing from the police incident.
+    assert_eq!(call(&w.app, Method::POST, &reveal, Some(&w.dispatcher), None).await.0, 404);
+
+    // A grant for the home ties an incident too, wherever the incident's address is.
+    live_grant_row(&w, "26-00102", "ems", "Motorway junction 4", w.responder.id).await;
+    let (status, notes) = call(&w.app, Method::POST, &reveal, Some(&w.dispatcher), None).await;
+    assert_eq!(status, 200, "{notes}");
+
+    // Once the police incident closes, its tie ends.
+    let (status, body) = call(
+        &w.app,
+        Method::POST,
+        &format!("/api/v1/incidents/{incident_id}/close"),
+        Some(&officer),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(call(&w.app, Method::POST, &reveal, Some(&officer_up), None).await.0, 404);
 }

@@ -33,13 +33,17 @@ struct World {
     tenant: Tenant,
     key_dir: std::path::PathBuf,
     _tmp: tempfile::TempDir,
+    /// A fire dispatcher; `police_desk` opens the police incidents (dispatchers open incidents
+    /// for their own agency only).
     dispatcher: As,
+    police_desk: As,
     dispatcher2: As,
     dispatcher_plain: As,
     responder: As,
     responder2: As,
     responder_plain: As,
     admin: As,
+    owner: As,
     fire: Uuid,
     police: Uuid,
     property: Uuid,
@@ -165,7 +169,8 @@ async fn world() -> World {
     .await;
     let bundle = bundle(&app, tenant, &tmp.path().join("root.pk8"), now).await;
     World {
-        dispatcher: user(&app, tenant, "d1@a.example", None, Role::Dispatcher, true).await,
+        dispatcher: user(&app, tenant, "d1@a.example", Some(fire), Role::Dispatcher, true).await,
+        police_desk: user(&app, tenant, "d4@a.example", Some(police), Role::Dispatcher, true).await,
         dispatcher2: user(&app, tenant, "d2@a.example", None, Role::Dispatcher, true).await,
         dispatcher_plain: user(&app, tenant, "d3@a.example", None, Role::Dispatcher, false).await,
         responder_plain: As {
@@ -191,6 +196,7 @@ async fn world() -> World {
             true,
         )
         .await,
+        owner,
         app,
         tenant,
         key_dir,
@@ -227,11 +233,16 @@ async fn bundle(
 }
 
 async fn open_incident(w: &World, cad: &str, kind: &str, agency: Uuid) -> Uuid {
+    let desk = if agency == w.police {
+        &w.police_desk
+    } else {
+        &w.dispatcher
+    };
     let (status, body) = call(
         &w.app,
         Method::POST,
         "/api/v1/incidents",
-        Some(&w.dispatcher),
+        Some(desk),
         Some(json!({ "cad_number": cad, "kind": kind, "address": "12 Elm Street", "agency": agency })),
     )
     .await;
@@ -1058,4 +1069,247 @@ async fn a_unit_grant_names_the_units_active_responders() {
     let mut both = body("Engine 7");
     both["responders"] = json!([w.responder.id]);
     assert_eq!(grant(&w, incident, &w.dispatcher, both).await.0, 400);
+}
+
+#[tokio::test]
+async fn an_approval_re_decides_against_the_plan_in_force() {
+    let w = world().await;
+    let police_officer = user(
+        &w.app,
+        w.tenant,
+        "p1@a.example",
+        Some(w.police),
+        Role::Responder,
+        true,
+    )
+    .await;
+    let incident = open_incident(&w, "25-00002", "welfare_check", w.police).await;
+    let (status, g) = grant(
+        &w,
+        incident,
+        &w.dispatcher,
+        json!({ "property": w.property, "responders": [police_officer.id], "minutes": 20,
+                "justification": "Welfare check requested by family" }),
+    )
+    .await;
+    assert_eq!(status, 201, "{g}");
+    assert_eq!(g["status"], "awaiting_approval");
+    assert_eq!(g["plan_version"], 1);
+    let grant_id: Uuid = g["id"].as_str().unwrap().parse().unwrap();
+
+    // The homeowner takes police out of the plan while the grant waits.
+    let plan_path = format!("/api/v1/properties/{}/plan", w.property);
+    let mut no_police = plan();
+    no_police["agencies"]["police"] = json!({ "allowed": false });
+    let (status, body) = call(&w.app, Method::PUT, &plan_path, Some(&w.owner), Some(no_police)).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["version"], 2);
+
+    let path = format!("/api/v1/grants/{grant_id}/approve");
+    let (status, body) = call(&w.app, Method::POST, &path, Some(&w.dispatcher2), None).await;
+    assert_eq!(status, 409, "the plan in force no longer admits police: {body}");
+    let (_, g) = call(&w.app, Method::GET, &format!("/api/v1/grants/{grant_id}"), Some(&w.dispatcher2), None).await;
+    assert_eq!(g["status"], "awaiting_approval", "{g}");
+    assert_eq!(g["approved_by"], Value::Null);
+    assert_eq!(
+        request_token(&w, &police_officer, grant_id, w.lock).await.0,
+        404,
+        "no token under a refused approval"
+    );
+    let client = w.app.pool.get().await.unwrap();
+    let refusals: i64 = client
+        .query_one(
+            "SELECT count(*) FROM audit_entries WHERE action = 'policy.deny' AND actor_id = $1
+               AND public_details->>'action' = 'create_grant' AND property_id = $2",
+            &[&w.dispatcher2.id, &w.property],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(refusals, 1, "the refused approval is audited");
+
+    // Police back in (version 3): the approval goes through and records the version it was decided under.
+    let (status, body) = call(&w.app, Method::PUT, &plan_path, Some(&w.owner), Some(plan())).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, g) = call(&w.app, Method::POST, &path, Some(&w.dispatcher2), None).await;
+    assert_eq!(status, 200, "{g}");
+    assert_eq!(g["status"], "live");
+    assert_eq!(g["plan_version"], 1, "the version it was requested under");
+    assert_eq!(g["approved_plan_version"], 3, "the version it was approved under");
+    let (status, t) = request_token(&w, &police_officer, grant_id, w.lock).await;
+    assert_eq!(status, 201, "{t}");
+}
+
+/// Row counts of every table: what "nothing changed" means for a refused request.
+async fn row_counts(w: &World) -> Vec<(String, i64)> {
+    let client = w.app.pool.get().await.unwrap();
+    let tables: Vec<String> = client
+        .query(
+            "SELECT table_name::text FROM information_schema.tables
+             WHERE table_schema = 'public' AND table_type = 'BASE TABLE' ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut out = Vec::new();
+    for t in tables {
+        let n: i64 = client
+            .query_one(&format!("SELECT count(*) FROM \"{t}\""), &[])
+            .await
+            .unwrap()
+            .get(0);
+        out.push((t, n));
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_nul_in_any_free_text_field_is_a_400_naming_it_and_changes_nothing() {
+    let w = world().await;
+    let cad = cad_credential(&w).await;
+    let client = w.app.pool.get().await.unwrap();
+    let incident = Uuid::new_v4();
+    client
+        .execute(
+            "INSERT INTO incidents (id, municipality_id, agency_id, cad_number, kind, address, opened_at)
+             VALUES ($1, $2, $3, '26-77001', 'fire', '12 Elm Street', now())",
+            &[&incident, &w.tenant.id(), &w.fire],
+        )
+        .await
+        .unwrap();
+    let before = row_counts(&w).await;
+    let nul = "Front\u{0}door";
+    let plan_with = |pointer: &str, value: &str| {
+        let mut p = plan();
+        *p.pointer_mut(pointer).unwrap() = json!(value);
+        p
+    };
+    let mut plan_notes = plan();
+    plan_notes["notes"] = json!({});
+    let plan_path = format!("/api/v1/properties/{}/plan", w.property);
+    let grants_path = format!("/api/v1/incidents/{incident}/grants");
+    let mut cases: Vec<(Method, String, Option<&As>, Value, &str)> = vec![
+        (Method::POST, "/api/v1/properties".into(), Some(&w.owner), json!({ "address": nul }), "address"),
+        (
+            Method::POST,
+            format!("/api/v1/properties/{}/locks", w.property),
+            Some(&w.owner),
+            json!({ "lock_id": Uuid::new_v4(), "name": nul, "pairing_code": "ABCDE-12345" }),
+            "name",
+        ),
+        (Method::PUT, plan_path.clone(), Some(&w.owner), plan_with("/contacts/0/name", nul), "contacts.name"),
+        (Method::PUT, plan_path.clone(), Some(&w.owner), plan_with("/contacts/0/email", "sam\u{0}@example.org"), "contacts.email"),
+        (
+            Method::PUT,
+            plan_path.clone(),
+            Some(&w.owner),
+            {
+                let mut p = plan();
+                p["contacts"][0]["phone"] = json!("+1\u{0}555");
+                p
+            },
+            "contacts.phone",
+        ),
+        (
+            Method::POST,
+            "/api/v1/incidents".into(),
+            Some(&w.dispatcher),
+            json!({ "cad_number": "26-77002", "kind": "fire", "address": nul, "agency": w.fire }),
+            "address",
+        ),
+        (
+            Method::POST,
+            grants_path.clone(),
+            Some(&w.dispatcher),
+            json!({ "property": w.property, "responders": [w.responder.id], "minutes": 30, "justification": nul }),
+            "justification",
+        ),
+        (
+            Method::POST,
+            grants_path.clone(),
+            Some(&w.dispatcher),
+            json!({ "property": w.property, "unit": nul, "minutes": 30, "justification": "smoke" }),
+            "unit",
+        ),
+        (Method::POST, "/api/v1/admin/cad-credentials".into(), Some(&w.admin), json!({ "name": nul }), "name"),
+        (
+            Method::POST,
+            "/api/v1/invitations".into(),
+            Some(&w.admin),
+            json!({ "role": "responder", "agency_id": w.fire, "email": "new\u{0}@a.example", "display_name": "New" }),
+            "email",
+        ),
+        (
+            Method::POST,
+            "/api/v1/invitations".into(),
+            Some(&w.admin),
+            json!({ "role": "responder", "agency_id": w.fire, "email": "new@a.example", "display_name": nul }),
+            "display_name",
+        ),
+        (
+            Method::POST,
+            "/api/v1/accounts/sign-up".into(),
+            None,
+            json!({ "municipality": "town-a", "email": "home\u{0}@a.example", "display_name": "Home" }),
+            "email",
+        ),
+        (
+            Method::POST,
+            "/api/v1/accounts/sign-up".into(),
+            None,
+            json!({ "municipality": "town-a", "email": "home@a.example", "display_name": nul }),
+            "display_name",
+        ),
+        (
+            Method::POST,
+            "/api/v1/auth/sign-in/start".into(),
+            None,
+            json!({ "municipality": "town-a", "email": "d1\u{0}@a.example" }),
+            "email",
+        ),
+    ];
+    for field in ["pets", "hazards", "medical_equipment", "utilities", "free_text"] {
+        let mut p = plan_notes.clone();
+        p["notes"][field] = json!(nul);
+        cases.push((Method::PUT, plan_path.clone(), Some(&w.owner), p, "notes"));
+    }
+    for (method, path, who, body, field) in cases {
+        let (status, problem) = call(&w.app, method.clone(), &path, who, Some(body.clone())).await;
+        assert_eq!(status, 400, "{method} {path} {body}: {problem}");
+        let detail = problem["detail"].as_str().unwrap_or_default();
+        assert!(detail.starts_with(field), "{method} {path}: names {field}: {detail}");
+    }
+    let (status, problem) = call(
+        &w.app,
+        Method::GET,
+        "/api/v1/dispatch/properties?q=Elm%00Street",
+        Some(&w.dispatcher),
+        None,
+    )
+    .await;
+    assert_eq!(status, 400, "{problem}");
+    assert!(problem["detail"].as_str().unwrap().starts_with("q"), "{problem}");
+    let body = serde_json::to_vec(
+        &json!({ "cad_number": "26-77003", "kind": "fire", "address": nul, "agency": w.fire }),
+    )
+    .unwrap();
+    let response = cad_post(
+        &w,
+        &cad,
+        "/api/v1/cad/incidents",
+        "nul-1",
+        &body,
+        Utc::now().timestamp(),
+        &cad.secret,
+    )
+    .await;
+    assert_eq!(response.status(), 400);
+    let problem: Value = response.json().await.unwrap();
+    assert!(problem["detail"].as_str().unwrap().starts_with("address"), "{problem}");
+
+    let after = row_counts(&w).await;
+    assert_eq!(before, after, "a refused request changes nothing");
 }
