@@ -229,7 +229,7 @@ mod tests {
     #[test]
     fn a_cookie_we_issued_names_a_returning_client_until_it_expires() {
         let keys = keys();
-        let now = Utc::now();
+        let now = DateTime::from_timestamp(1_780_000_000, 0).unwrap();
         let fresh = CeremonyClient::of_request(&keys, None, now).unwrap();
         assert!(!fresh.returning());
         let back = CeremonyClient::of_request(&keys, Some(fresh.expose()), now).unwrap();
@@ -244,7 +244,7 @@ mod tests {
     #[test]
     fn a_forged_or_foreign_cookie_is_a_new_client() {
         let keys = keys();
-        let now = Utc::now();
+        let now = DateTime::from_timestamp(1_780_000_000, 0).unwrap();
         let other = AuthKeys::derive(&Kek::from_bytes([8u8; 32]));
         let foreign = CeremonyClient::of_request(&other, None, now).unwrap();
         assert!(

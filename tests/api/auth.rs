@@ -1127,7 +1127,8 @@ async fn sign_in_refuses_a_foreign_user_handle_a_wrong_type_and_an_id_unlike_raw
     let b64 = |bytes: &[u8]| json!(URL_SAFE_NO_PAD.encode(bytes));
     let foreign_handle = b64(other.user_id.as_bytes());
     let own_handle = b64(responder.user_id.as_bytes());
-    let tampers: [(&str, Box<dyn Fn(&mut Value)>); 3] = [
+    type Tamper = Box<dyn Fn(&mut Value)>;
+    let tampers: [(&str, Tamper); 3] = [
         (
             "a userHandle naming another user",
             Box::new(move |c: &mut Value| c["response"]["userHandle"] = foreign_handle.clone()),
