@@ -87,6 +87,26 @@ impl Kek {
     pub fn id(&self) -> &str {
         &self.id
     }
+
+    /// An HMAC-SHA256 key derived from the KEK for one purpose (HKDF-SHA256, RFC 5869, with
+    /// `label` as the info). Every replica configured with the same KEK derives the same key, and
+    /// a key derived for one label says nothing about the KEK or another label's key.
+    pub fn derive_hmac_key(&self, label: &[u8]) -> ring::hmac::Key {
+        let salt = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"firstkey kek derivation");
+        let prk = salt.extract(self.key.expose_secret());
+        let info = [label];
+        match prk.expand(&info, ring::hmac::HMAC_SHA256) {
+            Ok(okm) => ring::hmac::Key::from(okm),
+            // Unreachable: HKDF-SHA256 can always produce 32 bytes. Fall back to a key that still
+            // depends on the KEK and the label.
+            Err(_) => {
+                let fallback =
+                    ring::hmac::Key::new(ring::hmac::HMAC_SHA256, self.key.expose_secret());
+                let tag = ring::hmac::sign(&fallback, label);
+                ring::hmac::Key::new(ring::hmac::HMAC_SHA256, tag.as_ref())
+            }
+        }
+    }
 }
 
 #[cfg(unix)]

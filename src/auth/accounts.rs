@@ -20,6 +20,7 @@ use webauthn_rs::prelude::{
     AuthenticatorAttachment, RegisterPublicKeyCredential, Webauthn, WebauthnError,
 };
 
+use super::client::Binding;
 use super::error::AuthError;
 use super::session::{self, Actor, SessionSecret};
 use super::webauthn::{self as wa, CeremonyState, Challenge, CredentialKind, Registering, Ticket};
@@ -320,7 +321,8 @@ async fn find_link(
         LinkKind::Invitation => {
             "SELECT i.id, i.municipality_id, u.id, u.email, u.display_name FROM invitations i
              JOIN users u ON u.municipality_id = i.municipality_id AND lower(u.email) = lower(i.email)
-             WHERE i.secret_hash = $1 AND i.used_at IS NULL AND i.expires_at > $2 AND u.status <> 'disabled'"
+             WHERE i.secret_hash = $1 AND i.used_at IS NULL AND i.revoked_at IS NULL AND i.expires_at > $2
+               AND u.status <> 'disabled'"
         }
         LinkKind::EmailVerification => {
             "SELECT v.id, v.municipality_id, u.id, u.email, u.display_name FROM email_verifications v
@@ -400,7 +402,17 @@ pub async fn start_enrolment(
         ticket: pending.ticket,
         registering,
     };
-    let ceremony = wa::store_ceremony(client, pending.tenant, pending.user, &state, now).await?;
+    let link = match pending.ticket {
+        Ticket::Invitation(id) | Ticket::EmailVerification(id) => id,
+    };
+    let ceremony = wa::store_ceremony(
+        client,
+        Some((pending.tenant, Some(pending.user))),
+        &state,
+        Binding::link(link),
+        now,
+    )
+    .await?;
     Ok(Challenge { ceremony, options })
 }
 
@@ -417,29 +429,167 @@ pub struct SignedIn {
     pub session: SessionSecret,
 }
 
-/// Why webauthn-rs refused a registration, in words safe for the client.
-fn refusal(e: &WebauthnError) -> &'static str {
-    match e {
-        WebauthnError::UserNotVerified => "user verification is required",
-        WebauthnError::CredentialMayNotBeHardwareBound
-        | WebauthnError::CredentialBackupEligibilityInconsistent => {
-            "synced (backup-eligible) credentials are not accepted; use a hardware security key"
+/// Why a registration was refused: a small closed set, each naming the check that failed. The
+/// client learns which check, never more (no certificate, no key material): everything named here
+/// is about the response the client itself sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegistrationRefusal {
+    /// `clientDataJSON.origin` is not this server's origin (or the call was cross-origin).
+    Origin,
+    /// The authenticator data's RP id hash is not this server's RP id.
+    RpId,
+    /// The response answers another challenge (or a ceremony that no longer exists).
+    Challenge,
+    /// `clientDataJSON.type` is not `webauthn.create`.
+    CeremonyType,
+    /// The credential's JSON is malformed: `type` is not `public-key`, `id` is not `rawId`, or it
+    /// does not parse.
+    CredentialFormat,
+    /// The attestation is missing, does not verify, or is not from a CA the municipality trusts.
+    Attestation,
+    /// The authenticator did not verify its user.
+    UserVerification,
+    /// The authenticator did not see the user present.
+    UserPresence,
+    /// A synced (backup-eligible) credential where a hardware security key is required.
+    Synced,
+    /// The key type or algorithm is not accepted.
+    Algorithm,
+    /// The authenticator is already enrolled.
+    AlreadyEnrolled,
+    /// Any other reason the registration did not verify.
+    NotVerified,
+}
+
+impl RegistrationRefusal {
+    /// The reason code (for the audit log, and the start of the problem detail).
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Origin => "origin",
+            Self::RpId => "rp_id",
+            Self::Challenge => "challenge",
+            Self::CeremonyType => "ceremony_type",
+            Self::CredentialFormat => "credential_format",
+            Self::Attestation => "attestation",
+            Self::UserVerification => "user_verification",
+            Self::UserPresence => "user_presence",
+            Self::Synced => "synced",
+            Self::Algorithm => "algorithm",
+            Self::AlreadyEnrolled => "already_enrolled",
+            Self::NotVerified => "not_verified",
         }
-        WebauthnError::AttestationChainNotTrusted(_)
-        | WebauthnError::AttestationTrustFailure
-        | WebauthnError::AttestationUntrustedAaguid
-        | WebauthnError::AttestationNotVerifiable
-        | WebauthnError::AttestationCertificateTrustStoreEmpty
-        | WebauthnError::AttestationNotSupported
-        | WebauthnError::AttestationLeafCertMissing
-        | WebauthnError::MissingAttestationCredentialData => {
-            "the security key's attestation is not from a manufacturer this municipality trusts"
-        }
-        WebauthnError::CredentialExcludedFromRequest | WebauthnError::CredentialAlreadyExists => {
-            "this authenticator is already enrolled"
-        }
-        _ => "the registration did not verify",
     }
+
+    /// The problem detail: `<code>: <what failed>`.
+    pub fn detail(self) -> &'static str {
+        match self {
+            Self::Origin => "origin: the response was made for another origin than this server's",
+            Self::RpId => "rp_id: the authenticator signed for another relying party id",
+            Self::Challenge => {
+                "challenge: the response answers another challenge; start the enrolment again"
+            }
+            Self::CeremonyType => "ceremony_type: the response is not a registration",
+            Self::CredentialFormat => {
+                "credential_format: the credential is malformed (type must be public-key, id must equal rawId)"
+            }
+            Self::Attestation => {
+                "attestation: the security key's attestation is not from a manufacturer this municipality trusts"
+            }
+            Self::UserVerification => "user_verification: user verification is required",
+            Self::UserPresence => "user_presence: the authenticator did not confirm user presence",
+            Self::Synced => {
+                "synced: synced (backup-eligible) credentials are not accepted; use a hardware security key"
+            }
+            Self::Algorithm => "algorithm: the credential's key type or algorithm is not accepted",
+            Self::AlreadyEnrolled => "already_enrolled: this authenticator is already enrolled",
+            Self::NotVerified => "not_verified: the registration did not verify",
+        }
+    }
+
+    /// The reason for one of webauthn-rs's errors.
+    pub fn of(e: &WebauthnError) -> Self {
+        use WebauthnError as E;
+        match e {
+            E::InvalidRPOrigin | E::CredentialCrossOrigin => Self::Origin,
+            E::InvalidRPIDHash => Self::RpId,
+            E::MismatchedChallenge | E::ChallengeNotFound => Self::Challenge,
+            E::InvalidClientDataType => Self::CeremonyType,
+            E::UserNotVerified | E::InconsistentUserVerificationPolicy => Self::UserVerification,
+            E::UserNotPresent => Self::UserPresence,
+            E::CredentialMayNotBeHardwareBound | E::CredentialBackupEligibilityInconsistent => {
+                Self::Synced
+            }
+            E::CredentialExcludedFromRequest | E::CredentialAlreadyExists => Self::AlreadyEnrolled,
+            E::CredentialAlteredAlgFromRequest
+            | E::CredentialInsecureCryptography
+            | E::COSEKeyInvalidCBORValue
+            | E::COSEKeyInvalidType
+            | E::COSEKeyEDUnsupported
+            | E::COSEKeyECDSAXYInvalid
+            | E::COSEKeyRSANEInvalid
+            | E::COSEKeyECDSAInvalidCurve
+            | E::COSEKeyEDDSAXInvalid
+            | E::COSEKeyEDDSAInvalidCurve
+            | E::COSEKeyInvalidAlgorithm => Self::Algorithm,
+            E::ParseBase64Failure(_)
+            | E::ParseCBORFailure(_)
+            | E::ParseJSONFailure(_)
+            | E::ParseNOMFailure
+            | E::ParseInsufficientBytesAvailable => Self::CredentialFormat,
+            E::MissingAttestationCredentialData
+            | E::AttestationNotSupported
+            | E::AttestationStatementMapInvalid
+            | E::AttestationStatementResponseMissing
+            | E::AttestationStatementResponseInvalid
+            | E::AttestationStatementSigMissing
+            | E::AttestationStatementSigInvalid
+            | E::AttestationStatementVerMissing
+            | E::AttestationStatementVerInvalid
+            | E::AttestationStatementVerUnsupported
+            | E::AttestationStatementX5CMissing
+            | E::AttestationStatementX5CInvalid
+            | E::AttestationStatementAlgMissing
+            | E::AttestationStatementCertInfoMissing
+            | E::AttestationStatementMissingExtension
+            | E::AttestationStatementPubAreaMissing
+            | E::AttestationStatementAlgMismatch
+            | E::AttestationStatementAlgInvalid
+            | E::AttestationTrustFailure
+            | E::AttestationCertificateAAGUIDMismatch
+            | E::AttestationCertificateNonceMismatch
+            | E::AttestationTpmStInvalid
+            | E::AttestationTpmPubAreaMismatch
+            | E::AttestationTpmExtraDataInvalid
+            | E::AttestationTpmExtraDataMismatch
+            | E::AttestationTpmPubAreaHashUnknown
+            | E::AttestationTpmPubAreaHashInvalid
+            | E::AttestationTpmAttestCertifyInvalid
+            | E::AttestationCertificateRequirementsNotMet
+            | E::AttestationCertificateTrustStoreEmpty
+            | E::AttestationLeafCertMissing
+            | E::AttestationNotVerifiable
+            | E::AttestationUntrustedAaguid
+            | E::AttestationFormatMissingAaguid
+            | E::AttestationChainNotTrusted(_)
+            | E::AttestationCredentialSubjectKeyMismatch
+            | E::MissingAttestationCaList
+            | E::CertificatePublicKeyInvalid
+            | E::CertificatePublicKeyAlgorthimMismatch
+            | E::X509DerInvalid => Self::Attestation,
+            _ => Self::NotVerified,
+        }
+    }
+}
+
+/// What webauthn-rs leaves to the relying party about a registration's JSON.
+fn registration_format_refusal(
+    response: &RegisterPublicKeyCredential,
+) -> Option<RegistrationRefusal> {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let id_is_raw_id = response.id == URL_SAFE_NO_PAD.encode(response.raw_id.as_slice());
+    (response.type_ != "public-key" || !id_is_raw_id)
+        .then_some(RegistrationRefusal::CredentialFormat)
 }
 
 /// Finishes an enrolment: verifies the registration, uses up the link, activates the account, grants
@@ -452,7 +602,8 @@ pub async fn finish_enrolment(
     response: &RegisterPublicKeyCredential,
     now: DateTime<Utc>,
 ) -> Result<SignedIn, AuthError> {
-    let taken = wa::take_ceremony(&*client, ceremony, now).await?;
+    let taken = wa::take_ceremony(&*client, ceremony, None, now).await?;
+    let (tenant, user) = taken.owner()?;
     let CeremonyState::Enrol {
         ticket,
         registering,
@@ -460,8 +611,8 @@ pub async fn finish_enrolment(
     else {
         return Err(AuthError::CeremonyInvalid);
     };
-    let (tenant, user) = (taken.tenant, taken.user);
     let tx = client.transaction().await.map_err(StoreError::from)?;
+    let format_refused = registration_format_refusal(response);
     let (kind, result) = match &registering {
         Registering::SecurityKey(state) => (
             CredentialKind::SecurityKey,
@@ -474,29 +625,28 @@ pub async fn finish_enrolment(
                 .map(Into::into),
         ),
     };
-    let result = match result {
-        Ok(credential)
+    let result = match (format_refused, result) {
+        (Some(refusal), _) => Err(refusal),
+        (None, Ok(credential))
             if kind == CredentialKind::SecurityKey && credential_is_synced(&credential) =>
         {
-            Err(
-                "synced (backup-eligible) credentials are not accepted; use a hardware security key",
-            )
+            Err(RegistrationRefusal::Synced)
         }
-        Ok(credential) => Ok(credential),
-        Err(e) => {
+        (None, Ok(credential)) => Ok(credential),
+        (None, Err(e)) => {
             tracing::info!(error = %e, "registration refused");
-            Err(refusal(&e))
+            Err(RegistrationRefusal::of(&e))
         }
     };
     let credential = match result {
         Ok(credential) => credential,
-        Err(reason) => {
+        Err(refusal) => {
             let event = Event::new("auth.enrol", Outcome::Deny)
                 .actor(user)
-                .details(serde_json::json!({ "reason": reason, "kind": kind_name(kind) }));
+                .details(serde_json::json!({ "reason": refusal.code(), "kind": kind_name(kind) }));
             audit::record(&tx, tenant, &event, now).await?;
             tx.commit().await.map_err(StoreError::from)?;
-            return Err(AuthError::EnrolmentRefused(reason));
+            return Err(AuthError::EnrolmentRefused(refusal.detail()));
         }
     };
     let (role, agency): (Option<Role>, Option<Uuid>) = match ticket {
@@ -504,7 +654,8 @@ pub async fn finish_enrolment(
             let row = tx
                 .query_opt(
                     "UPDATE invitations SET used_at = $3
-                     WHERE municipality_id = $1 AND id = $2 AND used_at IS NULL AND expires_at > $3
+                     WHERE municipality_id = $1 AND id = $2 AND used_at IS NULL AND revoked_at IS NULL
+                       AND expires_at > $3
                      RETURNING role, agency_id",
                     &[&tenant.id(), &id, &now],
                 )
@@ -602,15 +753,32 @@ fn attestation_summary(credential: &webauthn_rs::prelude::Credential) -> String 
     }
 }
 
-/// An admin disables an account of their municipality: status `disabled`, every session ended at once
-/// (the session check reads the status on every request too), an audit entry. Anyone but a municipal
-/// admin, and any account of another municipality, gets [`AuthError::NotFound`].
+/// What disabling an account took away.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Disabled {
+    /// Sessions ended.
+    pub sessions_ended: u64,
+    /// Open invitations it had sent, revoked.
+    pub invitations_revoked: u64,
+    /// Grants naming it as responder that ended (no other active responder left in them).
+    pub grants_ended: usize,
+    /// Its override tokens revoked, at the locks too.
+    pub tokens_revoked: usize,
+}
+
+/// An admin disables an account of their municipality, in the caller's transaction: status
+/// `disabled`; every session ended at once (the session check reads the status on every request
+/// too); the open invitations it sent revoked (an invitee of a disabled admin cannot become one);
+/// the grants naming it as responder ended where nobody else active is named, and its own override
+/// tokens revoked, with revocations queued to the locks' inboxes as grant revocation does
+/// (`emergency::grants::end_for_disabled_responder`); an audit entry. Anyone but a municipal admin,
+/// and any account of another municipality, gets [`AuthError::NotFound`].
 pub async fn disable(
     tx: &impl GenericClient,
     actor: &Actor,
     target: Uuid,
     now: DateTime<Utc>,
-) -> Result<u64, AuthError> {
+) -> Result<Disabled, AuthError> {
     if !actor.has(Role::MunicipalAdmin) {
         return Err(AuthError::NotFound);
     }
@@ -628,11 +796,38 @@ pub async fn disable(
     if found.is_none() {
         return Err(AuthError::NotFound);
     }
-    let ended = session::end_all(tx, actor.tenant, target, now).await?;
+    let sessions_ended = session::end_all(tx, actor.tenant, target, now).await?;
+    let invitations_revoked = tx
+        .execute(
+            "UPDATE invitations SET revoked_at = $3
+             WHERE municipality_id = $1 AND created_by = $2 AND used_at IS NULL AND revoked_at IS NULL",
+            &[&actor.tenant.id(), &target, &now],
+        )
+        .await
+        .map_err(StoreError::from)?;
+    let (grants_ended, tokens_revoked) = crate::emergency::grants::end_for_disabled_responder(
+        tx,
+        actor.tenant,
+        actor.user_id,
+        target,
+        now,
+    )
+    .await?;
+    let disabled = Disabled {
+        sessions_ended,
+        invitations_revoked,
+        grants_ended,
+        tokens_revoked,
+    };
     let event = Event::new("account.disabled", Outcome::Info)
         .actor(actor.user_id)
         .subject("user", target)
-        .details(serde_json::json!({ "sessions_ended": ended }));
+        .details(serde_json::json!({
+            "sessions_ended": disabled.sessions_ended,
+            "invitations_revoked": disabled.invitations_revoked,
+            "grants_ended": disabled.grants_ended,
+            "tokens_revoked": disabled.tokens_revoked,
+        }));
     audit::record(tx, actor.tenant, &event, now).await?;
-    Ok(ended)
+    Ok(disabled)
 }

@@ -1,8 +1,9 @@
-//! Who is asking: sessions (cookie → [`session::Actor`]), WebAuthn ceremonies, accounts and
-//! invitations, and the rate limits on signing in and up. Authorization decisions are the policy
+//! Who is asking: sessions (cookie → [`session::Actor`]), WebAuthn ceremonies and the clients they
+//! are bound to (`client`), accounts and invitations, and the rate limits on signing in and up. Authorization decisions are the policy
 //! module's; this module only establishes identity and freshness.
 
 pub mod accounts;
+pub mod client;
 pub mod error;
 pub mod ratelimit;
 pub mod session;

@@ -2,39 +2,51 @@
 //! behind the load balancer counts against the same buckets. This module counts and decides; it does
 //! not know HTTP (the handlers turn [`Decision::Limited`] into `429` with `Retry-After`).
 //!
-//! # The rule: slow attackers down, never lock a dispatcher out
+//! # The rule: slow attackers down, never tell accounts apart, never lock a dispatcher out
 //!
 //! A WebAuthn assertion cannot be guessed, so these limits exist against floods (challenge and mail
-//! spam, account enumeration), not password guessing. They are built so that an emergency is never
-//! blocked by them:
+//! spam), not password guessing. Every limit is decided by *who asks* (the client), never by *whom
+//! they name*: a start for a dispatcher, a homeowner, a pending account or an address nobody holds is
+//! counted and answered the same way, so the limits reveal nothing about accounts (the decoy
+//! ceremonies of `signin` do the same for the answer itself). They are built so that an emergency is
+//! never blocked by them:
 //!
 //! 1. **A valid assertion is never refused by a limit.** Limits are checked only when a ceremony
 //!    *starts*; finishing one is never rate-limited.
-//! 2. **Per client address** ([`SIGN_IN_PER_ADDRESS`] starts a minute, [`SIGN_UP_PER_ADDRESS`] sign-ups
-//!    an hour): beyond it a start is answered `429` — *except* when the named account holds an active
-//!    hardware security key (dispatchers, responders, admins, auditors). Their challenge is always
-//!    issued, because a challenge is worthless without the physical key, and because a dispatch centre
-//!    puts every console behind one address: a flood from that address must not stop a dispatcher.
-//!    What such an account can be made to store is bounded instead: at most
-//!    [`MAX_OPEN_CEREMONIES`] live ceremonies per user; older ones are dropped.
-//! 3. **Per account** only *failures* count (a failed assertion, never a start or a success). After
-//!    [`FREE_FAILURES`] failures in [`FAILURE_WINDOW`], the next start must wait an exponential backoff
-//!    ([`backoff`]: 2 s, 4 s, … at most [`MAX_BACKOFF`]) after the latest failure — a slow-down, never
-//!    a lock. A success clears the account's failures. Accounts with a hardware key are exempt from the
-//!    wait as in rule 2 (their failures are still counted and audited).
-//! 4. **Sign-up per e-mail address**: at most [`SIGN_UP_MAILS_PER_ADDRESS`] verification mails an hour;
-//!    further requests are accepted but send nothing (no mail bombing, and nothing to enumerate).
+//! 2. **Per client.** A *returning* client — one presenting a ceremony cookie this server issued
+//!    within [`client::CLIENT_LIFETIME`](super::client::CLIENT_LIFETIME), e.g. a dispatch console
+//!    that has signed in before — is counted on its own: [`SIGN_IN_PER_CLIENT`] starts a minute. A
+//!    new client (no cookie, or one we did not issue) is counted per address:
+//!    [`SIGN_IN_PER_ADDRESS`] starts a minute. Beyond either, the start is answered `429`. So a flood
+//!    from a dispatch centre's shared address (every console behind one NAT) slows down new clients
+//!    there, but not a console that holds its cookie: the flood cannot spend that console's budget.
+//!    What a client can store is bounded too: at most [`MAX_OPEN_CEREMONIES`] live ceremonies per
+//!    client (per session for step-ups); older ones of *that client* are dropped, nobody else's.
+//! 3. **Failures per client.** A failed assertion counts against the client that presented it (its
+//!    cookie) and its address. After [`FREE_FAILURES`] failures in [`FAILURE_WINDOW`], the next start
+//!    of that client (a returning client's own count, a new client's address count) must wait an
+//!    exponential backoff ([`backoff`]: 2 s, 4 s, … at most [`MAX_BACKOFF`]) after the latest
+//!    failure — a slow-down, never a lock. A success clears them. Failing on purpose slows down only
+//!    the one failing (and new clients at its address), never the account's holder elsewhere.
+//! 4. **Sign-up per client address** ([`SIGN_UP_PER_ADDRESS`] an hour) and **per e-mail address**
+//!    ([`SIGN_UP_MAILS_PER_ADDRESS`] verification mails an hour; further requests are accepted but
+//!    send nothing: no mail bombing, and nothing to enumerate).
 //!
 //! Client addresses are the TCP peer address; behind a proxy that is the proxy's address, which makes
-//! the per-address limit shared by everyone behind it (safe by rule 2, coarser for homeowners).
+//! the per-address limit shared by everyone behind it (safe by rule 2, coarser for new clients).
 
 use chrono::{DateTime, Duration, Utc};
 use deadpool_postgres::GenericClient;
 
+use std::net::IpAddr;
+
+use super::client::Binding;
 use crate::store::StoreError;
 
-/// Sign-in starts per client address per minute before `429` (hardware-key accounts excepted).
+/// Sign-in starts of new clients per client address per minute before `429`.
 pub const SIGN_IN_PER_ADDRESS: i32 = 30;
+/// Sign-in starts per returning client (ceremony cookie) per minute before `429`.
+pub const SIGN_IN_PER_CLIENT: i32 = 10;
 /// Sign-ups per client address per hour before `429`.
 pub const SIGN_UP_PER_ADDRESS: i32 = 10;
 /// Verification mails per e-mail address per hour.
@@ -45,7 +57,8 @@ pub const FREE_FAILURES: i32 = 5;
 pub const FAILURE_WINDOW: Duration = Duration::minutes(15);
 /// The longest backoff after failures.
 pub const MAX_BACKOFF: Duration = Duration::minutes(5);
-/// Live ceremonies kept per user; starting another drops the oldest.
+/// Live ceremonies kept per client (ceremony cookie, session or link); starting another drops that
+/// client's oldest.
 pub const MAX_OPEN_CEREMONIES: i64 = 5;
 
 /// What a limit says about one more attempt.
@@ -93,40 +106,105 @@ pub async fn hit(
     }
 }
 
-/// Records one failed assertion of the account `user`.
-pub async fn record_failure(
+/// Who starts or finishes a sign-in, as the limits count them (rule 2).
+#[derive(Debug, Clone, Copy)]
+pub struct SignInClient {
+    /// The TCP peer address, if known.
+    pub address: Option<IpAddr>,
+    /// The ceremony cookie's binding.
+    pub binding: Binding,
+    /// Whether the cookie is one this server issued (a returning client).
+    pub returning: bool,
+}
+
+impl SignInClient {
+    fn start_bucket(&self) -> Option<(String, i32)> {
+        if self.returning {
+            Some((
+                format!("sign_in:client:{}", self.binding.hex()),
+                SIGN_IN_PER_CLIENT,
+            ))
+        } else {
+            self.address
+                .map(|ip| (format!("sign_in:addr:{ip}"), SIGN_IN_PER_ADDRESS))
+        }
+    }
+
+    fn client_failures(&self) -> String {
+        format!("sign_in:fail:client:{}", self.binding.hex())
+    }
+
+    fn address_failures(&self) -> Option<String> {
+        self.address.map(|ip| format!("sign_in:fail:addr:{ip}"))
+    }
+
+    /// The failure count that decides this client's next start.
+    fn failures_deciding_start(&self) -> Option<String> {
+        if self.returning {
+            Some(self.client_failures())
+        } else {
+            self.address_failures()
+        }
+    }
+}
+
+/// Whether `who` may start a sign-in (rules 2 and 3); counts the start.
+pub async fn sign_in_start(
     client: &impl GenericClient,
-    user: uuid::Uuid,
+    who: &SignInClient,
+    now: DateTime<Utc>,
+) -> Result<Decision, StoreError> {
+    if let Some((bucket, limit)) = who.start_bucket() {
+        let decision = hit(client, &bucket, Duration::minutes(1), limit, now).await?;
+        if decision != Decision::Allow {
+            return Ok(decision);
+        }
+    }
+    match who.failures_deciding_start() {
+        Some(bucket) => failure_backoff(client, &bucket, now).await,
+        None => Ok(Decision::Allow),
+    }
+}
+
+/// Records one failed sign-in assertion presented by `who`.
+pub async fn record_sign_in_failure(
+    client: &impl GenericClient,
+    who: &SignInClient,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    hit(client, &failure_bucket(user), FAILURE_WINDOW, i32::MAX, now).await?;
+    for bucket in std::iter::once(who.client_failures()).chain(who.address_failures()) {
+        hit(client, &bucket, FAILURE_WINDOW, i32::MAX, now).await?;
+    }
     Ok(())
 }
 
-/// Forgets the account's failures (after a successful sign-in).
-pub async fn clear_failures(
+/// Forgets the failures of `who` (after a successful sign-in).
+pub async fn clear_sign_in_failures(
     client: &impl GenericClient,
-    user: uuid::Uuid,
+    who: &SignInClient,
 ) -> Result<(), StoreError> {
+    let buckets: Vec<String> = std::iter::once(who.client_failures())
+        .chain(who.address_failures())
+        .collect();
     client
         .execute(
-            "DELETE FROM auth_rate_limits WHERE bucket = $1",
-            &[&failure_bucket(user)],
+            "DELETE FROM auth_rate_limits WHERE bucket = ANY($1)",
+            &[&buckets],
         )
         .await?;
     Ok(())
 }
 
-/// Whether the account must wait before its next sign-in start (rule 3).
-pub async fn failure_backoff(
+/// Whether the failures counted in `bucket` make the next start wait (rule 3).
+async fn failure_backoff(
     client: &impl GenericClient,
-    user: uuid::Uuid,
+    bucket: &str,
     now: DateTime<Utc>,
 ) -> Result<Decision, StoreError> {
     let row = client
         .query_opt(
             "SELECT hits, last_hit_at FROM auth_rate_limits WHERE bucket = $1 AND window_start > $2",
-            &[&failure_bucket(user), &(now - FAILURE_WINDOW)],
+            &[&bucket, &(now - FAILURE_WINDOW)],
         )
         .await?;
     let Some(row) = row else {
@@ -158,10 +236,6 @@ pub async fn prune(client: &impl GenericClient, now: DateTime<Utc>) -> Result<u6
             &[&(now - Duration::days(1))],
         )
         .await?)
-}
-
-fn failure_bucket(user: uuid::Uuid) -> String {
-    format!("sign_in:fail:{user}")
 }
 
 fn seconds_until(then: DateTime<Utc>, now: DateTime<Utc>) -> u64 {

@@ -86,8 +86,8 @@ pub fn random_secret(rng: &SystemRandom, bytes: usize) -> Result<String, StoreEr
     Ok(URL_SAFE_NO_PAD.encode(buf))
 }
 
-/// Starts a session for `user`. `step_up` records the credential of the assertion that signed in, so
-/// the session begins stepped up.
+/// Starts a session for `user`. `step_up` records the credential of the assertion that signed in (or
+/// enrolled): the session begins stepped up, and remembers which credential opened it.
 pub async fn create(
     tx: &impl GenericClient,
     tenant: Tenant,
@@ -99,8 +99,8 @@ pub async fn create(
     let id = Uuid::new_v4();
     tx.execute(
         "INSERT INTO sessions (id, municipality_id, user_id, secret_hash, created_at, last_seen_at,
-             absolute_expires_at, stepped_up_at, step_up_credential)
-         VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8)",
+             absolute_expires_at, stepped_up_at, step_up_credential, opened_with)
+         VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $8)",
         &[
             &id,
             &tenant.id(),
@@ -234,6 +234,23 @@ pub async fn end(
         )
         .await?;
     Ok(())
+}
+
+/// Ends every live session that `credential` opened (signed in or enrolled with) or last stepped up;
+/// returns how many ended (a suspended key takes its sessions with it).
+pub async fn end_opened_with(
+    client: &impl GenericClient,
+    tenant: Tenant,
+    credential: Uuid,
+    now: DateTime<Utc>,
+) -> Result<u64, StoreError> {
+    Ok(client
+        .execute(
+            "UPDATE sessions SET ended_at = $3
+             WHERE municipality_id = $1 AND (opened_with = $2 OR step_up_credential = $2) AND ended_at IS NULL",
+            &[&tenant.id(), &credential, &now],
+        )
+        .await?)
 }
 
 /// Ends every session of a user (sign-out everywhere, account disabled); returns how many ended.

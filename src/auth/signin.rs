@@ -1,17 +1,18 @@
 //! Signing in and stepping up with an enrolled credential: start a ceremony (rate-limited as
-//! `ratelimit` documents), finish it with an assertion, and get a session (sign-in) or a fresh step-up
-//! on the current session. Every finish is audited, success and failure.
+//! `ratelimit` documents, bound to the client that started it as `client` documents), finish it with
+//! an assertion, and get a session (sign-in) or a fresh step-up on the current session. Every finish
+//! of a real ceremony is audited, success and failure. Sign-in answers every address alike: where
+//! there is no usable account the ceremony is a decoy that no assertion finishes.
 
-use std::net::IpAddr;
-
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use uuid::Uuid;
 use webauthn_rs::prelude::{PublicKeyCredential, Webauthn};
 
 use super::accounts::SignedIn;
+use super::client::{AuthKeys, Binding};
 use super::error::AuthError;
-use super::ratelimit::{self, Decision};
+use super::ratelimit::{self, Decision, SignInClient};
 use super::session::{self, Actor};
 use super::webauthn::{self as wa, CeremonyState, Challenge, Claimant, CredentialKind, Purpose};
 use crate::audit::{self, Event, Outcome};
@@ -55,79 +56,87 @@ async fn account(
     }))
 }
 
-/// Starts a sign-in for the account `email` of `municipality`. Limits (see `ratelimit`): the client
-/// address, unless the account holds an active hardware security key; the account's failure backoff,
-/// with the same exception. An unknown, inactive or credential-less account fails like a bad
-/// assertion would.
+/// Starts a sign-in for the account `email` of `municipality`, from the client `who` (its ceremony
+/// cookie binds the ceremony; the limits of `ratelimit` count it). Every address is answered alike:
+/// an account that is active with a credential gets a real challenge; an unknown, pending or
+/// disabled account, one without a usable credential, or an unknown municipality gets a decoy of
+/// the same shape whose credential ids are derived from the address under a server secret (the same
+/// on every start), and whose finish fails as a wrong key does.
+#[allow(clippy::too_many_arguments)]
 pub async fn start_sign_in(
     client: &impl GenericClient,
     rp: &Webauthn,
+    rp_id: &str,
+    keys: &AuthKeys,
     municipality: &Slug,
     email: &Email,
-    address: Option<IpAddr>,
+    who: &SignInClient,
     now: DateTime<Utc>,
 ) -> Result<Challenge, AuthError> {
-    let account = account(client, municipality, email).await?;
-    let usable = match &account {
-        Some(a) if a.active && !a.roles.is_empty() => {
-            let kind = CredentialKind::for_roles(&a.roles);
-            let credentials = wa::active_credentials(client, a.tenant, a.user, kind).await?;
-            Some((a, kind, credentials))
-        }
-        _ => None,
-    };
-    let hardware_key = usable
-        .as_ref()
-        .is_some_and(|(_, kind, creds)| *kind == CredentialKind::SecurityKey && !creds.is_empty());
-    if let Some(ip) = address {
-        let bucket = format!("sign_in:addr:{ip}");
-        let decision = ratelimit::hit(
-            client,
-            &bucket,
-            Duration::minutes(1),
-            ratelimit::SIGN_IN_PER_ADDRESS,
-            now,
-        )
-        .await?;
-        if let (Decision::Limited { retry_after }, false) = (decision, hardware_key) {
-            return Err(AuthError::Limited { retry_after });
-        }
-    }
-    let Some((account, kind, credentials)) = usable else {
-        return Err(AuthError::AuthenticationFailed);
-    };
-    if !hardware_key
-        && let Decision::Limited { retry_after } =
-            ratelimit::failure_backoff(client, account.user, now).await?
-    {
+    if let Decision::Limited { retry_after } = ratelimit::sign_in_start(client, who, now).await? {
         return Err(AuthError::Limited { retry_after });
     }
-    let Some((options, authenticating)) = wa::start_authentication(rp, kind, &credentials)? else {
-        return Err(AuthError::AuthenticationFailed);
+    let account = account(client, municipality, email).await?;
+    let mut real = None;
+    if let Some(a) = account.as_ref().filter(|a| a.active && !a.roles.is_empty()) {
+        let kind = CredentialKind::for_roles(&a.roles);
+        let credentials = wa::active_credentials(client, a.tenant, a.user, kind).await?;
+        if let Some((options, authenticating)) = wa::start_authentication(rp, kind, &credentials)? {
+            real = Some((a.tenant, a.user, options, authenticating));
+        }
+    }
+    let ceremony = match real {
+        Some((tenant, user, options, authenticating)) => {
+            let state = CeremonyState::SignIn { authenticating };
+            let id =
+                wa::store_ceremony(client, Some((tenant, Some(user))), &state, who.binding, now)
+                    .await?;
+            Challenge {
+                ceremony: id,
+                options,
+            }
+        }
+        None => {
+            let options = wa::decoy_request(rp_id, keys.decoy_credential_ids(municipality, email))?;
+            let owner = account.as_ref().map(|a| (a.tenant, None));
+            let id =
+                wa::store_ceremony(client, owner, &CeremonyState::Decoy, who.binding, now).await?;
+            Challenge {
+                ceremony: id,
+                options,
+            }
+        }
     };
-    let state = CeremonyState::SignIn { authenticating };
-    let ceremony = wa::store_ceremony(client, account.tenant, account.user, &state, now).await?;
     if now.timestamp() % 64 == 0 {
         // Opportunistic cleanup; no scheduler needed.
         ratelimit::prune(client, now).await?;
     }
-    Ok(Challenge { ceremony, options })
+    Ok(ceremony)
 }
 
-/// Finishes a sign-in: the ceremony is used up, the assertion verified (and audited), and a session
-/// created that starts stepped up with the credential used.
+/// Finishes a sign-in presented by the client `who`: the ceremony (which must be bound to `who`'s
+/// ceremony cookie) is used up, the assertion verified (and audited), and a session created that
+/// starts stepped up with the credential used. A failure counts against `who`; a decoy fails as a
+/// wrong key does.
 pub async fn finish_sign_in(
     client: &mut deadpool_postgres::Client,
     rp: &Webauthn,
+    who: &SignInClient,
     ceremony: Uuid,
     response: &PublicKeyCredential,
     now: DateTime<Utc>,
 ) -> Result<SignedIn, AuthError> {
-    let taken = wa::take_ceremony(&*client, ceremony, now).await?;
-    let CeremonyState::SignIn { authenticating } = taken.state else {
-        return Err(AuthError::CeremonyInvalid);
+    let taken = wa::take_ceremony(&*client, ceremony, Some(who.binding), now).await?;
+    let owner = taken.owner();
+    let authenticating = match taken.state {
+        CeremonyState::SignIn { authenticating } => authenticating,
+        CeremonyState::Decoy => {
+            ratelimit::record_sign_in_failure(&*client, who, now).await?;
+            return Err(AuthError::AuthenticationFailed);
+        }
+        _ => return Err(AuthError::CeremonyInvalid),
     };
-    let (tenant, user) = (taken.tenant, taken.user);
+    let (tenant, user) = owner?;
     let tx = client.transaction().await.map_err(StoreError::from)?;
     let active = tx
         .query_opt(
@@ -142,6 +151,7 @@ pub async fn finish_sign_in(
             .actor(user)
             .details(serde_json::json!({ "reason": "account_inactive" }));
         audit::record(&tx, tenant, &event, now).await?;
+        ratelimit::record_sign_in_failure(&tx, who, now).await?;
         tx.commit().await.map_err(StoreError::from)?;
         return Err(AuthError::AuthenticationFailed);
     }
@@ -161,10 +171,12 @@ pub async fn finish_sign_in(
     let credential = match verified {
         Ok(credential) => credential,
         Err(e) => {
+            ratelimit::record_sign_in_failure(&tx, who, now).await?;
             tx.commit().await.map_err(StoreError::from)?;
             return Err(e);
         }
     };
+    ratelimit::clear_sign_in_failures(&tx, who).await?;
     let (_, session) = session::create(&tx, tenant, user, Some(credential), now).await?;
     tx.commit().await.map_err(StoreError::from)?;
     Ok(SignedIn {
@@ -191,7 +203,14 @@ pub async fn start_step_up(
         session: actor.session_id,
         authenticating,
     };
-    let ceremony = wa::store_ceremony(client, actor.tenant, actor.user_id, &state, now).await?;
+    let ceremony = wa::store_ceremony(
+        client,
+        Some((actor.tenant, Some(actor.user_id))),
+        &state,
+        Binding::session(actor.session_id),
+        now,
+    )
+    .await?;
     Ok(Challenge { ceremony, options })
 }
 
@@ -205,7 +224,14 @@ pub async fn finish_step_up(
     response: &PublicKeyCredential,
     now: DateTime<Utc>,
 ) -> Result<Uuid, AuthError> {
-    let taken = wa::take_ceremony(&*client, ceremony, now).await?;
+    let taken = wa::take_ceremony(
+        &*client,
+        ceremony,
+        Some(Binding::session(actor.session_id)),
+        now,
+    )
+    .await?;
+    let (tenant, user) = taken.owner()?;
     let CeremonyState::StepUp {
         session: started_by,
         authenticating,
@@ -213,8 +239,7 @@ pub async fn finish_step_up(
     else {
         return Err(AuthError::CeremonyInvalid);
     };
-    if started_by != actor.session_id || taken.user != actor.user_id || taken.tenant != actor.tenant
-    {
+    if started_by != actor.session_id || user != actor.user_id || tenant != actor.tenant {
         return Err(AuthError::CeremonyInvalid);
     }
     let tx = client.transaction().await.map_err(StoreError::from)?;

@@ -11,8 +11,20 @@
 //!
 //! Ceremony state lives in `webauthn_ceremonies`: it is written when a ceremony starts, expires after
 //! [`CEREMONY_LIFETIME`], and is deleted by the statement that reads it ([`take_ceremony`]), so each
-//! ceremony can be finished once. A signature counter that does not move forward suspends the
-//! credential, writes an audit entry and mails the municipality's admins.
+//! ceremony can be finished once. Each is bound to what started it (a [`Binding`]: the ceremony
+//! cookie of a sign-in, the session of a step-up, the link of an enrolment); a finish must present
+//! the same binding, and at most [`ratelimit::MAX_OPEN_CEREMONIES`] live ceremonies are kept per
+//! binding, so nobody can finish or evict another client's ceremonies. A sign-in for an address
+//! without a usable account gets a *decoy* ceremony ([`decoy_request`]) that looks like a real one
+//! and fails like a wrong key.
+//!
+//! Assertions are checked beyond what webauthn-rs checks: `type` must be `public-key`, `id` must
+//! be `rawId` in base64url, and a `userHandle`, when present, must name the user the ceremony is
+//! for (WebAuthn §7.2 step 6). Authentication request options are normalised
+//! ([`request_options`]) to one shape for every kind of account, without hints, extensions or
+//! transports, so the answer does not tell a security key's holder from a homeowner's or from
+//! nobody. A signature counter that does not move forward suspends the credential, ends the
+//! sessions it opened, writes an audit entry and mails the municipality's admins.
 //!
 //! Account and invitation logic is in `accounts`; sessions in `session`; this module never sees HTTP.
 
@@ -25,12 +37,13 @@ use uuid::Uuid;
 use webauthn_rs::prelude::{
     AttestationCaList, AttestationCaListBuilder, AttestedPasskey, AttestedPasskeyAuthentication,
     AttestedPasskeyRegistration, AuthenticationResult, COSEKey, COSEKeyType, Credential, Passkey,
-    PasskeyAuthentication, PasskeyRegistration, PublicKeyCredential, Url, Webauthn,
-    WebauthnBuilder, WebauthnError,
+    PasskeyAuthentication, PasskeyRegistration, PublicKeyCredential, RequestChallengeResponse, Url,
+    Webauthn, WebauthnBuilder, WebauthnError,
 };
 
+use super::client::Binding;
 use super::error::AuthError;
-use super::ratelimit;
+use super::{ratelimit, session};
 use crate::audit::{self, Event, Outcome};
 use crate::domain::{Email, Role};
 use crate::notify::{self, Mail};
@@ -39,6 +52,8 @@ use crate::store::{StoreError, Tenant};
 
 /// How long a started ceremony may be finished.
 pub const CEREMONY_LIFETIME: Duration = Duration::minutes(5);
+/// The timeout the options tell the browser (the ceremony's lifetime).
+const CEREMONY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// The Yubico root of webauthn-rs's strict device list (`webauthn-rs-device-catalog`'s
 /// `Data::strict()`), with the AAGUIDs that list admits under it.
@@ -91,11 +106,7 @@ impl CredentialKind {
 pub fn relying_party(origin: &PublicOrigin) -> Result<Webauthn, AuthError> {
     let url = Url::parse(origin.as_str()).map_err(|e| AuthError::Configuration(e.to_string()))?;
     WebauthnBuilder::new(origin.host(), &url)
-        .and_then(|b| {
-            b.rp_name("firstkey")
-                .timeout(std::time::Duration::from_secs(300))
-                .build()
-        })
+        .and_then(|b| b.rp_name("firstkey").timeout(CEREMONY_TIMEOUT).build())
         .map_err(|e| AuthError::Configuration(e.to_string()))
 }
 
@@ -313,13 +324,15 @@ pub enum CeremonyState {
         /// webauthn-rs state.
         authenticating: Authenticating,
     },
+    /// A sign-in for an address without a usable account: no assertion can finish it.
+    Decoy,
 }
 
 impl CeremonyState {
     fn kind(&self) -> &'static str {
         match self {
             Self::Enrol { .. } => "registration",
-            Self::SignIn { .. } | Self::StepUp { .. } => "authentication",
+            Self::SignIn { .. } | Self::StepUp { .. } | Self::Decoy => "authentication",
         }
     }
 }
@@ -334,17 +347,23 @@ pub struct Challenge {
     pub options: serde_json::Value,
 }
 
-/// Stores a new ceremony for `user` and returns its id. Keeps at most
-/// [`ratelimit::MAX_OPEN_CEREMONIES`] live ceremonies per user and prunes expired ones.
+/// Stores a new ceremony bound to `binding` (for `user` of `tenant`; neither for a decoy of an
+/// unknown account) and returns its id. Keeps at most [`ratelimit::MAX_OPEN_CEREMONIES`] live
+/// ceremonies per binding, dropping that binding's oldest, and prunes expired ones. Nothing another
+/// client does can drop this client's ceremonies.
 pub async fn store_ceremony(
     client: &impl GenericClient,
-    tenant: Tenant,
-    user: Uuid,
+    owner: Option<(Tenant, Option<Uuid>)>,
     state: &CeremonyState,
+    binding: Binding,
     now: DateTime<Utc>,
 ) -> Result<Uuid, AuthError> {
     let id = Uuid::new_v4();
     let json = serde_json::to_value(state)?;
+    let (tenant, user) = match owner {
+        Some((tenant, user)) => (Some(tenant.id()), user),
+        None => (None, None),
+    };
     client
         .execute(
             "DELETE FROM webauthn_ceremonies WHERE expires_at <= $1",
@@ -355,16 +374,18 @@ pub async fn store_ceremony(
     client
         .execute(
             "DELETE FROM webauthn_ceremonies WHERE id IN (
-                 SELECT id FROM webauthn_ceremonies WHERE user_id = $1 ORDER BY created_at DESC OFFSET $2)",
-            &[&user, &(ratelimit::MAX_OPEN_CEREMONIES - 1)],
+                 SELECT id FROM webauthn_ceremonies WHERE client_hash = $1
+                 ORDER BY created_at DESC OFFSET $2)",
+            &[&binding.as_bytes(), &(ratelimit::MAX_OPEN_CEREMONIES - 1)],
         )
         .await
         .map_err(StoreError::from)?;
     client
         .execute(
-            "INSERT INTO webauthn_ceremonies (id, municipality_id, user_id, kind, state, created_at, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            &[&id, &tenant.id(), &user, &state.kind(), &json, &now, &(now + CEREMONY_LIFETIME)],
+            "INSERT INTO webauthn_ceremonies (id, municipality_id, user_id, kind, state, created_at, expires_at,
+                 client_hash)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[&id, &tenant, &user, &state.kind(), &json, &now, &(now + CEREMONY_LIFETIME), &binding.as_bytes()],
         )
         .await
         .map_err(crate::store::conflict_or_query)?;
@@ -374,40 +395,54 @@ pub async fn store_ceremony(
 /// A ceremony taken from the store.
 #[derive(Debug)]
 pub struct TakenCeremony {
-    /// Its municipality.
-    pub tenant: Tenant,
-    /// The user it was started for.
-    pub user: Uuid,
+    /// Its municipality (none for a decoy naming an unknown municipality).
+    pub tenant: Option<Tenant>,
+    /// The user it was started for (none for a decoy).
+    pub user: Option<Uuid>,
     /// Its state.
     pub state: CeremonyState,
 }
 
-/// Deletes and returns a live ceremony: a second call with the same id, or a call after it expired,
-/// is [`AuthError::CeremonyInvalid`]. Run it outside the caller's transaction so the ceremony stays
-/// used even when the rest of the finish fails.
+impl TakenCeremony {
+    /// The municipality and user of a real ceremony.
+    pub fn owner(&self) -> Result<(Tenant, Uuid), AuthError> {
+        match (self.tenant, self.user) {
+            (Some(tenant), Some(user)) => Ok((tenant, user)),
+            _ => Err(AuthError::CeremonyInvalid),
+        }
+    }
+}
+
+/// Deletes and returns a live ceremony bound to `binding` (any binding when `None`: an enrolment,
+/// whose link is found from the ceremony). A second call with the same id, a call after it
+/// expired, or a call with another binding is [`AuthError::CeremonyInvalid`]; a call with another
+/// binding leaves the ceremony to its client. Run it outside the caller's transaction so the
+/// ceremony stays used even when the rest of the finish fails.
 pub async fn take_ceremony(
     client: &impl GenericClient,
     id: Uuid,
+    binding: Option<Binding>,
     now: DateTime<Utc>,
 ) -> Result<TakenCeremony, AuthError> {
+    let hash: Option<&[u8]> = binding.as_ref().map(Binding::as_bytes);
     let row = client
         .query_opt(
-            "DELETE FROM webauthn_ceremonies WHERE id = $1 RETURNING municipality_id, user_id, state, expires_at",
-            &[&id],
+            "DELETE FROM webauthn_ceremonies WHERE id = $1 AND ($2::bytea IS NULL OR client_hash = $2)
+             RETURNING municipality_id, user_id, state, expires_at",
+            &[&id, &hash],
         )
         .await
         .map_err(StoreError::from)?
         .ok_or(AuthError::CeremonyInvalid)?;
     let expires_at: DateTime<Utc> = row.get(3);
-    let user: Option<Uuid> = row.get(1);
-    let (Some(user), true) = (user, expires_at > now) else {
+    if expires_at <= now {
         return Err(AuthError::CeremonyInvalid);
-    };
+    }
     let state: CeremonyState =
         serde_json::from_value(row.get(2)).map_err(|_| AuthError::CeremonyInvalid)?;
     Ok(TakenCeremony {
-        tenant: Tenant::assume(row.get(0)),
-        user,
+        tenant: row.get::<_, Option<Uuid>>(0).map(Tenant::assume),
+        user: row.get(1),
         state,
     })
 }
@@ -527,10 +562,7 @@ pub fn start_authentication(
             let (rcr, state) = rp
                 .start_attested_passkey_authentication(&keys)
                 .map_err(refused)?;
-            (
-                serde_json::to_value(rcr)?,
-                Authenticating::SecurityKey(state),
-            )
+            (request_options(rcr)?, Authenticating::SecurityKey(state))
         }
         CredentialKind::Passkey => {
             let keys: Vec<Passkey> = credentials
@@ -538,10 +570,54 @@ pub fn start_authentication(
                 .map(|c| c.credential.clone().into())
                 .collect();
             let (rcr, state) = rp.start_passkey_authentication(&keys).map_err(refused)?;
-            (serde_json::to_value(rcr)?, Authenticating::Passkey(state))
+            (request_options(rcr)?, Authenticating::Passkey(state))
         }
     };
     Ok(Some((options, state)))
+}
+
+/// The options of an authentication ceremony as sent to the client: one shape for every account
+/// (no hints, extensions, transports or mediation, which differ between security keys and
+/// passkeys). allowCredentials is what the browser needs; the rest is convenience, and the
+/// server-side checks (user verification, no backup eligibility for security keys) do not depend
+/// on it.
+pub fn request_options(mut rcr: RequestChallengeResponse) -> Result<serde_json::Value, AuthError> {
+    rcr.mediation = None;
+    rcr.public_key.hints = None;
+    rcr.public_key.extensions = None;
+    for allowed in &mut rcr.public_key.allow_credentials {
+        allowed.transports = None;
+    }
+    Ok(serde_json::to_value(rcr)?)
+}
+
+/// The options of a decoy sign-in: a fresh challenge over `credential_ids`, shaped by
+/// [`request_options`] like every real one.
+pub fn decoy_request(
+    rp_id: &str,
+    credential_ids: Vec<Vec<u8>>,
+) -> Result<serde_json::Value, AuthError> {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut challenge = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut challenge)
+        .map_err(|_| StoreError::Unavailable("system random number generator failed".to_owned()))?;
+    let timeout = u64::try_from(CEREMONY_TIMEOUT.as_millis()).unwrap_or(u64::MAX);
+    let allowed: Vec<serde_json::Value> = credential_ids
+        .iter()
+        .map(|id| serde_json::json!({ "type": "public-key", "id": URL_SAFE_NO_PAD.encode(id) }))
+        .collect();
+    // Through webauthn-rs's own type, so a decoy is serialised exactly as a real request is.
+    let rcr: RequestChallengeResponse = serde_json::from_value(serde_json::json!({
+        "publicKey": {
+            "challenge": URL_SAFE_NO_PAD.encode(challenge),
+            "timeout": timeout,
+            "rpId": rp_id,
+            "allowCredentials": allowed,
+            "userVerification": "required",
+        }
+    }))?;
+    request_options(rcr)
 }
 
 /// What an assertion is for, for the audit log.
@@ -574,10 +650,30 @@ pub struct Claimant {
     pub purpose: Purpose,
 }
 
+/// Why an assertion's JSON is refused before any cryptography: WebAuthn §7.2 steps webauthn-rs
+/// leaves to the relying party.
+fn assertion_format_refusal(user: Uuid, response: &PublicKeyCredential) -> Option<&'static str> {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    if response.type_ != "public-key" {
+        return Some("credential_type");
+    }
+    if response.id != URL_SAFE_NO_PAD.encode(response.raw_id.as_slice()) {
+        return Some("credential_id_mismatch");
+    }
+    // §7.2 step 6: a user handle, when the authenticator returns one, must be the user the
+    // ceremony is for (webauthn-rs's user id is the account's id).
+    match response.get_user_unique_id() {
+        Some(handle) if handle != user.as_bytes() => Some("user_handle_mismatch"),
+        _ => None,
+    }
+}
+
 /// Verifies an assertion of `user` against the ceremony state, inside `tx`. On success the credential's
 /// counter is stored and its row id returned. Every outcome is audited; a counter that did not move
-/// forward suspends the credential and tells the admins. The caller commits `tx` in every case (the
-/// audit entries and the suspension must stand even though the sign-in fails).
+/// forward suspends the credential, ends the sessions it opened and tells the admins. The caller
+/// commits `tx` in every case (the audit entries and the suspension must stand even though the
+/// sign-in fails) and counts failures against the client (`ratelimit`).
 pub async fn verify_assertion(
     tx: &impl GenericClient,
     rp: &Webauthn,
@@ -600,6 +696,10 @@ pub async fn verify_assertion(
         }
         event
     };
+    if let Some(reason) = assertion_format_refusal(user, response) {
+        audit::record(tx, tenant, &deny(reason, None), now).await?;
+        return Err(AuthError::AuthenticationFailed);
+    }
     let row = tx
         .query_opt(
             "SELECT id, kind, credential, status, sign_count FROM webauthn_credentials
@@ -610,7 +710,6 @@ pub async fn verify_assertion(
         .map_err(StoreError::from)?;
     let Some(row) = row else {
         audit::record(tx, tenant, &deny("unknown_credential", None), now).await?;
-        ratelimit::record_failure(tx, user, now).await?;
         return Err(AuthError::AuthenticationFailed);
     };
     let stored = stored_from_row(&row)?;
@@ -622,7 +721,6 @@ pub async fn verify_assertion(
             now,
         )
         .await?;
-        ratelimit::record_failure(tx, user, now).await?;
         return Err(AuthError::AuthenticationFailed);
     }
     let result = match (authenticating, stored.kind) {
@@ -656,7 +754,6 @@ pub async fn verify_assertion(
                     now,
                 )
                 .await?;
-                ratelimit::record_failure(tx, user, now).await?;
                 return Err(AuthError::AuthenticationFailed);
             }
             let mut credential = stored.credential.clone();
@@ -672,7 +769,6 @@ pub async fn verify_assertion(
                 .subject("credential", stored.id)
                 .details(serde_json::json!({ "kind": stored.kind.as_str() }));
             audit::record(tx, tenant, &event, now).await?;
-            ratelimit::clear_failures(tx, user).await?;
             Ok(stored.id)
         }
         Err(WebauthnError::CredentialPossibleCompromise) => {
@@ -684,13 +780,11 @@ pub async fn verify_assertion(
                 now,
             )
             .await?;
-            ratelimit::record_failure(tx, user, now).await?;
             Err(AuthError::AuthenticationFailed)
         }
         Err(e) => {
             tracing::info!(error = %e, "assertion refused");
             audit::record(tx, tenant, &deny("assertion_refused", Some(stored.id)), now).await?;
-            ratelimit::record_failure(tx, user, now).await?;
             Err(AuthError::AuthenticationFailed)
         }
     }
@@ -715,7 +809,8 @@ fn update_counter(
     }
 }
 
-/// Suspends a credential whose counter went backwards (a sign of a cloned key): audit entry
+/// Suspends a credential whose counter went backwards (a sign of a cloned key): the sessions it
+/// opened or last stepped up end (whoever holds the clone may have opened them), audit entry
 /// `auth.credential_suspended` and a mail to every active municipal admin.
 pub async fn suspend(
     tx: &impl GenericClient,
@@ -731,10 +826,14 @@ pub async fn suspend(
     )
     .await
     .map_err(StoreError::from)?;
+    let sessions_ended = session::end_opened_with(tx, tenant, credential, now).await?;
     let event = Event::new("auth.credential_suspended", Outcome::Info)
         .actor(user)
         .subject("credential", credential)
-        .details(serde_json::json!({ "reason": "counter_regression" }));
+        .details(serde_json::json!({
+            "reason": "counter_regression",
+            "sessions_ended": sessions_ended,
+        }));
     audit::record(tx, tenant, &event, now).await?;
     let holder = tx
         .query_opt(

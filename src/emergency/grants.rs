@@ -19,7 +19,9 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::incidents::{self, Incident};
-use super::{EmergencyError, Notice, notify_property, revoke_tokens_of_grant};
+use super::{
+    EmergencyError, Notice, notify_property, revoke_tokens_of_grant, revoke_tokens_of_responder,
+};
 use crate::access;
 use crate::audit::{self, Event, Outcome};
 use crate::auth::Actor;
@@ -675,6 +677,77 @@ pub async fn revoke(
     }
     tx.commit().await.map_err(StoreError::from)?;
     Ok(grant)
+}
+
+/// The account of `responder` was disabled by `by` (inside the caller's transaction): every live or
+/// waiting grant naming it in which no other active responder is named ends as a revocation does
+/// (its tokens revoked at the locks, audited, the homeowner told if it was live); grants that name
+/// active colleagues stay theirs. Then every token still live for `responder` is revoked at its
+/// lock. Returns how many grants ended and how many tokens were revoked.
+pub(crate) async fn end_for_disabled_responder(
+    tx: &impl GenericClient,
+    tenant: crate::store::Tenant,
+    by: Uuid,
+    responder: Uuid,
+    now: DateTime<Utc>,
+) -> Result<(usize, usize), StoreError> {
+    let rows = tx
+        .query(
+            "SELECT g.id, g.status, g.property_id, g.incident_id FROM grants g
+             JOIN grant_responders gr ON gr.municipality_id = g.municipality_id AND gr.grant_id = g.id
+             WHERE g.municipality_id = $1 AND gr.responder_id = $2
+               AND g.status IN ('live', 'awaiting_approval')
+               AND NOT EXISTS (
+                   SELECT 1 FROM grant_responders o
+                   JOIN users u ON u.municipality_id = o.municipality_id AND u.id = o.responder_id
+                   WHERE o.municipality_id = g.municipality_id AND o.grant_id = g.id
+                     AND o.responder_id <> $2 AND u.status = 'active')
+             ORDER BY g.id
+             FOR UPDATE OF g",
+            &[&tenant.id(), &responder],
+        )
+        .await?;
+    let mut tokens = 0;
+    for row in &rows {
+        let (grant_id, status): (Uuid, String) = (row.get(0), row.get(1));
+        let (property, incident): (Uuid, Uuid) = (row.get(2), row.get(3));
+        tx.execute(
+            "UPDATE grants SET status = 'revoked', ended_at = $3, end_reason = 'revoked'
+             WHERE municipality_id = $1 AND id = $2",
+            &[&tenant.id(), &grant_id, &now],
+        )
+        .await?;
+        let revoked = revoke_tokens_of_grant(tx, tenant, grant_id, now).await?;
+        tokens += revoked;
+        let event = Event::new("grant.revoke", Outcome::Info)
+            .actor(by)
+            .subject("grant", grant_id)
+            .property(property)
+            .incident(incident)
+            .details(serde_json::json!({
+                "tokens_revoked": revoked,
+                "reason": "responder_disabled",
+            }));
+        audit::record(tx, tenant, &event, now).await?;
+        if status == "live" {
+            notify_property(
+                tx,
+                tenant,
+                property,
+                &Notice {
+                    kind: "grant.revoked",
+                    event: grant_id.to_string(),
+                    subject: "firstkey: emergency entry to your home was revoked",
+                    text: "The emergency entry to your home was withdrawn: the responder's account \
+                           was disabled. Any unused entry token was withdrawn from your locks.",
+                },
+                now,
+            )
+            .await?;
+        }
+    }
+    tokens += revoke_tokens_of_responder(tx, tenant, responder, now).await?;
+    Ok((rows.len(), tokens))
 }
 
 /// A grant as a dispatcher of the municipality, or a responder it names, may see it.

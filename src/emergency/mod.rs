@@ -155,7 +155,38 @@ pub(crate) async fn revoke_tokens_of_grant(
             &[&tenant.id(), &grant, &now],
         )
         .await?;
-    for row in &rows {
+    queue_revocations(tx, tenant, &rows, now).await
+}
+
+/// Marks every live token minted for `responder` (under any grant) revoked and queues a revocation
+/// for each one's lock, inside `tx`, as [`revoke_tokens_of_grant`] does. Returns how many were
+/// revoked.
+pub(crate) async fn revoke_tokens_of_responder(
+    tx: &impl GenericClient,
+    tenant: Tenant,
+    responder: Uuid,
+    now: DateTime<Utc>,
+) -> Result<usize, StoreError> {
+    let rows = tx
+        .query(
+            "UPDATE issued_tokens SET status = 'revoked', revoked_at = $3
+             WHERE municipality_id = $1 AND responder_id = $2 AND status IN ('issued', 'delivered')
+               AND expires_at > $3
+             RETURNING lock_id, token_hash, expires_at",
+            &[&tenant.id(), &responder, &now],
+        )
+        .await?;
+    queue_revocations(tx, tenant, &rows, now).await
+}
+
+/// Queues a revocation to each revoked token's lock (rows: lock id, token hash, expiry).
+async fn queue_revocations(
+    tx: &impl GenericClient,
+    tenant: Tenant,
+    rows: &[tokio_postgres::Row],
+    now: DateTime<Utc>,
+) -> Result<usize, StoreError> {
+    for row in rows {
         let lock: Uuid = row.get(0);
         let hash: Vec<u8> = row.get(1);
         let expires_at: DateTime<Utc> = row.get(2);

@@ -4,7 +4,8 @@
 //!
 //! Ceremonies are two calls: `…/start` returns `{ceremony, options}` (pass `options` to
 //! `navigator.credentials.create()`/`get()`), `…/finish` takes `{ceremony, credential}`. A finish that
-//! signs in answers with the session cookie.
+//! signs in answers with the session cookie. A sign-in start also sets the ceremony cookie
+//! (`__Host-firstkey-ceremony`, see `auth::client`); the finish must carry it, as a browser does.
 
 use actix_web::{HttpRequest, HttpResponse, delete, get, post, web};
 use chrono::{DateTime, Utc};
@@ -16,8 +17,9 @@ use webauthn_rs::prelude::{PublicKeyCredential, RegisterPublicKeyCredential};
 use super::AppState;
 use super::error::{ApiError, Problem};
 use crate::auth::accounts::{self, Invitation, LinkKind, NewInvitation, SignedIn};
+use crate::auth::client::{self, AuthKeys, Binding, CeremonyClient};
 use crate::auth::error::AuthError;
-use crate::auth::ratelimit::{self, Decision};
+use crate::auth::ratelimit::{self, Decision, SignInClient};
 use crate::auth::session::{self, Actor};
 use crate::auth::signin;
 use crate::auth::webauthn::{self, Challenge, TrustedCa, relying_party};
@@ -226,9 +228,8 @@ async fn signed_in_response(
     tag = "identity",
     request_body = SignInStart,
     responses(
-        (status = 200, description = "WebAuthn request options", body = Challenge),
+        (status = 200, description = "WebAuthn request options, for every address alike (an address without a usable account gets a decoy no assertion finishes); `Set-Cookie` carries the ceremony cookie the finish needs", body = Challenge),
         (status = 400, description = "Malformed request", body = Problem),
-        (status = 401, description = "No usable credential", body = Problem),
         (status = 429, description = "Too many attempts; see Retry-After", body = Problem)
     )
 )]
@@ -241,18 +242,31 @@ async fn sign_in_start(
 ) -> Result<HttpResponse, ApiError> {
     let municipality = Slug::parse(&body.municipality)?;
     let email = Email::parse(&body.email)?;
+    let now = state.clock.now();
+    let keys = AuthKeys::derive(&state.kek);
+    let cookie = req.cookie(client::COOKIE);
+    let ceremony_client =
+        CeremonyClient::of_request(&keys, cookie.as_ref().map(|c| c.value()), now)?;
+    let who = SignInClient {
+        address: req.peer_addr().map(|a| a.ip()),
+        binding: ceremony_client.binding(),
+        returning: ceremony_client.returning(),
+    };
     let client = connection(&state).await?;
-    let address = req.peer_addr().map(|a| a.ip());
     let challenge = signin::start_sign_in(
         &client,
         &rp(&state)?,
+        state.settings.public_origin.host(),
+        &keys,
         &municipality,
         &email,
-        address,
-        state.clock.now(),
+        &who,
+        now,
     )
     .await?;
-    Ok(HttpResponse::Ok().json(challenge))
+    Ok(HttpResponse::Ok()
+        .cookie(ceremony_client.cookie(now))
+        .json(challenge))
 }
 
 /// Finishes signing in; sets the session cookie.
@@ -263,7 +277,7 @@ async fn sign_in_start(
     request_body = FinishAssertion,
     responses(
         (status = 200, description = "Signed in; `Set-Cookie` carries the session", body = Me),
-        (status = 400, description = "Unknown, expired or used ceremony", body = Problem),
+        (status = 400, description = "Unknown, expired or used ceremony, or not this client's (the ceremony cookie of the start is missing or another)", body = Problem),
         (status = 401, description = "The assertion was refused", body = Problem)
     )
 )]
@@ -271,15 +285,27 @@ async fn sign_in_start(
 #[tracing::instrument(skip_all)]
 async fn sign_in_finish(
     state: web::Data<AppState>,
+    req: HttpRequest,
     body: web::Json<FinishAssertion>,
 ) -> Result<HttpResponse, ApiError> {
+    let now = state.clock.now();
+    let Some(cookie) = req.cookie(client::COOKIE) else {
+        return Err(AuthError::CeremonyInvalid.into());
+    };
+    let keys = AuthKeys::derive(&state.kek);
+    let who = SignInClient {
+        address: req.peer_addr().map(|a| a.ip()),
+        binding: Binding::client_cookie(cookie.value()),
+        returning: CeremonyClient::of_request(&keys, Some(cookie.value()), now)?.returning(),
+    };
     let mut client = connection(&state).await?;
     let signed_in = signin::finish_sign_in(
         &mut client,
         &rp(&state)?,
+        &who,
         body.ceremony,
         &body.credential,
-        state.clock.now(),
+        now,
     )
     .await?;
     drop(client);
@@ -624,7 +650,9 @@ async fn verify_finish(
     finish_registration(&state, &body).await
 }
 
-/// A municipal admin disables an account: its sessions end at once. Needs a fresh step-up.
+/// A municipal admin disables an account: its sessions end at once, the open invitations it sent
+/// are revoked, the grants naming it as their only active responder end and its override tokens
+/// are revoked at the locks. Needs a fresh step-up.
 #[utoipa::path(
     post,
     path = "/api/v1/accounts/{id}/disable",
@@ -651,9 +679,11 @@ async fn disable_account(
     actor.require_step_up(now)?;
     let mut client = connection(&state).await?;
     let tx = client.transaction().await.map_err(StoreError::from)?;
-    let ended = accounts::disable(&tx, &actor, path.into_inner(), now).await?;
+    let disabled = accounts::disable(&tx, &actor, path.into_inner(), now).await?;
     tx.commit().await.map_err(StoreError::from)?;
-    Ok(HttpResponse::Ok().json(SessionsEnded { ended }))
+    Ok(HttpResponse::Ok().json(SessionsEnded {
+        ended: disabled.sessions_ended,
+    }))
 }
 
 /// An attestation CA to admit.

@@ -467,15 +467,11 @@ async fn a_counter_that_goes_backwards_suspends_the_key_audits_and_tells_the_adm
         .get(0);
     assert_eq!(mailed, 1, "the municipal admin is told");
 
-    // The genuine key is suspended too: nobody signs in with that credential any more.
-    let start = post(
-        &app,
-        "/api/v1/auth/sign-in/start",
-        &json!({ "municipality": responder.slug, "email": responder.email }),
-        None,
-    )
-    .await;
-    assert_eq!(start.status(), 401);
+    // The genuine key is suspended too: nobody signs in with that credential any more (the start
+    // answers as for any address, but no longer offers the key's credential).
+    let (challenge, _) =
+        auth_helpers::start_sign_in(&app, &responder.slug, &responder.email, None).await;
+    assert!(responder.key.try_assert(&challenge["options"]).is_none());
 }
 
 #[tokio::test]
@@ -483,36 +479,34 @@ async fn a_replayed_or_expired_ceremony_fails() {
     let app = spawn_app().await;
     let tenant = municipality(&app, "replay-town").await;
     let mut dispatcher = sign_in_as(&app, tenant, Role::Dispatcher).await;
-    let start = |app: &TestApp, slug: String, email: String| {
-        let app_address = app.address.clone();
-        let http = app.http.clone();
-        async move {
-            http.post(format!("{app_address}/api/v1/auth/sign-in/start"))
-                .header("Origin", auth_helpers::ORIGIN)
-                .json(&json!({ "municipality": slug, "email": email }))
-                .send()
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()
-        }
-    };
 
-    let challenge = start(&app, dispatcher.slug.clone(), dispatcher.email.clone()).await;
+    let (challenge, cookie) =
+        auth_helpers::start_sign_in(&app, &dispatcher.slug, &dispatcher.email, None).await;
     let credential = dispatcher.key.assert(&challenge["options"]);
     let finish = json!({ "ceremony": challenge["ceremony"], "credential": credential });
     assert_eq!(
-        post(&app, "/api/v1/auth/sign-in/finish", &finish, None)
-            .await
-            .status(),
+        post(
+            &app,
+            "/api/v1/auth/sign-in/finish",
+            &finish,
+            cookie.as_deref()
+        )
+        .await
+        .status(),
         200
     );
-    let replayed = post(&app, "/api/v1/auth/sign-in/finish", &finish, None).await;
+    let replayed = post(
+        &app,
+        "/api/v1/auth/sign-in/finish",
+        &finish,
+        cookie.as_deref(),
+    )
+    .await;
     assert_eq!(replayed.status(), 400);
     assert!(session_cookie(&replayed).is_none());
 
-    let challenge = start(&app, dispatcher.slug.clone(), dispatcher.email.clone()).await;
+    let (challenge, cookie) =
+        auth_helpers::start_sign_in(&app, &dispatcher.slug, &dispatcher.email, None).await;
     let credential = dispatcher.key.assert(&challenge["options"]);
     let client = app.pool.get().await.unwrap();
     let id: Uuid = challenge["ceremony"].as_str().unwrap().parse().unwrap();
@@ -528,7 +522,7 @@ async fn a_replayed_or_expired_ceremony_fails() {
         &app,
         "/api/v1/auth/sign-in/finish",
         &json!({ "ceremony": challenge["ceremony"], "credential": credential }),
-        None,
+        cookie.as_deref(),
     )
     .await;
     assert_eq!(expired.status(), 400);
@@ -591,15 +585,11 @@ async fn disabling_an_account_ends_its_sessions_at_once() {
         .await
         .unwrap();
     assert_eq!(old.status(), 401);
-    // And the key no longer signs in.
-    let start = post(
-        &app,
-        "/api/v1/auth/sign-in/start",
-        &json!({ "municipality": responder.slug, "email": responder.email }),
-        None,
-    )
-    .await;
-    assert_eq!(start.status(), 401);
+    // And the key no longer signs in: the start answers as for any address, but does not offer
+    // the key's credential.
+    let (challenge, _) =
+        auth_helpers::start_sign_in(&app, &responder.slug, &responder.email, None).await;
+    assert!(responder.key.try_assert(&challenge["options"]).is_none());
     assert!(
         audit_actions(&app, tenant)
             .await
@@ -681,13 +671,18 @@ async fn a_cross_origin_post_is_refused() {
 }
 
 #[tokio::test]
-async fn rate_limits_hold_yet_a_dispatcher_with_a_security_key_still_signs_in() {
+async fn rate_limits_answer_every_account_alike_and_a_returning_console_still_signs_in() {
     let app = spawn_app().await;
     let tenant = municipality(&app, "flood-town").await;
     let mut dispatcher = sign_in_as(&app, tenant, Role::Dispatcher).await;
     let mut homeowner = sign_in_as(&app, tenant, Role::Homeowner).await;
+    // Both have signed in from their browsers before: those hold ceremony cookies.
+    dispatcher.sign_in(&app).await;
+    homeowner.sign_in(&app).await;
+    assert!(dispatcher.ceremony.is_some() && homeowner.ceremony.is_some());
 
-    // A flood of sign-in starts from this address.
+    // A flood of sign-in starts from this address by new clients; every address gets a challenge
+    // until the limit answers 429.
     let mut limited = None;
     for i in 0..(firstkey::auth::ratelimit::SIGN_IN_PER_ADDRESS + 5) {
         let response = post(
@@ -701,7 +696,7 @@ async fn rate_limits_hold_yet_a_dispatcher_with_a_security_key_still_signs_in() 
             limited = Some(response);
             break;
         }
-        assert_eq!(response.status(), 401);
+        assert_eq!(response.status(), 200);
     }
     let limited = limited.expect("the per-address limit answers 429");
     let retry_after: u64 = limited.headers()["retry-after"]
@@ -711,19 +706,26 @@ async fn rate_limits_hold_yet_a_dispatcher_with_a_security_key_still_signs_in() 
         .unwrap();
     assert!((1..=60).contains(&retry_after));
 
-    // A homeowner behind the same address waits…
-    let start = post(
-        &app,
-        "/api/v1/auth/sign-in/start",
-        &json!({ "municipality": "flood-town", "email": homeowner.email }),
-        None,
-    )
-    .await;
-    assert_eq!(start.status(), 429);
-    // …the dispatcher does not: the hardware key signs in.
+    // A new client behind that address waits whoever it names: staff, homeowner or nobody alike.
+    for email in [
+        dispatcher.email.as_str(),
+        homeowner.email.as_str(),
+        "nobody@flood-town.test",
+    ] {
+        let start = post(
+            &app,
+            "/api/v1/auth/sign-in/start",
+            &json!({ "municipality": "flood-town", "email": email }),
+            None,
+        )
+        .await;
+        assert_eq!(start.status(), 429, "{email}");
+    }
+    // Returning browsers are counted on their own: the dispatcher's console signs in (and so does
+    // the homeowner's: the answer does not depend on the account).
     dispatcher.sign_in(&app).await;
     assert_eq!(dispatcher.get(&app, "/api/v1/me").await.status(), 200);
-    let _ = &mut homeowner;
+    homeowner.sign_in(&app).await;
 
     // Sign-ups are limited per address too.
     let mut sign_up_limited = false;
@@ -756,15 +758,8 @@ async fn failed_assertions_slow_a_homeowner_down_but_do_not_lock() {
     ));
     let _ = &mut wrong;
     for _ in 0..=firstkey::auth::ratelimit::FREE_FAILURES {
-        let start = post(
-            &app,
-            "/api/v1/auth/sign-in/start",
-            &json!({ "municipality": "backoff-town", "email": homeowner.email }),
-            None,
-        )
-        .await;
-        assert_eq!(start.status(), 200);
-        let challenge: Value = start.json().await.unwrap();
+        let (challenge, cookie) =
+            auth_helpers::start_sign_in(&app, "backoff-town", &homeowner.email, None).await;
         let mut credential = homeowner.key.assert(&challenge["options"]);
         // Break the signature.
         let sig = credential["response"]["signature"]
@@ -779,7 +774,7 @@ async fn failed_assertions_slow_a_homeowner_down_but_do_not_lock() {
             &app,
             "/api/v1/auth/sign-in/finish",
             &json!({ "ceremony": challenge["ceremony"], "credential": credential }),
-            None,
+            cookie.as_deref(),
         )
         .await;
         assert_eq!(finish.status(), 401);
@@ -908,4 +903,540 @@ async fn an_admin_manages_the_attestation_cas_of_the_municipality() {
             .iter()
             .any(|(a, _, _)| a == "auth.attestation_ca_removed")
     );
+}
+
+// ------------------------------------------------------------------------------------------ ceremony binding
+
+#[tokio::test]
+async fn starts_naming_a_victim_neither_evict_nor_finish_the_victims_ceremonies() {
+    let app = spawn_app().await;
+    let tenant = municipality(&app, "evict-town").await;
+    let mut victim = sign_in_as(&app, tenant, Role::Dispatcher).await;
+    // The victim's browser has signed in before: it holds a ceremony cookie.
+    victim.sign_in(&app).await;
+    let (pending, _) = auth_helpers::start_sign_in(
+        &app,
+        &victim.slug,
+        &victim.email,
+        victim.ceremony.as_deref(),
+    )
+    .await;
+    let step = victim
+        .post(&app, "/api/v1/auth/step-up/start", &json!({}))
+        .await;
+    assert_eq!(step.status(), 200);
+    let step: Value = step.json().await.unwrap();
+
+    // An attacker names the victim 40 times as new clients, then 40 times with a cookie of its own.
+    let body = json!({ "municipality": victim.slug, "email": victim.email });
+    let mut attacker = None;
+    for _ in 0..40 {
+        let response = post(&app, "/api/v1/auth/sign-in/start", &body, None).await;
+        assert!([200, 429].contains(&response.status().as_u16()));
+        attacker = attacker.or(auth_helpers::ceremony_cookie(&response));
+    }
+    for _ in 0..40 {
+        let response = post(
+            &app,
+            "/api/v1/auth/sign-in/start",
+            &body,
+            attacker.as_deref(),
+        )
+        .await;
+        assert!([200, 429].contains(&response.status().as_u16()));
+    }
+
+    // The victim's pending sign-in and step-up both still finish.
+    let credential = victim.key.assert(&pending["options"]);
+    let finish = post(
+        &app,
+        "/api/v1/auth/sign-in/finish",
+        &json!({ "ceremony": pending["ceremony"], "credential": credential }),
+        victim.ceremony.as_deref(),
+    )
+    .await;
+    assert_eq!(finish.status(), 200, "the victim's sign-in survived");
+    let credential = victim.key.assert(&step["options"]);
+    let stepped = victim
+        .post(
+            &app,
+            "/api/v1/auth/step-up/finish",
+            &json!({ "ceremony": step["ceremony"], "credential": credential }),
+        )
+        .await;
+    assert_eq!(stepped.status(), 200, "the victim's step-up survived");
+
+    // A finish without the ceremony cookie, or with another client's, is refused and does not use
+    // the ceremony up; the victim's own browser then finishes it.
+    let (fresh, _) = auth_helpers::start_sign_in(
+        &app,
+        &victim.slug,
+        &victim.email,
+        victim.ceremony.as_deref(),
+    )
+    .await;
+    let credential = victim.key.assert(&fresh["options"]);
+    let finish = json!({ "ceremony": fresh["ceremony"], "credential": credential });
+    let bare = post(&app, "/api/v1/auth/sign-in/finish", &finish, None).await;
+    assert_eq!(bare.status(), 400);
+    let foreign = post(
+        &app,
+        "/api/v1/auth/sign-in/finish",
+        &finish,
+        attacker.as_deref(),
+    )
+    .await;
+    assert_eq!(foreign.status(), 400);
+    assert!(session_cookie(&foreign).is_none());
+    let own = post(
+        &app,
+        "/api/v1/auth/sign-in/finish",
+        &finish,
+        victim.ceremony.as_deref(),
+    )
+    .await;
+    assert_eq!(own.status(), 200);
+
+    // What the flood could store is bounded: one ceremony per new client the address limit let
+    // through, and a few for the attacker's own cookie.
+    let client = app.pool.get().await.unwrap();
+    let stored: i64 = client
+        .query_one("SELECT count(*) FROM webauthn_ceremonies", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let bound = i64::from(firstkey::auth::ratelimit::SIGN_IN_PER_ADDRESS)
+        + firstkey::auth::ratelimit::MAX_OPEN_CEREMONIES;
+    assert!(stored <= bound, "{stored} ceremonies stored");
+}
+
+// ------------------------------------------------------------------------------------------ no enumeration
+
+/// The JSON structure of a value: keys and types, without the values.
+fn shape(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            Value::Object(map.iter().map(|(k, v)| (k.clone(), shape(v))).collect())
+        }
+        Value::Array(items) => Value::Array(items.iter().map(shape).collect()),
+        Value::String(_) => json!("string"),
+        Value::Number(_) => json!("number"),
+        Value::Bool(_) => json!("bool"),
+        Value::Null => Value::Null,
+    }
+}
+
+fn header_names(response: &reqwest::Response) -> Vec<String> {
+    let mut names: Vec<String> = response
+        .headers()
+        .keys()
+        .map(|k| k.as_str().to_owned())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+#[tokio::test]
+async fn sign_in_start_answers_active_unknown_and_pending_addresses_alike() {
+    let app = spawn_app().await;
+    let tenant = municipality(&app, "same-town").await;
+    let mut dispatcher = sign_in_as(&app, tenant, Role::Dispatcher).await;
+    let homeowner = sign_in_as(&app, tenant, Role::Homeowner).await;
+    auth_helpers::bootstrap_admin(&app, tenant, "pending@same-town.test").await;
+    let cases = [
+        ("same-town", dispatcher.email.clone()),
+        ("same-town", homeowner.email.clone()),
+        ("same-town", "pending@same-town.test".to_owned()),
+        ("same-town", "nobody@same-town.test".to_owned()),
+        ("no-such-town", "nobody@no-such-town.test".to_owned()),
+    ];
+    let mut answers = Vec::new();
+    for (slug, email) in &cases {
+        let response = post(
+            &app,
+            "/api/v1/auth/sign-in/start",
+            &json!({ "municipality": slug, "email": email }),
+            None,
+        )
+        .await;
+        let status = response.status().as_u16();
+        let headers = header_names(&response);
+        let body: Value = response.json().await.unwrap();
+        answers.push((status, headers, shape(&body), body));
+    }
+    let (_, first_headers, first_shape, _) = &answers[0];
+    for ((status, headers, body_shape, body), case) in answers.iter().zip(&cases) {
+        assert_eq!(*status, 200, "{case:?}: {body}");
+        assert_eq!(headers, first_headers, "{case:?}");
+        assert_eq!(body_shape, first_shape, "{case:?}: {body}");
+        assert_eq!(
+            body["options"]["publicKey"]["allowCredentials"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1,
+            "{case:?}"
+        );
+    }
+
+    // A decoy is as stable as a real account: the same credential ids on every start, a new
+    // challenge each time.
+    let unknown = &answers[3].3;
+    let (again, _) =
+        auth_helpers::start_sign_in(&app, "same-town", "nobody@same-town.test", None).await;
+    assert_eq!(
+        again["options"]["publicKey"]["allowCredentials"],
+        unknown["options"]["publicKey"]["allowCredentials"]
+    );
+    assert_ne!(
+        again["options"]["publicKey"]["challenge"],
+        unknown["options"]["publicKey"]["challenge"]
+    );
+
+    // Finishing a decoy fails exactly as a wrong key does on a real account.
+    let (own, _) = auth_helpers::start_sign_in(&app, "same-town", &dispatcher.email, None).await;
+    let assertion = dispatcher.key.assert(&own["options"]);
+    let mut refusals = Vec::new();
+    for email in [homeowner.email.as_str(), "nobody@same-town.test"] {
+        let (challenge, cookie) = auth_helpers::start_sign_in(&app, "same-town", email, None).await;
+        let finish = post(
+            &app,
+            "/api/v1/auth/sign-in/finish",
+            &json!({ "ceremony": challenge["ceremony"], "credential": assertion }),
+            cookie.as_deref(),
+        )
+        .await;
+        let status = finish.status().as_u16();
+        let headers = header_names(&finish);
+        let body: Value = finish.json().await.unwrap();
+        refusals.push((status, headers, body));
+    }
+    assert_eq!(refusals[0].0, 401);
+    assert_eq!(refusals[0], refusals[1]);
+}
+
+// ------------------------------------------------------------------------------------------ strictness
+
+#[tokio::test]
+async fn sign_in_refuses_a_foreign_user_handle_a_wrong_type_and_an_id_unlike_raw_id() {
+    let app = spawn_app().await;
+    let tenant = municipality(&app, "strict-town").await;
+    let mut responder = sign_in_as(&app, tenant, Role::Responder).await;
+    let other = sign_in_as(&app, tenant, Role::Responder).await;
+    let b64 = |bytes: &[u8]| json!(URL_SAFE_NO_PAD.encode(bytes));
+    let foreign_handle = b64(other.user_id.as_bytes());
+    let own_handle = b64(responder.user_id.as_bytes());
+    type Tamper = Box<dyn Fn(&mut Value)>;
+    let tampers: [(&str, Tamper); 3] = [
+        (
+            "a userHandle naming another user",
+            Box::new(move |c: &mut Value| c["response"]["userHandle"] = foreign_handle.clone()),
+        ),
+        (
+            "type password",
+            Box::new(|c: &mut Value| c["type"] = json!("password")),
+        ),
+        (
+            "an id unlike rawId",
+            Box::new(move |c: &mut Value| c["id"] = b64(&[7u8; 32])),
+        ),
+    ];
+    for (what, tamper) in &tampers {
+        let (challenge, cookie) =
+            auth_helpers::start_sign_in(&app, &responder.slug, &responder.email, None).await;
+        let mut credential = responder.key.assert(&challenge["options"]);
+        tamper(&mut credential);
+        let finish = post(
+            &app,
+            "/api/v1/auth/sign-in/finish",
+            &json!({ "ceremony": challenge["ceremony"], "credential": credential }),
+            cookie.as_deref(),
+        )
+        .await;
+        assert_eq!(finish.status(), 401, "{what}");
+        assert!(session_cookie(&finish).is_none(), "{what}");
+    }
+    // The same assertion untampered, naming its own user, signs in.
+    let (challenge, cookie) =
+        auth_helpers::start_sign_in(&app, &responder.slug, &responder.email, None).await;
+    let mut credential = responder.key.assert(&challenge["options"]);
+    credential["response"]["userHandle"] = own_handle;
+    let finish = post(
+        &app,
+        "/api/v1/auth/sign-in/finish",
+        &json!({ "ceremony": challenge["ceremony"], "credential": credential }),
+        cookie.as_deref(),
+    )
+    .await;
+    assert_eq!(finish.status(), 200);
+
+    let reasons: Vec<String> = audit_actions(&app, tenant)
+        .await
+        .into_iter()
+        .filter(|(a, o, _)| a == "auth.sign_in" && o == "deny")
+        .filter_map(|(_, _, d)| d["reason"].as_str().map(str::to_owned))
+        .collect();
+    for reason in [
+        "user_handle_mismatch",
+        "credential_type",
+        "credential_id_mismatch",
+    ] {
+        assert!(reasons.iter().any(|r| r == reason), "{reason}: {reasons:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_refused_registration_says_which_check_failed() {
+    use webauthn_authenticator_rs::WebauthnAuthenticator;
+    let app = spawn_app().await;
+    let tenant = municipality(&app, "reasons-town").await;
+    let agency = fire(&app, tenant).await;
+    let (inviter, _) = auth_helpers::bootstrap_admin(&app, tenant, "boot@reasons-town.test").await;
+    let secret = auth_helpers::invitation(
+        &app,
+        tenant,
+        inviter,
+        Role::Responder,
+        Some(agency),
+        "r@reasons-town.test",
+    )
+    .await;
+    let (mut token, pem) = soft_token(true);
+    trust_ca(&app, tenant, &pem).await;
+    let rp_id_hash = ring::digest::digest(&ring::digest::SHA256, b"localhost");
+
+    type Change = Box<dyn Fn(&mut Value)>;
+    let keep = || -> Change { Box::new(|_: &mut Value| {}) };
+    let cases: Vec<(&str, Change, &str, Change)> = vec![
+        (
+            "origin",
+            Box::new(|o: &mut Value| o["publicKey"]["rp"]["id"] = json!("evil.example")),
+            "https://evil.example",
+            keep(),
+        ),
+        (
+            "challenge",
+            Box::new(|o: &mut Value| {
+                o["publicKey"]["challenge"] = json!(URL_SAFE_NO_PAD.encode([9u8; 32]))
+            }),
+            auth_helpers::ORIGIN,
+            keep(),
+        ),
+        (
+            "rp_id",
+            keep(),
+            auth_helpers::ORIGIN,
+            Box::new(move |r: &mut Value| {
+                // Flip a bit of the RP id hash inside the attestation object's authenticator data.
+                let object = r["response"]["attestationObject"].as_str().unwrap();
+                let mut bytes = URL_SAFE_NO_PAD.decode(object).unwrap();
+                let at = bytes
+                    .windows(32)
+                    .position(|w| w == rp_id_hash.as_ref())
+                    .expect("the RP id hash is in the attestation object");
+                bytes[at] ^= 1;
+                r["response"]["attestationObject"] = json!(URL_SAFE_NO_PAD.encode(bytes));
+            }),
+        ),
+        (
+            "credential_format",
+            keep(),
+            auth_helpers::ORIGIN,
+            Box::new(|r: &mut Value| r["type"] = json!("password")),
+        ),
+        (
+            "credential_format",
+            keep(),
+            auth_helpers::ORIGIN,
+            Box::new(|r: &mut Value| r["id"] = json!(URL_SAFE_NO_PAD.encode([7u8; 32]))),
+        ),
+    ];
+    for (reason, change_options, origin, change_response) in &cases {
+        let start = post(
+            &app,
+            "/api/v1/invitations/accept/start",
+            &json!({ "secret": secret }),
+            None,
+        )
+        .await;
+        assert_eq!(start.status(), 200);
+        let challenge: Value = start.json().await.unwrap();
+        let mut options = challenge["options"].clone();
+        change_options(&mut options);
+        let registration = token
+            .do_registration(
+                webauthn_rs::prelude::Url::parse(origin).unwrap(),
+                serde_json::from_value(options).unwrap(),
+            )
+            .unwrap();
+        let mut registration = serde_json::to_value(registration).unwrap();
+        change_response(&mut registration);
+        let finish = post(
+            &app,
+            "/api/v1/invitations/accept/finish",
+            &json!({ "ceremony": challenge["ceremony"], "credential": registration }),
+            None,
+        )
+        .await;
+        assert_eq!(finish.status(), 400, "{reason}");
+        let detail = problem_detail(finish).await;
+        assert!(
+            detail.starts_with(&format!("{reason}: ")),
+            "{reason}: {detail}"
+        );
+    }
+    let denied: Vec<String> = audit_actions(&app, tenant)
+        .await
+        .into_iter()
+        .filter(|(a, o, _)| a == "auth.enrol" && o == "deny")
+        .filter_map(|(_, _, d)| d["reason"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        denied,
+        [
+            "origin",
+            "challenge",
+            "rp_id",
+            "credential_format",
+            "credential_format"
+        ]
+    );
+    // The link still works for a registration that verifies.
+    let mut key = TestKey::Token(Box::new(token));
+    assert_eq!(
+        enrol(&app, "/api/v1/invitations/accept", &secret, &mut key)
+            .await
+            .status(),
+        200
+    );
+}
+
+// ------------------------------------------------------------------------------------------ what disabling takes away
+
+#[tokio::test]
+async fn disabling_an_admin_revokes_the_invitations_it_sent() {
+    let app = spawn_app().await;
+    let tenant = municipality(&app, "rogue-town").await;
+    let agency = fire(&app, tenant).await;
+    let rogue = sign_in_as(&app, tenant, Role::MunicipalAdmin).await;
+    let chief = sign_in_as(&app, tenant, Role::MunicipalAdmin).await;
+    for (role, email) in [
+        ("municipal_admin", "accomplice@rogue-town.test"),
+        ("responder", "helper@rogue-town.test"),
+    ] {
+        let invitation =
+            json!({ "role": role, "agency_id": agency, "email": email, "display_name": "X" });
+        let created = rogue.post(&app, "/api/v1/invitations", &invitation).await;
+        assert_eq!(created.status(), 201);
+    }
+    let accomplice = mailed_secret(&app, "accomplice@rogue-town.test", "account.invitation")
+        .await
+        .unwrap();
+    let helper = mailed_secret(&app, "helper@rogue-town.test", "account.invitation")
+        .await
+        .unwrap();
+    // The helper has already started enrolling when the rogue is disabled.
+    let (mut token, pem) = soft_token(true);
+    trust_ca(&app, tenant, &pem).await;
+    let started = post(
+        &app,
+        "/api/v1/invitations/accept/start",
+        &json!({ "secret": helper }),
+        None,
+    )
+    .await;
+    assert_eq!(started.status(), 200);
+    let started: Value = started.json().await.unwrap();
+
+    let disabled = chief
+        .post(
+            &app,
+            &format!("/api/v1/accounts/{}/disable", rogue.user_id),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(disabled.status(), 200);
+
+    // Neither link works any more, not even the enrolment already under way.
+    let again = post(
+        &app,
+        "/api/v1/invitations/accept/start",
+        &json!({ "secret": accomplice }),
+        None,
+    )
+    .await;
+    assert_eq!(again.status(), 404);
+    use webauthn_authenticator_rs::WebauthnAuthenticator;
+    let registration = token
+        .do_registration(
+            auth_helpers::origin(),
+            serde_json::from_value(started["options"].clone()).unwrap(),
+        )
+        .unwrap();
+    let finish = post(
+        &app,
+        "/api/v1/invitations/accept/finish",
+        &json!({ "ceremony": started["ceremony"], "credential": registration }),
+        None,
+    )
+    .await;
+    assert_eq!(finish.status(), 404);
+    let client = app.pool.get().await.unwrap();
+    let admins: i64 = client
+        .query_one(
+            "SELECT count(*) FROM user_roles WHERE municipality_id = $1 AND role = 'municipal_admin'",
+            &[&tenant.id()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(admins, 2, "nobody became an admin through the rogue's link");
+    let actions = audit_actions(&app, tenant).await;
+    let (_, _, details) = actions
+        .iter()
+        .find(|(a, _, _)| a == "account.disabled")
+        .unwrap();
+    assert_eq!(details["invitations_revoked"], 2);
+}
+
+#[tokio::test]
+async fn a_key_suspended_for_a_counter_regression_ends_the_sessions_it_opened() {
+    let app = spawn_app().await;
+    let tenant = municipality(&app, "cloned-town").await;
+    let mut responder = sign_in_as(&app, tenant, Role::Responder).await;
+    let auditor = sign_in_as(&app, tenant, Role::Auditor).await;
+    let enrolment_session = responder.cookie.clone();
+    let TestKey::Token(token) = &responder.key else {
+        panic!("responders hold a security key")
+    };
+    let clone = SoftToken::from_cbor(&token.to_cbor().unwrap()).unwrap();
+    responder.sign_in(&app).await;
+    let laptop = responder.cookie.clone();
+
+    let mut clone = TestKey::Token(Box::new(clone));
+    let refused = sign_in(&app, &responder.slug, &responder.email, &mut clone).await;
+    assert_eq!(refused.status(), 401);
+
+    for cookie in [enrolment_session, laptop] {
+        let me = app
+            .http
+            .get(format!("{}/api/v1/me", app.address))
+            .header("Cookie", cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(me.status(), 401, "a session the suspended key opened ended");
+    }
+    assert_eq!(
+        auditor.get(&app, "/api/v1/me").await.status(),
+        200,
+        "other keys' sessions stay"
+    );
+    let actions = audit_actions(&app, tenant).await;
+    let (_, _, details) = actions
+        .iter()
+        .find(|(a, _, _)| a == "auth.credential_suspended")
+        .unwrap();
+    assert_eq!(details["sessions_ended"], 2);
 }

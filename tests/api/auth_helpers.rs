@@ -56,6 +56,17 @@ impl TestKey {
         serde_json::to_value(reg).unwrap()
     }
 
+    /// Answers an authentication challenge, if it offers this authenticator's credential.
+    pub fn try_assert(&mut self, options: &Value) -> Option<Value> {
+        let rcr: RequestChallengeResponse = serde_json::from_value(options.clone()).unwrap();
+        let cred = match self {
+            Self::Token(t) => t.do_authentication(origin(), rcr),
+            Self::Passkey(p) => p.do_authentication(origin(), rcr),
+        }
+        .ok()?;
+        Some(serde_json::to_value(cred).unwrap())
+    }
+
     /// Answers an authentication challenge.
     pub fn assert(&mut self, options: &Value) -> Value {
         let rcr: RequestChallengeResponse = serde_json::from_value(options.clone()).unwrap();
@@ -86,6 +97,9 @@ pub struct TestUser {
     pub cookie: String,
     /// The authenticator holding the user's credential.
     pub key: TestKey,
+    /// `Cookie` header value of the ceremony cookie this user's "browser" holds, once a sign-in
+    /// start has set one: `__Host-firstkey-ceremony=…`.
+    pub ceremony: Option<String>,
 }
 
 impl TestUser {
@@ -122,10 +136,19 @@ impl TestUser {
         assert_eq!(finish.status(), 200, "step-up finish");
     }
 
-    /// A full sign-in ceremony; replaces the cookie with the new session's.
+    /// A full sign-in ceremony from this user's browser (keeping its ceremony cookie); replaces the
+    /// cookie with the new session's.
     pub async fn sign_in(&mut self, app: &TestApp) {
-        let response = sign_in(app, &self.slug, &self.email, &mut self.key).await;
+        let (response, ceremony) = sign_in_from(
+            app,
+            &self.slug,
+            &self.email,
+            &mut self.key,
+            self.ceremony.as_deref(),
+        )
+        .await;
         assert_eq!(response.status(), 200, "sign-in finish");
+        self.ceremony = ceremony.or(self.ceremony.take());
         self.cookie = session_cookie(&response).expect("sign-in sets the session cookie");
     }
 }
@@ -162,30 +185,71 @@ pub fn session_cookie(response: &reqwest::Response) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Runs sign-in start and finish with `key`; returns the finish response (start must succeed).
+/// `name=value` of the ceremony cookie a response sets.
+pub fn ceremony_cookie(response: &reqwest::Response) -> Option<String> {
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| {
+            v.starts_with("__Host-firstkey-ceremony=")
+                && !v.starts_with("__Host-firstkey-ceremony=;")
+        })
+        .and_then(|v| v.split(';').next())
+        .map(str::to_owned)
+}
+
+/// Runs sign-in start and finish with `key` from a new browser; returns the finish response (start
+/// must succeed).
 pub async fn sign_in(
     app: &TestApp,
     slug: &str,
     email: &str,
     key: &mut TestKey,
 ) -> reqwest::Response {
+    sign_in_from(app, slug, email, key, None).await.0
+}
+
+/// Starts a sign-in from a browser holding `ceremony` (a ceremony cookie) or none; returns the start
+/// response's challenge (start must succeed) and the ceremony cookie to finish with.
+pub async fn start_sign_in(
+    app: &TestApp,
+    slug: &str,
+    email: &str,
+    ceremony: Option<&str>,
+) -> (Value, Option<String>) {
     let start = post(
         app,
         "/api/v1/auth/sign-in/start",
         &json!({ "municipality": slug, "email": email }),
-        None,
+        ceremony,
     )
     .await;
     assert_eq!(start.status(), 200, "sign-in start");
-    let challenge: Value = start.json().await.unwrap();
+    let cookie = ceremony_cookie(&start).or(ceremony.map(str::to_owned));
+    (start.json().await.unwrap(), cookie)
+}
+
+/// Runs sign-in start and finish with `key` from a browser holding `ceremony` (or none); returns the
+/// finish response and the ceremony cookie the browser holds afterwards.
+pub async fn sign_in_from(
+    app: &TestApp,
+    slug: &str,
+    email: &str,
+    key: &mut TestKey,
+    ceremony: Option<&str>,
+) -> (reqwest::Response, Option<String>) {
+    let (challenge, cookie) = start_sign_in(app, slug, email, ceremony).await;
     let credential = key.assert(&challenge["options"]);
-    post(
+    let finish = post(
         app,
         "/api/v1/auth/sign-in/finish",
         &json!({ "ceremony": challenge["ceremony"], "credential": credential }),
-        None,
+        cookie.as_deref(),
     )
-    .await
+    .await;
+    (finish, cookie)
 }
 
 /// The municipality's slug.
@@ -435,5 +499,6 @@ pub async fn sign_in_as_in(
         agency_id,
         cookie,
         key,
+        ceremony: None,
     }
 }

@@ -1312,4 +1312,87 @@ async fn a_nul_in_any_free_text_field_is_a_400_naming_it_and_changes_nothing() {
 
     let after = row_counts(&w).await;
     assert_eq!(before, after, "a refused request changes nothing");
+// ------------------------------------------------------------------------------------------ a responder disabled
+
+#[tokio::test]
+async fn disabling_a_responder_ends_its_grants_and_revokes_its_tokens_at_the_locks() {
+    let w = world().await;
+    // A grant naming only the responder, and one naming it with a colleague.
+    let (_, alone) = live_fire_grant(&w).await;
+    let incident = open_incident(&w, "25-04799", "medical", w.fire).await;
+    let mut body = grant_body(&w, w.property);
+    body["responders"] = json!([w.responder.id, w.responder2.id]);
+    let (status, g) = grant(&w, incident, &w.dispatcher, body).await;
+    assert_eq!(status, 201, "{g}");
+    let shared: Uuid = g["id"].as_str().unwrap().parse().unwrap();
+    let mut hashes = Vec::new();
+    for (who, grant_id) in [
+        (&w.responder, alone),
+        (&w.responder, shared),
+        (&w.responder2, shared),
+    ] {
+        let (status, t) = request_token(&w, who, grant_id, w.lock).await;
+        assert_eq!(status, 201, "{t}");
+        hashes.push(token_hash(&token_bytes(&t)).0.to_vec());
+    }
+
+    let (status, body) = call(
+        &w.app,
+        Method::POST,
+        &format!("/api/v1/accounts/{}/disable", w.responder.id),
+        Some(&w.admin),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    let client = w.app.pool.get().await.unwrap();
+    let grant_status = |id: Uuid| {
+        let client = &client;
+        async move {
+            client
+                .query_one("SELECT status FROM grants WHERE id = $1", &[&id])
+                .await
+                .unwrap()
+                .get::<_, String>(0)
+        }
+    };
+    assert_eq!(grant_status(alone).await, "revoked", "its own grant ended");
+    assert_eq!(
+        grant_status(shared).await,
+        "live",
+        "the colleague keeps the shared grant"
+    );
+    let mut token_status = Vec::new();
+    for hash in &hashes {
+        token_status.push(
+            client
+                .query_one(
+                    "SELECT status FROM issued_tokens WHERE token_hash = $1",
+                    &[hash],
+                )
+                .await
+                .unwrap()
+                .get::<_, String>(0),
+        );
+    }
+    assert_eq!(token_status, ["revoked", "revoked", "issued"]);
+    // The lock is told about both of the responder's tokens, and only those.
+    let revoked: Vec<Vec<u8>> = inbox(&w, w.lock)
+        .await
+        .into_iter()
+        .filter(|(kind, _)| kind == "revocation")
+        .map(|(_, payload)| payload[..32].to_vec())
+        .collect();
+    assert_eq!(revoked.len(), 2);
+    assert!(revoked.contains(&hashes[0]) && revoked.contains(&hashes[1]));
+    assert!(!revoked.contains(&hashes[2]));
+    // The colleague still gets tokens under the shared grant.
+    assert_eq!(
+        request_token(&w, &w.responder2, shared, w.lock).await.0,
+        201
+    );
+    let actions = audit_actions(&w).await;
+    assert!(actions.iter().any(|(a, _, _)| a == "grant.revoke"));
+    assert!(actions.iter().any(|(a, _, _)| a == "account.disabled"));
 }
