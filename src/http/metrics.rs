@@ -1,5 +1,8 @@
 //! Prometheus metrics: request counts and latencies per route pattern (never per raw path, so an
 //! attacker cannot grow the series), and the database pool's state, read at scrape time.
+//!
+//! Every label value comes from a closed set: `method` is one of the standard methods or `other`,
+//! `route` a registered pattern or `unmatched`, `status` a status code the server itself sent.
 
 use std::time::Instant;
 
@@ -87,7 +90,7 @@ pub async fn observe(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
-    let method = req.method().as_str().to_owned();
+    let method = method_label(req.method());
     let route = req
         .match_pattern()
         .unwrap_or_else(|| "unmatched".to_owned());
@@ -101,11 +104,11 @@ pub async fn observe(
         let status = response.status().as_u16().to_string();
         metrics
             .requests
-            .with_label_values(&[method.as_str(), route.as_str(), status.as_str()])
+            .with_label_values(&[method, route.as_str(), status.as_str()])
             .inc();
         metrics
             .latency
-            .with_label_values(&[method.as_str(), route.as_str()])
+            .with_label_values(&[method, route.as_str()])
             .observe(started.elapsed().as_secs_f64());
     }
     if let Some(id) = request_id.and_then(|id: String| HeaderValue::from_str(&id).ok()) {
@@ -114,4 +117,22 @@ pub async fn observe(
             .insert(HeaderName::from_static("x-request-id"), id);
     }
     Ok(response)
+}
+
+/// The `method` label: the standard methods by name, every other method as `other`. A method is
+/// outside input; were it a label value as sent, each new one would add series without limit.
+fn method_label(method: &actix_web::http::Method) -> &'static str {
+    use actix_web::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
 }

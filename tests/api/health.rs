@@ -193,3 +193,43 @@ async fn https_is_served_with_rustls_when_cert_and_key_are_configured() {
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.ends_with("ok"), "{response}");
 }
+
+/// Issue 8 item 17: every distinct unknown HTTP method used to become a new label value, so anyone
+/// could grow `/metrics` without limit. Methods outside the standard set share one value.
+#[tokio::test]
+async fn odd_http_methods_do_not_grow_the_metric_series() {
+    let app = spawn_app().await;
+    let series = |text: &str| {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .count()
+    };
+    // One odd method first, so the shared series exist before the baseline.
+    let odd = |i: usize| reqwest::Method::from_bytes(format!("ODD{i}").as_bytes()).unwrap();
+    app.http
+        .request(odd(0), format!("{}/healthz", app.address))
+        .header("origin", "http://localhost:8080")
+        .send()
+        .await
+        .unwrap();
+    let before = series(&app.get("/metrics").await.text().await.unwrap());
+    for i in 1..=300 {
+        app.http
+            .request(odd(i), format!("{}/healthz", app.address))
+            // From our own origin, so the request passes the Origin check and reaches routing.
+            .header("origin", "http://localhost:8080")
+            .send()
+            .await
+            .unwrap();
+    }
+    let text = app.get("/metrics").await.text().await.unwrap();
+    let after = series(&text);
+    assert!(
+        !text.contains("ODD17"),
+        "a method outside the standard set never becomes a label value"
+    );
+    assert!(
+        after <= before + 20,
+        "300 odd methods grew the exposition from {before} to {after} series"
+    );
+}
