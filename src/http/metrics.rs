@@ -25,6 +25,7 @@ pub struct Metrics {
     pool_size: IntGauge,
     pool_available: IntGauge,
     pool_waiting: IntGauge,
+    db: crate::metrics::DbGauges,
 }
 
 impl Metrics {
@@ -59,6 +60,7 @@ impl Metrics {
         registry.register(Box::new(pool_size.clone()))?;
         registry.register(Box::new(pool_available.clone()))?;
         registry.register(Box::new(pool_waiting.clone()))?;
+        let db = crate::metrics::DbGauges::register(&registry)?;
         Ok(Self {
             registry,
             requests,
@@ -66,11 +68,14 @@ impl Metrics {
             pool_size,
             pool_available,
             pool_waiting,
+            db,
         })
     }
 
-    /// Renders all families in the Prometheus text format, refreshing the pool gauges first.
-    pub fn render(&self, pool: &Pool) -> Result<String, prometheus::Error> {
+    /// Renders all families in the Prometheus text format: refreshes the pool gauges and reads the
+    /// database gauges (bounded by [`crate::metrics::DB_GAUGE_TIMEOUT`]), then adds the process's
+    /// domain metrics ([`crate::metrics`]).
+    pub async fn render(&self, pool: &Pool) -> Result<String, prometheus::Error> {
         let status = pool.status();
         self.pool_size
             .set(i64::try_from(status.size).unwrap_or(i64::MAX));
@@ -78,8 +83,14 @@ impl Metrics {
             .set(i64::try_from(status.available).unwrap_or(i64::MAX));
         self.pool_waiting
             .set(i64::try_from(status.waiting).unwrap_or(i64::MAX));
+        self.db.refresh(pool).await;
+        let mut families = self.registry.gather();
+        if let Some(domain) = crate::metrics::domain() {
+            families.extend(domain.gather());
+        }
+        families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut buffer = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut buffer)?;
+        TextEncoder::new().encode(&families, &mut buffer)?;
         String::from_utf8(buffer).map_err(|e| prometheus::Error::Msg(e.to_string()))
     }
 }

@@ -233,3 +233,107 @@ async fn odd_http_methods_do_not_grow_the_metric_series() {
         "300 odd methods grew the exposition from {before} to {after} series"
     );
 }
+
+#[tokio::test]
+async fn metrics_show_the_domain_families_and_read_the_outbox_from_the_database() {
+    let app = spawn_app().await;
+    // A mail waiting for an hour, its last attempt failed: the outbox gauges come from the database.
+    app.pool
+        .get()
+        .await
+        .unwrap()
+        .batch_execute(
+            "INSERT INTO municipalities (id, slug, name, created_at)
+               VALUES ('00000000-0000-4000-8000-000000000001', 'metrics-town', 'Metrics Town', now());
+             INSERT INTO notification_outbox (id, municipality_id, dedupe_key, kind, recipient, subject,
+                 body_text, body_html, created_at, attempts, next_attempt_at, last_error)
+               VALUES ('00000000-0000-4000-8000-000000000002', '00000000-0000-4000-8000-000000000001',
+                 'metrics-test', 'test', 'someone@example.org', 's', 't', 'h',
+                 now() - interval '1 hour', 1, now() + interval '1 hour', 'relay refused')",
+        )
+        .await
+        .unwrap();
+    let text = app.get("/metrics").await.text().await.unwrap();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no sample {name} in:\n{text}"))
+    };
+    assert_eq!(value("firstkey_db_gauges_up"), 1.0);
+    assert_eq!(value("firstkey_outbox_depth"), 1.0);
+    assert_eq!(value("firstkey_outbox_failing"), 1.0);
+    assert!(
+        value("firstkey_outbox_oldest_age_seconds") >= 3600.0,
+        "{text}"
+    );
+    assert_eq!(value("firstkey_inbox_backlog"), 0.0);
+    assert_eq!(value("firstkey_inbox_oldest_unacked_age_seconds"), 0.0);
+    assert!(value("firstkey_audit_pending_entries") >= 0.0);
+    assert!(value("firstkey_audit_sealing_lag_seconds") >= 0.0);
+    assert!(value("firstkey_agents_connected") >= 0.0);
+    assert!(value("firstkey_tokens_issued_total") >= 0.0);
+    assert!(value("firstkey_pairing_failures_total") >= 0.0);
+    assert!(value("firstkey_mail_send_failures_total") >= 0.0);
+    let build = format!(
+        "firstkey_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(text.contains(&build), "{text}");
+    for family in [
+        "firstkey_receipts_stored_total",
+        "firstkey_receipt_batches_rejected_total",
+        "firstkey_policy_decisions_total",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {family} counter")),
+            "{family}:\n{text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn metrics_listen_serves_metrics_on_its_own_listener_only() {
+    let db = crate::helpers::fresh_database().await;
+    let mut config = crate::helpers::admin_config();
+    config.dbname(&db);
+    let mut settings = crate::helpers::test_settings(config.clone());
+    settings.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    let pool = firstkey::store::pool(config, 2).unwrap();
+    let app = firstkey::http::Application::build(
+        settings,
+        pool,
+        std::sync::Arc::new(firstkey::clock::SystemClock),
+    )
+    .unwrap();
+    let main = format!("http://{}", app.local_addr());
+    let metrics = format!("http://{}", app.metrics_addr().unwrap());
+    tokio::spawn(app.run_until_stopped());
+    let http = reqwest::Client::new();
+    let on_main = http.get(format!("{main}/metrics")).send().await.unwrap();
+    assert_eq!(
+        on_main.status(),
+        404,
+        "the main listener no longer serves /metrics"
+    );
+    assert_eq!(
+        http.get(format!("{main}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let separate = http.get(format!("{metrics}/metrics")).send().await.unwrap();
+    assert_eq!(separate.status(), 200);
+    let text = separate.text().await.unwrap();
+    assert!(text.contains("firstkey_db_gauges_up 1"), "{text}");
+    assert_eq!(
+        http.get(format!("{metrics}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404,
+        "the metrics listener serves /metrics only"
+    );
+}
