@@ -33,6 +33,7 @@ pub mod notify;
 pub mod pairing;
 pub mod plans;
 pub mod policy;
+pub mod probe;
 pub mod server;
 pub mod settings;
 pub mod store;

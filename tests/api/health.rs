@@ -337,3 +337,53 @@ async fn metrics_listen_serves_metrics_on_its_own_listener_only() {
         "the metrics listener serves /metrics only"
     );
 }
+
+/// `firstkey health` (the image's HEALTHCHECK) run as a process against a live server.
+fn health_probe(listen: &str) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_firstkey"))
+        .args(["health", "--timeout", "20"])
+        .current_dir(std::env::temp_dir())
+        .env("FIRSTKEY_LISTEN", listen)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_health_command_follows_readyz() {
+    let app = spawn_app().await;
+    let port = app.address.rsplit(':').next().unwrap().to_owned();
+    // The server listens on 127.0.0.1; a probe configured with 0.0.0.0 goes to loopback.
+    let listen = format!("0.0.0.0:{port}");
+    let ok = tokio::task::spawn_blocking({
+        let listen = listen.clone();
+        move || health_probe(&listen)
+    })
+    .await
+    .unwrap();
+    assert!(ok.status.success(), "{ok:?}");
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("answered 200"));
+
+    app.pool
+        .get()
+        .await
+        .unwrap()
+        .batch_execute("DELETE FROM refinery_schema_history")
+        .await
+        .unwrap();
+    let behind = tokio::task::spawn_blocking(move || health_probe(&listen))
+        .await
+        .unwrap();
+    assert_eq!(behind.status.code(), Some(1), "{behind:?}");
+    assert!(String::from_utf8_lossy(&behind.stderr).contains("503"), "{behind:?}");
+
+    // Nothing listening: a free port, found by binding and releasing it.
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let none = tokio::task::spawn_blocking(move || health_probe(&free.to_string()))
+        .await
+        .unwrap();
+    assert_eq!(none.status.code(), Some(1), "{none:?}");
+    assert!(String::from_utf8_lossy(&none.stderr).contains("nothing answers"), "{none:?}");
+}
