@@ -34,6 +34,13 @@ pub enum Command {
     Serve,
     /// Apply pending database migrations and exit. Running it again is a no-op.
     Migrate,
+    /// Ask the server running here (at `listen`, loopback for 0.0.0.0) whether it is ready:
+    /// `GET /readyz`. Exit 0 on 200, 1 otherwise. For container HEALTHCHECKs and probes.
+    Health {
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
+    },
     /// The whole story in one command: server, a simulated lock agent over TLS, a local SMTP sink
     /// (mail lands in .firstkey/demo/mail); homeowner plan → dispatcher grant → responder token →
     /// push to the lock → tap → door opens → receipt → mail, each step timed; then keeps serving.
@@ -250,6 +257,32 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Command::Health { timeout } = cli.command {
+        let result = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| {
+                rt.block_on(crate::probe::readyz(
+                    &settings,
+                    Duration::from_secs(timeout),
+                ))
+            });
+        return match result {
+            Ok(answer) if answer.status == 200 => {
+                println!("ready: {} answered 200", answer.url);
+                ExitCode::SUCCESS
+            }
+            Ok(answer) => {
+                eprintln!(
+                    "firstkey: not ready: {} answered {}",
+                    answer.url, answer.status
+                );
+                ExitCode::FAILURE
+            }
+            Err(e) => fail(&e),
+        };
+    }
     telemetry::init(settings.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -356,7 +389,10 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             println!("{slug} now admits security keys attested by {ca:?}");
             Ok(())
         }
-        Command::Openapi | Command::Policy(_) | Command::BenchFleet { .. } => Ok(()),
+        Command::Openapi
+        | Command::Policy(_)
+        | Command::BenchFleet { .. }
+        | Command::Health { .. } => Ok(()),
     }
 }
 

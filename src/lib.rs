@@ -13,6 +13,7 @@
 //! - [`auth`]: sessions, WebAuthn, accounts; [`audit`]: the hash-chained audit log;
 //!   [`notify`]: the mail outbox.
 //! - [`emergency`]: incidents, grants, override tokens, issuer keys and the CAD integration.
+//! - [`metrics`]: domain metrics (agents, tokens, receipts, mail, audit sealing, policy).
 //! - [`clock`], [`telemetry`]: time source and logging.
 
 pub mod access;
@@ -27,10 +28,12 @@ pub mod demo;
 pub mod domain;
 pub mod emergency;
 pub mod http;
+pub mod metrics;
 pub mod notify;
 pub mod pairing;
 pub mod plans;
 pub mod policy;
+pub mod probe;
 pub mod server;
 pub mod settings;
 pub mod store;

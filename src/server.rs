@@ -84,6 +84,9 @@ pub async fn serve(
     .await?;
     let app = Application::build(settings, database.pool.clone(), clock)?;
     tracing::info!(address = %app.local_addr(), scheme = app.scheme(), database = %database.description, "listening");
+    if let Some(address) = app.metrics_addr() {
+        tracing::info!(%address, "metrics listening (plain HTTP, /metrics only)");
+    }
     on_ready(&app);
     app.run_until_stopped().await?;
     channel.stop();

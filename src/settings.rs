@@ -46,6 +46,9 @@ pub struct Settings {
     /// Certificate chain and key of the agent channel; `None` generates a dev CA and server
     /// certificate in `key_dir` and writes the CA to `<key_dir>/agent-ca.pem` for provisioning.
     pub agent_tls: Option<TlsFiles>,
+    /// A separate plain-HTTP listener for `/metrics` only; when set, the main listener does not
+    /// serve `/metrics` (so it need not be reachable from where users come from).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// The origin (scheme, host, optional port) the server is reached at.
@@ -165,6 +168,7 @@ struct RawSettings {
     agent_listen: String,
     agent_tls_cert: Option<PathBuf>,
     agent_tls_key: Option<PathBuf>,
+    metrics_listen: Option<String>,
 }
 
 impl Default for RawSettings {
@@ -187,6 +191,7 @@ impl Default for RawSettings {
             agent_listen: "127.0.0.1:8443".to_owned(),
             agent_tls_cert: None,
             agent_tls_key: None,
+            metrics_listen: None,
         }
     }
 }
@@ -287,6 +292,15 @@ impl Settings {
             "agent_tls_key",
             raw.agent_tls_key,
         )?;
+        let metrics_listen = match raw.metrics_listen.filter(|m| !m.trim().is_empty()) {
+            None => None,
+            Some(addr) => Some(addr.parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    "metrics_listen",
+                    format!("{addr:?} is not an address like 0.0.0.0:9090"),
+                )
+            })?),
+        };
         let smtp = match raw.smtp_relay.filter(|r| !r.trim().is_empty()) {
             None => None,
             Some(relay) => {
@@ -347,6 +361,7 @@ impl Settings {
             token_lifetime: chrono::Duration::minutes(raw.token_lifetime_minutes),
             agent_listen,
             agent_tls,
+            metrics_listen,
         })
     }
 }
@@ -435,6 +450,7 @@ mod tests {
             ("FIRSTKEY_SMTP_RELAY", "mail.example.org", "smtp_relay"),
             ("FIRSTKEY_TLS_CERT", "/nonexistent.pem", "tls_key"),
             ("FIRSTKEY_AGENT_LISTEN", "nowhere", "agent_listen"),
+            ("FIRSTKEY_METRICS_LISTEN", "nowhere", "metrics_listen"),
             (
                 "FIRSTKEY_AGENT_TLS_KEY",
                 "/nonexistent.pem",

@@ -91,6 +91,7 @@ pub async fn store_batch(
     tx.execute("SELECT 1 FROM locks WHERE id = $1 FOR UPDATE", &[&lock.id])
         .await?;
     let (mut head_seq, mut head_hash) = head(&tx, lock.id).await?;
+    let (mut allowed, mut denied) = (0u64, 0u64);
     for encoded in receipts {
         let verified = match verify_one(encoded.as_ref(), &lock.device_public_key) {
             Ok(v) => v,
@@ -129,14 +130,32 @@ pub async fn store_batch(
             return Ok(rejected("malformed", Some(seq)));
         };
         store_one(&tx, lock, &verified, decided_at, now).await?;
+        if verified.body.outcome == TapOutcome::Allow {
+            allowed = allowed.saturating_add(1);
+        } else {
+            denied = denied.saturating_add(1);
+        }
         head_seq = seq;
         head_hash = verified.hash;
     }
     tx.commit().await?;
+    crate::metrics::count(|m| {
+        m.receipts_stored
+            .with_label_values(&["allow"])
+            .inc_by(allowed);
+        m.receipts_stored
+            .with_label_values(&["deny"])
+            .inc_by(denied);
+    });
     Ok(BatchOutcome::Stored { through: head_seq })
 }
 
 fn rejected(reason: &'static str, seq: Option<u64>) -> BatchOutcome {
+    crate::metrics::count(|m| {
+        m.receipt_batches_rejected
+            .with_label_values(&[reason])
+            .inc()
+    });
     BatchOutcome::Rejected { reason, seq }
 }
 

@@ -674,6 +674,7 @@ async fn authenticate(
             };
             if failures >= shared.options.max_pairing_failures {
                 tracing::warn!(lock = %id, "pairing refused: too many wrong codes");
+                crate::metrics::count(|m| m.pairing_failures.inc());
                 return Err(ErrorCode::AuthenticationFailed);
             }
             let code = PairingCode::derive(device_public_key, wire_id).display();
@@ -688,6 +689,7 @@ async fn authenticate(
                     ErrorCode::AuthenticationFailed
                 })?;
             if !paired {
+                crate::metrics::count(|m| m.pairing_failures.inc());
                 tx.execute(
                     "UPDATE lock_pairings SET failed_attempts = failed_attempts + 1 WHERE lock_id = $1",
                     &[&id],

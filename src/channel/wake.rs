@@ -47,6 +47,7 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
+        crate::metrics::count(|m| m.agents_connected.dec());
         if let Ok(mut map) = self.registry.sessions.lock()
             && let Some(list) = map.get_mut(&self.lock)
         {
@@ -71,6 +72,7 @@ impl Registry {
         if let Ok(mut map) = self.sessions.lock() {
             map.entry(lock).or_default().push((id, notify.clone()));
         }
+        crate::metrics::count(|m| m.agents_connected.inc());
         Registration {
             registry: self.clone(),
             lock,

@@ -246,6 +246,7 @@ pub async fn issue(
     )
     .await?;
     tx.commit().await.map_err(StoreError::from)?;
+    crate::metrics::count(|m| m.tokens_issued.inc());
     use base64::Engine;
     Ok(IssuedToken {
         token: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&bytes),

@@ -55,7 +55,8 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
-/// Prometheus text exposition: request counts and latencies, database pool state.
+/// Prometheus text exposition: request counts and latencies, database pool state, domain metrics
+/// (agents, tokens, receipts, pairing, mail, audit sealing, policy decisions; `crate::metrics`).
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format", body = String)))]
 #[get("/metrics")]
@@ -65,6 +66,7 @@ pub async fn metrics(
 ) -> Result<HttpResponse, ApiError> {
     let body = metrics
         .render(&state.pool)
+        .await
         .map_err(|e| ApiError::Internal(e.into()))?;
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")

@@ -1,5 +1,8 @@
 //! Prometheus metrics: request counts and latencies per route pattern (never per raw path, so an
 //! attacker cannot grow the series), and the database pool's state, read at scrape time.
+//!
+//! Every label value comes from a closed set: `method` is one of the standard methods or `other`,
+//! `route` a registered pattern or `unmatched`, `status` a status code the server itself sent.
 
 use std::time::Instant;
 
@@ -22,6 +25,7 @@ pub struct Metrics {
     pool_size: IntGauge,
     pool_available: IntGauge,
     pool_waiting: IntGauge,
+    db: crate::metrics::DbGauges,
 }
 
 impl Metrics {
@@ -56,6 +60,7 @@ impl Metrics {
         registry.register(Box::new(pool_size.clone()))?;
         registry.register(Box::new(pool_available.clone()))?;
         registry.register(Box::new(pool_waiting.clone()))?;
+        let db = crate::metrics::DbGauges::register(&registry)?;
         Ok(Self {
             registry,
             requests,
@@ -63,11 +68,14 @@ impl Metrics {
             pool_size,
             pool_available,
             pool_waiting,
+            db,
         })
     }
 
-    /// Renders all families in the Prometheus text format, refreshing the pool gauges first.
-    pub fn render(&self, pool: &Pool) -> Result<String, prometheus::Error> {
+    /// Renders all families in the Prometheus text format: refreshes the pool gauges and reads the
+    /// database gauges (bounded by [`crate::metrics::DB_GAUGE_TIMEOUT`]), then adds the process's
+    /// domain metrics ([`crate::metrics`]).
+    pub async fn render(&self, pool: &Pool) -> Result<String, prometheus::Error> {
         let status = pool.status();
         self.pool_size
             .set(i64::try_from(status.size).unwrap_or(i64::MAX));
@@ -75,8 +83,14 @@ impl Metrics {
             .set(i64::try_from(status.available).unwrap_or(i64::MAX));
         self.pool_waiting
             .set(i64::try_from(status.waiting).unwrap_or(i64::MAX));
+        self.db.refresh(pool).await;
+        let mut families = self.registry.gather();
+        if let Some(domain) = crate::metrics::domain() {
+            families.extend(domain.gather());
+        }
+        families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut buffer = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut buffer)?;
+        TextEncoder::new().encode(&families, &mut buffer)?;
         String::from_utf8(buffer).map_err(|e| prometheus::Error::Msg(e.to_string()))
     }
 }
@@ -87,7 +101,7 @@ pub async fn observe(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
-    let method = req.method().as_str().to_owned();
+    let method = method_label(req.method());
     let route = req
         .match_pattern()
         .unwrap_or_else(|| "unmatched".to_owned());
@@ -101,11 +115,11 @@ pub async fn observe(
         let status = response.status().as_u16().to_string();
         metrics
             .requests
-            .with_label_values(&[method.as_str(), route.as_str(), status.as_str()])
+            .with_label_values(&[method, route.as_str(), status.as_str()])
             .inc();
         metrics
             .latency
-            .with_label_values(&[method.as_str(), route.as_str()])
+            .with_label_values(&[method, route.as_str()])
             .observe(started.elapsed().as_secs_f64());
     }
     if let Some(id) = request_id.and_then(|id: String| HeaderValue::from_str(&id).ok()) {
@@ -114,4 +128,22 @@ pub async fn observe(
             .insert(HeaderName::from_static("x-request-id"), id);
     }
     Ok(response)
+}
+
+/// The `method` label: the standard methods by name, every other method as `other`. A method is
+/// outside input; were it a label value as sent, each new one would add series without limit.
+fn method_label(method: &actix_web::http::Method) -> &'static str {
+    use actix_web::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
 }

@@ -47,6 +47,9 @@ pub struct Application {
     /// Seals pending audit entries while the server runs (every replica runs one; they take turns
     /// per municipality under the sealing lock).
     sealer: tokio::task::JoinHandle<()>,
+    /// The separate `/metrics` listener (`metrics_listen`), stopped with the main server.
+    metrics_server: Option<Server>,
+    metrics_addr: Option<SocketAddr>,
     local_addr: SocketAddr,
     scheme: &'static str,
 }
@@ -59,6 +62,18 @@ impl Application {
         let local_addr = listener.local_addr()?;
         let tls = settings.tls.as_ref().map(server_tls_config).transpose()?;
         let hsts = settings.public_origin.as_str().starts_with("https://");
+        let metrics_listener = settings
+            .metrics_listen
+            .map(|addr| {
+                TcpListener::bind(addr)
+                    .with_context(|| format!("setting `metrics_listen`: cannot listen on {addr}"))
+            })
+            .transpose()?;
+        let metrics_addr = metrics_listener
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()?;
+        let metrics_on_main = metrics_listener.is_none();
         let metrics = web::Data::new(Metrics::new().context("metrics registry")?);
         let kek = match &settings.data_key {
             Some(key) => {
@@ -84,6 +99,25 @@ impl Application {
             kek,
             policy: Arc::new(policy),
         });
+        let metrics_server = match metrics_listener {
+            None => None,
+            Some(listener) => {
+                let (state, metrics) = (state.clone(), metrics.clone());
+                Some(
+                    HttpServer::new(move || {
+                        App::new()
+                            .app_data(state.clone())
+                            .app_data(metrics.clone())
+                            .service(health::metrics)
+                    })
+                    .workers(1)
+                    .disable_signals()
+                    .shutdown_timeout(1)
+                    .listen(listener)?
+                    .run(),
+                )
+            }
+        };
         let factory = move || {
             let mut headers = DefaultHeaders::new()
                 .add(("X-Content-Type-Options", "nosniff"))
@@ -124,7 +158,7 @@ impl Application {
                 .wrap(from_fn(metrics::observe))
                 .wrap(headers)
                 .wrap(TracingLogger::default())
-                .configure(routes)
+                .configure(|cfg| routes(cfg, metrics_on_main))
                 .default_service(web::to(|| async {
                     Err::<HttpResponse, _>(error::ApiError::NotFound)
                 }))
@@ -137,6 +171,8 @@ impl Application {
         Ok(Self {
             server: server.run(),
             sealer,
+            metrics_server,
+            metrics_addr,
             local_addr,
             scheme,
         })
@@ -152,6 +188,11 @@ impl Application {
         self.local_addr
     }
 
+    /// The bound address of the separate `/metrics` listener, when `metrics_listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
     /// `http` or `https`.
     pub fn scheme(&self) -> &'static str {
         self.scheme
@@ -159,18 +200,28 @@ impl Application {
 
     /// Runs until the server is stopped (SIGINT/SIGTERM).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let metrics = self.metrics_server.map(|server| {
+            let handle = server.handle();
+            (handle, tokio::spawn(server))
+        });
         let result = self.server.await;
         self.sealer.abort();
+        if let Some((handle, task)) = metrics {
+            handle.stop(true).await;
+            let _ = task.await;
+        }
         result
     }
 }
 
 /// All routes. Keep in step with [`openapi::ApiDoc`]; a test fails when the document drifts.
-fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(health::healthz)
-        .service(health::readyz)
-        .service(health::metrics)
-        .configure(auth::routes)
+/// `/metrics` is left out when it has a listener of its own (`metrics_listen`).
+fn routes(cfg: &mut web::ServiceConfig, with_metrics: bool) {
+    cfg.service(health::healthz).service(health::readyz);
+    if with_metrics {
+        cfg.service(health::metrics);
+    }
+    cfg.configure(auth::routes)
         .configure(properties::routes)
         .configure(dispatch::routes)
         .configure(tokens::routes)

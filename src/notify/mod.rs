@@ -182,10 +182,12 @@ pub async fn deliver_due(
                 )
                 .await
                 .map_err(StoreError::from)?;
+                crate::metrics::count(|m| m.mail_sent.inc());
                 sent += 1;
             }
             Err(e) => {
                 tracing::warn!(mail = %id, attempts = attempts + 1, error = %e, "mail delivery failed; will retry");
+                crate::metrics::count(|m| m.mail_send_failures.inc());
                 tx.execute(
                     "UPDATE notification_outbox SET attempts = attempts + 1, last_error = $2, next_attempt_at = $3 WHERE id = $1",
                     &[&id, &e, &(now + backoff(attempts))],

@@ -174,6 +174,7 @@ impl PolicyEngine {
             Ok(built) => built,
             Err(reason) => {
                 tracing::warn!(action = request.action().as_str(), %reason, "policy request refused by the schema");
+                count_decision(request.action().as_str(), false);
                 return AuthzDecision {
                     allowed: false,
                     policy_set_hash: self.hash,
@@ -197,13 +198,25 @@ impl PolicyEngine {
                 "policy evaluation errors; denying"
             );
         }
+        let allowed = response.decision() == Decision::Allow && errors.is_empty();
+        count_decision(request.action().as_str(), allowed);
         AuthzDecision {
-            allowed: response.decision() == Decision::Allow && errors.is_empty(),
+            allowed,
             policy_set_hash: self.hash,
             determining_policies,
             errors,
         }
     }
+}
+
+/// Counts a decision in `firstkey_policy_decisions_total` (the action names are a closed set).
+fn count_decision(action: &'static str, allowed: bool) {
+    let decision = if allowed { "allow" } else { "deny" };
+    crate::metrics::count(|m| {
+        m.policy_decisions
+            .with_label_values(&[action, decision])
+            .inc();
+    });
 }
 
 /// Checks the policy set in `dir` (for `firstkey policy check DIR`): every `*.cedar` file,

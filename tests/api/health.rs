@@ -193,3 +193,197 @@ async fn https_is_served_with_rustls_when_cert_and_key_are_configured() {
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.ends_with("ok"), "{response}");
 }
+
+/// Issue 8 item 17: every distinct unknown HTTP method used to become a new label value, so anyone
+/// could grow `/metrics` without limit. Methods outside the standard set share one value.
+#[tokio::test]
+async fn odd_http_methods_do_not_grow_the_metric_series() {
+    let app = spawn_app().await;
+    let series = |text: &str| {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .count()
+    };
+    // One odd method first, so the shared series exist before the baseline.
+    let odd = |i: usize| reqwest::Method::from_bytes(format!("ODD{i}").as_bytes()).unwrap();
+    app.http
+        .request(odd(0), format!("{}/healthz", app.address))
+        .header("origin", "http://localhost:8080")
+        .send()
+        .await
+        .unwrap();
+    let before = series(&app.get("/metrics").await.text().await.unwrap());
+    for i in 1..=300 {
+        app.http
+            .request(odd(i), format!("{}/healthz", app.address))
+            // From our own origin, so the request passes the Origin check and reaches routing.
+            .header("origin", "http://localhost:8080")
+            .send()
+            .await
+            .unwrap();
+    }
+    let text = app.get("/metrics").await.text().await.unwrap();
+    let after = series(&text);
+    assert!(
+        !text.contains("ODD17"),
+        "a method outside the standard set never becomes a label value"
+    );
+    assert!(
+        after <= before + 20,
+        "300 odd methods grew the exposition from {before} to {after} series"
+    );
+}
+
+#[tokio::test]
+async fn metrics_show_the_domain_families_and_read_the_outbox_from_the_database() {
+    let app = spawn_app().await;
+    // A mail waiting for an hour, its last attempt failed: the outbox gauges come from the database.
+    app.pool
+        .get()
+        .await
+        .unwrap()
+        .batch_execute(
+            "INSERT INTO municipalities (id, slug, name, created_at)
+               VALUES ('00000000-0000-4000-8000-000000000001', 'metrics-town', 'Metrics Town', now());
+             INSERT INTO notification_outbox (id, municipality_id, dedupe_key, kind, recipient, subject,
+                 body_text, body_html, created_at, attempts, next_attempt_at, last_error)
+               VALUES ('00000000-0000-4000-8000-000000000002', '00000000-0000-4000-8000-000000000001',
+                 'metrics-test', 'test', 'someone@example.org', 's', 't', 'h',
+                 now() - interval '1 hour', 1, now() + interval '1 hour', 'relay refused')",
+        )
+        .await
+        .unwrap();
+    let text = app.get("/metrics").await.text().await.unwrap();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no sample {name} in:\n{text}"))
+    };
+    assert_eq!(value("firstkey_db_gauges_up"), 1.0);
+    assert_eq!(value("firstkey_outbox_depth"), 1.0);
+    assert_eq!(value("firstkey_outbox_failing"), 1.0);
+    assert!(
+        value("firstkey_outbox_oldest_age_seconds") >= 3600.0,
+        "{text}"
+    );
+    assert_eq!(value("firstkey_inbox_backlog"), 0.0);
+    assert_eq!(value("firstkey_inbox_oldest_unacked_age_seconds"), 0.0);
+    assert!(value("firstkey_audit_pending_entries") >= 0.0);
+    assert!(value("firstkey_audit_sealing_lag_seconds") >= 0.0);
+    assert!(value("firstkey_agents_connected") >= 0.0);
+    assert!(value("firstkey_tokens_issued_total") >= 0.0);
+    assert!(value("firstkey_pairing_failures_total") >= 0.0);
+    assert!(value("firstkey_mail_send_failures_total") >= 0.0);
+    let build = format!(
+        "firstkey_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(text.contains(&build), "{text}");
+    for family in [
+        "firstkey_receipts_stored_total",
+        "firstkey_receipt_batches_rejected_total",
+        "firstkey_policy_decisions_total",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {family} counter")),
+            "{family}:\n{text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn metrics_listen_serves_metrics_on_its_own_listener_only() {
+    let db = crate::helpers::fresh_database().await;
+    let mut config = crate::helpers::admin_config();
+    config.dbname(&db);
+    let mut settings = crate::helpers::test_settings(config.clone());
+    settings.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    let pool = firstkey::store::pool(config, 2).unwrap();
+    let app = firstkey::http::Application::build(
+        settings,
+        pool,
+        std::sync::Arc::new(firstkey::clock::SystemClock),
+    )
+    .unwrap();
+    let main = format!("http://{}", app.local_addr());
+    let metrics = format!("http://{}", app.metrics_addr().unwrap());
+    tokio::spawn(app.run_until_stopped());
+    let http = reqwest::Client::new();
+    let on_main = http.get(format!("{main}/metrics")).send().await.unwrap();
+    assert_eq!(
+        on_main.status(),
+        404,
+        "the main listener no longer serves /metrics"
+    );
+    assert_eq!(
+        http.get(format!("{main}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let separate = http.get(format!("{metrics}/metrics")).send().await.unwrap();
+    assert_eq!(separate.status(), 200);
+    let text = separate.text().await.unwrap();
+    assert!(text.contains("firstkey_db_gauges_up 1"), "{text}");
+    assert_eq!(
+        http.get(format!("{metrics}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404,
+        "the metrics listener serves /metrics only"
+    );
+}
+
+/// `firstkey health` (the image's HEALTHCHECK) run as a process against a live server.
+fn health_probe(listen: &str) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_firstkey"))
+        .args(["health", "--timeout", "20"])
+        .current_dir(std::env::temp_dir())
+        .env("FIRSTKEY_LISTEN", listen)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_health_command_follows_readyz() {
+    let app = spawn_app().await;
+    let port = app.address.rsplit(':').next().unwrap().to_owned();
+    // The server listens on 127.0.0.1; a probe configured with 0.0.0.0 goes to loopback.
+    let listen = format!("0.0.0.0:{port}");
+    let ok = tokio::task::spawn_blocking({
+        let listen = listen.clone();
+        move || health_probe(&listen)
+    })
+    .await
+    .unwrap();
+    assert!(ok.status.success(), "{ok:?}");
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("answered 200"));
+
+    app.pool
+        .get()
+        .await
+        .unwrap()
+        .batch_execute("DELETE FROM refinery_schema_history")
+        .await
+        .unwrap();
+    let behind = tokio::task::spawn_blocking(move || health_probe(&listen))
+        .await
+        .unwrap();
+    assert_eq!(behind.status.code(), Some(1), "{behind:?}");
+    assert!(String::from_utf8_lossy(&behind.stderr).contains("503"), "{behind:?}");
+
+    // Nothing listening: a free port, found by binding and releasing it.
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let none = tokio::task::spawn_blocking(move || health_probe(&free.to_string()))
+        .await
+        .unwrap();
+    assert_eq!(none.status.code(), Some(1), "{none:?}");
+    assert!(String::from_utf8_lossy(&none.stderr).contains("nothing answers"), "{none:?}");
+}
