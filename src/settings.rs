@@ -46,6 +46,9 @@ pub struct Settings {
     /// Certificate chain and key of the agent channel; `None` generates a dev CA and server
     /// certificate in `key_dir` and writes the CA to `<key_dir>/agent-ca.pem` for provisioning.
     pub agent_tls: Option<TlsFiles>,
+    /// Longest time a grown audit log waits for a new signed checkpoint
+    /// (`audit_checkpoint_seconds`, default 10; the first checkpoint is signed at once).
+    pub audit_checkpoint_interval: std::time::Duration,
 }
 
 /// The origin (scheme, host, optional port) the server is reached at.
@@ -165,6 +168,7 @@ struct RawSettings {
     agent_listen: String,
     agent_tls_cert: Option<PathBuf>,
     agent_tls_key: Option<PathBuf>,
+    audit_checkpoint_seconds: u64,
 }
 
 impl Default for RawSettings {
@@ -187,6 +191,7 @@ impl Default for RawSettings {
             agent_listen: "127.0.0.1:8443".to_owned(),
             agent_tls_cert: None,
             agent_tls_key: None,
+            audit_checkpoint_seconds: 10,
         }
     }
 }
@@ -347,6 +352,7 @@ impl Settings {
             token_lifetime: chrono::Duration::minutes(raw.token_lifetime_minutes),
             agent_listen,
             agent_tls,
+            audit_checkpoint_interval: std::time::Duration::from_secs(raw.audit_checkpoint_seconds),
         })
     }
 }

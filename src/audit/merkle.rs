@@ -138,7 +138,11 @@ impl Frontier {
         let mut carry = leaf;
         let mut level = 0u8;
         while self.size & (1u64 << level) != 0 {
-            let Some(left) = self.hashes.get_mut(usize::from(level)).and_then(Option::take) else {
+            let Some(left) = self
+                .hashes
+                .get_mut(usize::from(level))
+                .and_then(Option::take)
+            else {
                 break;
             };
             carry = node_hash(&left, &carry);
@@ -573,8 +577,7 @@ mod tests {
                 verify_inclusion(&leaf_hash(&d[m]), m as u64, n as u64, &p, &root).unwrap();
             }
             for m in 0..=n {
-                let p =
-                    assemble(&consistency_ranges(m as u64, n as u64).unwrap(), lookup).unwrap();
+                let p = assemble(&consistency_ranges(m as u64, n as u64).unwrap(), lookup).unwrap();
                 assert_eq!(p, proof(m, &d[..n]), "consistency {m}→{n}");
                 let old = built.frontiers[m].root();
                 verify_consistency(m as u64, n as u64, &old, &root, &p).unwrap();

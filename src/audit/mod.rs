@@ -22,9 +22,12 @@ use uuid::Uuid;
 
 use crate::store::{StoreError, Tenant};
 
+pub mod log;
 pub mod merkle;
 pub mod note;
 pub mod tree;
+pub mod verify;
+pub mod witness;
 
 /// How a decision came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
@@ -342,15 +345,40 @@ pub async fn seal_all(pool: &deadpool_postgres::Pool) -> Result<u64, StoreError>
     Ok(sealed)
 }
 
-/// Seals pending entries forever, every `interval`; faults are logged and retried.
-pub async fn run_sealer(pool: deadpool_postgres::Pool, interval: std::time::Duration) {
+/// How the sealer task signs checkpoints (see [`log::sign_if_due`]).
+pub struct Checkpointing {
+    /// Where log keys are.
+    pub key_dir: std::path::PathBuf,
+    /// Longest wait of a grown log for a new checkpoint.
+    pub every: std::time::Duration,
+    /// Time source.
+    pub clock: std::sync::Arc<dyn crate::clock::Clock>,
+}
+
+/// Seals pending entries forever, every `interval`, and signs the checkpoints that are due; faults
+/// are logged and retried.
+pub async fn run_sealer(
+    pool: deadpool_postgres::Pool,
+    interval: std::time::Duration,
+    checkpointing: Checkpointing,
+) {
     loop {
-        match seal_all(&pool).await {
-            Ok(n) if n > 0 => continue,
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "sealing the audit log failed; will retry"),
+        let sealed = match seal_all(&pool).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "sealing the audit log failed; will retry");
+                0
+            }
+        };
+        let now = checkpointing.clock.now();
+        if let Err(e) =
+            log::checkpoint_due(&pool, &checkpointing.key_dir, checkpointing.every, now).await
+        {
+            tracing::warn!(error = %e, "signing an audit checkpoint failed; will retry");
         }
-        tokio::time::sleep(interval).await;
+        if sealed == 0 {
+            tokio::time::sleep(interval).await;
+        }
     }
 }
 

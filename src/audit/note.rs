@@ -114,7 +114,9 @@ impl VerifierKey {
             .map_err(|_| malformed("verifier key: an Ed25519 key is 32 bytes"))?;
         let key = Self::new(name, sig_type, public_key)?;
         if id_hex.len() != 8 || hex::encode(key.id) != id_hex.to_ascii_lowercase() {
-            return Err(malformed("verifier key: key hash does not match name and key"));
+            return Err(malformed(
+                "verifier key: key hash does not match name and key",
+            ));
         }
         Ok(key)
     }
@@ -292,11 +294,7 @@ impl Note {
 }
 
 /// Signs `text` (which must end in a newline) with `pair` under `name`, as a type-0x01 signature.
-pub fn sign(
-    text: &str,
-    name: &str,
-    pair: &Ed25519KeyPair,
-) -> Result<NoteSignature, NoteError> {
+pub fn sign(text: &str, name: &str, pair: &Ed25519KeyPair) -> Result<NoteSignature, NoteError> {
     if !text.ends_with('\n') || text.contains("\n\n") {
         return Err(malformed(
             "note text must end in one newline and hold no blank line",
@@ -587,7 +585,8 @@ mod tests {
 
     #[test]
     fn cosignatures_sign_the_spec_message_and_bind_the_body() {
-        let body = "example.com/behind-the-sofa\n20852163\nCsUYapGGPo4dkMgIAUqom/Xajj7h2fB2MPA3j2jxq2I=\n";
+        let body =
+            "example.com/behind-the-sofa\n20852163\nCsUYapGGPo4dkMgIAUqom/Xajj7h2fB2MPA3j2jxq2I=\n";
         let w = Ed25519KeyPair::from_seed_unchecked(&[4; 32]).unwrap();
         let key = verifier_of("witness.example/w1", SIG_COSIGNATURE_V1, &w).unwrap();
         let sig = cosign(body, "witness.example/w1", &w, 1679315147).unwrap();
