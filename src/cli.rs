@@ -101,6 +101,96 @@ pub enum Command {
     /// Issuer signing keys (in `key_dir`, never in the database) and trust bundles.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// The verifiable audit log: offline verification, exports, witnesses (docs/audit-log.md).
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Watch a municipality's audit log as a witness: check each checkpoint against the last one
+    /// seen and cosign it (C2SP tlog-cosignature).
+    #[command(subcommand)]
+    Witness(WitnessCommand),
+}
+
+/// `firstkey audit …`
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Verify an export offline (no database, no network) against the log's public key; prints what
+    /// verified and exactly what failed. Exit 1 when anything failed.
+    Verify {
+        /// The export (JSON, from `firstkey audit export` or GET /api/v1/audit/export).
+        file: PathBuf,
+        /// The log's verifier key, `<name>+<hash>+<base64>`.
+        #[arg(long)]
+        log_key: String,
+        /// A witness's verifier key (type 0x04) whose cosignature counts; repeatable.
+        #[arg(long = "witness")]
+        witnesses: Vec<String>,
+        /// Valid cosignatures required from the given witnesses.
+        #[arg(long, default_value_t = 0)]
+        quorum: usize,
+    },
+    /// Write an export of a municipality's log against its newest checkpoint.
+    Export {
+        /// Municipality slug.
+        #[arg(long)]
+        municipality: String,
+        /// Only the entries about this property, each with its inclusion proof.
+        #[arg(long)]
+        property: Option<uuid::Uuid>,
+        /// Output file; standard output when absent.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Register a witness whose cosignatures the log accepts and serves.
+    WitnessAdd {
+        /// Municipality slug.
+        #[arg(long)]
+        municipality: String,
+        /// The witness's verifier key (type 0x04), as `firstkey witness keygen` printed it.
+        #[arg(long)]
+        key: String,
+    },
+}
+
+/// `firstkey witness …`
+#[derive(Debug, Subcommand)]
+pub enum WitnessCommand {
+    /// Write a new witness key (Ed25519 PKCS#8, mode 0600) and print its verifier key.
+    Keygen {
+        /// The witness's name, e.g. `oversight.example/witness`.
+        #[arg(long)]
+        name: String,
+        /// Where to write the key; an existing file is never overwritten.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Watch a log: fetch, check consistency with the state file, cosign, post. Exit 1 (and never
+    /// cosign) when the log forked, rolled back or is not append-only.
+    Run {
+        /// The firstkey server's base URL.
+        #[arg(long)]
+        server: String,
+        /// Municipality slug.
+        #[arg(long)]
+        municipality: String,
+        /// The log's verifier key.
+        #[arg(long)]
+        log_key: String,
+        /// The witness's name.
+        #[arg(long)]
+        name: String,
+        /// The witness's key file.
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// The witness's state (the last checkpoint it accepted).
+        #[arg(long, value_name = "FILE")]
+        state: PathBuf,
+        /// One round, then exit.
+        #[arg(long)]
+        once: bool,
+        /// Seconds between rounds.
+        #[arg(long, default_value_t = 30)]
+        interval_seconds: u64,
+    },
 }
 
 /// `firstkey keys …`
@@ -131,6 +221,22 @@ pub enum KeysCommand {
         /// The root key (Ed25519 PKCS#8 file), read for this command only.
         #[arg(long, value_name = "FILE")]
         root_key: PathBuf,
+    },
+    /// Make the municipality's first audit-log key (Ed25519, `<key_dir>/log/…`, 0600) and print its
+    /// verifier key; this fixes the log's origin, `<public origin without scheme>/log/<slug>`.
+    LogGenerate {
+        /// Municipality slug.
+        #[arg(long)]
+        municipality: String,
+    },
+    /// Add a new audit-log key; checkpoints carry the old key's signature too until it retires.
+    LogRotate {
+        /// Municipality slug.
+        #[arg(long)]
+        municipality: String,
+        /// Hours the previous keys keep signing.
+        #[arg(long, default_value_t = 24)]
+        overlap_hours: u32,
     },
     /// Write a new municipality root key (Ed25519 PKCS#8, mode 0600) for development and demos, and
     /// print its public key. A production root key is made and kept offline.
@@ -213,6 +319,18 @@ pub fn main() -> ExitCode {
             }
             Err(e) => fail(&e.into()),
         };
+    }
+    if let Command::Audit(AuditCommand::Verify {
+        file,
+        log_key,
+        witnesses,
+        quorum,
+    }) = &cli.command
+    {
+        return audit_verify(file, log_key, witnesses, *quorum);
+    }
+    if let Command::Witness(command) = &cli.command {
+        return witness(command);
     }
     if let Command::BenchFleet {
         database,
@@ -389,10 +507,15 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             println!("{slug} now admits security keys attested by {ca:?}");
             Ok(())
         }
+        Command::Audit(command) => {
+            server::migrate_with_patience(&database.pool, Duration::from_secs(60)).await?;
+            run_audit(command, &database.pool).await
+        }
         Command::Openapi
         | Command::Policy(_)
         | Command::BenchFleet { .. }
-        | Command::Health { .. } => Ok(()),
+        | Command::Health { .. }
+        | Command::Witness(_) => Ok(()),
     }
 }
 
@@ -450,7 +573,210 @@ async fn run_keys(
                 built.locks
             );
         }
+        KeysCommand::LogGenerate { municipality } => {
+            let slug = tenant_of(&municipality)?;
+            let (tenant, _) = store::tenancy::municipality_by_slug(&client, &slug).await?;
+            let origin =
+                crate::audit::log::origin_for(settings.public_origin.as_str(), slug.as_str());
+            let key = crate::audit::log::generate_key(
+                &mut client,
+                tenant,
+                &origin,
+                &settings.key_dir,
+                now,
+            )
+            .await?;
+            println!("audit-log key of {slug} written to {}", key.path.display());
+            println!("verifier key (give it to auditors and witnesses):");
+            println!("  {}", key.verifier);
+        }
+        KeysCommand::LogRotate {
+            municipality,
+            overlap_hours,
+        } => {
+            let slug = tenant_of(&municipality)?;
+            let (tenant, _) = store::tenancy::municipality_by_slug(&client, &slug).await?;
+            let overlap = chrono::Duration::hours(i64::from(overlap_hours));
+            let key =
+                crate::audit::log::rotate_key(&mut client, tenant, &settings.key_dir, overlap, now)
+                    .await?;
+            println!("new audit-log key of {slug}: {}", key.verifier);
+            for (id, at) in &key.retiring {
+                println!("  {id} keeps signing until {}", at.to_rfc3339());
+            }
+        }
         KeysCommand::RootGenerate { .. } => {}
     }
     Ok(())
+}
+
+async fn run_audit(command: AuditCommand, pool: &deadpool_postgres::Pool) -> anyhow::Result<()> {
+    let client = pool.get().await.map_err(store::StoreError::from)?;
+    let tenant_of = |slug: &str| -> anyhow::Result<crate::domain::Slug> {
+        Ok(crate::domain::Slug::parse(slug)?)
+    };
+    match command {
+        AuditCommand::Export {
+            municipality,
+            property,
+            out,
+        } => {
+            let slug = tenant_of(&municipality)?;
+            let (tenant, _) = store::tenancy::municipality_by_slug(&client, &slug).await?;
+            crate::audit::seal(&client, tenant).await?;
+            let export = crate::audit::log::export(&client, tenant, property)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("{slug}'s log has no signed checkpoint yet"))?;
+            let json = serde_json::to_string_pretty(&export)?;
+            match out {
+                Some(path) => {
+                    std::fs::write(&path, json)
+                        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+                    println!(
+                        "{} entries against the checkpoint of size {} written to {}",
+                        export.entries.len(),
+                        crate::audit::note::Note::parse(&export.checkpoint)
+                            .ok()
+                            .and_then(|n| crate::audit::note::Checkpoint::parse(&n.text).ok())
+                            .map_or(0, |c| c.size),
+                        path.display()
+                    );
+                }
+                None => println!("{json}"),
+            }
+        }
+        AuditCommand::WitnessAdd { municipality, key } => {
+            let slug = tenant_of(&municipality)?;
+            let (tenant, _) = store::tenancy::municipality_by_slug(&client, &slug).await?;
+            let key = crate::audit::note::VerifierKey::parse(&key)?;
+            crate::audit::log::add_witness(&client, tenant, &key, SystemClock.now()).await?;
+            println!("{slug}'s log now accepts cosignatures by {}", key.name());
+        }
+        AuditCommand::Verify { .. } => {}
+    }
+    Ok(())
+}
+
+fn audit_verify(
+    file: &std::path::Path,
+    log_key: &str,
+    witnesses: &[String],
+    quorum: usize,
+) -> ExitCode {
+    use crate::audit::note::VerifierKey;
+    let parsed = VerifierKey::parse(log_key).map_err(|e| anyhow::anyhow!("--log-key: {e}"));
+    let witnesses: Result<Vec<VerifierKey>, anyhow::Error> = witnesses
+        .iter()
+        .map(|w| VerifierKey::parse(w).map_err(|e| anyhow::anyhow!("--witness {w}: {e}")))
+        .collect();
+    let (log_key, witnesses) = match (parsed, witnesses) {
+        (Ok(k), Ok(w)) => (k, w),
+        (Err(e), _) | (_, Err(e)) => return fail(&e),
+    };
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => return fail(&anyhow::anyhow!("cannot read {}: {e}", file.display())),
+    };
+    let report = crate::audit::verify::verify_export(&text, &log_key, &witnesses, quorum);
+    if let Some((origin, size, root)) = &report.checkpoint {
+        println!("checkpoint: {origin}, tree size {size}, root {root} (signature verified)");
+    }
+    for (name, time) in &report.witnesses {
+        println!("cosigned by {name} at {time}");
+    }
+    if report.ok() {
+        println!("OK: {} entries verified", report.verified);
+        ExitCode::SUCCESS
+    } else {
+        for f in &report.failures {
+            println!("FAILED: {f}");
+        }
+        ExitCode::FAILURE
+    }
+}
+
+fn witness(command: &WitnessCommand) -> ExitCode {
+    match command {
+        WitnessCommand::Keygen { name, out } => {
+            let result = crate::emergency::keys::root_generate(out)
+                .map_err(anyhow::Error::from)
+                .and_then(|key| {
+                    crate::audit::note::VerifierKey::new(
+                        name,
+                        crate::audit::note::SIG_COSIGNATURE_V1,
+                        key.public_key,
+                    )
+                    .map_err(anyhow::Error::from)
+                });
+            match result {
+                Ok(key) => {
+                    println!("witness key written to {}", out.display());
+                    println!("verifier key (register it with `firstkey audit witness-add`):");
+                    println!("  {key}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
+        }
+        WitnessCommand::Run {
+            server,
+            municipality,
+            log_key,
+            name,
+            key,
+            state,
+            once,
+            interval_seconds,
+        } => {
+            let witness = crate::audit::note::VerifierKey::parse(log_key)
+                .map_err(anyhow::Error::from)
+                .and_then(|log_key| {
+                    Ok(crate::audit::witness::Witness {
+                        server: server.clone(),
+                        municipality: municipality.clone(),
+                        log_key,
+                        name: name.clone(),
+                        key: crate::emergency::keys::load_pair(key)?,
+                        state: state.clone(),
+                    })
+                });
+            let witness = match witness {
+                Ok(w) => w,
+                Err(e) => return fail(&e),
+            };
+            let result = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| {
+                    rt.block_on(async {
+                        let http = reqwest::Client::new();
+                        loop {
+                            let now = u64::try_from(SystemClock.now().timestamp()).unwrap_or(0);
+                            let done = crate::audit::witness::round(&witness, &http, now).await;
+                            match done {
+                                Ok(c) => println!(
+                                    "cosigned tree size {} (previously {})",
+                                    c.size,
+                                    c.previous.map_or("none".to_owned(), |p| p.to_string())
+                                ),
+                                Err(e @ crate::audit::witness::WitnessError::Inconsistent(_)) => {
+                                    return Err(anyhow::Error::from(e));
+                                }
+                                Err(e) if *once => return Err(e.into()),
+                                Err(e) => eprintln!("firstkey witness: {e}; will retry"),
+                            }
+                            if *once {
+                                return Ok(());
+                            }
+                            tokio::time::sleep(Duration::from_secs(*interval_seconds)).await;
+                        }
+                    })
+                });
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e),
+            }
+        }
+    }
 }

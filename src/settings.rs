@@ -49,6 +49,9 @@ pub struct Settings {
     /// A separate plain-HTTP listener for `/metrics` only; when set, the main listener does not
     /// serve `/metrics` (so it need not be reachable from where users come from).
     pub metrics_listen: Option<SocketAddr>,
+    /// Longest time a grown audit log waits for a new signed checkpoint
+    /// (`audit_checkpoint_seconds`, default 10; the first checkpoint is signed at once).
+    pub audit_checkpoint_interval: std::time::Duration,
 }
 
 /// The origin (scheme, host, optional port) the server is reached at.
@@ -169,6 +172,7 @@ struct RawSettings {
     agent_tls_cert: Option<PathBuf>,
     agent_tls_key: Option<PathBuf>,
     metrics_listen: Option<String>,
+    audit_checkpoint_seconds: u64,
 }
 
 impl Default for RawSettings {
@@ -192,6 +196,7 @@ impl Default for RawSettings {
             agent_tls_cert: None,
             agent_tls_key: None,
             metrics_listen: None,
+            audit_checkpoint_seconds: 10,
         }
     }
 }
@@ -362,6 +367,7 @@ impl Settings {
             agent_listen,
             agent_tls,
             metrics_listen,
+            audit_checkpoint_interval: std::time::Duration::from_secs(raw.audit_checkpoint_seconds),
         })
     }
 }

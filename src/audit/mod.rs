@@ -22,6 +22,13 @@ use uuid::Uuid;
 
 use crate::store::{StoreError, Tenant};
 
+pub mod log;
+pub mod merkle;
+pub mod note;
+pub mod tree;
+pub mod verify;
+pub mod witness;
+
 /// How a decision came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -158,13 +165,13 @@ fn sorted(value: &serde_json::Value) -> serde_json::Value {
     }
 }
 
+/// The exact bytes an entry's leaf hash covers (the RFC 9162 leaf input).
+fn canonical_bytes(canonical: &Canonical<'_>) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(canonical).map_err(|e| StoreError::Conflict(format!("audit entry: {e}")))
+}
+
 fn leaf_hash(canonical: &Canonical<'_>) -> Result<[u8; 32], StoreError> {
-    let bytes = serde_json::to_vec(canonical)
-        .map_err(|e| StoreError::Conflict(format!("audit entry: {e}")))?;
-    let mut input = Vec::with_capacity(bytes.len().saturating_add(1));
-    input.push(0u8);
-    input.extend_from_slice(&bytes);
-    Ok(to_array(digest(&SHA256, &input).as_ref()))
+    Ok(merkle::leaf_hash(&canonical_bytes(canonical)?))
 }
 
 fn chain(prev: &[u8; 32], leaf: &[u8; 32]) -> [u8; 32] {
@@ -285,6 +292,7 @@ async fn seal_batch(tx: &impl GenericClient, tenant: Tenant) -> Result<u64, Stor
     if pending.is_empty() {
         return Ok(0);
     }
+    let first = u64::try_from(seq).unwrap_or(0);
     let (mut ids, mut seqs, mut leaves, mut chains) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for row in &pending {
@@ -299,6 +307,15 @@ async fn seal_batch(tx: &impl GenericClient, tenant: Tenant) -> Result<u64, Stor
         prev = next;
         seq = seq.saturating_add(1);
     }
+    // The Merkle tree grows in the same transaction: a sealed leaf is never outside the tree.
+    let mut frontier = tree::frontier(tx, tenant, first)
+        .await
+        .map_err(|e| match e {
+            tree::TreeError::Store(e) => e,
+            other => StoreError::Conflict(format!("audit tree: {other}")),
+        })?;
+    let leaf_hashes: Vec<merkle::Hash> = leaves.iter().map(|l| merkle::to_hash(l)).collect();
+    tree::extend(tx, tenant, &mut frontier, &leaf_hashes).await?;
     tx.execute(
         "UPDATE audit_entries a SET seq = u.seq, leaf_hash = u.leaf, chain_hash = u.chain
          FROM unnest($1::bigint[], $2::bigint[], $3::bytea[], $4::bytea[]) AS u(id, seq, leaf, chain)
@@ -328,15 +345,40 @@ pub async fn seal_all(pool: &deadpool_postgres::Pool) -> Result<u64, StoreError>
     Ok(sealed)
 }
 
-/// Seals pending entries forever, every `interval`; faults are logged and retried.
-pub async fn run_sealer(pool: deadpool_postgres::Pool, interval: std::time::Duration) {
+/// How the sealer task signs checkpoints (see [`log::sign_if_due`]).
+pub struct Checkpointing {
+    /// Where log keys are.
+    pub key_dir: std::path::PathBuf,
+    /// Longest wait of a grown log for a new checkpoint.
+    pub every: std::time::Duration,
+    /// Time source.
+    pub clock: std::sync::Arc<dyn crate::clock::Clock>,
+}
+
+/// Seals pending entries forever, every `interval`, and signs the checkpoints that are due; faults
+/// are logged and retried.
+pub async fn run_sealer(
+    pool: deadpool_postgres::Pool,
+    interval: std::time::Duration,
+    checkpointing: Checkpointing,
+) {
     loop {
-        match seal_all(&pool).await {
-            Ok(n) if n > 0 => continue,
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "sealing the audit log failed; will retry"),
+        let sealed = match seal_all(&pool).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "sealing the audit log failed; will retry");
+                0
+            }
+        };
+        let now = checkpointing.clock.now();
+        if let Err(e) =
+            log::checkpoint_due(&pool, &checkpointing.key_dir, checkpointing.every, now).await
+        {
+            tracing::warn!(error = %e, "signing an audit checkpoint failed; will retry");
         }
-        tokio::time::sleep(interval).await;
+        if sealed == 0 {
+            tokio::time::sleep(interval).await;
+        }
     }
 }
 
@@ -493,4 +535,39 @@ pub async fn verify_chain(
         entries: u64::try_from(rows.len()).unwrap_or(u64::MAX),
         head: hex::encode(prev),
     })
+}
+
+/// Sealed entries `[start, end)` of the tenant's log with their leaf input (the canonical bytes
+/// whose `SHA-256(0x00 ‖ bytes)` is the leaf hash), in order. Does not seal first: callers name a
+/// range of a tree size they already have.
+pub async fn leaf_data(
+    client: &impl GenericClient,
+    tenant: Tenant,
+    start: u64,
+    end: u64,
+    property: Option<Uuid>,
+) -> Result<Vec<(Entry, Vec<u8>)>, StoreError> {
+    let sql = format!(
+        "SELECT {ENTRY_COLUMNS} FROM audit_entries
+         WHERE municipality_id = $1 AND seq >= $2 AND seq < $3 AND ($4::uuid IS NULL OR property_id = $4)
+         ORDER BY seq"
+    );
+    let rows = client
+        .query(
+            &sql,
+            &[
+                &tenant.id(),
+                &i64::try_from(start).unwrap_or(i64::MAX),
+                &i64::try_from(end).unwrap_or(i64::MAX),
+                &property,
+            ],
+        )
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let e = entry_from_row(row);
+        let bytes = canonical_bytes(&canonical_of(tenant, e.seq, &e))?;
+        out.push((e, bytes));
+    }
+    Ok(out)
 }

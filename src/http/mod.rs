@@ -6,6 +6,7 @@ pub mod auth;
 pub mod dispatch;
 pub mod error;
 pub mod health;
+pub mod log;
 pub mod metrics;
 pub mod openapi;
 pub mod properties;
@@ -91,6 +92,11 @@ impl Application {
         let sealer = tokio::spawn(crate::audit::run_sealer(
             pool.clone(),
             std::time::Duration::from_millis(50),
+            crate::audit::Checkpointing {
+                key_dir: settings.key_dir.clone(),
+                every: settings.audit_checkpoint_interval,
+                clock: clock.clone(),
+            },
         ));
         let state = web::Data::new(AppState {
             pool,
@@ -225,15 +231,16 @@ fn routes(cfg: &mut web::ServiceConfig, with_metrics: bool) {
         .configure(properties::routes)
         .configure(dispatch::routes)
         .configure(tokens::routes)
+        .configure(log::routes)
         .service(
             web::resource("/api/openapi.json")
                 .route(web::get().to(|| async { HttpResponse::Ok().json(openapi::document()) })),
         );
 }
 
-/// Paths whose callers are machines that authenticate every request with a signature (CAD systems),
-/// not browsers with cookies; the Origin check does not apply to them.
-const MACHINE_PATHS: &str = "/api/v1/cad/";
+/// Paths whose callers are machines that authenticate every request with a signature (CAD systems,
+/// log witnesses), not browsers with cookies; the Origin check does not apply to them.
+const MACHINE_PATHS: &[&str] = &["/api/v1/cad/", "/log/"];
 
 /// Middleware: a state-changing request from a browser must come from our own origin. Requests
 /// without `Origin` must say `Sec-Fetch-Site: same-origin`; anything else is refused with 403 before
@@ -244,7 +251,7 @@ async fn check_origin(
 ) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
     use actix_web::http::Method;
     let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    if !safe && !req.path().starts_with(MACHINE_PATHS) {
+    if !safe && !MACHINE_PATHS.iter().any(|p| req.path().starts_with(p)) {
         let expected = req
             .app_data::<web::Data<AppState>>()
             .map(|s| s.settings.public_origin.as_str().to_owned())

@@ -28,6 +28,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
     doc.merge(super::properties::PropertiesApi::openapi());
     doc.merge(super::dispatch::DispatchApi::openapi());
     doc.merge(super::tokens::TokensApi::openapi());
+    doc.merge(super::log::LogApi::openapi());
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
     doc
 }
