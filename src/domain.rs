@@ -239,6 +239,59 @@ impl Email {
     }
 }
 
+/// The OpenAPI schema of a string field with these limits (`pattern` is an ECMA-262 regular
+/// expression, unanchored unless it says `^…$`); the typed values below describe themselves with it.
+pub fn string_schema(
+    description: &str,
+    min_length: usize,
+    max_length: usize,
+    pattern: Option<&str>,
+) -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some(description))
+        .min_length(Some(min_length))
+        .max_length(Some(max_length))
+        .pattern(pattern)
+        .build()
+}
+
+/// [`Slug::parse`] as a regular expression.
+pub const SLUG_PATTERN: &str = "^[a-z0-9][a-z0-9-]{1,62}$";
+
+impl utoipa::PartialSchema for Slug {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        string_schema(
+            "A municipality's short name: 2 to 63 lower-case letters, digits or dashes, not \
+             starting with a dash.",
+            2,
+            63,
+            Some(SLUG_PATTERN),
+        )
+        .into()
+    }
+}
+
+impl utoipa::ToSchema for Slug {}
+
+/// [`Email::parse`] as a regular expression: one `@` with something on both sides, no white space.
+pub const EMAIL_PATTERN: &str = "^[^\\s@]+@[^\\s@]+$";
+
+impl utoipa::PartialSchema for Email {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        string_schema(
+            "An e-mail address: one `@`, no white space, at most 320 characters.",
+            3,
+            320,
+            Some(EMAIL_PATTERN),
+        )
+        .into()
+    }
+}
+
+impl utoipa::ToSchema for Email {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,12 +20,30 @@ pub const MAX_GRANT_MINUTES: i32 = 1440;
 pub struct AgencyRule {
     /// Whether this kind of agency may enter at all.
     pub allowed: bool,
-    /// Incident types for which entry is allowed (empty: none).
+    /// Incident types for which entry is allowed (empty: none): at most 32, each 1 to 64
+    /// lower-case letters or underscores.
     #[serde(default)]
+    #[schema(schema_with = incident_types_schema)]
     pub incident_types: Vec<String>,
     /// Whether a second dispatcher must approve a grant before it is live.
     #[serde(default)]
     pub second_approval: bool,
+}
+
+/// The schema of [`AgencyRule::incident_types`], as [`PlanInput::validate`] checks it.
+fn incident_types_schema() -> utoipa::openapi::schema::Array {
+    utoipa::openapi::schema::ArrayBuilder::new()
+        .items(crate::domain::string_schema(
+            "An incident type: lower-case letters or underscores.",
+            1,
+            64,
+            Some("^[a-z_]+$"),
+        ))
+        .max_items(Some(32))
+        .description(Some(
+            "Incident types for which entry is allowed (empty: none), at most 32.",
+        ))
+        .build()
 }
 
 impl AgencyRule {
@@ -59,18 +77,23 @@ pub struct AgencyRules {
 pub struct ResponderNotes {
     /// Animals in the home.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 4000)]
     pub pets: Option<String>,
     /// Hazards (oxygen in use, chemicals, structural issues).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 4000)]
     pub hazards: Option<String>,
     /// Medical equipment in the home.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 4000)]
     pub medical_equipment: Option<String>,
     /// Where the water, gas and power shut-offs are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 4000)]
     pub utilities: Option<String>,
     /// Anything else.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 4000)]
     pub free_text: Option<String>,
 }
 
@@ -94,12 +117,15 @@ impl ResponderNotes {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Contact {
-    /// Name.
+    /// Name, 1 to 200 characters (not only white space).
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub name: String,
     /// E-mail for notifications.
+    #[schema(value_type = crate::domain::Email)]
     pub email: String,
-    /// Phone number, free form.
+    /// Phone number, free form, at most 40 characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 40)]
     pub phone: Option<String>,
 }
 
@@ -135,17 +161,20 @@ pub struct PlanInput {
     /// Which agencies may enter and under what conditions.
     pub agencies: AgencyRules,
     /// Longest grant a dispatcher may give, in minutes (1 to 1440).
+    #[schema(minimum = 1, maximum = 1440)]
     pub max_grant_minutes: i32,
     /// Notes for responders (secret).
     #[serde(default)]
     pub notes: ResponderNotes,
-    /// Emergency contacts.
+    /// Emergency contacts, at most 10.
     #[serde(default)]
+    #[schema(max_items = 10)]
     pub contacts: Vec<Contact>,
     /// Notification choices.
     #[serde(default)]
     pub notifications: NotificationChoices,
     /// How long records about the home are kept, in days (1 to 3650).
+    #[schema(minimum = 1, maximum = 3650)]
     pub retention_days: i32,
 }
 
@@ -217,12 +246,48 @@ pub struct PlanSummary {
     pub has_notes: bool,
 }
 
-/// The full plan, as its homeowner sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+/// The full plan, as its homeowner sees it: the fields of [`PlanInput`] and `version`, in one object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PlanView {
     /// Plan version.
     pub version: i32,
     /// The plan.
     #[serde(flatten)]
     pub plan: PlanInput,
+}
+
+// The derive would describe the flattened plan as `allOf: [PlanInput, {version}]`; `PlanInput` is
+// closed (`additionalProperties: false`, it refuses unknown fields), so no JSON could satisfy both.
+// The schema is `PlanInput`'s own object with `version` added, built from it so the two cannot drift.
+impl utoipa::PartialSchema for PlanView {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::RefOr;
+        use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, Schema, SchemaFormat, Type};
+        let mut schema = <PlanInput as utoipa::PartialSchema>::schema();
+        if let RefOr::T(Schema::Object(object)) = &mut schema {
+            object.description = Some("The full plan, as its homeowner sees it.".to_owned());
+            object.properties.insert(
+                "version".to_owned(),
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int32)))
+                    .minimum(Some(1))
+                    .description(Some("Plan version."))
+                    .into(),
+            );
+            object.required.insert(0, "version".to_owned());
+        }
+        schema
+    }
+}
+
+impl ToSchema for PlanView {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        <PlanInput as ToSchema>::schemas(schemas);
+    }
 }

@@ -134,8 +134,10 @@ pub struct NewInvitation {
     /// The agency, required for dispatchers and responders.
     pub agency_id: Option<Uuid>,
     /// Where the link is mailed.
+    #[schema(value_type = crate::domain::Email)]
     pub email: String,
-    /// The invitee's name as shown to colleagues.
+    /// The invitee's name as shown to colleagues, 1 to 200 characters (not only white space).
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub display_name: String,
 }
 

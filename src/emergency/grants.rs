@@ -41,13 +41,17 @@ pub struct NewGrant {
     pub property: Uuid,
     /// The responders allowed in (users of the municipality); give these or `unit`, not both.
     #[serde(default)]
+    #[schema(max_items = 50)]
     pub responders: Vec<Uuid>,
     /// A unit (`users.unit`, e.g. "Engine 7"): every active responder of it at the time of the grant.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
     pub unit: Option<String>,
-    /// How long the grant lasts, in minutes (at most the plan's maximum).
+    /// How long the grant lasts, in minutes (1 to 1440, and at most the plan's maximum).
+    #[schema(minimum = 1, maximum = 1440)]
     pub minutes: u32,
     /// Why entry is needed, 1 to 2000 characters (shown to the homeowner).
+    #[schema(min_length = 1, max_length = 2000, pattern = r"\S")]
     pub justification: String,
 }
 

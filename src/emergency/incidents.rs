@@ -28,10 +28,13 @@ use crate::store::{StoreError, Tenant};
 #[serde(deny_unknown_fields)]
 pub struct NewIncident {
     /// The CAD incident number, unique in the municipality: 1 to 64 of `A-Z a-z 0-9 - _ . /`.
+    #[schema(min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9._/-]+$")]
     pub cad_number: String,
     /// Incident type as plans name them (`fire`, `medical`, …): 1 to 64 lower-case letters or `_`.
+    #[schema(min_length = 1, max_length = 64, pattern = "^[a-z_]+$")]
     pub kind: String,
-    /// Where it is, 1 to 500 characters.
+    /// Where it is, 1 to 500 characters (not only white space).
+    #[schema(min_length = 1, max_length = 500, pattern = r"\S")]
     pub address: String,
     /// The agency handling it (an agency of the municipality).
     pub agency: Uuid,

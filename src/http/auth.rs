@@ -112,8 +112,10 @@ impl From<AuthError> for ApiError {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct SignInStart {
     /// The municipality's slug.
+    #[schema(value_type = Slug)]
     pub municipality: String,
     /// The account's e-mail address.
+    #[schema(value_type = Email)]
     pub email: String,
 }
 
@@ -165,10 +167,13 @@ pub struct Me {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct SignUp {
     /// The municipality's slug.
+    #[schema(value_type = Slug)]
     pub municipality: String,
     /// Where the verification link is mailed.
+    #[schema(value_type = Email)]
     pub email: String,
-    /// The name to show.
+    /// The name to show, 1 to 200 characters (not only white space).
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub display_name: String,
 }
 

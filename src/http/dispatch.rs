@@ -253,7 +253,8 @@ pub async fn revoke_grant(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewCadCredential {
-    /// What the credential is for, e.g. "Primary CAD".
+    /// What the credential is for, e.g. "Primary CAD", 1 to 200 characters (not only white space).
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub name: String,
 }
 

@@ -32,6 +32,13 @@ pub enum ApiError {
     /// The resource does not exist, or the caller may not know that it exists.
     #[error("not found")]
     NotFound,
+    /// The resource exists but does not answer this method; `allow` lists those it does
+    /// (`Allow` header, e.g. `GET, PUT`).
+    #[error("method not allowed")]
+    MethodNotAllowed {
+        /// The methods the resource answers.
+        allow: String,
+    },
     /// The request conflicts with the current state.
     #[error("conflict: {0}")]
     Conflict(String),
@@ -75,6 +82,11 @@ impl ApiError {
                 None,
             ),
             Self::NotFound => ("not-found", "No such resource", None),
+            Self::MethodNotAllowed { allow } => (
+                "method-not-allowed",
+                "This resource does not answer this method",
+                Some(format!("allowed: {allow}")),
+            ),
             Self::Conflict(d) => (
                 "conflict",
                 "The request conflicts with the current state",
@@ -99,6 +111,7 @@ impl ResponseError for ApiError {
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -121,6 +134,9 @@ impl ResponseError for ApiError {
         response.content_type(PROBLEM_JSON);
         if let Self::TooManyRequests { retry_after } = self {
             response.insert_header(("Retry-After", retry_after.to_string()));
+        }
+        if let Self::MethodNotAllowed { allow } = self {
+            response.insert_header(("Allow", allow.as_str()));
         }
         response.json(problem)
     }

@@ -165,9 +165,7 @@ impl Application {
                 .wrap(headers)
                 .wrap(TracingLogger::default())
                 .configure(|cfg| routes(cfg, metrics_on_main))
-                .default_service(web::to(|| async {
-                    Err::<HttpResponse, _>(error::ApiError::NotFound)
-                }))
+                .default_service(web::to(unrouted))
         };
         let server = HttpServer::new(factory).shutdown_timeout(10);
         let (server, scheme) = match tls {
@@ -236,6 +234,15 @@ fn routes(cfg: &mut web::ServiceConfig, with_metrics: bool) {
             web::resource("/api/openapi.json")
                 .route(web::get().to(|| async { HttpResponse::Ok().json(openapi::document()) })),
         );
+}
+
+/// A request no route took: 405 with `Allow` when its path is a documented resource (another
+/// method would have been routed), 404 otherwise.
+async fn unrouted(req: actix_web::HttpRequest) -> Result<HttpResponse, error::ApiError> {
+    match openapi::allowed_methods(req.path()) {
+        Some(allow) => Err(error::ApiError::MethodNotAllowed { allow }),
+        None => Err(error::ApiError::NotFound),
+    }
 }
 
 /// Paths whose callers are machines that authenticate every request with a signature (CAD systems,

@@ -55,7 +55,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewProperty {
-    /// Street address, 1 to 500 characters.
+    /// Street address, 1 to 500 characters (not only white space).
+    #[schema(min_length = 1, max_length = 500, pattern = r"\S")]
     pub address: String,
 }
 
@@ -107,7 +108,8 @@ pub async fn list_properties(
 /// Query of the dispatcher's property search.
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct SearchQuery {
-    /// Part of the address, at least 3 characters.
+    /// Part of the address, 3 to 200 characters.
+    #[param(min_length = 3, max_length = 200, pattern = r"\S")]
     pub q: String,
 }
 
@@ -160,9 +162,12 @@ pub async fn get_property(
 pub struct NewLock {
     /// The lock id `firstkey-agent init` printed.
     pub lock_id: Uuid,
-    /// A name, e.g. "Front door".
+    /// A name, e.g. "Front door", 1 to 100 characters (not only white space).
+    #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
     pub name: String,
-    /// The pairing code `firstkey-agent init` printed (XXXXX-XXXXX).
+    /// The pairing code `firstkey-agent init` printed (XXXXX-XXXXX): 10 letters (not U) or
+    /// digits, case-insensitive (I and L read as 1, O as 0), dashes and spaces ignored.
+    #[schema(pattern = r"^[- ]*([0-9A-TV-Za-tv-z][- ]*){10}$")]
     pub pairing_code: String,
 }
 
@@ -459,6 +464,7 @@ pub struct AuditQuery {
     /// Entries after this sequence number (paging); default from the start.
     pub after: Option<i64>,
     /// At most this many entries (1 to 1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
 }
 
