@@ -174,6 +174,7 @@ fn routes(cfg: &mut web::ServiceConfig) {
         .configure(properties::routes)
         .configure(dispatch::routes)
         .configure(tokens::routes)
+        .configure(crate::web::routes)
         .service(
             web::resource("/api/openapi.json")
                 .route(web::get().to(|| async { HttpResponse::Ok().json(openapi::document()) })),

@@ -1,0 +1,34 @@
+//! The HTML face of firstkey, beside the JSON API of [`crate::http`]: server-rendered pages for
+//! people in a browser. Templates are askama's, checked at compile time (`src/web/templates`);
+//! forms work without JavaScript (POST, then a 303 redirect), and the one script
+//! (`static/webauthn.js`) runs only what the browser cannot do without it: the WebAuthn ceremonies,
+//! which it drives through the same JSON endpoints every other client uses.
+//!
+//! What this module owns:
+//! - [`assets`]: the vendored CSS, JS and icon, served from the binary under content-hashed URLs.
+//! - [`error`]: the one place a core error becomes an HTML error page (or a redirect to sign-in).
+//! - [`page`]: the response helpers every page uses (content type, the pages' CSP) and the
+//!   signed-in-viewer extractors.
+//! - [`everyone`]: landing, sign-in, sign-up, sign-out (here and everywhere), the mailed-link
+//!   enrolment pages, the signed-in start page.
+//! - [`homeowner`]: properties, their locks, the access-plan editor and its versions.
+//!
+//! Pages call the core functions the JSON handlers call (`store`, `access`, `audit`, `auth`);
+//! state-changing form posts pass the same Origin check (`http::check_origin`) as JSON writes.
+
+pub mod assets;
+mod error;
+mod everyone;
+mod homeowner;
+mod page;
+
+use actix_web::web;
+
+pub use error::WebError;
+
+/// Registers the pages and the static assets.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.configure(assets::routes)
+        .configure(everyone::routes)
+        .configure(homeowner::routes);
+}
