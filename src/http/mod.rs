@@ -56,6 +56,18 @@ impl Application {
     pub fn build(settings: Settings, pool: Pool, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(settings.listen)
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        Self::build_on(listener, settings, pool, clock)
+    }
+
+    /// Prepares the server on a listener the caller bound (`settings.listen` is not used): for a
+    /// caller that must know the port before the settings are made, e.g. to put it in
+    /// `public_origin`, the WebAuthn origin a browser checks.
+    pub fn build_on(
+        listener: TcpListener,
+        settings: Settings,
+        pool: Pool,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Self> {
         let local_addr = listener.local_addr()?;
         let tls = settings.tls.as_ref().map(server_tls_config).transpose()?;
         let hsts = settings.public_origin.as_str().starts_with("https://");
@@ -125,9 +137,7 @@ impl Application {
                 .wrap(headers)
                 .wrap(TracingLogger::default())
                 .configure(routes)
-                .default_service(web::to(|| async {
-                    Err::<HttpResponse, _>(error::ApiError::NotFound)
-                }))
+                .default_service(web::to(crate::web::not_found))
         };
         let server = HttpServer::new(factory).shutdown_timeout(10);
         let (server, scheme) = match tls {

@@ -22,13 +22,30 @@ mod everyone;
 mod homeowner;
 mod page;
 
-use actix_web::web;
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 
 pub use error::WebError;
+
+use crate::http::error::ApiError;
 
 /// Registers the pages and the static assets.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.configure(assets::routes)
         .configure(everyone::routes)
         .configure(homeowner::routes);
+}
+
+/// The answer for a path nobody serves: the HTML "not found" page for a browser asking for a page,
+/// problem details for everyone else (API clients).
+pub async fn not_found(req: HttpRequest) -> HttpResponse {
+    let wants_html = req
+        .headers()
+        .get(actix_web::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/html"));
+    if wants_html {
+        WebError::not_found().error_response()
+    } else {
+        ApiError::NotFound.error_response()
+    }
 }

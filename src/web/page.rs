@@ -73,7 +73,10 @@ pub fn html_response(status: StatusCode) -> HttpResponseBuilder {
     let mut response = HttpResponse::build(status);
     response
         .content_type("text/html; charset=utf-8")
-        .insert_header(("Content-Security-Policy", CSP));
+        .insert_header(("Content-Security-Policy", CSP))
+        // Not the API's `no-referrer`: under it a browser sends `Origin: null` with a form post,
+        // and the Origin check (rightly) refuses it. `same-origin` still tells other sites nothing.
+        .insert_header(("Referrer-Policy", "same-origin"));
     response
 }
 

@@ -11,6 +11,7 @@
 mod access;
 mod auth;
 mod auth_helpers;
+mod browser;
 mod channel;
 mod emergency;
 mod health;
