@@ -93,7 +93,11 @@ struct SessionPost {
 
 impl WebDriverCompatibleCommand for SessionPost {
     fn endpoint(&self, base: &Url, session: Option<&str>) -> Result<Url, url::ParseError> {
-        base.join(&format!("session/{}/{}", session.unwrap_or_default(), self.path))
+        base.join(&format!(
+            "session/{}/{}",
+            session.unwrap_or_default(),
+            self.path
+        ))
     }
 
     fn method_and_body(&self, _: &Url) -> (http::Method, Option<String>) {
@@ -149,10 +153,7 @@ impl Browser {
         };
         let mut lines = BufReader::new(driver.stdout.take().unwrap()).lines();
         let port = loop {
-            let line = lines
-                .next()
-                .expect("chromedriver prints its port")
-                .unwrap();
+            let line = lines.next().expect("chromedriver prints its port").unwrap();
             if let Some(rest) = line.split("started successfully on port ").nth(1) {
                 break rest.trim_end_matches('.').trim().parse::<u16>().unwrap();
             }
@@ -173,7 +174,8 @@ impl Browser {
                 ]
             }
         });
-        let mut builder = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new());
+        let mut builder =
+            ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new());
         builder.capabilities(caps.as_object().unwrap().clone());
         let client = builder
             .connect(&format!("http://127.0.0.1:{port}"))
@@ -187,7 +189,9 @@ impl Browser {
             taken: 0,
             base: base.to_owned(),
         };
-        browser.cdp("WebAuthn.enable", json!({ "enableUI": false })).await;
+        browser
+            .cdp("WebAuthn.enable", json!({ "enableUI": false }))
+            .await;
         browser
             .cdp(
                 "WebAuthn.addVirtualAuthenticator",
@@ -309,11 +313,15 @@ impl Browser {
             })
             .map(|e| e.to_string())
             .collect();
-        assert!(problems.is_empty(), "{name}: console problems: {problems:#?}");
+        assert!(
+            problems.is_empty(),
+            "{name}: console problems: {problems:#?}"
+        );
         let fits = self
             .client
             .execute(
-                "return document.documentElement.scrollWidth <= window.innerWidth;",
+                "return document.documentElement.scrollWidth <= window.innerWidth
+                    && [...document.querySelectorAll('.table-wrap')].every(e => e.scrollWidth <= e.clientWidth);",
                 vec![],
             )
             .await
@@ -408,10 +416,14 @@ async fn homeowner_story_in_chromium() {
     b.click("header a[href='/homes']").await;
     b.wait_for("#address").await;
     b.check("homes-empty", &[]).await;
-    b.fill("#address", "742 Evergreen Terrace, Springfield").await;
+    b.fill("#address", "742 Evergreen Terrace, Springfield")
+        .await;
     b.click("main form[action='/homes'] button").await;
     b.wait_for("#lock_id").await;
-    assert_eq!(b.text("main h1").await, "742 Evergreen Terrace, Springfield");
+    assert_eq!(
+        b.text("main h1").await,
+        "742 Evergreen Terrace, Springfield"
+    );
     let home_url = b.client.current_url().await.unwrap();
     let home_path = home_url.path().to_owned();
 
@@ -422,19 +434,17 @@ async fn homeowner_story_in_chromium() {
     b.fill("#pairing_code", "nope").await;
     b.click("form[action$='/locks'] button").await;
     assert!(b.text("[role=alert]").await.contains("10 characters"));
-    let kept = b
-        .wait_for("#lock_name")
-        .await
-        .prop("value")
-        .await
-        .unwrap();
+    let kept = b.wait_for("#lock_name").await.prop("value").await.unwrap();
     assert_eq!(kept.as_deref(), Some("Front door"));
     b.check("lock-refused", &["status of 400"]).await;
     b.fill("#pairing_code", "ABCDE-FGHJK").await;
     b.click("form[action$='/locks'] button").await;
     b.wait_for("table tbody tr").await;
     let row = b.text("table tbody tr").await;
-    assert!(row.contains("Front door") && row.contains("waiting for the lock"), "{row}");
+    assert!(
+        row.contains("Front door") && row.contains("waiting for the lock"),
+        "{row}"
+    );
     assert!(row.contains(&lock_id) && row.contains("never"), "{row}");
     b.check("home-with-lock", &[]).await;
 
@@ -466,7 +476,12 @@ async fn homeowner_story_in_chromium() {
     b.click(&format!("a[href='{home_path}/plan']")).await;
     b.wait_for("#step-up[data-ready='true']").await;
     assert_eq!(
-        b.wait_for("#pets").await.prop("value").await.unwrap().as_deref(),
+        b.wait_for("#pets")
+            .await
+            .prop("value")
+            .await
+            .unwrap()
+            .as_deref(),
         Some("Two cats")
     );
     b.fill("#pets", "Two cats and a dog").await;
@@ -483,7 +498,10 @@ async fn homeowner_story_in_chromium() {
     let changed = b.text("tr.changed").await;
     assert!(changed.contains("Ambulance"), "{changed}");
     let all = b.text("table.compare tbody").await;
-    assert!(all.contains("Two cats and a dog") && all.contains("45 minutes"), "{all}");
+    assert!(
+        all.contains("Two cats and a dog") && all.contains("45 minutes"),
+        "{all}"
+    );
     b.check("plan-compare", &[]).await;
 
     // Sign out, and back in with the passkey.
@@ -557,7 +575,12 @@ async fn form_posts_from_another_origin_are_refused() {
     assert_eq!(count, 0, "nothing was created");
     let own = post(Some(app.address.clone()), None).await.unwrap();
     assert_eq!(own.status(), 303);
-    assert!(own.headers()["location"].to_str().unwrap().starts_with("/homes/"));
+    assert!(
+        own.headers()["location"]
+            .to_str()
+            .unwrap()
+            .starts_with("/homes/")
+    );
 }
 
 /// Assets are served under their content hash with a year's caching; pages carry the CSP.
@@ -570,10 +593,16 @@ async fn pages_carry_the_csp_and_assets_are_cached_by_hash() {
         .to_str()
         .unwrap()
         .to_owned();
-    assert!(csp.contains("default-src 'self'") && csp.contains("script-src 'self'"), "{csp}");
+    assert!(
+        csp.contains("default-src 'self'") && csp.contains("script-src 'self'"),
+        "{csp}"
+    );
     assert!(!csp.contains("unsafe-inline"), "{csp}");
     let html = landing.text().await.unwrap();
-    assert!(!html.contains("<script>") && !html.contains(" style="), "no inline script or style");
+    assert!(
+        !html.contains("<script>") && !html.contains(" style="),
+        "no inline script or style"
+    );
     let css = html
         .split("href=\"")
         .filter_map(|s| s.split('"').next())
@@ -587,7 +616,12 @@ async fn pages_carry_the_csp_and_assets_are_cached_by_hash() {
         sheet.headers()["cache-control"],
         "public, max-age=31536000, immutable"
     );
-    assert!(sheet.headers()["content-type"].to_str().unwrap().starts_with("text/css"));
+    assert!(
+        sheet.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/css")
+    );
     let stale = app.get("/static/portal.0000000000.css").await;
     assert_eq!(stale.status(), 404);
 }
