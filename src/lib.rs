@@ -6,6 +6,7 @@
 //! - [`settings`]: the one typed configuration, defaults → `firstkey.toml` → `FIRSTKEY_*`.
 //! - [`server`]: opening the database (configured or embedded default), migrating, serving.
 //! - [`http`]: actix-web application, middleware, problem-details errors, OpenAPI.
+//! - [`web`]: the HTML pages beside it (askama templates, vendored assets, WebAuthn script).
 //! - [`store`]: PostgreSQL pool, migrations (`sql/`), tenant-scoped repositories.
 //! - [`domain`]: typed values parsed at the boundary.
 //! - [`demo`]: the seeded demo municipality.
@@ -38,3 +39,4 @@ pub mod server;
 pub mod settings;
 pub mod store;
 pub mod telemetry;
+pub mod web;

@@ -60,6 +60,18 @@ impl Application {
     pub fn build(settings: Settings, pool: Pool, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(settings.listen)
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        Self::build_on(listener, settings, pool, clock)
+    }
+
+    /// Prepares the server on a listener the caller bound (`settings.listen` is not used): for a
+    /// caller that must know the port before the settings are made, e.g. to put it in
+    /// `public_origin`, the WebAuthn origin a browser checks.
+    pub fn build_on(
+        listener: TcpListener,
+        settings: Settings,
+        pool: Pool,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Self> {
         let local_addr = listener.local_addr()?;
         let tls = settings.tls.as_ref().map(server_tls_config).transpose()?;
         let hsts = settings.public_origin.as_str().starts_with("https://");
@@ -230,6 +242,7 @@ fn routes(cfg: &mut web::ServiceConfig, with_metrics: bool) {
         .configure(dispatch::routes)
         .configure(tokens::routes)
         .configure(log::routes)
+        .configure(crate::web::routes)
         .service(
             web::resource("/api/openapi.json")
                 .route(web::get().to(|| async { HttpResponse::Ok().json(openapi::document()) })),
@@ -238,10 +251,13 @@ fn routes(cfg: &mut web::ServiceConfig, with_metrics: bool) {
 
 /// A request no route took: 405 with `Allow` when its path is a documented resource (another
 /// method would have been routed), 404 otherwise.
-async fn unrouted(req: actix_web::HttpRequest) -> Result<HttpResponse, error::ApiError> {
+/// A browser asking for a page gets the HTML 404 page instead.
+async fn unrouted(req: actix_web::HttpRequest) -> HttpResponse {
     match openapi::allowed_methods(req.path()) {
-        Some(allow) => Err(error::ApiError::MethodNotAllowed { allow }),
-        None => Err(error::ApiError::NotFound),
+        Some(allow) => {
+            actix_web::ResponseError::error_response(&error::ApiError::MethodNotAllowed { allow })
+        }
+        None => crate::web::not_found(req).await,
     }
 }
 

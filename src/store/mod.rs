@@ -6,6 +6,7 @@
 
 pub mod embedded;
 pub mod people;
+pub mod plan_history;
 pub mod properties;
 pub mod tenancy;
 

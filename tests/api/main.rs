@@ -12,6 +12,7 @@ mod access;
 mod audit_log;
 mod auth;
 mod auth_helpers;
+mod browser;
 mod channel;
 mod emergency;
 mod health;

@@ -1,0 +1,51 @@
+//! The HTML face of firstkey, beside the JSON API of [`crate::http`]: server-rendered pages for
+//! people in a browser. Templates are askama's, checked at compile time (`src/web/templates`);
+//! forms work without JavaScript (POST, then a 303 redirect), and the one script
+//! (`static/webauthn.js`) runs only what the browser cannot do without it: the WebAuthn ceremonies,
+//! which it drives through the same JSON endpoints every other client uses.
+//!
+//! What this module owns:
+//! - [`assets`]: the vendored CSS, JS and icon, served from the binary under content-hashed URLs.
+//! - [`error`]: the one place a core error becomes an HTML error page (or a redirect to sign-in).
+//! - [`page`]: the response helpers every page uses (content type, the pages' CSP) and the
+//!   signed-in-viewer extractors.
+//! - [`everyone`]: landing, sign-in, sign-up, sign-out (here and everywhere), the mailed-link
+//!   enrolment pages, the signed-in start page.
+//! - [`homeowner`]: properties, their locks, the access-plan editor and its versions.
+//!
+//! Pages call the core functions the JSON handlers call (`store`, `access`, `audit`, `auth`);
+//! state-changing form posts pass the same Origin check (`http::check_origin`) as JSON writes.
+
+pub mod assets;
+mod error;
+mod everyone;
+mod homeowner;
+mod page;
+
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
+
+pub use error::WebError;
+
+use crate::http::error::ApiError;
+
+/// Registers the pages and the static assets.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.configure(assets::routes)
+        .configure(everyone::routes)
+        .configure(homeowner::routes);
+}
+
+/// The answer for a path nobody serves: the HTML "not found" page for a browser asking for a page,
+/// problem details for everyone else (API clients).
+pub async fn not_found(req: HttpRequest) -> HttpResponse {
+    let wants_html = req
+        .headers()
+        .get(actix_web::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/html"));
+    if wants_html {
+        WebError::not_found().error_response()
+    } else {
+        ApiError::NotFound.error_response()
+    }
+}

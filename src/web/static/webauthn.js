@@ -1,0 +1,179 @@
+// firstkey portal: the WebAuthn ceremonies, the one thing the pages cannot do without script.
+// Each ceremony is two calls to the JSON API (…/start returns {ceremony, options}; …/finish takes
+// {ceremony, credential}), with navigator.credentials in between. Forms opt in with
+// data-ceremony="sign-in" | "enrol" | "step-up"; everything else on the pages is plain HTML.
+"use strict";
+
+(function () {
+  function fromB64u(s) {
+    const b64 = s.replace(/-/g, "+").replace(/_/g, "/");
+    const bin = atob(b64 + "===".slice((b64.length + 3) % 4));
+    const out = new Uint8Array(bin.length);
+    for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
+    return out.buffer;
+  }
+
+  function toB64u(buf) {
+    const bytes = new Uint8Array(buf);
+    let bin = "";
+    for (let i = 0; i < bytes.length; i++) bin += String.fromCharCode(bytes[i]);
+    return btoa(bin).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  }
+
+  function withIds(list) {
+    return (list || []).map(function (c) {
+      return Object.assign({}, c, { id: fromB64u(c.id) });
+    });
+  }
+
+  function creationOptions(options) {
+    const pk = Object.assign({}, options.publicKey);
+    pk.challenge = fromB64u(pk.challenge);
+    pk.user = Object.assign({}, pk.user, { id: fromB64u(pk.user.id) });
+    pk.excludeCredentials = withIds(pk.excludeCredentials);
+    return { publicKey: pk };
+  }
+
+  function requestOptions(options) {
+    const pk = Object.assign({}, options.publicKey);
+    pk.challenge = fromB64u(pk.challenge);
+    pk.allowCredentials = withIds(pk.allowCredentials);
+    return { publicKey: pk };
+  }
+
+  function registration(cred) {
+    const r = cred.response;
+    return {
+      id: cred.id,
+      rawId: toB64u(cred.rawId),
+      type: cred.type,
+      response: {
+        attestationObject: toB64u(r.attestationObject),
+        clientDataJSON: toB64u(r.clientDataJSON),
+        transports: r.getTransports ? r.getTransports() : undefined
+      },
+      clientExtensionResults: cred.getClientExtensionResults()
+    };
+  }
+
+  function assertion(cred) {
+    const r = cred.response;
+    return {
+      id: cred.id,
+      rawId: toB64u(cred.rawId),
+      type: cred.type,
+      response: {
+        authenticatorData: toB64u(r.authenticatorData),
+        clientDataJSON: toB64u(r.clientDataJSON),
+        signature: toB64u(r.signature),
+        userHandle: r.userHandle ? toB64u(r.userHandle) : null
+      },
+      clientExtensionResults: cred.getClientExtensionResults()
+    };
+  }
+
+  // POST JSON to our API; resolves to the parsed body, rejects with the problem's words.
+  async function post(path, body) {
+    const response = await fetch(path, {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "Content-Type": "application/json", "Accept": "application/json" },
+      body: JSON.stringify(body)
+    });
+    const text = await response.text();
+    let data = null;
+    try { data = text ? JSON.parse(text) : null; } catch (e) { data = null; }
+    if (!response.ok) {
+      const words = data && (data.detail || data.title);
+      throw new Error(words || ("The server answered " + response.status + "."));
+    }
+    return data;
+  }
+
+  function say(form, text, isError) {
+    const status = form.querySelector("[data-status]");
+    if (!status) return;
+    status.textContent = text;
+    status.classList.toggle("error", Boolean(isError));
+  }
+
+  function busy(form, on) {
+    form.querySelectorAll("button").forEach(function (b) { b.disabled = on; });
+    form.setAttribute("aria-busy", on ? "true" : "false");
+  }
+
+  function fail(form, err) {
+    let text = err && err.message ? err.message : String(err);
+    if (err && err.name === "NotAllowedError") {
+      text = "The security key did not answer, or you cancelled. Try again.";
+    }
+    say(form, text, true);
+    busy(form, false);
+  }
+
+  async function signIn(form) {
+    const body = {
+      municipality: form.elements.municipality.value.trim(),
+      email: form.elements.email.value.trim()
+    };
+    say(form, "Touch your security key or confirm your passkey…");
+    const start = await post("/api/v1/auth/sign-in/start", body);
+    const cred = await navigator.credentials.get(requestOptions(start.options));
+    await post("/api/v1/auth/sign-in/finish", { ceremony: start.ceremony, credential: assertion(cred) });
+    say(form, "Signed in.");
+    window.location.assign(form.dataset.next || "/home");
+  }
+
+  async function enrol(form, secret) {
+    if (!secret) throw new Error("This link is incomplete. Open the whole link from your mail.");
+    const api = form.dataset.api;
+    say(form, "Follow your browser's prompt to create the key…");
+    const start = await post(api + "/start", { secret: secret });
+    const cred = await navigator.credentials.create(creationOptions(start.options));
+    await post(api + "/finish", { ceremony: start.ceremony, credential: registration(cred) });
+    say(form, "Done: your key is enrolled and you are signed in.");
+    window.location.assign("/home");
+  }
+
+  async function stepUp(form) {
+    say(form, "Touch your security key or confirm your passkey…");
+    const start = await post("/api/v1/auth/step-up/start", {});
+    const cred = await navigator.credentials.get(requestOptions(start.options));
+    await post("/api/v1/auth/step-up/finish", { ceremony: start.ceremony, credential: assertion(cred) });
+    say(form, "Confirmed. Saving…");
+    const target = document.getElementById(form.dataset.resubmit || "");
+    if (target) {
+      target.submit();
+    } else {
+      window.location.reload();
+    }
+  }
+
+  function wire(form, run) {
+    form.addEventListener("submit", function (event) {
+      event.preventDefault();
+      if (!window.PublicKeyCredential) {
+        say(form, "This browser cannot use security keys or passkeys.", true);
+        return;
+      }
+      busy(form, true);
+      run().catch(function (err) { fail(form, err); });
+    });
+    form.setAttribute("data-ready", "true");
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    // The link's secret is in the fragment (never sent to a server log); take it and drop it from
+    // the address bar and the history.
+    const secret = window.location.hash.slice(1);
+    document.querySelectorAll("form[data-ceremony]").forEach(function (form) {
+      const kind = form.dataset.ceremony;
+      if (kind === "sign-in") wire(form, function () { return signIn(form); });
+      if (kind === "enrol") {
+        if (secret) history.replaceState(null, "", window.location.pathname);
+        wire(form, function () { return enrol(form, secret); });
+      }
+      if (kind === "step-up") wire(form, function () { return stepUp(form); });
+    });
+  });
+})();
