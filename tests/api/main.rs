@@ -13,6 +13,7 @@ mod auth;
 mod auth_helpers;
 mod channel;
 mod emergency;
+mod harness;
 mod health;
 mod helpers;
 mod mail;
