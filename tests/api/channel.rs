@@ -60,6 +60,8 @@ struct World {
     property: Uuid,
     owner: Uuid,
     dir: tempfile::TempDir,
+    /// Dropped with the world, after the pool.
+    _db: crate::helpers::TestDatabase,
 }
 
 impl World {
@@ -100,6 +102,7 @@ impl World {
             property: property.id,
             owner: owner.id,
             dir: tempfile::tempdir().unwrap(),
+            _db: db,
         }
     }
 

@@ -67,6 +67,7 @@ async fn spawn_with_keys(key_dir: &std::path::Path) -> TestApp {
         pool: firstkey::store::pool(config, 2).unwrap(),
         http: reqwest::Client::new(),
         proxy: None,
+        database: db,
     }
 }
 

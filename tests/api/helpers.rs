@@ -44,6 +44,141 @@ fn config_for(db: &str) -> tokio_postgres::Config {
     c
 }
 
+/// A per-test database, dropped (`WITH (FORCE)`) when this guard is dropped: at the end of the test,
+/// and also when the test panics (the guard is dropped while unwinding). Dereferences to its name.
+///
+/// Names are `fk_test_<pid>_<process start time>_<random>`, so a later run can tell the databases of
+/// a process that is gone (killed runs) from those of a live one, even when the pid was reused:
+/// [`remove_leftovers`].
+pub struct TestDatabase {
+    name: String,
+}
+
+impl TestDatabase {
+    /// A new, unique name owned by this process.
+    fn new_name() -> String {
+        let random = uuid::Uuid::new_v4().simple().to_string();
+        format!(
+            "fk_test_{}_{}_{}",
+            std::process::id(),
+            process_start_time(std::process::id()).unwrap_or(0),
+            &random[..16]
+        )
+    }
+
+    /// The database name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl std::ops::Deref for TestDatabase {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.name
+    }
+}
+
+impl From<&TestDatabase> for String {
+    fn from(db: &TestDatabase) -> Self {
+        db.name.clone()
+    }
+}
+
+impl std::fmt::Display for TestDatabase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        // Drop runs inside the test's runtime (or while unwinding); a thread with its own runtime
+        // does the blocking work. Failing to drop must not panic here (a panic while unwinding aborts).
+        let name = self.name.clone();
+        let dropped = std::thread::spawn(move || drop_database_now(&name)).join();
+        match dropped {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("could not drop test database {}: {e}", self.name),
+            Err(_) => eprintln!("could not drop test database {}: the dropping thread panicked", self.name),
+        }
+    }
+}
+
+/// Drops `name` (terminating its connections) from a fresh single-threaded runtime.
+fn drop_database_now(name: &str) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let (client, connection) = admin_config().connect(NoTls).await.map_err(|e| e.to_string())?;
+        let task = tokio::spawn(connection);
+        let result = client
+            .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+            .await
+            .map_err(|e| e.to_string());
+        drop(client);
+        let _ = task.await;
+        result
+    })
+}
+
+/// Start time of process `pid` (clock ticks since boot, field 22 of `/proc/<pid>/stat`), or `None`
+/// when there is no such process (or no `/proc`).
+fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may contain spaces: count from the last ')'.
+    let after = stat.get(stat.rfind(')')? + 1..)?;
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether a database named by [`TestDatabase::new_name`] (or by the older `fk_test_<pid>_<uuid>`
+/// scheme) may belong to a live process. When in doubt (no `/proc`, a name we cannot read) it says
+/// yes: a database of a live test is never dropped.
+fn owner_may_be_alive(name: &str) -> bool {
+    let parts: Vec<&str> = name.split('_').collect();
+    let Some(pid) = parts.get(2).and_then(|p| p.parse::<u32>().ok()) else {
+        return true;
+    };
+    if !std::path::Path::new("/proc/self/stat").exists() {
+        return true;
+    }
+    match (process_start_time(pid), parts.len()) {
+        (None, _) => false,
+        // New scheme: the same pid with another start time is a reused pid, not the owner.
+        (Some(start), 5) => parts.get(3).and_then(|s| s.parse::<u64>().ok()).is_none_or(|s| s == start),
+        (Some(_), _) => true,
+    }
+}
+
+/// Drops the per-test databases of test processes that are gone (runs that were killed before their
+/// guards ran). Returns the names it dropped. Databases of live processes (other test runs going on
+/// at the same time) are never touched.
+pub async fn remove_leftovers() -> Vec<String> {
+    let (client, connection) = admin_config().connect(NoTls).await.unwrap();
+    let task = tokio::spawn(connection);
+    let mut dropped = Vec::new();
+    for row in client
+        .query("SELECT datname FROM pg_database WHERE datname LIKE 'fk\\_test\\_%'", &[])
+        .await
+        .unwrap()
+    {
+        let db: String = row.get(0);
+        if !owner_may_be_alive(&db)
+            && client
+                .batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
+                .await
+                .is_ok()
+        {
+            dropped.push(db);
+        }
+    }
+    drop(client);
+    let _ = task.await;
+    dropped
+}
+
 /// Name of the migrated template database; it is built once per test run and per schema.
 async fn template() -> &'static str {
     static TEMPLATE: OnceCell<String> = OnceCell::const_new();
@@ -51,20 +186,9 @@ async fn template() -> &'static str {
         .get_or_init(|| async {
             // Keyed by what this binary embeds (build.rs makes cargo rebuild when sql/ changes).
             let name = format!("fk_tpl_{}", &firstkey::store::migrations_fingerprint()[..12]);
-            // Leftovers of earlier runs: databases whose test process is gone (the name carries its pid).
+            remove_leftovers().await;
             let (client, connection) = admin_config().connect(NoTls).await.unwrap();
             let task = tokio::spawn(connection);
-            for row in client
-                .query("SELECT datname FROM pg_database WHERE datname LIKE 'fk\\_test\\_%'", &[])
-                .await
-                .unwrap()
-            {
-                let db: String = row.get(0);
-                let pid = db.split('_').nth(2).unwrap_or_default();
-                if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                    let _ = client.batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)")).await;
-                }
-            }
             let exists = client
                 .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
                 .await
@@ -93,27 +217,21 @@ async fn template() -> &'static str {
         .await
 }
 
-/// A fresh, migrated database for one test.
-pub async fn fresh_database() -> String {
+/// A fresh, migrated database for one test; dropped when the returned guard is.
+pub async fn fresh_database() -> TestDatabase {
     let template = template().await;
-    let name = format!(
-        "fk_test_{}_{}",
-        std::process::id(),
-        uuid::Uuid::new_v4().simple()
-    );
+    let name = TestDatabase::new_name();
     admin_execute(&format!("CREATE DATABASE {name} TEMPLATE {template}")).await;
-    name
+    TestDatabase { name }
 }
 
-/// An empty (unmigrated) database for one test.
-pub async fn empty_database() -> String {
-    let name = format!(
-        "fk_test_{}_{}",
-        std::process::id(),
-        uuid::Uuid::new_v4().simple()
-    );
+/// An empty (unmigrated) database for one test; dropped when the returned guard is.
+pub async fn empty_database() -> TestDatabase {
+    // Leftovers are removed here too, for runs that never build the template.
+    template().await;
+    let name = TestDatabase::new_name();
     admin_execute(&format!("CREATE DATABASE {name} TEMPLATE template0")).await;
-    name
+    TestDatabase { name }
 }
 
 /// A running application and what a test needs to talk to it.
@@ -126,6 +244,8 @@ pub struct TestApp {
     pub http: reqwest::Client,
     /// The proxy between the application and PostgreSQL, when the test asked for one.
     pub proxy: Option<PgProxy>,
+    /// The test's database; dropped with the app (declared last: dropped after the pool).
+    pub database: TestDatabase,
 }
 
 impl TestApp {
@@ -214,6 +334,7 @@ async fn spawn(with_proxy: bool) -> TestApp {
             .build()
             .unwrap(),
         proxy,
+        database: db,
     }
 }
 

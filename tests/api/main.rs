@@ -15,6 +15,7 @@ mod auth_helpers;
 mod browser;
 mod channel;
 mod emergency;
+mod harness;
 mod health;
 mod helpers;
 mod mail;

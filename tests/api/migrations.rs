@@ -12,7 +12,8 @@ fn pool_for(db: &str) -> deadpool_postgres::Pool {
 
 #[tokio::test]
 async fn migrations_apply_on_an_empty_database_and_a_second_run_is_a_noop() {
-    let pool = pool_for(&empty_database().await);
+    let db = empty_database().await;
+    let pool = pool_for(&db);
     assert!(matches!(
         store::readiness(&pool).await,
         Readiness::SchemaMismatch { applied: None, .. }
@@ -67,7 +68,8 @@ async fn concurrent_migrations_from_two_replicas_apply_once() {
 
 #[tokio::test]
 async fn append_only_tables_refuse_update_and_delete() {
-    let pool = pool_for(&fresh_database().await);
+    let db = fresh_database().await;
+    let pool = pool_for(&db);
     let client = pool.get().await.unwrap();
     let m = uuid::Uuid::new_v4();
     client

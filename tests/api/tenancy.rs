@@ -9,8 +9,9 @@ use crate::helpers::{admin_config, fresh_database};
 
 #[tokio::test]
 async fn rows_of_one_municipality_never_show_through_another() {
+    let db = fresh_database().await;
     let mut config = admin_config();
-    config.dbname(&fresh_database().await);
+    config.dbname(&db);
     let pool = store::pool(config, 2).unwrap();
     let client = pool.get().await.unwrap();
     let now = Utc.timestamp_opt(1_790_000_000, 0).unwrap();
