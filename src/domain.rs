@@ -336,7 +336,7 @@ mod tests {
         }
         assert!(Text::check("phone", "", 5).is_ok());
         assert!(Text::check("phone", "123456", 5).is_err());
-        assert!(Text::check("phone", "1\02", 5).unwrap_err().reason.contains("NUL"));
+        assert!(Text::check("phone", "1\u{0}2", 5).unwrap_err().reason.contains("NUL"));
     }
 
     #[test]

@@ -140,7 +140,7 @@ const PUBLIC_OPERATIONS: &[&str] = &[
 
 /// The security of the operation `operation_id` at `path`.
 pub fn security_of(path: &str, operation_id: &str) -> Security {
-    if path.starts_with(super::MACHINE_PATHS) {
+    if path.starts_with("/api/v1/cad/") {
         Security::CadSignature
     } else if PUBLIC_OPERATIONS.contains(&operation_id) || !path.starts_with("/api/") {
         Security::Public

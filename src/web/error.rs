@@ -76,6 +76,7 @@ fn words(e: &ApiError) -> (&'static str, Option<String>) {
         ApiError::Forbidden => ("Not allowed", None),
         ApiError::TooManyRequests { .. } => ("Too many attempts", Some("Wait a little and try again.".to_owned())),
         ApiError::NotFound => ("Page not found", Some("There is nothing here, or it is not yours to see.".to_owned())),
+        ApiError::MethodNotAllowed { .. } => ("That is not something this page does", None),
         ApiError::Conflict(d) => ("That conflicts with what is already there", Some(d.clone())),
         ApiError::Unavailable(_) => ("firstkey is briefly unavailable", Some("Try again in a minute.".to_owned())),
         ApiError::Internal(_) => ("Something went wrong on our side", None),
