@@ -397,7 +397,13 @@ pub fn verify_consistency(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::cast_possible_truncation,
+    clippy::needless_range_loop
+)]
 mod tests {
     use super::*;
 

@@ -107,6 +107,11 @@ pub fn latest_migration() -> i32 {
         .unwrap_or(0)
 }
 
+/// Number of embedded migrations (versions may have gaps: each team owns its own numbers).
+pub fn migration_count() -> usize {
+    migrations::runner().get_migrations().len()
+}
+
 /// A fingerprint of the migrations compiled into this binary (versions, names, checksums), so
 /// tooling can tell which schema a database built by this binary has.
 pub fn migrations_fingerprint() -> String {

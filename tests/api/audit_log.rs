@@ -4,6 +4,9 @@
 //! Roots and proofs are checked against an independent RFC 9162 implementation written here, not
 //! against the code under test.
 
+// Sizes in these tests are small; u64 → usize casts cannot truncate.
+#![allow(clippy::cast_possible_truncation)]
+
 use chrono::Utc;
 use firstkey::audit::{self, Event, Outcome};
 use firstkey::domain::Slug;
@@ -704,7 +707,7 @@ async fn a_witness_cosigns_a_growing_log_and_catches_a_rewritten_one() {
         .unwrap();
     let cp = note::verify_checkpoint(&text, &log.key).unwrap();
     assert_eq!(cp.size(), first.size);
-    assert_eq!(cp.cosigned_by(&[wkey.clone()]).len(), 1);
+    assert_eq!(cp.cosigned_by(std::slice::from_ref(&wkey)).len(), 1);
     let (_, json) = call(
         &log.app,
         Method::GET,
