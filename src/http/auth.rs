@@ -242,7 +242,7 @@ async fn sign_in_start(
     let municipality = Slug::parse(&body.municipality)?;
     let email = Email::parse(&body.email)?;
     let client = connection(&state).await?;
-    let address = req.peer_addr().map(|a| a.ip());
+    let address = crate::http::client_address(&req);
     let challenge = signin::start_sign_in(
         &client,
         &rp(&state)?,
@@ -535,7 +535,7 @@ async fn sign_up(
     let email = Email::parse(&body.email)?;
     let now = state.clock.now();
     let mut client = connection(&state).await?;
-    if let Some(ip) = req.peer_addr().map(|a| a.ip()) {
+    if let Some(ip) = crate::http::client_address(&req) {
         let bucket = format!("sign_up:addr:{ip}");
         let hour = chrono::Duration::hours(1);
         if let Decision::Limited { retry_after } =
