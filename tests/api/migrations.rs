@@ -4,6 +4,19 @@ use firstkey::store::{self, Readiness};
 
 use crate::helpers::{admin_config, empty_database, fresh_database};
 
+/// How many migrations the database has applied (versions may have gaps: each helper owns a number).
+async fn applied_count(pool: &deadpool_postgres::Pool) -> usize {
+    let n: i64 = pool
+        .get()
+        .await
+        .unwrap()
+        .query_one("SELECT count(*) FROM refinery_schema_history", &[])
+        .await
+        .unwrap()
+        .get(0);
+    usize::try_from(n).unwrap()
+}
+
 fn pool_for(db: &str) -> deadpool_postgres::Pool {
     let mut config = admin_config();
     config.dbname(db);
@@ -19,7 +32,7 @@ async fn migrations_apply_on_an_empty_database_and_a_second_run_is_a_noop() {
         Readiness::SchemaMismatch { applied: None, .. }
     ));
     let applied = store::migrate(&pool).await.unwrap();
-    assert_eq!(applied, usize::try_from(store::latest_migration()).unwrap());
+    assert_eq!(applied, applied_count(&pool).await);
     assert_eq!(store::readiness(&pool).await, Readiness::Ready);
     let tables: i64 = pool
         .get()
@@ -60,10 +73,7 @@ async fn concurrent_migrations_from_two_replicas_apply_once() {
     let db = empty_database().await;
     let (a, b) = (pool_for(&db), pool_for(&db));
     let (ra, rb) = tokio::join!(store::migrate(&a), store::migrate(&b));
-    assert_eq!(
-        ra.unwrap() + rb.unwrap(),
-        usize::try_from(store::latest_migration()).unwrap()
-    );
+    assert_eq!(ra.unwrap() + rb.unwrap(), applied_count(&a).await);
 }
 
 #[tokio::test]
