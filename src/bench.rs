@@ -75,7 +75,10 @@ pub async fn run(
         config.dbname(&name);
         let pool = store::pool(config.clone(), 48)?;
         store::migrate(&pool).await?;
-        measure(&mut settings, pool, config, options).await
+        let measured = measure(&mut settings, pool.clone(), config, options).await;
+        // Close the pool before the database goes, so no connection dies (and complains) under it.
+        pool.close();
+        measured
     }
     .await;
     admin(
@@ -132,6 +135,7 @@ async fn measure(
         crate::channel::server::start(settings, pool.clone(), pg_config, clock.clone()).await?;
     let app = crate::http::Application::build(settings.clone(), pool.clone(), clock.clone())?;
     let base = format!("http://{}", app.local_addr());
+    let handle = app.handle();
     let server = tokio::spawn(app.run_until_stopped());
     let client = ApiClient::new(&base, origin.as_str())?;
     println!(
@@ -323,7 +327,9 @@ async fn measure(
     drop(child.stdin.take());
     let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
     channel.stop();
-    server.abort();
+    // Stop the server (and with it the audit sealer), so nothing uses the pool after this.
+    handle.stop(true).await;
+    let _ = server.await;
     Ok(())
 }
 

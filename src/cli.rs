@@ -266,6 +266,8 @@ pub enum AdminCommand {
         #[arg(long)]
         name: String,
     },
+    /// List the municipalities in the database (slug and name).
+    Municipalities,
     /// Admit a security-key maker for a municipality: adds a PEM attestation CA to its list (beside
     /// the shipped strict list), e.g. before the first admin enrols a key of another make.
     TrustCa {
@@ -415,16 +417,26 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Prints the error in one line; exit code 2 when a setting's value caused it (as for a bad value
+/// found while loading the settings), else 1.
 fn fail(e: &anyhow::Error) -> ExitCode {
     eprintln!("firstkey: {e:#}");
-    ExitCode::FAILURE
+    if e.chain().any(|cause| {
+        cause
+            .downcast_ref::<crate::settings::SettingsError>()
+            .is_some()
+    }) {
+        ExitCode::from(2)
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
     let database = server::open_database(&settings).await?;
     match command {
         Command::Migrate => {
-            let applied = store::migrate(&database.pool).await?;
+            let applied = server::migrate_with_patience(&database, Duration::ZERO).await?;
             println!(
                 "{}: {applied} migration(s) applied; schema at version {}",
                 database.description,
@@ -433,7 +445,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve => {
-            server::migrate_with_patience(&database.pool, Duration::from_secs(60)).await?;
+            server::migrate_with_patience(&database, Duration::from_secs(60)).await?;
             server::serve(settings, database, |_| {}).await
         }
         Command::Demo { once } => demo::run(settings, database, once).await,
@@ -462,7 +474,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         }) => {
             let slug = crate::domain::Slug::parse(&municipality)?;
             let email = crate::domain::Email::parse(&email)?;
-            server::migrate_with_patience(&database.pool, Duration::from_secs(60)).await?;
+            server::migrate_with_patience(&database, Duration::from_secs(60)).await?;
             let now = SystemClock.now();
             let mut client = database.pool.get().await.map_err(store::StoreError::from)?;
             let tx = client
@@ -472,29 +484,43 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             let display = municipality_name.unwrap_or_else(|| municipality.clone());
             let (tenant, _) =
                 store::tenancy::ensure_municipality(&tx, &slug, &display, now).await?;
+            let existing = tx
+                .query_opt(
+                    "SELECT status FROM users WHERE municipality_id = $1 AND lower(email) = lower($2)",
+                    &[&tenant.id(), &email.as_str()],
+                )
+                .await
+                .map_err(store::StoreError::from)?
+                .map(|row| row.get::<_, String>(0));
             let (user, link) =
                 crate::auth::accounts::bootstrap_admin(&tx, tenant, &email, &name, now).await?;
             tx.commit().await.map_err(store::StoreError::from)?;
-            println!("municipal admin {} ({}) of {slug}", email.as_str(), user.id);
+            match existing {
+                Some(status) => println!(
+                    "municipal admin {} ({}) of {slug} already exists ({status}); this link replaces the earlier ones, which no longer work",
+                    email.as_str(),
+                    user.id
+                ),
+                None => println!("municipal admin {} ({}) of {slug}", email.as_str(), user.id),
+            }
             println!("enrol a hardware security key within 72 hours at:");
             println!("  {}", link.invitation_url(&settings.public_origin));
             Ok(())
         }
         Command::Keys(command) => {
-            server::migrate_with_patience(&database.pool, Duration::from_secs(60)).await?;
+            server::migrate_with_patience(&database, Duration::from_secs(60)).await?;
             run_keys(command, &settings, &database.pool).await
         }
         Command::Admin(AdminCommand::TrustCa { municipality, pem }) => {
-            let slug = crate::domain::Slug::parse(&municipality)?;
             let text = std::fs::read_to_string(&pem)
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", pem.display()))?;
-            server::migrate_with_patience(&database.pool, Duration::from_secs(60)).await?;
+            server::migrate_with_patience(&database, Duration::from_secs(60)).await?;
             let mut client = database.pool.get().await.map_err(store::StoreError::from)?;
             let tx = client
                 .transaction()
                 .await
                 .map_err(store::StoreError::from)?;
-            let (tenant, _) = store::tenancy::municipality_by_slug(&tx, &slug).await?;
+            let (tenant, slug) = find_municipality(&tx, &municipality).await?;
             let ca = crate::auth::webauthn::add_attestation_ca(
                 &tx,
                 tenant,
@@ -504,7 +530,26 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             )
             .await?;
             tx.commit().await.map_err(store::StoreError::from)?;
-            println!("{slug} now admits security keys attested by {ca:?}");
+            println!(
+                "{slug} now admits security keys attested by the CA in {} (fingerprint {})",
+                pem.display(),
+                ca.fingerprint
+            );
+            Ok(())
+        }
+        Command::Admin(AdminCommand::Municipalities) => {
+            server::migrate_with_patience(&database, Duration::from_secs(60)).await?;
+            let client = database.pool.get().await.map_err(store::StoreError::from)?;
+            let rows = client
+                .query("SELECT slug, name FROM municipalities ORDER BY slug", &[])
+                .await
+                .map_err(store::StoreError::from)?;
+            if rows.is_empty() {
+                println!("no municipalities yet; `firstkey admin create` makes the first");
+            }
+            for row in rows {
+                println!("{}\t{}", row.get::<_, String>(0), row.get::<_, String>(1));
+            }
             Ok(())
         }
         Command::Audit(command) => {
@@ -519,6 +564,21 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
     }
 }
 
+/// The municipality `slug`, or an error that names it and says how to list the ones there are.
+async fn find_municipality(
+    client: &impl deadpool_postgres::GenericClient,
+    slug: &str,
+) -> anyhow::Result<(store::Tenant, crate::domain::Slug)> {
+    let slug = crate::domain::Slug::parse(slug)?;
+    match store::tenancy::municipality_by_slug(client, &slug).await {
+        Ok((tenant, _)) => Ok((tenant, slug)),
+        Err(store::StoreError::NotFound) => Err(anyhow::anyhow!(
+            "there is no municipality `{slug}` in this database; `firstkey admin municipalities` lists them"
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
 async fn run_keys(
     command: KeysCommand,
     settings: &Settings,
@@ -526,15 +586,11 @@ async fn run_keys(
 ) -> anyhow::Result<()> {
     use crate::emergency::keys;
 
-    let tenant_of = |slug: &str| -> anyhow::Result<crate::domain::Slug> {
-        Ok(crate::domain::Slug::parse(slug)?)
-    };
     let now = SystemClock.now();
     let mut client = pool.get().await.map_err(store::StoreError::from)?;
     match command {
         KeysCommand::Generate { municipality } => {
-            let slug = tenant_of(&municipality)?;
-            let (tenant, _) = store::tenancy::municipality_by_slug(&client, &slug).await?;
+            let (tenant, slug) = find_municipality(&client, &municipality).await?;
             let key = keys::generate(&mut client, tenant, &settings.key_dir, now).await?;
             println!(
                 "issuer key {} of {slug} written to {}",
@@ -547,8 +603,7 @@ async fn run_keys(
             municipality,
             overlap_hours,
         } => {
-            let slug = tenant_of(&municipality)?;
-            let (tenant, _) = store::tenancy::municipality_by_slug(&client, &slug).await?;
+            let (tenant, slug) = find_municipality(&client, &municipality).await?;
             let overlap = chrono::Duration::hours(i64::from(overlap_hours));
             let key = keys::rotate(&mut client, tenant, &settings.key_dir, overlap, now).await?;
             println!("new active issuer key {} of {slug}", key.kid);
@@ -561,8 +616,7 @@ async fn run_keys(
             municipality,
             root_key,
         } => {
-            let slug = tenant_of(&municipality)?;
-            let (tenant, _) = store::tenancy::municipality_by_slug(&client, &slug).await?;
+            let (tenant, slug) = find_municipality(&client, &municipality).await?;
             let root = keys::load_pair(&root_key)?;
             let rp_id = settings.public_origin.host().to_owned();
             let built = keys::bundle(&mut client, tenant, &root, &rp_id, now).await?;

@@ -1,10 +1,17 @@
 //! Configuration: one typed [`Settings`], loaded from defaults → an optional `firstkey.toml` →
-//! `FIRSTKEY_*` environment variables (`FIRSTKEY_DATABASE_URL`, `FIRSTKEY_SMTP__RELAY`, …).
+//! `FIRSTKEY_*` environment variables (`FIRSTKEY_DATABASE_URL`, `FIRSTKEY_SMTP_RELAY`, …).
+//!
+//! `FIRSTKEY_AGENT_*` is the lock agent's namespace (`FIRSTKEY_AGENT_STATE_DIR`, see
+//! `firmware-agent/README.md`): the server reads only its own `agent_listen`, `agent_tls_cert` and
+//! `agent_tls_key` from it and ignores the rest ([`Settings::ignored_variables`]), so one environment
+//! can hold both programs' variables. Every other unknown `FIRSTKEY_*` variable is refused (a typo).
 //!
 //! Every value is parsed here, once; a bad value fails start-up with an error that names the setting.
 //! This module does not open connections or files beyond reading the configuration file.
 
 use std::net::SocketAddr;
+
+use ipnet::IpNet;
 use std::path::{Path, PathBuf};
 
 use figment::Figment;
@@ -52,6 +59,11 @@ pub struct Settings {
     /// Longest time a grown audit log waits for a new signed checkpoint
     /// (`audit_checkpoint_seconds`, default 10; the first checkpoint is signed at once).
     pub audit_checkpoint_interval: std::time::Duration,
+    /// Reverse proxies whose `Forwarded` / `X-Forwarded-For` headers are believed; the client
+    /// address of a request from any other peer is the peer address (`http::client_address`).
+    pub trusted_proxies: Vec<IpNet>,
+    /// `FIRSTKEY_AGENT_*` variables that belong to the lock agent and were ignored (for the log).
+    pub ignored_variables: Vec<String>,
 }
 
 /// The origin (scheme, host, optional port) the server is reached at.
@@ -173,6 +185,15 @@ struct RawSettings {
     agent_tls_key: Option<PathBuf>,
     metrics_listen: Option<String>,
     audit_checkpoint_seconds: u64,
+    trusted_proxies: ProxyList,
+}
+
+/// `trusted_proxies` as written: a TOML array, or one comma-separated string (the environment's form).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+enum ProxyList {
+    List(Vec<String>),
+    Text(String),
 }
 
 impl Default for RawSettings {
@@ -197,9 +218,13 @@ impl Default for RawSettings {
             agent_tls_key: None,
             metrics_listen: None,
             audit_checkpoint_seconds: 10,
+            trusted_proxies: ProxyList::List(Vec::new()),
         }
     }
 }
+
+/// The server's own settings under the agent's `FIRSTKEY_AGENT_` prefix.
+const SERVER_AGENT_SETTINGS: [&str; 3] = ["agent_listen", "agent_tls_cert", "agent_tls_key"];
 
 impl Settings {
     /// Loads defaults, then `config_file` if it exists (an explicitly named file must exist), then
@@ -221,15 +246,23 @@ impl Settings {
             }
             None => figment = figment.merge(Toml::file("firstkey.toml")),
         }
-        let vars: Vec<(String, String)> = env
-            .into_iter()
-            .filter_map(|(k, v)| {
-                k.strip_prefix("FIRSTKEY_")
-                    .map(|rest| (rest.to_ascii_lowercase(), v))
-            })
+        let mut vars: Vec<(String, String)> = Vec::new();
+        let mut ignored_variables = Vec::new();
+        for (name, value) in env {
+            let Some(key) = name.strip_prefix("FIRSTKEY_").map(str::to_ascii_lowercase) else {
+                continue;
+            };
             // Test-only variables share the prefix but are not settings.
-            .filter(|(k, _)| !k.starts_with("test_"))
-            .collect();
+            if key.starts_with("test_") {
+                continue;
+            }
+            if key.starts_with("agent_") && !SERVER_AGENT_SETTINGS.contains(&key.as_str()) {
+                ignored_variables.push(name);
+                continue;
+            }
+            vars.push((key, value));
+        }
+        ignored_variables.sort();
         for (key, value) in vars {
             // Parsed as `figment::providers::Env` would: numbers and booleans become typed values.
             let value: figment::value::Value = value
@@ -248,7 +281,9 @@ impl Settings {
                 }
             }
         })?;
-        Self::parse(raw)
+        let mut settings = Self::parse(raw)?;
+        settings.ignored_variables = ignored_variables;
+        Ok(settings)
     }
 
     /// Loads from the process environment.
@@ -351,6 +386,25 @@ impl Settings {
                 "must be between 1 and 1024".to_owned(),
             ));
         }
+        let proxies: Vec<String> = match raw.trusted_proxies {
+            ProxyList::List(list) => list,
+            ProxyList::Text(text) => text.split(',').map(str::to_owned).collect(),
+        };
+        let trusted_proxies = proxies
+            .iter()
+            .map(|p| p.trim())
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                p.parse::<IpNet>()
+                    .or_else(|_| p.parse::<std::net::IpAddr>().map(IpNet::from))
+                    .map_err(|_| {
+                        invalid(
+                            "trusted_proxies",
+                            format!("{p:?} is not an address or CIDR range like 10.0.0.0/8"),
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             database_url,
             listen,
@@ -368,6 +422,8 @@ impl Settings {
             agent_tls,
             metrics_listen,
             audit_checkpoint_interval: std::time::Duration::from_secs(raw.audit_checkpoint_seconds),
+            trusted_proxies,
+            ignored_variables: Vec::new(),
         })
     }
 }
@@ -481,6 +537,51 @@ mod tests {
     fn unknown_setting_is_refused() {
         let err = Settings::load(None, env(&[("FIRSTKEY_LISTEN_ADRESS", "x")])).unwrap_err();
         assert!(err.to_string().contains("listen_adress"), "{err}");
+    }
+
+    #[test]
+    fn the_agents_variables_do_not_stop_the_server() {
+        let s = Settings::load(
+            None,
+            env(&[
+                ("FIRSTKEY_AGENT_STATE_DIR", "/var/lib/firstkey-agent"),
+                ("FIRSTKEY_AGENT_LISTEN", "127.0.0.1:9443"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            s.agent_listen.port(),
+            9443,
+            "the server's own agent_* settings still apply"
+        );
+        assert_eq!(
+            s.ignored_variables,
+            vec!["FIRSTKEY_AGENT_STATE_DIR".to_owned()]
+        );
+        // A typo of one of the server's own settings is still refused.
+        let err = Settings::load(None, env(&[("FIRSTKEY_LISTN", "x")])).unwrap_err();
+        assert!(err.to_string().contains("listn"), "{err}");
+    }
+
+    #[test]
+    fn trusted_proxies_parse_from_the_environment_and_the_file() {
+        let s = Settings::load(None, env(&[])).unwrap();
+        assert!(s.trusted_proxies.is_empty(), "default: no proxy is trusted");
+        let s = Settings::load(
+            None,
+            env(&[("FIRSTKEY_TRUSTED_PROXIES", "10.0.0.0/8, 192.0.2.7 ,::1")]),
+        )
+        .unwrap();
+        let nets: Vec<String> = s.trusted_proxies.iter().map(ToString::to_string).collect();
+        assert_eq!(nets, ["10.0.0.0/8", "192.0.2.7/32", "::1/128"]);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("firstkey.toml");
+        std::fs::write(&file, "trusted_proxies = [\"172.16.0.0/12\"]\n").unwrap();
+        let s = Settings::load(Some(&file), env(&[])).unwrap();
+        assert_eq!(s.trusted_proxies.len(), 1);
+        let err =
+            Settings::load(None, env(&[("FIRSTKEY_TRUSTED_PROXIES", "10.0.0.0/33")])).unwrap_err();
+        assert!(err.to_string().contains("`trusted_proxies`"), "{err}");
     }
 
     #[test]

@@ -97,7 +97,8 @@ async fn ensure_pending_user(
 
 /// Creates the municipality's first admin account (pending) and a one-time invitation for it; the
 /// operator hands the link to the admin, who enrols a hardware security key through it. Running it
-/// again for the same address issues a fresh link (the recovery path for a lost key).
+/// again for the same address issues a fresh link (the recovery path for a lost key) that replaces
+/// the earlier unused ones: only the newest link works.
 pub async fn bootstrap_admin(
     tx: &impl GenericClient,
     tenant: Tenant,
@@ -109,6 +110,15 @@ pub async fn bootstrap_admin(
     if status == "disabled" {
         return Err(AuthError::Conflict("the account is disabled"));
     }
+    // Unused earlier bootstrap links of this address stop working (they carry no history: the
+    // audit log has each bootstrap).
+    tx.execute(
+        "DELETE FROM invitations WHERE municipality_id = $1 AND lower(email) = lower($2)
+             AND role = 'municipal_admin' AND used_at IS NULL",
+        &[&tenant.id(), &email.as_str()],
+    )
+    .await
+    .map_err(StoreError::from)?;
     let secret = LinkSecret::new()?;
     let invitation = Uuid::new_v4();
     tx.execute(

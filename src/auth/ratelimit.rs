@@ -32,8 +32,9 @@
 //!    ([`SIGN_UP_MAILS_PER_ADDRESS`] verification mails an hour; further requests are accepted but
 //!    send nothing: no mail bombing, and nothing to enumerate).
 //!
-//! Client addresses are the TCP peer address; behind a proxy that is the proxy's address, which makes
-//! the per-address limit shared by everyone behind it (safe by rule 2, coarser for new clients).
+//! Client addresses come from `http::client_address`: the TCP peer address, or the forwarded address
+//! when the peer is one of the `trusted_proxies`. Behind a proxy that is not configured as trusted,
+//! everyone shares the proxy's address (safe by rule 2, coarser for homeowners).
 
 use chrono::{DateTime, Duration, Utc};
 use deadpool_postgres::GenericClient;

@@ -19,7 +19,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use deadpool_postgres::Pool;
 use firstkey_agent::pairing::PairingCode;
 use firstkey_agent::protocol::channel::{
@@ -193,7 +192,18 @@ pub async fn start(
     pg_config: tokio_postgres::Config,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<RunningChannel> {
-    let identity = ServerIdentity::from_settings(settings).context("agent channel TLS")?;
+    // Either the configured certificate or the dev CA in `key_dir`: name the setting (exit code 2).
+    let identity = ServerIdentity::from_settings(settings).map_err(|e| {
+        crate::settings::SettingsError::Invalid {
+            setting: if settings.agent_tls.is_some() {
+                "agent_tls_cert"
+            } else {
+                "key_dir"
+            }
+            .to_owned(),
+            reason: format!("agent channel TLS: {e}"),
+        }
+    })?;
     start_with(
         settings.agent_listen,
         identity,
@@ -226,7 +236,10 @@ pub async fn start_with(
         options,
     )
     .await
-    .with_context(|| format!("setting `agent_listen`: cannot listen on {addr}"))?;
+    .map_err(|e| crate::settings::SettingsError::Invalid {
+        setting: "agent_listen".to_owned(),
+        reason: format!("cannot listen on {addr}: {e}"),
+    })?;
     let local_addr = listener.local_addr()?;
     let ready = Arc::new(Notify::new());
     let mut tasks = JoinSet::new();

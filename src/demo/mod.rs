@@ -24,11 +24,143 @@ pub struct DemoWorld {
     pub users: Vec<(Role, String)>,
 }
 
-/// Seeds the demo municipality; running it again changes nothing.
-pub async fn seed(pool: &Pool, now: DateTime<Utc>) -> Result<DemoWorld, StoreError> {
+/// The demo municipality's slug (a fresh run in a database whose `demo-city` was made with other keys
+/// uses `demo-city-2`, `demo-city-3`, …: see [`choose_municipality`]).
+pub const DEMO_SLUG: &str = "demo-city";
+
+/// The demo's root key file in the key directory.
+pub const ROOT_KEY_FILE: &str = "demo-root.pk8";
+
+/// Which demo municipality a run uses, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Choice {
+    /// None existed: it will be created.
+    Created(String),
+    /// It exists and its keys are in this key directory.
+    Reused(String),
+    /// `made_elsewhere` exists but was made with keys this key directory does not hold (another
+    /// folder, or `.firstkey/` was deleted); a fresh municipality is used and `made_elsewhere` is
+    /// left exactly as it is.
+    Fresh {
+        /// The municipality left alone.
+        made_elsewhere: String,
+        /// The one used instead.
+        slug: String,
+    },
+}
+
+impl Choice {
+    /// The slug to use.
+    pub fn slug(&self) -> &str {
+        match self {
+            Self::Created(s) | Self::Reused(s) | Self::Fresh { slug: s, .. } => s,
+        }
+    }
+
+    /// One line for the person running the demo.
+    pub fn describe(&self, key_dir: &std::path::Path) -> String {
+        match self {
+            Self::Created(slug) => format!("demo municipality {slug}: created"),
+            Self::Reused(slug) => format!(
+                "demo municipality {slug}: reused (its keys are in {})",
+                key_dir.display()
+            ),
+            Self::Fresh {
+                made_elsewhere,
+                slug,
+            } => format!(
+                "demo municipality {made_elsewhere} in this database was made with other keys (another \
+                 folder, or .firstkey/ was deleted); it is left as it is and this run uses a fresh one: {slug}"
+            ),
+        }
+    }
+}
+
+/// Whether the demo municipality `slug` can be driven with the keys in `key_dir`: it does not exist
+/// (`None`), or its pinned root key is the demo root key there and every live issuer key has its
+/// private file there (`Some(true)`), or not (`Some(false)`). Reads only.
+async fn usable_with(
+    client: &impl deadpool_postgres::GenericClient,
+    slug: &str,
+    key_dir: &std::path::Path,
+    now: DateTime<Utc>,
+) -> Result<Option<bool>, StoreError> {
+    let Some(row) = client
+        .query_opt(
+            "SELECT id, root_public_key FROM municipalities WHERE slug = $1",
+            &[&slug],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let id: uuid::Uuid = row.get(0);
+    let pinned: Option<Vec<u8>> = row.get(1);
+    if let Some(pinned) = pinned {
+        let ours = crate::emergency::keys::load_pair(&key_dir.join(ROOT_KEY_FILE))
+            .ok()
+            .map(|pair| {
+                ring::signature::KeyPair::public_key(&pair)
+                    .as_ref()
+                    .to_vec()
+            });
+        if ours.as_deref() != Some(pinned.as_slice()) {
+            return Ok(Some(false));
+        }
+    }
+    let issuer_dir = key_dir.join(crate::emergency::keys::ISSUER_DIR);
+    for row in client
+        .query(
+            "SELECT kid FROM signing_keys WHERE municipality_id = $1 AND (retired_at IS NULL OR retired_at > $2)",
+            &[&id, &now],
+        )
+        .await?
+    {
+        let kid: String = row.get(0);
+        if !issuer_dir.join(format!("{kid}.pk8")).is_file() {
+            return Ok(Some(false));
+        }
+    }
+    Ok(Some(true))
+}
+
+/// Picks the demo municipality for the keys in `key_dir`: `demo-city` when it is new or usable with
+/// them, else the first of `demo-city-2`, `demo-city-3`, … that is. Nothing is changed or deleted:
+/// a demo municipality made with other keys may still be someone's (another folder's) demo.
+pub async fn choose_municipality(
+    pool: &Pool,
+    key_dir: &std::path::Path,
+    now: DateTime<Utc>,
+) -> Result<Choice, StoreError> {
+    let client = pool.get().await?;
+    for n in 1..1000u32 {
+        let slug = if n == 1 {
+            DEMO_SLUG.to_owned()
+        } else {
+            format!("{DEMO_SLUG}-{n}")
+        };
+        match usable_with(&client, &slug, key_dir, now).await? {
+            None if n == 1 => return Ok(Choice::Created(slug)),
+            None => {
+                return Ok(Choice::Fresh {
+                    made_elsewhere: DEMO_SLUG.to_owned(),
+                    slug,
+                });
+            }
+            Some(true) => return Ok(Choice::Reused(slug)),
+            Some(false) => {}
+        }
+    }
+    Err(StoreError::Conflict(
+        "every demo municipality slug is taken by one made with other keys".to_owned(),
+    ))
+}
+
+/// Seeds the demo municipality `slug`; running it again changes nothing.
+pub async fn seed(pool: &Pool, slug: &str, now: DateTime<Utc>) -> Result<DemoWorld, StoreError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let slug = Slug::parse("demo-city").map_err(|e| StoreError::Conflict(e.to_string()))?;
+    let slug = Slug::parse(slug).map_err(|e| StoreError::Conflict(e.to_string()))?;
     let (tenant, municipality) =
         store::tenancy::ensure_municipality(&tx, &slug, "Demo City", now).await?;
     let fire = store::tenancy::ensure_agency(
@@ -104,9 +236,10 @@ pub async fn run(
     use crate::clock::{Clock, SystemClock};
 
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    crate::server::migrate_with_patience(&database.pool, std::time::Duration::from_secs(60))
-        .await?;
-    let world = seed(&database.pool, clock.now()).await?;
+    crate::server::migrate_with_patience(&database, std::time::Duration::from_secs(60)).await?;
+    let choice = choose_municipality(&database.pool, &settings.key_dir, clock.now()).await?;
+    let world = seed(&database.pool, choice.slug(), clock.now()).await?;
+    println!("{}", choice.describe(&settings.key_dir));
     let demo_dir = std::path::PathBuf::from(".firstkey/demo");
     let mail_dir = demo_dir.join("mail");
     let sink = match &settings.smtp {
@@ -140,6 +273,7 @@ pub async fn run(
     let key_dir = settings.key_dir.clone();
     let app = crate::http::Application::build(settings, database.pool.clone(), clock.clone())?;
     let base = format!("{}://{}", app.scheme(), app.local_addr());
+    let handle = app.handle();
     let server = tokio::spawn(app.run_until_stopped());
     println!(
         "firstkey demo: {} (database: {})",
@@ -158,6 +292,12 @@ pub async fn run(
         work_dir: demo_dir.clone(),
     };
     let outcome = story::run(&stage, clock.now()).await;
+    let lock_hint = outcome.as_ref().ok().map(|ending| {
+        format!(
+            "lock: firstkey-agent status --state-dir {}",
+            ending.lock_dir.display()
+        )
+    });
     if outcome.is_ok() {
         // Let the outbox worker deliver what the last steps queued before the run ends.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
@@ -181,18 +321,18 @@ pub async fn run(
         Ok(_) => println!("the story is complete."),
         Err(e) => eprintln!("firstkey demo: the story stopped: {e:#}"),
     }
+    if let Some(hint) = &lock_hint {
+        println!("{hint}");
+    }
     if !once {
         println!();
         println!("still serving at {base} (agent channel {agent_addr}); Ctrl-C to stop.");
         println!("  curl {base}/readyz   curl {base}/metrics   curl {base}/api/openapi.json");
-        println!(
-            "  mail: ls {}   lock: firstkey-agent status --state-dir {}",
-            mail_dir.display(),
-            demo_dir.display()
-        );
+        println!("  mail: ls {}", mail_dir.display());
         let _ = server.await;
     } else {
-        server.abort();
+        handle.stop(true).await;
+        let _ = server.await;
     }
     channel.stop();
     if let Some(worker) = mail_worker {

@@ -178,7 +178,7 @@ pub async fn run(stage: &Stage, now: DateTime<Utc>) -> anyhow::Result<Ending> {
     let tenant = stage.tenant;
 
     // --- The municipality's keys (operator, offline root key in a file).
-    let root_path = stage.key_dir.join("demo-root.pk8");
+    let root_path = stage.key_dir.join(super::ROOT_KEY_FILE);
     if !root_path.exists() {
         keys::root_generate(&root_path).map_err(|e| anyhow!("{e}"))?;
     }

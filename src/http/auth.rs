@@ -253,7 +253,7 @@ async fn sign_in_start(
     let ceremony_client =
         CeremonyClient::of_request(&keys, cookie.as_ref().map(|c| c.value()), now)?;
     let who = SignInClient {
-        address: req.peer_addr().map(|a| a.ip()),
+        address: crate::http::client_address(&req),
         binding: ceremony_client.binding(),
         returning: ceremony_client.returning(),
     };
@@ -299,7 +299,7 @@ async fn sign_in_finish(
     };
     let keys = AuthKeys::derive(&state.kek);
     let who = SignInClient {
-        address: req.peer_addr().map(|a| a.ip()),
+        address: crate::http::client_address(&req),
         binding: Binding::client_cookie(cookie.value()),
         returning: CeremonyClient::of_request(&keys, Some(cookie.value()), now)?.returning(),
     };
@@ -568,7 +568,7 @@ async fn sign_up(
     crate::domain::Text::parse("display_name", &body.display_name, 200)?;
     let now = state.clock.now();
     let mut client = connection(&state).await?;
-    if let Some(ip) = req.peer_addr().map(|a| a.ip()) {
+    if let Some(ip) = crate::http::client_address(&req) {
         let bucket = format!("sign_up:addr:{ip}");
         let hour = chrono::Duration::hours(1);
         if let Decision::Limited { retry_after } =

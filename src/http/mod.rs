@@ -1,7 +1,13 @@
-//! The HTTP surface: [`Application`] binds its listener, wires middleware (tracing with request ids,
-//! metrics, security headers) and routes. Handlers are a few lines: extract, call one core function,
-//! map the result; [`error::ApiError`] is the only place core errors meet status codes.
+//! The HTTP surface: [`Application`] binds its listener, wires middleware (request ids and the
+//! access log, security headers, metrics, the Origin check) and routes. Handlers are a few lines:
+//! extract, call one core function, map the result; [`error::ApiError`] is the only place core
+//! errors meet status codes. [`client_address`] is the one answer to "who is asking" for logs and
+//! rate limits.
+//!
+//! Every response, including the Origin check's 403, passes through the same middleware: it carries
+//! `x-request-id` and the security headers, is counted in `/metrics` and written to the access log.
 
+pub mod access_log;
 pub mod auth;
 pub mod dispatch;
 pub mod error;
@@ -12,20 +18,23 @@ pub mod openapi;
 pub mod properties;
 pub mod tokens;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::sync::Arc;
 
-use actix_web::dev::Server;
+use actix_web::body::EitherBody;
+use actix_web::dev::{Server, ServerHandle, ServiceResponse};
+use actix_web::http::header::HeaderMap;
 use actix_web::middleware::{DefaultHeaders, from_fn};
-use actix_web::{App, HttpResponse, HttpServer, web};
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, ResponseError, web};
 use anyhow::Context;
 use deadpool_postgres::Pool;
+use ipnet::IpNet;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tracing_actix_web::TracingLogger;
 
 use crate::clock::Clock;
-use crate::settings::{Settings, TlsFiles};
+use crate::settings::{Settings, SettingsError, TlsFiles};
 use metrics::Metrics;
 
 /// Shared state of every request handler.
@@ -55,11 +64,32 @@ pub struct Application {
     scheme: &'static str,
 }
 
+/// A start-up failure caused by the value of `setting` (exit code 2, like a bad value), in one line.
+fn unusable(setting: &str, reason: impl std::fmt::Display) -> SettingsError {
+    SettingsError::Invalid {
+        setting: setting.to_owned(),
+        reason: one_line(&reason.to_string()),
+    }
+}
+
+/// Joins a multi-line message into one line.
+fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 impl Application {
     /// Binds `settings.listen` (port 0 picks a free port) and prepares the server over `pool`.
     pub fn build(settings: Settings, pool: Pool, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(settings.listen)
-            .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        let listener = TcpListener::bind(settings.listen).map_err(|e| {
+            unusable(
+                "listen",
+                format!("cannot listen on {}: {e}", settings.listen),
+            )
+        })?;
         Self::build_on(listener, settings, pool, clock)
     }
 
@@ -72,6 +102,17 @@ impl Application {
         pool: Pool,
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Self> {
+        let kek = match &settings.data_key {
+            Some(key) => crate::crypto::Kek::from_base64(secrecy::ExposeSecret::expose_secret(key))
+                .map_err(|e| unusable("data_key", e))?,
+            None => crate::crypto::Kek::load_or_create(&settings.key_dir)
+                .map_err(|e| unusable("key_dir", format!("{}: {e}", settings.key_dir.display())))?,
+        };
+        let policy = match &settings.policy_dir {
+            Some(dir) => crate::policy::PolicyEngine::from_dir(dir)
+                .map_err(|e| unusable("policy_dir", format!("{}: {e:#}", dir.display())))?,
+            None => crate::policy::PolicyEngine::shipped().context("the shipped policy set")?,
+        };
         let local_addr = listener.local_addr()?;
         let tls = settings.tls.as_ref().map(server_tls_config).transpose()?;
         let hsts = settings.public_origin.as_str().starts_with("https://");
@@ -79,7 +120,7 @@ impl Application {
             .metrics_listen
             .map(|addr| {
                 TcpListener::bind(addr)
-                    .with_context(|| format!("setting `metrics_listen`: cannot listen on {addr}"))
+                    .map_err(|e| unusable("metrics_listen", format!("cannot listen on {addr}: {e}")))
             })
             .transpose()?;
         let metrics_addr = metrics_listener
@@ -88,18 +129,6 @@ impl Application {
             .transpose()?;
         let metrics_on_main = metrics_listener.is_none();
         let metrics = web::Data::new(Metrics::new().context("metrics registry")?);
-        let kek = match &settings.data_key {
-            Some(key) => {
-                crate::crypto::Kek::from_base64(secrecy::ExposeSecret::expose_secret(key))?
-            }
-            None => crate::crypto::Kek::load_or_create(&settings.key_dir)
-                .with_context(|| format!("setting `key_dir`: {}", settings.key_dir.display()))?,
-        };
-        let policy = match &settings.policy_dir {
-            Some(dir) => crate::policy::PolicyEngine::from_dir(dir)
-                .with_context(|| format!("setting `policy_dir`: {}", dir.display()))?,
-            None => crate::policy::PolicyEngine::shipped().context("the shipped policy set")?,
-        };
         tracing::info!(policy_set = %hex::encode(policy.policy_set_hash()), "policy set loaded");
         let sealer = tokio::spawn(crate::audit::run_sealer(
             pool.clone(),
@@ -175,7 +204,7 @@ impl Application {
                 .wrap(from_fn(check_origin))
                 .wrap(from_fn(metrics::observe))
                 .wrap(headers)
-                .wrap(TracingLogger::default())
+                .wrap(TracingLogger::<access_log::AccessLog>::new())
                 .configure(|cfg| routes(cfg, metrics_on_main))
                 .default_service(web::to(unrouted))
         };
@@ -214,7 +243,12 @@ impl Application {
         self.scheme
     }
 
-    /// Runs until the server is stopped (SIGINT/SIGTERM).
+    /// A handle that stops the server (`stop(true)` lets open requests finish).
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Runs until the server is stopped (SIGINT/SIGTERM, or [`Self::handle`]).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let metrics = self.metrics_server.map(|server| {
             let handle = server.handle();
@@ -267,11 +301,13 @@ const MACHINE_PATHS: &[&str] = &["/api/v1/cad/", "/log/"];
 
 /// Middleware: a state-changing request from a browser must come from our own origin. Requests
 /// without `Origin` must say `Sec-Fetch-Site: same-origin`; anything else is refused with 403 before
-/// it reaches a handler (CSRF defence in depth beside SameSite=Strict cookies).
+/// it reaches a handler (CSRF defence in depth beside SameSite=Strict cookies). The refusal is a
+/// response, not an error, so the outer middleware treat it like any other (request id, security
+/// headers, metrics, access log).
 async fn check_origin(
     req: actix_web::dev::ServiceRequest,
     next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
-) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+) -> Result<ServiceResponse<EitherBody<impl actix_web::body::MessageBody>>, actix_web::Error> {
     use actix_web::http::Method;
     let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     if !safe && !MACHINE_PATHS.iter().any(|p| req.path().starts_with(p)) {
@@ -288,37 +324,125 @@ async fn check_origin(
                 .is_some_and(|site| site == "same-origin"),
         };
         if !allowed {
-            tracing::warn!(
-                path = req.path(),
-                "cross-origin state-changing request refused"
-            );
-            return Err(error::ApiError::Forbidden.into());
+            // The access log has the 403; this says why, for whoever looks closer.
+            tracing::debug!("cross-origin state-changing request refused");
+            let response = error::ApiError::Forbidden.error_response();
+            return Ok(req.into_response(response).map_into_right_body());
         }
     }
-    next.call(req).await
+    next.call(req)
+        .await
+        .map(ServiceResponse::map_into_left_body)
+}
+
+/// The client's address, for logs and rate limits: the TCP peer's address, unless the peer is one of
+/// the `trusted_proxies`; then the address those proxies recorded ([`forwarded_client`]). A header
+/// from any other peer is ignored: anyone can write `X-Forwarded-For`.
+pub fn client_address(req: &HttpRequest) -> Option<IpAddr> {
+    let peer = req.peer_addr()?.ip();
+    let trusted = req
+        .app_data::<web::Data<AppState>>()
+        .map(|s| s.settings.trusted_proxies.as_slice())
+        .unwrap_or(&[]);
+    Some(forwarded_client(peer, req.headers(), trusted))
+}
+
+/// The client behind `peer`: when `peer` is trusted, the forwarding chain (`Forwarded` `for=`, RFC
+/// 7239, or else `X-Forwarded-For`) is read from the right, skipping trusted proxies; the first
+/// address that is not a trusted proxy is the client. A hop that is not an address (`unknown`, an
+/// obfuscated name, garbage) ends the walk at the last address known. An untrusted peer is the
+/// client, whatever it wrote.
+pub fn forwarded_client(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let mut client = peer;
+    for hop in forwarding_chain(headers).into_iter().rev() {
+        let Some(ip) = hop else { break };
+        client = ip;
+        if !is_trusted(&ip) {
+            break;
+        }
+    }
+    client
+}
+
+/// The hops of the forwarding headers, the original client first. `Forwarded` wins over
+/// `X-Forwarded-For` when both are present.
+fn forwarding_chain(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
+    let values = |name: &str| -> Vec<String> {
+        headers
+            .get_all(name)
+            .map(|v| v.to_str().map(str::to_owned).unwrap_or_default())
+            .collect()
+    };
+    let forwarded = values("forwarded");
+    if !forwarded.is_empty() {
+        return forwarded
+            .iter()
+            .flat_map(|v| v.split(','))
+            .map(|element| {
+                element
+                    .split(';')
+                    .filter_map(|pair| pair.split_once('='))
+                    .find(|(key, _)| key.trim().eq_ignore_ascii_case("for"))
+                    .and_then(|(_, node)| parse_node(node))
+            })
+            .collect();
+    }
+    values("x-forwarded-for")
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(parse_node)
+        .collect()
+}
+
+/// An address as proxies write it: `192.0.2.1`, `"192.0.2.1:4711"`, `"[2001:db8::1]:4711"`, `2001:db8::1`.
+fn parse_node(node: &str) -> Option<IpAddr> {
+    let node = node.trim().trim_matches('"');
+    if let Some(rest) = node.strip_prefix('[') {
+        return rest.split_once(']')?.0.parse().ok();
+    }
+    if let Ok(ip) = node.parse() {
+        return Some(ip);
+    }
+    // IPv4 with a port.
+    let (host, port) = node.rsplit_once(':')?;
+    port.parse::<u16>().ok()?;
+    host.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
 }
 
 /// Loads the PEM chain and key into a rustls server config using the ring provider.
 fn server_tls_config(files: &TlsFiles) -> anyhow::Result<rustls::ServerConfig> {
     let certs = CertificateDer::pem_file_iter(&files.cert)
-        .with_context(|| format!("setting `tls_cert`: cannot read {}", files.cert.display()))?
+        .map_err(|e| {
+            unusable(
+                "tls_cert",
+                format!("cannot read {}: {e}", files.cert.display()),
+            )
+        })?
         .collect::<Result<Vec<_>, _>>()
-        .with_context(|| {
-            format!(
-                "setting `tls_cert`: {} is not a PEM certificate chain",
-                files.cert.display()
+        .map_err(|e| {
+            unusable(
+                "tls_cert",
+                format!(
+                    "{} is not a PEM certificate chain: {e}",
+                    files.cert.display()
+                ),
             )
         })?;
     if certs.is_empty() {
-        anyhow::bail!(
-            "setting `tls_cert`: {} holds no certificate",
-            files.cert.display()
-        );
+        return Err(unusable(
+            "tls_cert",
+            format!("{} holds no certificate", files.cert.display()),
+        )
+        .into());
     }
-    let key = PrivateKeyDer::from_pem_file(&files.key).with_context(|| {
-        format!(
-            "setting `tls_key`: {} holds no usable private key",
-            files.key.display()
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {
+        unusable(
+            "tls_key",
+            format!("{} holds no usable private key: {e}", files.key.display()),
         )
     })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -327,6 +451,105 @@ fn server_tls_config(files: &TlsFiles) -> anyhow::Result<rustls::ServerConfig> {
         .context("TLS protocol versions")?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .context("setting `tls_key`: the key does not match the certificate")?;
+        .map_err(|e| {
+            unusable(
+                "tls_key",
+                format!("the key does not match the certificate: {e}"),
+            )
+        })?;
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::http::header::{HeaderName, HeaderValue};
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn forwarding_headers_count_only_from_trusted_proxies() {
+        let proxies: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let xff = headers(&[("x-forwarded-for", "203.0.113.9")]);
+        // An untrusted peer is the client, whatever it claims.
+        assert_eq!(
+            forwarded_client(ip("198.51.100.1"), &xff, &proxies),
+            ip("198.51.100.1")
+        );
+        assert_eq!(forwarded_client(ip("10.1.2.3"), &xff, &[]), ip("10.1.2.3"));
+        // A trusted proxy's header names the client.
+        assert_eq!(
+            forwarded_client(ip("10.1.2.3"), &xff, &proxies),
+            ip("203.0.113.9")
+        );
+        // No header from a trusted proxy: the proxy is all we know.
+        assert_eq!(
+            forwarded_client(ip("10.1.2.3"), &HeaderMap::new(), &proxies),
+            ip("10.1.2.3")
+        );
+    }
+
+    #[test]
+    fn the_chain_is_read_from_the_right_and_spoofed_hops_are_skipped() {
+        let proxies: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        // The client wrote a fake first hop; our proxies appended the real one.
+        let h = headers(&[("x-forwarded-for", "1.1.1.1, 203.0.113.9, 10.0.0.5")]);
+        assert_eq!(
+            forwarded_client(ip("10.0.0.1"), &h, &proxies),
+            ip("203.0.113.9")
+        );
+        let h = headers(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "203.0.113.9"),
+        ]);
+        assert_eq!(
+            forwarded_client(ip("10.0.0.1"), &h, &proxies),
+            ip("203.0.113.9")
+        );
+        // A hop that is no address stops the walk at the last known address.
+        let h = headers(&[("x-forwarded-for", "203.0.113.9, garbage, 10.0.0.5")]);
+        assert_eq!(
+            forwarded_client(ip("10.0.0.1"), &h, &proxies),
+            ip("10.0.0.5")
+        );
+    }
+
+    #[test]
+    fn rfc_7239_forwarded_wins_and_its_forms_parse() {
+        let proxies: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let h = headers(&[
+            (
+                "forwarded",
+                "for=192.0.2.60;proto=https, for=\"[2001:db8:cafe::17]:4711\"",
+            ),
+            ("x-forwarded-for", "198.51.100.77"),
+        ]);
+        assert_eq!(
+            forwarded_client(ip("10.0.0.1"), &h, &proxies),
+            ip("2001:db8:cafe::17")
+        );
+        let h = headers(&[("forwarded", "For=\"192.0.2.43:47011\"")]);
+        assert_eq!(
+            forwarded_client(ip("10.0.0.1"), &h, &proxies),
+            ip("192.0.2.43")
+        );
+        let h = headers(&[("forwarded", "for=unknown")]);
+        assert_eq!(
+            forwarded_client(ip("10.0.0.1"), &h, &proxies),
+            ip("10.0.0.1")
+        );
+    }
 }

@@ -5,6 +5,10 @@
 //! lettre, retrying with exponential backoff; during an SMTP outage mail waits in the table, and after
 //! it everything is delivered once (`dedupe_key` makes a second enqueue of the same event a no-op,
 //! and a row is claimed with `FOR UPDATE SKIP LOCKED` so two replicas never send the same row).
+//!
+//! Bodies carry one-time links (invitations, e-mail verification), so a body lives only as long as
+//! delivery needs it: the transaction that marks a mail sent also drops its body (kept: recipient,
+//! subject, kind, times, for the delivery record; the schema refuses a sent row with a body).
 
 pub mod sink;
 
@@ -171,13 +175,23 @@ pub async fn deliver_due(
         };
         let id: Uuid = row.get(0);
         let attempts: i32 = row.get(5);
+        let text: Option<String> = row.get(3);
+        let html: Option<String> = row.get(4);
         let result = mailer
-            .send(row.get(1), row.get(2), row.get(3), row.get(4))
+            .send(
+                row.get(1),
+                row.get(2),
+                text.as_deref().unwrap_or_default(),
+                html.as_deref().unwrap_or_default(),
+            )
             .await;
         match result {
             Ok(()) => {
+                // The body (and the link secret in it) goes with the delivery.
                 tx.execute(
-                    "UPDATE notification_outbox SET sent_at = $2, attempts = attempts + 1, last_error = NULL WHERE id = $1",
+                    "UPDATE notification_outbox SET sent_at = $2, attempts = attempts + 1, last_error = NULL,
+                         body_text = NULL, body_html = NULL
+                     WHERE id = $1",
                     &[&id, &now],
                 )
                 .await

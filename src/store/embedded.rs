@@ -277,6 +277,43 @@ pub fn describe(config: &tokio_postgres::Config) -> String {
     )
 }
 
+/// Where a config points, for error messages: `PostgreSQL at host:port, database D, role R` (never
+/// the password).
+pub fn target(config: &tokio_postgres::Config) -> String {
+    let ports = config.get_ports();
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let port = ports
+                .get(i)
+                .or_else(|| ports.first())
+                .copied()
+                .unwrap_or(5432);
+            match h {
+                Host::Tcp(name) if name.contains(':') => format!("[{name}]:{port}"),
+                Host::Tcp(name) => format!("{name}:{port}"),
+                Host::Unix(path) => format!("{} (socket, port {port})", path.display()),
+            }
+        })
+        .collect();
+    let hosts = if hosts.is_empty() {
+        // libpq's default.
+        "localhost:5432".to_owned()
+    } else {
+        hosts.join(",")
+    };
+    let user = config
+        .get_user()
+        .map(str::to_owned)
+        .unwrap_or_else(|| std::env::var("USER").unwrap_or_else(|_| "(default)".to_owned()));
+    format!(
+        "PostgreSQL at {hosts}, database {}, role {user}",
+        config.get_dbname().unwrap_or(user.as_str())
+    )
+}
+
 fn is_root() -> bool {
     Command::new("id")
         .arg("-u")

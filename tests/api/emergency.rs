@@ -1313,6 +1313,8 @@ async fn a_nul_in_any_free_text_field_is_a_400_naming_it_and_changes_nothing() {
 
     let after = row_counts(&w).await;
     assert_eq!(before, after, "a refused request changes nothing");
+}
+
 // ------------------------------------------------------------------------------------------ a responder disabled
 
 #[tokio::test]

@@ -53,6 +53,9 @@ async fn leftovers_of_gone_processes_are_removed_and_those_of_live_ones_kept() {
     }
     remove_leftovers().await;
     assert!(!exists(&of_gone).await, "leftover of a gone process kept");
-    assert!(!exists(&of_reused_pid).await, "leftover of a reused pid kept");
+    assert!(
+        !exists(&of_reused_pid).await,
+        "leftover of a reused pid kept"
+    );
     assert!(exists(&live).await, "a live test's database was dropped");
 }

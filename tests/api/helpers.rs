@@ -100,7 +100,10 @@ impl Drop for TestDatabase {
         match dropped {
             Ok(Ok(())) => {}
             Ok(Err(e)) => eprintln!("could not drop test database {}: {e}", self.name),
-            Err(_) => eprintln!("could not drop test database {}: the dropping thread panicked", self.name),
+            Err(_) => eprintln!(
+                "could not drop test database {}: the dropping thread panicked",
+                self.name
+            ),
         }
     }
 }
@@ -112,7 +115,10 @@ fn drop_database_now(name: &str) -> Result<(), String> {
         .build()
         .map_err(|e| e.to_string())?;
     runtime.block_on(async {
-        let (client, connection) = admin_config().connect(NoTls).await.map_err(|e| e.to_string())?;
+        let (client, connection) = admin_config()
+            .connect(NoTls)
+            .await
+            .map_err(|e| e.to_string())?;
         let task = tokio::spawn(connection);
         let result = client
             .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
@@ -147,7 +153,10 @@ fn owner_may_be_alive(name: &str) -> bool {
     match (process_start_time(pid), parts.len()) {
         (None, _) => false,
         // New scheme: the same pid with another start time is a reused pid, not the owner.
-        (Some(start), 5) => parts.get(3).and_then(|s| s.parse::<u64>().ok()).is_none_or(|s| s == start),
+        (Some(start), 5) => parts
+            .get(3)
+            .and_then(|s| s.parse::<u64>().ok())
+            .is_none_or(|s| s == start),
         (Some(_), _) => true,
     }
 }
@@ -160,7 +169,10 @@ pub async fn remove_leftovers() -> Vec<String> {
     let task = tokio::spawn(connection);
     let mut dropped = Vec::new();
     for row in client
-        .query("SELECT datname FROM pg_database WHERE datname LIKE 'fk\\_test\\_%'", &[])
+        .query(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'fk\\_test\\_%'",
+            &[],
+        )
         .await
         .unwrap()
     {
@@ -261,7 +273,15 @@ impl TestApp {
 
 /// Settings for a test: port 0, the given database.
 pub fn test_settings(database: tokio_postgres::Config) -> Settings {
+    test_settings_with(database, &[])
+}
+
+/// [`test_settings`] with more `FIRSTKEY_*` variables.
+pub fn test_settings_with(database: tokio_postgres::Config, extra: &[(&str, &str)]) -> Settings {
     let url = connection_url(&database);
+    let extra = extra
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()));
     Settings::load(
         None,
         [
@@ -273,7 +293,9 @@ pub fn test_settings(database: tokio_postgres::Config) -> Settings {
                 "FIRSTKEY_DATA_KEY".to_owned(),
                 "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=".to_owned(),
             ),
-        ],
+        ]
+        .into_iter()
+        .chain(extra),
     )
     .expect("test settings are valid")
 }
@@ -293,15 +315,20 @@ fn connection_url(config: &tokio_postgres::Config) -> String {
 
 /// Starts the application on a fresh database.
 pub async fn spawn_app() -> TestApp {
-    spawn(false).await
+    spawn(false, &[]).await
+}
+
+/// Starts the application on a fresh database with more `FIRSTKEY_*` settings.
+pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
+    spawn(false, extra).await
 }
 
 /// Starts the application on a fresh database reached through a [`PgProxy`] the test can cut.
 pub async fn spawn_app_behind_proxy() -> TestApp {
-    spawn(true).await
+    spawn(true, &[]).await
 }
 
-async fn spawn(with_proxy: bool) -> TestApp {
+async fn spawn(with_proxy: bool, extra: &[(&str, &str)]) -> TestApp {
     let db = fresh_database().await;
     let direct = config_for(&db);
     let (app_config, proxy) = if with_proxy {
@@ -320,7 +347,7 @@ async fn spawn(with_proxy: bool) -> TestApp {
     } else {
         (direct.clone(), None)
     };
-    let settings = test_settings(app_config.clone());
+    let settings = test_settings_with(app_config.clone(), extra);
     let app_pool = firstkey::store::pool(app_config, settings.db_pool_size).unwrap();
     let app =
         Application::build(settings, app_pool, Arc::new(SystemClock)).expect("application builds");

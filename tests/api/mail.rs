@@ -262,3 +262,97 @@ async fn a_grant_succeeds_while_smtp_is_down_and_its_mail_arrives_after() {
         "the grant mail names the incident"
     );
 }
+
+#[tokio::test]
+async fn a_delivered_invitation_leaves_no_link_secret_in_the_database() {
+    use firstkey::auth::accounts::{self, NewInvitation};
+    use firstkey::domain::Role;
+
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = start_sink(SocketAddr::from(([127, 0, 0, 1], 0)), dir.path()).await;
+    let mailer = Mailer::new(&SmtpSettings {
+        relay: sink.relay_url().into(),
+        from: "firstkey <noreply@firstkey.test>".to_owned(),
+    })
+    .unwrap();
+    let now = Utc::now();
+    let mut client = app.pool.get().await.unwrap();
+    let tx = client.transaction().await.unwrap();
+    let (tenant, _) =
+        tenancy::ensure_municipality(&tx, &Slug::parse("secret-town").unwrap(), "Secret", now)
+            .await
+            .unwrap();
+    let admin = firstkey::store::people::ensure_user(
+        &tx,
+        tenant,
+        &Email::parse("admin@secret.example").unwrap(),
+        "Admin",
+        None,
+        &[Role::MunicipalAdmin],
+        now,
+    )
+    .await
+    .unwrap();
+    let origin = firstkey::settings::PublicOrigin::parse(crate::helpers::ORIGIN).unwrap();
+    let (_, secret) = accounts::invite(
+        &tx,
+        tenant,
+        admin.id,
+        &NewInvitation {
+            role: Role::Auditor,
+            agency_id: None,
+            email: "auditor@secret.example".to_owned(),
+            display_name: "Auditor".to_owned(),
+        },
+        &origin,
+        now,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let secret = secret.expose().to_owned();
+    let outbox_text = || async {
+        app.pool
+            .get()
+            .await
+            .unwrap()
+            .query(
+                "SELECT row_to_json(n)::text FROM notification_outbox n",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(
+        outbox_text().await.contains(&secret),
+        "waiting mail holds its link"
+    );
+
+    assert_eq!(
+        notify::deliver_due(&app.pool, &mailer, now, 10)
+            .await
+            .unwrap(),
+        1
+    );
+    let delivered = notify::sink::messages(sink.dir()).unwrap();
+    assert!(
+        delivered
+            .iter()
+            .any(|m| m.replace("=\r\n", "").contains(&secret)),
+        "the mail carried the link"
+    );
+    let after = outbox_text().await;
+    assert!(
+        !after.contains(&secret),
+        "link secret left in the outbox: {after}"
+    );
+    assert!(
+        after.contains("auditor@secret.example"),
+        "the delivery record stays: {after}"
+    );
+}
