@@ -374,7 +374,10 @@ async fn the_health_command_follows_readyz() {
         .await
         .unwrap();
     assert_eq!(behind.status.code(), Some(1), "{behind:?}");
-    assert!(String::from_utf8_lossy(&behind.stderr).contains("503"), "{behind:?}");
+    assert!(
+        String::from_utf8_lossy(&behind.stderr).contains("503"),
+        "{behind:?}"
+    );
 
     // Nothing listening: a free port, found by binding and releasing it.
     let free = std::net::TcpListener::bind("127.0.0.1:0")
@@ -385,5 +388,8 @@ async fn the_health_command_follows_readyz() {
         .await
         .unwrap();
     assert_eq!(none.status.code(), Some(1), "{none:?}");
-    assert!(String::from_utf8_lossy(&none.stderr).contains("nothing answers"), "{none:?}");
+    assert!(
+        String::from_utf8_lossy(&none.stderr).contains("nothing answers"),
+        "{none:?}"
+    );
 }

@@ -12,6 +12,7 @@ mod access;
 mod auth;
 mod auth_helpers;
 mod channel;
+mod deploy;
 mod emergency;
 mod health;
 mod helpers;
