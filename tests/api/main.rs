@@ -19,6 +19,7 @@ mod helpers;
 mod mail;
 mod migrations;
 mod openapi;
+mod restore;
 mod startup;
 mod story;
 mod tenancy;
