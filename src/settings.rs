@@ -286,6 +286,26 @@ impl Settings {
         Ok(settings)
     }
 
+    /// The name of every setting (as in `firstkey.toml`; environment: `FIRSTKEY_` + upper case),
+    /// with its default as TOML (`None` when it has none). Taken from the
+    /// raw configuration type itself, so `firstkey.example.toml` can be checked against it.
+    pub fn known() -> Vec<(String, Option<String>)> {
+        let Ok(serde_json::Value::Object(map)) = serde_json::to_value(RawSettings::default())
+        else {
+            return Vec::new();
+        };
+        map.into_iter()
+            .map(|(k, v)| {
+                let default = match v {
+                    serde_json::Value::Null => None,
+                    serde_json::Value::String(s) => Some(format!("{s:?}")),
+                    other => Some(other.to_string()),
+                };
+                (k, default)
+            })
+            .collect()
+    }
+
     /// Loads from the process environment.
     pub fn from_process(config_file: Option<&Path>) -> Result<Self, SettingsError> {
         Self::load(config_file, std::env::vars())

@@ -374,7 +374,10 @@ async fn the_health_command_follows_readyz() {
         .await
         .unwrap();
     assert_eq!(behind.status.code(), Some(1), "{behind:?}");
-    assert!(String::from_utf8_lossy(&behind.stderr).contains("503"), "{behind:?}");
+    assert!(
+        String::from_utf8_lossy(&behind.stderr).contains("503"),
+        "{behind:?}"
+    );
 
     // Nothing listening: a free port, found by binding and releasing it.
     let free = std::net::TcpListener::bind("127.0.0.1:0")
@@ -385,5 +388,39 @@ async fn the_health_command_follows_readyz() {
         .await
         .unwrap();
     assert_eq!(none.status.code(), Some(1), "{none:?}");
-    assert!(String::from_utf8_lossy(&none.stderr).contains("nothing answers"), "{none:?}");
+    assert!(
+        String::from_utf8_lossy(&none.stderr).contains("nothing answers"),
+        "{none:?}"
+    );
+}
+
+/// The alert rules and the dashboard in deploy/monitoring/ only use metric names the server
+/// exposes (a renamed family would silently never alert).
+#[tokio::test]
+async fn monitoring_rules_and_dashboard_name_only_exposed_metrics() {
+    let app = spawn_app().await;
+    // The HTTP families exist once a request was served.
+    app.get("/healthz").await;
+    let text = app.get("/metrics").await.text().await.unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/monitoring");
+    let mut checked = 0;
+    for file in ["alerts.yaml", "grafana-dashboard.json"] {
+        let body = std::fs::read_to_string(root.join(file)).unwrap();
+        let mut rest = body.as_str();
+        while let Some(at) = rest.find("firstkey_") {
+            let tail = &rest[at..];
+            let len = tail
+                .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+                .unwrap_or(tail.len());
+            let name = &tail[..len];
+            let family = name.strip_suffix("_bucket").unwrap_or(name);
+            assert!(
+                text.contains(&format!("# TYPE {family} ")),
+                "{file} names {name}, which /metrics does not expose"
+            );
+            checked += 1;
+            rest = &tail[len..];
+        }
+    }
+    assert!(checked > 20, "only {checked} metric names found");
 }
