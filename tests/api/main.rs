@@ -18,6 +18,7 @@ mod helpers;
 mod mail;
 mod migrations;
 mod openapi;
+mod schemathesis;
 mod startup;
 mod story;
 mod tenancy;
