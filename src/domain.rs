@@ -239,6 +239,65 @@ impl Email {
     }
 }
 
+/// Deserialises an integer field as JSON Schema (and so the OpenAPI document) defines integers: a
+/// number with no fractional part, so `60.0` is 60. Out of range for `T` is an error.
+pub fn integer<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<i64>,
+{
+    struct Integral;
+    impl serde::de::Visitor<'_> for Integral {
+        type Value = i64;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an integer")
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<i64, E> {
+            Ok(v)
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<i64, E> {
+            i64::try_from(v).map_err(|_| E::custom("integer out of range"))
+        }
+        #[allow(clippy::cast_possible_truncation, clippy::float_cmp)]
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<i64, E> {
+            // 2^63 as f64 is exact; integral values below it convert exactly.
+            let limit = 9_223_372_036_854_775_808.0_f64;
+            if v.fract() == 0.0 && v >= -limit && v < limit {
+                Ok(v as i64)
+            } else {
+                Err(E::invalid_type(serde::de::Unexpected::Float(v), &self))
+            }
+        }
+    }
+    let value = deserializer.deserialize_any(Integral)?;
+    T::try_from(value).map_err(|_| serde::de::Error::custom("integer out of range"))
+}
+
+/// Deserialises a struct from a JSON object only: serde's derive also takes a struct's fields as an
+/// array (`[null, null]` for `{"pets": null, "hazards": null}`), which the document does not allow.
+pub fn object<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    use serde::Deserialize;
+    let map = serde_json::Map::deserialize(deserializer)?;
+    T::deserialize(serde_json::Value::Object(map)).map_err(serde::de::Error::custom)
+}
+
+/// [`object`] for each element of a list.
+pub fn objects<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    use serde::Deserialize;
+    Vec::<serde_json::Map<String, serde_json::Value>>::deserialize(deserializer)?
+        .into_iter()
+        .map(|map| T::deserialize(serde_json::Value::Object(map)).map_err(serde::de::Error::custom))
+        .collect()
+}
+
 /// The OpenAPI schema of a string field with these limits (`pattern` is an ECMA-262 regular
 /// expression, unanchored unless it says `^…$`); the typed values below describe themselves with it.
 pub fn string_schema(
@@ -275,8 +334,9 @@ impl utoipa::PartialSchema for Slug {
 
 impl utoipa::ToSchema for Slug {}
 
-/// [`Email::parse`] as a regular expression: one `@` with something on both sides, no white space.
-pub const EMAIL_PATTERN: &str = "^[^\\s@]+@[^\\s@]+$";
+/// [`Email::parse`] as a regular expression: one `@` with something on both sides, no white space
+/// (and no NUL, which text never holds).
+pub const EMAIL_PATTERN: &str = "^[^\\s@\\u0000]+@[^\\s@\\u0000]+$";
 
 impl utoipa::PartialSchema for Email {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
@@ -324,6 +384,27 @@ mod tests {
             assert_eq!(Role::parse(r.as_str()), Ok(r));
         }
         assert!(Role::parse("root").is_err());
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    struct Minutes {
+        #[serde(deserialize_with = "integer")]
+        minutes: u32,
+    }
+
+    #[test]
+    fn integers_as_json_schema_counts_them() {
+        let parse = |json: &str| serde_json::from_str::<Minutes>(json).map(|m| m.minutes);
+        assert_eq!(parse(r#"{"minutes": 60}"#).ok(), Some(60));
+        assert_eq!(parse(r#"{"minutes": 60.0}"#).ok(), Some(60));
+        for bad in [
+            r#"{"minutes": 60.5}"#,
+            r#"{"minutes": -1}"#,
+            r#"{"minutes": 1e300}"#,
+            r#"{"minutes": "60"}"#,
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -61,13 +61,22 @@ impl AgencyRule {
 #[serde(deny_unknown_fields)]
 pub struct AgencyRules {
     /// Fire department.
-    #[serde(default = "AgencyRule::denied")]
+    #[serde(
+        default = "AgencyRule::denied",
+        deserialize_with = "crate::domain::object"
+    )]
     pub fire: AgencyRule,
     /// Emergency medical services.
-    #[serde(default = "AgencyRule::denied")]
+    #[serde(
+        default = "AgencyRule::denied",
+        deserialize_with = "crate::domain::object"
+    )]
     pub ems: AgencyRule,
     /// Police.
-    #[serde(default = "AgencyRule::denied")]
+    #[serde(
+        default = "AgencyRule::denied",
+        deserialize_with = "crate::domain::object"
+    )]
     pub police: AgencyRule,
 }
 
@@ -77,23 +86,23 @@ pub struct AgencyRules {
 pub struct ResponderNotes {
     /// Animals in the home.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(max_length = 4000)]
+    #[schema(max_length = 4000, pattern = r"^[^\u0000]*$")]
     pub pets: Option<String>,
     /// Hazards (oxygen in use, chemicals, structural issues).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(max_length = 4000)]
+    #[schema(max_length = 4000, pattern = r"^[^\u0000]*$")]
     pub hazards: Option<String>,
     /// Medical equipment in the home.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(max_length = 4000)]
+    #[schema(max_length = 4000, pattern = r"^[^\u0000]*$")]
     pub medical_equipment: Option<String>,
     /// Where the water, gas and power shut-offs are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(max_length = 4000)]
+    #[schema(max_length = 4000, pattern = r"^[^\u0000]*$")]
     pub utilities: Option<String>,
     /// Anything else.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(max_length = 4000)]
+    #[schema(max_length = 4000, pattern = r"^[^\u0000]*$")]
     pub free_text: Option<String>,
 }
 
@@ -118,14 +127,18 @@ impl ResponderNotes {
 #[serde(deny_unknown_fields)]
 pub struct Contact {
     /// Name, 1 to 200 characters (not only white space).
-    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
+    )]
     pub name: String,
     /// E-mail for notifications.
     #[schema(value_type = crate::domain::Email)]
     pub email: String,
     /// Phone number, free form, at most 40 characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(max_length = 40)]
+    #[schema(max_length = 40, pattern = r"^[^\u0000]*$")]
     pub phone: Option<String>,
 }
 
@@ -159,22 +172,25 @@ impl Default for NotificationChoices {
 #[serde(deny_unknown_fields)]
 pub struct PlanInput {
     /// Which agencies may enter and under what conditions.
+    #[serde(deserialize_with = "crate::domain::object")]
     pub agencies: AgencyRules,
     /// Longest grant a dispatcher may give, in minutes (1 to 1440).
     #[schema(minimum = 1, maximum = 1440)]
+    #[serde(deserialize_with = "crate::domain::integer")]
     pub max_grant_minutes: i32,
     /// Notes for responders (secret).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::domain::object")]
     pub notes: ResponderNotes,
     /// Emergency contacts, at most 10.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::domain::objects")]
     #[schema(max_items = 10)]
     pub contacts: Vec<Contact>,
     /// Notification choices.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::domain::object")]
     pub notifications: NotificationChoices,
     /// How long records about the home are kept, in days (1 to 3650).
     #[schema(minimum = 1, maximum = 3650)]
+    #[serde(deserialize_with = "crate::domain::integer")]
     pub retention_days: i32,
 }
 
@@ -289,5 +305,36 @@ impl ToSchema for PlanView {
         )>,
     ) {
         <PlanInput as ToSchema>::schemas(schemas);
+    }
+}
+
+#[cfg(test)]
+mod schema_tests {
+    use super::*;
+
+    fn parse(json: serde_json::Value) -> Result<PlanInput, serde_json::Error> {
+        serde_json::from_value(json)
+    }
+
+    /// What schemathesis found: `notes: [null, null]` (fields as an array) was stored as a plan.
+    #[test]
+    fn nested_plan_parts_are_objects_only() {
+        let base = serde_json::json!({
+            "agencies": {}, "max_grant_minutes": 60.0, "retention_days": 30
+        });
+        assert!(parse(base.clone()).is_ok(), "60.0 is the integer 60");
+        for (field, value) in [
+            ("notes", serde_json::json!([null, null])),
+            ("notifications", serde_json::json!([true, false])),
+            ("agencies", serde_json::json!([])),
+            ("contacts", serde_json::json!([["n", "n@x.test"]])),
+        ] {
+            let mut plan = base.clone();
+            plan[field] = value;
+            assert!(parse(plan).is_err(), "{field} as an array");
+        }
+        let mut plan = base;
+        plan["agencies"] = serde_json::json!({ "fire": [true] });
+        assert!(parse(plan).is_err(), "an agency rule as an array");
     }
 }

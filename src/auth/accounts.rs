@@ -147,7 +147,11 @@ pub struct NewInvitation {
     #[schema(value_type = crate::domain::Email)]
     pub email: String,
     /// The invitee's name as shown to colleagues, 1 to 200 characters (not only white space).
-    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
+    )]
     pub display_name: String,
 }
 

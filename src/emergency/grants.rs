@@ -45,13 +45,22 @@ pub struct NewGrant {
     pub responders: Vec<Uuid>,
     /// A unit (`users.unit`, e.g. "Engine 7"): every active responder of it at the time of the grant.
     #[serde(default)]
-    #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
+    )]
     pub unit: Option<String>,
     /// How long the grant lasts, in minutes (1 to 1440, and at most the plan's maximum).
     #[schema(minimum = 1, maximum = 1440)]
+    #[serde(deserialize_with = "crate::domain::integer")]
     pub minutes: u32,
     /// Why entry is needed, 1 to 2000 characters (shown to the homeowner).
-    #[schema(min_length = 1, max_length = 2000, pattern = r"\S")]
+    #[schema(
+        min_length = 1,
+        max_length = 2000,
+        pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
+    )]
     pub justification: String,
 }
 

@@ -34,7 +34,11 @@ pub struct NewIncident {
     #[schema(min_length = 1, max_length = 64, pattern = "^[a-z_]+$")]
     pub kind: String,
     /// Where it is, 1 to 500 characters (not only white space).
-    #[schema(min_length = 1, max_length = 500, pattern = r"\S")]
+    #[schema(
+        min_length = 1,
+        max_length = 500,
+        pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
+    )]
     pub address: String,
     /// The agency handling it (an agency of the municipality).
     pub agency: Uuid,

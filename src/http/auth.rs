@@ -132,7 +132,7 @@ pub struct FinishAssertion {
     /// From the start call.
     pub ceremony: Uuid,
     /// The `PublicKeyCredential` from `navigator.credentials.get()`, as JSON.
-    #[schema(value_type = Object)]
+    #[schema(schema_with = assertion_schema)]
     pub credential: PublicKeyCredential,
 }
 
@@ -142,8 +142,96 @@ pub struct FinishRegistration {
     /// From the start call.
     pub ceremony: Uuid,
     /// The `PublicKeyCredential` from `navigator.credentials.create()`, as JSON.
-    #[schema(value_type = Object)]
+    #[schema(schema_with = attestation_schema)]
     pub credential: RegisterPublicKeyCredential,
+}
+
+/// A base64url (unpadded) byte string, as webauthn-rs reads the credential's binary fields.
+fn base64url(description: &str) -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .description(Some(description))
+        .pattern(Some("^([A-Za-z0-9_-]{4})*([A-Za-z0-9_-]{2,3})?$"))
+        .build()
+}
+
+/// The JSON of a WebAuthn credential (`PublicKeyCredential.toJSON()`), with `response` as given.
+fn credential_schema(
+    description: &str,
+    response: utoipa::openapi::schema::Object,
+) -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .description(Some(description))
+        .property("id", base64url("The credential id"))
+        .property(
+            "rawId",
+            base64url("The credential id, the same bytes as `id`"),
+        )
+        .property("response", response)
+        .property(
+            "type",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(["public-key"])),
+        )
+        .property(
+            "extensions",
+            ObjectBuilder::new()
+                .schema_type(Type::Object)
+                .description(Some("Client extension results")),
+        )
+        .required("id")
+        .required("rawId")
+        .required("response")
+        .required("type")
+        .build()
+}
+
+/// The schema of [`FinishAssertion::credential`].
+fn assertion_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    let response = ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property("authenticatorData", base64url("Authenticator data"))
+        .property("clientDataJSON", base64url("The signed client data"))
+        .property("signature", base64url("The assertion signature"))
+        .property(
+            "userHandle",
+            base64url("The user handle, if the authenticator gave one"),
+        )
+        .required("authenticatorData")
+        .required("clientDataJSON")
+        .required("signature")
+        .build();
+    credential_schema(
+        "The `PublicKeyCredential` from `navigator.credentials.get()`, as JSON.",
+        response,
+    )
+}
+
+/// The schema of [`FinishRegistration::credential`].
+fn attestation_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    let response = ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property(
+            "attestationObject",
+            base64url("The attestation object (CBOR)"),
+        )
+        .property("clientDataJSON", base64url("The signed client data"))
+        .property(
+            "transports",
+            ArrayBuilder::new().items(ObjectBuilder::new().schema_type(Type::String)),
+        )
+        .required("attestationObject")
+        .required("clientDataJSON")
+        .build();
+    credential_schema(
+        "The `PublicKeyCredential` from `navigator.credentials.create()`, as JSON.",
+        response,
+    )
 }
 
 /// The signed-in user.
@@ -173,7 +261,11 @@ pub struct SignUp {
     #[schema(value_type = Email)]
     pub email: String,
     /// The name to show, 1 to 200 characters (not only white space).
-    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
+    )]
     pub display_name: String,
 }
 

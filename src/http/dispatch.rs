@@ -254,7 +254,11 @@ pub async fn revoke_grant(
 #[serde(deny_unknown_fields)]
 pub struct NewCadCredential {
     /// What the credential is for, e.g. "Primary CAD", 1 to 200 characters (not only white space).
-    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
+    )]
     pub name: String,
 }
 

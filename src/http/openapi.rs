@@ -12,7 +12,9 @@
 
 use utoipa::openapi::path::{Operation, ParameterIn};
 use utoipa::openapi::response::{Response, ResponseBuilder};
-use utoipa::openapi::schema::{Object, Type};
+use utoipa::openapi::schema::{
+    ArrayItems, KnownFormat, Object, OneOf, Schema, SchemaFormat, SchemaType, Type,
+};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::server::Server;
 use utoipa::openapi::{Content, HttpMethod, Ref, RefOr};
@@ -248,6 +250,12 @@ impl Modify for StandardResponses {
                 RefOr::T(problem_response(status, description)),
             );
         }
+        for schema in components.schemas.values_mut() {
+            assert_uuid_format(schema);
+        }
+        if let Some(grant) = components.schemas.get_mut("NewGrant") {
+            either_responders_or_unit(grant);
+        }
         for (path, item) in doc.paths.paths.iter_mut() {
             for (method, operation) in [
                 (HttpMethod::Get, &mut item.get),
@@ -262,6 +270,72 @@ impl Modify for StandardResponses {
             }
         }
     }
+}
+
+/// The canonical text form of a UUID, as a pattern.
+const UUID_PATTERN: &str =
+    "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
+
+/// `format` is only an annotation in JSON Schema 2020-12 (clients and validators may ignore it:
+/// schemathesis sent `""` for an optional `format: uuid`), while the server refuses anything but a
+/// UUID; a pattern makes that part of the schema.
+fn assert_uuid_format(schema: &mut RefOr<Schema>) {
+    let RefOr::T(schema) = schema else { return };
+    match schema {
+        Schema::Object(object) => {
+            if matches!(
+                object.format,
+                Some(SchemaFormat::KnownFormat(KnownFormat::Uuid))
+            ) && object.pattern.is_none()
+            {
+                object.pattern = Some(UUID_PATTERN.to_owned());
+            }
+            object.properties.values_mut().for_each(assert_uuid_format);
+        }
+        Schema::Array(array) => {
+            if let ArrayItems::RefOrSchema(items) = &mut array.items {
+                assert_uuid_format(items);
+            }
+        }
+        Schema::OneOf(one) => one.items.iter_mut().for_each(assert_uuid_format),
+        Schema::AllOf(all) => all.items.iter_mut().for_each(assert_uuid_format),
+        Schema::AnyOf(any) => any.items.iter_mut().for_each(assert_uuid_format),
+        _ => {}
+    }
+}
+
+/// A grant names responders or a unit, not both and not neither ([`NewGrant::parse`]), a rule
+/// across two fields the derive cannot state: the schema becomes `oneOf` the two closed shapes,
+/// each built from the derived object so they cannot drift from it.
+///
+/// [`NewGrant::parse`]: crate::emergency::grants::NewGrant::parse
+fn either_responders_or_unit(schema: &mut RefOr<Schema>) {
+    let RefOr::T(Schema::Object(object)) = schema else {
+        return;
+    };
+    let mut by_responders = object.clone();
+    if let Some(RefOr::T(Schema::Array(list))) = by_responders.properties.get_mut("responders") {
+        list.min_items = Some(1);
+    }
+    by_responders
+        .properties
+        .insert("unit".to_owned(), Object::with_type(Type::Null).into());
+    by_responders.required.push("responders".to_owned());
+    by_responders.description = Some("Naming responders".to_owned());
+    let mut by_unit = object.clone();
+    if let Some(RefOr::T(Schema::Array(list))) = by_unit.properties.get_mut("responders") {
+        list.max_items = Some(0);
+    }
+    if let Some(RefOr::T(Schema::Object(unit))) = by_unit.properties.get_mut("unit") {
+        unit.schema_type = SchemaType::Type(Type::String);
+    }
+    by_unit.required.push("unit".to_owned());
+    by_unit.description = Some("Naming a unit".to_owned());
+    let description = object.description.clone();
+    let mut one_of = OneOf::new();
+    one_of.items = vec![by_responders.into(), by_unit.into()];
+    one_of.description = description;
+    *schema = RefOr::T(Schema::OneOf(one_of));
 }
 
 /// A problem response with `description`; 429 carries `Retry-After`.
@@ -300,6 +374,11 @@ fn complete_operation(path: &str, method: HttpMethod, operation: &mut Operation)
             Some(vec![requirement])
         }
     };
+    for parameter in operation.parameters.iter_mut().flatten() {
+        if let Some(schema) = &mut parameter.schema {
+            assert_uuid_format(schema);
+        }
+    }
     let api = path.starts_with("/api/");
     let params = operation.parameters.as_deref().unwrap_or_default();
     let has_path_params = params

@@ -56,7 +56,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 #[serde(deny_unknown_fields)]
 pub struct NewProperty {
     /// Street address, 1 to 500 characters (not only white space).
-    #[schema(min_length = 1, max_length = 500, pattern = r"\S")]
+    #[schema(
+        min_length = 1,
+        max_length = 500,
+        pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
+    )]
     pub address: String,
 }
 
@@ -109,7 +113,11 @@ pub async fn list_properties(
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct SearchQuery {
     /// Part of the address, 3 to 200 characters.
-    #[param(min_length = 3, max_length = 200, pattern = r"\S")]
+    #[param(
+        min_length = 3,
+        max_length = 200,
+        pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
+    )]
     pub q: String,
 }
 
@@ -163,7 +171,11 @@ pub struct NewLock {
     /// The lock id `firstkey-agent init` printed.
     pub lock_id: Uuid,
     /// A name, e.g. "Front door", 1 to 100 characters (not only white space).
-    #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
+    )]
     pub name: String,
     /// The pairing code `firstkey-agent init` printed (XXXXX-XXXXX): 10 letters (not U) or
     /// digits, case-insensitive (I and L read as 1, O as 0), dashes and spaces ignored.

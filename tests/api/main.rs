@@ -25,6 +25,7 @@ mod middleware;
 mod migrations;
 mod openapi;
 mod restore;
+mod schemathesis;
 mod startup;
 mod story;
 mod tenancy;
