@@ -12,7 +12,6 @@
 //!   authenticates with, and everything after them would test an anonymous caller.
 //! - `positive_data_acceptance` also accepts 400 on the four ceremony finishes
 //!   ([`CEREMONY_FINISHES`]).
-//! - No NUL characters are generated (`allow-x00 = false`) until issue 8 item 16 is merged.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -140,9 +139,6 @@ headers = {{ Origin = "{ORIGIN}" }}
 [generation]
 max-examples = 25
 database = "none"
-# NUL in text: the typed values refuse it with 400 (issue 8 item 16, the access branch); until
-# that is merged some text fields still reach PostgreSQL, which refuses NUL with a 500.
-allow-x00 = false
 
 [auth.openapi.session]
 api_key = "{session}"
