@@ -553,7 +553,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Audit(command) => {
-            server::migrate_with_patience(&database.pool, Duration::from_secs(60)).await?;
+            server::migrate_with_patience(&database, Duration::from_secs(60)).await?;
             run_audit(command, &database.pool).await
         }
         Command::Openapi
@@ -628,8 +628,7 @@ async fn run_keys(
             );
         }
         KeysCommand::LogGenerate { municipality } => {
-            let slug = tenant_of(&municipality)?;
-            let (tenant, _) = store::tenancy::municipality_by_slug(&client, &slug).await?;
+            let (tenant, slug) = find_municipality(&client, &municipality).await?;
             let origin =
                 crate::audit::log::origin_for(settings.public_origin.as_str(), slug.as_str());
             let key = crate::audit::log::generate_key(
@@ -648,8 +647,7 @@ async fn run_keys(
             municipality,
             overlap_hours,
         } => {
-            let slug = tenant_of(&municipality)?;
-            let (tenant, _) = store::tenancy::municipality_by_slug(&client, &slug).await?;
+            let (tenant, slug) = find_municipality(&client, &municipality).await?;
             let overlap = chrono::Duration::hours(i64::from(overlap_hours));
             let key =
                 crate::audit::log::rotate_key(&mut client, tenant, &settings.key_dir, overlap, now)
@@ -666,17 +664,13 @@ async fn run_keys(
 
 async fn run_audit(command: AuditCommand, pool: &deadpool_postgres::Pool) -> anyhow::Result<()> {
     let client = pool.get().await.map_err(store::StoreError::from)?;
-    let tenant_of = |slug: &str| -> anyhow::Result<crate::domain::Slug> {
-        Ok(crate::domain::Slug::parse(slug)?)
-    };
     match command {
         AuditCommand::Export {
             municipality,
             property,
             out,
         } => {
-            let slug = tenant_of(&municipality)?;
-            let (tenant, _) = store::tenancy::municipality_by_slug(&client, &slug).await?;
+            let (tenant, slug) = find_municipality(&client, &municipality).await?;
             crate::audit::seal(&client, tenant).await?;
             let export = crate::audit::log::export(&client, tenant, property)
                 .await?
@@ -700,8 +694,7 @@ async fn run_audit(command: AuditCommand, pool: &deadpool_postgres::Pool) -> any
             }
         }
         AuditCommand::WitnessAdd { municipality, key } => {
-            let slug = tenant_of(&municipality)?;
-            let (tenant, _) = store::tenancy::municipality_by_slug(&client, &slug).await?;
+            let (tenant, slug) = find_municipality(&client, &municipality).await?;
             let key = crate::audit::note::VerifierKey::parse(&key)?;
             crate::audit::log::add_witness(&client, tenant, &key, SystemClock.now()).await?;
             println!("{slug}'s log now accepts cosignatures by {}", key.name());

@@ -52,6 +52,7 @@ async fn spawn_for_browser() -> TestApp {
             .build()
             .unwrap(),
         proxy: None,
+        database: db,
     }
 }
 

@@ -135,7 +135,7 @@ async fn restore_drill_dump_wipe_restore_and_the_evidence_still_verifies() {
         .args(pg_args())
         .args(["--format=custom", "--no-owner", "--file"])
         .arg(&dump)
-        .arg(&db)
+        .arg(db.name())
         .output();
     let out = match out {
         Ok(out) => out,
@@ -154,7 +154,7 @@ async fn restore_drill_dump_wipe_restore_and_the_evidence_still_verifies() {
     admin_execute(&format!("CREATE DATABASE {db} TEMPLATE template0")).await;
     let out = Command::new("pg_restore")
         .args(pg_args())
-        .args(["--no-owner", "--exit-on-error", "--dbname", &db])
+        .args(["--no-owner", "--exit-on-error", "--dbname", db.name()])
         .arg(&dump)
         .output()
         .unwrap();
