@@ -46,6 +46,10 @@ pub struct Settings {
     /// Certificate chain and key of the agent channel; `None` generates a dev CA and server
     /// certificate in `key_dir` and writes the CA to `<key_dir>/agent-ca.pem` for provisioning.
     pub agent_tls: Option<TlsFiles>,
+    /// Most agent-channel connections not yet authenticated, in all.
+    pub agent_max_unauthenticated: usize,
+    /// Most agent-channel connections not yet authenticated, per peer address.
+    pub agent_max_unauthenticated_per_address: usize,
 }
 
 /// The origin (scheme, host, optional port) the server is reached at.
@@ -165,6 +169,8 @@ struct RawSettings {
     agent_listen: String,
     agent_tls_cert: Option<PathBuf>,
     agent_tls_key: Option<PathBuf>,
+    agent_max_unauthenticated: usize,
+    agent_max_unauthenticated_per_address: usize,
 }
 
 impl Default for RawSettings {
@@ -187,6 +193,8 @@ impl Default for RawSettings {
             agent_listen: "127.0.0.1:8443".to_owned(),
             agent_tls_cert: None,
             agent_tls_key: None,
+            agent_max_unauthenticated: 1024,
+            agent_max_unauthenticated_per_address: 16,
         }
     }
 }
@@ -326,6 +334,17 @@ impl Settings {
                 "must be between 1 and 60".to_owned(),
             ));
         }
+        for (name, value) in [
+            ("agent_max_unauthenticated", raw.agent_max_unauthenticated),
+            (
+                "agent_max_unauthenticated_per_address",
+                raw.agent_max_unauthenticated_per_address,
+            ),
+        ] {
+            if value == 0 || value > 1_000_000 {
+                return Err(invalid(name, "must be between 1 and 1000000".to_owned()));
+            }
+        }
         if raw.db_pool_size == 0 || raw.db_pool_size > 1024 {
             return Err(invalid(
                 "db_pool_size",
@@ -347,6 +366,8 @@ impl Settings {
             token_lifetime: chrono::Duration::minutes(raw.token_lifetime_minutes),
             agent_listen,
             agent_tls,
+            agent_max_unauthenticated: raw.agent_max_unauthenticated,
+            agent_max_unauthenticated_per_address: raw.agent_max_unauthenticated_per_address,
         })
     }
 }
@@ -427,6 +448,16 @@ mod tests {
             ("FIRSTKEY_LOG_FORMAT", "xml", "log_format"),
             ("FIRSTKEY_DB_POOL_SIZE", "0", "db_pool_size"),
             ("FIRSTKEY_DB_POOL_SIZE", "many", "db_pool_size"),
+            (
+                "FIRSTKEY_AGENT_MAX_UNAUTHENTICATED",
+                "0",
+                "agent_max_unauthenticated",
+            ),
+            (
+                "FIRSTKEY_AGENT_MAX_UNAUTHENTICATED_PER_ADDRESS",
+                "0",
+                "agent_max_unauthenticated_per_address",
+            ),
             (
                 "FIRSTKEY_TOKEN_LIFETIME_MINUTES",
                 "0",
