@@ -64,6 +64,10 @@ pub struct Settings {
     pub trusted_proxies: Vec<IpNet>,
     /// `FIRSTKEY_AGENT_*` variables that belong to the lock agent and were ignored (for the log).
     pub ignored_variables: Vec<String>,
+    /// Most agent-channel connections not yet authenticated, in all.
+    pub agent_max_unauthenticated: usize,
+    /// Most agent-channel connections not yet authenticated, per peer address.
+    pub agent_max_unauthenticated_per_address: usize,
 }
 
 /// The origin (scheme, host, optional port) the server is reached at.
@@ -186,6 +190,8 @@ struct RawSettings {
     metrics_listen: Option<String>,
     audit_checkpoint_seconds: u64,
     trusted_proxies: ProxyList,
+    agent_max_unauthenticated: usize,
+    agent_max_unauthenticated_per_address: usize,
 }
 
 /// `trusted_proxies` as written: a TOML array, or one comma-separated string (the environment's form).
@@ -219,6 +225,8 @@ impl Default for RawSettings {
             metrics_listen: None,
             audit_checkpoint_seconds: 10,
             trusted_proxies: ProxyList::List(Vec::new()),
+            agent_max_unauthenticated: 1024,
+            agent_max_unauthenticated_per_address: 16,
         }
     }
 }
@@ -400,6 +408,17 @@ impl Settings {
                 "must be between 1 and 60".to_owned(),
             ));
         }
+        for (name, value) in [
+            ("agent_max_unauthenticated", raw.agent_max_unauthenticated),
+            (
+                "agent_max_unauthenticated_per_address",
+                raw.agent_max_unauthenticated_per_address,
+            ),
+        ] {
+            if value == 0 || value > 1_000_000 {
+                return Err(invalid(name, "must be between 1 and 1000000".to_owned()));
+            }
+        }
         if raw.db_pool_size == 0 || raw.db_pool_size > 1024 {
             return Err(invalid(
                 "db_pool_size",
@@ -444,6 +463,8 @@ impl Settings {
             audit_checkpoint_interval: std::time::Duration::from_secs(raw.audit_checkpoint_seconds),
             trusted_proxies,
             ignored_variables: Vec::new(),
+            agent_max_unauthenticated: raw.agent_max_unauthenticated,
+            agent_max_unauthenticated_per_address: raw.agent_max_unauthenticated_per_address,
         })
     }
 }
@@ -524,6 +545,16 @@ mod tests {
             ("FIRSTKEY_LOG_FORMAT", "xml", "log_format"),
             ("FIRSTKEY_DB_POOL_SIZE", "0", "db_pool_size"),
             ("FIRSTKEY_DB_POOL_SIZE", "many", "db_pool_size"),
+            (
+                "FIRSTKEY_AGENT_MAX_UNAUTHENTICATED",
+                "0",
+                "agent_max_unauthenticated",
+            ),
+            (
+                "FIRSTKEY_AGENT_MAX_UNAUTHENTICATED_PER_ADDRESS",
+                "0",
+                "agent_max_unauthenticated_per_address",
+            ),
             (
                 "FIRSTKEY_TOKEN_LIFETIME_MINUTES",
                 "0",

@@ -1567,8 +1567,20 @@ fn fault_rounds(faults: &[(Fault, bool)], total: &mut FaultCounts) -> usize {
     let ed = ed25519_presenter();
     let plan = Arc::new(Mutex::new(FaultPlan::default()));
     let open_door = |plan: &Arc<Mutex<FaultPlan>>| {
+        // Another test's fork may briefly hold a copy of the just-closed lock file (until its
+        // exec): retry a Busy open for a moment.
+        let mut tries = 0;
+        let store = loop {
+            match Store::open_with(&lock.state, Some(faulty(plan))) {
+                Err(state::StateError::Busy(_)) if tries < 200 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                other => break other.unwrap(),
+            }
+        };
         Door::new(
-            Store::open_with(&lock.state, Some(faulty(plan))).unwrap(),
+            store,
             Box::new(SimulatedActuator::new(lock.state.root())),
             Arc::new(clock.clone()),
         )

@@ -22,8 +22,9 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use firstkey_agent::pairing::PairingCode;
 use firstkey_agent::protocol::channel::{
-    AgentMessage, ErrorCode, InboxMessage as WireInbox, MAX_CHANNEL_FRAME, MAX_RECEIPTS_PER_FRAME,
-    ServerMessage, decode_agent_message, encode_server_message, verify_hello,
+    AgentMessage, ErrorCode, InboxMessage as WireInbox, MAX_CHANNEL_FRAME, MAX_HELLO_FRAME,
+    MAX_RECEIPTS_PER_FRAME, ServerMessage, decode_agent_message, encode_server_message,
+    verify_hello,
 };
 use firstkey_agent::protocol::frame::encode_frame;
 use firstkey_agent::protocol::{Bytes, FrameError, PROTOCOL_VERSION};
@@ -61,6 +62,10 @@ pub struct ChannelOptions {
     pub status_write_interval: Duration,
     /// Wrong pairing codes tolerated per lock before its pending pairing is refused for good.
     pub max_pairing_failures: i32,
+    /// Most connections that have not yet authenticated (TLS handshake, `Hello`), in all.
+    pub max_unauthenticated: usize,
+    /// Most connections that have not yet authenticated, per peer IP address.
+    pub max_unauthenticated_per_address: usize,
 }
 
 impl Default for ChannelOptions {
@@ -72,6 +77,59 @@ impl Default for ChannelOptions {
             window: 32,
             status_write_interval: Duration::from_secs(300),
             max_pairing_failures: 10,
+            max_unauthenticated: 1024,
+            max_unauthenticated_per_address: 16,
+        }
+    }
+}
+
+/// Counts connections that have not authenticated yet, overall and per address, so that
+/// strangers cannot hold more than a bounded share of a replica before proving anything.
+#[derive(Debug, Default)]
+struct Unauthenticated {
+    counts: std::sync::Mutex<(usize, std::collections::HashMap<IpAddr, usize>)>,
+}
+
+/// One unauthenticated connection's place; dropping it (authenticated, or gone) frees it.
+struct UnauthPermit {
+    limiter: Arc<Unauthenticated>,
+    ip: IpAddr,
+}
+
+impl Unauthenticated {
+    /// A place for a new connection from `ip`, if both caps allow one.
+    fn acquire(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        max: usize,
+        per_address: usize,
+    ) -> Option<UnauthPermit> {
+        let mut guard = self.counts.lock().ok()?;
+        let (total, per_ip) = &mut *guard;
+        let here = per_ip.get(&ip).copied().unwrap_or(0);
+        if *total >= max || here >= per_address {
+            return None;
+        }
+        *total = total.saturating_add(1);
+        per_ip.insert(ip, here.saturating_add(1));
+        Some(UnauthPermit {
+            limiter: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for UnauthPermit {
+    fn drop(&mut self) {
+        if let Ok(mut guard) = self.limiter.counts.lock() {
+            let (total, per_ip) = &mut *guard;
+            *total = total.saturating_sub(1);
+            if let Some(n) = per_ip.get_mut(&self.ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    per_ip.remove(&self.ip);
+                }
+            }
         }
     }
 }
@@ -85,6 +143,7 @@ struct Shared {
     registry: Arc<Registry>,
     options: ChannelOptions,
     rng: ring::rand::SystemRandom,
+    unauthenticated: Arc<Unauthenticated>,
 }
 
 /// A bound agent-channel listener, not yet accepting.
@@ -115,6 +174,7 @@ impl AgentListener {
                 registry,
                 options,
                 rng: ring::rand::SystemRandom::new(),
+                unauthenticated: Arc::default(),
             }),
         })
     }
@@ -131,9 +191,20 @@ impl AgentListener {
             tokio::select! {
                 accepted = self.listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
+                        let opts = &self.shared.options;
+                        let Some(permit) = self.shared.unauthenticated.acquire(
+                            peer.ip(),
+                            opts.max_unauthenticated,
+                            opts.max_unauthenticated_per_address,
+                        ) else {
+                            // Closed before TLS: nothing is spent on a peer over the cap.
+                            tracing::debug!(%peer, "too many unauthenticated agent connections; closed");
+                            drop(tcp);
+                            continue;
+                        };
                         let shared = self.shared.clone();
                         sessions.spawn(async move {
-                            match session(&shared, tcp).await {
+                            match session(&shared, tcp, permit).await {
                                 Ok(()) => tracing::debug!(%peer, "agent session ended"),
                                 Err(e) => tracing::info!(%peer, error = %e, "agent session failed"),
                             }
@@ -210,7 +281,11 @@ pub async fn start(
         pool,
         pg_config,
         clock,
-        ChannelOptions::default(),
+        ChannelOptions {
+            max_unauthenticated: settings.agent_max_unauthenticated,
+            max_unauthenticated_per_address: settings.agent_max_unauthenticated_per_address,
+            ..ChannelOptions::default()
+        },
     )
     .await
 }
@@ -289,10 +364,12 @@ struct FrameReader {
 }
 
 impl FrameReader {
-    /// The next frame's payload; `Ok(None)` on a clean end of stream between frames.
+    /// The next frame's payload, refused before anything is allocated if its declared length is
+    /// over `cap`; `Ok(None)` on a clean end of stream between frames.
     async fn next<R: AsyncRead + Unpin>(
         &mut self,
         r: &mut R,
+        cap: usize,
     ) -> Result<Option<Vec<u8>>, FrameError> {
         loop {
             if self.header_got < 4 {
@@ -311,10 +388,10 @@ impl FrameReader {
                 if self.header_got == 4 {
                     let len32 = u32::from_be_bytes(self.header);
                     let len = usize::try_from(len32).unwrap_or(usize::MAX);
-                    if len > MAX_CHANNEL_FRAME {
+                    if len > cap {
                         return Err(FrameError::TooLarge {
                             len: u64::from(len32),
-                            cap: MAX_CHANNEL_FRAME,
+                            cap,
                         });
                     }
                     self.payload = vec![0u8; len];
@@ -405,7 +482,11 @@ fn seq_i64(seq: u64) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)
 }
 
-async fn session(shared: &Shared, tcp: TcpStream) -> Result<(), SessionError> {
+async fn session(
+    shared: &Shared,
+    tcp: TcpStream,
+    unauthenticated: UnauthPermit,
+) -> Result<(), SessionError> {
     let opts = &shared.options;
     let _ = tcp.set_nodelay(true);
     let local_ip = tcp.local_addr()?.ip();
@@ -429,9 +510,13 @@ async fn session(shared: &Shared, tcp: TcpStream) -> Result<(), SessionError> {
         opts.write_timeout,
     )
     .await?;
-    let hello = tokio::time::timeout(opts.handshake_timeout, reader.next(&mut stream))
-        .await
-        .map_err(|_| SessionError::Timeout("waiting for Hello"))??;
+    // Before the peer has proved anything, read no more than a `Hello` can be.
+    let hello = tokio::time::timeout(
+        opts.handshake_timeout,
+        reader.next(&mut stream, MAX_HELLO_FRAME),
+    )
+    .await
+    .map_err(|_| SessionError::Timeout("waiting for Hello"))??;
     let Some(hello) = hello else {
         return Ok(());
     };
@@ -475,6 +560,8 @@ async fn session(shared: &Shared, tcp: TcpStream) -> Result<(), SessionError> {
             return Err(refuse(&mut stream, code, opts.write_timeout).await);
         }
     };
+    // Authenticated: no longer counts against the unauthenticated caps.
+    drop(unauthenticated);
     // Registered before the first inbox read: an entry committed after this point wakes us, one
     // committed before it is found by that read.
     let registration = shared.registry.register(lock.id);
@@ -539,7 +626,7 @@ async fn session(shared: &Shared, tcp: TcpStream) -> Result<(), SessionError> {
             }
         }
         let wake = tokio::select! {
-            frame = reader.next(&mut stream) => Wake::Frame(frame),
+            frame = reader.next(&mut stream, MAX_CHANNEL_FRAME) => Wake::Frame(frame),
             () = registration.woken() => Wake::Inbox,
             () = &mut idle => Wake::Idle,
         };
@@ -816,14 +903,18 @@ mod tests {
         for b in &wire[..6] {
             client.write_all(&[*b]).await.unwrap();
             // A read cancelled by a timer loses nothing.
-            let r = tokio::time::timeout(Duration::from_millis(5), reader.next(&mut server)).await;
+            let r =
+                tokio::time::timeout(Duration::from_millis(5), reader.next(&mut server, 16)).await;
             assert!(r.is_err());
         }
         client.write_all(&wire[6..]).await.unwrap();
-        assert_eq!(reader.next(&mut server).await.unwrap().unwrap(), b"hello");
-        assert_eq!(reader.next(&mut server).await.unwrap().unwrap(), b"");
+        assert_eq!(
+            reader.next(&mut server, 16).await.unwrap().unwrap(),
+            b"hello"
+        );
+        assert_eq!(reader.next(&mut server, 16).await.unwrap().unwrap(), b"");
         drop(client);
-        assert!(reader.next(&mut server).await.unwrap().is_none());
+        assert!(reader.next(&mut server, 16).await.unwrap().is_none());
     }
 
     #[tokio::test]
@@ -832,10 +923,43 @@ mod tests {
         client.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
         let mut reader = FrameReader::default();
         assert!(matches!(
-            reader.next(&mut server).await,
+            reader.next(&mut server, MAX_CHANNEL_FRAME).await,
             Err(FrameError::TooLarge { .. })
         ));
         assert!(reader.payload.capacity() == 0);
+    }
+
+    #[tokio::test]
+    async fn before_hello_a_frame_longer_than_a_hello_is_refused_before_allocating() {
+        let (mut client, mut server) = tokio::io::duplex(64);
+        let declared = u32::try_from(256 * 1024).unwrap();
+        client.write_all(&declared.to_be_bytes()).await.unwrap();
+        let mut reader = FrameReader::default();
+        assert!(matches!(
+            reader.next(&mut server, MAX_HELLO_FRAME).await,
+            Err(FrameError::TooLarge {
+                cap: MAX_HELLO_FRAME,
+                ..
+            })
+        ));
+        assert_eq!(reader.payload.capacity(), 0);
+    }
+
+    #[test]
+    fn unauthenticated_places_are_capped_overall_and_per_address_and_freed_on_drop() {
+        let limiter = Arc::new(Unauthenticated::default());
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let a1 = limiter.acquire(a, 3, 2).unwrap();
+        let a2 = limiter.acquire(a, 3, 2).unwrap();
+        assert!(limiter.acquire(a, 3, 2).is_none(), "per-address cap");
+        let b1 = limiter.acquire(b, 3, 2).unwrap();
+        assert!(limiter.acquire(b, 3, 2).is_none(), "overall cap");
+        drop(a1);
+        let b2 = limiter.acquire(b, 3, 2).unwrap();
+        drop((a2, b1, b2));
+        assert_eq!(limiter.counts.lock().unwrap().0, 0);
+        assert!(limiter.counts.lock().unwrap().1.is_empty());
     }
 
     #[test]

@@ -123,20 +123,65 @@ impl Registry {
     }
 }
 
+/// Delays between attempts to (re)establish the `LISTEN` connection: doubling from `base` up to
+/// `max` while attempts fail, and back to `base` as soon as listening succeeded, so that a second
+/// outage is retried as promptly as the first.
+#[derive(Debug, Clone)]
+pub struct ListenBackoff {
+    base: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl ListenBackoff {
+    /// 100 ms doubling to 5 s.
+    pub fn new() -> Self {
+        Self::with(Duration::from_millis(100), Duration::from_secs(5))
+    }
+
+    /// `base` doubling to `max`.
+    pub fn with(base: Duration, max: Duration) -> Self {
+        Self {
+            base,
+            max,
+            next: base,
+        }
+    }
+
+    /// The delay before the next attempt, after a failure or a lost connection.
+    pub fn delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = self.next.saturating_mul(2).min(self.max);
+        d
+    }
+
+    /// Listening (re)started: the next outage starts again from `base`.
+    pub fn listening(&mut self) {
+        self.next = self.base;
+    }
+}
+
+impl Default for ListenBackoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Keeps one `LISTEN firstkey_inbox` connection to `config` forever, waking the sessions of each
 /// notified lock. After every (re)connection it wakes all sessions, since notifications sent while it
 /// was down were lost. `ready` is notified each time listening (re)starts.
 pub async fn listen(config: tokio_postgres::Config, registry: Arc<Registry>, ready: Arc<Notify>) {
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = ListenBackoff::new();
     loop {
-        match listen_once(&config, &registry, &ready).await {
+        match listen_once(&config, &registry, &ready, &mut backoff).await {
             Ok(()) => tracing::warn!("agent channel LISTEN connection closed; reconnecting"),
             Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?delay, "agent channel LISTEN connection failed")
+                tracing::warn!(error = %e, "agent channel LISTEN connection failed")
             }
         }
+        let delay = backoff.delay();
+        tracing::debug!(retry_in = ?delay, "agent channel LISTEN reconnect");
         tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 
@@ -144,6 +189,7 @@ async fn listen_once(
     config: &tokio_postgres::Config,
     registry: &Registry,
     ready: &Notify,
+    backoff: &mut ListenBackoff,
 ) -> Result<(), tokio_postgres::Error> {
     let (client, mut connection) = config.connect(NoTls).await?;
     let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
@@ -161,6 +207,7 @@ async fn listen_once(
             },
         }
     }
+    backoff.listening();
     let woken = registry.wake_all();
     tracing::info!(
         sessions = woken,
@@ -189,6 +236,16 @@ fn dispatch(registry: &Registry, message: AsyncMessage) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listen_backoff_doubles_to_its_cap_and_restarts_after_listening() {
+        let ms = Duration::from_millis;
+        let mut b = ListenBackoff::with(ms(100), ms(500));
+        let first: Vec<_> = (0..5).map(|_| b.delay()).collect();
+        assert_eq!(first, vec![ms(100), ms(200), ms(400), ms(500), ms(500)]);
+        b.listening();
+        assert_eq!(b.delay(), ms(100));
+    }
 
     #[tokio::test]
     async fn wake_reaches_registered_sessions_and_keeps_a_permit() {

@@ -129,6 +129,29 @@ impl World {
         .unwrap()
     }
 
+    /// A replica with explicit options, its LISTEN connection made with `listen_config`.
+    async fn replica_with(
+        &self,
+        options: ChannelOptions,
+        listen_config: tokio_postgres::Config,
+    ) -> RunningChannel {
+        let identity = ServerIdentity::dev(
+            &self.key_dir(),
+            &["localhost".to_owned(), "127.0.0.1".to_owned()],
+        )
+        .unwrap();
+        start_with(
+            ([127, 0, 0, 1], 0).into(),
+            identity,
+            firstkey::store::pool(self.db_config.clone(), 4).unwrap(),
+            listen_config,
+            Arc::new(SystemClock),
+            options,
+        )
+        .await
+        .unwrap()
+    }
+
     /// Registers a lock with the pairing code its agent printed, as the homeowner would.
     async fn register(&self, lock: Uuid, name: &str, code: &str) {
         let hash = firstkey::pairing::code_hash(&firstkey::pairing::normalise(code).unwrap());
@@ -957,4 +980,192 @@ async fn a_server_killed_with_sigkill_after_the_commit_delivers_the_entry_after_
     .await;
     let _ = restarted.kill();
     let _ = restarted.wait();
+}
+
+// ---------------------------------------------------------------------------------------------
+// before authentication, and the LISTEN connection
+
+/// A TLS connection to `replica` that has read the server's `Challenge`.
+async fn tls_to(
+    replica: &RunningChannel,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use firstkey_agent::protocol::channel::{
+        MAX_CHANNEL_FRAME, ServerMessage, decode_server_message,
+    };
+    let ca = replica.identity().ca_pem().unwrap().as_bytes().to_vec();
+    let tls = firstkey_agent::client::tls_config(&ca).unwrap();
+    let tcp = tokio::net::TcpStream::connect(replica.local_addr())
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost".to_owned()).unwrap();
+    let mut stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let first = firstkey_agent::protocol::read_frame(&mut stream, MAX_CHANNEL_FRAME)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        decode_server_message(&first).unwrap(),
+        ServerMessage::Challenge { .. }
+    ));
+    stream
+}
+
+/// Whether the server closes `stream` (end of stream, or an error) before anything else arrives,
+/// waiting at most `secs` seconds.
+async fn closed_by_server<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, secs: u64) -> bool {
+    use firstkey_agent::protocol::channel::{ErrorCode, ServerMessage, decode_server_message};
+    let read = tokio::time::timeout(
+        Duration::from_secs(secs),
+        firstkey_agent::protocol::read_frame(stream, 1 << 20),
+    )
+    .await;
+    match read {
+        Err(_) => false,
+        Ok(Ok(None)) | Ok(Err(_)) => true,
+        Ok(Ok(Some(frame))) => matches!(
+            decode_server_message(&frame),
+            Ok(ServerMessage::Error {
+                code: ErrorCode::Malformed
+            })
+        ),
+    }
+}
+
+#[tokio::test]
+async fn a_peer_declaring_a_256_kib_frame_before_hello_is_dropped() {
+    use tokio::io::AsyncWriteExt;
+    let world = World::new().await;
+    // A long handshake timeout: the drop must come from the cap, not from the timer.
+    let replica = world
+        .replica_with(
+            ChannelOptions {
+                handshake_timeout: Duration::from_secs(120),
+                ..ChannelOptions::default()
+            },
+            world.db_config.clone(),
+        )
+        .await;
+    let mut stream = tls_to(&replica).await;
+    let declared = u32::try_from(256 * 1024).unwrap();
+    stream.write_all(&declared.to_be_bytes()).await.unwrap();
+    stream.flush().await.unwrap();
+    assert!(
+        closed_by_server(&mut stream, 30).await,
+        "the server waited for a 256 KiB payload from a peer that has proved nothing"
+    );
+}
+
+#[tokio::test]
+async fn unauthenticated_connections_are_capped_per_address_and_overall() {
+    let world = World::new().await;
+    for (max, per_address) in [(100, 2), (2, 100)] {
+        let replica = world
+            .replica_with(
+                ChannelOptions {
+                    handshake_timeout: Duration::from_secs(120),
+                    max_unauthenticated: max,
+                    max_unauthenticated_per_address: per_address,
+                    ..ChannelOptions::default()
+                },
+                world.db_config.clone(),
+            )
+            .await;
+        // Two peers that never start TLS hold both places.
+        let first = tokio::net::TcpStream::connect(replica.local_addr())
+            .await
+            .unwrap();
+        let _second = tokio::net::TcpStream::connect(replica.local_addr())
+            .await
+            .unwrap();
+        // The next one is closed at once (it would otherwise wait out the handshake timeout).
+        eventually("the third connection to be refused", 30, || async {
+            let mut third = tokio::net::TcpStream::connect(replica.local_addr())
+                .await
+                .unwrap();
+            closed_by_server(&mut third, 2).await
+        })
+        .await;
+        // A place frees when a stalled peer goes: a real agent handshake gets its Challenge.
+        drop(first);
+        eventually("a freed place", 30, || async {
+            let ca = replica.identity().ca_pem().unwrap().as_bytes().to_vec();
+            let tls = firstkey_agent::client::tls_config(&ca).unwrap();
+            let tcp = tokio::net::TcpStream::connect(replica.local_addr())
+                .await
+                .unwrap();
+            let name = rustls::pki_types::ServerName::try_from("localhost".to_owned()).unwrap();
+            tokio::time::timeout(
+                Duration::from_secs(2),
+                tokio_rustls::TlsConnector::from(tls).connect(name, tcp),
+            )
+            .await
+            .is_ok_and(|r| r.is_ok())
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn the_listen_connection_comes_back_promptly_after_a_second_outage() {
+    let world = World::new().await;
+    let upstream = std::net::SocketAddr::from((
+        [127, 0, 0, 1],
+        world.db_config.get_ports().first().copied().unwrap_or(5432),
+    ));
+    let proxy = crate::helpers::PgProxy::start(upstream).await;
+    let mut listen_config = tokio_postgres::Config::new();
+    listen_config
+        .host("127.0.0.1")
+        .port(proxy.port())
+        .user(world.db_config.get_user().unwrap_or("postgres"))
+        .dbname(world.db_config.get_dbname().unwrap());
+    let db = world.db_config.get_dbname().unwrap().to_owned();
+    let _replica = world
+        .replica_with(ChannelOptions::default(), listen_config)
+        .await;
+    let listening_since = |since: chrono::DateTime<Utc>| {
+        let world = &world;
+        let db = db.clone();
+        async move {
+            let n: i64 = world
+                .scalar(
+                    "SELECT count(*) FROM pg_stat_activity
+                     WHERE datname = $1 AND query ILIKE 'LISTEN%' AND backend_start > $2",
+                    &[&db, &since],
+                )
+                .await;
+            n > 0
+        }
+    };
+    // First outage, long enough for the reconnect delay to reach its cap (100 ms doubling to
+    // 5 s: seven failed attempts take about 6 s).
+    proxy.take_down().await;
+    let before = proxy.attempts();
+    eventually("seven failed reconnects", 60, || async {
+        proxy.attempts() >= before + 7
+    })
+    .await;
+    let back = Utc::now();
+    proxy.bring_up();
+    eventually("LISTEN after the first outage", 30, || {
+        listening_since(back)
+    })
+    .await;
+    // Second outage: the delays start from 100 ms again, so three attempts come within about a
+    // second (with the old, unreset backoff they were 5 s apart).
+    proxy.take_down().await;
+    let before = proxy.attempts();
+    eventually("three prompt reconnect attempts", 8, || async {
+        proxy.attempts() >= before + 3
+    })
+    .await;
+    let back = Utc::now();
+    proxy.bring_up();
+    eventually("LISTEN after the second outage", 30, || {
+        listening_since(back)
+    })
+    .await;
 }

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use deadpool_postgres::Pool;
 use firstkey::clock::SystemClock;
@@ -371,17 +371,22 @@ pub struct PgProxy {
     port: u16,
     up: Arc<AtomicBool>,
     connections: Arc<Mutex<JoinSet<()>>>,
+    attempts: Arc<AtomicUsize>,
 }
 
 impl PgProxy {
-    async fn start(upstream: SocketAddr) -> Self {
+    /// A proxy on a free port of 127.0.0.1 in front of `upstream`.
+    pub async fn start(upstream: SocketAddr) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let up = Arc::new(AtomicBool::new(true));
         let connections = Arc::new(Mutex::new(JoinSet::new()));
-        let (accept_up, accept_connections) = (up.clone(), connections.clone());
+        let attempts = Arc::new(AtomicUsize::new(0));
+        let (accept_up, accept_connections, accept_attempts) =
+            (up.clone(), connections.clone(), attempts.clone());
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
+                accept_attempts.fetch_add(1, Ordering::SeqCst);
                 if !accept_up.load(Ordering::SeqCst) {
                     drop(inbound);
                     continue;
@@ -397,7 +402,18 @@ impl PgProxy {
             port,
             up,
             connections,
+            attempts,
         }
+    }
+
+    /// The proxy's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Connections attempted through the proxy so far (refused ones included).
+    pub fn attempts(&self) -> usize {
+        self.attempts.load(Ordering::SeqCst)
     }
 
     /// The database "goes away": open connections are cut, new ones refused.

@@ -19,6 +19,10 @@ use super::{Bytes, FrameError, decode, encode};
 /// Hard cap on a channel frame's payload (a receipt batch or a trust bundle fits easily).
 pub const MAX_CHANNEL_FRAME: usize = 256 * 1024;
 
+/// Cap on the first frame from an agent, `Hello`, which the server reads before the peer has
+/// proved anything: a `Hello` with a 64-character lock id is about 250 bytes.
+pub const MAX_HELLO_FRAME: usize = 512;
+
 /// Most receipts an agent puts in one `Receipts` frame.
 pub const MAX_RECEIPTS_PER_FRAME: usize = 64;
 
@@ -199,6 +203,19 @@ pub fn encode_agent_message(msg: &AgentMessage) -> Result<Vec<u8>, FrameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_largest_hello_fits_the_hello_cap() {
+        let hello = AgentMessage::Hello {
+            version: u16::MAX,
+            lock_id: "x".repeat(64),
+            device_public_key: Bytes([0xff; 32]),
+            resume_after: u64::MAX,
+            signature: vec![0xff; 64],
+        };
+        let len = encode_agent_message(&hello).unwrap().len();
+        assert!(len <= MAX_HELLO_FRAME, "{len}");
+    }
 
     #[test]
     fn round_trip_and_auth() {
