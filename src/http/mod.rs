@@ -119,8 +119,9 @@ impl Application {
         let metrics_listener = settings
             .metrics_listen
             .map(|addr| {
-                TcpListener::bind(addr)
-                    .map_err(|e| unusable("metrics_listen", format!("cannot listen on {addr}: {e}")))
+                TcpListener::bind(addr).map_err(|e| {
+                    unusable("metrics_listen", format!("cannot listen on {addr}: {e}"))
+                })
             })
             .transpose()?;
         let metrics_addr = metrics_listener

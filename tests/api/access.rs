@@ -826,7 +826,14 @@ async fn live_grant_row(
 async fn reveal_works_with_two_incidents_at_one_address_and_two_live_grants() {
     let w = world().await;
     let plan_path = format!("/api/v1/properties/{}/plan", w.property);
-    let (status, body) = call(&w.app, Method::PUT, &plan_path, Some(&w.owner), Some(plan())).await;
+    let (status, body) = call(
+        &w.app,
+        Method::PUT,
+        &plan_path,
+        Some(&w.owner),
+        Some(plan()),
+    )
+    .await;
     assert_eq!(status, 201, "{body}");
     // Two open incidents of the dispatcher's agency at the address, each with a live grant for the
     // property naming the same responder: two rows for every "is there one?" question.
@@ -845,10 +852,18 @@ async fn reveal_works_with_two_incidents_at_one_address_and_two_live_grants() {
 }
 
 #[tokio::test]
-async fn a_dispatcher_reads_notes_only_under_an_own_agency_incident_tied_to_the_home_with_step_up() {
+async fn a_dispatcher_reads_notes_only_under_an_own_agency_incident_tied_to_the_home_with_step_up()
+{
     let w = world().await;
     let plan_path = format!("/api/v1/properties/{}/plan", w.property);
-    let (status, body) = call(&w.app, Method::PUT, &plan_path, Some(&w.owner), Some(plan())).await;
+    let (status, body) = call(
+        &w.app,
+        Method::PUT,
+        &plan_path,
+        Some(&w.owner),
+        Some(plan()),
+    )
+    .await;
     assert_eq!(status, 201, "{body}");
     let reveal = format!("{plan_path}/reveal");
     let client = w.app.pool.get().await.unwrap();
@@ -863,10 +878,26 @@ async fn a_dispatcher_reads_notes_only_under_an_own_agency_incident_tied_to_the_
         .await
         .unwrap()
         .get(0);
-    let officer = user(&w.app, w.a, "desk@a.example", Some(police.id), Role::Dispatcher, false).await;
+    let officer = user(
+        &w.app,
+        w.a,
+        "desk@a.example",
+        Some(police.id),
+        Role::Dispatcher,
+        false,
+    )
+    .await;
     let officer_up = As {
         id: officer.id,
-        ..user(&w.app, w.a, "desk@a.example", Some(police.id), Role::Dispatcher, true).await
+        ..user(
+            &w.app,
+            w.a,
+            "desk@a.example",
+            Some(police.id),
+            Role::Dispatcher,
+            true,
+        )
+        .await
     };
     let incidents = || async {
         client
@@ -920,16 +951,39 @@ async fn a_dispatcher_reads_notes_only_under_an_own_agency_incident_tied_to_the_
     let link = format!("/api/v1/incidents/{incident_id}/properties");
     let body = json!({ "property": w.property });
     assert_eq!(
-        call(&w.app, Method::POST, &link, Some(&officer), Some(body.clone())).await.0,
+        call(
+            &w.app,
+            Method::POST,
+            &link,
+            Some(&officer),
+            Some(body.clone())
+        )
+        .await
+        .0,
         401,
         "a link needs step-up"
     );
     assert_eq!(
-        call(&w.app, Method::POST, &link, Some(&w.dispatcher), Some(body.clone())).await.0,
+        call(
+            &w.app,
+            Method::POST,
+            &link,
+            Some(&w.dispatcher),
+            Some(body.clone())
+        )
+        .await
+        .0,
         403,
         "only the incident's own agency links it"
     );
-    let (status, linked) = call(&w.app, Method::POST, &link, Some(&officer_up), Some(body.clone())).await;
+    let (status, linked) = call(
+        &w.app,
+        Method::POST,
+        &link,
+        Some(&officer_up),
+        Some(body.clone()),
+    )
+    .await;
     assert_eq!(status, 201, "{linked}");
     let links: i64 = client
         .query_one(
@@ -943,12 +997,22 @@ async fn a_dispatcher_reads_notes_only_under_an_own_agency_incident_tied_to_the_
     assert_eq!(links, 1);
 
     // Tied: a fresh step-up reveals; without one the dispatcher is asked to step up.
-    assert_eq!(call(&w.app, Method::POST, &reveal, Some(&officer), None).await.0, 401);
+    assert_eq!(
+        call(&w.app, Method::POST, &reveal, Some(&officer), None)
+            .await
+            .0,
+        401
+    );
     let (status, notes) = call(&w.app, Method::POST, &reveal, Some(&officer_up), None).await;
     assert_eq!(status, 200, "{notes}");
     assert_eq!(notes["hazards"], "Oxygen in use");
     // Another agency's dispatcher gains nothing from the police incident.
-    assert_eq!(call(&w.app, Method::POST, &reveal, Some(&w.dispatcher), None).await.0, 404);
+    assert_eq!(
+        call(&w.app, Method::POST, &reveal, Some(&w.dispatcher), None)
+            .await
+            .0,
+        404
+    );
 
     // A grant for the home ties an incident too, wherever the incident's address is.
     live_grant_row(&w, "26-00102", "ems", "Motorway junction 4", w.responder.id).await;
@@ -965,5 +1029,10 @@ async fn a_dispatcher_reads_notes_only_under_an_own_agency_incident_tied_to_the_
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(call(&w.app, Method::POST, &reveal, Some(&officer_up), None).await.0, 404);
+    assert_eq!(
+        call(&w.app, Method::POST, &reveal, Some(&officer_up), None)
+            .await
+            .0,
+        404
+    );
 }
