@@ -275,7 +275,10 @@ mod tests {
 
     #[test]
     fn free_text_is_trimmed_bounded_and_storable() {
-        assert_eq!(Text::parse("name", "  Front door ", 10).unwrap().as_str(), "Front door");
+        assert_eq!(
+            Text::parse("name", "  Front door ", 10).unwrap().as_str(),
+            "Front door"
+        );
         assert_eq!(Text::parse("name", "ääääää", 6).unwrap().as_str(), "ääääää");
         for bad in ["", "   ", "12345678901", "Front\0door"] {
             let e = Text::parse("name", bad, 10).unwrap_err();
@@ -283,7 +286,12 @@ mod tests {
         }
         assert!(Text::check("phone", "", 5).is_ok());
         assert!(Text::check("phone", "123456", 5).is_err());
-        assert!(Text::check("phone", "1\02", 5).unwrap_err().reason.contains("NUL"));
+        assert!(
+            Text::check("phone", "1\0 2", 5)
+                .unwrap_err()
+                .reason
+                .contains("NUL")
+        );
     }
 
     #[test]

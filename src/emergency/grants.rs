@@ -537,7 +537,8 @@ pub async fn approve(
             denied(e)
         }
     })?;
-    let minutes = u32::try_from((grant.ends_at - grant.starts_at).num_minutes()).unwrap_or(u32::MAX);
+    let minutes =
+        u32::try_from((grant.ends_at - grant.starts_at).num_minutes()).unwrap_or(u32::MAX);
     let context = |fresh| GrantContext {
         step_up_fresh: fresh,
         incident_agency_kind: incident.agency_kind,
@@ -555,9 +556,10 @@ pub async fn approve(
                 "the access plan in force no longer allows this grant".to_owned(),
             ),
         })?;
-    let plan = ctx.plan.as_ref().ok_or_else(|| {
-        EmergencyError::Conflict("the property has no access plan".to_owned())
-    })?;
+    let plan = ctx
+        .plan
+        .as_ref()
+        .ok_or_else(|| EmergencyError::Conflict("the property has no access plan".to_owned()))?;
     let tx = client.transaction().await.map_err(StoreError::from)?;
     // Hold off plan edits (they lock the property row for update) until this commits, and make sure
     // the plan decided on is still the one in force.

@@ -177,10 +177,10 @@ pub async fn open(
     input: &IncidentInput,
     now: DateTime<Utc>,
 ) -> Result<Incident, EmergencyError> {
-    if let Origin::User(user) = origin {
-        if agency_of(tx, tenant, *user).await? != Some(input.agency) {
-            return Err(EmergencyError::Forbidden);
-        }
+    if let Origin::User(user) = origin
+        && agency_of(tx, tenant, *user).await? != Some(input.agency)
+    {
+        return Err(EmergencyError::Forbidden);
     }
     let id = Uuid::new_v4();
     let inserted = tx

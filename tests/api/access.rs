@@ -826,7 +826,14 @@ async fn live_grant_row(
 async fn reveal_works_with_two_incidents_at_one_address_and_two_live_grants() {
     let w = world().await;
     let plan_path = format!("/api/v1/properties/{}/plan", w.property);
-    let (status, body) = call(&w.app, Method::PUT, &plan_path, Some(&w.owner), Some(plan())).await;
+    let (status, body) = call(
+        &w.app,
+        Method::PUT,
+        &plan_path,
+        Some(&w.owner),
+        Some(plan()),
+    )
+    .await;
     assert_eq!(status, 201, "{body}");
     // Two open incidents of the dispatcher's agency at the address, each with a live grant for the
     // property naming the same responder: two rows for every "is there one?" question.
@@ -845,10 +852,18 @@ async fn reveal_works_with_two_incidents_at_one_address_and_two_live_grants() {
 }
 
 #[tokio::test]
-async fn a_dispatcher_reads_notes_only_under_an_own_agency_incident_tied_to_the_home_with_step_up() {
+async fn a_dispatcher_reads_notes_only_under_an_own_agency_incident_tied_to_the_home_with_step_up()
+{
     let w = world().await;
     let plan_path = format!("/api/v1/properties/{}/plan", w.property);
-    let (status, body) = call(&w.app, Method::PUT, &plan_path, Some(&w.owner), Some(plan())).await;
+    let (status, body) = call(
+        &w.app,
+        Method::PUT,
+        &plan_path,
+        Some(&w.owner),
+        Some(plan()),
+    )
+    .await;
     assert_eq!(status, 201, "{body}");
     let reveal = format!("{plan_path}/reveal");
     let client = w.app.pool.get().await.unwrap();
@@ -863,10 +878,26 @@ async fn a_dispatcher_reads_notes_only_under_an_own_agency_incident_tied_to_the_
         .await
         .unwrap()
         .get(0);
-    let officer = user(&w.app, w.a, "desk@a.example", Some(police.id), Role::Dispatcher, false).await;
+    let officer = user(
+        &w.app,
+        w.a,
+        "desk@a.example",
+        Some(police.id),
+        Role::Dispatcher,
+        false,
+    )
+    .await;
     let officer_up = As {
         id: officer.id,
-        ..user(&w.app, w.a, "desk@a.example", Some(police.id), Role::Dispatcher, true).await
+        ..user(
+            &w.app,
+            w.a,
+            "desk@a.example",
+            Some(police.id),
+            Role::Dispatcher,
+            true,
+        )
+        .await
     };
     let incidents = || async {
         client
@@ -920,16 +951,39 @@ async fn a_dispatcher_reads_notes_only_under_an_own_agency_incident_tied_to_the_
     let link = format!("/api/v1/incidents/{incident_id}/properties");
     let body = json!({ "property": w.property });
     assert_eq!(
-        call(&w.app, Method::POST, &link, Some(&officer), Some(body.clone())).await.0,
+        call(
+            &w.app,
+            Method::POST,
+            &link,
+            Some(&officer),
+            Some(body.clone())
+        )
+        .await
+        .0,
         401,
         "a link needs step-up"
     );
     assert_eq!(
-        call(&w.app, Method::POST, &link, Some(&w.dispatcher), Some(body.clone())).await.0,
+        call(
+            &w.app,
+            Method::POST,
+            &link,
+            Some(&w.dispatcher),
+            Some(body.clone())
+        )
+        .await
+        .0,
         403,
         "only the incident's own agency links it"
     );
-    let (status, linked) = call(&w.app, Method::POST, &link, Some(&officer_up), Some(body.clone())).await;
+    let (status, linked) = call(
+        &w.app,
+        Method::POST,
+        &link,
+        Some(&officer_up),
+        Some(body.clone()),
+    )
+    .await;
     assert_eq!(status, 201, "{linked}");
     let links: i64 = client
         .query_one(
@@ -943,12 +997,22 @@ async fn a_dispatcher_reads_notes_only_under_an_own_agency_incident_tied_to_the_
     assert_eq!(links, 1);
 
     // Tied: a fresh step-up reveals; without one the dispatcher is asked to step up.
-    assert_eq!(call(&w.app, Method::POST, &reveal, Some(&officer), None).await.0, 401);
+    assert_eq!(
+        call(&w.app, Method::POST, &reveal, Some(&officer), None)
+            .await
+            .0,
+        401
+    );
     let (status, notes) = call(&w.app, Method::POST, &reveal, Some(&officer_up), None).await;
     assert_eq!(status, 200, "{notes}");
     assert_eq!(notes["hazards"], "Oxygen in use");
     // Another agency's dispatcher gains nothing from the police incident.
-    assert_eq!(call(&w.app, Method::POST, &reveal, Some(&w.dispatcher), None).await.0, 404);
+    assert_eq!(
+        call(&w.app, Method::POST, &reveal, Some(&w.dispatcher), None)
+            .await
+            .0,
+        404
+    );
 
     // A grant for the home ties an incident too, wherever the incident's address is.
     live_grant_row(&w, "26-00102", "ems", "Motorway junction 4", w.responder.id).await;
@@ -965,7 +1029,12 @@ async fn a_dispatcher_reads_notes_only_under_an_own_agency_incident_tied_to_the_
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(call(&w.app, Method::POST, &reveal, Some(&officer_up), None).await.0, 404);
+    assert_eq!(
+        call(&w.app, Method::POST, &reveal, Some(&officer_up), None)
+            .await
+            .0,
+        404
+    );
 }
 
 #[tokio::test]
@@ -996,36 +1065,86 @@ async fn pairing_failures_are_limited_per_window_and_the_owner_can_reset() {
     let max = 10;
     for i in 0..max {
         let at = t0 + chrono::Duration::seconds(i64::from(i));
-        assert_eq!(store::pairing_attempt_allowed(&client, lock_id, max, at).await.unwrap(), Some(true));
+        assert_eq!(
+            store::pairing_attempt_allowed(&client, lock_id, max, at)
+                .await
+                .unwrap(),
+            Some(true)
+        );
         let impostor = [u8::try_from(100 + i).unwrap(); 32];
-        assert!(!store::complete_pairing(&client, lock_id, &impostor, &derived(&impostor), at).await.unwrap());
-        store::record_pairing_failure(&client, lock_id, at).await.unwrap();
+        assert!(
+            !store::complete_pairing(&client, lock_id, &impostor, &derived(&impostor), at)
+                .await
+                .unwrap()
+        );
+        store::record_pairing_failure(&client, lock_id, at)
+            .await
+            .unwrap();
     }
     let soon = t0 + chrono::Duration::minutes(5);
     assert_eq!(
-        store::pairing_attempt_allowed(&client, lock_id, max, soon).await.unwrap(),
+        store::pairing_attempt_allowed(&client, lock_id, max, soon)
+            .await
+            .unwrap(),
         Some(false),
         "the window is full"
     );
     // Not for good: once the window is over the genuine agent is checked again and pairs.
     let later = t0 + store::PAIRING_FAILURE_WINDOW + chrono::Duration::seconds(30);
-    assert_eq!(store::pairing_attempt_allowed(&client, lock_id, max, later).await.unwrap(), Some(true));
+    assert_eq!(
+        store::pairing_attempt_allowed(&client, lock_id, max, later)
+            .await
+            .unwrap(),
+        Some(true)
+    );
     // Failures after the window start a new one with a count of one.
-    assert_eq!(store::record_pairing_failure(&client, lock_id, later).await.unwrap(), 1);
+    assert_eq!(
+        store::record_pairing_failure(&client, lock_id, later)
+            .await
+            .unwrap(),
+        1
+    );
 
     // The homeowner can reset at once: step-up needed, own locks only, audited.
     for _ in 1..max {
-        store::record_pairing_failure(&client, lock_id, later).await.unwrap();
+        store::record_pairing_failure(&client, lock_id, later)
+            .await
+            .unwrap();
     }
-    assert_eq!(store::pairing_attempt_allowed(&client, lock_id, max, later).await.unwrap(), Some(false));
+    assert_eq!(
+        store::pairing_attempt_allowed(&client, lock_id, max, later)
+            .await
+            .unwrap(),
+        Some(false)
+    );
     let reset = format!("{locks}/{lock_id}/pairing/reset");
-    assert_eq!(call(&w.app, Method::POST, &reset, Some(&w.owner_plain), None).await.0, 401);
-    assert_eq!(call(&w.app, Method::POST, &reset, Some(&w.other_owner), None).await.0, 404);
-    assert_eq!(call(&w.app, Method::POST, &reset, Some(&w.b_owner), None).await.0, 404);
+    assert_eq!(
+        call(&w.app, Method::POST, &reset, Some(&w.owner_plain), None)
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        call(&w.app, Method::POST, &reset, Some(&w.other_owner), None)
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        call(&w.app, Method::POST, &reset, Some(&w.b_owner), None)
+            .await
+            .0,
+        404
+    );
     let (status, body) = call(&w.app, Method::POST, &reset, Some(&w.owner), None).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["pairing_state"], "unpaired");
-    assert_eq!(store::pairing_attempt_allowed(&client, lock_id, max, later).await.unwrap(), Some(true));
+    assert_eq!(
+        store::pairing_attempt_allowed(&client, lock_id, max, later)
+            .await
+            .unwrap(),
+        Some(true)
+    );
     let resets: i64 = client
         .query_one(
             "SELECT count(*) FROM audit_entries WHERE action = 'lock.pairing_reset' AND subject_id = $1 AND actor_id = $2",
@@ -1035,9 +1154,18 @@ async fn pairing_failures_are_limited_per_window_and_the_owner_can_reset() {
         .unwrap()
         .get(0);
     assert_eq!(resets, 1);
-    assert!(store::complete_pairing(&client, lock_id, &device_key, &derived(&device_key), later).await.unwrap());
+    assert!(
+        store::complete_pairing(&client, lock_id, &device_key, &derived(&device_key), later)
+            .await
+            .unwrap()
+    );
     // A paired lock has nothing to reset.
-    assert_eq!(call(&w.app, Method::POST, &reset, Some(&w.owner), None).await.0, 404);
+    assert_eq!(
+        call(&w.app, Method::POST, &reset, Some(&w.owner), None)
+            .await
+            .0,
+        404
+    );
 }
 
 #[tokio::test]
@@ -1046,13 +1174,21 @@ async fn a_refused_write_never_names_a_constraint() {
     let lock_id = Uuid::new_v4();
     let locks = format!("/api/v1/properties/{}/locks", w.property);
     let register = |id: Uuid, name: &str| json!({ "lock_id": id, "name": name, "pairing_code": "ABCDE-12345" });
-    let (status, body) = call(&w.app, Method::POST, &locks, Some(&w.owner), Some(register(lock_id, "Front door"))).await;
+    let (status, body) = call(
+        &w.app,
+        Method::POST,
+        &locks,
+        Some(&w.owner),
+        Some(register(lock_id, "Front door")),
+    )
+    .await;
     assert_eq!(status, 201, "{body}");
     for (body, what) in [
         (register(lock_id, "Back door"), "the same lock id"),
         (register(Uuid::new_v4(), "Front door"), "the same lock name"),
     ] {
-        let (status, problem) = call(&w.app, Method::POST, &locks, Some(&w.owner), Some(body)).await;
+        let (status, problem) =
+            call(&w.app, Method::POST, &locks, Some(&w.owner), Some(body)).await;
         assert_eq!(status, 409, "{what}: {problem}");
         let text = problem.to_string();
         for leak in ["pkey", "locks_", "violates", "constraint", "_key"] {

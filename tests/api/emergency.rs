@@ -169,8 +169,24 @@ async fn world() -> World {
     .await;
     let bundle = bundle(&app, tenant, &tmp.path().join("root.pk8"), now).await;
     World {
-        dispatcher: user(&app, tenant, "d1@a.example", Some(fire), Role::Dispatcher, true).await,
-        police_desk: user(&app, tenant, "d4@a.example", Some(police), Role::Dispatcher, true).await,
+        dispatcher: user(
+            &app,
+            tenant,
+            "d1@a.example",
+            Some(fire),
+            Role::Dispatcher,
+            true,
+        )
+        .await,
+        police_desk: user(
+            &app,
+            tenant,
+            "d4@a.example",
+            Some(police),
+            Role::Dispatcher,
+            true,
+        )
+        .await,
         dispatcher2: user(&app, tenant, "d2@a.example", None, Role::Dispatcher, true).await,
         dispatcher_plain: user(&app, tenant, "d3@a.example", None, Role::Dispatcher, false).await,
         responder_plain: As {
@@ -1101,14 +1117,31 @@ async fn an_approval_re_decides_against_the_plan_in_force() {
     let plan_path = format!("/api/v1/properties/{}/plan", w.property);
     let mut no_police = plan();
     no_police["agencies"]["police"] = json!({ "allowed": false });
-    let (status, body) = call(&w.app, Method::PUT, &plan_path, Some(&w.owner), Some(no_police)).await;
+    let (status, body) = call(
+        &w.app,
+        Method::PUT,
+        &plan_path,
+        Some(&w.owner),
+        Some(no_police),
+    )
+    .await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["version"], 2);
 
     let path = format!("/api/v1/grants/{grant_id}/approve");
     let (status, body) = call(&w.app, Method::POST, &path, Some(&w.dispatcher2), None).await;
-    assert_eq!(status, 409, "the plan in force no longer admits police: {body}");
-    let (_, g) = call(&w.app, Method::GET, &format!("/api/v1/grants/{grant_id}"), Some(&w.dispatcher2), None).await;
+    assert_eq!(
+        status, 409,
+        "the plan in force no longer admits police: {body}"
+    );
+    let (_, g) = call(
+        &w.app,
+        Method::GET,
+        &format!("/api/v1/grants/{grant_id}"),
+        Some(&w.dispatcher2),
+        None,
+    )
+    .await;
     assert_eq!(g["status"], "awaiting_approval", "{g}");
     assert_eq!(g["approved_by"], Value::Null);
     assert_eq!(
@@ -1129,13 +1162,23 @@ async fn an_approval_re_decides_against_the_plan_in_force() {
     assert_eq!(refusals, 1, "the refused approval is audited");
 
     // Police back in (version 3): the approval goes through and records the version it was decided under.
-    let (status, body) = call(&w.app, Method::PUT, &plan_path, Some(&w.owner), Some(plan())).await;
+    let (status, body) = call(
+        &w.app,
+        Method::PUT,
+        &plan_path,
+        Some(&w.owner),
+        Some(plan()),
+    )
+    .await;
     assert_eq!(status, 201, "{body}");
     let (status, g) = call(&w.app, Method::POST, &path, Some(&w.dispatcher2), None).await;
     assert_eq!(status, 200, "{g}");
     assert_eq!(g["status"], "live");
     assert_eq!(g["plan_version"], 1, "the version it was requested under");
-    assert_eq!(g["approved_plan_version"], 3, "the version it was approved under");
+    assert_eq!(
+        g["approved_plan_version"], 3,
+        "the version it was approved under"
+    );
     let (status, t) = request_token(&w, &police_officer, grant_id, w.lock).await;
     assert_eq!(status, 201, "{t}");
 }
@@ -1192,7 +1235,13 @@ async fn a_nul_in_any_free_text_field_is_a_400_naming_it_and_changes_nothing() {
     let plan_path = format!("/api/v1/properties/{}/plan", w.property);
     let grants_path = format!("/api/v1/incidents/{incident}/grants");
     let mut cases: Vec<(Method, String, Option<&As>, Value, &str)> = vec![
-        (Method::POST, "/api/v1/properties".into(), Some(&w.owner), json!({ "address": nul }), "address"),
+        (
+            Method::POST,
+            "/api/v1/properties".into(),
+            Some(&w.owner),
+            json!({ "address": nul }),
+            "address",
+        ),
         (
             Method::POST,
             format!("/api/v1/properties/{}/locks", w.property),
@@ -1200,8 +1249,20 @@ async fn a_nul_in_any_free_text_field_is_a_400_naming_it_and_changes_nothing() {
             json!({ "lock_id": Uuid::new_v4(), "name": nul, "pairing_code": "ABCDE-12345" }),
             "name",
         ),
-        (Method::PUT, plan_path.clone(), Some(&w.owner), plan_with("/contacts/0/name", nul), "contacts.name"),
-        (Method::PUT, plan_path.clone(), Some(&w.owner), plan_with("/contacts/0/email", "sam\u{0}@example.org"), "contacts.email"),
+        (
+            Method::PUT,
+            plan_path.clone(),
+            Some(&w.owner),
+            plan_with("/contacts/0/name", nul),
+            "contacts.name",
+        ),
+        (
+            Method::PUT,
+            plan_path.clone(),
+            Some(&w.owner),
+            plan_with("/contacts/0/email", "sam\u{0}@example.org"),
+            "contacts.email",
+        ),
         (
             Method::PUT,
             plan_path.clone(),
@@ -1234,7 +1295,13 @@ async fn a_nul_in_any_free_text_field_is_a_400_naming_it_and_changes_nothing() {
             json!({ "property": w.property, "unit": nul, "minutes": 30, "justification": "smoke" }),
             "unit",
         ),
-        (Method::POST, "/api/v1/admin/cad-credentials".into(), Some(&w.admin), json!({ "name": nul }), "name"),
+        (
+            Method::POST,
+            "/api/v1/admin/cad-credentials".into(),
+            Some(&w.admin),
+            json!({ "name": nul }),
+            "name",
+        ),
         (
             Method::POST,
             "/api/v1/invitations".into(),
@@ -1271,7 +1338,13 @@ async fn a_nul_in_any_free_text_field_is_a_400_naming_it_and_changes_nothing() {
             "email",
         ),
     ];
-    for field in ["pets", "hazards", "medical_equipment", "utilities", "free_text"] {
+    for field in [
+        "pets",
+        "hazards",
+        "medical_equipment",
+        "utilities",
+        "free_text",
+    ] {
         let mut p = plan_notes.clone();
         p["notes"][field] = json!(nul);
         cases.push((Method::PUT, plan_path.clone(), Some(&w.owner), p, "notes"));
@@ -1280,7 +1353,10 @@ async fn a_nul_in_any_free_text_field_is_a_400_naming_it_and_changes_nothing() {
         let (status, problem) = call(&w.app, method.clone(), &path, who, Some(body.clone())).await;
         assert_eq!(status, 400, "{method} {path} {body}: {problem}");
         let detail = problem["detail"].as_str().unwrap_or_default();
-        assert!(detail.starts_with(field), "{method} {path}: names {field}: {detail}");
+        assert!(
+            detail.starts_with(field),
+            "{method} {path}: names {field}: {detail}"
+        );
     }
     let (status, problem) = call(
         &w.app,
@@ -1291,7 +1367,10 @@ async fn a_nul_in_any_free_text_field_is_a_400_naming_it_and_changes_nothing() {
     )
     .await;
     assert_eq!(status, 400, "{problem}");
-    assert!(problem["detail"].as_str().unwrap().starts_with("q"), "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().starts_with("q"),
+        "{problem}"
+    );
     let body = serde_json::to_vec(
         &json!({ "cad_number": "26-77003", "kind": "fire", "address": nul, "agency": w.fire }),
     )
@@ -1308,7 +1387,10 @@ async fn a_nul_in_any_free_text_field_is_a_400_naming_it_and_changes_nothing() {
     .await;
     assert_eq!(response.status(), 400);
     let problem: Value = response.json().await.unwrap();
-    assert!(problem["detail"].as_str().unwrap().starts_with("address"), "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().starts_with("address"),
+        "{problem}"
+    );
 
     let after = row_counts(&w).await;
     assert_eq!(before, after, "a refused request changes nothing");
