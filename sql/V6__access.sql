@@ -24,3 +24,8 @@ CREATE TABLE incident_properties (
     FOREIGN KEY (municipality_id, linked_by) REFERENCES users (municipality_id, id)
 );
 CREATE INDEX incident_properties_property ON incident_properties (municipality_id, property_id);
+
+-- Wrong pairing codes are limited per time window, not for good: three impostor connections that
+-- know only a lock id could otherwise use up its attempts and lock the genuine agent out forever.
+-- `failed_attempts` now counts the failures of the window that started at `failure_window_start`.
+ALTER TABLE lock_pairings ADD COLUMN failure_window_start timestamptz;

@@ -60,7 +60,9 @@ pub struct ChannelOptions {
     pub window: usize,
     /// An unchanged status is written to the database at most this often (last seen, battery).
     pub status_write_interval: Duration,
-    /// Wrong pairing codes tolerated per lock before its pending pairing is refused for good.
+    /// Wrong pairing codes tolerated per lock within one
+    /// [`PAIRING_FAILURE_WINDOW`](crate::store::properties::PAIRING_FAILURE_WINDOW); further
+    /// attempts are refused until the window is over or the homeowner resets the pairing.
     pub max_pairing_failures: i32,
     /// Most connections that have not yet authenticated (TLS handshake, `Hello`), in all.
     pub max_unauthenticated: usize,
@@ -761,19 +763,19 @@ async fn authenticate(
         "unpaired" => {
             let now = shared.clock.now();
             let tx = client.transaction().await.map_err(|e| internal(e.into()))?;
-            let failures: Option<i32> = tx
-                .query_opt(
-                    "SELECT failed_attempts FROM lock_pairings WHERE lock_id = $1 FOR UPDATE",
-                    &[&id],
-                )
-                .await
-                .map_err(|e| internal(e.into()))?
-                .map(|r| r.get(0));
-            let Some(failures) = failures else {
+            let allowed = properties::pairing_attempt_allowed(
+                &tx,
+                id,
+                shared.options.max_pairing_failures,
+                now,
+            )
+            .await
+            .map_err(internal)?;
+            let Some(allowed) = allowed else {
                 return Err(ErrorCode::AuthenticationFailed);
             };
-            if failures >= shared.options.max_pairing_failures {
-                tracing::warn!(lock = %id, "pairing refused: too many wrong codes");
+            if !allowed {
+                tracing::warn!(lock = %id, "pairing refused: too many wrong codes in this window");
                 crate::metrics::count(|m| m.pairing_failures.inc());
                 return Err(ErrorCode::AuthenticationFailed);
             }
@@ -788,15 +790,14 @@ async fn authenticate(
                     tracing::warn!(lock = %id, error = %e, "pairing could not complete");
                     ErrorCode::AuthenticationFailed
                 })?;
-            if !paired {
+            let failures = if paired {
+                0
+            } else {
                 crate::metrics::count(|m| m.pairing_failures.inc());
-                tx.execute(
-                    "UPDATE lock_pairings SET failed_attempts = failed_attempts + 1 WHERE lock_id = $1",
-                    &[&id],
-                )
-                .await
-                .map_err(|e| internal(e.into()))?;
-            }
+                properties::record_pairing_failure(&tx, id, now)
+                    .await
+                    .map_err(internal)?
+            };
             let event = Event::new(
                 "lock.pair",
                 if paired {
@@ -807,7 +808,7 @@ async fn authenticate(
             )
             .subject("lock", id)
             .property(lock.property)
-            .details(json!({ "failed_attempts": failures.saturating_add(i32::from(!paired)) }));
+            .details(json!({ "failed_attempts": failures }));
             audit::record(&tx, lock.tenant, &event, now)
                 .await
                 .map_err(internal)?;

@@ -149,7 +149,12 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound => Self::NotFound,
-            StoreError::Conflict(c) => Self::Conflict(format!("violates {c}")),
+            // The constraint's name is the schema's business: it goes to the log, never to the
+            // client (a unique violation says only that such a record exists).
+            StoreError::Conflict(c) => {
+                tracing::info!(constraint = %c, "refused by a database constraint");
+                Self::Conflict("conflicts with an existing record".to_owned())
+            }
             StoreError::Unavailable(_) => Self::Unavailable(e.into()),
             StoreError::Query(_) | StoreError::Migration(_) => Self::Internal(e.into()),
         }

@@ -24,7 +24,7 @@ use crate::store::properties::{self as store, Lock, Property};
 #[derive(OpenApi)]
 #[openapi(
     paths(
-        create_property, list_properties, get_property, register_lock, list_locks, put_plan, get_plan,
+        create_property, list_properties, get_property, register_lock, list_locks, reset_pairing, put_plan, get_plan,
         get_plan_summary, reveal_notes, search_properties, read_audit
     ),
     components(schemas(
@@ -44,6 +44,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(get_property)
         .service(register_lock)
         .service(list_locks)
+        .service(reset_pairing)
         .service(put_plan)
         .service(get_plan)
         .service(get_plan_summary)
@@ -256,6 +257,49 @@ pub async fn list_locks(
     })
     .await?;
     Ok(HttpResponse::Ok().json(store::locks(&client, actor.tenant, ctx.property.id).await?))
+}
+
+/// The homeowner (with step-up) resets a lock's pending pairing: the count of wrong codes is
+/// cleared and the pairing is valid for another seven days (audited `lock.pairing_reset`). For a
+/// genuine agent refused after impostors presented wrong codes for its lock id.
+#[utoipa::path(post, path = "/api/v1/properties/{id}/locks/{lock}/pairing/reset", tag = "properties",
+    responses((status = 200, body = Lock), (status = 401), (status = 404)))]
+#[post("/api/v1/properties/{id}/locks/{lock}/pairing/reset")]
+pub async fn reset_pairing(
+    state: web::Data<AppState>,
+    actor: Actor,
+    path: web::Path<(Uuid, Uuid)>,
+) -> Result<HttpResponse, ApiError> {
+    let (id, lock_id) = path.into_inner();
+    let (client, ctx) = load_and_authorize(&state, &actor, id, |p, prop, fresh| {
+        AuthzRequest::manage_locks(
+            p,
+            prop,
+            StepUpContext {
+                step_up_fresh: fresh,
+            },
+        )
+    })
+    .await?;
+    drop(client);
+    let now = state.clock.now();
+    // Resetting lets more codes be tried against the lock: a high-risk change of its security.
+    actor.require_step_up(now)?;
+    let mut client = state.pool.get().await.map_err(StoreError::from)?;
+    let tx = client.transaction().await.map_err(StoreError::from)?;
+    let lock = store::reset_pairing(&tx, actor.tenant, ctx.property.id, lock_id, now).await?;
+    audit::record(
+        &tx,
+        actor.tenant,
+        &Event::new("lock.pairing_reset", Outcome::Info)
+            .actor(actor.user_id)
+            .subject("lock", lock.id)
+            .property(ctx.property.id),
+        now,
+    )
+    .await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(HttpResponse::Ok().json(lock))
 }
 
 /// The version a plan change created.

@@ -1036,3 +1036,163 @@ async fn a_dispatcher_reads_notes_only_under_an_own_agency_incident_tied_to_the_
         404
     );
 }
+
+#[tokio::test]
+async fn pairing_failures_are_limited_per_window_and_the_owner_can_reset() {
+    use firstkey::store::properties as store;
+    let w = world().await;
+    let lock_id = Uuid::new_v4();
+    let device_key = [9u8; 32];
+    let code = firstkey_agent::pairing::PairingCode::derive(&device_key, &lock_id.to_string());
+    let locks = format!("/api/v1/properties/{}/locks", w.property);
+    let (status, body) = call(
+        &w.app,
+        Method::POST,
+        &locks,
+        Some(&w.owner),
+        Some(json!({ "lock_id": lock_id, "name": "Front door", "pairing_code": code.display() })),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let client = w.app.pool.get().await.unwrap();
+    let derived = |key: &[u8; 32]| {
+        let c = firstkey_agent::pairing::PairingCode::derive(key, &lock_id.to_string()).display();
+        firstkey::pairing::code_hash(&firstkey::pairing::normalise(&c).unwrap())
+    };
+    // Impostors who know only the lock id present their own keys: each is a failure, as the
+    // channel counts them.
+    let t0 = Utc::now();
+    let max = 10;
+    for i in 0..max {
+        let at = t0 + chrono::Duration::seconds(i64::from(i));
+        assert_eq!(
+            store::pairing_attempt_allowed(&client, lock_id, max, at)
+                .await
+                .unwrap(),
+            Some(true)
+        );
+        let impostor = [u8::try_from(100 + i).unwrap(); 32];
+        assert!(
+            !store::complete_pairing(&client, lock_id, &impostor, &derived(&impostor), at)
+                .await
+                .unwrap()
+        );
+        store::record_pairing_failure(&client, lock_id, at)
+            .await
+            .unwrap();
+    }
+    let soon = t0 + chrono::Duration::minutes(5);
+    assert_eq!(
+        store::pairing_attempt_allowed(&client, lock_id, max, soon)
+            .await
+            .unwrap(),
+        Some(false),
+        "the window is full"
+    );
+    // Not for good: once the window is over the genuine agent is checked again and pairs.
+    let later = t0 + store::PAIRING_FAILURE_WINDOW + chrono::Duration::seconds(30);
+    assert_eq!(
+        store::pairing_attempt_allowed(&client, lock_id, max, later)
+            .await
+            .unwrap(),
+        Some(true)
+    );
+    // Failures after the window start a new one with a count of one.
+    assert_eq!(
+        store::record_pairing_failure(&client, lock_id, later)
+            .await
+            .unwrap(),
+        1
+    );
+
+    // The homeowner can reset at once: step-up needed, own locks only, audited.
+    for _ in 1..max {
+        store::record_pairing_failure(&client, lock_id, later)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        store::pairing_attempt_allowed(&client, lock_id, max, later)
+            .await
+            .unwrap(),
+        Some(false)
+    );
+    let reset = format!("{locks}/{lock_id}/pairing/reset");
+    assert_eq!(
+        call(&w.app, Method::POST, &reset, Some(&w.owner_plain), None)
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        call(&w.app, Method::POST, &reset, Some(&w.other_owner), None)
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        call(&w.app, Method::POST, &reset, Some(&w.b_owner), None)
+            .await
+            .0,
+        404
+    );
+    let (status, body) = call(&w.app, Method::POST, &reset, Some(&w.owner), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["pairing_state"], "unpaired");
+    assert_eq!(
+        store::pairing_attempt_allowed(&client, lock_id, max, later)
+            .await
+            .unwrap(),
+        Some(true)
+    );
+    let resets: i64 = client
+        .query_one(
+            "SELECT count(*) FROM audit_entries WHERE action = 'lock.pairing_reset' AND subject_id = $1 AND actor_id = $2",
+            &[&lock_id, &w.owner.id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(resets, 1);
+    assert!(
+        store::complete_pairing(&client, lock_id, &device_key, &derived(&device_key), later)
+            .await
+            .unwrap()
+    );
+    // A paired lock has nothing to reset.
+    assert_eq!(
+        call(&w.app, Method::POST, &reset, Some(&w.owner), None)
+            .await
+            .0,
+        404
+    );
+}
+
+#[tokio::test]
+async fn a_refused_write_never_names_a_constraint() {
+    let w = world().await;
+    let lock_id = Uuid::new_v4();
+    let locks = format!("/api/v1/properties/{}/locks", w.property);
+    let register = |id: Uuid, name: &str| json!({ "lock_id": id, "name": name, "pairing_code": "ABCDE-12345" });
+    let (status, body) = call(
+        &w.app,
+        Method::POST,
+        &locks,
+        Some(&w.owner),
+        Some(register(lock_id, "Front door")),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    for (body, what) in [
+        (register(lock_id, "Back door"), "the same lock id"),
+        (register(Uuid::new_v4(), "Front door"), "the same lock name"),
+    ] {
+        let (status, problem) =
+            call(&w.app, Method::POST, &locks, Some(&w.owner), Some(body)).await;
+        assert_eq!(status, 409, "{what}: {problem}");
+        let text = problem.to_string();
+        for leak in ["pkey", "locks_", "violates", "constraint", "_key"] {
+            assert!(!text.contains(leak), "{what}: {text}");
+        }
+    }
+}
