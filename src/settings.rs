@@ -232,7 +232,13 @@ impl Default for RawSettings {
 }
 
 /// The server's own settings under the agent's `FIRSTKEY_AGENT_` prefix.
-const SERVER_AGENT_SETTINGS: [&str; 3] = ["agent_listen", "agent_tls_cert", "agent_tls_key"];
+const SERVER_AGENT_SETTINGS: [&str; 5] = [
+    "agent_listen",
+    "agent_tls_cert",
+    "agent_tls_key",
+    "agent_max_unauthenticated",
+    "agent_max_unauthenticated_per_address",
+];
 
 impl Settings {
     /// Loads defaults, then `config_file` if it exists (an explicitly named file must exist), then
@@ -581,6 +587,18 @@ mod tests {
                 err.to_string().contains(&format!("`{setting}`")),
                 "{var}={value}: {err}"
             );
+        }
+    }
+
+    #[test]
+    fn every_server_setting_under_the_agent_prefix_is_read_not_ignored() {
+        for (name, _) in Settings::known() {
+            if name.starts_with("agent_") {
+                assert!(
+                    SERVER_AGENT_SETTINGS.contains(&name.as_str()),
+                    "`{name}` would be ignored as the lock agent's variable"
+                );
+            }
         }
     }
 
