@@ -288,7 +288,9 @@ fn routes(cfg: &mut web::ServiceConfig, with_metrics: bool) {
 /// method would have been routed), 404 otherwise.
 /// A browser asking for a page gets the HTML 404 page instead.
 async fn unrouted(req: actix_web::HttpRequest) -> HttpResponse {
-    match openapi::allowed_methods(req.path()) {
+    // `/metrics` is documented but not routed here when `metrics_listen` serves it: not a resource.
+    let documented = openapi::allowed_methods(req.path()).filter(|_| req.path() != "/metrics");
+    match documented {
         Some(allow) => {
             actix_web::ResponseError::error_response(&error::ApiError::MethodNotAllowed { allow })
         }

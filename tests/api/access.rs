@@ -556,13 +556,15 @@ async fn a_get_never_changes_state_and_cross_origin_writes_are_refused() {
         201
     );
     let client = w.app.pool.get().await.unwrap();
-    // Domain state: every table but the audit log (denials are audited by design) and sessions
-    // (last-seen times slide).
+    // Domain state: every table but the audit log (denials are audited by design; reads seal
+    // pending entries into the Merkle tree and may sign a checkpoint) and sessions (last-seen
+    // times slide).
     let snapshot = || async {
         let tables: Vec<String> = client
             .query(
                 "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public'
-                 AND table_name NOT IN ('audit_entries', 'sessions') ORDER BY 1",
+                 AND table_name NOT IN ('audit_entries', 'audit_tree_nodes', 'audit_checkpoints', 'sessions')
+                 ORDER BY 1",
                 &[],
             )
             .await

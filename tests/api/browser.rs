@@ -5,7 +5,7 @@
 //! Every page visited is screenshotted under `<target>/browser-screenshots/`, checked for console
 //! errors and CSP violations (the browser log, fetched after each page), and checked for horizontal
 //! overflow at 360 px. Without Chromium the tests print why and pass, unless
-//! `FIRSTKEY_REQUIRE_BROWSER=1` (CI) makes that a failure. Waits are for elements and URLs, never
+//! `FK_TEST_REQUIRE_BROWSER=1` (CI) makes that a failure. Waits are for elements and URLs, never
 //! for fixed times.
 
 use std::io::{BufRead, BufReader};
@@ -123,8 +123,8 @@ impl Browser {
             Ok(found) => found,
             Err(why) => {
                 assert!(
-                    std::env::var("FIRSTKEY_REQUIRE_BROWSER").as_deref() != Ok("1"),
-                    "FIRSTKEY_REQUIRE_BROWSER=1 but {why}"
+                    std::env::var("FK_TEST_REQUIRE_BROWSER").as_deref() != Ok("1"),
+                    "FK_TEST_REQUIRE_BROWSER=1 but {why}"
                 );
                 eprintln!("skipping browser test {test}: {why}");
                 return None;

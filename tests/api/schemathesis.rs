@@ -3,7 +3,7 @@
 //! find no failure. The run is seeded and bounded (examples per operation, a time budget, and a
 //! hard timeout here), so it is repeatable and fits CI.
 //!
-//! Without schemathesis the test says so and passes, unless `FIRSTKEY_REQUIRE_SCHEMATHESIS=1`
+//! Without schemathesis the test says so and passes, unless `FK_TEST_REQUIRE_SCHEMATHESIS=1`
 //! (CI sets it), when a missing schemathesis fails it. `FIRSTKEY_SCHEMATHESIS` names another
 //! executable.
 //!
@@ -49,7 +49,7 @@ fn executable() -> Result<PathBuf, String> {
 /// The executable when it is there and is the pinned version; otherwise skip (or fail when CI
 /// requires it).
 fn executable_or_skip() -> Option<PathBuf> {
-    let required = std::env::var("FIRSTKEY_REQUIRE_SCHEMATHESIS").is_ok_and(|v| v == "1");
+    let required = std::env::var("FK_TEST_REQUIRE_SCHEMATHESIS").is_ok_and(|v| v == "1");
     let found = executable().and_then(|path| {
         let output = std::process::Command::new(&path)
             .arg("--version")
@@ -68,7 +68,7 @@ fn executable_or_skip() -> Option<PathBuf> {
     });
     match found {
         Ok(path) => Some(path),
-        Err(reason) if required => panic!("FIRSTKEY_REQUIRE_SCHEMATHESIS=1, but {reason}"),
+        Err(reason) if required => panic!("FK_TEST_REQUIRE_SCHEMATHESIS=1, but {reason}"),
         Err(reason) => {
             eprintln!("skipped: schemathesis is not available: {reason}");
             None
