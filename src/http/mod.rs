@@ -207,7 +207,7 @@ impl Application {
                 .wrap(headers)
                 .wrap(TracingLogger::<access_log::AccessLog>::new())
                 .configure(|cfg| routes(cfg, metrics_on_main))
-                .default_service(web::to(unrouted))
+                .default_service(web::to(move |req| unrouted(req, metrics_on_main)))
         };
         let server = HttpServer::new(factory).shutdown_timeout(10);
         let (server, scheme) = match tls {
@@ -287,9 +287,10 @@ fn routes(cfg: &mut web::ServiceConfig, with_metrics: bool) {
 /// A request no route took: 405 with `Allow` when its path is a documented resource (another
 /// method would have been routed), 404 otherwise.
 /// A browser asking for a page gets the HTML 404 page instead.
-async fn unrouted(req: actix_web::HttpRequest) -> HttpResponse {
-    // `/metrics` is documented but not routed here when `metrics_listen` serves it: not a resource.
-    let documented = openapi::allowed_methods(req.path()).filter(|_| req.path() != "/metrics");
+async fn unrouted(req: actix_web::HttpRequest, metrics_on_main: bool) -> HttpResponse {
+    // `/metrics` is documented but not a resource here when `metrics_listen` serves it.
+    let documented = openapi::allowed_methods(req.path())
+        .filter(|_| metrics_on_main || req.path() != "/metrics");
     match documented {
         Some(allow) => {
             actix_web::ResponseError::error_response(&error::ApiError::MethodNotAllowed { allow })
