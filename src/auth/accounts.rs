@@ -150,7 +150,7 @@ pub struct NewInvitation {
     #[schema(
         min_length = 1,
         max_length = 200,
-        pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
+        pattern = r"^[^\u0000]*[^\s\u0000\u0085][^\u0000]*$"
     )]
     pub display_name: String,
 }

@@ -48,7 +48,7 @@ pub struct NewGrant {
     #[schema(
         min_length = 1,
         max_length = 100,
-        pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
+        pattern = r"^[^\u0000]*[^\s\u0000\u0085][^\u0000]*$"
     )]
     pub unit: Option<String>,
     /// How long the grant lasts, in minutes (1 to 1440, and at most the plan's maximum).
@@ -59,7 +59,7 @@ pub struct NewGrant {
     #[schema(
         min_length = 1,
         max_length = 2000,
-        pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
+        pattern = r"^[^\u0000]*[^\s\u0000\u0085][^\u0000]*$"
     )]
     pub justification: String,
 }

@@ -37,7 +37,7 @@ pub struct NewIncident {
     #[schema(
         min_length = 1,
         max_length = 500,
-        pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
+        pattern = r"^[^\u0000]*[^\s\u0000\u0085][^\u0000]*$"
     )]
     pub address: String,
     /// The agency handling it (an agency of the municipality).

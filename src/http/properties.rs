@@ -60,7 +60,7 @@ pub struct NewProperty {
     #[schema(
         min_length = 1,
         max_length = 500,
-        pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
+        pattern = r"^[^\u0000]*[^\s\u0000\u0085][^\u0000]*$"
     )]
     pub address: String,
 }
@@ -117,7 +117,7 @@ pub struct SearchQuery {
     #[param(
         min_length = 3,
         max_length = 200,
-        pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
+        pattern = r"^[^\u0000]*[^\s\u0000\u0085][^\u0000]*$"
     )]
     pub q: String,
 }
@@ -175,7 +175,7 @@ pub struct NewLock {
     #[schema(
         min_length = 1,
         max_length = 100,
-        pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
+        pattern = r"^[^\u0000]*[^\s\u0000\u0085][^\u0000]*$"
     )]
     pub name: String,
     /// The pairing code `firstkey-agent init` printed (XXXXX-XXXXX): 10 letters (not U) or
