@@ -8,7 +8,6 @@ use uuid::Uuid;
 
 use super::properties::StoredPlan;
 use super::{StoreError, Tenant};
-use crate::crypto::Sealed;
 
 /// One entry of the history.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,22 +59,5 @@ pub async fn version(
         )
         .await?
         .ok_or(StoreError::NotFound)?;
-    let bad = |e: serde_json::Error| StoreError::Conflict(format!("stored plan: {e}"));
-    let ciphertext: Option<Vec<u8>> = row.get(4);
-    let wrapped: Option<Vec<u8>> = row.get(5);
-    Ok(StoredPlan {
-        id: row.get(0),
-        version: row.get(1),
-        agencies: serde_json::from_value(row.get(2)).map_err(bad)?,
-        max_grant_minutes: row.get(3),
-        notes: ciphertext
-            .zip(wrapped)
-            .map(|(ciphertext, wrapped_key)| Sealed {
-                ciphertext,
-                wrapped_key,
-            }),
-        contacts: row.get(6),
-        notifications: serde_json::from_value(row.get(7)).map_err(bad)?,
-        retention_days: row.get(8),
-    })
+    super::properties::plan_of_row(&row)
 }

@@ -391,6 +391,12 @@ pub async fn current_plan(
         )
         .await?
         .ok_or(StoreError::NotFound)?;
+    plan_of_row(&row)
+}
+
+/// A plan row selected as `id, version, rules, max_grant_minutes, notes_ciphertext,
+/// notes_wrapped_key, contacts, notifications, retention_days`.
+pub(crate) fn plan_of_row(row: &tokio_postgres::Row) -> Result<StoredPlan, StoreError> {
     let bad = |e: serde_json::Error| StoreError::Conflict(format!("stored plan: {e}"));
     let ciphertext: Option<Vec<u8>> = row.get(4);
     let wrapped: Option<Vec<u8>> = row.get(5);
