@@ -3,6 +3,7 @@
 //! Taps are served whether or not the server is reachable; the channel runs beside them and only
 //! shares the door's mutex for short, durable updates.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,6 +26,8 @@ pub struct RunOptions {
     pub tap_socket: Option<PathBuf>,
     /// Override channel timings (tests); `None` for production timings.
     pub channel_timing: Option<(Duration, Duration, Duration)>,
+    /// Serve the door panel (the browser's stand-in for NFC/BLE) on this address; off if `None`.
+    pub door_panel: Option<SocketAddr>,
 }
 
 /// A running agent's handles (for in-process tests).
@@ -34,6 +37,8 @@ pub struct Running {
     pub door: Arc<Mutex<Door>>,
     /// The socket taps arrive on.
     pub tap_socket: PathBuf,
+    /// The address the door panel listens on, if it is served.
+    pub door_panel: Option<SocketAddr>,
     tasks: Vec<tokio::task::AbortHandle>,
 }
 
@@ -95,6 +100,26 @@ pub fn start(
         .abort_handle(),
     ];
 
+    let door_panel = match opts.door_panel {
+        Some(addr) => {
+            let std_listener = std::net::TcpListener::bind(addr)?;
+            std_listener.set_nonblocking(true)?;
+            let local = std_listener.local_addr()?;
+            let listener = tokio::net::TcpListener::from_std(std_listener)?;
+            tasks.push(
+                tokio::spawn(crate::door_panel::serve(
+                    listener,
+                    door.clone(),
+                    decided.clone(),
+                ))
+                .abort_handle(),
+            );
+            tracing::info!(address = %local, "door panel listening");
+            Some(local)
+        }
+        None => None,
+    };
+
     match &config.server {
         Some(server) => {
             let ca_path = opts.state_dir.file("server-ca.pem");
@@ -134,6 +159,7 @@ pub fn start(
     Ok(Running {
         door,
         tap_socket: socket,
+        door_panel,
         tasks,
     })
 }

@@ -7,6 +7,7 @@
 //! - [`daemon`]: `run` — wires the store, the door, the tap socket and the channel together.
 //! - [`door`]: the tap decision (floor → verify → receipt → actuate → answer).
 //! - [`tap_server`]: the tap interface on a Unix socket, and the presenter's client side.
+//! - [`door_panel`]: the opt-in local HTTP page that carries the same tap exchange for a browser.
 //! - [`client`]: the channel client (TLS, handshake, inbox, acks, uploads, backoff).
 //! - [`protocol`]: wire types of the tap exchange and the channel, shared with the server.
 //! - [`receipt`]: signing and verifying receipts and whole chains.
@@ -21,6 +22,7 @@ pub mod clock;
 pub mod daemon;
 pub mod demo;
 pub mod door;
+pub mod door_panel;
 pub mod durable;
 pub mod pairing;
 pub mod protocol;

@@ -93,6 +93,11 @@ struct RunArgs {
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
+    /// Serve the door panel, a local web page where a responder's browser presents a token with
+    /// its security key (the stand-in for NFC/BLE): on ADDR, or on loopback port 8470 if no ADDR.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1,
+          default_missing_value = firstkey_agent::door_panel::DEFAULT_LISTEN)]
+    door_panel: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -219,6 +224,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     state_dir: StateDir::new(a.state.state_dir),
                     tap_socket: a.tap_socket,
                     channel_timing: None,
+                    door_panel: a.door_panel,
                 },
                 Arc::new(SystemClock),
             ))?;

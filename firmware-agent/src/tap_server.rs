@@ -122,7 +122,7 @@ async fn handle(mut stream: UnixStream, door: Arc<Mutex<Door>>) -> Result<bool, 
     Ok(true)
 }
 
-async fn note_malformed_blocking(door: Arc<Mutex<Door>>) -> Result<(), TapError> {
+pub(crate) async fn note_malformed_blocking(door: Arc<Mutex<Door>>) -> Result<(), TapError> {
     tokio::task::spawn_blocking(move || {
         let mut d = door.lock().map_err(|_| TapError::Poisoned)?;
         d.note_malformed().map_err(TapError::from)
@@ -131,7 +131,7 @@ async fn note_malformed_blocking(door: Arc<Mutex<Door>>) -> Result<(), TapError>
     .map_err(|_| TapError::Join)?
 }
 
-async fn decide_blocking(
+pub(crate) async fn decide_blocking(
     door: Arc<Mutex<Door>>,
     challenge: Challenge,
     presented: PresenterMessage,

@@ -106,6 +106,7 @@ fn start_agent(lock: &Lock, clock: Arc<dyn Clock>) -> Running {
                 Duration::from_millis(200),
                 Duration::from_secs(5),
             )),
+            door_panel: None,
         },
         clock,
         None,
@@ -1968,4 +1969,373 @@ fn init_killed_at_any_moment_leaves_nothing_or_a_whole_state() {
         "init under SIGKILL: {rounds} rounds (whole init {full} µs): {nothing} left nothing, \
          {whole} a whole state"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// the door panel: the tap exchange over local HTTP, for a browser
+
+use firstkey_agent::door_panel::{self, ChallengeBody, DecisionBody};
+use firstkey_token::pop::FLAG_USER_PRESENT;
+use firstkey_token::{Proof, SoftwareAuthenticator};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn start_panel_agent(lock: &Lock, clock: Arc<dyn Clock>) -> Running {
+    daemon::start(
+        &RunOptions {
+            state_dir: lock.state.clone(),
+            tap_socket: None,
+            channel_timing: None,
+            door_panel: Some("127.0.0.1:0".parse().unwrap()),
+        },
+        clock,
+        None,
+    )
+    .unwrap()
+}
+
+/// Sends `raw` to the panel and reads the whole answer: (status, body).
+async fn panel_raw(addr: std::net::SocketAddr, raw: &[u8]) -> (u16, Vec<u8>) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(raw).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let end = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP answer")
+        + 4;
+    let head = String::from_utf8_lossy(&answer[..end]).to_string();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, answer[end..].to_vec())
+}
+
+fn panel_post_raw(addr: std::net::SocketAddr, path: &str, body: &[u8]) -> Vec<u8> {
+    let mut raw = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://{addr}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(body);
+    raw
+}
+
+async fn panel_post(addr: std::net::SocketAddr, path: &str, body: &str) -> (u16, Vec<u8>) {
+    panel_raw(addr, &panel_post_raw(addr, path, body.as_bytes())).await
+}
+
+async fn panel_challenge(addr: std::net::SocketAddr) -> ChallengeBody {
+    let (status, body) = panel_post(addr, "/challenge", "{}").await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    serde_json::from_slice(&body).unwrap()
+}
+
+fn b64u(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn unb64u(text: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text)
+        .unwrap()
+}
+
+/// What a browser sends after its security key signed the lock's challenge `c` for `token`.
+fn panel_presentation(
+    c: &ChallengeBody,
+    token: &[u8],
+    key: &SoftwareAuthenticator,
+    flags: u8,
+) -> String {
+    let challenge = firstkey_token::Challenge(unb64u(&c.challenge).try_into().unwrap());
+    let lock = firstkey_token::LockId::parse(&c.lock_id).unwrap();
+    let message =
+        firstkey_token::pop_message(&challenge, &lock, &firstkey_token::token_hash(token));
+    let Proof::WebAuthn {
+        authenticator_data,
+        client_data_json,
+        signature,
+    } = key
+        .assert(&message, flags, &ring::rand::SystemRandom::new())
+        .unwrap()
+    else {
+        unreachable!("a P-256 key answers with a WebAuthn assertion")
+    };
+    serde_json::json!({
+        "id": c.id,
+        "token": b64u(token),
+        "authenticator_data": b64u(&authenticator_data),
+        "client_data_json": b64u(&client_data_json),
+        "signature": b64u(&signature),
+    })
+    .to_string()
+}
+
+fn security_key() -> (PresenterKey, SoftwareAuthenticator) {
+    let pk8 = demo::new_p256_pkcs8().unwrap();
+    let rng = ring::rand::SystemRandom::new();
+    (
+        PresenterKey::from_pkcs8(&pk8, RP).unwrap(),
+        SoftwareAuthenticator::from_pkcs8(&pk8, RP, &rng).unwrap(),
+    )
+}
+
+fn receipt_count(running: &Running) -> u64 {
+    running.door.lock().unwrap().store().head().seq
+}
+
+fn malformed_count(running: &Running) -> u64 {
+    running
+        .door
+        .lock()
+        .unwrap()
+        .store()
+        .status()
+        .malformed_frames
+        .count
+}
+
+/// A browser at the panel gets the same decisions as a tap: allow once with a signed ack, then a
+/// deny for the same token; a replayed request finds its challenge used (no decision, no receipt);
+/// an assertion made for another challenge, another relying party or without user presence is
+/// denied; an expired challenge gets no decision; a post from another origin is refused.
+#[tokio::test]
+async fn the_door_panel_decides_like_a_tap_and_refuses_replays() {
+    let lock = new_lock(&["k1"], None);
+    let t0 = 1_800_000_000;
+    let clock = ManualClock::new(t0);
+    let running = start_panel_agent(&lock, Arc::new(clock.clone()));
+    let addr = running.door_panel.unwrap();
+    let device = device_public_key(&running);
+    let (presenter, key) = security_key();
+    let token = mint(&lock.issuer, "k1", t0, 600, &presenter);
+
+    let (status, page) = panel_raw(
+        addr,
+        format!("GET / HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let page = String::from_utf8(page).unwrap();
+    assert!(page.contains(LOCK) && page.contains(&format!("data-rp-id=\"{RP}\"")));
+    assert!(!page.contains("<script>") && !page.contains(" style="));
+
+    let c = panel_challenge(addr).await;
+    assert_eq!((c.lock_id.as_str(), c.rp_id.as_str()), (LOCK, RP));
+    let body = panel_presentation(&c, &token, &key, FLAG_USER_PRESENT);
+    let (status, answer) = panel_post(addr, "/present", &body).await;
+    assert_eq!(status, 200);
+    let d: DecisionBody = serde_json::from_slice(&answer).unwrap();
+    assert_eq!((d.outcome.as_str(), d.seq), ("allow", 1));
+    let ack = firstkey_agent::protocol::tap::TapAck {
+        seq: d.seq,
+        receipt_hash: Bytes(hex::decode(&d.receipt_hash).unwrap().try_into().unwrap()),
+        signature: hex::decode(&d.signature).unwrap(),
+    };
+    let challenge: [u8; 32] = unb64u(&c.challenge).try_into().unwrap();
+    assert!(ack.verify(&device, &challenge, LOCK, Outcome::Allow));
+    assert!(!ack.verify(&device, &challenge, LOCK, Outcome::Deny));
+
+    // The very same request again: its challenge is spent, nothing is decided or written.
+    let (status, _) = panel_post(addr, "/present", &body).await;
+    assert_eq!(status, 409);
+    assert_eq!(receipt_count(&running), 1);
+
+    // The same token with a fresh challenge and a fresh assertion: the lock's replay record.
+    let c2 = panel_challenge(addr).await;
+    let (status, answer) = panel_post(
+        addr,
+        "/present",
+        &panel_presentation(&c2, &token, &key, FLAG_USER_PRESENT),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let d: DecisionBody = serde_json::from_slice(&answer).unwrap();
+    assert_eq!((d.outcome.as_str(), d.seq), ("deny", 2));
+
+    // A fresh token, but the assertion answers another challenge: the proof does not verify.
+    let fresh = mint(&lock.issuer, "k1", t0, 600, &presenter);
+    let (a, b) = (panel_challenge(addr).await, panel_challenge(addr).await);
+    let mut crossed: serde_json::Value =
+        serde_json::from_str(&panel_presentation(&a, &fresh, &key, FLAG_USER_PRESENT)).unwrap();
+    crossed["id"] = serde_json::Value::String(b.id.clone());
+    let (status, answer) = panel_post(addr, "/present", &crossed.to_string()).await;
+    assert_eq!(status, 200);
+    let d: DecisionBody = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(d.outcome, "deny");
+    // No user presence; another relying party's key.
+    let c = panel_challenge(addr).await;
+    let (_, answer) = panel_post(addr, "/present", &panel_presentation(&c, &fresh, &key, 0)).await;
+    assert_eq!(
+        serde_json::from_slice::<DecisionBody>(&answer)
+            .unwrap()
+            .outcome,
+        "deny"
+    );
+    let other_rp = SoftwareAuthenticator::from_pkcs8(
+        &demo::new_p256_pkcs8().unwrap(),
+        "evil.example",
+        &ring::rand::SystemRandom::new(),
+    )
+    .unwrap();
+    let c = panel_challenge(addr).await;
+    let (_, answer) = panel_post(
+        addr,
+        "/present",
+        &panel_presentation(&c, &fresh, &other_rp, FLAG_USER_PRESENT),
+    )
+    .await;
+    assert_eq!(
+        serde_json::from_slice::<DecisionBody>(&answer)
+            .unwrap()
+            .outcome,
+        "deny"
+    );
+    let reasons: Vec<String> = chain_bodies(&lock.state, &device)
+        .into_iter()
+        .map(|b| b.reason)
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "ok",
+            "replayed",
+            "proof_challenge_mismatch",
+            "proof_user_not_present",
+            "proof_wrong_relying_party"
+        ]
+    );
+
+    // A challenge left open past its lifetime (by the lock's clock) decides nothing.
+    let c = panel_challenge(addr).await;
+    clock.advance(door_panel::CHALLENGE_TTL_SECS + 1);
+    let (status, _) = panel_post(
+        addr,
+        "/present",
+        &panel_presentation(&c, &fresh, &key, FLAG_USER_PRESENT),
+    )
+    .await;
+    assert_eq!(status, 409);
+    assert_eq!(receipt_count(&running), 5);
+
+    // Another web page cannot drive the panel from the responder's browser.
+    let c = panel_challenge(addr).await;
+    let forged = panel_presentation(&c, &fresh, &key, FLAG_USER_PRESENT);
+    let raw = format!(
+        "POST /present HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://evil.example\r\n\
+         Content-Length: {}\r\n\r\n{forged}",
+        forged.len()
+    );
+    assert_eq!(panel_raw(addr, raw.as_bytes()).await.0, 403);
+    let raw = format!("POST /challenge HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 2\r\n\r\n{{}}");
+    assert_eq!(panel_raw(addr, raw.as_bytes()).await.0, 403);
+    assert_eq!(receipt_count(&running), 5);
+    running.stop().await;
+}
+
+/// What anyone in front of the panel can send costs bounded work and leaves no receipt: an oversize
+/// body is refused before it is read, garbage is refused, both are counted like malformed tap
+/// frames; an overlong head and non-HTTP bytes are refused; the requests served at once are capped
+/// and the panel serves again once they are gone; open challenges are capped.
+#[tokio::test]
+async fn the_door_panel_bounds_what_a_visitor_can_send() {
+    let lock = new_lock(&["k1"], None);
+    let running = start_panel_agent(&lock, Arc::new(ManualClock::new(1_800_000_000)));
+    let addr = running.door_panel.unwrap();
+
+    // Declares 1 MiB and sends none of it: answered at once, nothing read, counted.
+    let raw = format!(
+        "POST /present HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://{addr}\r\nContent-Length: 1048576\r\n\r\n"
+    );
+    assert_eq!(panel_raw(addr, raw.as_bytes()).await.0, 413);
+    assert_eq!(malformed_count(&running), 1);
+    for garbage in [
+        &b"not json"[..],
+        b"{\"id\":\"x\"}",
+        b"{\"id\":\"AAAAAAAAAAAAAAAAAAAAAA\",\"token\":\"!!\",\"authenticator_data\":\"\",\"client_data_json\":\"\",\"signature\":\"\"}",
+        &[0xff; 300],
+    ] {
+        assert_eq!(
+            panel_raw(addr, &panel_post_raw(addr, "/present", garbage)).await.0,
+            400
+        );
+    }
+    assert_eq!(malformed_count(&running), 5);
+    assert_eq!(
+        panel_raw(addr, b"\x16\x03\x01\x02\x00\x01\x00\r\n\r\n")
+            .await
+            .0,
+        400
+    );
+    let long = format!(
+        "GET / HTTP/1.1\r\nHost: {addr}\r\nX-Pad: {}\r\n\r\n",
+        "a".repeat(9000)
+    );
+    assert_eq!(panel_raw(addr, long.as_bytes()).await.0, 431);
+    let chunked = format!(
+        "POST /present HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://{addr}\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    );
+    assert_eq!(panel_raw(addr, chunked.as_bytes()).await.0, 411);
+    assert_eq!(receipt_count(&running), 0, "no receipt for any of it");
+
+    // Silent connections hold every slot: the next request is told the lock is busy.
+    let mut idle = Vec::new();
+    for _ in 0..door_panel::MAX_CONNECTIONS {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    let get = format!("GET /panel.css HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    let mut busy = false;
+    for _ in 0..1000 {
+        if panel_raw(addr, get.as_bytes()).await.0 == 503 {
+            busy = true;
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(busy, "the panel never ran out of slots");
+    drop(idle);
+    let mut served = false;
+    for _ in 0..1000 {
+        if panel_raw(addr, get.as_bytes()).await.0 == 200 {
+            served = true;
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        served,
+        "the panel did not serve again once the slots were free"
+    );
+
+    // Open challenges are capped: the oldest are dropped, the newest still answer.
+    let first = panel_challenge(addr).await;
+    let mut last = None;
+    for _ in 0..door_panel::MAX_PENDING {
+        last = Some(panel_challenge(addr).await);
+    }
+    let (presenter, key) = security_key();
+    let token = mint(&lock.issuer, "k1", 1_800_000_000, 600, &presenter);
+    let (status, _) = panel_post(
+        addr,
+        "/present",
+        &panel_presentation(&first, &token, &key, FLAG_USER_PRESENT),
+    )
+    .await;
+    assert_eq!(status, 409, "the oldest challenge was dropped");
+    let (status, answer) = panel_post(
+        addr,
+        "/present",
+        &panel_presentation(&last.unwrap(), &token, &key, FLAG_USER_PRESENT),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_slice::<DecisionBody>(&answer)
+            .unwrap()
+            .outcome,
+        "allow"
+    );
+    running.stop().await;
 }
