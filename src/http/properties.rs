@@ -463,16 +463,28 @@ pub async fn reveal_notes(
     actor: Actor,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
+    let (_, notes) = reveal_plan(&state, &actor, *id).await?;
+    Ok(HttpResponse::Ok().json(notes))
+}
+
+/// The reveal's steps, for both faces (this endpoint and the responder's page): the policy decides
+/// (a denial is audited by `access::authorize`), the notes are opened, and the reveal is audited.
+/// Returns the plan in force with its opened notes.
+pub(crate) async fn reveal_plan(
+    state: &AppState,
+    actor: &Actor,
+    id: Uuid,
+) -> Result<(store::StoredPlan, ResponderNotes), ApiError> {
     let now = state.clock.now();
     let mut client = state.pool.get().await.map_err(StoreError::from)?;
-    let ctx = access::property(&client, actor.tenant, *id).await?;
-    let principal = access::principal(&client, &actor).await?;
-    let named = access::named_in_live_grant(&client, &actor, ctx.property.id, now).await?;
+    let ctx = access::property(&client, actor.tenant, id).await?;
+    let principal = access::principal(&client, actor).await?;
+    let named = access::named_in_live_grant(&client, actor, ctx.property.id, now).await?;
     let agencies = access::incident_agencies_here(&client, actor.tenant, ctx.property.id).await?;
     let decision = access::authorize(
         &mut client,
         &state.policy,
-        &actor,
+        actor,
         Some(ctx.property.id),
         now,
         |fresh| {
@@ -488,8 +500,8 @@ pub async fn reveal_notes(
         },
     )
     .await?;
-    let plan = ctx.plan.as_ref().ok_or(ApiError::NotFound)?;
-    let notes = open_notes(&state, plan)?;
+    let plan = ctx.plan.ok_or(ApiError::NotFound)?;
+    let notes = open_notes(state, &plan)?;
     let tx = client.transaction().await.map_err(StoreError::from)?;
     audit::record(
         &tx,
@@ -509,7 +521,7 @@ pub async fn reveal_notes(
     )
     .await?;
     tx.commit().await.map_err(StoreError::from)?;
-    Ok(HttpResponse::Ok().json(notes))
+    Ok((plan, notes))
 }
 
 /// Query of the audit log listing.

@@ -264,6 +264,7 @@ struct Home {
     roles: Vec<&'static str>,
     homeowner: bool,
     staff: bool,
+    responder: bool,
 }
 
 fn role_words(role: Role) -> &'static str {
@@ -286,5 +287,6 @@ async fn home(
         roles: actor.roles.iter().copied().map(role_words).collect(),
         homeowner: actor.has(Role::Homeowner),
         staff: actor.roles.iter().any(|r| *r != Role::Homeowner),
+        responder: actor.has(Role::Responder),
     })
 }

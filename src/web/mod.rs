@@ -12,6 +12,8 @@
 //! - [`everyone`]: landing, sign-in, sign-up, sign-out (here and everywhere), the mailed-link
 //!   enrolment pages, the signed-in start page.
 //! - [`homeowner`]: properties, their locks, the access-plan editor and its versions.
+//! - [`responder`]: the responder's live grants, the audited plan reveal, door passes (tokens) and
+//!   their state.
 //!
 //! Pages call the core functions the JSON handlers call (`store`, `access`, `audit`, `auth`);
 //! state-changing form posts pass the same Origin check (`http::check_origin`) as JSON writes.
@@ -21,6 +23,7 @@ mod error;
 mod everyone;
 mod homeowner;
 mod page;
+mod responder;
 
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 
@@ -32,7 +35,8 @@ use crate::http::error::ApiError;
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.configure(assets::routes)
         .configure(everyone::routes)
-        .configure(homeowner::routes);
+        .configure(homeowner::routes)
+        .configure(responder::routes);
 }
 
 /// The answer for a path nobody serves: the HTML "not found" page for a browser asking for a page,
