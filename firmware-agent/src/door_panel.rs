@@ -53,6 +53,7 @@ pub const CHALLENGE_TTL_SECS: u64 = 120;
 const PAGE: &str = include_str!("door_panel/panel.html");
 const SCRIPT: &str = include_str!("door_panel/panel.js");
 const STYLE: &str = include_str!("door_panel/panel.css");
+const ICON: &str = include_str!("door_panel/icon.svg");
 /// The panel's Content-Security-Policy: its own script and style only, no inline code, no framing.
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
      img-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
@@ -352,13 +353,18 @@ async fn route(panel: &Panel, request: &Request) -> Result<Response, TapError> {
             content_type: "text/css; charset=utf-8",
             body: STYLE.as_bytes().to_vec(),
         }),
+        ("GET", "/icon.svg") => Ok(Response {
+            status: 200,
+            content_type: "image/svg+xml",
+            body: ICON.as_bytes().to_vec(),
+        }),
         ("POST", "/challenge" | "/present") if !same_origin(request) => Ok(Response::error(
             403,
             "only the door panel's own page may post here",
         )),
         ("POST", "/challenge") => challenge(panel),
         ("POST", "/present") => present(panel, &request.body).await,
-        (_, "/" | "/panel.js" | "/panel.css" | "/challenge" | "/present") => {
+        (_, "/" | "/panel.js" | "/panel.css" | "/icon.svg" | "/challenge" | "/present") => {
             Ok(Response::error(405, "method not allowed"))
         }
         _ => Ok(Response::error(404, "not found")),

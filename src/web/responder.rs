@@ -41,6 +41,7 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
         .route("/responder/grants/{id}", web::get().to(show))
         .route("/responder/grants/{id}/plan", web::post().to(reveal))
         .route("/responder/grants/{id}/tokens", web::post().to(request_token))
+        .route("/responder/grants/{id}/tokens", web::get().to(back_to_grant))
         .route("/responder/tokens/{cti}", web::get().to(token_state));
 }
 
@@ -451,6 +452,11 @@ async fn request_token(
     Ok(page::html_response(StatusCode::CREATED)
         .insert_header(("Cache-Control", "no-store"))
         .body(page.render()?))
+}
+
+/// Reloading the answer to a token request (or coming back to it) asks for no second token.
+async fn back_to_grant(id: web::Path<Uuid>) -> HttpResponse {
+    page::see_other(&format!("/responder/grants/{id}"))
 }
 
 async fn token_state(

@@ -626,3 +626,498 @@ async fn pages_carry_the_csp_and_assets_are_cached_by_hash() {
     let stale = app.get("/static/portal.0000000000.css").await;
     assert_eq!(stale.status(), 404);
 }
+
+// ---------------------------------------------------------------------------------------------
+// The responder on a phone: a door pass with the security key, presented at the lock's door panel.
+
+/// A JSON call as a browser on the test server's own origin makes it.
+async fn api(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    cookie: Option<&str>,
+    body: Value,
+) -> (u16, Value) {
+    let mut request = app
+        .http
+        .request(method, format!("{}{path}", app.address))
+        .header("origin", &app.address)
+        .json(&body);
+    if let Some(cookie) = cookie {
+        request = request.header("cookie", cookie);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+/// DER length octets.
+fn der_len(n: usize) -> Vec<u8> {
+    match n {
+        0..=127 => vec![u8::try_from(n).unwrap()],
+        128..=255 => vec![0x81, u8::try_from(n).unwrap()],
+        _ => vec![0x82, u8::try_from(n >> 8).unwrap(), u8::try_from(n & 0xff).unwrap()],
+    }
+}
+
+/// A SEC1 `ECPrivateKey` (P-256) wrapped as the PKCS#8 document CDP's `WebAuthn.addCredential` takes.
+fn pkcs8_from_sec1(sec1: &[u8]) -> Vec<u8> {
+    let mut inner = vec![0x02, 0x01, 0x00];
+    // AlgorithmIdentifier { id-ecPublicKey, prime256v1 }
+    inner.extend(hex::decode("301306072a8648ce3d020106082a8648ce3d030107").unwrap());
+    inner.push(0x04);
+    inner.extend(der_len(sec1.len()));
+    inner.extend_from_slice(sec1);
+    let mut out = vec![0x30];
+    out.extend(der_len(inner.len()));
+    out.extend(inner);
+    out
+}
+
+/// The one credential a software security key holds after one registration: (id, PKCS#8 key).
+fn soft_token_credential(token: &webauthn_authenticator_rs::softtoken::SoftToken) -> (Vec<u8>, Vec<u8>) {
+    #[derive(serde::Deserialize)]
+    struct Dump {
+        tokens: std::collections::HashMap<Vec<u8>, Vec<u8>>,
+    }
+    let dump: Dump = firstkey_agent::protocol::decode(&token.to_cbor().unwrap()).unwrap();
+    assert_eq!(dump.tokens.len(), 1, "one credential registered");
+    let (id, sec1) = dump.tokens.into_iter().next().unwrap();
+    (id, pkcs8_from_sec1(&sec1))
+}
+
+/// Test 4 (the responder's half) and the responder part of test 5 of the portal issue, in a
+/// 390×844 phone viewport: the responder, enrolled with a security key, signs in, sees the grant
+/// naming them, reveals the home's notes (audited), asks for a door pass (the step-up is asked
+/// inline and the request resubmitted), opens the lock agent's door panel, presents, and sees ALLOW;
+/// the same pass again: DENY. The lock's receipts, once uploaded, show on the pass's state page.
+/// A responder not named in the grant sees no grant, gets "not found" for its page and for a token
+/// request, and nothing is minted for them.
+#[tokio::test]
+async fn responder_gets_a_door_pass_and_the_door_panel_allows_once() {
+    use firstkey::emergency::keys;
+    use firstkey_agent::state::{self, InitParams, StateDir};
+    use webauthn_authenticator_rs::WebauthnAuthenticator;
+    use webauthn_rs::prelude::CreationChallengeResponse;
+
+    use crate::auth_helpers::{bootstrap_admin, invitation, soft_token, trust_ca};
+    use crate::helpers::user;
+    use firstkey::domain::Role;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let key_dir = tmp.path().join("keys");
+    // The server for the browser (public origin http://localhost:<port>), with issuer keys.
+    let app = {
+        let db = fresh_database().await;
+        let mut config = admin_config();
+        config.dbname(&db);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut settings = test_settings(config.clone());
+        settings.public_origin = PublicOrigin::parse(&format!("http://localhost:{port}")).unwrap();
+        settings.key_dir = key_dir.clone();
+        let pool = firstkey::store::pool(config.clone(), settings.db_pool_size).unwrap();
+        let app = Application::build_on(listener, settings, pool, Arc::new(SystemClock)).unwrap();
+        tokio::spawn(app.run_until_stopped());
+        TestApp {
+            address: format!("http://localhost:{port}"),
+            pool: firstkey::store::pool(config, 2).unwrap(),
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            proxy: None,
+            database: db,
+        }
+    };
+    let Some(mut b) = Browser::start(&app.address, "responder").await else {
+        return;
+    };
+    let tenant = municipality(&app, "springfield").await;
+    let now = chrono::Utc::now();
+    let fire = {
+        let mut client = app.pool.get().await.unwrap();
+        keys::generate(&mut client, tenant, &key_dir, now)
+            .await
+            .unwrap();
+        tenancy::ensure_agency(
+            &client,
+            tenant,
+            firstkey::domain::AgencyKind::Fire,
+            "Springfield Fire",
+            now,
+        )
+        .await
+        .unwrap()
+        .id
+    };
+    let root_path = tmp.path().join("root.pk8");
+    keys::root_generate(&root_path).unwrap();
+    let root = keys::load_pair(&root_path).unwrap();
+    let root_public: [u8; 32] = ring::signature::KeyPair::public_key(&root)
+        .as_ref()
+        .try_into()
+        .unwrap();
+    let bundle = {
+        let mut client = app.pool.get().await.unwrap();
+        keys::bundle(&mut client, tenant, &root, "localhost", now)
+            .await
+            .unwrap()
+            .bytes
+    };
+
+    // A home with a plan and a lock whose agent serves the door panel (offline: no channel).
+    let owner = user(&app, tenant, "owner@springfield.test", None, Role::Homeowner, true).await;
+    let (status, home) = api(
+        &app,
+        reqwest::Method::POST,
+        "/api/v1/properties",
+        Some(&owner.cookie),
+        json!({ "address": "742 Evergreen Terrace" }),
+    )
+    .await;
+    assert_eq!(status, 201, "{home}");
+    let property: Uuid = home["id"].as_str().unwrap().parse().unwrap();
+    let (status, body) = api(
+        &app,
+        reqwest::Method::PUT,
+        &format!("/api/v1/properties/{property}/plan"),
+        Some(&owner.cookie),
+        json!({
+            "agencies": { "fire": { "allowed": true, "incident_types": ["fire"] } },
+            "max_grant_minutes": 60,
+            "notes": { "pets": "Two cats", "hazards": "Oxygen in the bedroom" },
+            "contacts": [],
+            "notifications": { "homeowner": true, "contacts": false },
+            "retention_days": 365
+        }),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let lock = Uuid::new_v4();
+    let agent_dir = StateDir::new(tmp.path().join("agent"));
+    let device = state::init(
+        &agent_dir,
+        &InitParams {
+            lock_id: lock.to_string(),
+            root_public_key: root_public,
+            trust_bundle: Some(bundle),
+            server: None,
+            server_ca_pem: None,
+            hold_ms: 10,
+            skew_secs: 60,
+        },
+    )
+    .unwrap()
+    .device_public_key;
+    app.pool
+        .get()
+        .await
+        .unwrap()
+        .execute(
+            "INSERT INTO locks (id, municipality_id, property_id, name, pairing_state, device_public_key, paired_at, created_at)
+             VALUES ($1, $2, $3, 'Front door', 'paired', $4, now(), now())",
+            &[&lock, &tenant.id(), &property, &device.to_vec()],
+        )
+        .await
+        .unwrap();
+    let agent = firstkey_agent::daemon::start(
+        &firstkey_agent::daemon::RunOptions {
+            state_dir: agent_dir.clone(),
+            tap_socket: None,
+            channel_timing: None,
+            door_panel: Some("127.0.0.1:0".parse().unwrap()),
+        },
+        Arc::new(firstkey_agent::clock::SystemClock),
+        None,
+    )
+    .unwrap();
+    let panel = format!("http://localhost:{}/", agent.door_panel.unwrap().port());
+
+    // The responder enrols a (software) security key through the invitation API: Chromium's
+    // virtual authenticator's attestation is not trusted here, so its credential is moved into
+    // Chromium afterwards, private key and all.
+    let email = "e7@springfield.test";
+    let (mut token, pem) = soft_token(true);
+    trust_ca(&app, tenant, &pem).await;
+    let (inviter, _) = bootstrap_admin(&app, tenant, "inviter@springfield.test").await;
+    let secret = invitation(&app, tenant, inviter, Role::Responder, Some(fire), email).await;
+    let (status, start) = api(
+        &app,
+        reqwest::Method::POST,
+        "/api/v1/invitations/accept/start",
+        None,
+        json!({ "secret": secret }),
+    )
+    .await;
+    assert_eq!(status, 200, "{start}");
+    let ccr: CreationChallengeResponse = serde_json::from_value(start["options"].clone()).unwrap();
+    let registration = token
+        .do_registration(Url::parse(&app.address).unwrap(), ccr)
+        .unwrap();
+    let (status, me) = api(
+        &app,
+        reqwest::Method::POST,
+        "/api/v1/invitations/accept/finish",
+        None,
+        json!({ "ceremony": start["ceremony"], "credential": registration }),
+    )
+    .await;
+    assert_eq!(status, 200, "{me}");
+    let responder: Uuid = me["user_id"].as_str().unwrap().parse().unwrap();
+    let (credential_id, pkcs8) = soft_token_credential(&token);
+    {
+        use base64::Engine;
+        let b64u = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        // Only the security key: a USB CTAP2 authenticator without resident keys.
+        b.cdp("WebAuthn.disable", json!({})).await;
+        b.cdp("WebAuthn.enable", json!({ "enableUI": false })).await;
+        let added = b
+            .cdp(
+                "WebAuthn.addVirtualAuthenticator",
+                json!({ "options": {
+                    "protocol": "ctap2", "transport": "usb", "hasResidentKey": false,
+                    "hasUserVerification": true, "isUserVerified": true,
+                    "automaticPresenceSimulation": true,
+                }}),
+            )
+            .await;
+        let authenticator = added["authenticatorId"].as_str().unwrap().to_owned();
+        // CDP's WebAuthn.addCredential refuses these parameters in Chromium 156; the WebDriver
+        // extension's endpoint takes the same credential.
+        let path: &'static str =
+            Box::leak(format!("webauthn/authenticator/{authenticator}/credential").into_boxed_str());
+        b.client
+            .issue_cmd(SessionPost {
+                path,
+                body: json!({
+                    "credentialId": b64u.encode(&credential_id), "isResidentCredential": false,
+                    "rpId": "localhost", "privateKey": b64u.encode(&pkcs8), "signCount": 1,
+                }),
+            })
+            .await
+            .expect("the virtual security key takes the enrolled credential");
+    }
+
+    // A fire dispatcher grants the responder entry.
+    let dispatcher = user(
+        &app,
+        tenant,
+        "d1@springfield.test",
+        Some(fire),
+        Role::Dispatcher,
+        true,
+    )
+    .await;
+    let (status, incident) = api(
+        &app,
+        reqwest::Method::POST,
+        "/api/v1/incidents",
+        Some(&dispatcher.cookie),
+        json!({ "cad_number": "26-1309c", "kind": "fire", "address": "742 Evergreen Terrace", "agency": fire }),
+    )
+    .await;
+    assert_eq!(status, 201, "{incident}");
+    let (status, grant) = api(
+        &app,
+        reqwest::Method::POST,
+        &format!("/api/v1/incidents/{}/grants", incident["id"].as_str().unwrap()),
+        Some(&dispatcher.cookie),
+        json!({ "property": property, "responders": [responder], "minutes": 30,
+                "justification": "Smoke alarm, occupant not answering" }),
+    )
+    .await;
+    assert_eq!(status, 201, "{grant}");
+    let grant_id = grant["id"].as_str().unwrap().to_owned();
+
+    // On a phone.
+    b.cdp(
+        "Emulation.setDeviceMetricsOverride",
+        json!({ "width": 390, "height": 844, "deviceScaleFactor": 3, "mobile": true }),
+    )
+    .await;
+    b.goto("/sign-in").await;
+    b.fill("#municipality", "springfield").await;
+    b.fill("#email", email).await;
+    b.wait_for("#sign-in[data-ready='true']").await;
+    b.check("sign-in", &[]).await;
+    b.click("#sign-in button").await;
+    b.wait_for_path("/home").await;
+    b.check("start-page", &[]).await;
+    b.click("main a[href='/responder']").await;
+    b.wait_for("#grants").await;
+    let card = b.text("#grants li").await;
+    assert!(
+        card.contains("742 Evergreen Terrace") && card.contains("26-1309c") && card.contains("Front door"),
+        "{card}"
+    );
+    b.check("grants", &[]).await;
+    b.click(&format!("#grants a[href='/responder/grants/{grant_id}']"))
+        .await;
+    b.wait_for("#show-plan").await;
+    b.check("grant", &[]).await;
+
+    // The notes, on request: shown, and the reading audited under the policy set.
+    b.click("#show-plan").await;
+    let notes = b.text("#notes").await;
+    assert!(notes.contains("Two cats") && notes.contains("Oxygen in the bedroom"), "{notes}");
+    b.check("grant-plan-revealed", &[]).await;
+    let reveals: i64 = app
+        .pool
+        .get()
+        .await
+        .unwrap()
+        .query_one(
+            "SELECT count(*) FROM audit_entries WHERE action = 'plan.reveal_notes' AND actor_id = $1
+               AND property_id = $2 AND policy_set_hash IS NOT NULL",
+            &[&responder, &property],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(reveals, 1);
+
+    // The sign-in's assertion has gone stale: the page asks for the key inline, then mints.
+    app.pool
+        .get()
+        .await
+        .unwrap()
+        .execute(
+            "UPDATE sessions SET stepped_up_at = now() - interval '10 minutes' WHERE user_id = $1",
+            &[&responder],
+        )
+        .await
+        .unwrap();
+    b.click(&format!("#token-form-{lock} button")).await;
+    b.wait_for("#step-up[data-ready='true']").await;
+    b.check("door-pass-step-up", &["status of 401"]).await;
+    b.click("#step-up button").await;
+    let pass = b
+        .wait_for("#door-pass")
+        .await
+        .prop("value")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(pass.contains('.') && pass.len() > 200, "{pass}");
+    assert_eq!(b.text("#token-state").await, "issued; waiting for the lock");
+    b.check("door-pass", &[]).await;
+    let state_path = b
+        .wait_for("main a[href^='/responder/tokens/']")
+        .await
+        .attr("href")
+        .await
+        .unwrap()
+        .unwrap();
+    let minted: i64 = app
+        .pool
+        .get()
+        .await
+        .unwrap()
+        .query_one(
+            "SELECT count(*) FROM issued_tokens WHERE responder_id = $1 AND lock_id = $2",
+            &[&responder, &lock],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(minted, 1);
+
+    // At the door: the lock's own page, on the lock's origin, under the server's RP ID.
+    b.client.goto(&panel).await.unwrap();
+    b.wait_for("#present[data-ready='true']").await;
+    b.check("door-panel", &[]).await;
+    b.fill("#door-pass", &pass).await;
+    b.click("#present button").await;
+    assert_eq!(b.text("#verdict[data-outcome='allow']").await, "ALLOW");
+    b.check("door-panel-allow", &[]).await;
+    b.fill("#door-pass", &pass).await;
+    b.click("#present button").await;
+    assert_eq!(b.text("#verdict[data-outcome='deny']").await, "DENY");
+    b.check("door-panel-deny", &[]).await;
+
+    // The lock's receipts reach the server (as its channel would upload them) and the pass's page
+    // shows what the door did.
+    let receipts: Vec<Vec<u8>> = {
+        let door = agent.door.lock().unwrap();
+        door.store()
+            .pending_receipts(0, 64)
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect()
+    };
+    assert_eq!(receipts.len(), 2);
+    let identity = firstkey::channel::receipts::LockIdentity {
+        id: lock,
+        wire_id: lock.to_string(),
+        tenant,
+        property,
+        name: "Front door".to_owned(),
+        device_public_key: device,
+    };
+    assert_eq!(
+        firstkey::channel::receipts::store_batch(&app.pool, &identity, &receipts, chrono::Utc::now())
+            .await
+            .unwrap(),
+        firstkey::channel::receipts::BatchOutcome::Stored { through: 2 }
+    );
+    b.goto(&state_path).await;
+    b.wait_for("#token-steps").await;
+    assert_eq!(b.text("#token-state").await, "used at the door");
+    let steps = b.text("#token-steps").await;
+    assert!(steps.contains("opened") && steps.contains("Refused at the door: 1 time(s)"), "{steps}");
+    assert!(b.client.find(Locator::Css("#door-pass")).await.is_err(), "the pass is shown once");
+    b.check("door-pass-used", &[]).await;
+
+    // A responder of the same agency whom the grant does not name.
+    let other = user(&app, tenant, "e9@springfield.test", Some(fire), Role::Responder, true).await;
+    let (name, value) = other.cookie.split_once('=').unwrap();
+    b.cdp("Network.enable", json!({})).await;
+    b.cdp("Network.deleteCookies", json!({ "name": firstkey::auth::session::COOKIE, "url": format!("{}/", app.address) }))
+        .await;
+    b.cdp(
+        "Network.setCookie",
+        json!({ "name": name, "value": value, "url": format!("{}/", app.address), "path": "/",
+                "secure": true, "httpOnly": true, "sameSite": "Strict" }),
+    )
+    .await;
+    b.goto("/responder").await;
+    b.wait_for("#no-grants").await;
+    b.check("not-named-grants", &[]).await;
+    b.goto(&format!("/responder/grants/{grant_id}")).await;
+    assert_eq!(b.text("main h1").await, "Page not found");
+    b.check("not-named-grant", &["status of 404"]).await;
+    // Even a hand-made form post for the grant's lock is refused, and nothing is minted.
+    b.client
+        .execute(
+            "const f = document.createElement('form'); f.method = 'post'; f.action = arguments[0];
+             const i = document.createElement('input'); i.type = 'hidden'; i.name = 'lock'; i.value = arguments[1];
+             f.appendChild(i); document.body.appendChild(f); f.submit();",
+            vec![json!(format!("/responder/grants/{grant_id}/tokens")), json!(lock.to_string())],
+        )
+        .await
+        .unwrap();
+    b.wait_for_path(&format!("/responder/grants/{grant_id}/tokens")).await;
+    assert_eq!(b.text("main h1").await, "Page not found");
+    b.check("not-named-token", &["status of 404"]).await;
+    let client = app.pool.get().await.unwrap();
+    let theirs: i64 = client
+        .query_one("SELECT count(*) FROM issued_tokens WHERE responder_id = $1", &[&other.id])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(theirs, 0);
+    let denied: i64 = client
+        .query_one(
+            "SELECT count(*) FROM audit_entries WHERE actor_id = $1 AND outcome = 'deny'",
+            &[&other.id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(denied >= 1, "the refused token request is audited");
+
+    b.client.clone().close().await.unwrap();
+    agent.stop().await;
+}
