@@ -40,8 +40,14 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/responder", web::get().to(list))
         .route("/responder/grants/{id}", web::get().to(show))
         .route("/responder/grants/{id}/plan", web::post().to(reveal))
-        .route("/responder/grants/{id}/tokens", web::post().to(request_token))
-        .route("/responder/grants/{id}/tokens", web::get().to(back_to_grant))
+        .route(
+            "/responder/grants/{id}/tokens",
+            web::post().to(request_token),
+        )
+        .route(
+            "/responder/grants/{id}/tokens",
+            web::get().to(back_to_grant),
+        )
         .route("/responder/tokens/{cti}", web::get().to(token_state));
 }
 
@@ -421,22 +427,24 @@ async fn request_token(
         grant: *id,
         lock: form.lock,
     };
-    let issued = match tokens::issue(&mut client, &state.policy, minting, &actor, &request, now)
-        .await
-    {
-        Ok(issued) => issued,
-        Err(EmergencyError::StepUpRequired) => {
-            let page = grant_page(&state, &client, &actor, *id, None, Some(form.lock)).await?;
-            return page::render(StatusCode::UNAUTHORIZED, &page);
-        }
-        Err(e) => return Err(emergency(e)),
-    };
+    let issued =
+        match tokens::issue(&mut client, &state.policy, minting, &actor, &request, now).await {
+            Ok(issued) => issued,
+            Err(EmergencyError::StepUpRequired) => {
+                let page = grant_page(&state, &client, &actor, *id, None, Some(form.lock)).await?;
+                return page::render(StatusCode::UNAUTHORIZED, &page);
+            }
+            Err(e) => return Err(emergency(e)),
+        };
     let credential: Vec<u8> = client
         .query_one(
             "SELECT c.credential_id FROM issued_tokens t
              JOIN webauthn_credentials c ON c.id = t.credential_id
              WHERE t.municipality_id = $1 AND t.cti = $2",
-            &[&actor.tenant.id(), &hex::decode(&issued.token_id).unwrap_or_default()],
+            &[
+                &actor.tenant.id(),
+                &hex::decode(&issued.token_id).unwrap_or_default(),
+            ],
         )
         .await
         .map_err(StoreError::from)?

@@ -649,7 +649,10 @@ async fn api(
     let response = request.send().await.unwrap();
     let status = response.status().as_u16();
     let text = response.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 /// DER length octets.
@@ -657,7 +660,11 @@ fn der_len(n: usize) -> Vec<u8> {
     match n {
         0..=127 => vec![u8::try_from(n).unwrap()],
         128..=255 => vec![0x81, u8::try_from(n).unwrap()],
-        _ => vec![0x82, u8::try_from(n >> 8).unwrap(), u8::try_from(n & 0xff).unwrap()],
+        _ => vec![
+            0x82,
+            u8::try_from(n >> 8).unwrap(),
+            u8::try_from(n & 0xff).unwrap(),
+        ],
     }
 }
 
@@ -676,7 +683,9 @@ fn pkcs8_from_sec1(sec1: &[u8]) -> Vec<u8> {
 }
 
 /// The one credential a software security key holds after one registration: (id, PKCS#8 key).
-fn soft_token_credential(token: &webauthn_authenticator_rs::softtoken::SoftToken) -> (Vec<u8>, Vec<u8>) {
+fn soft_token_credential(
+    token: &webauthn_authenticator_rs::softtoken::SoftToken,
+) -> (Vec<u8>, Vec<u8>) {
     #[derive(serde::Deserialize)]
     struct Dump {
         tokens: std::collections::HashMap<Vec<u8>, Vec<u8>>,
@@ -768,7 +777,15 @@ async fn responder_gets_a_door_pass_and_the_door_panel_allows_once() {
     };
 
     // A home with a plan and a lock whose agent serves the door panel (offline: no channel).
-    let owner = user(&app, tenant, "owner@springfield.test", None, Role::Homeowner, true).await;
+    let owner = user(
+        &app,
+        tenant,
+        "owner@springfield.test",
+        None,
+        Role::Homeowner,
+        true,
+    )
+    .await;
     let (status, home) = api(
         &app,
         reqwest::Method::POST,
@@ -886,8 +903,9 @@ async fn responder_gets_a_door_pass_and_the_door_panel_allows_once() {
         let authenticator = added["authenticatorId"].as_str().unwrap().to_owned();
         // CDP's WebAuthn.addCredential refuses these parameters in Chromium 156; the WebDriver
         // extension's endpoint takes the same credential.
-        let path: &'static str =
-            Box::leak(format!("webauthn/authenticator/{authenticator}/credential").into_boxed_str());
+        let path: &'static str = Box::leak(
+            format!("webauthn/authenticator/{authenticator}/credential").into_boxed_str(),
+        );
         b.client
             .issue_cmd(SessionPost {
                 path,
@@ -922,7 +940,10 @@ async fn responder_gets_a_door_pass_and_the_door_panel_allows_once() {
     let (status, grant) = api(
         &app,
         reqwest::Method::POST,
-        &format!("/api/v1/incidents/{}/grants", incident["id"].as_str().unwrap()),
+        &format!(
+            "/api/v1/incidents/{}/grants",
+            incident["id"].as_str().unwrap()
+        ),
         Some(&dispatcher.cookie),
         json!({ "property": property, "responders": [responder], "minutes": 30,
                 "justification": "Smoke alarm, occupant not answering" }),
@@ -949,7 +970,9 @@ async fn responder_gets_a_door_pass_and_the_door_panel_allows_once() {
     b.wait_for("#grants").await;
     let card = b.text("#grants li").await;
     assert!(
-        card.contains("742 Evergreen Terrace") && card.contains("26-1309c") && card.contains("Front door"),
+        card.contains("742 Evergreen Terrace")
+            && card.contains("26-1309c")
+            && card.contains("Front door"),
         "{card}"
     );
     b.check("grants", &[]).await;
@@ -961,7 +984,10 @@ async fn responder_gets_a_door_pass_and_the_door_panel_allows_once() {
     // The notes, on request: shown, and the reading audited under the policy set.
     b.click("#show-plan").await;
     let notes = b.text("#notes").await;
-    assert!(notes.contains("Two cats") && notes.contains("Oxygen in the bedroom"), "{notes}");
+    assert!(
+        notes.contains("Two cats") && notes.contains("Oxygen in the bedroom"),
+        "{notes}"
+    );
     b.check("grant-plan-revealed", &[]).await;
     let reveals: i64 = app
         .pool
@@ -1057,25 +1083,47 @@ async fn responder_gets_a_door_pass_and_the_door_panel_allows_once() {
         device_public_key: device,
     };
     assert_eq!(
-        firstkey::channel::receipts::store_batch(&app.pool, &identity, &receipts, chrono::Utc::now())
-            .await
-            .unwrap(),
+        firstkey::channel::receipts::store_batch(
+            &app.pool,
+            &identity,
+            &receipts,
+            chrono::Utc::now()
+        )
+        .await
+        .unwrap(),
         firstkey::channel::receipts::BatchOutcome::Stored { through: 2 }
     );
     b.goto(&state_path).await;
     b.wait_for("#token-steps").await;
     assert_eq!(b.text("#token-state").await, "used at the door");
     let steps = b.text("#token-steps").await;
-    assert!(steps.contains("opened") && steps.contains("Refused at the door: 1 time(s)"), "{steps}");
-    assert!(b.client.find(Locator::Css("#door-pass")).await.is_err(), "the pass is shown once");
+    assert!(
+        steps.contains("opened") && steps.contains("Refused at the door: 1 time(s)"),
+        "{steps}"
+    );
+    assert!(
+        b.client.find(Locator::Css("#door-pass")).await.is_err(),
+        "the pass is shown once"
+    );
     b.check("door-pass-used", &[]).await;
 
     // A responder of the same agency whom the grant does not name.
-    let other = user(&app, tenant, "e9@springfield.test", Some(fire), Role::Responder, true).await;
+    let other = user(
+        &app,
+        tenant,
+        "e9@springfield.test",
+        Some(fire),
+        Role::Responder,
+        true,
+    )
+    .await;
     let (name, value) = other.cookie.split_once('=').unwrap();
     b.cdp("Network.enable", json!({})).await;
-    b.cdp("Network.deleteCookies", json!({ "name": firstkey::auth::session::COOKIE, "url": format!("{}/", app.address) }))
-        .await;
+    b.cdp(
+        "Network.deleteCookies",
+        json!({ "name": firstkey::auth::session::COOKIE, "url": format!("{}/", app.address) }),
+    )
+    .await;
     b.cdp(
         "Network.setCookie",
         json!({ "name": name, "value": value, "url": format!("{}/", app.address), "path": "/",
@@ -1098,12 +1146,16 @@ async fn responder_gets_a_door_pass_and_the_door_panel_allows_once() {
         )
         .await
         .unwrap();
-    b.wait_for_path(&format!("/responder/grants/{grant_id}/tokens")).await;
+    b.wait_for_path(&format!("/responder/grants/{grant_id}/tokens"))
+        .await;
     assert_eq!(b.text("main h1").await, "Page not found");
     b.check("not-named-token", &["status of 404"]).await;
     let client = app.pool.get().await.unwrap();
     let theirs: i64 = client
-        .query_one("SELECT count(*) FROM issued_tokens WHERE responder_id = $1", &[&other.id])
+        .query_one(
+            "SELECT count(*) FROM issued_tokens WHERE responder_id = $1",
+            &[&other.id],
+        )
         .await
         .unwrap()
         .get(0);
