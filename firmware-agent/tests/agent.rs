@@ -435,7 +435,7 @@ async fn the_servers_time_over_the_channel_raises_the_floor_and_the_local_clock_
     assert_eq!(tap(&running, &fresh, &ed).await.outcome, Outcome::Allow);
     running.stop().await;
     // The fresh token's `iat` (its `nbf`, 5 s before) raised the floor further; it is durable.
-    let store = Store::open(&lock.state).unwrap();
+    let store = reopen_store(&lock.state, None);
     assert_eq!(store.floor(), t0 + 3595);
 }
 
@@ -616,7 +616,7 @@ fn crash_rounds(lock: &Lock, rounds: u64, seed: u64, disk: Option<&SmallFs>) {
         "receipt log damaged: {:?}",
         found.damage
     );
-    let store = Store::open(&lock.state).unwrap();
+    let store = reopen_store(&lock.state, None);
     assert_eq!(store.halted(), None);
     let pubkey = *store.device_public_key();
     let records = store.receipts().to_vec();
@@ -1173,7 +1173,7 @@ async fn bundle_rotation_reaches_a_lock_that_was_offline() {
     assert_eq!(tap(&running, &k2b, &ed).await.outcome, Outcome::Allow);
     // The bundle survives a restart.
     running.stop().await;
-    let store = Store::open(&lock.state).unwrap();
+    let store = reopen_store(&lock.state, None);
     assert_eq!(store.trust_bundle().unwrap().version(), 3);
 }
 
@@ -1469,6 +1469,25 @@ fn door_opens(state: &StateDir) -> Vec<u64> {
         .collect()
 }
 
+/// Opens a state directory that this process (or a killed agent) just closed. Another test's
+/// fork may briefly hold a copy of the lock file's descriptor (from fork until its exec), so a
+/// `Busy` open is retried for up to two seconds; any other error fails the test.
+fn reopen_store(
+    state: &StateDir,
+    wrapper: Option<firstkey_agent::durable::LogFileWrapper>,
+) -> Store {
+    let mut tries = 0;
+    loop {
+        match Store::open_with(state, wrapper.clone()) {
+            Err(state::StateError::Busy(_)) if tries < 200 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other.unwrap(),
+        }
+    }
+}
+
 /// Counts from a run of taps under faults.
 #[derive(Debug, Default)]
 struct FaultCounts {
@@ -1493,7 +1512,7 @@ fn check_no_double_allow(state: &StateDir, answered_allow: &HashMap<[u8; 32], u3
         "receipt log damaged: {:?}",
         found.damage
     );
-    let store = Store::open(state).unwrap();
+    let store = reopen_store(state, None);
     assert_eq!(store.halted(), None);
     let pubkey = *store.device_public_key();
     let records = store.receipts().to_vec();
@@ -1568,18 +1587,7 @@ fn fault_rounds(faults: &[(Fault, bool)], total: &mut FaultCounts) -> usize {
     let ed = ed25519_presenter();
     let plan = Arc::new(Mutex::new(FaultPlan::default()));
     let open_door = |plan: &Arc<Mutex<FaultPlan>>| {
-        // Another test's fork may briefly hold a copy of the just-closed lock file (until its
-        // exec): retry a Busy open for a moment.
-        let mut tries = 0;
-        let store = loop {
-            match Store::open_with(&lock.state, Some(faulty(plan))) {
-                Err(state::StateError::Busy(_)) if tries < 200 => {
-                    tries += 1;
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                other => break other.unwrap(),
-            }
-        };
+        let store = reopen_store(&lock.state, Some(faulty(plan)));
         Door::new(
             store,
             Box::new(SimulatedActuator::new(lock.state.root())),
@@ -1783,7 +1791,7 @@ fn a_full_file_system_never_lets_a_token_in_twice_and_the_agent_recovers() {
     let ed = ed25519_presenter();
     let open_door = || {
         Door::new(
-            Store::open(&lock.state).unwrap(),
+            reopen_store(&lock.state, None),
             Box::new(SimulatedActuator::new(lock.state.root())),
             Arc::new(clock.clone()),
         )
@@ -1940,7 +1948,7 @@ fn init_killed_at_any_moment_leaves_nothing_or_a_whole_state() {
                 String::from_utf8_lossy(&again.stderr).contains("already initialised"),
                 "round {round}"
             );
-            Store::open(&StateDir::new(&state)).unwrap();
+            reopen_store(&StateDir::new(&state), None);
             whole += 1;
         } else {
             // Nothing: init starts afresh (and clears any temporary directory it left).
