@@ -17,6 +17,8 @@ pub mod metrics;
 pub mod openapi;
 pub mod properties;
 pub mod tokens;
+pub mod keys;
+pub mod privacy;
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -277,6 +279,8 @@ fn routes(cfg: &mut web::ServiceConfig, with_metrics: bool) {
         .configure(dispatch::routes)
         .configure(tokens::routes)
         .configure(log::routes)
+        .configure(keys::routes)
+        .configure(privacy::routes)
         .configure(crate::web::routes)
         .service(
             web::resource("/api/openapi.json")
