@@ -551,6 +551,30 @@ pub async fn entries(
     Ok(rows.iter().map(entry_from_row).collect())
 }
 
+/// Sealed entries about `property` before position `before`, newest first (the homeowner's
+/// history, a page at a time).
+pub async fn entries_before(
+    client: &impl GenericClient,
+    tenant: Tenant,
+    property: Uuid,
+    before: i64,
+    limit: i64,
+) -> Result<Vec<Entry>, StoreError> {
+    seal(client, tenant).await?;
+    let sql = format!(
+        "SELECT {ENTRY_COLUMNS} FROM audit_entries
+         WHERE municipality_id = $1 AND property_id = $2 AND seq IS NOT NULL AND seq < $3
+         ORDER BY seq DESC LIMIT $4"
+    );
+    let rows = client
+        .query(
+            &sql,
+            &[&tenant.id(), &property, &before, &limit.clamp(1, 1000)],
+        )
+        .await?;
+    Ok(rows.iter().map(entry_from_row).collect())
+}
+
 /// What [`verify_chain`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChainCheck {

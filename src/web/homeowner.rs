@@ -37,7 +37,8 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
         .route("/homes/{id}/locks", web::post().to(add_lock))
         .route("/homes/{id}/plan", web::get().to(edit_plan))
         .route("/homes/{id}/plan", web::post().to(save_plan))
-        .route("/homes/{id}/plan/compare", web::get().to(compare));
+        .route("/homes/{id}/plan/compare", web::get().to(compare))
+        .route("/homes/{id}/plan/print", web::get().to(print_plan));
 }
 
 /// A time as the pages show it (UTC, with the zone named).
@@ -788,6 +789,74 @@ async fn compare(
         a,
         b,
         rows,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The printable plan, for a family member or an emergency contact: the plan in force with its
+// notes, on one sheet (the print rules of `static/portal.css`). A PDF is the browser's "Save as
+// PDF" of this page: no pure-Rust PDF crate lays out text this well without fonts we would have to
+// vendor, so the server makes none.
+
+#[derive(Template)]
+#[template(path = "plan_print.html")]
+struct PlanPrint {
+    chrome: Chrome,
+    property: Property,
+    version: i32,
+    written: String,
+    printed: String,
+    agencies: Vec<(&'static str, String)>,
+    max_grant_minutes: i32,
+    notes: Vec<(&'static str, String)>,
+    contacts: Vec<Contact>,
+    locks: Vec<String>,
+    retention_days: i32,
+}
+
+async fn print_plan(
+    state: web::Data<AppState>,
+    SignedIn(actor): SignedIn,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, WebError> {
+    homeowner(&actor)?;
+    let mut client = connection(&state).await?;
+    let ctx = own_property(&state, &mut client, &actor, *id, read_own_plan).await?;
+    let Some(stored) = &ctx.plan else {
+        return Err(WebError::not_found());
+    };
+    let plan = plan_input(&state, stored)?;
+    let text = |o: &Option<String>| o.clone().unwrap_or_else(|| "—".to_owned());
+    let locks = store::locks(&client, actor.tenant, ctx.property.id)
+        .await?
+        .into_iter()
+        .filter(|l| l.pairing_state != "retired")
+        .map(|l| l.name)
+        .collect();
+    page::ok(&PlanPrint {
+        chrome: Chrome::of(&client, &actor).await?,
+        version: stored.version,
+        written: when(
+            plan_history::versions(&client, actor.tenant, ctx.property.id)
+                .await?
+                .into_iter()
+                .find(|v| v.version == stored.version)
+                .map(|v| v.created_at),
+        ),
+        printed: when(Some(state.clock.now())),
+        agencies: agency_rows(&plan.agencies),
+        max_grant_minutes: plan.max_grant_minutes,
+        notes: vec![
+            ("Pets", text(&plan.notes.pets)),
+            ("Hazards", text(&plan.notes.hazards)),
+            ("Medical equipment", text(&plan.notes.medical_equipment)),
+            ("Shut-offs and key box", text(&plan.notes.utilities)),
+            ("Anything else", text(&plan.notes.free_text)),
+        ],
+        contacts: plan.contacts,
+        locks,
+        retention_days: plan.retention_days,
+        property: ctx.property,
     })
 }
 

@@ -11,7 +11,10 @@
 //!   signed-in-viewer extractors.
 //! - [`everyone`]: landing, sign-in, sign-up, sign-out (here and everywhere), the mailed-link
 //!   enrolment pages, the signed-in start page.
-//! - [`homeowner`]: properties, their locks, the access-plan editor and its versions.
+//! - [`homeowner`]: properties, their locks, the access-plan editor and its versions, the
+//!   printable plan.
+//! - [`history`]: a home's history in words, from the audit log; erasing its personal details.
+//! - [`keys`]: "my security keys", for every signed-in user.
 //!
 //! Pages call the core functions the JSON handlers call (`store`, `access`, `audit`, `auth`);
 //! state-changing form posts pass the same Origin check (`http::check_origin`) as JSON writes.
@@ -19,7 +22,9 @@
 pub mod assets;
 mod error;
 mod everyone;
+mod history;
 mod homeowner;
+mod keys;
 mod page;
 
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
@@ -32,7 +37,9 @@ use crate::http::error::ApiError;
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.configure(assets::routes)
         .configure(everyone::routes)
-        .configure(homeowner::routes);
+        .configure(homeowner::routes)
+        .configure(keys::routes)
+        .configure(history::routes);
 }
 
 /// The answer for a path nobody serves: the HTML "not found" page for a browser asking for a page,
