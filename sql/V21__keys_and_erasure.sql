@@ -12,12 +12,13 @@ ALTER TABLE webauthn_credentials ADD CONSTRAINT webauthn_credentials_removed_whe
     CHECK ((status = 'removed') = (removed_at IS NOT NULL));
 
 -- Data keys (V1's audit_data_keys) are per property and per calendar month of the entries they
--- cover, so a home's retention period erases old months while later ones stay readable. One key
--- per (property, month); `erase_after` is the month's end plus the plan's retention at creation.
+-- cover, so a home's retention period erases old months while later ones stay readable. One live
+-- key per (property, month) (after an erasure, later entries of that month get a new one);
+-- `erase_after` is the month's end plus the plan's retention when the key was made.
 ALTER TABLE audit_data_keys ADD COLUMN period date;
 CREATE UNIQUE INDEX audit_data_keys_property_period
     ON audit_data_keys (municipality_id, property_id, period)
-    WHERE property_id IS NOT NULL AND period IS NOT NULL;
+    WHERE property_id IS NOT NULL AND period IS NOT NULL AND erased_at IS NULL;
 -- Erasure destroys the wrapped key; the rest of the row stays as the record that it happened.
 -- Nothing else about a key may change, and a key is never deleted (entries refer to it).
 CREATE FUNCTION firstkey_data_key_erase_only() RETURNS trigger LANGUAGE plpgsql AS $$

@@ -81,18 +81,18 @@ fn month_of(now: DateTime<Utc>) -> (NaiveDate, DateTime<Utc>) {
     (first, next)
 }
 
-/// The data key of `property` for `now`'s month: its id and wrapped bytes, made if missing. `None`
-/// when that month's key was already erased (then nothing more may be written under it).
+/// The live data key of `property` for `now`'s month: its id and wrapped bytes, made if missing
+/// (also after an erasure: entries written later get a new key).
 async fn key_for(
     tx: &impl GenericClient,
     tenant: Tenant,
     property: Uuid,
     kek: &Kek,
     now: DateTime<Utc>,
-) -> Result<(Uuid, Option<Vec<u8>>), StoreError> {
+) -> Result<(Uuid, Vec<u8>), StoreError> {
     let (period, month_end) = month_of(now);
     let find = "SELECT id, wrapped_key FROM audit_data_keys
-                WHERE municipality_id = $1 AND property_id = $2 AND period = $3";
+                WHERE municipality_id = $1 AND property_id = $2 AND period = $3 AND erased_at IS NULL";
     if let Some(row) = tx
         .query_opt(find, &[&tenant.id(), &property, &period])
         .await?
@@ -114,7 +114,7 @@ async fn key_for(
              erase_after)
          VALUES ($1, $2, $3, $4, $5, $6, $7)
          ON CONFLICT (municipality_id, property_id, period)
-             WHERE property_id IS NOT NULL AND period IS NOT NULL DO NOTHING",
+             WHERE property_id IS NOT NULL AND period IS NOT NULL AND erased_at IS NULL DO NOTHING",
         &[
             &id,
             &tenant.id(),
@@ -143,11 +143,6 @@ pub async fn seal(
     now: DateTime<Utc>,
 ) -> Result<SealedDetails, StoreError> {
     let (key, wrapped) = key_for(tx, tenant, property, kek, now).await?;
-    let Some(wrapped) = wrapped else {
-        return Err(StoreError::Conflict(
-            "this home's audit details for this month were erased".to_owned(),
-        ));
-    };
     let plain =
         serde_json::to_vec(details).map_err(|e| StoreError::Conflict(format!("details: {e}")))?;
     let ciphertext = crypto::seal_with_wrapped(
