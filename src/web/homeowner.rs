@@ -795,8 +795,8 @@ async fn compare(
 // ---------------------------------------------------------------------------------------------
 // The printable plan, for a family member or an emergency contact: the plan in force with its
 // notes, on one sheet (the print rules of `static/portal.css`). A PDF is the browser's "Save as
-// PDF" of this page: no pure-Rust PDF crate lays out text this well without fonts we would have to
-// vendor, so the server makes none.
+// PDF" of this page; the server makes none (a PDF crate such as genpdf would also need a vendored
+// font, and was not added).
 
 #[derive(Template)]
 #[template(path = "plan_print.html")]
