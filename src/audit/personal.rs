@@ -260,7 +260,10 @@ pub async fn erase_property(
 
 /// Erases the keys whose retention ran out, per municipality under an advisory lock (so one
 /// replica does each municipality's run), one audit entry per home. Returns how many keys.
-pub async fn erase_due(pool: &deadpool_postgres::Pool, now: DateTime<Utc>) -> Result<u64, StoreError> {
+pub async fn erase_due(
+    pool: &deadpool_postgres::Pool,
+    now: DateTime<Utc>,
+) -> Result<u64, StoreError> {
     let mut client = pool.get().await?;
     let tenants: Vec<Uuid> = client
         .query(

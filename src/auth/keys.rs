@@ -54,7 +54,10 @@ pub struct SecurityKey {
 }
 
 /// The user's keys that were not removed, oldest first.
-pub async fn list(client: &impl GenericClient, actor: &Actor) -> Result<Vec<SecurityKey>, AuthError> {
+pub async fn list(
+    client: &impl GenericClient,
+    actor: &Actor,
+) -> Result<Vec<SecurityKey>, AuthError> {
     let rows = client
         .query(
             "SELECT id, name, kind, status, created_at, last_used_at FROM webauthn_credentials
@@ -88,11 +91,10 @@ pub async fn list(client: &impl GenericClient, actor: &Actor) -> Result<Vec<Secu
 
 /// Parses a key name: 1 to [`NAME_MAX`] characters, no control characters.
 pub fn parse_name(input: &str) -> Result<Text, AuthError> {
-    let name = Text::parse("name", input, NAME_MAX).map_err(|e| AuthError::Invalid(e.to_string()))?;
+    let name =
+        Text::parse("name", input, NAME_MAX).map_err(|e| AuthError::Invalid(e.to_string()))?;
     if name.as_str().chars().any(char::is_control) {
-        return Err(AuthError::Invalid(
-            "name: no control characters".to_owned(),
-        ));
+        return Err(AuthError::Invalid("name: no control characters".to_owned()));
     }
     Ok(name)
 }
@@ -127,7 +129,8 @@ pub async fn start_add(
         .map(|r| r.get(0))
         .collect();
     let exclude = Some(existing);
-    let configuration = |e: webauthn_rs::prelude::WebauthnError| AuthError::Configuration(e.to_string());
+    let configuration =
+        |e: webauthn_rs::prelude::WebauthnError| AuthError::Configuration(e.to_string());
     let (options, registering) = match CredentialKind::for_roles(&actor.roles) {
         CredentialKind::SecurityKey => {
             let cas = wa::attestation_cas(client, actor.tenant).await?;
@@ -177,8 +180,13 @@ pub async fn finish_add(
     name: Option<&Text>,
     now: DateTime<Utc>,
 ) -> Result<Uuid, AuthError> {
-    let taken = wa::take_ceremony(&*client, ceremony, Some(Binding::session(actor.session_id)), now)
-        .await?;
+    let taken = wa::take_ceremony(
+        &*client,
+        ceremony,
+        Some(Binding::session(actor.session_id)),
+        now,
+    )
+    .await?;
     let (tenant, user) = taken.owner()?;
     let CeremonyState::AddKey {
         session,

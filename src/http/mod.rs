@@ -12,13 +12,13 @@ pub mod auth;
 pub mod dispatch;
 pub mod error;
 pub mod health;
+pub mod keys;
 pub mod log;
 pub mod metrics;
 pub mod openapi;
+pub mod privacy;
 pub mod properties;
 pub mod tokens;
-pub mod keys;
-pub mod privacy;
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::sync::Arc;

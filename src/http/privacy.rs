@@ -138,7 +138,8 @@ pub async fn subject_export(
         authorize_read(&state, &mut client, &actor, Some(home.id)).await?;
     }
     let ids: Vec<Uuid> = homes.iter().map(|h| h.id).collect();
-    let export = subject::export(&client, actor.tenant, actor.user_id, &ids, &state.kek, now).await?;
+    let export =
+        subject::export(&client, actor.tenant, actor.user_id, &ids, &state.kek, now).await?;
     Ok(HttpResponse::Ok()
         .insert_header((
             "Content-Disposition",

@@ -22,8 +22,8 @@ use crate::auth::Actor;
 use crate::domain::Role;
 use crate::http::AppState;
 use crate::http::error::ApiError;
-use crate::store::properties::{self as store, Property};
 use crate::store::StoreError;
+use crate::store::properties::{self as store, Property};
 
 /// Entries on one page.
 const PAGE: i64 = 25;
@@ -180,7 +180,9 @@ fn words(e: &Entry, n: &Names) -> String {
                 "Home registered: {}",
                 v.get("address").and_then(|a| a.as_str()).unwrap_or("")
             ),
-            Some(Personal::Erased) => "Home registered (the address in this record was erased)".to_owned(),
+            Some(Personal::Erased) => {
+                "Home registered (the address in this record was erased)".to_owned()
+            }
             _ => "Home registered".to_owned(),
         },
         "lock.register" => format!("{lock} added by {actor}"),
@@ -189,9 +191,9 @@ fn words(e: &Entry, n: &Names) -> String {
         "lock.pairing_reset" => format!("{lock}: pairing started again by {actor}"),
         "plan.update" => format!("Access plan version {} saved by {actor}", detail("version")),
         "plan.reveal_notes" => format!("Your notes for responders were shown to {actor}{incident}"),
-        "grant.create" if detail("status") == "awaiting_approval" => format!(
-            "{actor} asked for entry{incident}; a second dispatcher must approve"
-        ),
+        "grant.create" if detail("status") == "awaiting_approval" => {
+            format!("{actor} asked for entry{incident}; a second dispatcher must approve")
+        }
         "grant.create" => {
             let to = e
                 .details
@@ -354,7 +356,7 @@ mod tests {
     fn entry(action: &str, outcome: &str, details: serde_json::Value) -> Entry {
         Entry {
             seq: 7,
-            recorded_at: Utc::now(),
+            recorded_at: DateTime::UNIX_EPOCH,
             actor: None,
             action: action.to_owned(),
             outcome: outcome.to_owned(),
@@ -375,15 +377,23 @@ mod tests {
     fn an_opening_reads_as_the_mail_says_it() {
         let lock = Uuid::new_v4();
         let incident = Uuid::new_v4();
-        let mut e = entry("lock.receipt", "allow", serde_json::json!({ "cti": "ab01" }));
+        let mut e = entry(
+            "lock.receipt",
+            "allow",
+            serde_json::json!({ "cti": "ab01" }),
+        );
         e.subject_kind = Some("lock".to_owned());
         e.subject_id = Some(lock);
         e.incident = Some(incident);
         let mut n = Names::default();
         n.locks.insert(lock, "Front door".to_owned());
         n.incidents.insert(incident, "26-1309c".to_owned());
-        n.token_holders.insert("ab01".to_owned(), "Engine 7".to_owned());
-        assert_eq!(words(&e, &n), "Front door opened by Engine 7 for incident 26-1309c");
+        n.token_holders
+            .insert("ab01".to_owned(), "Engine 7".to_owned());
+        assert_eq!(
+            words(&e, &n),
+            "Front door opened by Engine 7 for incident 26-1309c"
+        );
         e.outcome = "deny".to_owned();
         e.details = serde_json::json!({ "cti": "ab01", "reason": "replayed" });
         assert_eq!(

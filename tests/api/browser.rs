@@ -669,8 +669,18 @@ async fn homeowner_keys_and_history_in_chromium() {
     // My keys: one, named here.
     b.click("header a[href='/keys']").await;
     b.wait_for("#add-key[data-ready='true']").await;
-    assert!(b.client.find(Locator::Css("#step-up")).await.is_err(), "fresh from enrolment");
-    assert_eq!(b.client.find_all(Locator::Css("#keys > li")).await.unwrap().len(), 1);
+    assert!(
+        b.client.find(Locator::Css("#step-up")).await.is_err(),
+        "fresh from enrolment"
+    );
+    assert_eq!(
+        b.client
+            .find_all(Locator::Css("#keys > li"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     b.check("keys-one", &[]).await;
     b.fill("#keys > li input[name=name]", "Phone").await;
     b.click("#keys > li form[action$='/name'] button").await;
@@ -696,7 +706,8 @@ async fn homeowner_keys_and_history_in_chromium() {
     // second.
     b.click("#keys > li:first-child form[action$='/remove'] button")
         .await;
-    b.wait_for_path("/sign-in?next=/keys%3Fdone%3Dremoved").await;
+    b.wait_for_path("/sign-in?next=/keys%3Fdone%3Dremoved")
+        .await;
     b.fill("#municipality", "springfield").await;
     b.fill("#email", &email).await;
     b.wait_for("#sign-in[data-ready='true']").await;
@@ -732,7 +743,9 @@ async fn homeowner_keys_and_history_in_chromium() {
     b.wait_for("body.print-plan").await;
     let sheet = b.text("main").await;
     assert!(
-        sheet.contains("An old dog") && sheet.contains("Alex Sister") && sheet.contains("may enter"),
+        sheet.contains("An old dog")
+            && sheet.contains("Alex Sister")
+            && sheet.contains("may enter"),
         "{sheet}"
     );
     b.check("plan-print", &[]).await;

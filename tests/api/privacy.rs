@@ -74,8 +74,20 @@ async fn audited(app: &TestApp, tenant: Tenant, action: &str, outcome: &str) -> 
 }
 
 /// Adds a key through the API with `key`; returns the finish status and body.
-async fn add_key(app: &TestApp, who: &TestUser, key: &mut TestKey, name: Option<&str>) -> (u16, Value) {
-    let (status, start) = send(app, Method::POST, "/api/v1/me/keys/start", who, Some(json!({}))).await;
+async fn add_key(
+    app: &TestApp,
+    who: &TestUser,
+    key: &mut TestKey,
+    name: Option<&str>,
+) -> (u16, Value) {
+    let (status, start) = send(
+        app,
+        Method::POST,
+        "/api/v1/me/keys/start",
+        who,
+        Some(json!({})),
+    )
+    .await;
     assert_eq!(status, 200, "{start}");
     let credential = key.register(&start["options"]);
     let mut body = json!({ "ceremony": start["ceremony"], "credential": credential });
@@ -100,23 +112,51 @@ async fn my_security_keys_are_listed_named_added_and_removed_but_never_the_last(
     let first = keys[0]["id"].as_str().unwrap().to_owned();
 
     // The only key cannot go, and the refusal is audited.
-    let (status, body) = send(&app, Method::DELETE, &format!("/api/v1/me/keys/{first}"), &owner, None).await;
+    let (status, body) = send(
+        &app,
+        Method::DELETE,
+        &format!("/api/v1/me/keys/{first}"),
+        &owner,
+        None,
+    )
+    .await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(audited(&app, tenant, "auth.key_remove", "deny").await, 1);
 
     // Naming: typed boundary, no NUL or control characters.
     let path = format!("/api/v1/me/keys/{first}");
-    let (status, named) = send(&app, Method::PATCH, &path, &owner, Some(json!({ "name": "  Phone  " }))).await;
+    let (status, named) = send(
+        &app,
+        Method::PATCH,
+        &path,
+        &owner,
+        Some(json!({ "name": "  Phone  " })),
+    )
+    .await;
     assert_eq!(status, 200, "{named}");
     assert_eq!(named["name"], "Phone");
     for bad in ["", "   ", "a\u{0}b", "tab\there", &"x".repeat(101)] {
-        let (status, _) = send(&app, Method::PATCH, &path, &owner, Some(json!({ "name": bad }))).await;
+        let (status, _) = send(
+            &app,
+            Method::PATCH,
+            &path,
+            &owner,
+            Some(json!({ "name": bad })),
+        )
+        .await;
         assert_eq!(status, 400, "{bad:?}");
     }
 
     // A second passkey, named at once.
     let mut second_key = TestKey::Passkey(SoftPasskey::new(true));
-    let (status, start) = send(&app, Method::POST, "/api/v1/me/keys/start", &owner, Some(json!({}))).await;
+    let (status, start) = send(
+        &app,
+        Method::POST,
+        "/api/v1/me/keys/start",
+        &owner,
+        Some(json!({})),
+    )
+    .await;
     assert_eq!(status, 200, "{start}");
     let finish = json!({
         "ceremony": start["ceremony"],
@@ -125,15 +165,36 @@ async fn my_security_keys_are_listed_named_added_and_removed_but_never_the_last(
     });
     // The ceremony is this session's: another user's session cannot finish it.
     let other = sign_in_as(&app, tenant, Role::Homeowner).await;
-    let (status, _) = send(&app, Method::POST, "/api/v1/me/keys/finish", &other, Some(finish.clone())).await;
+    let (status, _) = send(
+        &app,
+        Method::POST,
+        "/api/v1/me/keys/finish",
+        &other,
+        Some(finish.clone()),
+    )
+    .await;
     assert_eq!(status, 400);
-    let (status, added) = send(&app, Method::POST, "/api/v1/me/keys/finish", &owner, Some(finish.clone())).await;
+    let (status, added) = send(
+        &app,
+        Method::POST,
+        "/api/v1/me/keys/finish",
+        &owner,
+        Some(finish.clone()),
+    )
+    .await;
     assert_eq!(status, 201, "{added}");
     assert_eq!(added["name"], "Laptop");
     let second = added["id"].as_str().unwrap().to_owned();
     assert_eq!(audited(&app, tenant, "auth.key_add", "allow").await, 1);
     // A ceremony is finished once.
-    let (status, _) = send(&app, Method::POST, "/api/v1/me/keys/finish", &owner, Some(finish)).await;
+    let (status, _) = send(
+        &app,
+        Method::POST,
+        "/api/v1/me/keys/finish",
+        &owner,
+        Some(finish),
+    )
+    .await;
     assert_eq!(status, 400);
 
     // Someone else — same municipality or another — cannot see, name or remove them.
@@ -144,7 +205,14 @@ async fn my_security_keys_are_listed_named_added_and_removed_but_never_the_last(
         assert_eq!(status, 200);
         assert!(!listed.to_string().contains(&second));
         let p = format!("/api/v1/me/keys/{second}");
-        let (status, _) = send(&app, Method::PATCH, &p, stranger, Some(json!({ "name": "mine" }))).await;
+        let (status, _) = send(
+            &app,
+            Method::PATCH,
+            &p,
+            stranger,
+            Some(json!({ "name": "mine" })),
+        )
+        .await;
         assert_eq!(status, 404);
         let (status, _) = send(&app, Method::DELETE, &p, stranger, None).await;
         assert_eq!(status, 404);
@@ -158,8 +226,21 @@ async fn my_security_keys_are_listed_named_added_and_removed_but_never_the_last(
     let p = format!("/api/v1/me/keys/{second}");
     let (status, body) = send(&app, Method::DELETE, &p, &owner, None).await;
     assert_eq!(status, 401, "{body}");
-    assert!(body["type"].as_str().unwrap_or_default().contains("step-up"), "{body}");
-    let (status, _) = send(&app, Method::POST, "/api/v1/me/keys/start", &owner, Some(json!({}))).await;
+    assert!(
+        body["type"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("step-up"),
+        "{body}"
+    );
+    let (status, _) = send(
+        &app,
+        Method::POST,
+        "/api/v1/me/keys/start",
+        &owner,
+        Some(json!({})),
+    )
+    .await;
     assert_eq!(status, 401);
 
     // After a step-up (with the first key), the second goes; the first is then the last again.
@@ -168,7 +249,14 @@ async fn my_security_keys_are_listed_named_added_and_removed_but_never_the_last(
     assert_eq!(status, 204);
     let (_, keys) = send(&app, Method::GET, "/api/v1/me/keys", &owner, None).await;
     assert_eq!(keys.as_array().unwrap().len(), 1);
-    let (status, _) = send(&app, Method::DELETE, &format!("/api/v1/me/keys/{first}"), &owner, None).await;
+    let (status, _) = send(
+        &app,
+        Method::DELETE,
+        &format!("/api/v1/me/keys/{first}"),
+        &owner,
+        None,
+    )
+    .await;
     assert_eq!(status, 409);
     // The removed key signs nobody in: its row stays, marked removed.
     let client = app.pool.get().await.unwrap();
@@ -211,7 +299,14 @@ async fn staff_add_attested_security_keys_and_removing_one_ends_its_sessions() {
     let enrolment_cookie = responder.cookie.clone();
     responder.key = spare;
     responder.sign_in(&app).await;
-    let (status, _) = send(&app, Method::DELETE, &format!("/api/v1/me/keys/{first}"), &responder, None).await;
+    let (status, _) = send(
+        &app,
+        Method::DELETE,
+        &format!("/api/v1/me/keys/{first}"),
+        &responder,
+        None,
+    )
+    .await;
     assert_eq!(status, 204);
     let old = app
         .http
@@ -226,7 +321,12 @@ async fn staff_add_attested_security_keys_and_removing_one_ends_its_sessions() {
 }
 
 /// Sets up a log key and a checkpoint over everything sealed now; returns the verifier key.
-async fn checkpoint(app: &TestApp, tenant: Tenant, slug: &str, make_key: bool) -> Option<firstkey::audit::note::VerifierKey> {
+async fn checkpoint(
+    app: &TestApp,
+    tenant: Tenant,
+    slug: &str,
+    make_key: bool,
+) -> Option<firstkey::audit::note::VerifierKey> {
     let mut client = app.pool.get().await.unwrap();
     let dir = crate::helpers::test_settings(crate::helpers::admin_config()).key_dir;
     let key = if make_key {
@@ -241,9 +341,15 @@ async fn checkpoint(app: &TestApp, tenant: Tenant, slug: &str, make_key: bool) -
         None
     };
     audit::seal(&client, tenant).await.unwrap();
-    audit::log::sign_if_due(&mut client, tenant, &dir, std::time::Duration::ZERO, Utc::now())
-        .await
-        .unwrap();
+    audit::log::sign_if_due(
+        &mut client,
+        tenant,
+        &dir,
+        std::time::Duration::ZERO,
+        Utc::now(),
+    )
+    .await
+    .unwrap();
     key
 }
 
@@ -266,7 +372,10 @@ fn cli_verify(text: &str, key: &firstkey::audit::note::VerifierKey) -> (bool, St
 async fn property_export(app: &TestApp, who: &TestUser, home: &str) -> String {
     let response = app
         .http
-        .get(format!("{}/api/v1/audit/export?property={home}", app.address))
+        .get(format!(
+            "{}/api/v1/audit/export?property={home}",
+            app.address
+        ))
         .header("cookie", &who.cookie)
         .send()
         .await
@@ -282,13 +391,27 @@ async fn erasure_shreds_personal_details_and_the_log_still_verifies() {
     let tenant = town(&app, slug).await;
     let owner = sign_in_as(&app, tenant, Role::Homeowner).await;
     let address = "12 Elm Street, Shredville";
-    let (status, home) = send(&app, Method::POST, "/api/v1/properties", &owner, Some(json!({ "address": address }))).await;
+    let (status, home) = send(
+        &app,
+        Method::POST,
+        "/api/v1/properties",
+        &owner,
+        Some(json!({ "address": address })),
+    )
+    .await;
     assert_eq!(status, 201, "{home}");
     let home = home["id"].as_str().unwrap().to_owned();
     let key = checkpoint(&app, tenant, slug, true).await.unwrap();
 
     // The entry holds a commitment, not the address; the address is nowhere in the log's rows.
-    let (status, entries) = send(&app, Method::GET, &format!("/api/v1/audit?property={home}"), &owner, None).await;
+    let (status, entries) = send(
+        &app,
+        Method::GET,
+        &format!("/api/v1/audit?property={home}"),
+        &owner,
+        None,
+    )
+    .await;
     assert_eq!(status, 200);
     let created = entries
         .as_array()
@@ -325,7 +448,12 @@ async fn erasure_shreds_personal_details_and_the_log_still_verifies() {
         .await
         .unwrap();
     assert_eq!(page.status(), 200);
-    assert!(page.text().await.unwrap().contains(&format!("Home registered: {address}")));
+    assert!(
+        page.text()
+            .await
+            .unwrap()
+            .contains(&format!("Home registered: {address}"))
+    );
     let before = property_export(&app, &owner, &home).await;
     assert!(verify::verify_export(&before, &key, &[], 0).ok());
 
@@ -333,13 +461,32 @@ async fn erasure_shreds_personal_details_and_the_log_still_verifies() {
     let responder = user(&app, tenant, "r@shred.example", None, Role::Responder, true).await;
     let neighbour = sign_in_as(&app, tenant, Role::Homeowner).await;
     let elsewhere_tenant = town(&app, "shred-elsewhere").await;
-    let elsewhere = user(&app, elsewhere_tenant, "h@else.example", None, Role::Homeowner, true).await;
+    let elsewhere = user(
+        &app,
+        elsewhere_tenant,
+        "h@else.example",
+        None,
+        Role::Homeowner,
+        true,
+    )
+    .await;
     let erase = format!("/api/v1/properties/{home}/audit/erase");
     for cookie in [&responder.cookie, &neighbour.cookie, &elsewhere.cookie] {
-        let who = crate::helpers::As { id: Uuid::nil(), cookie: cookie.clone(), key: None };
+        let who = crate::helpers::As {
+            id: Uuid::nil(),
+            cookie: cookie.clone(),
+            key: None,
+        };
         let (status, _) = call(&app, Method::POST, &erase, Some(&who), None).await;
         assert_eq!(status, 404);
-        let (status, _) = call(&app, Method::GET, &format!("/homes/{home}/history"), Some(&who), None).await;
+        let (status, _) = call(
+            &app,
+            Method::GET,
+            &format!("/homes/{home}/history"),
+            Some(&who),
+            None,
+        )
+        .await;
         assert!(status == 404 || status == 303, "{status}");
     }
     assert_eq!(audited(&app, tenant, "audit.erase", "info").await, 0);
@@ -355,7 +502,10 @@ async fn erasure_shreds_personal_details_and_the_log_still_verifies() {
         audit::verify_chain(&client, tenant).await.unwrap(),
         audit::ChainCheck::Intact { .. }
     ));
-    assert!(verify::verify_export(&before, &key, &[], 0).ok(), "an export made before still verifies");
+    assert!(
+        verify::verify_export(&before, &key, &[], 0).ok(),
+        "an export made before still verifies"
+    );
     let after = property_export(&app, &owner, &home).await;
     let report = verify::verify_export(&after, &key, &[], 0);
     assert!(report.ok(), "{:?}", report.failures);
@@ -363,7 +513,10 @@ async fn erasure_shreds_personal_details_and_the_log_still_verifies() {
     assert!(ok, "{out}");
     let old: verify::Export = serde_json::from_str(&before).unwrap();
     let new: verify::Export = serde_json::from_str(&after).unwrap();
-    assert_eq!(old.entries[0].data, new.entries[0].data, "the sealed entry is untouched");
+    assert_eq!(
+        old.entries[0].data, new.entries[0].data,
+        "the sealed entry is untouched"
+    );
     let (_, mine) = send(&app, Method::GET, "/api/v1/me/export", &owner, None).await;
     let details = &mine["properties"][0]["audit_personal_details"];
     assert_eq!(details[0]["details"], "erased", "{details}");
@@ -378,7 +531,10 @@ async fn erasure_shreds_personal_details_and_the_log_still_verifies() {
         .text()
         .await
         .unwrap();
-    assert!(page.contains("the address in this record was erased"), "{page}");
+    assert!(
+        page.contains("the address in this record was erased"),
+        "{page}"
+    );
     assert!(page.contains("you asked for it"));
 
     // The key row may only be erased: no un-erasing, no deletion.
@@ -392,7 +548,8 @@ async fn erasure_shreds_personal_details_and_the_log_still_verifies() {
     // Entries recorded later get a new key (an erasure is not a block on the home's future).
     let mut c2 = app.pool.get().await.unwrap();
     let tx = c2.transaction().await.unwrap();
-    let kek = firstkey::crypto::Kek::from_base64("KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=").unwrap();
+    let kek =
+        firstkey::crypto::Kek::from_base64("KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=").unwrap();
     audit::record_personal(
         &tx,
         tenant,
@@ -406,12 +563,17 @@ async fn erasure_shreds_personal_details_and_the_log_still_verifies() {
     tx.commit().await.unwrap();
     audit::seal(&client, tenant).await.unwrap();
     let seq: i64 = client
-        .query_one("SELECT seq FROM audit_entries WHERE action = 'test.personal'", &[])
+        .query_one(
+            "SELECT seq FROM audit_entries WHERE action = 'test.personal'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
     assert_eq!(
-        audit::personal::open(&client, tenant, seq, &kek).await.unwrap(),
+        audit::personal::open(&client, tenant, seq, &kek)
+            .await
+            .unwrap(),
         audit::personal::Personal::Readable(json!({ "name": "Later" }))
     );
 }
@@ -421,15 +583,29 @@ async fn retention_erases_keys_whose_time_ran_out_and_audits_it() {
     let app = spawn_app().await;
     let tenant = town(&app, "retention").await;
     let owner = sign_in_as(&app, tenant, Role::Homeowner).await;
-    let (_, home) = send(&app, Method::POST, "/api/v1/properties", &owner, Some(json!({ "address": "1 Old Road" }))).await;
+    let (_, home) = send(
+        &app,
+        Method::POST,
+        "/api/v1/properties",
+        &owner,
+        Some(json!({ "address": "1 Old Road" })),
+    )
+    .await;
     let home = Uuid::parse_str(home["id"].as_str().unwrap()).unwrap();
     let now = Utc::now();
     // Not due yet: nothing happens.
     assert_eq!(audit::personal::erase_due(&app.pool, now).await.unwrap(), 0);
     // A year and a bit later (no plan: 365 days after the month's end), the key goes.
     let later = now + Duration::days(400);
-    assert_eq!(audit::personal::erase_due(&app.pool, later).await.unwrap(), 1);
-    assert_eq!(audit::personal::erase_due(&app.pool, later).await.unwrap(), 0, "once");
+    assert_eq!(
+        audit::personal::erase_due(&app.pool, later).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        audit::personal::erase_due(&app.pool, later).await.unwrap(),
+        0,
+        "once"
+    );
     let client = app.pool.get().await.unwrap();
     let row = client
         .query_one(
@@ -452,7 +628,14 @@ async fn a_report_flags_exactly_the_opening_without_an_incident() {
     let slug = "report-town";
     let tenant = town(&app, slug).await;
     let owner = sign_in_as(&app, tenant, Role::Homeowner).await;
-    let (_, home) = send(&app, Method::POST, "/api/v1/properties", &owner, Some(json!({ "address": "5 Report Lane" }))).await;
+    let (_, home) = send(
+        &app,
+        Method::POST,
+        "/api/v1/properties",
+        &owner,
+        Some(json!({ "address": "5 Report Lane" })),
+    )
+    .await;
     let home_id = Uuid::parse_str(home["id"].as_str().unwrap()).unwrap();
     let lock = Uuid::new_v4();
     let incident_less_opening;
@@ -508,12 +691,23 @@ async fn a_report_flags_exactly_the_opening_without_an_incident() {
     let (status, report) = send(&app, Method::GET, &query, &owner, None).await;
     assert_eq!(status, 200, "{report}");
     assert_eq!(report["openings"], 1);
-    assert_eq!(report["openings_without_incident"], json!([incident_less_opening]));
-    assert_eq!(report["tokens_without_receipt"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        report["openings_without_incident"],
+        json!([incident_less_opening])
+    );
+    assert_eq!(
+        report["tokens_without_receipt"].as_array().unwrap().len(),
+        1
+    );
     assert_eq!(report["door_denials"], 3);
     assert_eq!(report["repeated_door_denials"][0]["lock"], lock.to_string());
     assert!(report["tree_size"].as_u64().unwrap() >= 6);
-    assert!(report["checkpoint"].as_str().unwrap().contains("report-town"));
+    assert!(
+        report["checkpoint"]
+            .as_str()
+            .unwrap()
+            .contains("report-town")
+    );
 
     // Another homeowner, a responder: not found. A backwards period: 400.
     let other = sign_in_as(&app, tenant, Role::Homeowner).await;
@@ -530,13 +724,20 @@ async fn a_report_flags_exactly_the_opening_without_an_incident() {
     let (status, _) = send(&app, Method::GET, &backwards, &owner, None).await;
     assert_eq!(status, 400);
     // The whole municipality: the auditor's (with step-up), not the homeowner's.
-    let whole = format!("/api/v1/audit/report?from={}&to={}", urlencoding(&from), urlencoding(&to));
+    let whole = format!(
+        "/api/v1/audit/report?from={}&to={}",
+        urlencoding(&from),
+        urlencoding(&to)
+    );
     let (status, _) = send(&app, Method::GET, &whole, &owner, None).await;
     assert_eq!(status, 404);
     let auditor = sign_in_as(&app, tenant, Role::Auditor).await;
     let (status, all) = send(&app, Method::GET, &whole, &auditor, None).await;
     assert_eq!(status, 200, "{all}");
-    assert_eq!(all["openings_without_incident"], json!([incident_less_opening]));
+    assert_eq!(
+        all["openings_without_incident"],
+        json!([incident_less_opening])
+    );
 }
 
 fn urlencoding(s: &str) -> String {
@@ -548,7 +749,14 @@ async fn the_history_page_asks_for_a_fresh_step_up_and_pages() {
     let app = spawn_app().await;
     let tenant = town(&app, "history-town").await;
     let owner = sign_in_as(&app, tenant, Role::Homeowner).await;
-    let (_, home) = send(&app, Method::POST, "/api/v1/properties", &owner, Some(json!({ "address": "9 Page Street" }))).await;
+    let (_, home) = send(
+        &app,
+        Method::POST,
+        "/api/v1/properties",
+        &owner,
+        Some(json!({ "address": "9 Page Street" })),
+    )
+    .await;
     let home_id = Uuid::parse_str(home["id"].as_str().unwrap()).unwrap();
     {
         let client = app.pool.get().await.unwrap();
@@ -575,8 +783,14 @@ async fn the_history_page_asks_for_a_fresh_step_up_and_pages() {
     let first = get(format!("/homes/{home_id}/history")).await.unwrap();
     assert_eq!(first.status(), 200);
     let html = first.text().await.unwrap();
-    assert!(html.contains("Access plan version 30 saved by Test homeowner"), "{html}");
-    assert!(!html.contains("Access plan version 5 saved"), "25 a page, newest first");
+    assert!(
+        html.contains("Access plan version 30 saved by Test homeowner"),
+        "{html}"
+    );
+    assert!(
+        !html.contains("Access plan version 5 saved"),
+        "25 a page, newest first"
+    );
     assert!(html.contains("UTC"));
     let older = html
         .split("id=\"older\" href=\"")
