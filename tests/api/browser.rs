@@ -749,6 +749,21 @@ async fn homeowner_keys_and_history_in_chromium() {
         "{sheet}"
     );
     b.check("plan-print", &[]).await;
+    // On paper: the screen-only line and the links' colour go, the sections stay.
+    b.cdp("Emulation.setEmulatedMedia", json!({ "media": "print" }))
+        .await;
+    let hidden = b
+        .client
+        .execute(
+            "return getComputedStyle(document.querySelector('.screen-only')).display;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(hidden, json!("none"));
+    b.check("plan-print-media", &[]).await;
+    b.cdp("Emulation.setEmulatedMedia", json!({ "media": "" }))
+        .await;
 
     // The history, after a stale step-up is confirmed inline.
     let client = app.pool.get().await.unwrap();
