@@ -809,3 +809,74 @@ async fn the_history_page_asks_for_a_fresh_step_up_and_pages() {
     let html = stale.text().await.unwrap();
     assert!(html.contains("data-ceremony=\"step-up\"") && !html.contains("Access plan version"));
 }
+
+#[tokio::test]
+async fn another_homes_pages_are_not_found_and_every_role_has_a_keys_page() {
+    let app = spawn_app().await;
+    let tenant = town(&app, "pages-town").await;
+    let owner = sign_in_as(&app, tenant, Role::Homeowner).await;
+    let (_, home) = send(
+        &app,
+        Method::POST,
+        "/api/v1/properties",
+        &owner,
+        Some(json!({ "address": "3 Quiet Lane" })),
+    )
+    .await;
+    let home = home["id"].as_str().unwrap().to_owned();
+    let plan = json!({
+        "agencies": {
+            "fire": { "allowed": true, "incident_types": [], "second_approval": false },
+            "ems": { "allowed": false, "incident_types": [], "second_approval": false },
+            "police": { "allowed": false, "incident_types": [], "second_approval": false }
+        },
+        "max_grant_minutes": 30,
+        "notes": { "pets": "A parrot" },
+        "contacts": [],
+        "notifications": { "homeowner": true, "contacts": false },
+        "retention_days": 30
+    });
+    let (status, body) = send(
+        &app,
+        Method::PUT,
+        &format!("/api/v1/properties/{home}/plan"),
+        &owner,
+        Some(plan),
+    )
+    .await;
+    assert!(status == 200 || status == 201, "{status} {body}");
+    let print = format!("/homes/{home}/plan/print");
+    let (status, sheet) = send(&app, Method::GET, &print, &owner, None).await;
+    assert_eq!(status, 200);
+    assert!(sheet.as_str().unwrap().contains("A parrot"));
+
+    let neighbour = sign_in_as(&app, tenant, Role::Homeowner).await;
+    let elsewhere_tenant = town(&app, "pages-elsewhere").await;
+    let elsewhere = sign_in_as(&app, elsewhere_tenant, Role::Homeowner).await;
+    let dispatcher = sign_in_as(&app, tenant, Role::Dispatcher).await;
+    for who in [&neighbour, &elsewhere, &dispatcher] {
+        for path in [print.clone(), format!("/homes/{home}/history")] {
+            let (status, page) = send(&app, Method::GET, &path, who, None).await;
+            assert_eq!(status, 404, "{path}");
+            assert!(
+                !page.to_string().contains("A parrot") && !page.to_string().contains("Quiet Lane")
+            );
+        }
+        let (status, _) = send(
+            &app,
+            Method::POST,
+            &format!("/homes/{home}/history/erase"),
+            who,
+            None,
+        )
+        .await;
+        assert_eq!(status, 404);
+    }
+
+    let (status, page) = send(&app, Method::GET, "/keys", &dispatcher, None).await;
+    assert_eq!(status, 200);
+    assert!(page.as_str().unwrap().contains("hardware security keys"));
+    let (status, page) = send(&app, Method::GET, "/keys", &owner, None).await;
+    assert_eq!(status, 200);
+    assert!(page.as_str().unwrap().contains("passkeys"));
+}
