@@ -12,7 +12,10 @@
 //! - [`seal`]: assigns positions and hashes to pending entries in insertion order, in batches, under
 //!   a per-municipality lock. Every server runs a sealer ([`run_sealer`]); readers seal first.
 //!
-//! Never put a token, key, pairing code or responder note into an entry.
+//! Never put a token, key, pairing code or responder note into an entry. What identifies a person
+//! in clear (an address, a name) goes through [`record_personal`]: encrypted under an erasable
+//! data key ([`personal`]), the leaf committing to the ciphertext, so erasure keeps every proof.
+//! [`report`] answers auditors' questions for a period; [`subject`] is the data-subject export.
 
 use chrono::{DateTime, SubsecRound, Utc};
 use deadpool_postgres::GenericClient;
