@@ -185,6 +185,44 @@ pub fn open(kek: &Kek, aad: &[u8], sealed: &Sealed) -> Result<Vec<u8>, CryptoErr
     open_with(&data_key, aad, &sealed.ciphertext)
 }
 
+/// A fresh random data key, returned only wrapped under the KEK (bound to `key_aad`): for values
+/// that share one erasable key (the audit log's per-property data keys), sealed and opened with
+/// [`seal_with_wrapped`] / [`open_with_wrapped`]. Destroying the wrapped key erases them all.
+pub fn wrap_new_key(kek: &Kek, key_aad: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    let mut data_key = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut data_key)
+        .map_err(|_| CryptoError::Random)?;
+    seal_with(kek.key.expose_secret(), key_aad, &data_key)
+}
+
+fn unwrap_key(kek: &Kek, key_aad: &[u8], wrapped: &[u8]) -> Result<[u8; 32], CryptoError> {
+    let data_key = open_with(kek.key.expose_secret(), key_aad, wrapped)?;
+    data_key.try_into().map_err(|_| CryptoError::Open)
+}
+
+/// Seals `plaintext` (bound to `aad`) under the data key `wrapped` (from [`wrap_new_key`]).
+pub fn seal_with_wrapped(
+    kek: &Kek,
+    key_aad: &[u8],
+    wrapped: &[u8],
+    aad: &[u8],
+    plaintext: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
+    seal_with(&unwrap_key(kek, key_aad, wrapped)?, aad, plaintext)
+}
+
+/// Opens a value sealed by [`seal_with_wrapped`].
+pub fn open_with_wrapped(
+    kek: &Kek,
+    key_aad: &[u8],
+    wrapped: &[u8],
+    aad: &[u8],
+    sealed: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
+    open_with(&unwrap_key(kek, key_aad, wrapped)?, aad, sealed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,10 @@
 //! - [`seal`]: assigns positions and hashes to pending entries in insertion order, in batches, under
 //!   a per-municipality lock. Every server runs a sealer ([`run_sealer`]); readers seal first.
 //!
-//! Never put a token, key, pairing code or responder note into an entry.
+//! Never put a token, key, pairing code or responder note into an entry. What identifies a person
+//! in clear (an address, a name) goes through [`record_personal`]: encrypted under an erasable
+//! data key ([`personal`]), the leaf committing to the ciphertext, so erasure keeps every proof.
+//! [`report`] answers auditors' questions for a period; [`subject`] is the data-subject export.
 
 use chrono::{DateTime, SubsecRound, Utc};
 use deadpool_postgres::GenericClient;
@@ -25,6 +28,9 @@ use crate::store::{StoreError, Tenant};
 pub mod log;
 pub mod merkle;
 pub mod note;
+pub mod personal;
+pub mod report;
+pub mod subject;
 pub mod tree;
 pub mod verify;
 pub mod witness;
@@ -140,6 +146,13 @@ struct Canonical<'a> {
     incident: Option<Uuid>,
     policy_set_hash: Option<String>,
     details: serde_json::Value,
+    /// Hex SHA-256 of the encrypted personal details (`personal::seal`), for entries that have
+    /// them; absent otherwise, so entries without them hash as they always did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    personal: Option<String>,
+    /// The data key the personal details are encrypted under.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_key: Option<Uuid>,
 }
 
 /// The same JSON value with every object's keys in sorted order. Needed because serde_json's map
@@ -202,11 +215,45 @@ pub async fn record(
     event: &Event,
     now: DateTime<Utc>,
 ) -> Result<i64, StoreError> {
+    insert(tx, tenant, event, None, now).await
+}
+
+/// Appends `event` with personal details (names, addresses, free text: anything that identifies a
+/// person), encrypted under the data key of the event's property and month (see [`personal`]), so
+/// erasing that key makes them unreadable while the entry's leaf, which commits to the ciphertext,
+/// stays verifiable. The event must name a property.
+pub async fn record_personal(
+    tx: &impl GenericClient,
+    tenant: Tenant,
+    event: &Event,
+    details: &serde_json::Value,
+    kek: &crate::crypto::Kek,
+    now: DateTime<Utc>,
+) -> Result<i64, StoreError> {
+    let property = event
+        .property
+        .ok_or_else(|| StoreError::Conflict("personal audit details need a property".to_owned()))?;
+    let sealed = personal::seal(tx, tenant, property, details, kek, now).await?;
+    insert(tx, tenant, event, Some(sealed), now).await
+}
+
+async fn insert(
+    tx: &impl GenericClient,
+    tenant: Tenant,
+    event: &Event,
+    sealed: Option<personal::SealedDetails>,
+    now: DateTime<Utc>,
+) -> Result<i64, StoreError> {
+    let (private, key) = match sealed {
+        Some(s) => (Some(s.ciphertext), Some(s.key)),
+        None => (None, None),
+    };
     let row = tx
         .query_one(
             "INSERT INTO audit_entries (municipality_id, recorded_at, actor_id, action, outcome, subject_kind,
-                 subject_id, property_id, incident_id, policy_set_hash, public_details)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                 subject_id, property_id, incident_id, policy_set_hash, public_details, private_details,
+                 data_key_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
              RETURNING id",
             &[
                 &tenant.id(),
@@ -220,6 +267,8 @@ pub async fn record(
                 &event.incident,
                 &event.policy_set_hash.map(|h| h.to_vec()),
                 &event.details,
+                &private,
+                &key,
             ],
         )
         .await
@@ -371,6 +420,10 @@ pub async fn run_sealer(
             }
         };
         let now = checkpointing.clock.now();
+        // Retention: erase the data keys whose time ran out (audited; the log stays verifiable).
+        if let Err(e) = personal::erase_due(&pool, now).await {
+            tracing::warn!(error = %e, "erasing expired audit data keys failed; will retry");
+        }
         if let Err(e) =
             log::checkpoint_due(&pool, &checkpointing.key_dir, checkpointing.every, now).await
         {
@@ -411,11 +464,18 @@ pub struct Entry {
     pub leaf_hash: String,
     /// Hex chain hash after this entry.
     pub chain_hash: String,
+    /// Hex SHA-256 of the entry's encrypted personal details, if it has any (read them with
+    /// [`personal::open`]; unreadable once their data key is erased).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub personal: Option<String>,
+    /// The data key those details are encrypted under.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_key: Option<Uuid>,
 }
 
 const ENTRY_COLUMNS: &str =
     "seq, recorded_at, actor_id, action, outcome, subject_kind, subject_id, property_id,
-     incident_id, policy_set_hash, public_details, leaf_hash, chain_hash";
+     incident_id, policy_set_hash, public_details, leaf_hash, chain_hash, private_details, data_key_id";
 
 fn entry_from_row(row: &tokio_postgres::Row) -> Entry {
     entry_fields(row, 0)
@@ -429,6 +489,7 @@ fn entry_fields(row: &tokio_postgres::Row, at: usize) -> Entry {
     let leaf: Option<Vec<u8>> = row.get(col(11));
     let chain_hash: Option<Vec<u8>> = row.get(col(12));
     let seq: Option<i64> = row.get(col(0));
+    let private: Option<Vec<u8>> = row.get(col(13));
     Entry {
         seq: seq.unwrap_or(-1),
         recorded_at: row.get(col(1)),
@@ -443,6 +504,8 @@ fn entry_fields(row: &tokio_postgres::Row, at: usize) -> Entry {
         details: row.get(col(10)),
         leaf_hash: leaf.map(hex::encode).unwrap_or_default(),
         chain_hash: chain_hash.map(hex::encode).unwrap_or_default(),
+        personal: private.map(|c| hex::encode(digest(&SHA256, &c))),
+        data_key: row.get(col(14)),
     }
 }
 
@@ -463,6 +526,8 @@ fn canonical_of<'a>(tenant: Tenant, seq: i64, e: &'a Entry) -> Canonical<'a> {
         incident: e.incident,
         policy_set_hash: e.policy_set_hash.clone(),
         details: sorted(&e.details),
+        personal: e.personal.clone(),
+        data_key: e.data_key,
     }
 }
 
@@ -484,6 +549,30 @@ pub async fn entries(
         .query(
             &sql,
             &[&tenant.id(), &property, &after_seq, &limit.clamp(1, 1000)],
+        )
+        .await?;
+    Ok(rows.iter().map(entry_from_row).collect())
+}
+
+/// Sealed entries about `property` before position `before`, newest first (the homeowner's
+/// history, a page at a time).
+pub async fn entries_before(
+    client: &impl GenericClient,
+    tenant: Tenant,
+    property: Uuid,
+    before: i64,
+    limit: i64,
+) -> Result<Vec<Entry>, StoreError> {
+    seal(client, tenant).await?;
+    let sql = format!(
+        "SELECT {ENTRY_COLUMNS} FROM audit_entries
+         WHERE municipality_id = $1 AND property_id = $2 AND seq IS NOT NULL AND seq < $3
+         ORDER BY seq DESC LIMIT $4"
+    );
+    let rows = client
+        .query(
+            &sql,
+            &[&tenant.id(), &property, &before, &limit.clamp(1, 1000)],
         )
         .await?;
     Ok(rows.iter().map(entry_from_row).collect())

@@ -598,7 +598,7 @@ impl RegistrationRefusal {
 }
 
 /// What webauthn-rs leaves to the relying party about a registration's JSON.
-fn registration_format_refusal(
+pub(crate) fn registration_format_refusal(
     response: &RegisterPublicKeyCredential,
 ) -> Option<RegistrationRefusal> {
     use base64::Engine;
@@ -747,11 +747,11 @@ pub async fn finish_enrolment(
     })
 }
 
-fn credential_is_synced(credential: &webauthn_rs::prelude::Credential) -> bool {
+pub(crate) fn credential_is_synced(credential: &webauthn_rs::prelude::Credential) -> bool {
     credential.backup_eligible || credential.backup_state
 }
 
-fn kind_name(kind: CredentialKind) -> &'static str {
+pub(crate) fn kind_name(kind: CredentialKind) -> &'static str {
     match kind {
         CredentialKind::SecurityKey => "security_key",
         CredentialKind::Passkey => "passkey",
@@ -759,7 +759,7 @@ fn kind_name(kind: CredentialKind) -> &'static str {
 }
 
 /// What the attestation said about the device, for the `attestation_ca` column (no personal data).
-fn attestation_summary(credential: &webauthn_rs::prelude::Credential) -> String {
+pub(crate) fn attestation_summary(credential: &webauthn_rs::prelude::Credential) -> String {
     use webauthn_rs::prelude::AttestationMetadata;
     match &credential.attestation.metadata {
         AttestationMetadata::Packed { aaguid } | AttestationMetadata::Tpm { aaguid, .. } => {

@@ -46,4 +46,7 @@ pub enum AuthError {
     /// Serialising ceremony state or a credential failed (a fault of ours).
     #[error("state serialisation: {0}")]
     Serialisation(#[from] serde_json::Error),
+    /// The action needs a fresh step-up (a WebAuthn assertion within the step-up window).
+    #[error("step-up required")]
+    StepUpRequired,
 }

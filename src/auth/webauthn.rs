@@ -326,12 +326,19 @@ pub enum CeremonyState {
     },
     /// A sign-in for an address without a usable account: no assertion can finish it.
     Decoy,
+    /// A signed-in user adds another credential ("my security keys"), bound to the session.
+    AddKey {
+        /// The session that started it.
+        session: Uuid,
+        /// webauthn-rs state.
+        registering: Registering,
+    },
 }
 
 impl CeremonyState {
     fn kind(&self) -> &'static str {
         match self {
-            Self::Enrol { .. } => "registration",
+            Self::Enrol { .. } | Self::AddKey { .. } => "registration",
             Self::SignIn { .. } | Self::StepUp { .. } | Self::Decoy => "authentication",
         }
     }

@@ -104,6 +104,7 @@ impl From<AuthError> for ApiError {
             AuthError::Conflict(d) => Self::Conflict(d.to_owned()),
             AuthError::Invalid(d) => Self::BadRequest(d),
             AuthError::Configuration(_) | AuthError::Serialisation(_) => Self::Internal(e.into()),
+            AuthError::StepUpRequired => Self::StepUpRequired,
         }
     }
 }

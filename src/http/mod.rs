@@ -12,9 +12,11 @@ pub mod auth;
 pub mod dispatch;
 pub mod error;
 pub mod health;
+pub mod keys;
 pub mod log;
 pub mod metrics;
 pub mod openapi;
+pub mod privacy;
 pub mod properties;
 pub mod tokens;
 
@@ -277,6 +279,8 @@ fn routes(cfg: &mut web::ServiceConfig, with_metrics: bool) {
         .configure(dispatch::routes)
         .configure(tokens::routes)
         .configure(log::routes)
+        .configure(keys::routes)
+        .configure(privacy::routes)
         .configure(crate::web::routes)
         .service(
             web::resource("/api/openapi.json")

@@ -83,13 +83,16 @@ pub async fn create_property(
     let mut client = state.pool.get().await.map_err(StoreError::from)?;
     let tx = client.transaction().await.map_err(StoreError::from)?;
     let property = store::create_property(&tx, actor.tenant, actor.user_id, address, now).await?;
-    audit::record(
+    // The address is personal: it goes into the entry encrypted, erasable (audit::personal).
+    audit::record_personal(
         &tx,
         actor.tenant,
         &Event::new("property.create", Outcome::Info)
             .actor(actor.user_id)
             .subject("property", property.id)
             .property(property.id),
+        &serde_json::json!({ "address": property.address }),
+        &state.kek,
         now,
     )
     .await?;

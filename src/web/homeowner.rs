@@ -37,7 +37,8 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
         .route("/homes/{id}/locks", web::post().to(add_lock))
         .route("/homes/{id}/plan", web::get().to(edit_plan))
         .route("/homes/{id}/plan", web::post().to(save_plan))
-        .route("/homes/{id}/plan/compare", web::get().to(compare));
+        .route("/homes/{id}/plan/compare", web::get().to(compare))
+        .route("/homes/{id}/plan/print", web::get().to(print_plan));
 }
 
 /// A time as the pages show it (UTC, with the zone named).
@@ -171,13 +172,16 @@ async fn create(
     let now = state.clock.now();
     let tx = client.transaction().await.map_err(StoreError::from)?;
     let property = store::create_property(&tx, actor.tenant, actor.user_id, address, now).await?;
-    audit::record(
+    // The address is personal: it goes into the entry encrypted, erasable (audit::personal).
+    audit::record_personal(
         &tx,
         actor.tenant,
         &Event::new("property.create", Outcome::Info)
             .actor(actor.user_id)
             .subject("property", property.id)
             .property(property.id),
+        &serde_json::json!({ "address": property.address }),
+        &state.kek,
         now,
     )
     .await?;
@@ -785,6 +789,74 @@ async fn compare(
         a,
         b,
         rows,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The printable plan, for a family member or an emergency contact: the plan in force with its
+// notes, on one sheet (the print rules of `static/portal.css`). A PDF is the browser's "Save as
+// PDF" of this page; the server makes none (a PDF crate such as genpdf would also need a vendored
+// font, and was not added).
+
+#[derive(Template)]
+#[template(path = "plan_print.html")]
+struct PlanPrint {
+    chrome: Chrome,
+    property: Property,
+    version: i32,
+    written: String,
+    printed: String,
+    agencies: Vec<(&'static str, String)>,
+    max_grant_minutes: i32,
+    notes: Vec<(&'static str, String)>,
+    contacts: Vec<Contact>,
+    locks: Vec<String>,
+    retention_days: i32,
+}
+
+async fn print_plan(
+    state: web::Data<AppState>,
+    SignedIn(actor): SignedIn,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, WebError> {
+    homeowner(&actor)?;
+    let mut client = connection(&state).await?;
+    let ctx = own_property(&state, &mut client, &actor, *id, read_own_plan).await?;
+    let Some(stored) = &ctx.plan else {
+        return Err(WebError::not_found());
+    };
+    let plan = plan_input(&state, stored)?;
+    let text = |o: &Option<String>| o.clone().unwrap_or_else(|| "—".to_owned());
+    let locks = store::locks(&client, actor.tenant, ctx.property.id)
+        .await?
+        .into_iter()
+        .filter(|l| l.pairing_state != "retired")
+        .map(|l| l.name)
+        .collect();
+    page::ok(&PlanPrint {
+        chrome: Chrome::of(&client, &actor).await?,
+        version: stored.version,
+        written: when(
+            plan_history::versions(&client, actor.tenant, ctx.property.id)
+                .await?
+                .into_iter()
+                .find(|v| v.version == stored.version)
+                .map(|v| v.created_at),
+        ),
+        printed: when(Some(state.clock.now())),
+        agencies: agency_rows(&plan.agencies),
+        max_grant_minutes: plan.max_grant_minutes,
+        notes: vec![
+            ("Pets", text(&plan.notes.pets)),
+            ("Hazards", text(&plan.notes.hazards)),
+            ("Medical equipment", text(&plan.notes.medical_equipment)),
+            ("Shut-offs and key box", text(&plan.notes.utilities)),
+            ("Anything else", text(&plan.notes.free_text)),
+        ],
+        contacts: plan.contacts,
+        locks,
+        retention_days: plan.retention_days,
+        property: ctx.property,
     })
 }
 

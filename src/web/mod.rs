@@ -11,9 +11,12 @@
 //!   signed-in-viewer extractors.
 //! - [`everyone`]: landing, sign-in, sign-up, sign-out (here and everywhere), the mailed-link
 //!   enrolment pages, the signed-in start page.
-//! - [`homeowner`]: properties, their locks, the access-plan editor and its versions.
 //! - [`responder`]: the responder's live grants, the audited plan reveal, door passes (tokens) and
 //!   their state.
+//! - [`homeowner`]: properties, their locks, the access-plan editor and its versions, the
+//!   printable plan.
+//! - [`history`]: a home's history in words, from the audit log; erasing its personal details.
+//! - [`keys`]: "my security keys", for every signed-in user.
 //!
 //! Pages call the core functions the JSON handlers call (`store`, `access`, `audit`, `auth`);
 //! state-changing form posts pass the same Origin check (`http::check_origin`) as JSON writes.
@@ -21,7 +24,9 @@
 pub mod assets;
 mod error;
 mod everyone;
+mod history;
 mod homeowner;
+mod keys;
 mod page;
 mod responder;
 
@@ -36,7 +41,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.configure(assets::routes)
         .configure(everyone::routes)
         .configure(homeowner::routes)
-        .configure(responder::routes);
+        .configure(responder::routes)
+        .configure(keys::routes)
+        .configure(history::routes);
 }
 
 /// The answer for a path nobody serves: the HTML "not found" page for a browser asking for a page,

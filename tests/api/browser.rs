@@ -114,6 +114,8 @@ struct Browser {
     shots: PathBuf,
     taken: usize,
     base: String,
+    /// The CDP id of the virtual authenticator.
+    authenticator: String,
 }
 
 impl Browser {
@@ -182,18 +184,32 @@ impl Browser {
             .connect(&format!("http://127.0.0.1:{port}"))
             .await
             .expect("chromedriver starts a Chromium session");
-        let browser = Self {
+        let mut browser = Self {
             client,
             driver,
             _scratch: scratch,
             shots: screenshot_dir(test),
             taken: 0,
             base: base.to_owned(),
+            authenticator: String::new(),
         };
         browser
             .cdp("WebAuthn.enable", json!({ "enableUI": false }))
             .await;
+        browser.authenticator = browser.add_authenticator().await;
+        // Chromium's windows have a minimum width; the page is laid out as on a 360 px phone.
         browser
+            .cdp(
+                "Emulation.setDeviceMetricsOverride",
+                json!({ "width": WIDTH, "height": 780, "deviceScaleFactor": 1, "mobile": true }),
+            )
+            .await;
+        Some(browser)
+    }
+
+    /// Adds a virtual platform authenticator (a passkey holder); returns its CDP id.
+    async fn add_authenticator(&self) -> String {
+        let added = self
             .cdp(
                 "WebAuthn.addVirtualAuthenticator",
                 json!({ "options": {
@@ -206,14 +222,10 @@ impl Browser {
                 }}),
             )
             .await;
-        // Chromium's windows have a minimum width; the page is laid out as on a 360 px phone.
-        browser
-            .cdp(
-                "Emulation.setDeviceMetricsOverride",
-                json!({ "width": WIDTH, "height": 780, "deviceScaleFactor": 1, "mobile": true }),
-            )
-            .await;
-        Some(browser)
+        added["authenticatorId"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_default()
     }
 
     async fn cdp(&self, cmd: &str, params: Value) -> Value {
@@ -1172,4 +1184,165 @@ async fn responder_gets_a_door_pass_and_the_door_panel_allows_once() {
 
     b.client.clone().close().await.unwrap();
     agent.stop().await;
+/// A homeowner's security keys and a home's history in the browser: name the enrolment passkey,
+/// add a second one (on a second authenticator), remove the first (its sessions end, so sign in
+/// with the second), see the last one refused, write a plan, print it, read the home's history
+/// (a stale step-up asked inline), and erase the history's personal details.
+#[tokio::test]
+async fn homeowner_keys_and_history_in_chromium() {
+    let app = spawn_for_browser().await;
+    let Some(mut b) = Browser::start(&app.address, "homeowner-keys-history").await else {
+        return;
+    };
+    municipality(&app, "springfield").await;
+    let email = format!("keys-{}@example.org", Uuid::new_v4().simple());
+
+    b.goto("/sign-up").await;
+    b.fill("#municipality", "springfield").await;
+    b.fill("#display_name", "Kim Keyholder").await;
+    b.fill("#email", &email).await;
+    b.click("main form button[type=submit]").await;
+    assert_eq!(b.text("main h1").await, "Check your mail");
+    let secret = mailed_secret(&app, &email, "account.verify_email")
+        .await
+        .expect("the verification mail is in the outbox");
+    b.goto(&format!("/accounts/verify#{secret}")).await;
+    b.wait_for("form[data-ready='true']").await;
+    b.click("#enrol button[type=submit]").await;
+    b.wait_for_path("/home").await;
+
+    // My keys: one, named here.
+    b.click("header a[href='/keys']").await;
+    b.wait_for("#add-key[data-ready='true']").await;
+    assert!(
+        b.client.find(Locator::Css("#step-up")).await.is_err(),
+        "fresh from enrolment"
+    );
+    assert_eq!(
+        b.client
+            .find_all(Locator::Css("#keys > li"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    b.check("keys-one", &[]).await;
+    b.fill("#keys > li input[name=name]", "Phone").await;
+    b.click("#keys > li form[action$='/name'] button").await;
+    b.wait_for_path("/keys?done=named").await;
+    assert!(b.text("#keys > li h2").await.contains("Phone"));
+
+    // A second passkey, on a second authenticator (the first would refuse: it already holds one).
+    let first = b.authenticator.clone();
+    b.cdp(
+        "WebAuthn.removeVirtualAuthenticator",
+        json!({ "authenticatorId": first }),
+    )
+    .await;
+    b.authenticator = b.add_authenticator().await;
+    b.fill("#new-key-name", "Laptop").await;
+    b.click("#add-key button").await;
+    b.wait_for_path("/keys?done=added").await;
+    let keys = b.text("#keys").await;
+    assert!(keys.contains("Phone") && keys.contains("Laptop"), "{keys}");
+    b.check("keys-two", &[]).await;
+
+    // Removing the enrolment key ends the sessions it opened, this one included: sign in with the
+    // second.
+    b.click("#keys > li:first-child form[action$='/remove'] button")
+        .await;
+    b.wait_for_path("/sign-in?next=/keys%3Fdone%3Dremoved")
+        .await;
+    b.fill("#municipality", "springfield").await;
+    b.fill("#email", &email).await;
+    b.wait_for("#sign-in[data-ready='true']").await;
+    b.click("#sign-in button").await;
+    b.wait_for_path("/keys?done=removed").await;
+    let keys = b.text("#keys").await;
+    assert!(keys.contains("Laptop") && !keys.contains("Phone"), "{keys}");
+    b.check("keys-removed", &[]).await;
+
+    // The last key cannot go.
+    b.click("#keys > li form[action$='/remove'] button").await;
+    assert!(b.text("#keys-error").await.contains("last key"));
+    b.check("keys-last-refused", &["status of 409"]).await;
+
+    // A home with a plan, and its printable sheet.
+    b.goto("/homes").await;
+    b.fill("#address", "19 Plymouth Street, Springfield").await;
+    b.click("main form[action='/homes'] button").await;
+    b.wait_for("#lock_id").await;
+    let home_path = b.client.current_url().await.unwrap().path().to_owned();
+    b.goto(&format!("{home_path}/plan")).await;
+    b.wait_for("#plan-form").await;
+    let legends = b.text("#contact1 legend").await + &b.text("#contact2 legend").await;
+    assert_eq!(legends, "Emergency contact 1Emergency contact 2");
+    b.click("#fire_allowed").await;
+    b.fill("#pets", "An old dog").await;
+    b.fill("#contact1_name", "Alex Sister").await;
+    b.fill("#contact1_email", "alex@example.org").await;
+    b.check("plan-contacts", &[]).await;
+    b.click("#save-plan").await;
+    b.wait_for_path(&format!("{home_path}?saved=1#plan")).await;
+    b.click("#print-plan").await;
+    b.wait_for("body.print-plan").await;
+    let sheet = b.text("main").await;
+    assert!(
+        sheet.contains("An old dog")
+            && sheet.contains("Alex Sister")
+            && sheet.contains("may enter"),
+        "{sheet}"
+    );
+    b.check("plan-print", &[]).await;
+    // On paper: the screen-only line and the links' colour go, the sections stay.
+    b.cdp("Emulation.setEmulatedMedia", json!({ "media": "print" }))
+        .await;
+    let hidden = b
+        .client
+        .execute(
+            "return getComputedStyle(document.querySelector('.screen-only')).display;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(hidden, json!("none"));
+    b.check("plan-print-media", &[]).await;
+    b.cdp("Emulation.setEmulatedMedia", json!({ "media": "" }))
+        .await;
+
+    // The history, after a stale step-up is confirmed inline.
+    let client = app.pool.get().await.unwrap();
+    client
+        .execute(
+            "UPDATE sessions SET stepped_up_at = now() - interval '10 minutes'",
+            &[],
+        )
+        .await
+        .unwrap();
+    b.goto(&home_path).await;
+    b.click("#open-history").await;
+    b.wait_for("#step-up[data-ready='true']").await;
+    b.check("history-step-up", &["status of 401"]).await;
+    b.click("#step-up button").await;
+    b.wait_for("#history").await;
+    let history = b.text("#history").await;
+    assert!(
+        history.contains("Home registered: 19 Plymouth Street, Springfield")
+            && history.contains("Access plan version 1 saved by Kim Keyholder")
+            && history.contains("UTC"),
+        "{history}"
+    );
+    b.check("history", &[]).await;
+
+    b.click("#erase").await;
+    b.wait_for("#erased").await;
+    let history = b.text("#history").await;
+    assert!(
+        history.contains("the address in this record was erased")
+            && history.contains("Personal details in this history were erased"),
+        "{history}"
+    );
+    b.check("history-erased", &[]).await;
+
+    b.client.clone().close().await.unwrap();
 }

@@ -24,6 +24,7 @@ mod mail;
 mod middleware;
 mod migrations;
 mod openapi;
+mod privacy;
 mod restore;
 mod schemathesis;
 mod startup;

@@ -1,7 +1,7 @@
 // firstkey portal: the WebAuthn ceremonies, the one thing the pages cannot do without script.
 // Each ceremony is two calls to the JSON API (…/start returns {ceremony, options}; …/finish takes
 // {ceremony, credential}), with navigator.credentials in between. Forms opt in with
-// data-ceremony="sign-in" | "enrol" | "step-up"; everything else on the pages is plain HTML.
+// data-ceremony="sign-in" | "enrol" | "step-up" | "add-key"; everything else on the pages is plain HTML.
 "use strict";
 
 (function () {
@@ -149,6 +149,20 @@
     }
   }
 
+  // "My security keys": a registration ceremony bound to the signed-in session (needs a fresh
+  // step-up, which the page asks for first).
+  async function addKey(form) {
+    const name = form.elements.name ? form.elements.name.value.trim() : "";
+    say(form, "Follow your browser's prompt to add the key…");
+    const start = await post("/api/v1/me/keys/start", {});
+    const cred = await navigator.credentials.create(creationOptions(start.options));
+    const body = { ceremony: start.ceremony, credential: registration(cred) };
+    if (name) body.name = name;
+    await post("/api/v1/me/keys/finish", body);
+    say(form, "Added.");
+    window.location.assign("/keys?done=added");
+  }
+
   function wire(form, run) {
     form.addEventListener("submit", function (event) {
       event.preventDefault();
@@ -174,6 +188,7 @@
         wire(form, function () { return enrol(form, secret); });
       }
       if (kind === "step-up") wire(form, function () { return stepUp(form); });
+      if (kind === "add-key") wire(form, function () { return addKey(form); });
     });
   });
 })();

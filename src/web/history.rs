@@ -1,0 +1,414 @@
+//! The home's history (homeowner): every audit entry about one property — grants, tokens, door
+//! decisions, reveals of the plan's notes, changes to the home — in words, newest first, 25 a page,
+//! with times in UTC (named). Reading it is the policy's `read_audit` on the property (its owner,
+//! with a fresh step-up: the entries name responders), asked inline when stale. The page also
+//! offers the entries with their inclusion proofs (the JSON export `firstkey audit verify` checks)
+//! and the erasure of the home's personal details in the log.
+
+use std::collections::HashMap;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, web};
+use askama::Template;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::WebError;
+use super::page::{self, Chrome, SignedIn};
+use crate::audit::personal::{self, Personal};
+use crate::audit::{self, Entry};
+use crate::auth::Actor;
+use crate::domain::Role;
+use crate::http::AppState;
+use crate::http::error::ApiError;
+use crate::store::StoreError;
+use crate::store::properties::{self as store, Property};
+
+/// Entries on one page.
+const PAGE: i64 = 25;
+
+pub(super) fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/homes/{id}/history", web::get().to(history))
+        .route("/homes/{id}/history/erase", web::post().to(erase));
+}
+
+/// One line of the history.
+struct Line {
+    seq: i64,
+    when: String,
+    words: String,
+    outcome: &'static str,
+}
+
+#[derive(Template)]
+#[template(path = "history.html")]
+struct History {
+    chrome: Chrome,
+    property: Property,
+    lines: Vec<Line>,
+    older: Option<i64>,
+    newest: bool,
+    step_up: bool,
+    erased: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct HistoryQuery {
+    /// Entries before this position (the next page); the newest when absent.
+    before: Option<i64>,
+    /// Set after an erasure: how many keys went.
+    erased: Option<u64>,
+}
+
+/// What the words need beyond the entries: names of people, locks and incidents.
+#[derive(Default)]
+struct Names {
+    people: HashMap<Uuid, String>,
+    locks: HashMap<Uuid, String>,
+    incidents: HashMap<Uuid, String>,
+    /// A token (hex id) → who it was issued to (their unit, else their name).
+    token_holders: HashMap<String, String>,
+    personal: HashMap<i64, Personal>,
+}
+
+fn uuid_in(details: &serde_json::Value, key: &str) -> Option<Uuid> {
+    details
+        .get(key)
+        .and_then(|v| v.as_str())
+        .and_then(|s| Uuid::parse_str(s).ok())
+}
+
+async fn names(
+    state: &AppState,
+    client: &deadpool_postgres::Object,
+    tenant: crate::store::Tenant,
+    entries: &[Entry],
+) -> Result<Names, StoreError> {
+    let t = tenant.id();
+    let mut people: Vec<Uuid> = Vec::new();
+    let mut locks: Vec<Uuid> = Vec::new();
+    let mut incidents: Vec<Uuid> = Vec::new();
+    let mut ctis: Vec<Vec<u8>> = Vec::new();
+    let mut with_personal: Vec<i64> = Vec::new();
+    for e in entries {
+        people.extend(e.actor);
+        incidents.extend(e.incident);
+        if e.subject_kind.as_deref() == Some("lock") {
+            locks.extend(e.subject_id);
+        }
+        locks.extend(uuid_in(&e.details, "lock"));
+        if let Some(cti) = e.details.get("cti").and_then(|c| c.as_str())
+            && let Ok(bytes) = hex::decode(cti)
+        {
+            ctis.push(bytes);
+        }
+        if e.data_key.is_some() {
+            with_personal.push(e.seq);
+        }
+    }
+    let mut out = Names::default();
+    for r in client
+        .query(
+            "SELECT id, coalesce(unit, display_name) FROM users WHERE municipality_id = $1 AND id = ANY($2)",
+            &[&t, &people],
+        )
+        .await?
+    {
+        out.people.insert(r.get(0), r.get(1));
+    }
+    for r in client
+        .query(
+            "SELECT id, name FROM locks WHERE municipality_id = $1 AND id = ANY($2)",
+            &[&t, &locks],
+        )
+        .await?
+    {
+        out.locks.insert(r.get(0), r.get(1));
+    }
+    for r in client
+        .query(
+            "SELECT id, cad_number FROM incidents WHERE municipality_id = $1 AND id = ANY($2)",
+            &[&t, &incidents],
+        )
+        .await?
+    {
+        out.incidents.insert(r.get(0), r.get(1));
+    }
+    for r in client
+        .query(
+            "SELECT encode(t.cti, 'hex'), coalesce(u.unit, g.unit, u.display_name)
+             FROM issued_tokens t JOIN grants g ON g.id = t.grant_id JOIN users u ON u.id = t.responder_id
+             WHERE t.municipality_id = $1 AND t.cti = ANY($2)",
+            &[&t, &ctis],
+        )
+        .await?
+    {
+        out.token_holders.insert(r.get(0), r.get(1));
+    }
+    out.personal = personal::open_many(client, tenant, &with_personal, &state.kek).await?;
+    Ok(out)
+}
+
+/// An entry in words. Unknown actions read as their name, so nothing is ever left out.
+fn words(e: &Entry, n: &Names) -> String {
+    let person = |id: Option<Uuid>| {
+        id.and_then(|i| n.people.get(&i).cloned())
+            .unwrap_or_else(|| "someone".to_owned())
+    };
+    let actor = person(e.actor);
+    let lock = e
+        .subject_id
+        .filter(|_| e.subject_kind.as_deref() == Some("lock"))
+        .or_else(|| uuid_in(&e.details, "lock"))
+        .and_then(|l| n.locks.get(&l).cloned())
+        .unwrap_or_else(|| "A lock".to_owned());
+    let incident = e
+        .incident
+        .and_then(|i| n.incidents.get(&i).cloned())
+        .map_or_else(String::new, |cad| format!(" for incident {cad}"));
+    let detail = |key: &str| {
+        e.details
+            .get(key)
+            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+            .unwrap_or_default()
+    };
+    let allowed = e.outcome == "allow";
+    match e.action.as_str() {
+        "property.create" => match n.personal.get(&e.seq) {
+            Some(Personal::Readable(v)) => format!(
+                "Home registered: {}",
+                v.get("address").and_then(|a| a.as_str()).unwrap_or("")
+            ),
+            Some(Personal::Erased) => {
+                "Home registered (the address in this record was erased)".to_owned()
+            }
+            _ => "Home registered".to_owned(),
+        },
+        "lock.register" => format!("{lock} added by {actor}"),
+        "lock.pair" if allowed => format!("{lock} paired"),
+        "lock.pair" => format!("{lock}: a pairing attempt failed"),
+        "lock.pairing_reset" => format!("{lock}: pairing started again by {actor}"),
+        "plan.update" => format!("Access plan version {} saved by {actor}", detail("version")),
+        "plan.reveal_notes" => format!("Your notes for responders were shown to {actor}{incident}"),
+        "grant.create" if detail("status") == "awaiting_approval" => {
+            format!("{actor} asked for entry{incident}; a second dispatcher must approve")
+        }
+        "grant.create" => {
+            let to = e
+                .details
+                .get("unit")
+                .and_then(|u| u.as_str())
+                .map_or_else(String::new, |u| format!(" to {u}"));
+            format!("Entry granted{to}{incident} by {actor}")
+        }
+        "grant.approve" => format!("{actor} approved entry{incident}"),
+        "grant.revoke" => format!("Entry{incident} ended"),
+        "token.issue" => format!("A door token for {lock} was issued to {actor}{incident}"),
+        "lock.receipt" => {
+            let by = e
+                .details
+                .get("cti")
+                .and_then(|c| c.as_str())
+                .and_then(|c| n.token_holders.get(c))
+                .cloned();
+            if allowed {
+                let by = by.map_or_else(String::new, |who| format!(" by {who}"));
+                format!("{lock} opened{by}{incident}")
+            } else {
+                let of = by.map_or_else(String::new, |who| format!(" of {who}"));
+                format!(
+                    "{lock} stayed locked: a token{of}{incident} was refused ({})",
+                    detail("reason").replace('_', " ")
+                )
+            }
+        }
+        "lock.receipt_rejected" => format!("{lock} sent a record firstkey could not verify"),
+        "incident.link_property" => format!("Your home was linked{incident} by {actor}"),
+        "policy.deny" => format!(
+            "A request by {actor} was refused by the policy ({})",
+            detail("action").replace('_', " ")
+        ),
+        "audit.erase" => format!(
+            "Personal details in this history were erased ({})",
+            if detail("reason") == "retention" {
+                "the plan's retention period ran out"
+            } else {
+                "you asked for it"
+            }
+        ),
+        other => format!("{other} ({})", e.outcome),
+    }
+}
+
+fn at(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M UTC").to_string()
+}
+
+async fn connection(state: &AppState) -> Result<deadpool_postgres::Object, WebError> {
+    Ok(state.pool.get().await.map_err(StoreError::from)?)
+}
+
+async fn history(
+    state: web::Data<AppState>,
+    SignedIn(actor): SignedIn,
+    id: web::Path<Uuid>,
+    query: web::Query<HistoryQuery>,
+) -> Result<HttpResponse, WebError> {
+    if !actor.has(Role::Homeowner) {
+        return Err(WebError::not_found());
+    }
+    let mut client = connection(&state).await?;
+    let property = own(&client, &actor, *id).await?;
+    match crate::http::privacy::authorize_read(&state, &mut client, &actor, Some(property.id)).await
+    {
+        Ok(()) => {}
+        Err(ApiError::StepUpRequired) => {
+            return page::render(
+                StatusCode::UNAUTHORIZED,
+                &History {
+                    chrome: Chrome::of(&client, &actor).await?,
+                    property,
+                    lines: Vec::new(),
+                    older: None,
+                    newest: true,
+                    step_up: true,
+                    erased: None,
+                },
+            );
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let mut entries = audit::entries_before(
+        &client,
+        actor.tenant,
+        property.id,
+        query.before.unwrap_or(i64::MAX),
+        PAGE + 1,
+    )
+    .await?;
+    let older = if i64::try_from(entries.len()).unwrap_or(0) > PAGE {
+        entries.truncate(usize::try_from(PAGE).unwrap_or(25));
+        entries.last().map(|e| e.seq)
+    } else {
+        None
+    };
+    let n = names(&state, &client, actor.tenant, &entries).await?;
+    let lines = entries
+        .iter()
+        .map(|e| Line {
+            seq: e.seq,
+            when: at(e.recorded_at),
+            words: words(e, &n),
+            outcome: match e.outcome.as_str() {
+                "allow" => "allowed",
+                "deny" => "refused",
+                _ => "",
+            },
+        })
+        .collect();
+    page::ok(&History {
+        chrome: Chrome::of(&client, &actor).await?,
+        property,
+        lines,
+        older,
+        newest: query.before.is_none(),
+        step_up: false,
+        erased: query.erased,
+    })
+}
+
+/// The viewer's own property (anyone else's is "not found").
+async fn own(
+    client: &deadpool_postgres::Object,
+    actor: &Actor,
+    id: Uuid,
+) -> Result<Property, WebError> {
+    let property = store::property(client, actor.tenant, id).await?;
+    if property.owner_id != actor.user_id {
+        return Err(WebError::not_found());
+    }
+    Ok(property)
+}
+
+async fn erase(
+    state: web::Data<AppState>,
+    SignedIn(actor): SignedIn,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, WebError> {
+    if !actor.has(Role::Homeowner) {
+        return Err(WebError::not_found());
+    }
+    let mut client = connection(&state).await?;
+    let property = own(&client, &actor, *id).await?;
+    let now = state.clock.now();
+    let erased = crate::http::privacy::erase(&state, &mut client, &actor, property.id, now).await?;
+    Ok(page::see_other(&format!(
+        "/homes/{}/history?erased={erased}",
+        property.id
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(action: &str, outcome: &str, details: serde_json::Value) -> Entry {
+        Entry {
+            seq: 7,
+            recorded_at: DateTime::UNIX_EPOCH,
+            actor: None,
+            action: action.to_owned(),
+            outcome: outcome.to_owned(),
+            subject_kind: None,
+            subject_id: None,
+            property: None,
+            incident: None,
+            policy_set_hash: None,
+            details,
+            leaf_hash: String::new(),
+            chain_hash: String::new(),
+            personal: None,
+            data_key: None,
+        }
+    }
+
+    #[test]
+    fn an_opening_reads_as_the_mail_says_it() {
+        let lock = Uuid::new_v4();
+        let incident = Uuid::new_v4();
+        let mut e = entry(
+            "lock.receipt",
+            "allow",
+            serde_json::json!({ "cti": "ab01" }),
+        );
+        e.subject_kind = Some("lock".to_owned());
+        e.subject_id = Some(lock);
+        e.incident = Some(incident);
+        let mut n = Names::default();
+        n.locks.insert(lock, "Front door".to_owned());
+        n.incidents.insert(incident, "26-1309c".to_owned());
+        n.token_holders
+            .insert("ab01".to_owned(), "Engine 7".to_owned());
+        assert_eq!(
+            words(&e, &n),
+            "Front door opened by Engine 7 for incident 26-1309c"
+        );
+        e.outcome = "deny".to_owned();
+        e.details = serde_json::json!({ "cti": "ab01", "reason": "replayed" });
+        assert_eq!(
+            words(&e, &n),
+            "Front door stayed locked: a token of Engine 7 for incident 26-1309c was refused (replayed)"
+        );
+    }
+
+    #[test]
+    fn erased_and_unknown_entries_still_read() {
+        let mut n = Names::default();
+        n.personal.insert(7, Personal::Erased);
+        let e = entry("property.create", "info", serde_json::json!({}));
+        assert!(words(&e, &n).contains("erased"));
+        let e = entry("something.new", "info", serde_json::json!({}));
+        assert_eq!(words(&e, &n), "something.new (info)");
+    }
+}
