@@ -1184,6 +1184,8 @@ async fn responder_gets_a_door_pass_and_the_door_panel_allows_once() {
 
     b.client.clone().close().await.unwrap();
     agent.stop().await;
+}
+
 /// A homeowner's security keys and a home's history in the browser: name the enrolment passkey,
 /// add a second one (on a second authenticator), remove the first (its sessions end, so sign in
 /// with the second), see the last one refused, write a plan, print it, read the home's history
