@@ -25,6 +25,7 @@ use crate::store::{StoreError, Tenant};
 pub mod log;
 pub mod merkle;
 pub mod note;
+pub mod search;
 pub mod tree;
 pub mod verify;
 pub mod witness;
