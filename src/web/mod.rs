@@ -12,10 +12,12 @@
 //! - [`everyone`]: landing, sign-in, sign-up, sign-out (here and everywhere), the mailed-link
 //!   enrolment pages, the signed-in start page.
 //! - [`homeowner`]: properties, their locks, the access-plan editor and its versions.
+//! - [`admin`]: municipal administration: agencies, units, staff, invitations, CAD credentials, trust.
 //!
 //! Pages call the core functions the JSON handlers call (`store`, `access`, `audit`, `auth`);
 //! state-changing form posts pass the same Origin check (`http::check_origin`) as JSON writes.
 
+mod admin;
 pub mod assets;
 mod error;
 mod everyone;
@@ -32,7 +34,8 @@ use crate::http::error::ApiError;
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.configure(assets::routes)
         .configure(everyone::routes)
-        .configure(homeowner::routes);
+        .configure(homeowner::routes)
+        .configure(admin::routes);
 }
 
 /// The answer for a path nobody serves: the HTML "not found" page for a browser asking for a page,
