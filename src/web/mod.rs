@@ -12,6 +12,7 @@
 //! - [`everyone`]: landing, sign-in, sign-up, sign-out (here and everywhere), the mailed-link
 //!   enrolment pages, the signed-in start page.
 //! - [`homeowner`]: properties, their locks, the access-plan editor and its versions.
+//! - [`auditor`]: the audit log with filters, an entry, CSV/JSON export, the chain's status.
 //! - [`admin`]: municipal administration: agencies, units, staff, invitations, CAD credentials, trust.
 //!
 //! Pages call the core functions the JSON handlers call (`store`, `access`, `audit`, `auth`);
@@ -19,6 +20,7 @@
 
 mod admin;
 pub mod assets;
+mod auditor;
 mod error;
 mod everyone;
 mod homeowner;
@@ -35,7 +37,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.configure(assets::routes)
         .configure(everyone::routes)
         .configure(homeowner::routes)
-        .configure(admin::routes);
+        .configure(admin::routes)
+        .configure(auditor::routes);
 }
 
 /// The answer for a path nobody serves: the HTML "not found" page for a browser asking for a page,
