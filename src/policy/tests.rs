@@ -445,7 +445,7 @@ fn check_dir_reports_counts_hash_and_problems() {
     .unwrap();
     let problems = check_dir(dir.path()).expect_err("must fail");
     // One error per resource type the unscoped policy could apply to.
-    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert_eq!(problems.len(), 3, "{problems:?}");
     let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
     assert!(
         shown.contains(
