@@ -51,7 +51,9 @@ struct FilterForm {
     property: String,
     #[serde(default)]
     incident: String,
-    #[serde(default)]
+    /// The action filter; named `event` on the form, since a control named `action` shadows
+    /// the form's own `action` in the DOM.
+    #[serde(default, rename = "event")]
     action: String,
     #[serde(default)]
     outcome: String,
@@ -118,7 +120,7 @@ impl FilterForm {
             ("agency", &self.agency),
             ("property", &self.property),
             ("incident", &self.incident),
-            ("action", &self.action),
+            ("event", &self.action),
             ("outcome", &self.outcome),
         ];
         pairs
