@@ -895,9 +895,10 @@ async fn find_agency(
 }
 
 fn print_agency(a: &crate::municipal::AgencyView) {
-    let state = a
-        .retired_at
-        .map_or_else(|| "active".to_owned(), |t| format!("retired {}", t.format("%Y-%m-%d")));
+    let state = a.retired_at.map_or_else(
+        || "active".to_owned(),
+        |t| format!("retired {}", t.format("%Y-%m-%d")),
+    );
     println!("{}\t{}\t{}\t{state}", a.id, a.kind, a.name);
 }
 

@@ -281,12 +281,10 @@ pub async fn require_open_agency(
     tenant: Tenant,
     id: Uuid,
 ) -> Result<AgencyView, AdminError> {
-    let found = agency(client, tenant, id)
-        .await
-        .map_err(|e| match e {
-            AdminError::NotFound => AdminError::Invalid("agency: no such agency".to_owned()),
-            other => other,
-        })?;
+    let found = agency(client, tenant, id).await.map_err(|e| match e {
+        AdminError::NotFound => AdminError::Invalid("agency: no such agency".to_owned()),
+        other => other,
+    })?;
     if found.retired_at.is_some() {
         return Err(AdminError::Invalid(
             "agency: the agency is retired".to_owned(),
@@ -348,7 +346,10 @@ pub struct NewMember {
 }
 
 /// The municipality's units by name, with their members.
-pub async fn units(client: &impl GenericClient, tenant: Tenant) -> Result<Vec<UnitView>, AdminError> {
+pub async fn units(
+    client: &impl GenericClient,
+    tenant: Tenant,
+) -> Result<Vec<UnitView>, AdminError> {
     let rows = client
         .query(
             "SELECT u.id, u.agency_id, a.name, u.name,
@@ -389,7 +390,11 @@ pub async fn units(client: &impl GenericClient, tenant: Tenant) -> Result<Vec<Un
         .collect())
 }
 
-async fn unit(client: &impl GenericClient, tenant: Tenant, id: Uuid) -> Result<UnitView, AdminError> {
+async fn unit(
+    client: &impl GenericClient,
+    tenant: Tenant,
+    id: Uuid,
+) -> Result<UnitView, AdminError> {
     units(client, tenant)
         .await?
         .into_iter()
@@ -458,7 +463,9 @@ pub async fn add_member(
         )));
     }
     if status == "disabled" {
-        return Err(AdminError::Invalid("user: the account is disabled".to_owned()));
+        return Err(AdminError::Invalid(
+            "user: the account is disabled".to_owned(),
+        ));
     }
     if previous.as_deref() == Some(found.name.as_str()) {
         return Ok(found);
@@ -618,7 +625,9 @@ pub async fn enable(
         .ok_or(AdminError::NotFound)?;
     let status: String = row.get(0);
     if status != "disabled" {
-        return Err(AdminError::Conflict("the account is not disabled".to_owned()));
+        return Err(AdminError::Conflict(
+            "the account is not disabled".to_owned(),
+        ));
     }
     tx.execute(
         "UPDATE users SET status = 'active', disabled_at = NULL WHERE municipality_id = $1 AND id = $2",

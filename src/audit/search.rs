@@ -95,7 +95,9 @@ pub async fn entry(
     seq: i64,
 ) -> Result<Entry, StoreError> {
     seal(client, tenant).await?;
-    let sql = format!("SELECT {ENTRY_COLUMNS} FROM audit_entries WHERE municipality_id = $1 AND seq = $2");
+    let sql = format!(
+        "SELECT {ENTRY_COLUMNS} FROM audit_entries WHERE municipality_id = $1 AND seq = $2"
+    );
     client
         .query_opt(&sql, &[&tenant.id(), &seq])
         .await?

@@ -29,11 +29,11 @@ use uuid::Uuid;
 use super::EmergencyError;
 use super::grants::{self, NewGrant, ViaCad};
 use super::incidents::{self, NewIncident, Origin};
+use crate::audit::{self, Event, Outcome};
 use crate::auth::Actor;
+use crate::crypto::{self, Kek, Sealed};
 use crate::domain::Role;
 use crate::policy::PolicyEngine;
-use crate::audit::{self, Event, Outcome};
-use crate::crypto::{self, Kek, Sealed};
 use crate::store::{StoreError, Tenant};
 
 /// Header naming the credential.

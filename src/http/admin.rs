@@ -77,14 +77,7 @@ async fn allowed(
     intent: Intent,
 ) -> Result<deadpool_postgres::Object, ApiError> {
     let mut client = state.pool.get().await.map_err(StoreError::from)?;
-    municipal::authorize(
-        &mut client,
-        &state.policy,
-        actor,
-        intent,
-        state.clock.now(),
-    )
-    .await?;
+    municipal::authorize(&mut client, &state.policy, actor, intent, state.clock.now()).await?;
     Ok(client)
 }
 
@@ -328,9 +321,8 @@ pub async fn list_invitations(
     actor: Actor,
 ) -> Result<HttpResponse, ApiError> {
     let client = allowed(&state, &actor, Intent::View).await?;
-    Ok(HttpResponse::Ok().json(
-        municipal::pending_invitations(&client, actor.tenant, state.clock.now()).await?,
-    ))
+    Ok(HttpResponse::Ok()
+        .json(municipal::pending_invitations(&client, actor.tenant, state.clock.now()).await?))
 }
 
 /// Revokes a pending invitation: its link stops working (admins, step-up).
@@ -345,8 +337,7 @@ pub async fn revoke_invitation(
 ) -> Result<HttpResponse, ApiError> {
     let mut client = allowed(&state, &actor, Intent::Change).await?;
     let tx = client.transaction().await.map_err(StoreError::from)?;
-    municipal::revoke_invitation(&tx, actor.tenant, actor.user_id, *id, state.clock.now())
-        .await?;
+    municipal::revoke_invitation(&tx, actor.tenant, actor.user_id, *id, state.clock.now()).await?;
     tx.commit().await.map_err(StoreError::from)?;
     Ok(HttpResponse::NoContent().finish())
 }
@@ -375,8 +366,7 @@ pub async fn revoke_cad_credential(
 ) -> Result<HttpResponse, ApiError> {
     let mut client = allowed(&state, &actor, Intent::Change).await?;
     let tx = client.transaction().await.map_err(StoreError::from)?;
-    municipal::revoke_credential(&tx, actor.tenant, actor.user_id, *id, state.clock.now())
-        .await?;
+    municipal::revoke_credential(&tx, actor.tenant, actor.user_id, *id, state.clock.now()).await?;
     tx.commit().await.map_err(StoreError::from)?;
     Ok(HttpResponse::NoContent().finish())
 }

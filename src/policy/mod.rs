@@ -18,8 +18,8 @@ use cedar_policy::{Authorizer, Decision, PolicySet, Schema};
 pub use compile::{CheckReport, Diagnostic, Location, SchemaOrigin};
 pub use request::{
     Action, AgencyRule, ApprovalContext, AuditLogAttrs, AuthzRequest, GrantContext,
-    MunicipalityAttrs, PlanAttrs,
-    PrincipalAttrs, PropertyAttrs, Resource, RevealContext, StepUpContext, TokenContext,
+    MunicipalityAttrs, PlanAttrs, PrincipalAttrs, PropertyAttrs, Resource, RevealContext,
+    StepUpContext, TokenContext,
 };
 
 use compile::SourceFile;

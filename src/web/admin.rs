@@ -26,8 +26,8 @@ use crate::emergency::cad;
 use crate::http::AppState;
 use crate::http::error::ApiError;
 use crate::municipal::{
-    self, AgencyView, CredentialView, Intent, NewAgency, NewUnit, PendingInvitation,
-    PolicySetView, UnitView, UserFilter, UserView,
+    self, AgencyView, CredentialView, Intent, NewAgency, NewUnit, PendingInvitation, PolicySetView,
+    UnitView, UserFilter, UserView,
 };
 use crate::store::StoreError;
 
@@ -78,15 +78,9 @@ async fn allowed(
     intent: Intent,
 ) -> Result<deadpool_postgres::Object, WebError> {
     let mut client = state.pool.get().await.map_err(StoreError::from)?;
-    municipal::authorize(
-        &mut client,
-        &state.policy,
-        actor,
-        intent,
-        state.clock.now(),
-    )
-    .await
-    .map_err(ApiError::from)?;
+    municipal::authorize(&mut client, &state.policy, actor, intent, state.clock.now())
+        .await
+        .map_err(ApiError::from)?;
     Ok(client)
 }
 
@@ -129,7 +123,9 @@ fn done_words(code: &str) -> &'static str {
         "credential-revoked" => "The credential was revoked; CAD calls signed with it are refused.",
         "ca-added" => "The CA was added.",
         "ca-removed" => "The CA was removed.",
-        "step-up" => "Nothing was changed: confirm with your security key first (above), then try again.",
+        "step-up" => {
+            "Nothing was changed: confirm with your security key first (above), then try again."
+        }
         _ => "",
     }
 }
@@ -141,7 +137,10 @@ struct Done {
 
 /// A change's failure, as the page shows it: a step-up needed sends the viewer back to the page
 /// (which offers it); anything else is the error page.
-fn after_change(result: Result<&'static str, WebError>, page_path: &str) -> Result<HttpResponse, WebError> {
+fn after_change(
+    result: Result<&'static str, WebError>,
+    page_path: &str,
+) -> Result<HttpResponse, WebError> {
     match result {
         Ok(code) => Ok(page::see_other(&format!("{page_path}?done={code}"))),
         Err(WebError::Api(ApiError::StepUpRequired)) => {
@@ -197,9 +196,15 @@ async fn add_agency(
     let result = async {
         let mut client = allowed(&state, &actor, Intent::Change).await?;
         let tx = client.transaction().await.map_err(StoreError::from)?;
-        municipal::create_agency(&tx, actor.tenant, Some(actor.user_id), &form, state.clock.now())
-            .await
-            .map_err(ApiError::from)?;
+        municipal::create_agency(
+            &tx,
+            actor.tenant,
+            Some(actor.user_id),
+            &form,
+            state.clock.now(),
+        )
+        .await
+        .map_err(ApiError::from)?;
         tx.commit().await.map_err(StoreError::from)?;
         Ok("agency-added")
     }
@@ -246,9 +251,15 @@ async fn retire_agency(
     let result = async {
         let mut client = allowed(&state, &actor, Intent::Change).await?;
         let tx = client.transaction().await.map_err(StoreError::from)?;
-        municipal::retire_agency(&tx, actor.tenant, Some(actor.user_id), *id, state.clock.now())
-            .await
-            .map_err(ApiError::from)?;
+        municipal::retire_agency(
+            &tx,
+            actor.tenant,
+            Some(actor.user_id),
+            *id,
+            state.clock.now(),
+        )
+        .await
+        .map_err(ApiError::from)?;
         tx.commit().await.map_err(StoreError::from)?;
         Ok("agency-retired")
     }
@@ -380,9 +391,16 @@ async fn remove_member(
     let result = async {
         let mut client = allowed(&state, &actor, Intent::Change).await?;
         let tx = client.transaction().await.map_err(StoreError::from)?;
-        municipal::remove_member(&tx, actor.tenant, actor.user_id, unit, user, state.clock.now())
-            .await
-            .map_err(ApiError::from)?;
+        municipal::remove_member(
+            &tx,
+            actor.tenant,
+            actor.user_id,
+            unit,
+            user,
+            state.clock.now(),
+        )
+        .await
+        .map_err(ApiError::from)?;
         tx.commit().await.map_err(StoreError::from)?;
         Ok("member-removed")
     }
@@ -739,7 +757,8 @@ async fn trust_page(
             (
                 k.kid.clone(),
                 when(k.created_at),
-                k.retired_at.map_or_else(|| "signing".to_owned(), |t| format!("retired {}", when(t))),
+                k.retired_at
+                    .map_or_else(|| "signing".to_owned(), |t| format!("retired {}", when(t))),
             )
         })
         .collect();
@@ -791,8 +810,14 @@ async fn add_ca(
         }
         let mut client = allowed(&state, &actor, Intent::Change).await?;
         let tx = client.transaction().await.map_err(StoreError::from)?;
-        webauthn::add_attestation_ca(&tx, actor.tenant, &form.pem, Some(actor.user_id), state.clock.now())
-            .await?;
+        webauthn::add_attestation_ca(
+            &tx,
+            actor.tenant,
+            &form.pem,
+            Some(actor.user_id),
+            state.clock.now(),
+        )
+        .await?;
         tx.commit().await.map_err(StoreError::from)?;
         Ok("ca-added")
     }
@@ -808,8 +833,14 @@ async fn remove_ca(
     let result = async {
         let mut client = allowed(&state, &actor, Intent::Change).await?;
         let tx = client.transaction().await.map_err(StoreError::from)?;
-        webauthn::remove_attestation_ca(&tx, actor.tenant, &fingerprint, actor.user_id, state.clock.now())
-            .await?;
+        webauthn::remove_attestation_ca(
+            &tx,
+            actor.tenant,
+            &fingerprint,
+            actor.user_id,
+            state.clock.now(),
+        )
+        .await?;
         tx.commit().await.map_err(StoreError::from)?;
         Ok("ca-removed")
     }

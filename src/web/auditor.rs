@@ -154,15 +154,22 @@ async fn authorize_read(
     let log = AuditLogAttrs {
         municipality: actor.tenant.id(),
     };
-    access::authorize(client, &state.policy, actor, None, state.clock.now(), |fresh| {
-        AuthzRequest::read_audit_log(
-            &principal,
-            log,
-            StepUpContext {
-                step_up_fresh: fresh,
-            },
-        )
-    })
+    access::authorize(
+        client,
+        &state.policy,
+        actor,
+        None,
+        state.clock.now(),
+        |fresh| {
+            AuthzRequest::read_audit_log(
+                &principal,
+                log,
+                StepUpContext {
+                    step_up_fresh: fresh,
+                },
+            )
+        },
+    )
     .await?;
     Ok(())
 }
@@ -259,14 +266,23 @@ async fn log_page(
             return page::render(StatusCode::BAD_REQUEST, &page_data);
         }
     };
-    let entries = search::search(&client, actor.tenant, &filter, form.before, search::PAGE_SIZE)
-        .await?;
+    let entries = search::search(
+        &client,
+        actor.tenant,
+        &filter,
+        form.before,
+        search::PAGE_SIZE,
+    )
+    .await?;
     let names = actor_names(&client, &actor, &entries).await?;
     if i64::try_from(entries.len()).unwrap_or(0) == search::PAGE_SIZE
         && let Some(last) = entries.last()
     {
         let sep = if page_data.query.is_empty() { "" } else { "&" };
-        page_data.older = Some(format!("/audit?{}{sep}before={}", page_data.query, last.seq));
+        page_data.older = Some(format!(
+            "/audit?{}{sep}before={}",
+            page_data.query, last.seq
+        ));
     }
     page_data.rows = entries
         .iter()
@@ -283,11 +299,10 @@ async fn log_page(
         })
         .collect();
     let (chain, ok) = match audit::verify_chain(&client, actor.tenant).await? {
-        ChainCheck::Intact { entries, head } => (
-            format!("intact: {entries} entries recomputed, head {head}"),
-            true,
-        ),
-        ChainCheck::Broken { seq } => (format!("BROKEN at entry {seq}"), false),
+        ChainCheck::Intact { entries, head } => {
+            (format!("{entries} entries recomputed, head {head}"), true)
+        }
+        ChainCheck::Broken { seq } => (format!("at entry {seq}"), false),
     };
     page_data.chain = chain;
     page_data.chain_ok = ok;
@@ -321,7 +336,11 @@ async fn entry_page(
         at: when(entry.recorded_at),
         actor: entry.actor.map_or_else(
             || "system".to_owned(),
-            |id| names.get(&id).map_or_else(|| id.to_string(), |n| format!("{n} ({id})")),
+            |id| {
+                names
+                    .get(&id)
+                    .map_or_else(|| id.to_string(), |n| format!("{n} ({id})"))
+            },
         ),
         details: serde_json::to_string_pretty(&entry.details).unwrap_or_default(),
         entry,
@@ -337,11 +356,21 @@ async fn exported(
     let mut client = state.pool.get().await.map_err(StoreError::from)?;
     authorize_read(state, &mut client, actor).await?;
     let filter = form.parse().map_err(ApiError::BadRequest)?;
-    Ok(search::search(&client, actor.tenant, &filter, form.before, search::EXPORT_LIMIT).await?)
+    Ok(search::search(
+        &client,
+        actor.tenant,
+        &filter,
+        form.before,
+        search::EXPORT_LIMIT,
+    )
+    .await?)
 }
 
 fn attachment(name: &str) -> (&'static str, String) {
-    ("Content-Disposition", format!("attachment; filename=\"{name}\""))
+    (
+        "Content-Disposition",
+        format!("attachment; filename=\"{name}\""),
+    )
 }
 
 async fn export_csv(

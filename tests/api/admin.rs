@@ -47,11 +47,42 @@ async fn town() -> Town {
         .id;
     drop(client);
     Town {
-        admin: user(&app, tenant, "admin@a.example", None, Role::MunicipalAdmin, true).await,
-        admin_plain: user(&app, tenant, "admin2@a.example", None, Role::MunicipalAdmin, false)
-            .await,
-        dispatcher: user(&app, tenant, "desk@a.example", Some(fire), Role::Dispatcher, true).await,
-        other_admin: user(&app, other, "admin@b.example", None, Role::MunicipalAdmin, true).await,
+        admin: user(
+            &app,
+            tenant,
+            "admin@a.example",
+            None,
+            Role::MunicipalAdmin,
+            true,
+        )
+        .await,
+        admin_plain: user(
+            &app,
+            tenant,
+            "admin2@a.example",
+            None,
+            Role::MunicipalAdmin,
+            false,
+        )
+        .await,
+        dispatcher: user(
+            &app,
+            tenant,
+            "desk@a.example",
+            Some(fire),
+            Role::Dispatcher,
+            true,
+        )
+        .await,
+        other_admin: user(
+            &app,
+            other,
+            "admin@b.example",
+            None,
+            Role::MunicipalAdmin,
+            true,
+        )
+        .await,
         app,
         tenant,
         fire,
@@ -95,7 +126,10 @@ async fn admins_manage_agencies_units_and_members_and_nobody_else_does() {
     let t = town().await;
     let app = &t.app;
     // Add, and the refusals of bad input (nothing added).
-    let (status, body) = post(app, &t.admin, "/api/v1/admin/agencies",
+    let (status, body) = post(
+        app,
+        &t.admin,
+        "/api/v1/admin/agencies",
         Some(json!({ "kind": "ems", "name": "A Ambulance" })),
     )
     .await;
@@ -112,7 +146,10 @@ async fn admins_manage_agencies_units_and_members_and_nobody_else_does() {
         assert_eq!(status, 400, "{body}");
         assert!(body["detail"].as_str().unwrap().contains(field), "{body}");
     }
-    let (status, _) = post(app, &t.admin, "/api/v1/admin/agencies",
+    let (status, _) = post(
+        app,
+        &t.admin,
+        "/api/v1/admin/agencies",
         Some(json!({ "kind": "fire", "name": "A Ambulance" })),
     )
     .await;
@@ -120,43 +157,89 @@ async fn admins_manage_agencies_units_and_members_and_nobody_else_does() {
     assert_eq!(count(app, "SELECT count(*) FROM agencies").await, 3);
 
     // Wrong role, no step-up, another municipality.
-    let (status, _) = call(app, Method::GET, "/api/v1/admin/agencies", Some(&t.dispatcher), None).await;
+    let (status, _) = call(
+        app,
+        Method::GET,
+        "/api/v1/admin/agencies",
+        Some(&t.dispatcher),
+        None,
+    )
+    .await;
     assert_eq!(status, 404);
-    let (status, _) = post(app, &t.dispatcher, "/api/v1/admin/agencies",
+    let (status, _) = post(
+        app,
+        &t.dispatcher,
+        "/api/v1/admin/agencies",
         Some(json!({ "kind": "fire", "name": "Rogue" })),
     )
     .await;
     assert_eq!(status, 404);
-    let (status, listed) =
-        call(app, Method::GET, "/api/v1/admin/agencies", Some(&t.admin_plain), None).await;
+    let (status, listed) = call(
+        app,
+        Method::GET,
+        "/api/v1/admin/agencies",
+        Some(&t.admin_plain),
+        None,
+    )
+    .await;
     assert_eq!(status, 200, "reading needs no step-up");
     assert_eq!(listed.as_array().unwrap().len(), 2);
-    let (status, body) = post(app, &t.admin_plain, "/api/v1/admin/agencies",
+    let (status, body) = post(
+        app,
+        &t.admin_plain,
+        "/api/v1/admin/agencies",
         Some(json!({ "kind": "fire", "name": "Unconfirmed" })),
     )
     .await;
     assert_eq!(status, 401, "{body}");
-    let (status, _) = post(app, &t.other_admin, &format!("/api/v1/admin/agencies/{}/rename", t.fire),
+    let (status, _) = post(
+        app,
+        &t.other_admin,
+        &format!("/api/v1/admin/agencies/{}/rename", t.fire),
         Some(json!({ "name": "Stolen" })),
     )
     .await;
-    assert_eq!(status, 404, "another municipality's agency does not exist here");
-    let (_, theirs) =
-        call(app, Method::GET, "/api/v1/admin/agencies", Some(&t.other_admin), None).await;
+    assert_eq!(
+        status, 404,
+        "another municipality's agency does not exist here"
+    );
+    let (_, theirs) = call(
+        app,
+        Method::GET,
+        "/api/v1/admin/agencies",
+        Some(&t.other_admin),
+        None,
+    )
+    .await;
     assert_eq!(theirs.as_array().unwrap().len(), 1);
     assert_eq!(theirs[0]["id"], t.other_fire.to_string());
 
     // Rename and retire.
-    let (status, body) = post(app, &t.admin, &format!("/api/v1/admin/agencies/{ems}/rename"),
+    let (status, body) = post(
+        app,
+        &t.admin,
+        &format!("/api/v1/admin/agencies/{ems}/rename"),
         Some(json!({ "name": "A Rescue" })),
     )
     .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["name"], "A Rescue");
-    let (status, body) = post(app, &t.admin, &format!("/api/v1/admin/agencies/{ems}/retire"), None).await;
+    let (status, body) = post(
+        app,
+        &t.admin,
+        &format!("/api/v1/admin/agencies/{ems}/retire"),
+        None,
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     assert!(body["retired_at"].is_string());
-    let (status, _) = post(app, &t.admin, &format!("/api/v1/admin/agencies/{ems}/retire"), None).await;
+    let (status, _) = post(
+        app,
+        &t.admin,
+        &format!("/api/v1/admin/agencies/{ems}/retire"),
+        None,
+    )
+    .await;
     assert_eq!(status, 409);
     let (status, body) = call(
         app,
@@ -167,32 +250,58 @@ async fn admins_manage_agencies_units_and_members_and_nobody_else_does() {
     )
     .await;
     assert_eq!(status, 400, "a retired agency takes no invitations: {body}");
-    let (status, _) = post(app, &t.admin, "/api/v1/admin/units",
+    let (status, _) = post(
+        app,
+        &t.admin,
+        "/api/v1/admin/units",
         Some(json!({ "agency": ems, "name": "Medic 1" })),
     )
     .await;
     assert_eq!(status, 400, "nor units");
 
     // Units and members.
-    let (status, body) = post(app, &t.admin, "/api/v1/admin/units",
+    let (status, body) = post(
+        app,
+        &t.admin,
+        "/api/v1/admin/units",
         Some(json!({ "agency": t.fire, "name": "Engine 7" })),
     )
     .await;
     assert_eq!(status, 201, "{body}");
     let engine: Uuid = body["id"].as_str().unwrap().parse().unwrap();
-    let (status, _) = post(app, &t.admin, "/api/v1/admin/units",
+    let (status, _) = post(
+        app,
+        &t.admin,
+        "/api/v1/admin/units",
         Some(json!({ "agency": t.other_fire, "name": "Engine 9" })),
     )
     .await;
-    assert_eq!(status, 400, "another municipality's agency is no agency here");
-    let responder = user(app, t.tenant, "e7@a.example", Some(t.fire), Role::Responder, false).await;
-    let (status, body) = post(app, &t.admin, &format!("/api/v1/admin/units/{engine}/members"),
+    assert_eq!(
+        status, 400,
+        "another municipality's agency is no agency here"
+    );
+    let responder = user(
+        app,
+        t.tenant,
+        "e7@a.example",
+        Some(t.fire),
+        Role::Responder,
+        false,
+    )
+    .await;
+    let (status, body) = post(
+        app,
+        &t.admin,
+        &format!("/api/v1/admin/units/{engine}/members"),
         Some(json!({ "user": responder.id })),
     )
     .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["members"][0]["id"], responder.id.to_string());
-    let (status, body) = post(app, &t.admin, &format!("/api/v1/admin/units/{engine}/members"),
+    let (status, body) = post(
+        app,
+        &t.admin,
+        &format!("/api/v1/admin/units/{engine}/members"),
         Some(json!({ "user": t.dispatcher.id })),
     )
     .await;
@@ -205,14 +314,29 @@ async fn admins_manage_agencies_units_and_members_and_nobody_else_does() {
         None,
     )
     .await;
-    assert_eq!(users[0]["unit"], "Engine 7", "the responder's unit: {users}");
-    let (status, body) = post(app, &t.admin, &format!("/api/v1/admin/units/{engine}/members/{}/remove", responder.id),
+    assert_eq!(
+        users[0]["unit"], "Engine 7",
+        "the responder's unit: {users}"
+    );
+    let (status, body) = post(
+        app,
+        &t.admin,
+        &format!(
+            "/api/v1/admin/units/{engine}/members/{}/remove",
+            responder.id
+        ),
         None,
     )
     .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["members"], json!([]));
-    let (status, _) = post(app, &t.admin, &format!("/api/v1/admin/units/{engine}/members/{}/remove", responder.id),
+    let (status, _) = post(
+        app,
+        &t.admin,
+        &format!(
+            "/api/v1/admin/units/{engine}/members/{}/remove",
+            responder.id
+        ),
         None,
     )
     .await;
@@ -236,7 +360,15 @@ async fn admins_manage_agencies_units_and_members_and_nobody_else_does() {
 async fn users_invitations_and_credentials_are_listed_and_revoked() {
     let t = town().await;
     let app = &t.app;
-    let responder = user(app, t.tenant, "e1@a.example", Some(t.fire), Role::Responder, false).await;
+    let responder = user(
+        app,
+        t.tenant,
+        "e1@a.example",
+        Some(t.fire),
+        Role::Responder,
+        false,
+    )
+    .await;
     let (status, listed) = call(
         app,
         Method::GET,
@@ -248,13 +380,37 @@ async fn users_invitations_and_credentials_are_listed_and_revoked() {
     assert_eq!(status, 200, "{listed}");
     assert_eq!(listed.as_array().unwrap().len(), 1);
     assert_eq!(listed[0]["id"], responder.id.to_string());
-    let (status, _) = call(app, Method::GET, "/api/v1/admin/users?status=gone", Some(&t.admin), None).await;
+    let (status, _) = call(
+        app,
+        Method::GET,
+        "/api/v1/admin/users?status=gone",
+        Some(&t.admin),
+        None,
+    )
+    .await;
     assert_eq!(status, 400);
-    let (status, _) = call(app, Method::GET, "/api/v1/admin/users?role=king", Some(&t.admin), None).await;
+    let (status, _) = call(
+        app,
+        Method::GET,
+        "/api/v1/admin/users?role=king",
+        Some(&t.admin),
+        None,
+    )
+    .await;
     assert_eq!(status, 400);
-    let (_, all) = call(app, Method::GET, "/api/v1/admin/users", Some(&t.admin), None).await;
+    let (_, all) = call(
+        app,
+        Method::GET,
+        "/api/v1/admin/users",
+        Some(&t.admin),
+        None,
+    )
+    .await;
     assert!(
-        all.as_array().unwrap().iter().all(|u| u["email"] != "admin@b.example"),
+        all.as_array()
+            .unwrap()
+            .iter()
+            .all(|u| u["email"] != "admin@b.example"),
         "only this municipality's accounts"
     );
 
@@ -269,8 +425,14 @@ async fn users_invitations_and_credentials_are_listed_and_revoked() {
     .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["sessions_ended"], 1);
-    let (_, disabled) =
-        call(app, Method::GET, "/api/v1/admin/users?status=disabled", Some(&t.admin), None).await;
+    let (_, disabled) = call(
+        app,
+        Method::GET,
+        "/api/v1/admin/users?status=disabled",
+        Some(&t.admin),
+        None,
+    )
+    .await;
     assert_eq!(disabled[0]["id"], responder.id.to_string());
     let enable = format!("/api/v1/admin/users/{}/enable", responder.id);
     let (status, _) = call(app, Method::POST, &enable, Some(&t.admin_plain), None).await;
@@ -296,7 +458,14 @@ async fn users_invitations_and_credentials_are_listed_and_revoked() {
     let secret = crate::auth_helpers::mailed_secret(app, "new@a.example", "account.invitation")
         .await
         .unwrap();
-    let (_, pending) = call(app, Method::GET, "/api/v1/admin/invitations", Some(&t.admin), None).await;
+    let (_, pending) = call(
+        app,
+        Method::GET,
+        "/api/v1/admin/invitations",
+        Some(&t.admin),
+        None,
+    )
+    .await;
     assert_eq!(pending[0]["id"], invitation.as_str(), "{pending}");
     assert_eq!(pending[0]["role"], "dispatcher");
     let revoke = format!("/api/v1/admin/invitations/{invitation}/revoke");
@@ -308,7 +477,14 @@ async fn users_invitations_and_credentials_are_listed_and_revoked() {
     assert_eq!(status, 204);
     let (status, _) = call(app, Method::POST, &revoke, Some(&t.admin), None).await;
     assert_eq!(status, 404, "revoked once");
-    let (_, pending) = call(app, Method::GET, "/api/v1/admin/invitations", Some(&t.admin), None).await;
+    let (_, pending) = call(
+        app,
+        Method::GET,
+        "/api/v1/admin/invitations",
+        Some(&t.admin),
+        None,
+    )
+    .await;
     assert_eq!(pending, json!([]));
     let (status, _) = call(
         app,
@@ -331,18 +507,43 @@ async fn users_invitations_and_credentials_are_listed_and_revoked() {
     .await;
     assert_eq!(status, 201);
     let secret = created["secret"].as_str().unwrap().to_owned();
-    let (_, listed) =
-        call(app, Method::GET, "/api/v1/admin/cad-credentials", Some(&t.admin), None).await;
+    let (_, listed) = call(
+        app,
+        Method::GET,
+        "/api/v1/admin/cad-credentials",
+        Some(&t.admin),
+        None,
+    )
+    .await;
     assert_eq!(listed[0]["key_id"], created["key_id"]);
-    assert!(!listed.to_string().contains(&secret), "no secret in the list");
-    let (_, theirs) =
-        call(app, Method::GET, "/api/v1/admin/cad-credentials", Some(&t.other_admin), None).await;
+    assert!(
+        !listed.to_string().contains(&secret),
+        "no secret in the list"
+    );
+    let (_, theirs) = call(
+        app,
+        Method::GET,
+        "/api/v1/admin/cad-credentials",
+        Some(&t.other_admin),
+        None,
+    )
+    .await;
     assert_eq!(theirs, json!([]));
-    let body = br#"{"cad_number":"26-1","kind":"fire","address":"1 Main St","agency":"AGENCY"}"#
-        .to_vec();
-    let body = String::from_utf8(body).unwrap().replace("AGENCY", &t.fire.to_string());
+    let body =
+        br#"{"cad_number":"26-1","kind":"fire","address":"1 Main St","agency":"AGENCY"}"#.to_vec();
+    let body = String::from_utf8(body)
+        .unwrap()
+        .replace("AGENCY", &t.fire.to_string());
     let key_id = created["key_id"].as_str().unwrap();
-    let first = cad_post(app, key_id, &secret, "/api/v1/cad/incidents", "i1", body.as_bytes()).await;
+    let first = cad_post(
+        app,
+        key_id,
+        &secret,
+        "/api/v1/cad/incidents",
+        "i1",
+        body.as_bytes(),
+    )
+    .await;
     assert_eq!(first.status(), 201);
     let revoke = format!(
         "/api/v1/admin/cad-credentials/{}/revoke",
@@ -352,7 +553,15 @@ async fn users_invitations_and_credentials_are_listed_and_revoked() {
     assert_eq!(status, 401);
     let (status, _) = call(app, Method::POST, &revoke, Some(&t.admin), None).await;
     assert_eq!(status, 204);
-    let refused = cad_post(app, key_id, &secret, "/api/v1/cad/incidents", "i2", body.as_bytes()).await;
+    let refused = cad_post(
+        app,
+        key_id,
+        &secret,
+        "/api/v1/cad/incidents",
+        "i2",
+        body.as_bytes(),
+    )
+    .await;
     assert_eq!(refused.status(), 401, "a revoked credential signs nothing");
 
     let seen = actions(&t).await;
@@ -397,7 +606,15 @@ async fn cad_grants_are_the_named_dispatchers_decided_by_policy_and_idempotent()
     let t = town().await;
     let app = &t.app;
     // A home whose plan admits fire for fires, up to 60 minutes, and never police.
-    let owner = user(app, t.tenant, "owner@a.example", None, Role::Homeowner, true).await;
+    let owner = user(
+        app,
+        t.tenant,
+        "owner@a.example",
+        None,
+        Role::Homeowner,
+        true,
+    )
+    .await;
     let (status, body) = call(
         app,
         Method::POST,
@@ -424,8 +641,24 @@ async fn cad_grants_are_the_named_dispatchers_decided_by_policy_and_idempotent()
     )
     .await;
     assert_eq!(status, 201, "{body}");
-    let a = user(app, t.tenant, "e7a@a.example", Some(t.fire), Role::Responder, false).await;
-    let b = user(app, t.tenant, "e7b@a.example", Some(t.fire), Role::Responder, false).await;
+    let a = user(
+        app,
+        t.tenant,
+        "e7a@a.example",
+        Some(t.fire),
+        Role::Responder,
+        false,
+    )
+    .await;
+    let b = user(
+        app,
+        t.tenant,
+        "e7b@a.example",
+        Some(t.fire),
+        Role::Responder,
+        false,
+    )
+    .await;
     for r in [&a, &b] {
         app.pool
             .get()
@@ -446,7 +679,15 @@ async fn cad_grants_are_the_named_dispatchers_decided_by_policy_and_idempotent()
     let key_id = created["key_id"].as_str().unwrap().to_owned();
     let secret = created["secret"].as_str().unwrap().to_owned();
     let incident = json!({ "cad_number": "26-1309c", "kind": "fire", "address": "12 Elm Street", "agency": t.fire });
-    let opened = cad_post(app, &key_id, &secret, "/api/v1/cad/incidents", "open-1", incident.to_string().as_bytes()).await;
+    let opened = cad_post(
+        app,
+        &key_id,
+        &secret,
+        "/api/v1/cad/incidents",
+        "open-1",
+        incident.to_string().as_bytes(),
+    )
+    .await;
     assert_eq!(opened.status(), 201);
 
     let path = "/api/v1/cad/incidents/26-1309c/grants";
@@ -465,17 +706,44 @@ async fn cad_grants_are_the_named_dispatchers_decided_by_policy_and_idempotent()
         let (other, _) = tenancy::municipality_by_slug(&client, &Slug::parse("adm-b").unwrap())
             .await
             .unwrap();
-        user(app, other, "desk@b.example", Some(t.other_fire), Role::Dispatcher, true).await
+        user(
+            app,
+            other,
+            "desk@b.example",
+            Some(t.other_fire),
+            Role::Dispatcher,
+            true,
+        )
+        .await
     };
     for who in [a.id, other_desk.id, Uuid::new_v4(), t.admin.id] {
-        let refused = cad_post(app, &key_id, &secret, path, "g-bad", grant(who, 30).as_bytes()).await;
+        let refused = cad_post(
+            app,
+            &key_id,
+            &secret,
+            path,
+            "g-bad",
+            grant(who, 30).as_bytes(),
+        )
+        .await;
         assert_eq!(refused.status(), 400);
         let problem: Value = refused.json().await.unwrap();
-        assert!(problem["detail"].as_str().unwrap().contains("dispatcher"), "{problem}");
+        assert!(
+            problem["detail"].as_str().unwrap().contains("dispatcher"),
+            "{problem}"
+        );
     }
     assert_eq!(grants().await, 0);
     // Longer than the plan allows: the policy refuses (audited), as for the dispatcher in person.
-    let refused = cad_post(app, &key_id, &secret, path, "g-long", grant(t.dispatcher.id, 90).as_bytes()).await;
+    let refused = cad_post(
+        app,
+        &key_id,
+        &secret,
+        path,
+        "g-long",
+        grant(t.dispatcher.id, 90).as_bytes(),
+    )
+    .await;
     assert_eq!(refused.status(), 404);
     assert_eq!(grants().await, 0);
     let denials = count(
@@ -532,11 +800,22 @@ async fn cad_grants_are_the_named_dispatchers_decided_by_policy_and_idempotent()
     let replayed: Value = replay.json().await.unwrap();
     assert_eq!(replayed, made);
     assert_eq!(grants().await, 1);
-    let other = cad_post(app, &key_id, &secret, path, "g-1", grant(t.dispatcher.id, 20).as_bytes()).await;
+    let other = cad_post(
+        app,
+        &key_id,
+        &secret,
+        path,
+        "g-1",
+        grant(t.dispatcher.id, 20).as_bytes(),
+    )
+    .await;
     assert_eq!(other.status(), 409);
     // A captured request replayed under a fresh key fails the signature (the key is signed).
     let ts = Utc::now().timestamp().to_string();
-    let signature = cad::sign(&secret, &cad::string_to_sign("POST", path, &ts, "g-1", body.as_bytes()));
+    let signature = cad::sign(
+        &secret,
+        &cad::string_to_sign("POST", path, &ts, "g-1", body.as_bytes()),
+    );
     let forged = app
         .http
         .post(format!("{}{path}", app.address))
@@ -551,11 +830,27 @@ async fn cad_grants_are_the_named_dispatchers_decided_by_policy_and_idempotent()
         .unwrap();
     assert_eq!(forged.status(), 401);
     // A refused call released its key: the same key with a good request runs.
-    let again = cad_post(app, &key_id, &secret, path, "g-long", grant(t.dispatcher.id, 15).as_bytes()).await;
+    let again = cad_post(
+        app,
+        &key_id,
+        &secret,
+        path,
+        "g-long",
+        grant(t.dispatcher.id, 15).as_bytes(),
+    )
+    .await;
     assert_eq!(again.status(), 201);
     assert_eq!(grants().await, 2);
     // Unknown incident: 404; malformed body: 400.
-    let missing = cad_post(app, &key_id, &secret, "/api/v1/cad/incidents/26-none/grants", "g-x", body.as_bytes()).await;
+    let missing = cad_post(
+        app,
+        &key_id,
+        &secret,
+        "/api/v1/cad/incidents/26-none/grants",
+        "g-x",
+        body.as_bytes(),
+    )
+    .await;
     assert_eq!(missing.status(), 404);
     let malformed = cad_post(app, &key_id, &secret, path, "g-y", b"{\"dispatcher\": 1}").await;
     assert_eq!(malformed.status(), 400);
@@ -565,8 +860,14 @@ async fn cad_grants_are_the_named_dispatchers_decided_by_policy_and_idempotent()
 #[tokio::test]
 async fn the_policy_page_data_and_keys_overview_are_admins_only() {
     let t = town().await;
-    let (status, policy) =
-        call(&t.app, Method::GET, "/api/v1/admin/policy", Some(&t.admin_plain), None).await;
+    let (status, policy) = call(
+        &t.app,
+        Method::GET,
+        "/api/v1/admin/policy",
+        Some(&t.admin_plain),
+        None,
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(policy["hash"].as_str().unwrap().len(), 64);
     let files: Vec<&str> = policy["files"]
@@ -575,11 +876,25 @@ async fn the_policy_page_data_and_keys_overview_are_admins_only() {
         .iter()
         .map(|f| f["name"].as_str().unwrap())
         .collect();
-    assert!(files.contains(&"admin.cedar") && files.contains(&"guards.cedar"), "{files:?}");
-    let (status, keys) = call(&t.app, Method::GET, "/api/v1/admin/keys", Some(&t.admin), None).await;
+    assert!(
+        files.contains(&"admin.cedar") && files.contains(&"guards.cedar"),
+        "{files:?}"
+    );
+    let (status, keys) = call(
+        &t.app,
+        Method::GET,
+        "/api/v1/admin/keys",
+        Some(&t.admin),
+        None,
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(keys["issuer_keys"], json!([]));
-    for path in ["/api/v1/admin/policy", "/api/v1/admin/keys", "/api/v1/admin/users"] {
+    for path in [
+        "/api/v1/admin/policy",
+        "/api/v1/admin/keys",
+        "/api/v1/admin/users",
+    ] {
         let (status, _) = call(&t.app, Method::GET, path, Some(&t.dispatcher), None).await;
         assert_eq!(status, 404, "{path}");
         let (status, _) = call(&t.app, Method::GET, path, None, None).await;
@@ -613,19 +928,59 @@ async fn agencies_on_the_command_line() {
             ),
         )
     };
-    let (ok, said) = run(&["admin", "create", "--municipality", "cli-agencies", "--email", "c@x.example", "--name", "C"]);
+    let (ok, said) = run(&[
+        "admin",
+        "create",
+        "--municipality",
+        "cli-agencies",
+        "--email",
+        "c@x.example",
+        "--name",
+        "C",
+    ]);
     assert!(ok, "{said}");
     let m = ["--municipality", "cli-agencies"];
-    let (ok, said) = run(&[&["admin", "agency", "add"][..], &m, &["--kind", "fire", "--name", "Town Fire"]].concat());
-    assert!(ok && said.contains("Town Fire") && said.contains("active"), "{said}");
-    let (ok, said) = run(&[&["admin", "agency", "add"][..], &m, &["--kind", "navy", "--name", "Fleet"]].concat());
+    let (ok, said) = run(&[
+        &["admin", "agency", "add"][..],
+        &m,
+        &["--kind", "fire", "--name", "Town Fire"],
+    ]
+    .concat());
+    assert!(
+        ok && said.contains("Town Fire") && said.contains("active"),
+        "{said}"
+    );
+    let (ok, said) = run(&[
+        &["admin", "agency", "add"][..],
+        &m,
+        &["--kind", "navy", "--name", "Fleet"],
+    ]
+    .concat());
     assert!(!ok && said.contains("kind"), "{said}");
-    let (ok, said) = run(&[&["admin", "agency", "rename"][..], &m, &["--agency", "Town Fire", "--name", "City Fire"]].concat());
+    let (ok, said) = run(&[
+        &["admin", "agency", "rename"][..],
+        &m,
+        &["--agency", "Town Fire", "--name", "City Fire"],
+    ]
+    .concat());
     assert!(ok && said.contains("City Fire"), "{said}");
-    let (ok, said) = run(&[&["admin", "agency", "retire"][..], &m, &["--agency", "City Fire"]].concat());
+    let (ok, said) = run(&[
+        &["admin", "agency", "retire"][..],
+        &m,
+        &["--agency", "City Fire"],
+    ]
+    .concat());
     assert!(ok && said.contains("retired"), "{said}");
-    let (ok, said) = run(&[&["admin", "agency", "retire"][..], &m, &["--agency", "Nobody"]].concat());
+    let (ok, said) = run(&[
+        &["admin", "agency", "retire"][..],
+        &m,
+        &["--agency", "Nobody"],
+    ]
+    .concat());
     assert!(!ok && said.contains("no agency"), "{said}");
     let (ok, said) = run(&[&["admin", "agency", "list"][..], &m].concat());
-    assert!(ok && said.lines().count() == 1 && said.contains("City Fire"), "{said}");
+    assert!(
+        ok && said.lines().count() == 1 && said.contains("City Fire"),
+        "{said}"
+    );
 }

@@ -677,7 +677,10 @@ async fn admin_and_auditor_in_chromium() {
     b.click("#add-agency button").await;
     b.wait_for_path("/admin?done=agency-added").await;
     let row = b.text("#agencies tbody tr").await;
-    assert!(row.contains("Springfield Fire Department") && row.contains("fire"), "{row}");
+    assert!(
+        row.contains("Springfield Fire Department") && row.contains("fire"),
+        "{row}"
+    );
     b.check("agency-added", &[]).await;
 
     b.click("nav.subnav a[href='/admin/units']").await;
@@ -761,7 +764,11 @@ async fn admin_and_auditor_in_chromium() {
     // The answer shows the filter back (the attribute, as the server wrote it).
     b.wait_for("input#event[value='agency.create']").await;
     let rows = b.text("#entries-table tbody").await;
-    assert_eq!(rows.lines().filter(|l| l.contains("agency.create")).count(), 1, "{rows}");
+    assert_eq!(
+        rows.lines().filter(|l| l.contains("agency.create")).count(),
+        1,
+        "{rows}"
+    );
     assert!(rows.contains("chief@springfield.example"), "{rows}");
     b.check("log-filtered", &[]).await;
     let csv = b
@@ -776,7 +783,10 @@ async fn admin_and_auditor_in_chromium() {
         .unwrap();
     let csv = csv.as_str().unwrap().to_owned();
     let lines: Vec<&str> = csv.lines().collect();
-    assert!(lines[0].starts_with("seq,recorded_at,actor,action,outcome"), "{csv}");
+    assert!(
+        lines[0].starts_with("seq,recorded_at,actor,action,outcome"),
+        "{csv}"
+    );
     assert_eq!(lines.len(), 2, "{csv}");
     assert!(
         lines[1].contains(",agency.create,info,agency,")
