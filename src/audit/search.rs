@@ -46,7 +46,11 @@ pub async fn search(
 ) -> Result<Vec<Entry>, StoreError> {
     seal(client, tenant).await?;
     let (action_exact, action_prefix) = match filter.action.as_deref() {
-        Some(a) if a.ends_with('.') => (None, Some(format!("{}%", a.replace(['%', '_'], "")))),
+        Some(a) if a.ends_with('.') => {
+            // LIKE's wildcards in the prefix match only themselves.
+            let literal = a.replace(['\\', '%'], "").replace('_', "\\_");
+            (None, Some(format!("{literal}%")))
+        }
         Some(a) => (Some(a.to_owned()), None),
         None => (None, None),
     };

@@ -984,3 +984,104 @@ async fn agencies_on_the_command_line() {
         "{said}"
     );
 }
+
+async fn page(app: &TestApp, path: &str, who: Option<&As>) -> (u16, String) {
+    let mut request = app
+        .http
+        .get(format!("{}{path}", app.address))
+        .header("accept", "text/html");
+    if let Some(who) = who {
+        request = request.header("cookie", &who.cookie);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn admin_and_audit_pages_answer_only_their_roles_and_exports_only_this_town() {
+    let t = town().await;
+    let app = &t.app;
+    let auditor = user(app, t.tenant, "aud@a.example", None, Role::Auditor, true).await;
+    let auditor_plain = user(app, t.tenant, "aud2@a.example", None, Role::Auditor, false).await;
+    // Something in each town's log.
+    for who in [&t.admin, &t.other_admin] {
+        let name = format!("Agency of {}", who.id);
+        let (status, _) = post(
+            app,
+            who,
+            "/api/v1/admin/agencies",
+            Some(json!({ "kind": "ems", "name": name })),
+        )
+        .await;
+        assert_eq!(status, 201);
+    }
+    for path in [
+        "/admin",
+        "/admin/units",
+        "/admin/people",
+        "/admin/cad",
+        "/admin/trust",
+    ] {
+        let (status, html) = page(app, path, Some(&t.admin)).await;
+        assert_eq!(status, 200, "{path}: {html}");
+        let (status, _) = page(app, path, Some(&t.dispatcher)).await;
+        assert_eq!(status, 404, "{path}");
+        let (status, _) = page(app, path, Some(&auditor)).await;
+        assert_eq!(status, 404, "{path}");
+    }
+    let (status, html) = page(app, "/admin", Some(&t.admin_plain)).await;
+    assert_eq!(status, 200);
+    assert!(html.contains("id=\"step-up\""), "changes offer the step-up");
+    let (status, _) = page(app, "/audit", Some(&t.admin)).await;
+    assert_eq!(status, 404, "an admin does not read the log");
+    let (status, html) = page(app, "/audit", Some(&auditor_plain)).await;
+    assert_eq!(status, 401);
+    assert!(html.contains("id=\"step-up\"") && !html.contains("entries-table"));
+    let (status, _) = page(app, "/audit/export.csv", Some(&auditor_plain)).await;
+    assert_eq!(status, 401);
+    let (status, html) = page(app, "/audit?actor=nobody", Some(&auditor)).await;
+    assert_eq!(status, 400);
+    assert!(html.contains("actor: not an id"), "{html}");
+    let (status, _) = page(app, "/audit/export.csv?outcome=maybe", Some(&auditor)).await;
+    assert_eq!(status, 400);
+    let (status, csv) = page(app, "/audit/export.csv?event=agency.", Some(&auditor)).await;
+    assert_eq!(status, 200);
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert_eq!(rows.len(), 1, "only this town's entries: {csv}");
+    assert!(rows[0].contains(&t.admin.id.to_string()), "{csv}");
+    let (status, json) = page(
+        app,
+        &format!(
+            "/audit/export.json?actor={}&event=agency.create",
+            t.admin.id
+        ),
+        Some(&auditor),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let entries: Value = serde_json::from_str(&json).unwrap();
+    assert!(
+        entries
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["actor"] == t.admin.id.to_string())
+    );
+    let seq = entries[0]["seq"].as_i64().unwrap();
+    let (status, html) = page(app, &format!("/audit/entries/{seq}"), Some(&auditor)).await;
+    assert_eq!(status, 200);
+    assert!(html.contains("agency.create"), "{html}");
+    let (status, _) = page(app, "/audit/entries/999999", Some(&auditor)).await;
+    assert_eq!(status, 404);
+    // Signed out: the sign-in page, and back here afterwards.
+    let response = app
+        .http
+        .get(format!("{}/audit", app.address))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 303);
+    assert_eq!(response.headers()["location"], "/sign-in?next=/audit");
+}
