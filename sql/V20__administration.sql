@@ -1,7 +1,7 @@
 -- firstkey: municipal administration (agencies retired, units of an agency, grants made by CAD).
 
 -- An agency is retired, never deleted (incidents, users and grants point at it): a retired agency
--- takes no new invitations, incidents or units.
+-- takes no new invitations or units (incidents are not refused yet).
 ALTER TABLE agencies ADD COLUMN retired_at timestamptz;
 
 -- A unit of an agency, e.g. "Engine 7". Its members are the agency's responders whose `users.unit`
