@@ -277,6 +277,53 @@ pub enum AdminCommand {
         /// PEM file with the CA certificate.
         pem: PathBuf,
     },
+    /// The municipality's agencies: add, rename, retire, list (each change audited).
+    #[command(subcommand)]
+    Agency(AgencyCommand),
+}
+
+/// `firstkey admin agency …`
+#[derive(Debug, Subcommand)]
+pub enum AgencyCommand {
+    /// Add an agency.
+    Add {
+        /// Municipality slug.
+        #[arg(long)]
+        municipality: String,
+        /// `fire`, `ems`, `police` or `other`.
+        #[arg(long)]
+        kind: String,
+        /// Its name, unique in the municipality.
+        #[arg(long)]
+        name: String,
+    },
+    /// Rename an agency.
+    Rename {
+        /// Municipality slug.
+        #[arg(long)]
+        municipality: String,
+        /// The agency: its id or its current name.
+        #[arg(long)]
+        agency: String,
+        /// The new name.
+        #[arg(long)]
+        name: String,
+    },
+    /// Retire an agency: no new invitations or units; its people and history stay.
+    Retire {
+        /// Municipality slug.
+        #[arg(long)]
+        municipality: String,
+        /// The agency: its id or its name.
+        #[arg(long)]
+        agency: String,
+    },
+    /// List the agencies (id, kind, name, state).
+    List {
+        /// Municipality slug.
+        #[arg(long)]
+        municipality: String,
+    },
 }
 
 /// `firstkey policy …`
@@ -536,6 +583,10 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 ca.fingerprint
             );
             Ok(())
+        }
+        Command::Admin(AdminCommand::Agency(command)) => {
+            server::migrate_with_patience(&database, Duration::from_secs(60)).await?;
+            run_agency(command, &database.pool).await
         }
         Command::Admin(AdminCommand::Municipalities) => {
             server::migrate_with_patience(&database, Duration::from_secs(60)).await?;
@@ -826,4 +877,83 @@ fn witness(command: &WitnessCommand) -> ExitCode {
             }
         }
     }
+}
+
+/// Finds an agency of `tenant` by id or exact name.
+async fn find_agency(
+    client: &impl deadpool_postgres::GenericClient,
+    tenant: store::Tenant,
+    given: &str,
+) -> anyhow::Result<uuid::Uuid> {
+    let agencies = crate::municipal::agencies(client, tenant).await?;
+    let id = uuid::Uuid::parse_str(given).ok();
+    agencies
+        .iter()
+        .find(|a| Some(a.id) == id || a.name == given)
+        .map(|a| a.id)
+        .ok_or_else(|| anyhow::anyhow!("no agency {given:?} in this municipality"))
+}
+
+fn print_agency(a: &crate::municipal::AgencyView) {
+    let state = a.retired_at.map_or_else(
+        || "active".to_owned(),
+        |t| format!("retired {}", t.format("%Y-%m-%d")),
+    );
+    println!("{}\t{}\t{}\t{state}", a.id, a.kind, a.name);
+}
+
+/// `firstkey admin agency …`: each change and its audit entry in one transaction.
+async fn run_agency(command: AgencyCommand, pool: &deadpool_postgres::Pool) -> anyhow::Result<()> {
+    use crate::municipal;
+    let now = SystemClock.now();
+    let mut client = pool.get().await.map_err(store::StoreError::from)?;
+    let tx = client
+        .transaction()
+        .await
+        .map_err(store::StoreError::from)?;
+    match command {
+        AgencyCommand::Add {
+            municipality,
+            kind,
+            name,
+        } => {
+            let (tenant, _) = find_municipality(&tx, &municipality).await?;
+            let new = municipal::NewAgency { kind, name };
+            let agency = municipal::create_agency(&tx, tenant, None, &new, now).await?;
+            tx.commit().await.map_err(store::StoreError::from)?;
+            print_agency(&agency);
+        }
+        AgencyCommand::Rename {
+            municipality,
+            agency,
+            name,
+        } => {
+            let (tenant, _) = find_municipality(&tx, &municipality).await?;
+            let id = find_agency(&tx, tenant, &agency).await?;
+            let agency = municipal::rename_agency(&tx, tenant, None, id, &name, now).await?;
+            tx.commit().await.map_err(store::StoreError::from)?;
+            print_agency(&agency);
+        }
+        AgencyCommand::Retire {
+            municipality,
+            agency,
+        } => {
+            let (tenant, _) = find_municipality(&tx, &municipality).await?;
+            let id = find_agency(&tx, tenant, &agency).await?;
+            let agency = municipal::retire_agency(&tx, tenant, None, id, now).await?;
+            tx.commit().await.map_err(store::StoreError::from)?;
+            print_agency(&agency);
+        }
+        AgencyCommand::List { municipality } => {
+            let (tenant, slug) = find_municipality(&tx, &municipality).await?;
+            let agencies = municipal::agencies(&tx, tenant).await?;
+            if agencies.is_empty() {
+                println!("{slug} has no agencies yet; `firstkey admin agency add` makes one");
+            }
+            for a in &agencies {
+                print_agency(a);
+            }
+        }
+    }
+    Ok(())
 }

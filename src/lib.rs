@@ -14,6 +14,7 @@
 //! - [`auth`]: sessions, WebAuthn, accounts; [`audit`]: the hash-chained audit log;
 //!   [`notify`]: the mail outbox.
 //! - [`emergency`]: incidents, grants, override tokens, issuer keys and the CAD integration.
+//! - [`municipal`]: municipal administration (agencies, units, staff, invitations, CAD credentials).
 //! - [`metrics`]: domain metrics (agents, tokens, receipts, mail, audit sealing, policy).
 //! - [`clock`], [`telemetry`]: time source and logging.
 
@@ -30,6 +31,7 @@ pub mod domain;
 pub mod emergency;
 pub mod http;
 pub mod metrics;
+pub mod municipal;
 pub mod notify;
 pub mod pairing;
 pub mod plans;

@@ -31,6 +31,7 @@ pub mod note;
 pub mod personal;
 pub mod report;
 pub mod subject;
+pub mod search;
 pub mod tree;
 pub mod verify;
 pub mod witness;

@@ -203,6 +203,17 @@ pub async fn invite(
                     }
                     other => AuthError::Store(other),
                 })?;
+            let retired = crate::store::exists(
+                tx,
+                "SELECT 1 FROM agencies WHERE municipality_id = $1 AND id = $2 AND retired_at IS NOT NULL",
+                &[&tenant.id(), &agency],
+            )
+            .await?;
+            if retired {
+                return Err(AuthError::Invalid(
+                    "agency_id: the agency is retired".to_owned(),
+                ));
+            }
         }
         (false, None) => {}
     }

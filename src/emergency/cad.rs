@@ -27,9 +27,13 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::EmergencyError;
+use super::grants::{self, NewGrant, ViaCad};
 use super::incidents::{self, NewIncident, Origin};
 use crate::audit::{self, Event, Outcome};
+use crate::auth::Actor;
 use crate::crypto::{self, Kek, Sealed};
+use crate::domain::Role;
+use crate::policy::PolicyEngine;
 use crate::store::{StoreError, Tenant};
 
 /// Header naming the credential.
@@ -130,6 +134,43 @@ pub enum CadAction {
     OpenIncident,
     /// Close the incident with this CAD number.
     CloseIncident(String),
+    /// Grant entry for the incident with this CAD number (body: [`CadGrant`]), in the name of the
+    /// dispatcher the body names.
+    CreateGrant(String),
+}
+
+/// Body of a CAD grant: the grant a dispatcher would ask for, and the dispatcher it is made for.
+#[derive(Debug, Clone, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CadGrant {
+    /// The dispatcher of the municipality on whose behalf CAD grants (an active account with the
+    /// dispatcher role); the grant is theirs, as if they had made it, and names this credential.
+    pub dispatcher: Uuid,
+    /// The property to enter.
+    pub property: Uuid,
+    /// The responders allowed in; give these or `unit`, not both.
+    #[serde(default)]
+    #[schema(max_items = 50)]
+    pub responders: Vec<Uuid>,
+    /// A unit, e.g. "Engine 7": its active responders at the time of the grant.
+    #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\u0000]*[^\s\u0000\u0085][^\u0000]*$"
+    )]
+    pub unit: Option<String>,
+    /// How long the grant lasts, in minutes (1 to 1440, and at most the plan's maximum).
+    #[schema(minimum = 1, maximum = 1440)]
+    #[serde(deserialize_with = "crate::domain::integer")]
+    pub minutes: u32,
+    /// Why entry is needed, 1 to 2000 characters (shown to the homeowner).
+    #[schema(
+        min_length = 1,
+        max_length = 2000,
+        pattern = r"^[^\u0000]*[^\s\u0000\u0085][^\u0000]*$"
+    )]
+    pub justification: String,
 }
 
 /// The response to send: status and JSON body (the same on a retry).
@@ -234,6 +275,7 @@ fn check_idempotency_key(key: &str) -> Result<(), EmergencyError> {
 pub async fn handle(
     client: &mut deadpool_postgres::Object,
     kek: &Kek,
+    engine: &PolicyEngine,
     call: &CadCall<'_>,
     action: &CadAction,
     now: DateTime<Utc>,
@@ -241,6 +283,9 @@ pub async fn handle(
     let (tenant, key_id) = authenticate(&*client, kek, call, now).await?;
     check_idempotency_key(call.idempotency_key)?;
     let hash = request_hash(call);
+    if let CadAction::CreateGrant(cad_number) = action {
+        return handle_grant(client, engine, call, tenant, key_id, cad_number, &hash, now).await;
+    }
     let tx = client.transaction().await.map_err(StoreError::from)?;
     let claimed = tx
         .execute(
@@ -289,6 +334,7 @@ pub async fn handle(
                 incidents::close(&tx, tenant, &origin, incident.id, now).await?,
             )
         }
+        CadAction::CreateGrant(_) => unreachable_grant()?,
     };
     let body = serde_json::to_value(&incident)
         .map_err(|e| StoreError::Conflict(format!("response: {e}")))?;
@@ -304,4 +350,162 @@ pub async fn handle(
         body,
         replayed: false,
     })
+}
+
+/// Grants take their own path ([`handle_grant`]); reaching the incident path with one is a bug.
+fn unreachable_grant() -> Result<(i16, incidents::Incident), EmergencyError> {
+    Err(StoreError::Conflict("CAD grant on the incident path".to_owned()).into())
+}
+
+/// The dispatcher a CAD grant names, as an actor: an active account of the tenant with the
+/// dispatcher role. The signed, fresh (±[`MAX_SKEW`]) request stands for the step-up a person
+/// gives: `stepped_up_at` is the request's time. Anyone else is a 400 naming the field.
+async fn dispatcher_actor(
+    client: &impl GenericClient,
+    tenant: Tenant,
+    dispatcher: Uuid,
+    now: DateTime<Utc>,
+) -> Result<Actor, EmergencyError> {
+    let refused = || {
+        EmergencyError::Invalid(
+            "dispatcher: must be an active dispatcher of the municipality".to_owned(),
+        )
+    };
+    let row = client
+        .query_opt(
+            "SELECT u.status, u.agency_id, ARRAY(SELECT role FROM user_roles r WHERE r.user_id = u.id)
+             FROM users u WHERE u.municipality_id = $1 AND u.id = $2",
+            &[&tenant.id(), &dispatcher],
+        )
+        .await?
+        .ok_or_else(refused)?;
+    let status: String = row.get(0);
+    let roles: Vec<String> = row.get(2);
+    let roles: Vec<Role> = roles.iter().filter_map(|r| Role::parse(r).ok()).collect();
+    if status != "active" || !roles.contains(&Role::Dispatcher) {
+        return Err(refused());
+    }
+    Ok(Actor {
+        tenant,
+        user_id: dispatcher,
+        roles,
+        agency_id: row.get(1),
+        session_id: Uuid::nil(),
+        stepped_up_at: Some(now),
+        step_up_credential: None,
+    })
+}
+
+/// A CAD grant, once per idempotency key. `grants::create_as` runs its own transactions (a policy
+/// denial is audited and committed even though the call fails), so the key is claimed first, in a
+/// transaction of its own: a concurrent call with the same key finds the claim and is told the
+/// first is in progress (409); a failed call releases the claim, so its retry runs again.
+#[allow(clippy::too_many_arguments)]
+async fn handle_grant(
+    client: &mut deadpool_postgres::Object,
+    engine: &PolicyEngine,
+    call: &CadCall<'_>,
+    tenant: Tenant,
+    key_id: String,
+    cad_number: &str,
+    hash: &[u8],
+    now: DateTime<Utc>,
+) -> Result<CadResponse, EmergencyError> {
+    let claimed = client
+        .execute(
+            "INSERT INTO idempotency_keys (municipality_id, key, request_hash, response_status, response_body, created_at)
+             VALUES ($1, $2, $3, 0, '{}'::jsonb, $4) ON CONFLICT (municipality_id, key) DO NOTHING",
+            &[&tenant.id(), &call.idempotency_key, &hash, &now],
+        )
+        .await?;
+    if claimed != 1 {
+        let row = client
+            .query_one(
+                "SELECT request_hash, response_status, response_body FROM idempotency_keys
+                 WHERE municipality_id = $1 AND key = $2",
+                &[&tenant.id(), &call.idempotency_key],
+            )
+            .await?;
+        let stored_hash: Vec<u8> = row.get(0);
+        if stored_hash != hash {
+            return Err(EmergencyError::Conflict(
+                "this Idempotency-Key was used for a different request".to_owned(),
+            ));
+        }
+        let status: i16 = row.get(1);
+        if status == 0 {
+            return Err(EmergencyError::Conflict(
+                "a call with this Idempotency-Key is still in progress".to_owned(),
+            ));
+        }
+        return Ok(CadResponse {
+            status: u16::try_from(status).unwrap_or(200),
+            body: row.get(2),
+            replayed: true,
+        });
+    }
+    let outcome = grant_for_cad(client, engine, call, tenant, key_id, cad_number, now).await;
+    let body = match outcome.and_then(|grant| {
+        serde_json::to_value(&grant)
+            .map_err(|e| StoreError::Conflict(format!("response: {e}")).into())
+    }) {
+        Ok(body) => body,
+        Err(e) => {
+            client
+                .execute(
+                    "DELETE FROM idempotency_keys WHERE municipality_id = $1 AND key = $2 AND response_status = 0",
+                    &[&tenant.id(), &call.idempotency_key],
+                )
+                .await?;
+            return Err(e);
+        }
+    };
+    client
+        .execute(
+            "UPDATE idempotency_keys SET response_status = 201, response_body = $3
+             WHERE municipality_id = $1 AND key = $2",
+            &[&tenant.id(), &call.idempotency_key, &body],
+        )
+        .await?;
+    Ok(CadResponse {
+        status: 201,
+        body,
+        replayed: false,
+    })
+}
+
+async fn grant_for_cad(
+    client: &mut deadpool_postgres::Object,
+    engine: &PolicyEngine,
+    call: &CadCall<'_>,
+    tenant: Tenant,
+    key_id: String,
+    cad_number: &str,
+    now: DateTime<Utc>,
+) -> Result<grants::Grant, EmergencyError> {
+    let body: CadGrant = serde_json::from_slice(call.body)
+        .map_err(|e| EmergencyError::Invalid(format!("body: {e}")))?;
+    let input = NewGrant {
+        property: body.property,
+        responders: body.responders,
+        unit: body.unit,
+        minutes: body.minutes,
+        justification: body.justification,
+    }
+    .parse()?;
+    let cad_number = incidents::parse_cad_number(cad_number)?;
+    let incident = incidents::by_cad_number(&*client, tenant, &cad_number).await?;
+    let actor = dispatcher_actor(&*client, tenant, body.dispatcher, now).await?;
+    let credential_id: Uuid = client
+        .query_one(
+            "SELECT id FROM api_credentials WHERE municipality_id = $1 AND key_id = $2",
+            &[&tenant.id(), &key_id],
+        )
+        .await?
+        .get(0);
+    let via = ViaCad {
+        credential_id,
+        key_id,
+    };
+    grants::create_as(client, engine, &actor, incident.id, &input, Some(&via), now).await
 }

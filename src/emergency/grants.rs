@@ -319,6 +319,30 @@ pub async fn create(
     input: &GrantInput,
     now: DateTime<Utc>,
 ) -> Result<Grant, EmergencyError> {
+    create_as(client, engine, actor, incident_id, input, None, now).await
+}
+
+/// The CAD credential through which a CAD system made a grant on a dispatcher's behalf.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViaCad {
+    /// `api_credentials.id`.
+    pub credential_id: Uuid,
+    /// Its public key id.
+    pub key_id: String,
+}
+
+/// [`create`], made by `actor` directly (`via` = `None`) or by a CAD system in their name: the
+/// same policy question and the same checks; the grant and its audit entry also name the
+/// credential.
+pub async fn create_as(
+    client: &mut deadpool_postgres::Object,
+    engine: &PolicyEngine,
+    actor: &Actor,
+    incident_id: Uuid,
+    input: &GrantInput,
+    via: Option<&ViaCad>,
+    now: DateTime<Utc>,
+) -> Result<Grant, EmergencyError> {
     if !actor.has(Role::Dispatcher) {
         return Err(EmergencyError::NotFound);
     }
@@ -369,8 +393,8 @@ pub async fn create(
     let ends_at = now + Duration::minutes(i64::from(input.minutes));
     tx.execute(
         "INSERT INTO grants (id, municipality_id, incident_id, property_id, plan_id, granted_by, unit,
-             justification, status, policy_set_hash, created_at, starts_at, ends_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12)",
+             justification, status, policy_set_hash, created_at, starts_at, ends_at, cad_credential_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13)",
         &[
             &id,
             &tenant.id(),
@@ -384,6 +408,7 @@ pub async fn create(
             &decision.policy_set_hash.to_vec(),
             &now,
             &ends_at,
+            &via.map(|v| v.credential_id),
         ],
     )
     .await
@@ -395,21 +420,25 @@ pub async fn create(
         )
         .await?;
     }
+    let mut details = serde_json::json!({
+        "plan_id": plan.id,
+        "plan_version": plan.version,
+        "status": status,
+        "minutes": input.minutes,
+        "responders": responders.len(),
+        "unit": unit,
+        "policies": decision.determining_policies,
+    });
+    if let (Some(via), Some(map)) = (via, details.as_object_mut()) {
+        map.insert("cad_key_id".to_owned(), via.key_id.clone().into());
+    }
     let event = Event::new("grant.create", Outcome::Allow)
         .actor(actor.user_id)
         .subject("grant", id)
         .property(ctx.property.id)
         .incident(incident.id)
         .policy(decision.policy_set_hash)
-        .details(serde_json::json!({
-            "plan_id": plan.id,
-            "plan_version": plan.version,
-            "status": status,
-            "minutes": input.minutes,
-            "responders": responders.len(),
-            "unit": unit,
-            "policies": decision.determining_policies,
-        }));
+        .details(details);
     audit::record(&tx, tenant, &event, now).await?;
     let grant = by_id(&tx, tenant, id).await?;
     if grant.status == "live" {

@@ -298,7 +298,7 @@ fn header<'a>(req: &'a HttpRequest, name: &str) -> &'a str {
         .unwrap_or_default()
 }
 
-async fn cad_call(
+pub(super) async fn cad_call(
     state: &AppState,
     req: &HttpRequest,
     body: &[u8],
@@ -319,7 +319,7 @@ async fn cad_call(
     };
     let now = state.clock.now();
     let mut client = client(state).await?;
-    let response = cad::handle(&mut client, &state.kek, &call, &action, now).await?;
+    let response = cad::handle(&mut client, &state.kek, &state.policy, &call, &action, now).await?;
     let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::OK);
     let mut builder = HttpResponse::build(status);
     if response.replayed {

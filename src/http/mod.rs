@@ -8,6 +8,7 @@
 //! `x-request-id` and the security headers, is counted in `/metrics` and written to the access log.
 
 pub mod access_log;
+pub mod admin;
 pub mod auth;
 pub mod dispatch;
 pub mod error;
@@ -281,6 +282,7 @@ fn routes(cfg: &mut web::ServiceConfig, with_metrics: bool) {
         .configure(log::routes)
         .configure(keys::routes)
         .configure(privacy::routes)
+        .configure(admin::routes)
         .configure(crate::web::routes)
         .service(
             web::resource("/api/openapi.json")

@@ -49,6 +49,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
     doc.merge(super::log::LogApi::openapi());
     doc.merge(super::keys::KeysApi::openapi());
     doc.merge(super::privacy::PrivacyApi::openapi());
+    doc.merge(super::admin::AdminApi::openapi());
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
     StandardResponses.modify(&mut doc);
     doc
@@ -260,6 +261,9 @@ impl Modify for StandardResponses {
             assert_uuid_format(schema);
         }
         if let Some(grant) = components.schemas.get_mut("NewGrant") {
+            either_responders_or_unit(grant);
+        }
+        if let Some(grant) = components.schemas.get_mut("CadGrant") {
             either_responders_or_unit(grant);
         }
         for (path, item) in doc.paths.paths.iter_mut() {

@@ -17,8 +17,9 @@ use cedar_policy::{Authorizer, Decision, PolicySet, Schema};
 
 pub use compile::{CheckReport, Diagnostic, Location, SchemaOrigin};
 pub use request::{
-    Action, AgencyRule, ApprovalContext, AuditLogAttrs, AuthzRequest, GrantContext, PlanAttrs,
-    PrincipalAttrs, PropertyAttrs, Resource, RevealContext, StepUpContext, TokenContext,
+    Action, AgencyRule, ApprovalContext, AuditLogAttrs, AuthzRequest, GrantContext,
+    MunicipalityAttrs, PlanAttrs, PrincipalAttrs, PropertyAttrs, Resource, RevealContext,
+    StepUpContext, TokenContext,
 };
 
 use compile::SourceFile;
@@ -31,6 +32,10 @@ const SHIPPED_SCHEMA: &str = include_str!(concat!(
 
 /// The shipped policy files, by name. A test checks this list against the `policies/` directory.
 const SHIPPED_POLICIES: &[(&str, &str)] = &[
+    (
+        "admin.cedar",
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/admin.cedar")),
+    ),
     (
         "audit.cedar",
         include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/audit.cedar")),
@@ -113,6 +118,8 @@ pub struct PolicyEngine {
     policy_ids: Vec<String>,
     hash: [u8; 32],
     authorizer: Authorizer,
+    /// The set's files: name and hex SHA-256 of the text, sorted by name.
+    files: Vec<(String, String)>,
 }
 
 impl PolicyEngine {
@@ -138,6 +145,17 @@ impl PolicyEngine {
             policy_ids: compiled.policy_ids,
             hash: compiled.hash,
             authorizer: Authorizer::new(),
+            files: {
+                let mut files: Vec<(String, String)> = files
+                    .iter()
+                    .map(|f| {
+                        let hash = ring::digest::digest(&ring::digest::SHA256, f.text.as_bytes());
+                        (f.name.clone(), hex::encode(hash))
+                    })
+                    .collect();
+                files.sort();
+                files
+            },
         };
         engine.check_request_shapes()?;
         Ok(engine)
@@ -160,6 +178,11 @@ impl PolicyEngine {
     /// SHA-256 of the set; recorded with every decision.
     pub fn policy_set_hash(&self) -> [u8; 32] {
         self.hash
+    }
+
+    /// The set's files: name and hex SHA-256 of each file's text, sorted by name.
+    pub fn files(&self) -> &[(String, String)] {
+        &self.files
     }
 
     /// The `@id`s of the set's policies, in file order (files sorted by name).
@@ -231,6 +254,7 @@ pub fn check_dir(dir: &Path) -> Result<CheckReport, Vec<Diagnostic>> {
         policy_ids: compiled.policy_ids.clone(),
         hash: compiled.hash,
         authorizer: Authorizer::new(),
+        files: Vec::new(),
     };
     if let Err(e) = engine.check_request_shapes() {
         return Err(vec![Diagnostic {
@@ -317,6 +341,20 @@ fn sample_requests() -> Vec<AuthzRequest> {
             step_up,
         ),
         AuthzRequest::read_property_audit(&principal, &property, step_up),
+        AuthzRequest::view_administration(
+            &principal,
+            MunicipalityAttrs {
+                municipality: uuid::Uuid::nil(),
+            },
+            step_up,
+        ),
+        AuthzRequest::administer(
+            &principal,
+            MunicipalityAttrs {
+                municipality: uuid::Uuid::nil(),
+            },
+            step_up,
+        ),
     ]
 }
 

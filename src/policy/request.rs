@@ -33,11 +33,15 @@ pub enum Action {
     RequestToken,
     /// Read audit entries (of the whole municipality, or about one property).
     ReadAudit,
+    /// See the municipality's administration (agencies, units, users, invitations, credentials).
+    ViewAdministration,
+    /// Change the municipality's administration.
+    Administer,
 }
 
 impl Action {
     /// Every action, in schema order.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 10] = [
         Self::ViewPlanSummary,
         Self::RevealNotes,
         Self::EditPlan,
@@ -46,6 +50,8 @@ impl Action {
         Self::ApproveGrant,
         Self::RequestToken,
         Self::ReadAudit,
+        Self::ViewAdministration,
+        Self::Administer,
     ];
 
     /// The action's id in the Cedar schema (`Action::"…"`).
@@ -59,6 +65,8 @@ impl Action {
             Self::ApproveGrant => "approve_grant",
             Self::RequestToken => "request_token",
             Self::ReadAudit => "read_audit",
+            Self::ViewAdministration => "view_administration",
+            Self::Administer => "administer",
         }
     }
 }
@@ -158,6 +166,14 @@ pub struct AuditLogAttrs {
     pub municipality: Uuid,
 }
 
+/// A municipality, as the object of its administration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MunicipalityAttrs {
+    /// The municipality (also the entity id).
+    pub municipality: Uuid,
+}
+
 /// Context of actions that need nothing beyond the session's step-up state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -221,6 +237,8 @@ pub enum Resource {
     Property(PropertyAttrs),
     /// A municipality's audit log.
     AuditLog(AuditLogAttrs),
+    /// A municipality, for its administration.
+    Municipality(MunicipalityAttrs),
 }
 
 /// One authorization question, built only by the typed constructors below.
@@ -366,6 +384,34 @@ impl AuthzRequest {
         Self::on_property(principal, Action::ReadAudit, property, step_up(ctx))
     }
 
+    /// May `principal` see the administration of `town`?
+    pub fn view_administration(
+        principal: &PrincipalAttrs,
+        town: MunicipalityAttrs,
+        ctx: StepUpContext,
+    ) -> Self {
+        Self {
+            principal: principal.clone(),
+            action: Action::ViewAdministration,
+            resource: Resource::Municipality(town),
+            context: step_up(ctx),
+        }
+    }
+
+    /// May `principal` change the administration of `town`?
+    pub fn administer(
+        principal: &PrincipalAttrs,
+        town: MunicipalityAttrs,
+        ctx: StepUpContext,
+    ) -> Self {
+        Self {
+            principal: principal.clone(),
+            action: Action::Administer,
+            resource: Resource::Municipality(town),
+            context: step_up(ctx),
+        }
+    }
+
     fn on_property(
         principal: &PrincipalAttrs,
         action: Action,
@@ -410,6 +456,15 @@ impl AuthzRequest {
                 let attrs = HashMap::from([(
                     "municipality".to_owned(),
                     RestrictedExpression::new_string(log.municipality.to_string()),
+                )]);
+                entities.push(Entity::new(uid.clone(), attrs, HashSet::new()).map_err(err)?);
+                uid
+            }
+            Resource::Municipality(town) => {
+                let uid = uid("Municipality", town.municipality.to_string())?;
+                let attrs = HashMap::from([(
+                    "municipality".to_owned(),
+                    RestrictedExpression::new_string(town.municipality.to_string()),
                 )]);
                 entities.push(Entity::new(uid.clone(), attrs, HashSet::new()).map_err(err)?);
                 uid

@@ -27,6 +27,7 @@ struct Fixtures {
 enum ResourceJson {
     Property(PropertyAttrs),
     AuditLog(AuditLogAttrs),
+    Municipality(MunicipalityAttrs),
 }
 
 #[derive(Debug, Deserialize)]
@@ -121,6 +122,15 @@ fn request(l: &Loaded) -> AuthzRequest {
             );
             return AuthzRequest::read_audit_log(p, *log, context(o, ctx));
         }
+        ResourceJson::Municipality(town) => {
+            return match l.case.action {
+                Action::ViewAdministration => {
+                    AuthzRequest::view_administration(p, *town, context(o, ctx))
+                }
+                Action::Administer => AuthzRequest::administer(p, *town, context(o, ctx)),
+                other => panic!("{o}: a municipality does not take {other:?}"),
+            };
+        }
     };
     match l.case.action {
         Action::ViewPlanSummary => AuthzRequest::view_plan_summary(p, property, context(o, ctx)),
@@ -131,6 +141,9 @@ fn request(l: &Loaded) -> AuthzRequest {
         Action::ApproveGrant => AuthzRequest::approve_grant(p, property, context(o, ctx)),
         Action::RequestToken => AuthzRequest::request_token(p, property, context(o, ctx)),
         Action::ReadAudit => AuthzRequest::read_property_audit(p, property, context(o, ctx)),
+        Action::ViewAdministration | Action::Administer => {
+            panic!("{o}: administration is asked of a municipality, not a property")
+        }
     }
 }
 
@@ -238,6 +251,7 @@ fn wrong_municipality_is_denied_for_every_action() {
         match &mut foreign_resource.resource {
             ResourceJson::Property(p) => p.municipality = elsewhere,
             ResourceJson::AuditLog(log) => log.municipality = elsewhere,
+            ResourceJson::Municipality(town) => town.municipality = elsewhere,
         }
         for moved in [foreign_principal, foreign_resource] {
             let decision = engine.decide(&request(&moved));
@@ -431,7 +445,7 @@ fn check_dir_reports_counts_hash_and_problems() {
     .unwrap();
     let problems = check_dir(dir.path()).expect_err("must fail");
     // One error per resource type the unscoped policy could apply to.
-    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert_eq!(problems.len(), 3, "{problems:?}");
     let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
     assert!(
         shown.contains(

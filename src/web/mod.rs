@@ -17,11 +17,15 @@
 //!   printable plan.
 //! - [`history`]: a home's history in words, from the audit log; erasing its personal details.
 //! - [`keys`]: "my security keys", for every signed-in user.
+//! - [`auditor`]: the audit log with filters, an entry, CSV/JSON export, the chain's status.
+//! - [`admin`]: municipal administration: agencies, units, staff, invitations, CAD credentials, trust.
 //!
 //! Pages call the core functions the JSON handlers call (`store`, `access`, `audit`, `auth`);
 //! state-changing form posts pass the same Origin check (`http::check_origin`) as JSON writes.
 
+mod admin;
 pub mod assets;
+mod auditor;
 mod error;
 mod everyone;
 mod history;
@@ -43,7 +47,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .configure(homeowner::routes)
         .configure(responder::routes)
         .configure(keys::routes)
-        .configure(history::routes);
+        .configure(history::routes)
+        .configure(admin::routes)
+        .configure(auditor::routes);
 }
 
 /// The answer for a path nobody serves: the HTML "not found" page for a browser asking for a page,

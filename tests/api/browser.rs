@@ -1348,3 +1348,178 @@ async fn homeowner_keys_and_history_in_chromium() {
 
     b.client.clone().close().await.unwrap();
 }
+
+impl Browser {
+    /// Signs the browser in as `who` (a session made by the harness): staff enrol hardware keys
+    /// with a trusted attestation, which Chromium's virtual authenticator does not carry.
+    async fn sign_in_with_cookie(&self, who: &crate::helpers::As) {
+        let (name, value) = who.cookie.split_once('=').unwrap();
+        let set = self
+            .cdp(
+                "Network.setCookie",
+                json!({
+                    "name": name, "value": value, "url": format!("{}/", self.base),
+                    "secure": true, "httpOnly": true, "sameSite": "Strict", "path": "/"
+                }),
+            )
+            .await;
+        assert_eq!(set["success"], json!(true), "{set}");
+    }
+}
+
+/// A municipal admin adds an agency and a unit, invites a dispatcher into the agency (the mailed
+/// link opens its enrolment page) and sees the pending invitation; then an auditor filters the
+/// log for the agency's creation, opens the entry and downloads the CSV of the filtered view.
+#[tokio::test]
+async fn admin_and_auditor_in_chromium() {
+    use firstkey::domain::Role;
+    let app = spawn_for_browser().await;
+    let Some(mut b) = Browser::start(&app.address, "admin").await else {
+        return;
+    };
+    let tenant = municipality(&app, "springfield").await;
+    let admin = crate::helpers::user(
+        &app,
+        tenant,
+        "chief@springfield.example",
+        None,
+        Role::MunicipalAdmin,
+        true,
+    )
+    .await;
+    b.sign_in_with_cookie(&admin).await;
+
+    b.goto("/home").await;
+    b.click("#go-admin").await;
+    b.wait_for_path("/admin").await;
+    assert_eq!(b.text("main h1").await, "Agencies");
+    assert!(b.client.find(Locator::Css("#step-up")).await.is_err());
+    b.check("agencies-empty", &[]).await;
+    b.fill("#agency_name", "Springfield Fire Department").await;
+    b.click("#add-agency button").await;
+    b.wait_for_path("/admin?done=agency-added").await;
+    let row = b.text("#agencies tbody tr").await;
+    assert!(
+        row.contains("Springfield Fire Department") && row.contains("fire"),
+        "{row}"
+    );
+    b.check("agency-added", &[]).await;
+
+    b.click("nav.subnav a[href='/admin/units']").await;
+    b.fill("#unit_name", "Engine 7").await;
+    b.check("units-empty", &[]).await;
+    b.click("#add-unit button").await;
+    b.wait_for_path("/admin/units?done=unit-added").await;
+    assert!(b.text("ul.cards").await.contains("Engine 7"));
+    b.check("unit-added", &[]).await;
+
+    b.click("nav.subnav a[href='/admin/people']").await;
+    b.fill("#invite_name", "Dana Dispatcher").await;
+    b.fill("#invite_email", "dana@springfield.example").await;
+    b.wait_for("#invite_role option[value='dispatcher']")
+        .await
+        .click()
+        .await
+        .unwrap();
+    let agency_option = "#invite_agency option:nth-child(2)";
+    assert_eq!(b.text(agency_option).await, "Springfield Fire Department");
+    b.click(agency_option).await;
+    b.check("invite", &[]).await;
+    b.click("#invite-form button").await;
+    b.wait_for_path("/admin/people?done=invited").await;
+    let pending = b.text("#invitations-table tbody").await;
+    assert!(
+        pending.contains("dana@springfield.example") && pending.contains("dispatcher"),
+        "{pending}"
+    );
+    b.check("invited", &[]).await;
+
+    b.click("nav.subnav a[href='/admin/cad']").await;
+    b.fill("#cad_name", "Primary CAD").await;
+    b.click("#create-credential button").await;
+    let secret = b.text("#new-secret-value").await;
+    assert!(secret.len() >= 40, "{secret}");
+    b.check("cad-secret-once", &[]).await;
+    b.goto("/admin/cad").await;
+    b.wait_for("#credentials").await;
+    assert!(b.client.find(Locator::Css("#new-secret")).await.is_err());
+    let html = b.client.source().await.unwrap();
+    assert!(!html.contains(&secret), "the secret is shown once");
+    b.click("nav.subnav a[href='/admin/trust']").await;
+    b.wait_for("#policy-hash").await;
+    assert!(b.text("#policy-files").await.contains("admin.cedar"));
+    b.check("trust", &[]).await;
+
+    // The mailed link opens the invitee's enrolment page.
+    let link = mailed_secret(&app, "dana@springfield.example", "account.invitation")
+        .await
+        .expect("the invitation is in the outbox");
+    b.goto(&format!("/invitations/accept#{link}")).await;
+    b.wait_for("form[data-ready='true']").await;
+    b.check("invitation-page", &[]).await;
+
+    // The auditor.
+    let mut b = {
+        drop(b);
+        let Some(b) = Browser::start(&app.address, "auditor").await else {
+            return;
+        };
+        b
+    };
+    let auditor = crate::helpers::user(
+        &app,
+        tenant,
+        "audit@springfield.example",
+        None,
+        Role::Auditor,
+        true,
+    )
+    .await;
+    b.sign_in_with_cookie(&auditor).await;
+    b.goto("/home").await;
+    b.click("#go-audit").await;
+    b.wait_for("#chain-status").await;
+    assert!(b.text("#chain-status").await.contains("intact"));
+    b.check("log", &[]).await;
+    // Typed, then Enter (WebDriver's key U+E007) submits the form, as a person would.
+    b.fill("#event", "agency.create\u{E007}").await;
+    // The answer shows the filter back (the attribute, as the server wrote it).
+    b.wait_for("input#event[value='agency.create']").await;
+    let rows = b.text("#entries-table tbody").await;
+    assert_eq!(
+        rows.lines().filter(|l| l.contains("agency.create")).count(),
+        1,
+        "{rows}"
+    );
+    assert!(rows.contains("chief@springfield.example"), "{rows}");
+    b.check("log-filtered", &[]).await;
+    let csv = b
+        .client
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             fetch(document.getElementById('export-csv').href, { credentials: 'same-origin' })
+               .then(r => r.text()).then(done, e => done('failed: ' + e));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let csv = csv.as_str().unwrap().to_owned();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert!(
+        lines[0].starts_with("seq,recorded_at,actor,action,outcome"),
+        "{csv}"
+    );
+    assert_eq!(lines.len(), 2, "{csv}");
+    assert!(
+        lines[1].contains(",agency.create,info,agency,")
+            && lines[1].contains(&admin.id.to_string())
+            && lines[1].contains("Springfield Fire Department"),
+        "{csv}"
+    );
+    b.click("#entries-table tbody th a").await;
+    b.wait_for("#entry").await;
+    assert!(b.text("#entry").await.contains("agency.create"));
+    b.check("entry", &[]).await;
+
+    b.client.clone().close().await.unwrap();
+}
