@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod properties;
 pub mod tokens;
+pub mod trusted;
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -277,6 +278,7 @@ fn routes(cfg: &mut web::ServiceConfig, with_metrics: bool) {
         .configure(dispatch::routes)
         .configure(tokens::routes)
         .configure(log::routes)
+        .configure(trusted::routes)
         .configure(crate::web::routes)
         .service(
             web::resource("/api/openapi.json")

@@ -19,6 +19,7 @@ pub use compile::{CheckReport, Diagnostic, Location, SchemaOrigin};
 pub use request::{
     Action, AgencyRule, ApprovalContext, AuditLogAttrs, AuthzRequest, GrantContext, PlanAttrs,
     PrincipalAttrs, PropertyAttrs, Resource, RevealContext, StepUpContext, TokenContext,
+    TrustedTokenContext,
 };
 
 use compile::SourceFile;
@@ -61,6 +62,13 @@ const SHIPPED_POLICIES: &[(&str, &str)] = &[
         include_str!(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/policies/responder.cedar"
+        )),
+    ),
+    (
+        "trusted.cedar",
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/policies/trusted.cedar"
         )),
     ),
 ];
@@ -317,6 +325,9 @@ fn sample_requests() -> Vec<AuthzRequest> {
             step_up,
         ),
         AuthzRequest::read_property_audit(&principal, &property, step_up),
+        AuthzRequest::view_trusted_parties(&principal, &property, step_up),
+        AuthzRequest::manage_trusted_parties(&principal, &property, step_up),
+        AuthzRequest::request_trusted_token(&principal, &property, TrustedTokenContext::default()),
     ]
 }
 

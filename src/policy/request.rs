@@ -33,11 +33,17 @@ pub enum Action {
     RequestToken,
     /// Read audit entries (of the whole municipality, or about one property).
     ReadAudit,
+    /// See the trusted parties of a property.
+    ViewTrustedParties,
+    /// Invite, edit, pause or revoke a trusted party of a property.
+    ManageTrustedParties,
+    /// A trusted party asks for a token.
+    RequestTrustedToken,
 }
 
 impl Action {
     /// Every action, in schema order.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 11] = [
         Self::ViewPlanSummary,
         Self::RevealNotes,
         Self::EditPlan,
@@ -46,6 +52,9 @@ impl Action {
         Self::ApproveGrant,
         Self::RequestToken,
         Self::ReadAudit,
+        Self::ViewTrustedParties,
+        Self::ManageTrustedParties,
+        Self::RequestTrustedToken,
     ];
 
     /// The action's id in the Cedar schema (`Action::"…"`).
@@ -59,6 +68,9 @@ impl Action {
             Self::ApproveGrant => "approve_grant",
             Self::RequestToken => "request_token",
             Self::ReadAudit => "read_audit",
+            Self::ViewTrustedParties => "view_trusted_parties",
+            Self::ManageTrustedParties => "manage_trusted_parties",
+            Self::RequestTrustedToken => "request_trusted_token",
         }
     }
 }
@@ -214,6 +226,17 @@ pub struct TokenContext {
     pub named_in_live_grant: bool,
 }
 
+/// Context of `request_trusted_token`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedTokenContext {
+    /// A WebAuthn assertion within the last few minutes.
+    pub step_up_fresh: bool,
+    /// An active trusted party of the property for the lock, inside its window and schedule, with
+    /// an entry left today.
+    pub trusted_now: bool,
+}
+
 /// What a request is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resource {
@@ -364,6 +387,37 @@ impl AuthzRequest {
         ctx: StepUpContext,
     ) -> Self {
         Self::on_property(principal, Action::ReadAudit, property, step_up(ctx))
+    }
+
+    /// `view_trusted_parties` on a property.
+    pub fn view_trusted_parties(
+        principal: &PrincipalAttrs,
+        property: &PropertyAttrs,
+        ctx: StepUpContext,
+    ) -> Self {
+        Self::on_property(principal, Action::ViewTrustedParties, property, step_up(ctx))
+    }
+
+    /// `manage_trusted_parties` on a property.
+    pub fn manage_trusted_parties(
+        principal: &PrincipalAttrs,
+        property: &PropertyAttrs,
+        ctx: StepUpContext,
+    ) -> Self {
+        Self::on_property(principal, Action::ManageTrustedParties, property, step_up(ctx))
+    }
+
+    /// `request_trusted_token` on a property.
+    pub fn request_trusted_token(
+        principal: &PrincipalAttrs,
+        property: &PropertyAttrs,
+        ctx: TrustedTokenContext,
+    ) -> Self {
+        let context = vec![
+            ("step_up_fresh", ContextValue::Bool(ctx.step_up_fresh)),
+            ("trusted_now", ContextValue::Bool(ctx.trusted_now)),
+        ];
+        Self::on_property(principal, Action::RequestTrustedToken, property, context)
     }
 
     fn on_property(

@@ -131,6 +131,15 @@ fn request(l: &Loaded) -> AuthzRequest {
         Action::ApproveGrant => AuthzRequest::approve_grant(p, property, context(o, ctx)),
         Action::RequestToken => AuthzRequest::request_token(p, property, context(o, ctx)),
         Action::ReadAudit => AuthzRequest::read_property_audit(p, property, context(o, ctx)),
+        Action::ViewTrustedParties => {
+            AuthzRequest::view_trusted_parties(p, property, context(o, ctx))
+        }
+        Action::ManageTrustedParties => {
+            AuthzRequest::manage_trusted_parties(p, property, context(o, ctx))
+        }
+        Action::RequestTrustedToken => {
+            AuthzRequest::request_trusted_token(p, property, context(o, ctx))
+        }
     }
 }
 
