@@ -11,7 +11,7 @@ use crate::auth::Actor;
 use crate::emergency::tokens::Minting;
 use crate::store::StoreError;
 use crate::trusted::{
-    self, MyAccess, NewTrustedParty, Schedule, Terms, TrustedParty, TrustedPartyEdit,
+    self, MyAccess, NewTrustedParty, Schedule, TrustedParty, TrustedPartyEdit,
     TrustedStatusChoice, TrustedToken, TrustedTokenRequest,
 };
 
@@ -19,7 +19,7 @@ use crate::trusted::{
 #[derive(OpenApi)]
 #[openapi(
     paths(list_trusted, invite_trusted, edit_trusted, revoke_trusted, my_access, request_trusted_token),
-    components(schemas(NewTrustedParty, Terms, Schedule, TrustedParty, TrustedPartyEdit,
+    components(schemas(NewTrustedParty, Schedule, TrustedParty, TrustedPartyEdit,
         TrustedStatusChoice, MyAccess, TrustedTokenRequest, TrustedToken)),
     tags((name = "trusted", description = "Trusted parties: standing access a homeowner gives"))
 )]

@@ -130,26 +130,17 @@ impl StoredSchedule {
 }
 
 /// The terms of a trusted party's access, as the homeowner sets them (invite and edit).
-#[derive(Debug, Clone, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Terms {
-    /// Locks of the property they may open (at least one).
-    pub locks: Vec<Uuid>,
-    /// Start of the window; now if absent.
-    pub starts_at: Option<DateTime<Utc>>,
-    /// End of the window: after now, at most 90 days after its start.
-    pub ends_at: DateTime<Utc>,
-    /// Weekly schedule inside the window; any time if absent.
-    pub schedule: Option<Schedule>,
-    /// Entries (tokens) per day (UTC), 1 to 50; 1 if absent.
-    pub uses_per_day: Option<i16>,
-    /// Mail the homeowner each time a token is issued to them (default true).
-    pub notify_on_use: Option<bool>,
-    /// Dispatch may be told this party holds access (shown on the plan summary; default false).
-    pub share_with_dispatch: Option<bool>,
+struct Terms<'a> {
+    locks: &'a [Uuid],
+    starts_at: Option<DateTime<Utc>>,
+    ends_at: DateTime<Utc>,
+    schedule: Option<&'a Schedule>,
+    uses_per_day: Option<i16>,
+    notify_on_use: Option<bool>,
+    share_with_dispatch: Option<bool>,
 }
 
-/// Body of an invitation.
+/// Body of an invitation: who, and the terms.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewTrustedParty {
@@ -163,10 +154,21 @@ pub struct NewTrustedParty {
         pattern = r"^[^\u0000]*[^\s\u0000\u0085][^\u0000]*$"
     )]
     pub label: String,
-    /// The terms.
-    #[serde(flatten)]
-    #[schema(inline)]
-    pub terms: Terms,
+    /// Locks of the property they may open (one to twenty).
+    pub locks: Vec<Uuid>,
+    /// Start of the window; now if absent.
+    pub starts_at: Option<DateTime<Utc>>,
+    /// End of the window: in the future, at most 90 days after its start (renew by editing).
+    pub ends_at: DateTime<Utc>,
+    /// Weekly schedule inside the window; any time if absent.
+    pub schedule: Option<Schedule>,
+    /// Entries (tokens) per day (UTC), 1 to 50; 1 if absent.
+    #[schema(minimum = 1, maximum = 50)]
+    pub uses_per_day: Option<i16>,
+    /// Mail the homeowner each time a token is issued to them (default true).
+    pub notify_on_use: Option<bool>,
+    /// Dispatch may be told this party holds access (shown on the plan summary; default false).
+    pub share_with_dispatch: Option<bool>,
 }
 
 /// Body of an edit: new terms, and whether access is paused.
@@ -175,10 +177,35 @@ pub struct NewTrustedParty {
 pub struct TrustedPartyEdit {
     /// `active` or `paused` (a paused party gets no token; tokens already issued are revoked).
     pub status: TrustedStatusChoice,
-    /// The terms.
-    #[serde(flatten)]
-    #[schema(inline)]
-    pub terms: Terms,
+    /// Locks of the property they may open (one to twenty).
+    pub locks: Vec<Uuid>,
+    /// Start of the window; now if absent.
+    pub starts_at: Option<DateTime<Utc>>,
+    /// End of the window: in the future, at most 90 days after its start (renew by editing).
+    pub ends_at: DateTime<Utc>,
+    /// Weekly schedule inside the window; any time if absent.
+    pub schedule: Option<Schedule>,
+    /// Entries (tokens) per day (UTC), 1 to 50; 1 if absent.
+    #[schema(minimum = 1, maximum = 50)]
+    pub uses_per_day: Option<i16>,
+    /// Mail the homeowner each time a token is issued to them (default true).
+    pub notify_on_use: Option<bool>,
+    /// Dispatch may be told this party holds access (shown on the plan summary; default false).
+    pub share_with_dispatch: Option<bool>,
+}
+
+macro_rules! terms_of {
+    ($body:expr) => {
+        Terms {
+            locks: &$body.locks,
+            starts_at: $body.starts_at,
+            ends_at: $body.ends_at,
+            schedule: $body.schedule.as_ref(),
+            uses_per_day: $body.uses_per_day,
+            notify_on_use: $body.notify_on_use,
+            share_with_dispatch: $body.share_with_dispatch,
+        }
+    };
 }
 
 /// The states a homeowner may set by editing.
@@ -402,10 +429,10 @@ async fn check_terms(
     client: &impl GenericClient,
     tenant: Tenant,
     property: Uuid,
-    terms: &Terms,
+    terms: &Terms<'_>,
     now: DateTime<Utc>,
 ) -> Result<Checked, EmergencyError> {
-    let mut locks = terms.locks.clone();
+    let mut locks = terms.locks.to_vec();
     locks.sort_unstable();
     locks.dedup();
     if locks.is_empty() || locks.len() > 20 {
@@ -448,11 +475,7 @@ async fn check_terms(
         locks,
         starts_at,
         ends_at,
-        schedule: terms
-            .schedule
-            .as_ref()
-            .map(StoredSchedule::parse)
-            .transpose()?,
+        schedule: terms.schedule.map(StoredSchedule::parse).transpose()?,
         uses_per_day,
         notify_on_use: terms.notify_on_use.unwrap_or(true),
         share_with_dispatch: terms.share_with_dispatch.unwrap_or(false),
@@ -541,7 +564,7 @@ pub async fn invite(
     let label = Text::parse("label", &new.label, 200)
         .map_err(|e| EmergencyError::Invalid(e.to_string()))?;
     let email = Email::parse(&new.email).map_err(|e| EmergencyError::Invalid(e.to_string()))?;
-    let checked = check_terms(&*client, actor.tenant, property, &new.terms, now).await?;
+    let checked = check_terms(&*client, actor.tenant, property, &terms_of!(new), now).await?;
     let tx = client.transaction().await.map_err(StoreError::from)?;
     let (invitation, secret) = accounts::invite(
         &tx,
@@ -686,7 +709,7 @@ pub async fn edit(
     now: DateTime<Utc>,
 ) -> Result<TrustedParty, EmergencyError> {
     let (_, decision) = authorize_owner(client, engine, actor, property, true, now).await?;
-    let checked = check_terms(&*client, actor.tenant, property, &edit.terms, now).await?;
+    let checked = check_terms(&*client, actor.tenant, property, &terms_of!(edit), now).await?;
     let tx = client.transaction().await.map_err(StoreError::from)?;
     let current = tx
         .query_opt(

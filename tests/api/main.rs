@@ -29,3 +29,4 @@ mod schemathesis;
 mod startup;
 mod story;
 mod tenancy;
+mod trusted;
