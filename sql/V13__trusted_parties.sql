@@ -1,4 +1,4 @@
--- firstkey: trusted parties with standing access (issue 11 §1).
+-- firstkey: trusted parties with standing access (issue 11 §1) and the homeowner's remote unlock (§3).
 --
 -- A homeowner invites a neighbour, relative, home-care agency or security firm by e-mail for one
 -- property: which locks, a window of at most 90 days (renewable), an optional weekly schedule and a
@@ -63,12 +63,15 @@ CREATE TABLE trusted_party_locks (
     FOREIGN KEY (municipality_id, lock_id) REFERENCES locks (municipality_id, id)
 );
 
--- A token is minted under a grant (responders) or for a trusted party, never both.
+-- A token is minted under exactly one of: a grant (responders), a trusted party, or the
+-- homeowner's remote unlock (issue 11 §3; `responder_id` is then the homeowner, and the token has
+-- the `remote_open` scope and travels only over the lock's channel).
 ALTER TABLE issued_tokens ALTER COLUMN grant_id DROP NOT NULL;
 ALTER TABLE issued_tokens ADD COLUMN trusted_party_id uuid;
+ALTER TABLE issued_tokens ADD COLUMN remote_open boolean NOT NULL DEFAULT false;
 ALTER TABLE issued_tokens ADD CONSTRAINT issued_tokens_trusted_party
     FOREIGN KEY (municipality_id, trusted_party_id) REFERENCES trusted_parties (municipality_id, id);
 ALTER TABLE issued_tokens ADD CONSTRAINT issued_tokens_one_holder
-    CHECK ((grant_id IS NULL) <> (trusted_party_id IS NULL));
+    CHECK (num_nonnulls(grant_id, trusted_party_id) + remote_open::int = 1);
 CREATE INDEX issued_tokens_trusted_party ON issued_tokens (municipality_id, trusted_party_id, issued_at)
     WHERE trusted_party_id IS NOT NULL;

@@ -169,6 +169,8 @@ struct TokenContext {
     incident: Option<Uuid>,
     cad_number: Option<String>,
     opened_by: String,
+    /// The homeowner's own remote unlock.
+    remote: bool,
 }
 
 async fn store_one(
@@ -247,6 +249,10 @@ async fn store_one(
                 "{} opened by {opened_by} for incident {cad_number} at {when}.",
                 lock.name
             ),
+            Some(TokenContext { remote: true, .. }) => format!(
+                "{} opened remotely at {when}, as you asked from your account.",
+                lock.name
+            ),
             Some(TokenContext { opened_by, .. }) => format!(
                 "{} opened by {opened_by} (your trusted party) at {when}.",
                 lock.name
@@ -292,7 +298,8 @@ async fn token_context(
 ) -> Result<Option<TokenContext>, StoreError> {
     let row = tx
         .query_opt(
-            "SELECT g.incident_id, i.cad_number, coalesce(p.label, u.unit, g.unit, u.display_name)
+            "SELECT g.incident_id, i.cad_number, coalesce(p.label, u.unit, g.unit, u.display_name),
+                    t.remote_open
              FROM issued_tokens t
              LEFT JOIN grants g ON g.id = t.grant_id
              LEFT JOIN incidents i ON i.id = g.incident_id
@@ -306,6 +313,7 @@ async fn token_context(
         incident: r.get(0),
         cad_number: r.get(1),
         opened_by: r.get(2),
+        remote: r.get(3),
     }))
 }
 

@@ -163,7 +163,7 @@ pub async fn issue(
             property: grant.property_id,
             lock,
             credential,
-            confirmation,
+            confirmation: Some(confirmation),
             scope: Scope::Open,
             expires_at: grant.ends_at.min(now + minting.lifetime),
             policy_set_hash: decision.policy_set_hash,
@@ -256,6 +256,13 @@ pub(crate) enum Holder<'a> {
         /// The trusted party.
         party: Uuid,
     },
+    /// The homeowner's remote unlock (`remote_open` scope, no `cnf`): delivered as a
+    /// `RemoteOpen` inbox entry, never handed to anyone. The `grant` claim carries the property id,
+    /// the `incident` claim the word `remote`.
+    Remote {
+        /// Seconds the lock holds the door open.
+        hold_secs: u32,
+    },
 }
 
 /// Everything a token and its records need; see [`mint_recorded`].
@@ -266,9 +273,10 @@ pub(crate) struct Mint<'a> {
     pub subject: Uuid,
     pub property: Uuid,
     pub lock: Uuid,
-    /// The credential whose key is `confirmation`.
+    /// The credential whose key is `confirmation` (the step-up credential for a remote open).
     pub credential: Uuid,
-    pub confirmation: ConfirmationKey,
+    /// The `cnf` key; none only for a remote open.
+    pub confirmation: Option<ConfirmationKey>,
     pub scope: Scope,
     /// Not valid from this instant (whole seconds are kept).
     pub expires_at: DateTime<Utc>,
@@ -279,6 +287,8 @@ pub(crate) struct Mint<'a> {
 /// A token minted and recorded.
 pub(crate) struct Minted {
     pub bytes: Vec<u8>,
+    /// The lock inbox entry that carries it.
+    pub inbox_seq: i64,
     pub cti: [u8; 16],
     pub kid: String,
     pub not_before: DateTime<Utc>,
@@ -306,6 +316,7 @@ pub(crate) async fn mint_recorded(
     SystemRandom::new()
         .fill(&mut cti)
         .map_err(|_| keys::KeyError::Random)?;
+    let remote = matches!(mint.holder, Holder::Remote { .. });
     let (grant_claim, incident_claim, grant_id, party_id, incident_id) = match &mint.holder {
         Holder::Grant {
             grant,
@@ -319,6 +330,7 @@ pub(crate) async fn mint_recorded(
             Some(*incident),
         ),
         Holder::Trusted { party } => (*party, "trusted".to_owned(), None, Some(*party), None),
+        Holder::Remote { .. } => (mint.property, "remote".to_owned(), None, None, None),
     };
     let claims = Claims {
         issuer: signer.issuer.clone(),
@@ -333,7 +345,7 @@ pub(crate) async fn mint_recorded(
         incident: incident_claim,
         grant: GrantId(*grant_claim.as_bytes()),
         max_uses: 1,
-        confirmation: Some(mint.confirmation),
+        confirmation: mint.confirmation,
     };
     let bytes = firstkey_token::mint(&claims, &signer.kid, &signer.key.pair)
         .map_err(EmergencyError::Mint)?;
@@ -343,9 +355,9 @@ pub(crate) async fn mint_recorded(
     let expires_at =
         DateTime::from_timestamp(mint.expires_at.timestamp(), 0).unwrap_or(mint.expires_at);
     tx.execute(
-        "INSERT INTO issued_tokens (cti, municipality_id, grant_id, trusted_party_id, lock_id, responder_id,
-             credential_id, kid, token_hash, issued_at, not_before, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        "INSERT INTO issued_tokens (cti, municipality_id, grant_id, trusted_party_id, remote_open, lock_id,
+             responder_id, credential_id, kid, token_hash, issued_at, not_before, expires_at)
+         VALUES ($1, $2, $3, $4, $13, $5, $6, $7, $8, $9, $10, $11, $12)",
         &[
             &cti.to_vec(),
             &mint.tenant.id(),
@@ -359,6 +371,7 @@ pub(crate) async fn mint_recorded(
             &now,
             &not_before,
             &expires_at,
+            &remote,
         ],
     )
     .await
@@ -383,15 +396,16 @@ pub(crate) async fn mint_recorded(
         event = event.incident(incident);
     }
     audit::record(tx, mint.tenant, &event, now).await?;
-    inbox::push(
-        tx,
-        mint.tenant,
-        mint.lock,
-        &InboxMessage::Token(bytes.clone()),
-        now,
-    )
-    .await?;
+    let message = match mint.holder {
+        Holder::Remote { hold_secs } => InboxMessage::RemoteOpen {
+            token: bytes.clone(),
+            hold_secs,
+        },
+        Holder::Grant { .. } | Holder::Trusted { .. } => InboxMessage::Token(bytes.clone()),
+    };
+    let inbox_seq = inbox::push(tx, mint.tenant, mint.lock, &message, now).await?;
     Ok(Minted {
+        inbox_seq,
         bytes,
         cti,
         kid: signer.key.kid.clone(),

@@ -10,6 +10,7 @@ use super::error::ApiError;
 use crate::auth::Actor;
 use crate::emergency::tokens::Minting;
 use crate::store::StoreError;
+use crate::trusted::remote::{self, RemoteOutcome, RemoteUnlock, RemoteUnlockRequest};
 use crate::trusted::{
     self, MyAccess, NewTrustedParty, Schedule, TrustedParty, TrustedPartyEdit,
     TrustedStatusChoice, TrustedToken, TrustedTokenRequest,
@@ -18,8 +19,9 @@ use crate::trusted::{
 /// OpenAPI description of these endpoints.
 #[derive(OpenApi)]
 #[openapi(
-    paths(list_trusted, invite_trusted, edit_trusted, revoke_trusted, my_access, request_trusted_token),
-    components(schemas(NewTrustedParty, Schedule, TrustedParty, TrustedPartyEdit,
+    paths(list_trusted, invite_trusted, edit_trusted, revoke_trusted, my_access, request_trusted_token,
+        remote_open),
+    components(schemas(RemoteUnlockRequest, RemoteUnlock, RemoteOutcome, NewTrustedParty, Schedule, TrustedParty, TrustedPartyEdit,
         TrustedStatusChoice, MyAccess, TrustedTokenRequest, TrustedToken)),
     tags((name = "trusted", description = "Trusted parties: standing access a homeowner gives"))
 )]
@@ -32,7 +34,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(edit_trusted)
         .service(revoke_trusted)
         .service(my_access)
-        .service(request_trusted_token);
+        .service(request_trusted_token)
+        .service(remote_open);
 }
 
 /// The trusted parties of a property, for its owner.
@@ -157,4 +160,39 @@ pub async fn request_trusted_token(
     let token =
         trusted::issue_token(&mut client, &state.policy, minting, &actor, &body, now).await?;
     Ok(HttpResponse::Created().json(token))
+}
+
+/// The homeowner opens a lock of their property remotely for `seconds` (fresh passkey step-up).
+/// The lock verifies a short-lived `remote_open` token sent over its channel and opens; the answer
+/// waits (at most a few seconds) and says when the lock acknowledged and whether it opened, or that
+/// it did not answer (then it will not open later: the token expires within 30 seconds).
+#[utoipa::path(post, path = "/api/v1/locks/{id}/remote-open", tag = "trusted",
+    request_body = RemoteUnlockRequest,
+    params(("id" = Uuid, Path, description = "Lock")),
+    responses((status = 200, body = RemoteUnlock), (status = 400), (status = 401), (status = 404),
+              (status = 503)))]
+#[post("/api/v1/locks/{id}/remote-open")]
+pub async fn remote_open(
+    state: web::Data<AppState>,
+    actor: Actor,
+    id: web::Path<Uuid>,
+    body: web::Json<RemoteUnlockRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let minting = Minting {
+        key_dir: &state.settings.key_dir,
+        lifetime: state.settings.token_lifetime,
+    };
+    let mut client = state.pool.get().await.map_err(StoreError::from)?;
+    let answer = remote::unlock(
+        &mut client,
+        &state.policy,
+        minting,
+        state.clock.as_ref(),
+        &actor,
+        *id,
+        &body,
+        remote::ACK_WAIT,
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(answer))
 }

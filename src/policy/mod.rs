@@ -328,6 +328,7 @@ fn sample_requests() -> Vec<AuthzRequest> {
         AuthzRequest::view_trusted_parties(&principal, &property, step_up),
         AuthzRequest::manage_trusted_parties(&principal, &property, step_up),
         AuthzRequest::request_trusted_token(&principal, &property, TrustedTokenContext::default()),
+        AuthzRequest::remote_unlock(&principal, &property, step_up),
     ]
 }
 

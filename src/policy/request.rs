@@ -39,11 +39,13 @@ pub enum Action {
     ManageTrustedParties,
     /// A trusted party asks for a token.
     RequestTrustedToken,
+    /// The homeowner opens a lock of the property remotely.
+    RemoteUnlock,
 }
 
 impl Action {
     /// Every action, in schema order.
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::ViewPlanSummary,
         Self::RevealNotes,
         Self::EditPlan,
@@ -55,6 +57,7 @@ impl Action {
         Self::ViewTrustedParties,
         Self::ManageTrustedParties,
         Self::RequestTrustedToken,
+        Self::RemoteUnlock,
     ];
 
     /// The action's id in the Cedar schema (`Action::"…"`).
@@ -71,6 +74,7 @@ impl Action {
             Self::ViewTrustedParties => "view_trusted_parties",
             Self::ManageTrustedParties => "manage_trusted_parties",
             Self::RequestTrustedToken => "request_trusted_token",
+            Self::RemoteUnlock => "remote_unlock",
         }
     }
 }
@@ -418,6 +422,15 @@ impl AuthzRequest {
             ("trusted_now", ContextValue::Bool(ctx.trusted_now)),
         ];
         Self::on_property(principal, Action::RequestTrustedToken, property, context)
+    }
+
+    /// `remote_unlock` on a property.
+    pub fn remote_unlock(
+        principal: &PrincipalAttrs,
+        property: &PropertyAttrs,
+        ctx: StepUpContext,
+    ) -> Self {
+        Self::on_property(principal, Action::RemoteUnlock, property, step_up(ctx))
     }
 
     fn on_property(

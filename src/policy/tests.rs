@@ -140,6 +140,7 @@ fn request(l: &Loaded) -> AuthzRequest {
         Action::RequestTrustedToken => {
             AuthzRequest::request_trusted_token(p, property, context(o, ctx))
         }
+        Action::RemoteUnlock => AuthzRequest::remote_unlock(p, property, context(o, ctx)),
     }
 }
 

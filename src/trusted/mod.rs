@@ -30,6 +30,8 @@ use crate::policy::{AuthzRequest, PolicyEngine, StepUpContext, TrustedTokenConte
 use crate::settings::PublicOrigin;
 use crate::store::{StoreError, Tenant};
 
+pub mod remote;
+
 /// Longest window of standing access; the homeowner renews by editing it.
 pub const MAX_WINDOW_DAYS: i64 = 90;
 /// Most entries per day a homeowner may allow.
@@ -1071,7 +1073,7 @@ pub async fn issue_token(
             property: party.property_id,
             lock: request.lock,
             credential,
-            confirmation,
+            confirmation: Some(confirmation),
             scope: Scope::Open,
             expires_at,
             policy_set_hash: decision.policy_set_hash,

