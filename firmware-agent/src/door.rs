@@ -378,6 +378,80 @@ mod tests {
         }
     }
 
+    impl Rig {
+        fn remote_token(&self, ttl: u64, bound: bool) -> Vec<u8> {
+            let now = self.clock.now();
+            self.issuer
+                .mint_scoped(
+                    "k1",
+                    &TokenSpec {
+                        lock_id: "door".into(),
+                        not_before: now,
+                        expires_at: now + ttl,
+                        max_uses: 1,
+                        confirmation: bound.then(|| demo::confirmation_key(&self.key)),
+                    },
+                    Scope::RemoteOpen,
+                )
+                .unwrap()
+        }
+    }
+
+    fn last_reason(door: &Door) -> String {
+        let last = door.store().receipts().last().unwrap();
+        crate::receipt::decode_own(last).unwrap().body.reason
+    }
+
+    #[test]
+    fn a_remote_open_opens_once_and_its_replay_is_refused() {
+        let r = rig();
+        let mut door = r.door();
+        let token = r.remote_token(30, false);
+        assert_eq!(door.remote_open(&token, 5).unwrap().0, Outcome::Allow);
+        assert_eq!(last_reason(&door), REASON_OK);
+        let (again, seq) = door.remote_open(&token, 5).unwrap();
+        assert_eq!(again, Outcome::Deny);
+        assert_eq!(seq, 2);
+        assert_eq!(last_reason(&door), "replayed");
+    }
+
+    #[test]
+    fn scopes_keep_tap_and_remote_open_apart() {
+        let r = rig();
+        let mut door = r.door();
+        // A remote-open token at the tap, even one bound to the presenter's key: refused.
+        let remote = r.remote_token(30, true);
+        assert_eq!(r.tap(&mut door, &remote), Outcome::Deny);
+        assert_eq!(last_reason(&door), REASON_WRONG_SCOPE);
+        // A tap token sent as a remote open: refused, and it still opens at the tap afterwards.
+        let tap = r.token(30);
+        assert_eq!(door.remote_open(&tap, 5).unwrap().0, Outcome::Deny);
+        assert_eq!(last_reason(&door), REASON_WRONG_SCOPE);
+        assert_eq!(r.tap(&mut door, &tap), Outcome::Allow);
+        // An expired remote open, and one for another lock: refused.
+        let late = r.remote_token(10, false);
+        r.clock.advance(100);
+        assert_eq!(door.remote_open(&late, 5).unwrap().0, Outcome::Deny);
+        assert_eq!(last_reason(&door), "expired");
+        let now = r.clock.now();
+        let other = r
+            .issuer
+            .mint_scoped(
+                "k1",
+                &TokenSpec {
+                    lock_id: "other-door".into(),
+                    not_before: now,
+                    expires_at: now + 30,
+                    max_uses: 1,
+                    confirmation: None,
+                },
+                Scope::RemoteOpen,
+            )
+            .unwrap();
+        assert_eq!(door.remote_open(&other, 5).unwrap().0, Outcome::Deny);
+        assert_eq!(last_reason(&door), "wrong_lock");
+    }
+
     #[test]
     fn a_second_store_on_the_same_directory_is_refused() {
         let r = rig();
