@@ -423,11 +423,29 @@ mod tests {
         let remote = r.remote_token(30, true);
         assert_eq!(r.tap(&mut door, &remote), Outcome::Deny);
         assert_eq!(last_reason(&door), REASON_WRONG_SCOPE);
-        // A tap token sent as a remote open: refused, and it still opens at the tap afterwards.
+        // A tap token sent as a remote open: refused (its `cnf` asks for a proof no one gives
+        // over the channel), and it still opens at the tap afterwards.
         let tap = r.token(30);
         assert_eq!(door.remote_open(&tap, 5).unwrap().0, Outcome::Deny);
-        assert_eq!(last_reason(&door), REASON_WRONG_SCOPE);
+        assert_eq!(last_reason(&door), "proof_missing");
         assert_eq!(r.tap(&mut door, &tap), Outcome::Allow);
+        // Even an `open` token without `cnf` is no remote open: the scope decides.
+        let now = r.clock.now();
+        let bearer = r
+            .issuer
+            .mint(
+                "k1",
+                &TokenSpec {
+                    lock_id: "door".into(),
+                    not_before: now,
+                    expires_at: now + 30,
+                    max_uses: 1,
+                    confirmation: None,
+                },
+            )
+            .unwrap();
+        assert_eq!(door.remote_open(&bearer, 5).unwrap().0, Outcome::Deny);
+        assert_eq!(last_reason(&door), REASON_WRONG_SCOPE);
         // An expired remote open, and one for another lock: refused.
         let late = r.remote_token(10, false);
         r.clock.advance(100);
