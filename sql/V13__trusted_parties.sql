@@ -75,3 +75,8 @@ ALTER TABLE issued_tokens ADD CONSTRAINT issued_tokens_one_holder
     CHECK (num_nonnulls(grant_id, trusted_party_id) + remote_open::int = 1);
 CREATE INDEX issued_tokens_trusted_party ON issued_tokens (municipality_id, trusted_party_id, issued_at)
     WHERE trusted_party_id IS NOT NULL;
+
+-- The homeowner's remote unlock travels as its own inbox entry kind (PROTOCOL.md, "Remote open").
+ALTER TABLE lock_inbox DROP CONSTRAINT lock_inbox_kind_check;
+ALTER TABLE lock_inbox ADD CONSTRAINT lock_inbox_kind_check
+    CHECK (kind IN ('token', 'revocation', 'trust_bundle', 'remote_open'));

@@ -26,8 +26,7 @@ use crate::helpers::{As, TestApp, admin_config, call, fresh_database, test_setti
 const RP_ID: &str = "localhost";
 const WEEKDAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 
-/// A clock the test moves; it starts a second ahead of the wall clock, so sessions made now are
-/// never in its future.
+/// A clock the test moves; sessions' step-ups are set to its time (see [`World::restep`]).
 struct TestClock(Mutex<DateTime<Utc>>);
 
 impl Clock for TestClock {
@@ -59,6 +58,23 @@ impl World {
     fn advance(&self, by: Duration) {
         *self.clock.0.lock().unwrap() += by;
     }
+
+    /// Dates the step-up of `who`'s sessions at the test clock's now (the helper made them on the
+    /// wall clock, which has moved on).
+    async fn restep(&self, who: &As) {
+        restep(&self.app, who, self.now()).await;
+    }
+}
+
+async fn restep(app: &TestApp, who: &As, now: DateTime<Utc>) {
+    let client = app.pool.get().await.unwrap();
+    client
+        .execute(
+            "UPDATE sessions SET stepped_up_at = $2 WHERE user_id = $1 AND stepped_up_at IS NOT NULL",
+            &[&who.id, &now],
+        )
+        .await
+        .unwrap();
 }
 
 async fn paired_lock(app: &TestApp, tenant: Tenant, property: Uuid, name: &str) -> Uuid {
@@ -112,7 +128,7 @@ async fn world() -> World {
     config.dbname(&db);
     let mut settings = test_settings(config.clone());
     settings.key_dir = key_dir.clone();
-    let clock = Arc::new(TestClock(Mutex::new(Utc::now() + Duration::seconds(1))));
+    let clock = Arc::new(TestClock(Mutex::new(Utc::now())));
     let app_pool = firstkey::store::pool(config.clone(), settings.db_pool_size).unwrap();
     let server = Application::build(settings, app_pool, clock.clone()).unwrap();
     let address = format!("http://{}", server.local_addr());
@@ -150,6 +166,7 @@ async fn world() -> World {
     let bundle = TrustBundle::verify(&built.bytes, &RootPublicKey(public)).unwrap();
     drop(client);
     let owner = user(&app, tenant, "owner@a.example", None, Role::Homeowner, true).await;
+    restep(&app, &owner, clock.now()).await;
     let owner_plain = As {
         id: owner.id,
         ..user(&app, tenant, "owner@a.example", None, Role::Homeowner, false).await
@@ -168,6 +185,7 @@ async fn world() -> World {
         true,
     )
     .await;
+    restep(&app, &dispatcher, clock.now()).await;
     World {
         app,
         clock,
@@ -248,6 +266,7 @@ async fn accepted(w: &World, email: &str, body: Value) -> (Uuid, As) {
     let me: Value = finish.json().await.unwrap();
     assert_eq!(me["roles"], json!(["trusted_party"]));
     let who = user(&w.app, w.tenant, email, None, Role::TrustedParty, true).await;
+    w.restep(&who).await;
     (id, who)
 }
 
@@ -644,6 +663,7 @@ async fn bad_terms_and_other_homeowners_change_nothing() {
         true,
     )
     .await;
+    w.restep(&stranger).await;
     assert_eq!(invite(&w, &stranger, "x@a.example", base()).await.0, 404);
     let (status, _) = call(
         &w.app,
