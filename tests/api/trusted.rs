@@ -683,3 +683,128 @@ async fn bad_terms_and_other_homeowners_change_nothing() {
         .get(0);
     assert_eq!(invitations, 0, "a refused invite sends nothing");
 }
+
+#[tokio::test]
+async fn a_remote_unlock_is_queued_for_the_lock_only_and_never_opens_at_the_tap() {
+    let w = world().await;
+    let path = format!("/api/v1/locks/{}/remote-open", w.lock);
+    // Step-up first; another homeowner, a dispatcher and bad durations get nothing.
+    let (status, _) = call(
+        &w.app,
+        Method::POST,
+        &path,
+        Some(&w.owner_plain),
+        Some(json!({ "seconds": 10 })),
+    )
+    .await;
+    assert_eq!(status, 401);
+    let stranger = user(
+        &w.app,
+        w.tenant,
+        "other@a.example",
+        None,
+        Role::Homeowner,
+        true,
+    )
+    .await;
+    w.restep(&stranger).await;
+    for who in [&stranger, &w.dispatcher] {
+        let (status, _) = call(
+            &w.app,
+            Method::POST,
+            &path,
+            Some(who),
+            Some(json!({ "seconds": 10 })),
+        )
+        .await;
+        assert_eq!(status, 404);
+    }
+    for seconds in [0, 121] {
+        let (status, _) = call(
+            &w.app,
+            Method::POST,
+            &path,
+            Some(&w.owner),
+            Some(json!({ "seconds": seconds })),
+        )
+        .await;
+        assert_eq!(status, 400);
+    }
+    let client = w.app.pool.get().await.unwrap();
+    let none: i64 = client
+        .query_one("SELECT count(*) FROM lock_inbox", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(none, 0, "a refused request queues nothing");
+
+    // No agent is connected here: the answer says the lock did not answer (after the bounded wait).
+    let (status, answer) = call(
+        &w.app,
+        Method::POST,
+        &path,
+        Some(&w.owner),
+        Some(json!({ "seconds": 10 })),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["outcome"], "no_answer");
+    assert_eq!(answer["acknowledged_at"], Value::Null);
+    assert_eq!(answer["hold_seconds"], 10);
+    let row = client
+        .query_one(
+            "SELECT kind, payload FROM lock_inbox WHERE lock_id = $1",
+            &[&w.lock],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "remote_open");
+    let payload: Vec<u8> = row.get(1);
+    assert_eq!(payload[..4], 10u32.to_be_bytes());
+    let token = &payload[4..];
+    let recorded = client
+        .query_one(
+            "SELECT remote_open, grant_id IS NULL AND trusted_party_id IS NULL, responder_id, expires_at - not_before
+             FROM issued_tokens WHERE token_hash = $1",
+            &[&token_hash(token).0.to_vec()],
+        )
+        .await
+        .unwrap();
+    assert!(recorded.get::<_, bool>(0));
+    assert!(recorded.get::<_, bool>(1));
+    assert_eq!(recorded.get::<_, Uuid>(2), w.owner.id);
+    let issued = audit(&w, "token.issue").await;
+    assert_eq!(issued[0]["scope"], "remote_open");
+
+    // The token is a `remote_open`, bearer-free token for that lock only: at the tap, with any
+    // key, it is refused (no `cnf` to prove; the lock refuses the scope besides).
+    let key = w.owner.key.as_ref().unwrap();
+    assert!(matches!(
+        tap(&w, w.lock, token, key, vec![], w.now()),
+        Err(Refusal::NoConfirmationKey)
+    ));
+    let bearer = firstkey_token::verify(
+        token,
+        &w.bundle,
+        &Door {
+            id: LockId::parse(&w.lock.to_string()).unwrap(),
+            revoked: vec![],
+        },
+        &Presentation {
+            challenge: &Challenge([0; 32]),
+            proof: None,
+        },
+        u64::try_from(w.now().timestamp()).unwrap(),
+        &VerifyOptions {
+            require_proof_of_possession: false,
+            ..VerifyOptions::default()
+        },
+    )
+    .expect("verifies as the lock's remote-open path does");
+    assert_eq!(bearer.claims().scope, firstkey_token::Scope::RemoteOpen);
+    assert!(bearer.claims().expires_at - bearer.claims().not_before <= 30);
+    assert!(matches!(
+        tap(&w, w.other_lock, token, key, vec![], w.now()),
+        Err(Refusal::WrongLock | Refusal::NoConfirmationKey)
+    ));
+}
