@@ -20,8 +20,7 @@ use tokio_rustls::TlsConnector;
 use crate::door::Door;
 use crate::protocol::channel::{
     AgentMessage, InboxMessage, MAX_CHANNEL_FRAME, MAX_RECEIPTS_PER_FRAME, ServerMessage,
-    auth_signed_bytes,
-    decode_server_message, encode_agent_message,
+    auth_signed_bytes, decode_server_message, encode_agent_message,
 };
 use crate::protocol::{Bytes, FrameError, PROTOCOL_VERSION, read_frame, write_frame};
 use crate::state::{Applied, StateError};

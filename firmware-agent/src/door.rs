@@ -285,16 +285,16 @@ impl Door {
             // restart, and the receipt already holds the token's use.
             tracing::warn!(error = %e, "could not persist the time floor");
         }
-        if receipt.body.outcome == Outcome::Allow {
-            if let Err(e) = self.actuator.open(OpenRequest {
+        if receipt.body.outcome == Outcome::Allow
+            && let Err(e) = self.actuator.open(OpenRequest {
                 receipt_seq: receipt.body.seq,
                 hold,
-            }) {
-                tracing::error!(error = %e, "actuator failed; recording a deny");
-                body.outcome = Outcome::Deny;
-                body.reason = REASON_ACTUATOR_FAILED.into();
-                receipt = self.store.append_receipt(body)?;
-            }
+            })
+        {
+            tracing::error!(error = %e, "actuator failed; recording a deny");
+            body.outcome = Outcome::Deny;
+            body.reason = REASON_ACTUATOR_FAILED.into();
+            receipt = self.store.append_receipt(body)?;
         }
         Ok(receipt)
     }

@@ -577,7 +577,11 @@ pub async fn run(stage: &Stage, now: DateTime<Utc>) -> anyhow::Result<Ending> {
         )
         .await?;
     let lee_bytes = URL_SAFE_NO_PAD
-        .decode(lee_token["token"].as_str().ok_or_else(|| anyhow!("no token"))?)
+        .decode(
+            lee_token["token"]
+                .as_str()
+                .ok_or_else(|| anyhow!("no token"))?,
+        )
         .context("token is base64url")?;
     let lee_token_path = stage.work_dir.join(format!("trusted-{short}.cbor"));
     let lee_key_path = stage.work_dir.join(format!("trusted-{short}.pk8"));

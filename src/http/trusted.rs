@@ -12,8 +12,8 @@ use crate::emergency::tokens::Minting;
 use crate::store::StoreError;
 use crate::trusted::remote::{self, RemoteOutcome, RemoteUnlock, RemoteUnlockRequest};
 use crate::trusted::{
-    self, MyAccess, NewTrustedParty, Schedule, TrustedParty, TrustedPartyEdit,
-    TrustedStatusChoice, TrustedToken, TrustedTokenRequest,
+    self, MyAccess, NewTrustedParty, Schedule, TrustedParty, TrustedPartyEdit, TrustedStatusChoice,
+    TrustedToken, TrustedTokenRequest,
 };
 
 /// OpenAPI description of these endpoints.

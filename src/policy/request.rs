@@ -399,7 +399,12 @@ impl AuthzRequest {
         property: &PropertyAttrs,
         ctx: StepUpContext,
     ) -> Self {
-        Self::on_property(principal, Action::ViewTrustedParties, property, step_up(ctx))
+        Self::on_property(
+            principal,
+            Action::ViewTrustedParties,
+            property,
+            step_up(ctx),
+        )
     }
 
     /// `manage_trusted_parties` on a property.
@@ -408,7 +413,12 @@ impl AuthzRequest {
         property: &PropertyAttrs,
         ctx: StepUpContext,
     ) -> Self {
-        Self::on_property(principal, Action::ManageTrustedParties, property, step_up(ctx))
+        Self::on_property(
+            principal,
+            Action::ManageTrustedParties,
+            property,
+            step_up(ctx),
+        )
     }
 
     /// `request_trusted_token` on a property.

@@ -342,7 +342,8 @@ struct Row {
     locks: Vec<Uuid>,
 }
 
-const SELECT: &str = "SELECT t.id, t.property_id, t.user_id, t.label, u.email, t.status, t.starts_at, t.ends_at,
+const SELECT: &str =
+    "SELECT t.id, t.property_id, t.user_id, t.label, u.email, t.status, t.starts_at, t.ends_at,
         t.schedule_days, t.schedule_from, t.schedule_until, t.uses_per_day, t.notify_on_use,
         t.share_with_dispatch, t.created_at,
         coalesce((SELECT array_agg(l.lock_id ORDER BY l.lock_id) FROM trusted_party_locks l
@@ -971,7 +972,10 @@ pub async fn issue_token(
     let tenant = actor.tenant;
     let sql = format!("{SELECT} WHERE t.municipality_id = $1 AND t.id = $2 AND t.user_id = $3");
     let party = client
-        .query_opt(&sql, &[&tenant.id(), &request.trusted_party, &actor.user_id])
+        .query_opt(
+            &sql,
+            &[&tenant.id(), &request.trusted_party, &actor.user_id],
+        )
         .await?
         .map(|r| row(&r))
         .ok_or(EmergencyError::NotFound)?;
@@ -988,22 +992,30 @@ pub async fn issue_token(
         _ => return Err(EmergencyError::NotFound),
     };
     let mut refusal = party.refusal(now);
-    if refusal.is_none() && used_today(&*client, party.id, now).await? >= i64::from(party.uses_per_day)
+    if refusal.is_none()
+        && used_today(&*client, party.id, now).await? >= i64::from(party.uses_per_day)
     {
         refusal = Some("no entries left today");
     }
     let ctx = access::property(&*client, tenant, party.property_id).await?;
     let principal = access::principal(&*client, actor).await?;
-    let authorized = access::authorize(client, engine, actor, Some(party.property_id), now, |fresh| {
-        AuthzRequest::request_trusted_token(
-            &principal,
-            &ctx.attrs,
-            TrustedTokenContext {
-                step_up_fresh: fresh,
-                trusted_now: refusal.is_none(),
-            },
-        )
-    })
+    let authorized = access::authorize(
+        client,
+        engine,
+        actor,
+        Some(party.property_id),
+        now,
+        |fresh| {
+            AuthzRequest::request_trusted_token(
+                &principal,
+                &ctx.attrs,
+                TrustedTokenContext {
+                    step_up_fresh: fresh,
+                    trusted_now: refusal.is_none(),
+                },
+            )
+        },
+    )
     .await;
     let decision = match (authorized, refusal) {
         (Ok(decision), _) => decision,
@@ -1162,7 +1174,11 @@ mod tests {
         assert!(schedule(&["mon"], "24:00", "24:00").is_err());
         assert!(schedule(&["mon"], "08:00", "24:01").is_err());
         assert!(schedule(&["mon"], "\u{0}8:00", "09:00").is_err());
-        let all = schedule(&["mon", "tue", "wed", "thu", "fri", "sat", "sun"], "00:00", "24:00");
+        let all = schedule(
+            &["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
+            "00:00",
+            "24:00",
+        );
         assert_eq!(all.unwrap().days, 127);
     }
 }

@@ -164,7 +164,9 @@ pub async fn unlock(
     tx.commit().await.map_err(StoreError::from)?;
     crate::metrics::count(|m| m.tokens_issued.inc());
 
-    let hash = firstkey_token::token_hash(&minted.bytes).as_bytes().to_vec();
+    let hash = firstkey_token::token_hash(&minted.bytes)
+        .as_bytes()
+        .to_vec();
     let started = tokio::time::Instant::now();
     let mut acknowledged_at = None;
     let mut answer = None;

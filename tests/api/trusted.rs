@@ -169,7 +169,15 @@ async fn world() -> World {
     restep(&app, &owner, clock.now()).await;
     let owner_plain = As {
         id: owner.id,
-        ..user(&app, tenant, "owner@a.example", None, Role::Homeowner, false).await
+        ..user(
+            &app,
+            tenant,
+            "owner@a.example",
+            None,
+            Role::Homeowner,
+            false,
+        )
+        .await
     };
     let property_id = property(&app, &owner, "12 Elm Street").await;
     let other_property = property(&app, &owner, "14 Elm Street").await;
@@ -490,7 +498,10 @@ async fn a_trusted_neighbour_enters_inside_the_schedule_and_nowhere_else() {
 
     // One entry per day; a lock not in the terms and another property's lock: nothing.
     let (status, body) = ask(&w, &sam, party, w.lock).await;
-    assert_eq!((status, body["detail"].as_str()), (409, Some("no entries left today")));
+    assert_eq!(
+        (status, body["detail"].as_str()),
+        (409, Some("no entries left today"))
+    );
     assert_eq!(ask(&w, &sam, party, w.back_door).await.0, 404);
     assert_eq!(ask(&w, &sam, party, w.other_lock).await.0, 404);
     // Someone else cannot use Sam's record.
@@ -540,7 +551,10 @@ async fn a_trusted_neighbour_enters_inside_the_schedule_and_nowhere_else() {
     assert_eq!(status, 201, "{t2}");
     let bytes2 = token_bytes(&t2);
     let ends: DateTime<Utc> = t2["expires_at"].as_str().unwrap().parse().unwrap();
-    assert!(ends <= w.now() + Duration::minutes(3), "capped at the window's end");
+    assert!(
+        ends <= w.now() + Duration::minutes(3),
+        "capped at the window's end"
+    );
 
     // After the window: refused at the server, and the token it left is refused at the lock.
     w.advance(Duration::minutes(4));
