@@ -181,6 +181,8 @@ pub enum Role {
     Auditor,
     /// Registers properties, locks and access plans.
     Homeowner,
+    /// Holds standing access a homeowner gave them to one property (issue 11 §1).
+    TrustedParty,
 }
 
 impl Role {
@@ -192,9 +194,10 @@ impl Role {
             "responder" => Ok(Self::Responder),
             "auditor" => Ok(Self::Auditor),
             "homeowner" => Ok(Self::Homeowner),
+            "trusted_party" => Ok(Self::TrustedParty),
             _ => Err(ParseError::new(
                 "role",
-                "must be municipal_admin, dispatcher, responder, auditor or homeowner",
+                "must be municipal_admin, dispatcher, responder, auditor, homeowner or trusted_party",
             )),
         }
     }
@@ -207,6 +210,7 @@ impl Role {
             Self::Responder => "responder",
             Self::Auditor => "auditor",
             Self::Homeowner => "homeowner",
+            Self::TrustedParty => "trusted_party",
         }
     }
 }

@@ -41,4 +41,5 @@ pub mod server;
 pub mod settings;
 pub mod store;
 pub mod telemetry;
+pub mod trusted;
 pub mod web;

@@ -260,6 +260,9 @@ pub struct PlanSummary {
     pub max_grant_minutes: i32,
     /// Whether notes exist (reveal them with the audited reveal).
     pub has_notes: bool,
+    /// Trusted parties (e.g. "Sam at no. 12") the homeowner lets dispatch know hold access, so
+    /// dispatch can call them.
+    pub trusted_access: Vec<String>,
 }
 
 /// The full plan, as its homeowner sees it: the fields of [`PlanInput`] and `version`, in one object.

@@ -19,8 +19,8 @@ use tokio_rustls::TlsConnector;
 
 use crate::door::Door;
 use crate::protocol::channel::{
-    AgentMessage, MAX_CHANNEL_FRAME, MAX_RECEIPTS_PER_FRAME, ServerMessage, auth_signed_bytes,
-    decode_server_message, encode_agent_message,
+    AgentMessage, InboxMessage, MAX_CHANNEL_FRAME, MAX_RECEIPTS_PER_FRAME, ServerMessage,
+    auth_signed_bytes, decode_server_message, encode_agent_message,
 };
 use crate::protocol::{Bytes, FrameError, PROTOCOL_VERSION, read_frame, write_frame};
 use crate::state::{Applied, StateError};
@@ -300,13 +300,27 @@ pub async fn session(
                     let Some(msg) = msg else { return Ok(()) };
                     match msg? {
                         ServerMessage::Inbox { seq, message } => {
-                            let applied = blocking(door, move |d| Ok(d.store_mut().apply_inbox(seq, &message)?)).await?;
+                            let opened = matches!(message, InboxMessage::RemoteOpen { .. });
+                            let applied = blocking(door, move |d| {
+                                if let InboxMessage::RemoteOpen { token, hold_secs } = &message
+                                    && seq > d.store().inbox_seq()
+                                {
+                                    let (outcome, receipt_seq) = d.remote_open(token, *hold_secs)?;
+                                    tracing::info!(seq, receipt_seq, ?outcome, "remote open decided");
+                                }
+                                Ok(d.store_mut().apply_inbox(seq, &message)?)
+                            })
+                            .await?;
                             match &applied {
                                 Applied::Applied => tracing::info!(seq, "inbox message applied"),
                                 Applied::Duplicate => tracing::info!(seq, "inbox message already applied"),
                                 Applied::Refused(why) => tracing::warn!(seq, reason = %why, "inbox message refused"),
                             }
                             send(&mut wr, &AgentMessage::Ack { seq }).await?;
+                            if opened {
+                                // The receipt goes up at once: the homeowner is waiting for it.
+                                in_flight = upload_next(door, &mut wr, in_flight).await?;
+                            }
                         }
                         ServerMessage::ReceiptsAck { through } => {
                             blocking(door, move |d| Ok(d.store_mut().mark_uploaded(through)?)).await?;

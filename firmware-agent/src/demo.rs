@@ -160,6 +160,16 @@ impl Issuer {
 
     /// Mint a token with the key `kid`.
     pub fn mint(&self, kid: &str, spec: &TokenSpec) -> Result<Vec<u8>, DemoError> {
+        self.mint_scoped(kid, spec, Scope::Open)
+    }
+
+    /// Mint a token with the key `kid` and the given scope.
+    pub fn mint_scoped(
+        &self,
+        kid: &str,
+        spec: &TokenSpec,
+        scope: Scope,
+    ) -> Result<Vec<u8>, DemoError> {
         let (_, pk8) = self
             .keys
             .iter()
@@ -181,7 +191,7 @@ impl Issuer {
             not_before: spec.not_before,
             issued_at: spec.not_before,
             token_id: TokenId(cti),
-            scope: Scope::Open,
+            scope,
             incident: "DEMO-0001".into(),
             grant: GrantId(grant),
             max_uses: spec.max_uses,

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use firstkey_token::{Challenge, Presentation, Refusal};
+use firstkey_token::{Challenge, Presentation, Refusal, Scope};
 use ring::rand::SecureRandom;
 
 use crate::actuator::{Actuator, OpenRequest};
@@ -27,6 +27,11 @@ pub const REASON_OK: &str = "ok";
 pub const REASON_NO_TRUST_BUNDLE: &str = "no_trust_bundle";
 /// Receipt reason for a deny written after an allow whose actuator failed.
 pub const REASON_ACTUATOR_FAILED: &str = "actuator_failed";
+/// Receipt reason for a valid token presented where its scope does not apply: a remote-open token
+/// at the tap, or a tap token delivered as a remote open.
+pub const REASON_WRONG_SCOPE: &str = "wrong_scope";
+/// Longest hold a remote open may ask for, in seconds (longer requests are cut to it).
+pub const MAX_REMOTE_HOLD_SECS: u32 = 120;
 
 /// The outcome of one tap, as sent to the presenter.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,6 +152,10 @@ impl Door {
                             &options,
                         );
                         match verdict {
+                            Ok(verified) if verified.claims().scope != Scope::Open => {
+                                body.reason = REASON_WRONG_SCOPE.into();
+                                body.token_id = Some(Bytes(verified.claims().token_id.0));
+                            }
                             Ok(verified) => {
                                 let claims = verified.claims();
                                 // The issuer vouches that its clock had reached `iat` and `nbf`;
@@ -164,33 +173,8 @@ impl Door {
                 }
             }
         }
-        // Durable before the door moves and before the presenter hears anything.
-        let mut receipt = self.store.append_receipt(body.clone())?;
-        tracing::info!(
-            receipt_seq = receipt.body.seq,
-            outcome = ?receipt.body.outcome,
-            reason = %receipt.body.reason,
-            "tap decided"
-        );
-        if let Some(t) = trusted_time
-            && let Err(e) = self.store.advance_floor(t)
-        {
-            // The floor is raised in memory; a failed write only narrows what survives a
-            // restart, and the receipt already holds the token's use.
-            tracing::warn!(error = %e, "could not persist the time floor");
-        }
-        if receipt.body.outcome == Outcome::Allow {
-            let hold = Duration::from_millis(self.store.config().hold_ms);
-            if let Err(e) = self.actuator.open(OpenRequest {
-                receipt_seq: receipt.body.seq,
-                hold,
-            }) {
-                tracing::error!(error = %e, "actuator failed; recording a deny");
-                body.outcome = Outcome::Deny;
-                body.reason = REASON_ACTUATOR_FAILED.into();
-                receipt = self.store.append_receipt(body)?;
-            }
-        }
+        let hold = Duration::from_millis(self.store.config().hold_ms);
+        let receipt = self.record_and_open(body, trusted_time, hold)?;
         let outcome = receipt.body.outcome;
         let signed = TapAck::signed_bytes(
             &challenge.0,
@@ -208,6 +192,111 @@ impl Door {
                 signature,
             },
         })
+    }
+
+    /// Decide a homeowner's remote open, delivered over the authenticated channel: the token is
+    /// verified offline as any token (signature, audience, window, revocations, replay), without a
+    /// proof of possession (no one is at the door), and must have the `remote_open` scope. The
+    /// receipt is durable before the door opens for `hold_secs` (at most
+    /// [`MAX_REMOTE_HOLD_SECS`]). Returns the outcome and the receipt's sequence number.
+    pub fn remote_open(
+        &mut self,
+        token: &[u8],
+        hold_secs: u32,
+    ) -> Result<(Outcome, u64), StateError> {
+        if let Some(why) = self.store.halted() {
+            return Err(StateError::Halted(why));
+        }
+        let now = self.clock.now();
+        let mut body = ReceiptBody {
+            version: 0,
+            lock_id: self.store.lock_id().to_string(),
+            seq: 0,
+            time: now,
+            prev: Bytes([0; 32]),
+            outcome: Outcome::Deny,
+            reason: String::new(),
+            token_hash: Some(Bytes(firstkey_token::token_hash(token).0)),
+            token_id: None,
+            expires_at: None,
+        };
+        let mut trusted_time = None;
+        match self.store.trust_bundle() {
+            None => body.reason = REASON_NO_TRUST_BUNDLE.into(),
+            Some(bundle) => {
+                let options = firstkey_token::VerifyOptions {
+                    require_proof_of_possession: false,
+                    ..self.store.verify_options()
+                };
+                let challenge = Challenge([0; 32]);
+                let presentation = Presentation {
+                    challenge: &challenge,
+                    proof: None,
+                };
+                match firstkey_token::verify(
+                    token,
+                    bundle,
+                    &self.store,
+                    &presentation,
+                    now,
+                    &options,
+                ) {
+                    Ok(verified) if verified.claims().scope != Scope::RemoteOpen => {
+                        body.reason = REASON_WRONG_SCOPE.into();
+                        body.token_id = Some(Bytes(verified.claims().token_id.0));
+                    }
+                    Ok(verified) => {
+                        let claims = verified.claims();
+                        trusted_time = Some(claims.issued_at.max(claims.not_before).min(now));
+                        body.outcome = Outcome::Allow;
+                        body.reason = REASON_OK.into();
+                        body.token_id = Some(Bytes(claims.token_id.0));
+                        body.expires_at = Some(claims.expires_at);
+                    }
+                    Err(refusal) => body.reason = refusal.code().into(),
+                }
+            }
+        }
+        let hold = Duration::from_secs(u64::from(hold_secs.clamp(1, MAX_REMOTE_HOLD_SECS)));
+        let receipt = self.record_and_open(body, trusted_time, hold)?;
+        Ok((receipt.body.outcome, receipt.body.seq))
+    }
+
+    /// Makes the decision's receipt durable, raises the time floor, and opens the door on an
+    /// allow (recording a deny when the actuator fails).
+    fn record_and_open(
+        &mut self,
+        mut body: ReceiptBody,
+        trusted_time: Option<u64>,
+        hold: Duration,
+    ) -> Result<crate::receipt::VerifiedReceipt, StateError> {
+        // Durable before the door moves and before the presenter hears anything.
+        let mut receipt = self.store.append_receipt(body.clone())?;
+        tracing::info!(
+            receipt_seq = receipt.body.seq,
+            outcome = ?receipt.body.outcome,
+            reason = %receipt.body.reason,
+            "door decided"
+        );
+        if let Some(t) = trusted_time
+            && let Err(e) = self.store.advance_floor(t)
+        {
+            // The floor is raised in memory; a failed write only narrows what survives a
+            // restart, and the receipt already holds the token's use.
+            tracing::warn!(error = %e, "could not persist the time floor");
+        }
+        if receipt.body.outcome == Outcome::Allow
+            && let Err(e) = self.actuator.open(OpenRequest {
+                receipt_seq: receipt.body.seq,
+                hold,
+            })
+        {
+            tracing::error!(error = %e, "actuator failed; recording a deny");
+            body.outcome = Outcome::Deny;
+            body.reason = REASON_ACTUATOR_FAILED.into();
+            receipt = self.store.append_receipt(body)?;
+        }
+        Ok(receipt)
     }
 }
 
@@ -287,6 +376,98 @@ mod tests {
             let msg = respond(&c.0, "door", token, Some(&self.key)).unwrap();
             door.decide(&c, msg).unwrap().outcome
         }
+    }
+
+    impl Rig {
+        fn remote_token(&self, ttl: u64, bound: bool) -> Vec<u8> {
+            let now = self.clock.now();
+            self.issuer
+                .mint_scoped(
+                    "k1",
+                    &TokenSpec {
+                        lock_id: "door".into(),
+                        not_before: now,
+                        expires_at: now + ttl,
+                        max_uses: 1,
+                        confirmation: bound.then(|| demo::confirmation_key(&self.key)),
+                    },
+                    Scope::RemoteOpen,
+                )
+                .unwrap()
+        }
+    }
+
+    fn last_reason(door: &Door) -> String {
+        let last = door.store().receipts().last().unwrap();
+        crate::receipt::decode_own(last).unwrap().body.reason
+    }
+
+    #[test]
+    fn a_remote_open_opens_once_and_its_replay_is_refused() {
+        let r = rig();
+        let mut door = r.door();
+        let token = r.remote_token(30, false);
+        assert_eq!(door.remote_open(&token, 5).unwrap().0, Outcome::Allow);
+        assert_eq!(last_reason(&door), REASON_OK);
+        let (again, seq) = door.remote_open(&token, 5).unwrap();
+        assert_eq!(again, Outcome::Deny);
+        assert_eq!(seq, 2);
+        assert_eq!(last_reason(&door), "replayed");
+    }
+
+    #[test]
+    fn scopes_keep_tap_and_remote_open_apart() {
+        let r = rig();
+        let mut door = r.door();
+        // A remote-open token at the tap, even one bound to the presenter's key: refused.
+        let remote = r.remote_token(30, true);
+        assert_eq!(r.tap(&mut door, &remote), Outcome::Deny);
+        assert_eq!(last_reason(&door), REASON_WRONG_SCOPE);
+        // A tap token sent as a remote open: refused (its `cnf` asks for a proof no one gives
+        // over the channel), and it still opens at the tap afterwards.
+        let tap = r.token(30);
+        assert_eq!(door.remote_open(&tap, 5).unwrap().0, Outcome::Deny);
+        assert_eq!(last_reason(&door), "proof_missing");
+        assert_eq!(r.tap(&mut door, &tap), Outcome::Allow);
+        // Even an `open` token without `cnf` is no remote open: the scope decides.
+        let now = r.clock.now();
+        let bearer = r
+            .issuer
+            .mint(
+                "k1",
+                &TokenSpec {
+                    lock_id: "door".into(),
+                    not_before: now,
+                    expires_at: now + 30,
+                    max_uses: 1,
+                    confirmation: None,
+                },
+            )
+            .unwrap();
+        assert_eq!(door.remote_open(&bearer, 5).unwrap().0, Outcome::Deny);
+        assert_eq!(last_reason(&door), REASON_WRONG_SCOPE);
+        // An expired remote open, and one for another lock: refused.
+        let late = r.remote_token(10, false);
+        r.clock.advance(100);
+        assert_eq!(door.remote_open(&late, 5).unwrap().0, Outcome::Deny);
+        assert_eq!(last_reason(&door), "expired");
+        let now = r.clock.now();
+        let other = r
+            .issuer
+            .mint_scoped(
+                "k1",
+                &TokenSpec {
+                    lock_id: "other-door".into(),
+                    not_before: now,
+                    expires_at: now + 30,
+                    max_uses: 1,
+                    confirmation: None,
+                },
+                Scope::RemoteOpen,
+            )
+            .unwrap();
+        assert_eq!(door.remote_open(&other, 5).unwrap().0, Outcome::Deny);
+        assert_eq!(last_reason(&door), "wrong_lock");
     }
 
     #[test]

@@ -965,6 +965,9 @@ impl Store {
                     Err(e) => Applied::Refused(format!("trust bundle: {e}")),
                 }
             }
+            // Decided (receipt first) by `Door::remote_open` before it is applied here; applying
+            // only records that the entry is done, so a redelivery is a duplicate.
+            InboxMessage::RemoteOpen { .. } => Applied::Applied,
         };
         next.revocations.prune(self.floor, self.config.skew_secs);
         self.durable_writes = self.durable_writes.saturating_add(1);

@@ -676,6 +676,10 @@ pub async fn finish_enrolment(
             return Err(AuthError::EnrolmentRefused(refusal.detail()));
         }
     };
+    let invitation_id = match ticket {
+        Ticket::Invitation(id) => Some(id),
+        Ticket::EmailVerification(_) => None,
+    };
     let (role, agency): (Option<Role>, Option<Uuid>) = match ticket {
         Ticket::Invitation(id) => {
             let row = tx
@@ -725,6 +729,11 @@ pub async fn finish_enrolment(
         )
         .await
         .map_err(StoreError::from)?;
+    }
+    if role == Some(Role::TrustedParty)
+        && let Some(invitation) = invitation_id
+    {
+        crate::trusted::accept(&tx, tenant, invitation, user, now).await?;
     }
     let attestation_ca = match kind {
         CredentialKind::SecurityKey => Some(attestation_summary(&credential)),

@@ -29,6 +29,13 @@ pub enum InboxMessage {
     },
     /// A new trust bundle (its signed CBOR bytes).
     TrustBundle(Vec<u8>),
+    /// The homeowner's remote unlock: a `remote_open` token the lock verifies and acts on at once.
+    RemoteOpen {
+        /// The token's COSE bytes.
+        token: Vec<u8>,
+        /// Seconds to hold the door open.
+        hold_secs: u32,
+    },
 }
 
 impl InboxMessage {
@@ -37,10 +44,12 @@ impl InboxMessage {
             Self::Token(_) => "token",
             Self::Revocation { .. } => "revocation",
             Self::TrustBundle(_) => "trust_bundle",
+            Self::RemoteOpen { .. } => "remote_open",
         }
     }
 
-    /// Stored form: the token or bundle bytes; for a revocation, hash ‖ u64be expiry.
+    /// Stored form: the token or bundle bytes; for a revocation, hash ‖ u64be expiry; for a remote
+    /// open, u32be hold ‖ token.
     fn payload(&self) -> Vec<u8> {
         match self {
             Self::Token(bytes) | Self::TrustBundle(bytes) => bytes.clone(),
@@ -50,6 +59,11 @@ impl InboxMessage {
             } => {
                 let mut out = token_hash.to_vec();
                 out.extend_from_slice(&expires_at.to_be_bytes());
+                out
+            }
+            Self::RemoteOpen { token, hold_secs } => {
+                let mut out = hold_secs.to_be_bytes().to_vec();
+                out.extend_from_slice(token);
                 out
             }
         }
@@ -65,6 +79,13 @@ impl InboxMessage {
                 Some(Self::Revocation {
                     token_hash: hash.try_into().ok()?,
                     expires_at: u64::from_be_bytes(expiry.try_into().ok()?),
+                })
+            }
+            "remote_open" => {
+                let (hold, token) = payload.split_at_checked(4)?;
+                Some(Self::RemoteOpen {
+                    token: token.to_vec(),
+                    hold_secs: u32::from_be_bytes(hold.try_into().ok()?),
                 })
             }
             _ => None,

@@ -165,9 +165,12 @@ fn to_i64(n: u64) -> Result<i64, StoreError> {
 
 /// What the server knows about the token a receipt names.
 struct TokenContext {
-    incident: Uuid,
-    cad_number: String,
+    /// The incident (and its CAD number) of a responder's token; none for a trusted party's.
+    incident: Option<Uuid>,
+    cad_number: Option<String>,
     opened_by: String,
+    /// The homeowner's own remote unlock.
+    remote: bool,
 }
 
 async fn store_one(
@@ -230,17 +233,29 @@ async fn store_one(
         "seq": body.seq,
         "cti": body.token_id.map(|t| hex::encode(t.0)),
     }));
-    if let Some(c) = &context {
-        event = event.incident(c.incident);
+    if let Some(incident) = context.as_ref().and_then(|c| c.incident) {
+        event = event.incident(incident);
     }
     audit::record(tx, lock.tenant, &event, now).await?;
 
     let when = decided_at.format("%Y-%m-%d %H:%M UTC").to_string();
     if allowed {
         let text = match &context {
-            Some(c) => format!(
-                "{} opened by {} for incident {} at {when}.",
-                lock.name, c.opened_by, c.cad_number
+            Some(TokenContext {
+                cad_number: Some(cad_number),
+                opened_by,
+                ..
+            }) => format!(
+                "{} opened by {opened_by} for incident {cad_number} at {when}.",
+                lock.name
+            ),
+            Some(TokenContext { remote: true, .. }) => format!(
+                "{} opened remotely at {when}, as you asked from your account.",
+                lock.name
+            ),
+            Some(TokenContext { opened_by, .. }) => format!(
+                "{} opened by {opened_by} (your trusted party) at {when}.",
+                lock.name
             ),
             None => format!(
                 "{} opened at {when} with a token firstkey has no record of. \
@@ -283,10 +298,12 @@ async fn token_context(
 ) -> Result<Option<TokenContext>, StoreError> {
     let row = tx
         .query_opt(
-            "SELECT g.incident_id, i.cad_number, coalesce(u.unit, g.unit, u.display_name)
+            "SELECT g.incident_id, i.cad_number, coalesce(p.label, u.unit, g.unit, u.display_name),
+                    t.remote_open
              FROM issued_tokens t
-             JOIN grants g ON g.id = t.grant_id
-             JOIN incidents i ON i.id = g.incident_id
+             LEFT JOIN grants g ON g.id = t.grant_id
+             LEFT JOIN incidents i ON i.id = g.incident_id
+             LEFT JOIN trusted_parties p ON p.id = t.trusted_party_id
              JOIN users u ON u.id = t.responder_id
              WHERE t.lock_id = $1 AND t.token_hash = $2",
             &[&lock, token_hash],
@@ -296,6 +313,7 @@ async fn token_context(
         incident: r.get(0),
         cad_number: r.get(1),
         opened_by: r.get(2),
+        remote: r.get(3),
     }))
 }
 

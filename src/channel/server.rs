@@ -470,6 +470,7 @@ fn to_wire(message: InboxMessage) -> WireInbox {
             expires_at,
         },
         InboxMessage::TrustBundle(bundle) => WireInbox::TrustBundle { bundle },
+        InboxMessage::RemoteOpen { token, hold_secs } => WireInbox::RemoteOpen { token, hold_secs },
     }
 }
 

@@ -339,10 +339,11 @@ pub async fn run(stage: &Stage, now: DateTime<Utc>) -> anyhow::Result<Ending> {
     let mut admin_key = SoftSecurityKey::new(&stage.origin)?;
     let mut dispatch_key = SoftSecurityKey::new(&stage.origin)?;
     let mut responder_key = SoftSecurityKey::new(&stage.origin)?;
+    let mut neighbour_key = SoftSecurityKey::new(&stage.origin)?;
     let admin_email = format!("avery+{short}@demo-city.example");
     let invite_secret = {
         let tx = client.transaction().await.map_err(StoreError::from)?;
-        for key in [&admin_key, &dispatch_key, &responder_key] {
+        for key in [&admin_key, &dispatch_key, &responder_key, &neighbour_key] {
             crate::auth::webauthn::add_attestation_ca(&tx, tenant, key.ca_pem(), None, now)
                 .await
                 .map_err(|e| anyhow!("{e}"))?;
@@ -549,6 +550,96 @@ pub async fn run(stage: &Stage, now: DateTime<Utc>) -> anyhow::Result<Ending> {
         "mail to {home_email}: {}",
         subject.trim_start_matches("Subject: ")
     ));
+    // --- A trusted neighbour's entry: standing access the homeowner gives, used as a responder would.
+    let lee_email = format!("lee+{short}@demo-city.example");
+    let ends_at = (now + chrono::Duration::days(30)).to_rfc3339();
+    let party = http
+        .post(
+            &format!("/api/v1/properties/{property_id}/trusted-parties"),
+            &json!({
+                "email": lee_email, "label": "Lee at no. 12", "locks": [lock_id],
+                "ends_at": ends_at, "uses_per_day": 2, "notify_on_use": true,
+                "share_with_dispatch": true
+            }),
+            Some(&home),
+        )
+        .await?;
+    let party_id = party["id"].clone();
+    let secret = mailed_link_secret(&stage.mail_dir, &lee_email).await?;
+    let lee = http
+        .enrol("/api/v1/invitations/accept", &secret, &mut neighbour_key)
+        .await?;
+    let lee_token = http
+        .post(
+            "/api/v1/trusted/tokens",
+            &json!({ "trusted_party": party_id, "lock": lock_id }),
+            Some(&lee),
+        )
+        .await?;
+    let lee_bytes = URL_SAFE_NO_PAD
+        .decode(
+            lee_token["token"]
+                .as_str()
+                .ok_or_else(|| anyhow!("no token"))?,
+        )
+        .context("token is base64url")?;
+    let lee_token_path = stage.work_dir.join(format!("trusted-{short}.cbor"));
+    let lee_key_path = stage.work_dir.join(format!("trusted-{short}.pk8"));
+    write_secret_file(&lee_token_path, &lee_bytes)?;
+    write_secret_file(&lee_key_path, neighbour_key.credential_pkcs8())?;
+    let lee_tap = Command::new(&agent)
+        .arg("tap")
+        .arg("--state-dir")
+        .arg(&lock_dir)
+        .arg("--token")
+        .arg(&lee_token_path)
+        .arg("--key")
+        .arg(&lee_key_path)
+        .args(["--rp-id", rp_id])
+        .output()
+        .await?;
+    if !lee_tap.status.success() {
+        bail!(
+            "the trusted neighbour's tap was refused: {}{}",
+            String::from_utf8_lossy(&lee_tap.stdout),
+            String::from_utf8_lossy(&lee_tap.stderr)
+        );
+    }
+    n.say("trusted neighbour Lee (invited by the homeowner, security key enrolled) asked for a token and tapped: ALLOW");
+
+    // --- A remote unlock: the homeowner opens the door from afar for the ambulance crew.
+    let remote = http
+        .post(
+            &format!("/api/v1/locks/{lock_id}/remote-open"),
+            &json!({ "seconds": 10 }),
+            Some(&home),
+        )
+        .await?;
+    if remote["outcome"] != "opened" {
+        bail!("the remote unlock did not open the door: {remote}");
+    }
+    n.say(format!(
+        "homeowner's remote unlock: queued {}, lock acknowledged {} and opened for {} s",
+        remote["queued_at"].as_str().unwrap_or("?"),
+        remote["acknowledged_at"].as_str().unwrap_or("?"),
+        remote["hold_seconds"]
+    ));
+    wait_for(
+        "every receipt to reach the server",
+        Duration::from_secs(30),
+        || async {
+            let client = pool.get().await.map_err(StoreError::from)?;
+            let row = client
+                .query_one(
+                    "SELECT count(*) FROM receipts WHERE lock_id = $1",
+                    &[&lock_id],
+                )
+                .await?;
+            Ok((row.get::<_, i64>(0) >= 4).then_some(()))
+        },
+    )
+    .await?;
+
     let client = pool.get().await.map_err(StoreError::from)?;
     match audit::verify_chain(&client, tenant).await? {
         ChainCheck::Intact { entries, head } => n.say(format!(

@@ -207,3 +207,23 @@ async fn queue_revocations(
     }
     Ok(rows.len())
 }
+
+/// Marks every live token minted for trusted party `party` revoked and queues a revocation for
+/// each one's lock, inside `tx`, as [`revoke_tokens_of_grant`] does. Returns how many were revoked.
+pub(crate) async fn revoke_tokens_of_trusted_party(
+    tx: &impl GenericClient,
+    tenant: Tenant,
+    party: Uuid,
+    now: DateTime<Utc>,
+) -> Result<usize, StoreError> {
+    let rows = tx
+        .query(
+            "UPDATE issued_tokens SET status = 'revoked', revoked_at = $3
+             WHERE municipality_id = $1 AND trusted_party_id = $2 AND status IN ('issued', 'delivered')
+               AND expires_at > $3
+             RETURNING lock_id, token_hash, expires_at",
+            &[&tenant.id(), &party, &now],
+        )
+        .await?;
+    queue_revocations(tx, tenant, &rows, now).await
+}

@@ -128,16 +128,8 @@ pub async fn issue(
     let credential = actor
         .step_up_credential
         .ok_or(EmergencyError::StepUpRequired)?;
-    let confirmation = confirmation_key(&*client, actor, credential).await?;
-    let key = keys::current_signing_key(&*client, tenant, minting.key_dir, now).await?;
-    let kid = key.key_id()?;
-    let issuer: String = client
-        .query_one(
-            "SELECT slug FROM municipalities WHERE id = $1",
-            &[&tenant.id()],
-        )
-        .await?
-        .get(0);
+    let confirmation = confirmation_key(&*client, actor, credential, &["security_key"]).await?;
+    let signer = Signer::load(&*client, tenant, minting.key_dir, now).await?;
 
     let tx = client.transaction().await.map_err(StoreError::from)?;
     // Re-check under a share lock on the grant: a revocation or incident close that commits first
@@ -157,69 +149,29 @@ pub async fn issue(
     if !still_live {
         return Err(EmergencyError::NotFound);
     }
-    let expires_at = grant.ends_at.min(now + minting.lifetime);
-    let mut cti = [0u8; 16];
-    SystemRandom::new()
-        .fill(&mut cti)
-        .map_err(|_| keys::KeyError::Random)?;
-    let claims = Claims {
-        issuer,
-        subject: actor.user_id.to_string(),
-        audience: LockId::parse(&lock.to_string())
-            .ok_or_else(|| EmergencyError::Invalid("lock id is not a token audience".to_owned()))?,
-        expires_at: unix_seconds(expires_at),
-        not_before: unix_seconds(now),
-        issued_at: unix_seconds(now),
-        token_id: TokenId(cti),
-        scope: Scope::Open,
-        incident: incident.cad_number.clone(),
-        grant: GrantId(*grant.id.as_bytes()),
-        max_uses: 1,
-        confirmation: Some(confirmation),
-    };
-    let bytes = firstkey_token::mint(&claims, &kid, &key.pair).map_err(EmergencyError::Mint)?;
-    let hash = firstkey_token::token_hash(&bytes);
-    // The stored window is the token's own (whole seconds), so the records match what the lock sees.
-    let not_before = DateTime::from_timestamp(now.timestamp(), 0).unwrap_or(now);
-    let expires_at = DateTime::from_timestamp(expires_at.timestamp(), 0).unwrap_or(expires_at);
-    tx.execute(
-        "INSERT INTO issued_tokens (cti, municipality_id, grant_id, lock_id, responder_id, credential_id, kid,
-             token_hash, issued_at, not_before, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        &[
-            &cti.to_vec(),
-            &tenant.id(),
-            &grant.id,
-            &lock,
-            &actor.user_id,
-            &credential,
-            &key.kid,
-            &hash.as_bytes().to_vec(),
-            &now,
-            &not_before,
-            &expires_at,
-        ],
+    let minted = mint_recorded(
+        &tx,
+        &signer,
+        &Mint {
+            tenant,
+            holder: Holder::Grant {
+                grant: grant.id,
+                incident: grant.incident_id,
+                cad_number: &incident.cad_number,
+            },
+            subject: actor.user_id,
+            property: grant.property_id,
+            lock,
+            credential,
+            confirmation: Some(confirmation),
+            scope: Scope::Open,
+            expires_at: grant.ends_at.min(now + minting.lifetime),
+            policy_set_hash: decision.policy_set_hash,
+            policies: &decision.determining_policies,
+        },
+        now,
     )
-    .await
-    .map_err(crate::store::conflict_or_query)?;
-    let token_uuid = Uuid::from_bytes(cti);
-    let event = Event::new("token.issue", Outcome::Allow)
-        .actor(actor.user_id)
-        .subject("token", token_uuid)
-        .property(grant.property_id)
-        .incident(grant.incident_id)
-        .policy(decision.policy_set_hash)
-        .details(serde_json::json!({
-            "grant": grant.id,
-            "lock": lock,
-            "kid": key.kid,
-            "token_hash": hex::encode(hash.as_bytes()),
-            "expires_at": expires_at.to_rfc3339(),
-            "credential": credential,
-            "policies": decision.determining_policies,
-        }));
-    audit::record(&tx, tenant, &event, now).await?;
-    inbox::push(&tx, tenant, lock, &InboxMessage::Token(bytes.clone()), now).await?;
+    .await?;
     let lock_name: String = tx
         .query_one("SELECT name FROM locks WHERE id = $1", &[&lock])
         .await?
@@ -230,7 +182,7 @@ pub async fn issue(
         ctx.property.address,
         incident.cad_number,
         incident.kind,
-        expires_at.format("%Y-%m-%d %H:%M:%S UTC"),
+        minted.expires_at.format("%Y-%m-%d %H:%M:%S UTC"),
     );
     notify_property(
         &tx,
@@ -238,7 +190,7 @@ pub async fn issue(
         grant.property_id,
         &Notice {
             kind: "token.issued",
-            event: hex::encode(cti),
+            event: hex::encode(minted.cti),
             subject: "firstkey: an entry token for your home was issued",
             text: &text,
         },
@@ -247,33 +199,237 @@ pub async fn issue(
     .await?;
     tx.commit().await.map_err(StoreError::from)?;
     crate::metrics::count(|m| m.tokens_issued.inc());
-    use base64::Engine;
     Ok(IssuedToken {
-        token: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&bytes),
-        token_id: hex::encode(cti),
+        token: minted.token_text(),
+        token_id: hex::encode(minted.cti),
         lock_id: lock,
         grant_id: grant.id,
-        kid: key.kid,
-        not_before,
-        expires_at,
+        kid: minted.kid,
+        not_before: minted.not_before,
+        expires_at: minted.expires_at,
         max_uses: 1,
     })
 }
 
-/// The `cnf` key: the P-256 public key of the security key the session's step-up used. A
+/// The issuer key and name a token is signed with, loaded before the minting transaction.
+pub(crate) struct Signer {
+    key: keys::SigningKey,
+    kid: firstkey_token::KeyId,
+    issuer: String,
+}
+
+impl Signer {
+    /// The municipality's newest usable issuer key and its slug (the `iss` claim).
+    pub(crate) async fn load(
+        client: &impl GenericClient,
+        tenant: crate::store::Tenant,
+        key_dir: &Path,
+        now: DateTime<Utc>,
+    ) -> Result<Self, EmergencyError> {
+        let key = keys::current_signing_key(client, tenant, key_dir, now).await?;
+        let kid = key.key_id()?;
+        let issuer: String = client
+            .query_one(
+                "SELECT slug FROM municipalities WHERE id = $1",
+                &[&tenant.id()],
+            )
+            .await?
+            .get(0);
+        Ok(Self { key, kid, issuer })
+    }
+}
+
+/// Under what a token is minted.
+pub(crate) enum Holder<'a> {
+    /// A responder's token under a live grant of an incident.
+    Grant {
+        /// The grant.
+        grant: Uuid,
+        /// Its incident.
+        incident: Uuid,
+        /// The incident's CAD number (the `incident` claim).
+        cad_number: &'a str,
+    },
+    /// A trusted party's standing access (the `grant` claim carries the trusted party's id, the
+    /// `incident` claim the word `trusted`).
+    Trusted {
+        /// The trusted party.
+        party: Uuid,
+    },
+    /// The homeowner's remote unlock (`remote_open` scope, no `cnf`): delivered as a
+    /// `RemoteOpen` inbox entry, never handed to anyone. The `grant` claim carries the property id,
+    /// the `incident` claim the word `remote`.
+    Remote {
+        /// Seconds the lock holds the door open.
+        hold_secs: u32,
+    },
+}
+
+/// Everything a token and its records need; see [`mint_recorded`].
+pub(crate) struct Mint<'a> {
+    pub tenant: crate::store::Tenant,
+    pub holder: Holder<'a>,
+    /// The user the token is issued to (`sub`).
+    pub subject: Uuid,
+    pub property: Uuid,
+    pub lock: Uuid,
+    /// The credential whose key is `confirmation` (the step-up credential for a remote open).
+    pub credential: Uuid,
+    /// The `cnf` key; none only for a remote open.
+    pub confirmation: Option<ConfirmationKey>,
+    pub scope: Scope,
+    /// Not valid from this instant (whole seconds are kept).
+    pub expires_at: DateTime<Utc>,
+    pub policy_set_hash: [u8; 32],
+    pub policies: &'a [String],
+}
+
+/// A token minted and recorded.
+pub(crate) struct Minted {
+    pub bytes: Vec<u8>,
+    /// The lock inbox entry that carries it.
+    pub inbox_seq: i64,
+    pub cti: [u8; 16],
+    pub kid: String,
+    pub not_before: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl Minted {
+    /// The token as handed out: base64url without padding.
+    pub(crate) fn token_text(&self) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&self.bytes)
+    }
+}
+
+/// Mints a single-use token for one lock, bound to `confirmation`, and inside `tx` records it
+/// (`issued_tokens`), audits it (`token.issue`) and queues it for the lock: the one path every
+/// token takes, whoever it is for.
+pub(crate) async fn mint_recorded(
+    tx: &impl GenericClient,
+    signer: &Signer,
+    mint: &Mint<'_>,
+    now: DateTime<Utc>,
+) -> Result<Minted, EmergencyError> {
+    let mut cti = [0u8; 16];
+    SystemRandom::new()
+        .fill(&mut cti)
+        .map_err(|_| keys::KeyError::Random)?;
+    let remote = matches!(mint.holder, Holder::Remote { .. });
+    let (grant_claim, incident_claim, grant_id, party_id, incident_id) = match &mint.holder {
+        Holder::Grant {
+            grant,
+            incident,
+            cad_number,
+        } => (
+            *grant,
+            (*cad_number).to_owned(),
+            Some(*grant),
+            None,
+            Some(*incident),
+        ),
+        Holder::Trusted { party } => (*party, "trusted".to_owned(), None, Some(*party), None),
+        Holder::Remote { .. } => (mint.property, "remote".to_owned(), None, None, None),
+    };
+    let claims = Claims {
+        issuer: signer.issuer.clone(),
+        subject: mint.subject.to_string(),
+        audience: LockId::parse(&mint.lock.to_string())
+            .ok_or_else(|| EmergencyError::Invalid("lock id is not a token audience".to_owned()))?,
+        expires_at: unix_seconds(mint.expires_at),
+        not_before: unix_seconds(now),
+        issued_at: unix_seconds(now),
+        token_id: TokenId(cti),
+        scope: mint.scope,
+        incident: incident_claim,
+        grant: GrantId(*grant_claim.as_bytes()),
+        max_uses: 1,
+        confirmation: mint.confirmation,
+    };
+    let bytes = firstkey_token::mint(&claims, &signer.kid, &signer.key.pair)
+        .map_err(EmergencyError::Mint)?;
+    let hash = firstkey_token::token_hash(&bytes);
+    // The stored window is the token's own (whole seconds), so the records match what the lock sees.
+    let not_before = DateTime::from_timestamp(now.timestamp(), 0).unwrap_or(now);
+    let expires_at =
+        DateTime::from_timestamp(mint.expires_at.timestamp(), 0).unwrap_or(mint.expires_at);
+    tx.execute(
+        "INSERT INTO issued_tokens (cti, municipality_id, grant_id, trusted_party_id, remote_open, lock_id,
+             responder_id, credential_id, kid, token_hash, issued_at, not_before, expires_at)
+         VALUES ($1, $2, $3, $4, $13, $5, $6, $7, $8, $9, $10, $11, $12)",
+        &[
+            &cti.to_vec(),
+            &mint.tenant.id(),
+            &grant_id,
+            &party_id,
+            &mint.lock,
+            &mint.subject,
+            &mint.credential,
+            &signer.key.kid,
+            &hash.as_bytes().to_vec(),
+            &now,
+            &not_before,
+            &expires_at,
+            &remote,
+        ],
+    )
+    .await
+    .map_err(crate::store::conflict_or_query)?;
+    let mut event = Event::new("token.issue", Outcome::Allow)
+        .actor(mint.subject)
+        .subject("token", Uuid::from_bytes(cti))
+        .property(mint.property)
+        .policy(mint.policy_set_hash)
+        .details(serde_json::json!({
+            "grant": grant_id,
+            "trusted_party": party_id,
+            "scope": mint.scope.as_str(),
+            "lock": mint.lock,
+            "kid": signer.key.kid,
+            "token_hash": hex::encode(hash.as_bytes()),
+            "expires_at": expires_at.to_rfc3339(),
+            "credential": mint.credential,
+            "policies": mint.policies,
+        }));
+    if let Some(incident) = incident_id {
+        event = event.incident(incident);
+    }
+    audit::record(tx, mint.tenant, &event, now).await?;
+    let message = match mint.holder {
+        Holder::Remote { hold_secs } => InboxMessage::RemoteOpen {
+            token: bytes.clone(),
+            hold_secs,
+        },
+        Holder::Grant { .. } | Holder::Trusted { .. } => InboxMessage::Token(bytes.clone()),
+    };
+    let inbox_seq = inbox::push(tx, mint.tenant, mint.lock, &message, now).await?;
+    Ok(Minted {
+        inbox_seq,
+        bytes,
+        cti,
+        kid: signer.key.kid.clone(),
+        not_before,
+        expires_at,
+    })
+}
+
+/// The `cnf` key: the P-256 public key of the credential (of one of `kinds`) the session's step-up used. A
 /// suspended or foreign credential means no fresh assertion; a key of another algorithm cannot be
 /// proven at the door.
-async fn confirmation_key(
+pub(crate) async fn confirmation_key(
     client: &impl GenericClient,
     actor: &Actor,
     credential: Uuid,
+    kinds: &[&str],
 ) -> Result<ConfirmationKey, EmergencyError> {
+    let kinds: Vec<String> = kinds.iter().map(|k| (*k).to_owned()).collect();
     let cose: Vec<u8> = client
         .query_opt(
             "SELECT public_key_cose FROM webauthn_credentials
              WHERE municipality_id = $1 AND id = $2 AND user_id = $3 AND status = 'active'
-               AND kind = 'security_key'",
-            &[&actor.tenant.id(), &credential, &actor.user_id],
+               AND kind = ANY($4)",
+            &[&actor.tenant.id(), &credential, &actor.user_id, &kinds],
         )
         .await?
         .ok_or(EmergencyError::StepUpRequired)?

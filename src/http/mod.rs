@@ -20,6 +20,7 @@ pub mod openapi;
 pub mod privacy;
 pub mod properties;
 pub mod tokens;
+pub mod trusted;
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -283,6 +284,7 @@ fn routes(cfg: &mut web::ServiceConfig, with_metrics: bool) {
         .configure(keys::routes)
         .configure(privacy::routes)
         .configure(admin::routes)
+        .configure(trusted::routes)
         .configure(crate::web::routes)
         .service(
             web::resource("/api/openapi.json")

@@ -447,11 +447,20 @@ pub async fn get_plan_summary(
     })
     .await?;
     let plan = ctx.plan.ok_or(ApiError::NotFound)?;
+    let client = state.pool.get().await.map_err(StoreError::from)?;
+    let trusted_access = crate::trusted::shared_with_dispatch(
+        &client,
+        actor.tenant,
+        ctx.property.id,
+        state.clock.now(),
+    )
+    .await?;
     Ok(HttpResponse::Ok().json(PlanSummary {
         version: plan.version,
         agencies: plan.agencies,
         max_grant_minutes: plan.max_grant_minutes,
         has_notes: plan.notes.is_some(),
+        trusted_access,
     }))
 }
 

@@ -19,7 +19,7 @@ pub use compile::{CheckReport, Diagnostic, Location, SchemaOrigin};
 pub use request::{
     Action, AgencyRule, ApprovalContext, AuditLogAttrs, AuthzRequest, GrantContext,
     MunicipalityAttrs, PlanAttrs, PrincipalAttrs, PropertyAttrs, Resource, RevealContext,
-    StepUpContext, TokenContext,
+    StepUpContext, TokenContext, TrustedTokenContext,
 };
 
 use compile::SourceFile;
@@ -66,6 +66,13 @@ const SHIPPED_POLICIES: &[(&str, &str)] = &[
         include_str!(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/policies/responder.cedar"
+        )),
+    ),
+    (
+        "trusted.cedar",
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/policies/trusted.cedar"
         )),
     ),
 ];
@@ -355,6 +362,10 @@ fn sample_requests() -> Vec<AuthzRequest> {
             },
             step_up,
         ),
+        AuthzRequest::view_trusted_parties(&principal, &property, step_up),
+        AuthzRequest::manage_trusted_parties(&principal, &property, step_up),
+        AuthzRequest::request_trusted_token(&principal, &property, TrustedTokenContext::default()),
+        AuthzRequest::remote_unlock(&principal, &property, step_up),
     ]
 }
 

@@ -37,11 +37,19 @@ pub enum Action {
     ViewAdministration,
     /// Change the municipality's administration.
     Administer,
+    /// See the trusted parties of a property.
+    ViewTrustedParties,
+    /// Invite, edit, pause or revoke a trusted party of a property.
+    ManageTrustedParties,
+    /// A trusted party asks for a token.
+    RequestTrustedToken,
+    /// The homeowner opens a lock of the property remotely.
+    RemoteUnlock,
 }
 
 impl Action {
     /// Every action, in schema order.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 14] = [
         Self::ViewPlanSummary,
         Self::RevealNotes,
         Self::EditPlan,
@@ -52,6 +60,10 @@ impl Action {
         Self::ReadAudit,
         Self::ViewAdministration,
         Self::Administer,
+        Self::ViewTrustedParties,
+        Self::ManageTrustedParties,
+        Self::RequestTrustedToken,
+        Self::RemoteUnlock,
     ];
 
     /// The action's id in the Cedar schema (`Action::"…"`).
@@ -67,6 +79,10 @@ impl Action {
             Self::ReadAudit => "read_audit",
             Self::ViewAdministration => "view_administration",
             Self::Administer => "administer",
+            Self::ViewTrustedParties => "view_trusted_parties",
+            Self::ManageTrustedParties => "manage_trusted_parties",
+            Self::RequestTrustedToken => "request_trusted_token",
+            Self::RemoteUnlock => "remote_unlock",
         }
     }
 }
@@ -228,6 +244,17 @@ pub struct TokenContext {
     pub step_up_fresh: bool,
     /// The principal is named in a live grant for this property.
     pub named_in_live_grant: bool,
+}
+
+/// Context of `request_trusted_token`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedTokenContext {
+    /// A WebAuthn assertion within the last few minutes.
+    pub step_up_fresh: bool,
+    /// An active trusted party of the property for the lock, inside its window and schedule, with
+    /// an entry left today.
+    pub trusted_now: bool,
 }
 
 /// What a request is about.
@@ -410,6 +437,56 @@ impl AuthzRequest {
             resource: Resource::Municipality(town),
             context: step_up(ctx),
         }
+    }
+
+    /// `view_trusted_parties` on a property.
+    pub fn view_trusted_parties(
+        principal: &PrincipalAttrs,
+        property: &PropertyAttrs,
+        ctx: StepUpContext,
+    ) -> Self {
+        Self::on_property(
+            principal,
+            Action::ViewTrustedParties,
+            property,
+            step_up(ctx),
+        )
+    }
+
+    /// `manage_trusted_parties` on a property.
+    pub fn manage_trusted_parties(
+        principal: &PrincipalAttrs,
+        property: &PropertyAttrs,
+        ctx: StepUpContext,
+    ) -> Self {
+        Self::on_property(
+            principal,
+            Action::ManageTrustedParties,
+            property,
+            step_up(ctx),
+        )
+    }
+
+    /// `request_trusted_token` on a property.
+    pub fn request_trusted_token(
+        principal: &PrincipalAttrs,
+        property: &PropertyAttrs,
+        ctx: TrustedTokenContext,
+    ) -> Self {
+        let context = vec![
+            ("step_up_fresh", ContextValue::Bool(ctx.step_up_fresh)),
+            ("trusted_now", ContextValue::Bool(ctx.trusted_now)),
+        ];
+        Self::on_property(principal, Action::RequestTrustedToken, property, context)
+    }
+
+    /// `remote_unlock` on a property.
+    pub fn remote_unlock(
+        principal: &PrincipalAttrs,
+        property: &PropertyAttrs,
+        ctx: StepUpContext,
+    ) -> Self {
+        Self::on_property(principal, Action::RemoteUnlock, property, step_up(ctx))
     }
 
     fn on_property(

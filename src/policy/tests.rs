@@ -144,6 +144,16 @@ fn request(l: &Loaded) -> AuthzRequest {
         Action::ViewAdministration | Action::Administer => {
             panic!("{o}: administration is asked of a municipality, not a property")
         }
+        Action::ViewTrustedParties => {
+            AuthzRequest::view_trusted_parties(p, property, context(o, ctx))
+        }
+        Action::ManageTrustedParties => {
+            AuthzRequest::manage_trusted_parties(p, property, context(o, ctx))
+        }
+        Action::RequestTrustedToken => {
+            AuthzRequest::request_trusted_token(p, property, context(o, ctx))
+        }
+        Action::RemoteUnlock => AuthzRequest::remote_unlock(p, property, context(o, ctx)),
     }
 }
 

@@ -274,6 +274,7 @@ fn role_words(role: Role) -> &'static str {
         Role::Responder => "responder",
         Role::Auditor => "auditor",
         Role::Homeowner => "homeowner",
+        Role::TrustedParty => "trusted neighbour",
     }
 }
 

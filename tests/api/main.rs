@@ -31,3 +31,4 @@ mod schemathesis;
 mod startup;
 mod story;
 mod tenancy;
+mod trusted;

@@ -62,6 +62,10 @@ async fn the_whole_story_leaves_every_record_audit_entry_and_mail() {
         "DENY (single use)",
         "receipts (allow, then deny: replayed) uploaded",
         "Front door opened",
+        "trusted neighbour Lee",
+        "tapped: ALLOW",
+        "remote unlock",
+        "opened for 10 s",
         "chain intact",
         "the story is complete",
     ] {
@@ -85,13 +89,23 @@ async fn the_whole_story_leaves_every_record_audit_entry_and_mail() {
             .await,
         1
     );
+    // The responder's token, the trusted neighbour's and the homeowner's remote unlock.
     assert_eq!(
         count("SELECT count(*) FROM issued_tokens WHERE status = 'used'").await,
+        3
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM issued_tokens WHERE status = 'used' AND trusted_party_id IS NOT NULL")
+            .await,
+        1
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM issued_tokens WHERE status = 'used' AND remote_open").await,
         1
     );
     assert_eq!(
         count("SELECT count(*) FROM receipts WHERE decision = 'allow'").await,
-        1
+        3
     );
     assert_eq!(
         count("SELECT count(*) FROM receipts WHERE decision = 'deny' AND reason = 'replayed'")
@@ -107,6 +121,8 @@ async fn the_whole_story_leaves_every_record_audit_entry_and_mail() {
         "grant.create",
         "token.issue",
         "lock.receipt",
+        "trusted.invite",
+        "trusted.accept",
     ] {
         let n: i64 = client
             .query_one(

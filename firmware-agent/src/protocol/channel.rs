@@ -95,6 +95,15 @@ pub enum InboxMessage {
         #[serde(with = "serde_bytes")]
         bundle: Vec<u8>,
     },
+    /// The homeowner's remote unlock: a `remote_open`-scoped token the lock verifies offline as
+    /// any token (no proof of possession), then opens for `hold_secs` (PROTOCOL.md, "Remote open").
+    RemoteOpen {
+        /// COSE_Sign1 bytes as minted.
+        #[serde(with = "serde_bytes")]
+        token: Vec<u8>,
+        /// How long to hold the door open, in seconds (the lock caps it).
+        hold_secs: u32,
+    },
 }
 
 /// Why the server closes a channel.

@@ -165,6 +165,9 @@ impl fmt::Display for KeyId {
 pub enum Scope {
     /// Unlock for the lock's configured hold time. Encoded as the text `"open"`.
     Open,
+    /// A homeowner's remote unlock, delivered over the lock's authenticated channel, never
+    /// presented at the tap. Encoded as the text `"remote_open"`.
+    RemoteOpen,
 }
 
 impl Scope {
@@ -172,6 +175,7 @@ impl Scope {
     pub fn as_str(self) -> &'static str {
         match self {
             Scope::Open => "open",
+            Scope::RemoteOpen => "remote_open",
         }
     }
 
@@ -179,6 +183,7 @@ impl Scope {
     pub fn parse(text: &str) -> Option<Self> {
         match text {
             "open" => Some(Scope::Open),
+            "remote_open" => Some(Scope::RemoteOpen),
             _ => None,
         }
     }
