@@ -177,6 +177,8 @@ mod tests {
             details: serde_json::json!({"k": "v"}),
             leaf_hash: "ab".to_owned(),
             chain_hash: "cd".to_owned(),
+            personal: None,
+            data_key: None,
         };
         let csv = to_csv(&[e]);
         let line = csv.lines().nth(1).unwrap_or_default();
