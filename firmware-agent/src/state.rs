@@ -168,7 +168,8 @@ pub struct AgentConfig {
 /// What `init` needs.
 #[derive(Debug, Clone)]
 pub struct InitParams {
-    /// Lock id.
+    /// Lock id; empty: the id derived from the new device key
+    /// ([`crate::pairing::derived_lock_id`]), the only one the server pairs.
     pub lock_id: String,
     /// Root public key, 32 bytes.
     pub root_public_key: [u8; 32],
@@ -189,6 +190,8 @@ pub struct InitParams {
 pub struct Initialised {
     /// The new device public key.
     pub device_public_key: [u8; 32],
+    /// The lock id written to the config (derived from the key unless one was given).
+    pub lock_id: String,
 }
 
 /// Create a state directory: device key, config, optional bundle and CA. Refuses to overwrite.
@@ -200,7 +203,7 @@ pub struct Initialised {
 /// a package or a mount) is replaced the same way.
 pub fn init(dir: &StateDir, params: &InitParams) -> Result<Initialised, StateError> {
     let root = dir.root();
-    if LockId::parse(&params.lock_id).is_none() {
+    if !params.lock_id.is_empty() && LockId::parse(&params.lock_id).is_none() {
         return Err(StateError::Invalid(
             "lock id: 1 to 64 characters of A-Z a-z 0-9 - _ .".into(),
         ));
@@ -276,6 +279,11 @@ fn write_initial_state(
         let p = dir.file("server-ca.pem");
         durable::write_atomic(&p, pem, 0o644).map_err(io_err(&p))?;
     }
+    let lock_id = if params.lock_id.is_empty() {
+        crate::pairing::derived_lock_id(key.public_key().as_ref())
+    } else {
+        params.lock_id.clone()
+    };
     let channel = ChannelState {
         last_seq: 0,
         bundle,
@@ -284,7 +292,7 @@ fn write_initial_state(
     };
     channel.persist(dir)?;
     let config = AgentConfig {
-        lock_id: params.lock_id.clone(),
+        lock_id: lock_id.clone(),
         root_public_key: hex::encode(params.root_public_key),
         server: params.server.clone(),
         hold_ms: params.hold_ms,
@@ -296,7 +304,10 @@ fn write_initial_state(
     durable::write_atomic(&config_path, &json, 0o644).map_err(io_err(&config_path))?;
     let mut device_public_key = [0u8; 32];
     device_public_key.copy_from_slice(key.public_key().as_ref());
-    Ok(Initialised { device_public_key })
+    Ok(Initialised {
+        device_public_key,
+        lock_id,
+    })
 }
 
 /// Channel-delivered state, replaced atomically as one file so that applying an inbox message
