@@ -8,8 +8,8 @@
 //! | label | name | CBOR type | field |
 //! | --- | --- | --- | --- |
 //! | 1 | `iss` (RFC 8392) | tstr | [`Claims::issuer`]: the municipality's short id |
-//! | 2 | `sub` (RFC 8392) | tstr | [`Claims::subject`]: the responder (or unit) |
-//! | 3 | `aud` (RFC 8392) | tstr | [`Claims::audience`]: the one lock this token opens |
+//! | 2 | `sub` (RFC 8392) | tstr / bstr .size 16 | [`Claims::subject`]: the responder (or unit) |
+//! | 3 | `aud` (RFC 8392) | tstr / bstr .size 16 | [`Claims::audience`]: the one lock this token opens |
 //! | 4 | `exp` (RFC 8392) | uint | [`Claims::expires_at`] |
 //! | 5 | `nbf` (RFC 8392) | uint | [`Claims::not_before`] |
 //! | 6 | `iat` (RFC 8392) | uint | [`Claims::issued_at`] |
@@ -22,6 +22,10 @@
 //! says. The firstkey-specific claims sit together in one array under a single label from the
 //! IANA "private use" range (< -65536), which costs 6 bytes instead of squatting on the short
 //! labels that are reserved for standards action.
+//!
+//! A `sub` or `aud` that is a UUID in canonical text (lower-case hex, 8-4-4-4-12) is encoded as
+//! its 16 bytes (17 bytes on the wire instead of 38) and decoded back to the same text, so the
+//! lock still prints it as the server shows it; any other text stays a tstr.
 //!
 //! The `cnf` COSE_Key is either `{1: 1 (OKP), -1: 6 (Ed25519), -2: x}` or
 //! `{1: 2 (EC2), -1: 1 (P-256), -2: x, -3: y}`; no other parameter is allowed.
@@ -366,6 +370,90 @@ impl Claims {
             confirmation,
         };
         claims.is_valid().then_some(claims)
+    }
+}
+
+/// Claim labels whose UUID text travels as 16 bytes: `sub` (2) and `aud` (3).
+const COMPACT_ID_LABELS: [i64; 2] = [2, 3];
+
+/// The 16 bytes of a UUID in its canonical text form (lower-case hex, hyphens at 8-4-4-4-12);
+/// `None` for any other text.
+#[cfg(feature = "issuer")]
+fn uuid_bytes(text: &str) -> Option<[u8; 16]> {
+    let b = text.as_bytes();
+    if b.len() != 36 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    let mut nibbles = b
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !matches!(i, 8 | 13 | 18 | 23));
+    for slot in &mut out {
+        let mut byte = 0u8;
+        for _ in 0..2 {
+            let (_, c) = nibbles.next()?;
+            let v = match c {
+                b'0'..=b'9' => c - b'0',
+                b'a'..=b'f' => c - b'a' + 10,
+                _ => return None,
+            };
+            byte = (byte << 4) | v;
+        }
+        *slot = byte;
+    }
+    let hyphens = [8usize, 13, 18, 23]
+        .iter()
+        .all(|&i| b.get(i) == Some(&b'-'));
+    hyphens.then_some(out)
+}
+
+fn uuid_text(bytes: &[u8; 16]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(36);
+    for (i, byte) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out.push('-');
+        }
+        for nibble in [byte >> 4, byte & 0x0f] {
+            out.push(char::from(
+                HEX.get(usize::from(nibble)).copied().unwrap_or(b'0'),
+            ));
+        }
+    }
+    out
+}
+
+/// On the wire, `sub` and `aud` that are UUIDs in canonical text travel as `bstr .size 16` (18
+/// bytes instead of 37): the lock prints them back as the same text. Applied to the claims map
+/// before it is encoded.
+#[cfg(feature = "issuer")]
+pub(crate) fn compact_ids(map: &mut Value) {
+    if let Value::Map(entries) = map {
+        for (k, v) in entries.iter_mut() {
+            let compact = int(k).is_some_and(|l| COMPACT_ID_LABELS.contains(&l));
+            if let (true, Value::Text(t)) = (compact, &*v)
+                && let Some(bytes) = uuid_bytes(t)
+            {
+                *v = Value::Bytes(bytes.to_vec());
+            }
+        }
+    }
+}
+
+/// The inverse of [`compact_ids`], applied to a decoded claims map: a 16-byte `sub` or `aud`
+/// becomes its canonical UUID text. Any other byte string there is left for the claims check to
+/// refuse.
+pub(crate) fn expand_ids(map: &mut Value) {
+    if let Value::Map(entries) = map {
+        for (k, v) in entries.iter_mut() {
+            let compact = int(k).is_some_and(|l| COMPACT_ID_LABELS.contains(&l));
+            if let (true, Value::Bytes(b)) = (compact, &*v)
+                && let Ok(bytes) = <[u8; 16]>::try_from(b.as_slice())
+            {
+                *v = Value::Text(uuid_text(&bytes));
+            }
+        }
     }
 }
 

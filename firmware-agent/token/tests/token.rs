@@ -1518,3 +1518,44 @@ proptest! {
         let _ = check(&bytes);
     }
 }
+
+/// UUID `sub` and `aud` travel as 16 bytes and come back as the same canonical text; other ids
+/// stay text; a 16-byte `aud` names the lock whose id is that UUID, and no other.
+#[test]
+fn uuid_ids_travel_as_sixteen_bytes_and_read_back_as_text() {
+    let text_claims = claims();
+    let mut uuid_claims = claims();
+    uuid_claims.subject = "8a3f0c2e-1b4d-4e6f-9a7b-0c1d2e3f4a5b".into();
+    uuid_claims.audience = LockId::parse("5d1c9e7a-3b2f-8c4d-9e1f-2a3b4c5d6e7f").unwrap();
+    let at = |id: &LockId| {
+        let mut lock = Lock::new();
+        lock.id = id.clone();
+        lock
+    };
+    let short = mint_with(&uuid_claims, 1);
+    let verified = check_at(&short, &at(&uuid_claims.audience), NOW).unwrap();
+    assert_eq!(verified.claims(), &uuid_claims);
+    // The lock whose id is another UUID, or the same one in upper case, refuses it.
+    let other = LockId::parse("5d1c9e7a-3b2f-8c4d-9e1f-2a3b4c5d6e70").unwrap();
+    assert_eq!(
+        check_at(&short, &at(&other), NOW).unwrap_err(),
+        Refusal::WrongLock
+    );
+    // Upper case is not the canonical form: it stays text (and the token is larger).
+    let mut upper = uuid_claims.clone();
+    upper.audience = LockId::parse("5D1C9E7A-3B2F-8C4D-9E1F-2A3B4C5D6E7F").unwrap();
+    let long = mint_with(&upper, 1);
+    // tstr(36) is 38 bytes, bstr(16) 17.
+    assert_eq!(long.len(), short.len() + 21);
+    assert_eq!(
+        check_at(&long, &at(&upper.audience), NOW).unwrap().claims(),
+        &upper
+    );
+    assert_eq!(
+        check_at(&long, &at(&uuid_claims.audience), NOW).unwrap_err(),
+        Refusal::WrongLock
+    );
+    // Non-UUID ids are unchanged.
+    let plain = mint_with(&text_claims, 1);
+    assert_eq!(check(&plain).unwrap().claims(), &text_claims);
+}
