@@ -28,7 +28,9 @@
 //! lock still prints it as the server shows it; any other text stays a tstr.
 //!
 //! The `cnf` COSE_Key is either `{1: 1 (OKP), -1: 6 (Ed25519), -2: x}` or
-//! `{1: 2 (EC2), -1: 1 (P-256), -2: x, -3: y}`; no other parameter is allowed.
+//! `{1: 2 (EC2), -1: 1 (P-256), -2: x, -3: y}`, where `y` is the sign bit (`false`/`true`, RFC
+//! 9053 §7.1.1: the compressed point, 33 bytes less, as minted) or the 32 bytes of y (accepted);
+//! no other parameter is allowed.
 //!
 //! Unknown claims are refused rather than ignored: a claim the lock does not understand might
 //! have been meant to restrict access, and ignoring it would widen access.
@@ -483,9 +485,10 @@ fn cose_key(key: &ConfirmationKey) -> Value {
                 Value::from(X),
                 Value::Bytes(point.get(1..33).unwrap_or_default().to_vec())
             ),
+            // Compressed (RFC 9053 §7.1.1): the sign bit of y instead of its 32 bytes.
             (
                 Value::from(Y),
-                Value::Bytes(point.get(33..65).unwrap_or_default().to_vec())
+                Value::Bool(point.get(64).is_some_and(|b| b & 1 == 1))
             ),
         ]),
     }
@@ -507,6 +510,20 @@ fn bytes32(value: Value) -> Option<[u8; 32]> {
 
 /// Parses `{1: COSE_Key}`. The canonical checker already ran, so labels are unique and sorted;
 /// here each position must hold exactly the expected label.
+/// The uncompressed SEC1 point for `x` and the sign of y; `None` if `x` is not on P-256.
+fn decompress_p256(x: &[u8; 32], y_odd: bool) -> Option<[u8; 65]> {
+    use p256::elliptic_curve::sec1::{FromSec1Point, ToSec1Point};
+    let mut compressed = [0u8; 33];
+    let (tag, rest) = compressed.split_first_mut()?;
+    *tag = if y_odd { 0x03 } else { 0x02 };
+    rest.copy_from_slice(x);
+    let encoded = p256::Sec1Point::from_bytes(compressed).ok()?;
+    let affine: Option<p256::AffinePoint> =
+        p256::AffinePoint::from_sec1_point(&encoded).into_option();
+    let full = affine?.to_sec1_point(false);
+    <[u8; 65]>::try_from(full.as_bytes()).ok()
+}
+
 fn parse_cnf(value: Value) -> Option<ConfirmationKey> {
     let Value::Map(outer) = value else {
         return None;
@@ -529,12 +546,17 @@ fn parse_cnf(value: Value) -> Option<ConfirmationKey> {
         (KTY_OKP, CRV_ED25519) => ConfirmationKey::Ed25519(bytes32(next(X)?)?),
         (KTY_EC2, CRV_P256) => {
             let x = bytes32(next(X)?)?;
-            let y = bytes32(next(Y)?)?;
-            let mut point = [0u8; 65];
-            point[0] = 0x04;
-            point[1..33].copy_from_slice(&x);
-            point[33..].copy_from_slice(&y);
-            ConfirmationKey::P256(point)
+            match next(Y)? {
+                Value::Bool(odd) => ConfirmationKey::P256(decompress_p256(&x, odd)?),
+                y => {
+                    let y = bytes32(y)?;
+                    let mut point = [0u8; 65];
+                    point[0] = 0x04;
+                    point[1..33].copy_from_slice(&x);
+                    point[33..].copy_from_slice(&y);
+                    ConfirmationKey::P256(point)
+                }
+            }
         }
         _ => return None,
     };

@@ -1420,9 +1420,11 @@ prop_compose! {
         cnf in prop_oneof![
             Just(None),
             Just(Some(ConfirmationKey::Ed25519([7; 32]))),
-            any::<[u8; 64]>().prop_map(|xy| {
-                let mut point = [4u8; 65];
-                point[1..].copy_from_slice(&xy);
+            // Points on the curve (a `cnf` travels compressed, so only those survive minting).
+            (1u64..).prop_map(|k| {
+                use p256::elliptic_curve::sec1::ToSec1Point;
+                let p = (p256::ProjectivePoint::GENERATOR * p256::Scalar::from(k)).to_affine();
+                let point = <[u8; 65]>::try_from(p.to_sec1_point(false).as_bytes()).unwrap();
                 Some(ConfirmationKey::P256(point))
             }),
         ],
@@ -1558,4 +1560,44 @@ fn uuid_ids_travel_as_sixteen_bytes_and_read_back_as_text() {
     // Non-UUID ids are unchanged.
     let plain = mint_with(&text_claims, 1);
     assert_eq!(check(&plain).unwrap().claims(), &text_claims);
+}
+
+/// A P-256 `cnf` travels compressed (x and the sign of y, RFC 9053 §7.1.1) and verifies; a point
+/// off the curve is refused at minting.
+#[test]
+fn p256_cnf_travels_compressed_and_off_curve_points_are_refused() {
+    use p256::elliptic_curve::sec1::ToSec1Point;
+    let p = (p256::ProjectivePoint::GENERATOR * p256::Scalar::from(12_345u64)).to_affine();
+    let point = <[u8; 65]>::try_from(p.to_sec1_point(false).as_bytes()).unwrap();
+    let mut c = claims();
+    c.confirmation = Some(ConfirmationKey::P256(point));
+    let compressed = mint_with(&c, 1);
+    let mut ed = claims();
+    ed.confirmation = Some(ConfirmationKey::Ed25519([7; 32]));
+    // EC2 {1, -1, -2: bstr(32), -3: bool} against OKP {1, -1, -2: bstr(32)}: 2 bytes more.
+    assert_eq!(compressed.len(), mint_with(&ed, 1).len() + 2);
+    let Value::Map(claims_map) = decode(&parts(&compressed).1) else {
+        panic!("payload is not a map")
+    };
+    let cnf = claims_map
+        .iter()
+        .find(|(k, _)| k.as_integer() == Some(8.into()))
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    let Value::Map(outer) = cnf else { panic!() };
+    let Value::Map(params) = outer[0].1.clone() else {
+        panic!()
+    };
+    let y = params
+        .iter()
+        .find(|(k, _)| k.as_integer() == Some((-3).into()))
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    assert_eq!(y, Value::Bool(point[64] & 1 == 1));
+    let mut off_curve = point;
+    off_curve[64] ^= 1;
+    let mut bad = claims();
+    bad.confirmation = Some(ConfirmationKey::P256(off_curve));
+    let (kid, key) = issuer_key(1);
+    assert!(mint(&bad, &kid, &key).is_err());
 }
