@@ -3,8 +3,8 @@
 //! [`Door`] owns the [`Store`], the [`Actuator`] and the [`Clock`]. It is synchronous and does
 //! blocking fsyncs; the socket server in [`crate::tap_server`] runs it on a blocking thread.
 //! Ordering for crash safety: the receipt (which is also the replay record) is fsynced and read
-//! back before the door opens (an allow's `iat` then raises the time floor); the presenter is
-//! answered last. If the receipt cannot be made durable, the decision is an error: the door stays
+//! back before the door opens, carrying the time floor an allow's `iat` raises (one fsync for
+//! both); the presenter is answered last. If the receipt cannot be made durable, the decision is an error: the door stays
 //! shut and the presenter gets no answer; if the receipt log cannot even be restored, the store is
 //! halted and every later tap is refused the same way.
 
@@ -271,20 +271,16 @@ impl Door {
         hold: Duration,
     ) -> Result<crate::receipt::VerifiedReceipt, StateError> {
         // Durable before the door moves and before the presenter hears anything.
-        let mut receipt = self.store.append_receipt(body.clone())?;
+        // The floor the token's `iat` raises rides in the same record: one fsync.
+        let mut receipt = self
+            .store
+            .append_receipt_raising_floor(body.clone(), trusted_time)?;
         tracing::info!(
             receipt_seq = receipt.body.seq,
             outcome = ?receipt.body.outcome,
             reason = %receipt.body.reason,
             "door decided"
         );
-        if let Some(t) = trusted_time
-            && let Err(e) = self.store.advance_floor(t)
-        {
-            // The floor is raised in memory; a failed write only narrows what survives a
-            // restart, and the receipt already holds the token's use.
-            tracing::warn!(error = %e, "could not persist the time floor");
-        }
         if receipt.body.outcome == Outcome::Allow
             && let Err(e) = self.actuator.open(OpenRequest {
                 receipt_seq: receipt.body.seq,

@@ -55,9 +55,11 @@ struct StateArg {
 struct InitArgs {
     #[command(flatten)]
     state: StateArg,
-    /// This lock's id (the `aud` of its tokens): 1-64 characters of A-Z a-z 0-9 - _ .
+    /// This lock's id (the `aud` of its tokens): 1-64 characters of A-Z a-z 0-9 - _ . By default
+    /// (and for a lock that pairs with a server: the server pairs no other) the id derived from
+    /// the new device key.
     #[arg(long)]
-    lock_id: String,
+    lock_id: Option<String>,
     /// The municipality's root Ed25519 public key (64 hex characters); trust bundles must be
     /// signed by it.
     #[arg(long)]
@@ -298,7 +300,7 @@ fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
     let done = state::init(
         &dir,
         &InitParams {
-            lock_id: a.lock_id.clone(),
+            lock_id: a.lock_id.clone().unwrap_or_default(),
             root_public_key: root,
             trust_bundle,
             server,
@@ -307,13 +309,13 @@ fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
             skew_secs: a.skew_secs,
         },
     )?;
-    let code = PairingCode::derive(&done.device_public_key, &a.lock_id);
+    let code = PairingCode::derive(&done.device_public_key, &done.lock_id);
     out(&format!(
         "initialised {}\nlock id:           {}\ndevice public key: {}\n\n\
          pairing code:      {}\n\nEnter the pairing code on the server when you add this lock to \
          your property. It is shown only now.\n",
         dir.root().display(),
-        a.lock_id,
+        done.lock_id,
         hex::encode(done.device_public_key),
         code.display(),
     ))?;

@@ -103,6 +103,34 @@ impl PairingCode {
     }
 }
 
+const LOCK_ID_DOMAIN: &[u8] = b"firstkey-lock-id-v1";
+
+/// The lock id derived from a device public key: the first 16 bytes of
+/// `SHA-256("firstkey-lock-id-v1" ‖ device public key)` as an RFC 9562 version-8 UUID (lower-case
+/// hex with hyphens). `firstkey-agent init` uses it unless told otherwise, and the server pairs a
+/// lock only under the id derived from the key it proved: nobody can pair their own key under
+/// someone else's lock id.
+pub fn derived_lock_id(device_public_key: &[u8]) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(LOCK_ID_DOMAIN);
+    ctx.update(device_public_key);
+    let digest = ctx.finish();
+    let mut out = String::with_capacity(36);
+    for (i, d) in digest.as_ref().iter().take(16).enumerate() {
+        // Version 8 (custom) in byte 6, the RFC 9562 variant in byte 8.
+        let byte = match i {
+            6 => (d & 0x0f) | 0x80,
+            8 => (d & 0x3f) | 0x80,
+            _ => *d,
+        };
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out.push('-');
+        }
+        out.push_str(&hex::encode([byte]));
+    }
+    out
+}
+
 fn ring_ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -122,6 +150,17 @@ mod tests {
         assert_eq!(shown.len(), 11);
         assert_eq!(shown.chars().nth(5), Some('-'));
         assert!(format!("{a:?}").contains("redacted"));
+    }
+
+    #[test]
+    fn derived_lock_ids_are_uuids_bound_to_the_key() {
+        let a = derived_lock_id(&[7u8; 32]);
+        assert_eq!(a, derived_lock_id(&[7u8; 32]));
+        assert_ne!(a, derived_lock_id(&[8u8; 32]));
+        assert_eq!(a.len(), 36);
+        assert_eq!(a.chars().nth(14), Some('8'), "version 8: {a}");
+        assert!(matches!(a.chars().nth(19), Some('8' | '9' | 'a' | 'b')));
+        assert!(firstkey_token::LockId::parse(&a).is_some());
     }
 
     #[test]

@@ -196,6 +196,41 @@ pub fn decode_own(encoded: &[u8]) -> Result<VerifiedReceipt, ReceiptError> {
     })
 }
 
+// The receipt log's records: the encoded receipt, and the time floor in force once the decision
+// it records was made. Carrying the floor in the same record makes a tap decision one durable
+// write (one fsync): the receipt, the token's use and the floor the token's `iat` raised survive a
+// crash together or not at all. Record layout: CBOR array `[receipt: bstr, floor: uint]`. Logs
+// written before this framing hold the bare receipt (a CBOR map, `0xa2`); such a record carries no
+// floor.
+#[derive(Serialize, Deserialize)]
+struct LogRecordWire(#[serde(with = "serde_bytes")] Vec<u8>, u64);
+
+/// The first byte of a CBOR array of two: a framed record (a bare receipt is a map, `0xa2`).
+const LOG_RECORD_TAG: u8 = 0x82;
+
+/// Frame `receipt` (an encoded receipt) with the floor in force after it, for the receipt log.
+pub fn encode_log_record(receipt: &[u8], floor: u64) -> Result<Vec<u8>, FrameError> {
+    encode(&LogRecordWire(receipt.to_vec(), floor))
+}
+
+/// Split a receipt-log record into the receipt and the floor it carries. Bare receipts (the
+/// framing before the floor was carried) come back with `floor: None`.
+pub fn decode_log_record(record: &[u8]) -> Result<(Vec<u8>, Option<u64>), ReceiptError> {
+    if record.first() == Some(&LOG_RECORD_TAG) {
+        let LogRecordWire(receipt, floor) =
+            decode(record).map_err(|_| ReceiptError::Malformed { index: 0 })?;
+        Ok((receipt, Some(floor)))
+    } else {
+        Ok((record.to_vec(), None))
+    }
+}
+
+/// The receipt held by a receipt-log record (either framing); malformed records come back as
+/// they are, for the receipt check to refuse.
+pub fn log_record_receipt(record: &[u8]) -> Vec<u8> {
+    decode_log_record(record).map_or_else(|_| record.to_vec(), |(r, _)| r)
+}
+
 /// Verify a chain segment that follows `start`: every signature, every sequence number and hash
 /// link, and that every receipt is for `lock_id`. Returns the new head.
 pub fn verify_chain<'a>(

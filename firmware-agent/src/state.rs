@@ -7,8 +7,8 @@
 //! | `config.json` | lock id, root public key, server address, hold time | `init` |
 //! | `device.pk8` (0600) | Ed25519 device key, PKCS#8 | `init` |
 //! | `server-ca.pem` | CA certificate(s) that sign the server's TLS certificate | `init` |
-//! | `floor` | monotonic time floor from trusted time, Unix seconds | when trusted time moves it |
-//! | `receipts.log` | append-only log of signed receipts (the hash chain) | every decision |
+//! | `floor` | monotonic time floor from the server's time, Unix seconds | when the server's time moves it |
+//! | `receipts.log` | append-only log of signed receipts (the hash chain), each with the time floor after it | every decision |
 //! | `replay.cbor` | replay records (`cti` → uses, expiry) folded out of compacted receipts | compaction |
 //! | `channel.cbor` | last applied inbox seq, trust bundle, revocation list, pre-staged tokens | every inbox message |
 //! | `uploaded` | highest receipt seq the server acknowledged | receipt acks |
@@ -20,7 +20,9 @@
 //! Crash-safety rules: small files are replaced atomically ([`durable::write_atomic`]); receipts
 //! are appended and fsynced. An allow receipt *is* the durable replay record for its `cti`, so
 //! recording the use and recording the receipt are one fsynced append, made before the door
-//! opens and before the presenter is answered. Replay state is rebuilt at open from
+//! opens and before the presenter is answered; the time floor a token's `iat` raises rides in the
+//! same record, so a decision is one fsync. The floor in force is the higher of `floor` and the
+//! last record's. Replay state is rebuilt at open from
 //! `replay.cbor` plus every receipt newer than the snapshot; over-counting after a crash between
 //! the two steps of compaction is impossible because the snapshot records which receipt it
 //! covers.
@@ -166,7 +168,8 @@ pub struct AgentConfig {
 /// What `init` needs.
 #[derive(Debug, Clone)]
 pub struct InitParams {
-    /// Lock id.
+    /// Lock id; empty: the id derived from the new device key
+    /// ([`crate::pairing::derived_lock_id`]), the only one the server pairs.
     pub lock_id: String,
     /// Root public key, 32 bytes.
     pub root_public_key: [u8; 32],
@@ -187,6 +190,8 @@ pub struct InitParams {
 pub struct Initialised {
     /// The new device public key.
     pub device_public_key: [u8; 32],
+    /// The lock id written to the config (derived from the key unless one was given).
+    pub lock_id: String,
 }
 
 /// Create a state directory: device key, config, optional bundle and CA. Refuses to overwrite.
@@ -198,7 +203,7 @@ pub struct Initialised {
 /// a package or a mount) is replaced the same way.
 pub fn init(dir: &StateDir, params: &InitParams) -> Result<Initialised, StateError> {
     let root = dir.root();
-    if LockId::parse(&params.lock_id).is_none() {
+    if !params.lock_id.is_empty() && LockId::parse(&params.lock_id).is_none() {
         return Err(StateError::Invalid(
             "lock id: 1 to 64 characters of A-Z a-z 0-9 - _ .".into(),
         ));
@@ -274,6 +279,11 @@ fn write_initial_state(
         let p = dir.file("server-ca.pem");
         durable::write_atomic(&p, pem, 0o644).map_err(io_err(&p))?;
     }
+    let lock_id = if params.lock_id.is_empty() {
+        crate::pairing::derived_lock_id(key.public_key().as_ref())
+    } else {
+        params.lock_id.clone()
+    };
     let channel = ChannelState {
         last_seq: 0,
         bundle,
@@ -282,7 +292,7 @@ fn write_initial_state(
     };
     channel.persist(dir)?;
     let config = AgentConfig {
-        lock_id: params.lock_id.clone(),
+        lock_id: lock_id.clone(),
         root_public_key: hex::encode(params.root_public_key),
         server: params.server.clone(),
         hold_ms: params.hold_ms,
@@ -294,7 +304,10 @@ fn write_initial_state(
     durable::write_atomic(&config_path, &json, 0o644).map_err(io_err(&config_path))?;
     let mut device_public_key = [0u8; 32];
     device_public_key.copy_from_slice(key.public_key().as_ref());
-    Ok(Initialised { device_public_key })
+    Ok(Initialised {
+        device_public_key,
+        lock_id,
+    })
 }
 
 /// Channel-delivered state, replaced atomically as one file so that applying an inbox message
@@ -539,14 +552,20 @@ struct CheckedLog {
     decoded: Vec<VerifiedReceipt>,
     /// Where the chain breaks, if it does.
     broken: Option<String>,
+    /// The highest time floor any record carries (0 if none does).
+    floor: u64,
 }
 
 fn check_log(records: &[Vec<u8>], lock_id: &str) -> CheckedLog {
     let mut decoded = Vec::with_capacity(records.len());
     let mut broken = None;
+    let mut floor = 0u64;
     for (i, r) in records.iter().enumerate() {
-        match receipt::decode_own(r) {
-            Ok(v) => decoded.push(v),
+        match receipt::decode_log_record(r).and_then(|(r, f)| Ok((receipt::decode_own(&r)?, f))) {
+            Ok((v, f)) => {
+                floor = floor.max(f.unwrap_or(0));
+                decoded.push(v);
+            }
             Err(e) => {
                 broken.get_or_insert_with(|| format!("record {i}: {e}"));
             }
@@ -583,6 +602,7 @@ fn check_log(records: &[Vec<u8>], lock_id: &str) -> CheckedLog {
         head,
         decoded,
         broken,
+        floor,
     }
 }
 
@@ -656,6 +676,7 @@ impl Store {
             base: log_base,
             head,
             decoded: verified,
+            floor: logged_floor,
             ..
         } = checked;
 
@@ -687,8 +708,9 @@ impl Store {
             ));
         }
         // Receipt times are the lock's own clock, which is not trusted time: they do not move
-        // the floor.
-        let floor = read_u64_file(&dir.file("floor"))?;
+        // the floor. The floor a record carries is trusted time (a verified token's, taken in the
+        // same write as the decision); the file holds the server's time from the channel.
+        let floor = read_u64_file(&dir.file("floor"))?.max(logged_floor);
         for r in &verified {
             if r.body.seq > replay_covers {
                 fold_use(&mut replay, &r.body);
@@ -856,14 +878,29 @@ impl Store {
     /// When it returns an error, no receipt was added and the log is as it was, or the store is
     /// now halted ([`Store::halted`]) and refuses every later receipt.
     pub fn append_receipt(&mut self, body: ReceiptBody) -> Result<VerifiedReceipt, StateError> {
+        self.append_receipt_raising_floor(body, None)
+    }
+
+    /// [`Store::append_receipt`], raising the time floor to `trusted` (if above it) in the same
+    /// durable write: the log record carries the floor in force after the decision, so a decision
+    /// costs one fsync and a crash keeps the receipt and the raised floor together or neither.
+    /// The floor moves (in memory too) only once the record is durable.
+    pub fn append_receipt_raising_floor(
+        &mut self,
+        body: ReceiptBody,
+        trusted: Option<u64>,
+    ) -> Result<VerifiedReceipt, StateError> {
         if let Some(why) = self.halted() {
             return Err(StateError::Halted(why));
         }
         let path = self.dir.file("receipts.log");
         let r = receipt::sign_next(&self.device_key, self.head, body)
             .map_err(|_| corrupt(&path, "could not encode receipt"))?;
+        let floor = self.floor.max(trusted.unwrap_or(0));
+        let record = receipt::encode_log_record(&r.encoded, floor)
+            .map_err(|_| corrupt(&path, "could not encode receipt"))?;
         self.durable_writes = self.durable_writes.saturating_add(1);
-        if let Err(e) = self.receipts.append(&r.encoded) {
+        if let Err(e) = self.receipts.append(&record) {
             if let Some(why) = self.receipts.halted() {
                 tracing::error!(reason = %why, "receipt log halted; refusing every tap");
                 record_halt(&self.dir.file(HALTED_FILE), why);
@@ -874,6 +911,7 @@ impl Store {
             seq: r.body.seq,
             hash: r.hash,
         };
+        self.floor = floor;
         fold_use(&mut self.replay, &r.body);
         Ok(r)
     }
@@ -896,7 +934,7 @@ impl Store {
             .skip(skip)
             .take(limit)
             .zip(from.saturating_add(1)..)
-            .map(|(r, seq)| (seq, r.clone()))
+            .map(|(r, seq)| (seq, receipt::log_record_receipt(r)))
             .collect()
     }
 
@@ -1042,9 +1080,14 @@ impl Store {
         Ok(())
     }
 
-    /// Every receipt currently in `receipts.log` (for tests and diagnostics).
-    pub fn receipts(&self) -> &[Vec<u8>] {
-        self.receipts.records()
+    /// Every receipt currently in `receipts.log`, without the log framing (for tests and
+    /// diagnostics).
+    pub fn receipts(&self) -> Vec<Vec<u8>> {
+        self.receipts
+            .records()
+            .iter()
+            .map(|r| receipt::log_record_receipt(r))
+            .collect()
     }
 
     /// The verification policy from the config.
@@ -1105,17 +1148,22 @@ pub fn peek_status(dir: &StateDir) -> Result<Status, StateError> {
         )),
         _ => None,
     };
-    let head_seq = records
+    let last = records
         .last()
-        .and_then(|r| receipt::verify_one(r, key.public_key().as_ref()).ok())
+        .and_then(|r| receipt::decode_log_record(r).ok());
+    let head_seq = last
+        .as_ref()
+        .and_then(|(r, _)| receipt::verify_one(r, key.public_key().as_ref()).ok())
         .map_or(0, |r| r.body.seq);
+    // Floors in the log only grow, so the last record carries the highest.
+    let logged_floor = last.and_then(|(_, f)| f).unwrap_or(0);
     let channel = ChannelState::load(dir, &root)?;
     let uploaded = read_u64_file(&dir.file("uploaded"))?.min(head_seq);
     Ok(Status {
         lock_id: lock_id.to_string(),
         device_public_key: hex::encode(key.public_key().as_ref()),
         bundle_version: channel.bundle.as_ref().map_or(0, TrustBundle::version),
-        time_floor: read_u64_file(&dir.file("floor"))?,
+        time_floor: read_u64_file(&dir.file("floor"))?.max(logged_floor),
         inbox_seq: channel.last_seq,
         receipt_seq: head_seq,
         uploaded_through: uploaded,

@@ -127,7 +127,10 @@ fn device_public_key(running: &Running) -> [u8; 32] {
 /// Verify the whole receipt chain in the state dir and return the bodies.
 fn chain_bodies(state: &StateDir, pubkey: &[u8]) -> Vec<receipt::ReceiptBody> {
     let bytes = std::fs::read(state.file("receipts.log")).unwrap_or_default();
-    let records = firstkey_agent::durable::scan_records(&bytes);
+    let records: Vec<Vec<u8>> = firstkey_agent::durable::scan_records(&bytes)
+        .iter()
+        .map(|r| receipt::log_record_receipt(r))
+        .collect();
     let head = receipt::verify_chain(
         records.iter().map(Vec::as_slice),
         pubkey,
@@ -145,8 +148,8 @@ fn chain_bodies(state: &StateDir, pubkey: &[u8]) -> Vec<receipt::ReceiptBody> {
 fn last_reason(running: &Running) -> String {
     let d = running.door.lock().unwrap();
     let s = d.store();
-    let last = s.receipts().last().unwrap();
-    receipt::verify_one(last, s.device_public_key())
+    let last = s.receipts().pop().unwrap();
+    receipt::verify_one(&last, s.device_public_key())
         .unwrap()
         .body
         .reason
@@ -437,6 +440,118 @@ async fn the_servers_time_over_the_channel_raises_the_floor_and_the_local_clock_
     // The fresh token's `iat` (its `nbf`, 5 s before) raised the floor further; it is durable.
     let store = reopen_store(&lock.state, None);
     assert_eq!(store.floor(), t0 + 3595);
+}
+
+/// The floor a token raises rides in its receipt's log record: a decision is one durable write,
+/// the floor survives a restart with the receipt, and a crash that tears the record takes both
+/// (the token is then unused and the floor where it was). Logs in the older framing (bare
+/// receipts, floor in its own file only) still open.
+#[test]
+fn a_tap_is_one_durable_write_and_its_floor_lives_and_dies_with_its_receipt() {
+    use firstkey_agent::door::Door;
+    let lock = new_lock(&["k1"], None);
+    let t0 = 1_800_000_000;
+    let clock = ManualClock::new(t0 + 200);
+    let ed = ed25519_presenter();
+    let open_door = || {
+        Door::new(
+            Store::open(&lock.state).unwrap(),
+            Box::new(SimulatedActuator::new(lock.state.root())),
+            Arc::new(clock.clone()),
+        )
+    };
+    let tap_door = |door: &mut Door, token: &[u8]| {
+        let c = door.new_challenge().unwrap();
+        let msg = tap_server::respond(&c.0, LOCK, token, Some(&ed)).unwrap();
+        let d = door.decide(&c, msg).unwrap();
+        d.outcome
+    };
+    let log = lock.state.file("receipts.log");
+
+    let mut door = open_door();
+    let first = mint(&lock.issuer, "k1", t0 + 100, 3600, &ed);
+    let writes = door.store().durable_writes();
+    assert_eq!(tap_door(&mut door, &first), Outcome::Allow);
+    assert_eq!(
+        door.store().durable_writes() - writes,
+        1,
+        "one durable write"
+    );
+    // `max(iat, nbf)` of the token: its `nbf`, 5 s before the minting time.
+    assert_eq!(door.store().floor(), t0 + 95);
+    assert!(
+        !lock.state.file("floor").exists(),
+        "the floor file was written"
+    );
+    drop(door);
+    let mut door = open_door();
+    assert_eq!(
+        door.store().floor(),
+        t0 + 95,
+        "the floor survives a restart"
+    );
+    assert_eq!(state::peek_status(&lock.state).unwrap().time_floor, t0 + 95);
+    assert_eq!(tap_door(&mut door, &first), Outcome::Deny);
+
+    // A second token raises the floor; a crash tears its record: receipt and floor go together.
+    let second = mint(&lock.issuer, "k1", t0 + 150, 3600, &ed);
+    let before = std::fs::metadata(&log).unwrap().len();
+    assert_eq!(tap_door(&mut door, &second), Outcome::Allow);
+    assert_eq!(door.store().floor(), t0 + 145);
+    drop(door);
+    let after = std::fs::metadata(&log).unwrap().len();
+    let torn = before + (after - before) / 2;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&log)
+        .unwrap()
+        .set_len(torn)
+        .unwrap();
+    let mut door = open_door();
+    assert_eq!(door.store().head().seq, 2);
+    assert_eq!(
+        door.store().floor(),
+        t0 + 95,
+        "the torn record's floor is gone"
+    );
+    // Its use is gone with it (nothing happened): the token opens once, now.
+    assert_eq!(tap_door(&mut door, &second), Outcome::Allow);
+    assert_eq!(tap_door(&mut door, &second), Outcome::Deny);
+    assert_eq!(door.store().floor(), t0 + 145);
+    drop(door);
+
+    // The older framing: bare receipts, the floor in its own file.
+    let bare: Vec<Vec<u8>> = {
+        let store = Store::open(&lock.state).unwrap();
+        store.receipts()
+    };
+    let (mut raw, _) = firstkey_agent::durable::AppendLog::open(&log).unwrap();
+    raw.rewrite(bare).unwrap();
+    drop(raw);
+    let store = Store::open(&lock.state).unwrap();
+    assert_eq!(store.halted(), None);
+    assert_eq!(store.head().seq, 4);
+    assert_eq!(store.floor(), 0, "bare receipts carry no floor");
+    drop(store);
+    let mut door = open_door();
+    assert_eq!(tap_door(&mut door, &first), Outcome::Deny);
+    assert_eq!(tap_door(&mut door, &second), Outcome::Deny);
+    assert_eq!(last_reason_of(&door), "replayed");
+    let third = mint(&lock.issuer, "k1", t0 + 190, 3600, &ed);
+    assert_eq!(tap_door(&mut door, &third), Outcome::Allow);
+    assert_eq!(door.store().floor(), t0 + 185);
+    drop(door);
+    let pubkey = *Store::open(&lock.state).unwrap().device_public_key();
+    assert_eq!(chain_bodies(&lock.state, &pubkey).len(), 7);
+}
+
+fn last_reason_of(door: &firstkey_agent::door::Door) -> String {
+    let s = door.store();
+    let last = s.receipts().pop().unwrap();
+    receipt::verify_one(&last, s.device_public_key())
+        .unwrap()
+        .body
+        .reason
 }
 
 // ---------------------------------------------------------------------------------------------

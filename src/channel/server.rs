@@ -762,6 +762,16 @@ async fn authenticate(
     match state.as_str() {
         "paired" if stored_key.as_deref() == Some(device_public_key.as_slice()) => Ok(lock),
         "unpaired" => {
+            // A lock pairs only under the id derived from the key it proved: knowing a lock id
+            // (it is on tokens and pages) lets nobody pair their own key under it, nor use up the
+            // genuine lock's pairing attempts.
+            if Uuid::parse_str(&firstkey_agent::pairing::derived_lock_id(device_public_key)).ok()
+                != Some(id)
+            {
+                tracing::warn!(lock = %id, "pairing refused: the lock id is not the device key's");
+                crate::metrics::count(|m| m.pairing_failures.inc());
+                return Err(ErrorCode::AuthenticationFailed);
+            }
             let now = shared.clock.now();
             let tx = client.transaction().await.map_err(|e| internal(e.into()))?;
             let allowed = properties::pairing_attempt_allowed(

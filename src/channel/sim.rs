@@ -69,10 +69,11 @@ pub async fn provision(
             .map_err(|_| StoreError::Conflict("key generation failed".to_owned()))?;
         let key = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
             .map_err(|_| StoreError::Conflict("key generation failed".to_owned()))?;
-        locks.push(SimLock {
-            id: Uuid::new_v4(),
-            key,
-        });
+        let id = Uuid::parse_str(&firstkey_agent::pairing::derived_lock_id(
+            key.public_key().as_ref(),
+        ))
+        .map_err(|_| StoreError::Conflict("lock id derivation failed".to_owned()))?;
+        locks.push(SimLock { id, key });
     }
     for chunk in locks.chunks(1000) {
         let ids: Vec<Uuid> = chunk.iter().map(|l| l.id).collect();

@@ -257,14 +257,12 @@ pub async fn run(stage: &Stage, now: DateTime<Utc>) -> anyhow::Result<Ending> {
 
     // --- The lock: provision the agent, register it with the printed pairing code, run it.
     let agent = agent_binary().await?;
-    let lock_id = Uuid::new_v4();
     let lock_dir = stage.work_dir.join(format!("lock-{short}"));
     let ca = stage.key_dir.join("agent-ca.pem");
     let init = Command::new(&agent)
         .arg("init")
         .arg("--state-dir")
         .arg(&lock_dir)
-        .args(["--lock-id", &lock_id.to_string()])
         .args([
             "--root-public-key",
             &hex::encode(root.public_key().as_ref()),
@@ -295,6 +293,12 @@ pub async fn run(stage: &Stage, now: DateTime<Utc>) -> anyhow::Result<Ending> {
         .and_then(|l| l.split_whitespace().last())
         .ok_or_else(|| anyhow!("firstkey-agent init printed no pairing code"))?
         .to_owned();
+    // The lock id is derived from the device key (the only one the server pairs).
+    let lock_id = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("lock id:"))
+        .and_then(|l| Uuid::parse_str(l.trim()).ok())
+        .ok_or_else(|| anyhow!("firstkey-agent init printed no lock id"))?;
     http.post(
         &format!("/api/v1/properties/{property_id}/locks"),
         &json!({ "lock_id": lock_id, "name": "Front door", "pairing_code": code }),

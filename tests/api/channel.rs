@@ -230,7 +230,6 @@ impl Agent {
     fn init(world: &World, port: u16, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
-        let lock = Uuid::new_v4();
         let ca = world.key_dir().join(firstkey::channel::tls::DEV_CA_FILE);
         let server = format!("127.0.0.1:{port}");
         let root = hex::encode([7u8; 32]);
@@ -247,8 +246,6 @@ impl Agent {
             "--hold-ms",
             "100",
         ];
-        let lock_id = lock.to_string();
-        args.extend(["--lock-id", &lock_id]);
         if !extra.contains(&"--root-public-key") {
             args.extend(["--root-public-key", &root]);
         }
@@ -260,6 +257,12 @@ impl Agent {
             .unwrap()
             .trim()
             .to_owned();
+        // The lock id is the one derived from the new device key (the only one the server pairs).
+        let lock = out
+            .lines()
+            .find_map(|l| l.strip_prefix("lock id:"))
+            .and_then(|id| Uuid::parse_str(id.trim()).ok())
+            .unwrap();
         Self {
             lock,
             state,
@@ -1168,4 +1171,203 @@ async fn the_listen_connection_comes_back_promptly_after_a_second_outage() {
         listening_since(back)
     })
     .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// lock ids are bound to device keys (issue 8, item 13(b))
+
+/// A handshake as lock `id` holding `key`: the server's answer to our signed `Hello`.
+async fn hello_as(
+    replica: &RunningChannel,
+    id: &str,
+    key: &ring::signature::Ed25519KeyPair,
+) -> firstkey_agent::protocol::channel::ServerMessage {
+    use firstkey_agent::protocol::channel::{
+        AgentMessage, MAX_CHANNEL_FRAME, ServerMessage, auth_signed_bytes, decode_server_message,
+        encode_agent_message,
+    };
+    use ring::signature::KeyPair;
+    let ca = replica.identity().ca_pem().unwrap().as_bytes().to_vec();
+    let tls = firstkey_agent::client::tls_config(&ca).unwrap();
+    let tcp = tokio::net::TcpStream::connect(replica.local_addr())
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost".to_owned()).unwrap();
+    let mut stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let read = |frame: Vec<u8>| decode_server_message(&frame).unwrap();
+    let first = firstkey_agent::protocol::read_frame(&mut stream, MAX_CHANNEL_FRAME)
+        .await
+        .unwrap()
+        .unwrap();
+    let ServerMessage::Challenge { nonce, .. } = read(first) else {
+        panic!("no challenge")
+    };
+    let signature = key.sign(&auth_signed_bytes(&nonce.0, id, "localhost"));
+    let mut public = [0u8; 32];
+    public.copy_from_slice(key.public_key().as_ref());
+    let hello = AgentMessage::Hello {
+        version: firstkey_agent::protocol::PROTOCOL_VERSION,
+        lock_id: id.to_owned(),
+        device_public_key: Bytes(public),
+        resume_after: 0,
+        signature: signature.as_ref().to_vec(),
+    };
+    firstkey_agent::protocol::write_frame(
+        &mut stream,
+        &encode_agent_message(&hello).unwrap(),
+        MAX_CHANNEL_FRAME,
+    )
+    .await
+    .unwrap();
+    let answer = firstkey_agent::protocol::read_frame(&mut stream, MAX_CHANNEL_FRAME)
+        .await
+        .unwrap()
+        .unwrap();
+    read(answer)
+}
+
+fn new_device_key() -> ring::signature::Ed25519KeyPair {
+    let rng = ring::rand::SystemRandom::new();
+    let pk8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+    ring::signature::Ed25519KeyPair::from_pkcs8(pk8.as_ref()).unwrap()
+}
+
+fn code_for(key: &ring::signature::Ed25519KeyPair, id: &str) -> String {
+    use ring::signature::KeyPair;
+    firstkey_agent::pairing::PairingCode::derive(key.public_key().as_ref(), id).display()
+}
+
+#[tokio::test]
+async fn nobody_pairs_their_own_key_under_another_locks_id_in_any_municipality() {
+    use firstkey_agent::protocol::channel::{ErrorCode, ServerMessage};
+    use ring::signature::KeyPair;
+    let world = World::new().await;
+    let replica = world.replica(0).await;
+    let refused = |m: &ServerMessage| {
+        matches!(
+            m,
+            ServerMessage::Error {
+                code: ErrorCode::AuthenticationFailed
+            }
+        )
+    };
+    // Another municipality with its own homeowner and property: the squatter.
+    let client = world.pool.get().await.unwrap();
+    let now = Utc::now();
+    let (other, _) = tenancy::ensure_municipality(
+        &client,
+        &Slug::parse("squat-town").unwrap(),
+        "Squat Town",
+        now,
+    )
+    .await
+    .unwrap();
+    let squatter = people::ensure_user(
+        &client,
+        other,
+        &Email::parse("squatter@example.org").unwrap(),
+        "Squatter",
+        None,
+        &[Role::Homeowner],
+        now,
+    )
+    .await
+    .unwrap();
+    let squat_home = properties::create_property(&client, other, squatter.id, "9 Side St", now)
+        .await
+        .unwrap();
+    let register = |tenant: Tenant, property: Uuid, id: Uuid, code: String| {
+        let client = &client;
+        async move {
+            let hash = firstkey::pairing::code_hash(&firstkey::pairing::normalise(&code).unwrap());
+            properties::register_lock(client, tenant, property, id, "Door", &hash, Utc::now()).await
+        }
+    };
+
+    // The genuine lock: its id is derived from its key; the homeowner registers it.
+    let genuine = new_device_key();
+    let id_text = firstkey_agent::pairing::derived_lock_id(genuine.public_key().as_ref());
+    let id = Uuid::parse_str(&id_text).unwrap();
+    register(
+        world.tenant,
+        world.property,
+        id,
+        code_for(&genuine, &id_text),
+    )
+    .await
+    .unwrap();
+
+    // A squatter who learnt the id registers it again, in another municipality and on another
+    // property of the same one, with a code of their own key: refused, nothing changed.
+    let own = new_device_key();
+    let own_code = code_for(&own, &id_text);
+    let err = register(other, squat_home.id, id, own_code.clone())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, firstkey::store::StoreError::Conflict(_)),
+        "{err:?}"
+    );
+    let second = properties::create_property(&client, world.tenant, world.owner, "2 Main St", now)
+        .await
+        .unwrap();
+    assert!(
+        register(world.tenant, second.id, id, own_code)
+            .await
+            .is_err()
+    );
+
+    // Their own key under the genuine id: refused without using up the genuine lock's attempts,
+    // however often they try.
+    for _ in 0..12 {
+        assert!(refused(&hello_as(&replica, &id_text, &own).await));
+    }
+    assert!(!paired(&world, id).await);
+    let failures: i32 = world
+        .scalar(
+            "SELECT failed_attempts FROM lock_pairings WHERE lock_id = $1",
+            &[&id],
+        )
+        .await;
+    assert_eq!(failures, 0);
+
+    // A lock registered under an id its key does not derive (a squat prepared with the
+    // squatter's own code for that id) never pairs either.
+    let squat_id = Uuid::new_v4();
+    register(
+        other,
+        squat_home.id,
+        squat_id,
+        code_for(&own, &squat_id.to_string()),
+    )
+    .await
+    .unwrap();
+    assert!(refused(
+        &hello_as(&replica, &squat_id.to_string(), &own).await
+    ));
+    assert!(!paired(&world, squat_id).await);
+
+    // The genuine lock pairs at once, with its own key, in its own municipality.
+    assert!(matches!(
+        hello_as(&replica, &id_text, &genuine).await,
+        ServerMessage::Welcome { .. }
+    ));
+    assert!(paired(&world, id).await);
+    let (municipality, key): (Uuid, Vec<u8>) = {
+        let row = client
+            .query_one(
+                "SELECT municipality_id, device_public_key FROM locks WHERE id = $1",
+                &[&id],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(municipality, world.tenant.id());
+    assert_eq!(key, genuine.public_key().as_ref());
+    // Now paired, the squatter's key is refused as before.
+    assert!(refused(&hello_as(&replica, &id_text, &own).await));
 }

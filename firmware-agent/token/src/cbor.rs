@@ -2,10 +2,10 @@
 //! any decoder sees them. It does not build values; it only walks the encoding, without
 //! allocating, so each defect gets its own precise reason.
 //!
-//! Accepted: unsigned and negative integers, byte and text strings (UTF-8 checked), arrays and
+//! Accepted: unsigned and negative integers, `false` and `true`, byte and text strings (UTF-8 checked), arrays and
 //! maps, all with definite lengths in their shortest form, map keys strictly increasing in
 //! bytewise order of their encodings. Refused: indefinite lengths, duplicate keys, any tag, float
-//! or simple value (none of the firstkey formats uses them), nesting deeper than [`MAX_DEPTH`].
+//! or simple value other than `false`/`true` (none of the firstkey formats uses them), nesting deeper than [`MAX_DEPTH`].
 
 use crate::refusal::Refusal;
 
@@ -107,8 +107,12 @@ fn item(input: &[u8], depth: usize) -> Result<&[u8], Fault> {
             Fault::Malformed
         });
     }
+    if major == 7 && matches!(info, 20 | 21) {
+        // `false` / `true`: the sign of a compressed P-256 `cnf` point (RFC 9053 §7.1.1).
+        return Ok(rest);
+    }
     if major == 6 || major == 7 {
-        // Tags, floats and simple values: none belongs in a firstkey structure.
+        // Tags, floats and other simple values: none belongs in a firstkey structure.
         return Err(Fault::Malformed);
     }
     let (arg, rest) = argument(info, rest)?;

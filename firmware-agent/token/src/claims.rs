@@ -8,8 +8,8 @@
 //! | label | name | CBOR type | field |
 //! | --- | --- | --- | --- |
 //! | 1 | `iss` (RFC 8392) | tstr | [`Claims::issuer`]: the municipality's short id |
-//! | 2 | `sub` (RFC 8392) | tstr | [`Claims::subject`]: the responder (or unit) |
-//! | 3 | `aud` (RFC 8392) | tstr | [`Claims::audience`]: the one lock this token opens |
+//! | 2 | `sub` (RFC 8392) | tstr / bstr .size 16 | [`Claims::subject`]: the responder (or unit) |
+//! | 3 | `aud` (RFC 8392) | tstr / bstr .size 16 | [`Claims::audience`]: the one lock this token opens |
 //! | 4 | `exp` (RFC 8392) | uint | [`Claims::expires_at`] |
 //! | 5 | `nbf` (RFC 8392) | uint | [`Claims::not_before`] |
 //! | 6 | `iat` (RFC 8392) | uint | [`Claims::issued_at`] |
@@ -23,8 +23,14 @@
 //! IANA "private use" range (< -65536), which costs 6 bytes instead of squatting on the short
 //! labels that are reserved for standards action.
 //!
+//! A `sub` or `aud` that is a UUID in canonical text (lower-case hex, 8-4-4-4-12) is encoded as
+//! its 16 bytes (17 bytes on the wire instead of 38) and decoded back to the same text, so the
+//! lock still prints it as the server shows it; any other text stays a tstr.
+//!
 //! The `cnf` COSE_Key is either `{1: 1 (OKP), -1: 6 (Ed25519), -2: x}` or
-//! `{1: 2 (EC2), -1: 1 (P-256), -2: x, -3: y}`; no other parameter is allowed.
+//! `{1: 2 (EC2), -1: 1 (P-256), -2: x, -3: y}`, where `y` is the sign bit (`false`/`true`, RFC
+//! 9053 §7.1.1: the compressed point, 33 bytes less, as minted) or the 32 bytes of y (accepted);
+//! no other parameter is allowed.
 //!
 //! Unknown claims are refused rather than ignored: a claim the lock does not understand might
 //! have been meant to restrict access, and ignoring it would widen access.
@@ -374,6 +380,90 @@ impl Claims {
     }
 }
 
+/// Claim labels whose UUID text travels as 16 bytes: `sub` (2) and `aud` (3).
+const COMPACT_ID_LABELS: [i64; 2] = [2, 3];
+
+/// The 16 bytes of a UUID in its canonical text form (lower-case hex, hyphens at 8-4-4-4-12);
+/// `None` for any other text.
+#[cfg(feature = "issuer")]
+fn uuid_bytes(text: &str) -> Option<[u8; 16]> {
+    let b = text.as_bytes();
+    if b.len() != 36 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    let mut nibbles = b
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !matches!(i, 8 | 13 | 18 | 23));
+    for slot in &mut out {
+        let mut byte = 0u8;
+        for _ in 0..2 {
+            let (_, c) = nibbles.next()?;
+            let v = match c {
+                b'0'..=b'9' => c - b'0',
+                b'a'..=b'f' => c - b'a' + 10,
+                _ => return None,
+            };
+            byte = (byte << 4) | v;
+        }
+        *slot = byte;
+    }
+    let hyphens = [8usize, 13, 18, 23]
+        .iter()
+        .all(|&i| b.get(i) == Some(&b'-'));
+    hyphens.then_some(out)
+}
+
+fn uuid_text(bytes: &[u8; 16]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(36);
+    for (i, byte) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out.push('-');
+        }
+        for nibble in [byte >> 4, byte & 0x0f] {
+            out.push(char::from(
+                HEX.get(usize::from(nibble)).copied().unwrap_or(b'0'),
+            ));
+        }
+    }
+    out
+}
+
+/// On the wire, `sub` and `aud` that are UUIDs in canonical text travel as `bstr .size 16` (18
+/// bytes instead of 37): the lock prints them back as the same text. Applied to the claims map
+/// before it is encoded.
+#[cfg(feature = "issuer")]
+pub(crate) fn compact_ids(map: &mut Value) {
+    if let Value::Map(entries) = map {
+        for (k, v) in entries.iter_mut() {
+            let compact = int(k).is_some_and(|l| COMPACT_ID_LABELS.contains(&l));
+            if let (true, Value::Text(t)) = (compact, &*v)
+                && let Some(bytes) = uuid_bytes(t)
+            {
+                *v = Value::Bytes(bytes.to_vec());
+            }
+        }
+    }
+}
+
+/// The inverse of [`compact_ids`], applied to a decoded claims map: a 16-byte `sub` or `aud`
+/// becomes its canonical UUID text. Any other byte string there is left for the claims check to
+/// refuse.
+pub(crate) fn expand_ids(map: &mut Value) {
+    if let Value::Map(entries) = map {
+        for (k, v) in entries.iter_mut() {
+            let compact = int(k).is_some_and(|l| COMPACT_ID_LABELS.contains(&l));
+            if let (true, Value::Bytes(b)) = (compact, &*v)
+                && let Ok(bytes) = <[u8; 16]>::try_from(b.as_slice())
+            {
+                *v = Value::Text(uuid_text(&bytes));
+            }
+        }
+    }
+}
+
 /// COSE_Key labels and values used in `cnf`.
 const KTY: i64 = 1;
 const KTY_OKP: i64 = 1;
@@ -400,9 +490,10 @@ fn cose_key(key: &ConfirmationKey) -> Value {
                 Value::from(X),
                 Value::Bytes(point.get(1..33).unwrap_or_default().to_vec())
             ),
+            // Compressed (RFC 9053 §7.1.1): the sign bit of y instead of its 32 bytes.
             (
                 Value::from(Y),
-                Value::Bytes(point.get(33..65).unwrap_or_default().to_vec())
+                Value::Bool(point.get(64).is_some_and(|b| b & 1 == 1))
             ),
         ]),
     }
@@ -424,6 +515,20 @@ fn bytes32(value: Value) -> Option<[u8; 32]> {
 
 /// Parses `{1: COSE_Key}`. The canonical checker already ran, so labels are unique and sorted;
 /// here each position must hold exactly the expected label.
+/// The uncompressed SEC1 point for `x` and the sign of y; `None` if `x` is not on P-256.
+fn decompress_p256(x: &[u8; 32], y_odd: bool) -> Option<[u8; 65]> {
+    use p256::elliptic_curve::sec1::{FromSec1Point, ToSec1Point};
+    let mut compressed = [0u8; 33];
+    let (tag, rest) = compressed.split_first_mut()?;
+    *tag = if y_odd { 0x03 } else { 0x02 };
+    rest.copy_from_slice(x);
+    let encoded = p256::Sec1Point::from_bytes(compressed).ok()?;
+    let affine: Option<p256::AffinePoint> =
+        p256::AffinePoint::from_sec1_point(&encoded).into_option();
+    let full = affine?.to_sec1_point(false);
+    <[u8; 65]>::try_from(full.as_bytes()).ok()
+}
+
 fn parse_cnf(value: Value) -> Option<ConfirmationKey> {
     let Value::Map(outer) = value else {
         return None;
@@ -446,12 +551,17 @@ fn parse_cnf(value: Value) -> Option<ConfirmationKey> {
         (KTY_OKP, CRV_ED25519) => ConfirmationKey::Ed25519(bytes32(next(X)?)?),
         (KTY_EC2, CRV_P256) => {
             let x = bytes32(next(X)?)?;
-            let y = bytes32(next(Y)?)?;
-            let mut point = [0u8; 65];
-            point[0] = 0x04;
-            point[1..33].copy_from_slice(&x);
-            point[33..].copy_from_slice(&y);
-            ConfirmationKey::P256(point)
+            match next(Y)? {
+                Value::Bool(odd) => ConfirmationKey::P256(decompress_p256(&x, odd)?),
+                y => {
+                    let y = bytes32(y)?;
+                    let mut point = [0u8; 65];
+                    point[0] = 0x04;
+                    point[1..33].copy_from_slice(&x);
+                    point[33..].copy_from_slice(&y);
+                    ConfirmationKey::P256(point)
+                }
+            }
         }
         _ => return None,
     };

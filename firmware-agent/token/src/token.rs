@@ -20,7 +20,7 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use ciborium::value::Value;
-use coset::CborSerializable;
+use coset::AsCborValue;
 use coset::cwt::ClaimsSet;
 use ring::signature::{ED25519, UnparsedPublicKey};
 
@@ -96,8 +96,12 @@ impl UnverifiedToken {
     pub fn parse(bytes: &[u8]) -> Result<Self, Refusal> {
         let sign1 = cose::split(bytes, MAX_TOKEN_LEN)?;
         let kid = parse_protected(sign1.protected)?;
-        let claims = ClaimsSet::from_slice(sign1.payload)
+        let claims = ciborium::de::from_reader::<ciborium::value::Value, _>(sign1.payload)
             .ok()
+            .and_then(|mut value| {
+                crate::claims::expand_ids(&mut value);
+                ClaimsSet::from_cbor_value(value).ok()
+            })
             .and_then(Claims::from_claims_set)
             .ok_or(Refusal::InvalidClaims)?;
         // A wrong-length signature cannot verify; refuse it as a bad signature, in order.
@@ -296,7 +300,10 @@ pub fn mint(
     key: &ring::signature::Ed25519KeyPair,
 ) -> Result<Vec<u8>, MintError> {
     let set = claims.to_claims_set().ok_or(MintError::InvalidClaims)?;
-    let payload = set.to_vec().map_err(|_| MintError::Encoding)?;
+    let mut value = set.to_cbor_value().map_err(|_| MintError::Encoding)?;
+    crate::claims::compact_ids(&mut value);
+    let mut payload = Vec::new();
+    ciborium::ser::into_writer(&value, &mut payload).map_err(|_| MintError::Encoding)?;
     let protected = HeaderBuilder::new()
         .algorithm(iana::Algorithm::EdDSA)
         .key_id(kid.as_bytes().to_vec())

@@ -1420,9 +1420,11 @@ prop_compose! {
         cnf in prop_oneof![
             Just(None),
             Just(Some(ConfirmationKey::Ed25519([7; 32]))),
-            any::<[u8; 64]>().prop_map(|xy| {
-                let mut point = [4u8; 65];
-                point[1..].copy_from_slice(&xy);
+            // Points on the curve (a `cnf` travels compressed, so only those survive minting).
+            (1u64..).prop_map(|k| {
+                use p256::elliptic_curve::sec1::ToSec1Point;
+                let p = (p256::ProjectivePoint::GENERATOR * p256::Scalar::from(k)).to_affine();
+                let point = <[u8; 65]>::try_from(p.to_sec1_point(false).as_bytes()).unwrap();
                 Some(ConfirmationKey::P256(point))
             }),
         ],
@@ -1517,4 +1519,85 @@ proptest! {
         bytes.extend_from_slice(&tail);
         let _ = check(&bytes);
     }
+}
+
+/// UUID `sub` and `aud` travel as 16 bytes and come back as the same canonical text; other ids
+/// stay text; a 16-byte `aud` names the lock whose id is that UUID, and no other.
+#[test]
+fn uuid_ids_travel_as_sixteen_bytes_and_read_back_as_text() {
+    let text_claims = claims();
+    let mut uuid_claims = claims();
+    uuid_claims.subject = "8a3f0c2e-1b4d-4e6f-9a7b-0c1d2e3f4a5b".into();
+    uuid_claims.audience = LockId::parse("5d1c9e7a-3b2f-8c4d-9e1f-2a3b4c5d6e7f").unwrap();
+    let at = |id: &LockId| {
+        let mut lock = Lock::new();
+        lock.id = id.clone();
+        lock
+    };
+    let short = mint_with(&uuid_claims, 1);
+    let verified = check_at(&short, &at(&uuid_claims.audience), NOW).unwrap();
+    assert_eq!(verified.claims(), &uuid_claims);
+    // The lock whose id is another UUID, or the same one in upper case, refuses it.
+    let other = LockId::parse("5d1c9e7a-3b2f-8c4d-9e1f-2a3b4c5d6e70").unwrap();
+    assert_eq!(
+        check_at(&short, &at(&other), NOW).unwrap_err(),
+        Refusal::WrongLock
+    );
+    // Upper case is not the canonical form: it stays text (and the token is larger).
+    let mut upper = uuid_claims.clone();
+    upper.audience = LockId::parse("5D1C9E7A-3B2F-8C4D-9E1F-2A3B4C5D6E7F").unwrap();
+    let long = mint_with(&upper, 1);
+    // tstr(36) is 38 bytes, bstr(16) 17.
+    assert_eq!(long.len(), short.len() + 21);
+    assert_eq!(
+        check_at(&long, &at(&upper.audience), NOW).unwrap().claims(),
+        &upper
+    );
+    assert_eq!(
+        check_at(&long, &at(&uuid_claims.audience), NOW).unwrap_err(),
+        Refusal::WrongLock
+    );
+    // Non-UUID ids are unchanged.
+    let plain = mint_with(&text_claims, 1);
+    assert_eq!(check(&plain).unwrap().claims(), &text_claims);
+}
+
+/// A P-256 `cnf` travels compressed (x and the sign of y, RFC 9053 §7.1.1) and verifies; a point
+/// off the curve is refused at minting.
+#[test]
+fn p256_cnf_travels_compressed_and_off_curve_points_are_refused() {
+    use p256::elliptic_curve::sec1::ToSec1Point;
+    let p = (p256::ProjectivePoint::GENERATOR * p256::Scalar::from(12_345u64)).to_affine();
+    let point = <[u8; 65]>::try_from(p.to_sec1_point(false).as_bytes()).unwrap();
+    let mut c = claims();
+    c.confirmation = Some(ConfirmationKey::P256(point));
+    let compressed = mint_with(&c, 1);
+    let mut ed = claims();
+    ed.confirmation = Some(ConfirmationKey::Ed25519([7; 32]));
+    // EC2 {1, -1, -2: bstr(32), -3: bool} against OKP {1, -1, -2: bstr(32)}: 2 bytes more.
+    assert_eq!(compressed.len(), mint_with(&ed, 1).len() + 2);
+    let Value::Map(claims_map) = decode(&parts(&compressed).1) else {
+        panic!("payload is not a map")
+    };
+    let cnf = claims_map
+        .iter()
+        .find(|(k, _)| k.as_integer() == Some(8.into()))
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    let Value::Map(outer) = cnf else { panic!() };
+    let Value::Map(params) = outer[0].1.clone() else {
+        panic!()
+    };
+    let y = params
+        .iter()
+        .find(|(k, _)| k.as_integer() == Some((-3).into()))
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    assert_eq!(y, Value::Bool(point[64] & 1 == 1));
+    let mut off_curve = point;
+    off_curve[64] ^= 1;
+    let mut bad = claims();
+    bad.confirmation = Some(ConfirmationKey::P256(off_curve));
+    let (kid, key) = issuer_key(1);
+    assert!(mint(&bad, &kid, &key).is_err());
 }
