@@ -6,6 +6,7 @@
 //!
 //! - [`daemon`]: `run` — wires the store, the door, the tap socket and the channel together.
 //! - [`door`]: the tap decision (floor → verify → receipt → actuate → answer).
+//! - [`keypad`]: offline keypad codes (derivation, the lock's decision, the lockout).
 //! - [`tap_server`]: the tap interface on a Unix socket, and the presenter's client side.
 //! - [`client`]: the channel client (TLS, handshake, inbox, acks, uploads, backoff).
 //! - [`protocol`]: wire types of the tap exchange and the channel, shared with the server.
@@ -22,6 +23,7 @@ pub mod daemon;
 pub mod demo;
 pub mod door;
 pub mod durable;
+pub mod keypad;
 pub mod pairing;
 pub mod protocol;
 pub mod receipt;

@@ -313,7 +313,7 @@ async fn raw_exchange(socket: &Path, payload: &[u8]) -> Option<Outcome> {
     let answer = read_frame(&mut s, MAX_TAP_FRAME).await.unwrap()?;
     match firstkey_agent::protocol::tap::decode_lock_message(&answer).unwrap() {
         LockMessage::Decision { outcome, .. } => Some(outcome),
-        LockMessage::Challenge { .. } => None,
+        LockMessage::Challenge { .. } | LockMessage::KeypadLocked { .. } => None,
     }
 }
 
