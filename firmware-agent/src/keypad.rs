@@ -77,6 +77,9 @@ pub const REASON_KEYPAD_CLOCK_BEHIND: &str = "keypad_clock_behind_floor";
 const MAC_DOMAIN: &[u8] = b"firstkey-keypad-v1";
 const ID_DOMAIN: &[u8] = b"firstkey-keypad-id-v1";
 
+/// A real incident code revoked over the channel (its grant was revoked).
+pub const REASON_KEYPAD_REVOKED: &str = "keypad_revoked";
+
 /// A lock's 32-byte code secret. Never printed: its `Debug` is redacted.
 #[derive(Clone, PartialEq, Eq)]
 pub struct CodeSecret(pub [u8; 32]);
@@ -284,6 +287,18 @@ pub fn code_id(secret: &CodeSecret, lock_id: &str, spec: &CodeSpec) -> [u8; 16] 
     id
 }
 
+/// The key a code is revoked under in the lock's revocation list (the channel's `Revocation`
+/// message carries it as `token_hash`): SHA-256 of a domain and the code's id, so it cannot
+/// collide with a token's hash.
+pub fn revocation_key(id: &[u8; 16]) -> [u8; 32] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"firstkey-keypad-revocation-v1");
+    ctx.update(id);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
 /// Why a code cannot be made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum IssueError {
@@ -462,13 +477,30 @@ pub struct KeypadView<'a> {
     pub skew: u64,
 }
 
-/// Decide one entry: parse → secret → floor → header → MAC → window → replay (incident only).
-pub fn verify(
-    view: &KeypadView<'_>,
-    entry: &str,
-    now: u64,
-    uses: impl Fn(&[u8; 16]) -> u32,
-) -> Verdict {
+/// What the lock remembers about codes it has seen: uses and revocations.
+pub trait CodeLedger {
+    /// Times the code with this id opened the door.
+    fn uses(&self, id: &[u8; 16]) -> u32;
+    /// Whether the code with this id is revoked.
+    fn is_revoked(&self, id: &[u8; 16]) -> bool;
+}
+
+/// A ledger from two closures (tests, tools).
+#[derive(Debug)]
+pub struct FnLedger<U, R>(pub U, pub R);
+
+impl<U: Fn(&[u8; 16]) -> u32, R: Fn(&[u8; 16]) -> bool> CodeLedger for FnLedger<U, R> {
+    fn uses(&self, id: &[u8; 16]) -> u32 {
+        (self.0)(id)
+    }
+    fn is_revoked(&self, id: &[u8; 16]) -> bool {
+        (self.1)(id)
+    }
+}
+
+/// Decide one entry: parse → secret → floor → header → MAC → window → revoked → replay
+/// (incident only).
+pub fn verify(view: &KeypadView<'_>, entry: &str, now: u64, ledger: &impl CodeLedger) -> Verdict {
     let deny = |reason| Verdict { reason, code: None };
     let Ok(code) = parse_code(entry) else {
         return deny(REASON_KEYPAD_INVALID);
@@ -496,7 +528,10 @@ pub fn verify(
     if now >= spec.not_after.saturating_add(view.skew) {
         return known(REASON_KEYPAD_EXPIRED);
     }
-    if spec.kind == CodeKind::Incident && uses(&id) > 0 {
+    if ledger.is_revoked(&id) {
+        return known(REASON_KEYPAD_REVOKED);
+    }
+    if spec.kind == CodeKind::Incident && ledger.uses(&id) > 0 {
         return known(REASON_KEYPAD_REPLAYED);
     }
     known(REASON_KEYPAD_OK)
@@ -573,7 +608,7 @@ pub fn decide(
         });
     }
     let store: &Store = door.store();
-    let verdict = verify(&store.keypad_view(), entry, now, |id| store.code_uses(id));
+    let verdict = verify(&store.keypad_view(), entry, now, store);
     let mut body = ReceiptBody {
         version: 0,
         lock_id: store.lock_id().to_string(),
@@ -659,6 +694,10 @@ mod tests {
     const LOCK: &str = "front-door";
     const T0: u64 = 1_800_000_000;
 
+    fn used(n: u32) -> impl CodeLedger {
+        FnLedger(move |_: &[u8; 16]| n, |_: &[u8; 16]| false)
+    }
+
     fn secret(b: u8) -> CodeSecret {
         CodeSecret([b; 32])
     }
@@ -705,12 +744,12 @@ mod tests {
         let w = incident_window(T0, T0 + 1800).unwrap();
         let (code, spec) = incident_code(&s, LOCK, w, 3).unwrap();
         let digits = code.display();
-        let v = verify(&view(&s, &none), &digits, T0 + 10, |_| 0);
+        let v = verify(&view(&s, &none), &digits, T0 + 10, &used(0));
         assert!(v.allows(), "{v:?}");
         assert_eq!(v.code.unwrap().0, code_id(&s, LOCK, &spec));
-        let again = verify(&view(&s, &none), &digits, T0 + 20, |_| 1);
+        let again = verify(&view(&s, &none), &digits, T0 + 20, &used(1));
         assert_eq!(again.reason, REASON_KEYPAD_REPLAYED);
-        let late = verify(&view(&s, &none), &digits, spec.not_after + 61, |_| 0);
+        let late = verify(&view(&s, &none), &digits, spec.not_after + 61, &used(0));
         assert_eq!(late.reason, REASON_KEYPAD_EXPIRED);
         // Another lock, another secret.
         let other = KeypadView {
@@ -718,16 +757,21 @@ mod tests {
             ..view(&s, &none)
         };
         assert_eq!(
-            verify(&other, &digits, T0 + 10, |_| 0).reason,
+            verify(&other, &digits, T0 + 10, &used(0)).reason,
             REASON_KEYPAD_INVALID
         );
         let s2 = secret(2);
         assert_eq!(
-            verify(&view(&s2, &none), &digits, T0 + 10, |_| 0).reason,
+            verify(&view(&s2, &none), &digits, T0 + 10, &used(0)).reason,
             REASON_KEYPAD_INVALID
         );
         // Eight and a half hours later the slot digits name a later window: not this code.
-        let far = verify(&view(&s, &none), &digits, T0 + 100 * SLOT_SECS + 10, |_| 0);
+        let far = verify(
+            &view(&s, &none),
+            &digits,
+            T0 + 100 * SLOT_SECS + 10,
+            &used(0),
+        );
         assert_eq!(far.reason, REASON_KEYPAD_INVALID);
     }
 
@@ -746,25 +790,25 @@ mod tests {
         let v = view(&s, &standing);
         let day = 86_400;
         assert!(
-            verify(&v, &c0.digits(), T0 + day, |_| 5).allows(),
+            verify(&v, &c0.digits(), T0 + day, &used(5)).allows(),
             "reusable"
         );
         // In period 1's first day both work; after the overlap only the new one.
-        assert!(verify(&v, &c0.digits(), T0 + 7 * day + 100, |_| 0).allows());
-        assert!(verify(&v, &c1.digits(), T0 + 7 * day + 100, |_| 0).allows());
+        assert!(verify(&v, &c0.digits(), T0 + 7 * day + 100, &used(0)).allows());
+        assert!(verify(&v, &c1.digits(), T0 + 7 * day + 100, &used(0)).allows());
         assert_eq!(
-            verify(&v, &c0.digits(), T0 + 8 * day + 100, |_| 0).reason,
+            verify(&v, &c0.digits(), T0 + 8 * day + 100, &used(0)).reason,
             REASON_KEYPAD_EXPIRED
         );
-        assert!(verify(&v, &c1.digits(), T0 + 8 * day + 100, |_| 0).allows());
+        assert!(verify(&v, &c1.digits(), T0 + 8 * day + 100, &used(0)).allows());
         // The slot removed: refused.
         let empty = BTreeMap::new();
         assert_eq!(
-            verify(&view(&s, &empty), &c1.digits(), T0 + 8 * day, |_| 0).reason,
+            verify(&view(&s, &empty), &c1.digits(), T0 + 8 * day, &used(0)).reason,
             REASON_KEYPAD_INVALID
         );
         // Past `until`: nothing.
-        assert!(!verify(&v, &c1.digits(), T0 + 91 * day, |_| 0).allows());
+        assert!(!verify(&v, &c1.digits(), T0 + 91 * day, &used(0)).allows());
     }
 
     #[test]
@@ -807,13 +851,13 @@ mod tests {
             let (code, spec) = incident_code(&s, &lock, (start, end), index).unwrap();
             let v = KeypadView { lock_id: &lock, secret: Some(&s), standing: &none, floor: 0, skew: 0 };
             let now = start + offset;
-            let verdict = verify(&v, &code.digits(), now, |_| 0);
+            let verdict = verify(&v, &code.digits(), now, &used(0));
             proptest::prop_assert_eq!(verdict.allows(), now < end);
             proptest::prop_assert_eq!(verdict.code.map(|c| c.0), Some(code_id(&s, &lock, &spec)));
             // Other lock: never.
             let other_lock = format!("lock-{}", lock_suffix + 4);
             let v2 = KeypadView { lock_id: &other_lock, ..v };
-            proptest::prop_assert!(!verify(&v2, &code.digits(), now, |_| 0).allows());
+            proptest::prop_assert!(!verify(&v2, &code.digits(), now, &used(0)).allows());
             // Another index or window of the same lock is another code.
             if other_index != index || other_dur != dur {
                 let end2 = start + INCIDENT_MINUTES[other_dur] * 60;
@@ -824,7 +868,7 @@ mod tests {
             let mut tampered = code.0;
             let pos = usize::try_from(offset % 15).unwrap();
             tampered[pos] = (tampered[pos] + 1) % 10;
-            proptest::prop_assert!(!verify(&v, &Code(tampered).digits(), now, |_| 0).allows());
+            proptest::prop_assert!(!verify(&v, &Code(tampered).digits(), now, &used(0)).allows());
         }
     }
 }

@@ -1233,6 +1233,18 @@ impl LockView for Store {
     }
 }
 
+impl crate::keypad::CodeLedger for Store {
+    fn uses(&self, id: &[u8; 16]) -> u32 {
+        self.code_uses(id)
+    }
+
+    fn is_revoked(&self, id: &[u8; 16]) -> bool {
+        self.channel
+            .revocations
+            .contains(&TokenHash(crate::keypad::revocation_key(id)))
+    }
+}
+
 /// Read a status snapshot without taking the lock (works while `run` holds it).
 pub fn peek_status(dir: &StateDir) -> Result<Status, StateError> {
     let (config, lock_id, root) = load_config(dir)?;
