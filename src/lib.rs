@@ -15,6 +15,7 @@
 //!   [`notify`]: the mail outbox.
 //! - [`emergency`]: incidents, grants, override tokens, issuer keys and the CAD integration.
 //! - [`metrics`]: domain metrics (agents, tokens, receipts, mail, audit sealing, policy).
+//! - [`codes`]: offline keypad codes (code secrets, incident codes, the receipt join).
 //! - [`clock`], [`telemetry`]: time source and logging.
 
 pub mod access;
@@ -24,6 +25,7 @@ pub mod bench;
 pub mod channel;
 pub mod cli;
 pub mod clock;
+pub mod codes;
 pub mod crypto;
 pub mod demo;
 pub mod domain;

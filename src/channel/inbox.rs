@@ -29,6 +29,12 @@ pub enum InboxMessage {
     },
     /// A new trust bundle (its signed CBOR bytes).
     TrustBundle(Vec<u8>),
+    /// The lock's keypad code secret of this generation. Only the generation is stored; the
+    /// channel derives the secret from the data key when it sends the entry (`crate::codes`).
+    KeypadSecret {
+        /// Secret generation, from 1.
+        generation: i32,
+    },
 }
 
 impl InboxMessage {
@@ -37,6 +43,7 @@ impl InboxMessage {
             Self::Token(_) => "token",
             Self::Revocation { .. } => "revocation",
             Self::TrustBundle(_) => "trust_bundle",
+            Self::KeypadSecret { .. } => "keypad_secret",
         }
     }
 
@@ -52,6 +59,7 @@ impl InboxMessage {
                 out.extend_from_slice(&expires_at.to_be_bytes());
                 out
             }
+            Self::KeypadSecret { generation } => generation.to_be_bytes().to_vec(),
         }
     }
 
@@ -67,6 +75,9 @@ impl InboxMessage {
                     expires_at: u64::from_be_bytes(expiry.try_into().ok()?),
                 })
             }
+            "keypad_secret" => Some(Self::KeypadSecret {
+                generation: i32::from_be_bytes(payload.try_into().ok()?),
+            }),
             _ => None,
         }
     }

@@ -9,6 +9,7 @@
 
 pub mod access_log;
 pub mod auth;
+pub mod codes;
 pub mod dispatch;
 pub mod error;
 pub mod health;
@@ -277,6 +278,7 @@ fn routes(cfg: &mut web::ServiceConfig, with_metrics: bool) {
         .configure(dispatch::routes)
         .configure(tokens::routes)
         .configure(log::routes)
+        .configure(codes::routes)
         .configure(crate::web::routes)
         .service(
             web::resource("/api/openapi.json")

@@ -47,6 +47,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
     doc.merge(super::dispatch::DispatchApi::openapi());
     doc.merge(super::tokens::TokensApi::openapi());
     doc.merge(super::log::LogApi::openapi());
+    doc.merge(super::codes::CodesApi::openapi());
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
     StandardResponses.modify(&mut doc);
     doc

@@ -33,11 +33,13 @@ pub enum Action {
     RequestToken,
     /// Read audit entries (of the whole municipality, or about one property).
     ReadAudit,
+    /// Issue a one-time keypad code for a lock of a property under a live grant.
+    IssueKeypadCode,
 }
 
 impl Action {
     /// Every action, in schema order.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::ViewPlanSummary,
         Self::RevealNotes,
         Self::EditPlan,
@@ -46,6 +48,7 @@ impl Action {
         Self::ApproveGrant,
         Self::RequestToken,
         Self::ReadAudit,
+        Self::IssueKeypadCode,
     ];
 
     /// The action's id in the Cedar schema (`Action::"…"`).
@@ -59,6 +62,7 @@ impl Action {
             Self::ApproveGrant => "approve_grant",
             Self::RequestToken => "request_token",
             Self::ReadAudit => "read_audit",
+            Self::IssueKeypadCode => "issue_keypad_code",
         }
     }
 }
@@ -214,6 +218,16 @@ pub struct TokenContext {
     pub named_in_live_grant: bool,
 }
 
+/// Context of [`Action::IssueKeypadCode`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeypadCodeContext {
+    /// The session holds a WebAuthn assertion from the last few minutes.
+    pub step_up_fresh: bool,
+    /// The grant is live (approved, started, not ended or revoked) and its incident open.
+    pub grant_live: bool,
+}
+
 /// What a request is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resource {
@@ -341,6 +355,19 @@ impl AuthzRequest {
             ),
         ];
         Self::on_property(principal, Action::RequestToken, property, context)
+    }
+
+    /// May `principal` issue a one-time keypad code for a lock of `property`?
+    pub fn issue_keypad_code(
+        principal: &PrincipalAttrs,
+        property: &PropertyAttrs,
+        ctx: KeypadCodeContext,
+    ) -> Self {
+        let context = vec![
+            ("step_up_fresh", ContextValue::Bool(ctx.step_up_fresh)),
+            ("grant_live", ContextValue::Bool(ctx.grant_live)),
+        ];
+        Self::on_property(principal, Action::IssueKeypadCode, property, context)
     }
 
     /// May `principal` read the municipality's whole audit log?

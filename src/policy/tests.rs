@@ -131,6 +131,7 @@ fn request(l: &Loaded) -> AuthzRequest {
         Action::ApproveGrant => AuthzRequest::approve_grant(p, property, context(o, ctx)),
         Action::RequestToken => AuthzRequest::request_token(p, property, context(o, ctx)),
         Action::ReadAudit => AuthzRequest::read_property_audit(p, property, context(o, ctx)),
+        Action::IssueKeypadCode => AuthzRequest::issue_keypad_code(p, property, context(o, ctx)),
     }
 }
 
