@@ -541,10 +541,9 @@ pub fn verify(view: &KeypadView<'_>, entry: &str, now: u64, ledger: &impl CodeLe
 pub fn lockout_secs(failures: u32) -> u64 {
     match failures.checked_sub(FREE_TRIES) {
         None => 0,
-        Some(extra) => LOCKOUT_BASE_SECS
-            .checked_shl(extra)
-            .unwrap_or(u64::MAX)
-            .min(LOCKOUT_MAX_SECS),
+        // 60 s · 2^6 is past the cap already; shifting further would wrap.
+        Some(extra) if extra >= 6 => LOCKOUT_MAX_SECS,
+        Some(extra) => (LOCKOUT_BASE_SECS << extra).min(LOCKOUT_MAX_SECS),
     }
 }
 
@@ -819,6 +818,11 @@ mod tests {
         assert_eq!(lockout_secs(10), 1920);
         assert_eq!(lockout_secs(11), 3600);
         assert_eq!(lockout_secs(u32::MAX), 3600);
+        // Never shorter after one more failure, never past the cap (no wrap-around).
+        for f in 5..200 {
+            assert!(lockout_secs(f + 1) >= lockout_secs(f), "{f}");
+            assert!(lockout_secs(f) <= LOCKOUT_MAX_SECS);
+        }
     }
 
     #[test]

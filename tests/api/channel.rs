@@ -1249,8 +1249,10 @@ async fn a_keypad_code_works_with_the_channel_killed_and_its_receipts_join_the_i
         .unwrap();
     drop(client);
 
-    // The channel is killed: the replica is gone.
+    // The channel is killed: the replica is gone (its aborted tasks, the listener among them, are
+    // dropped once this runtime runs again).
     replica.stop();
+    tokio::task::yield_now().await;
     let keypad_cli = |code: &str| {
         Command::new(agent_bin())
             .args(["keypad", "--code", code, "--state-dir"])
@@ -1284,16 +1286,27 @@ async fn a_keypad_code_works_with_the_channel_killed_and_its_receipts_join_the_i
         &["localhost".to_owned(), "127.0.0.1".to_owned()],
     )
     .unwrap();
-    let again = start_with(
-        ([127, 0, 0, 1], port).into(),
-        identity,
-        firstkey::store::pool(world.db_config.clone(), 4).unwrap(),
-        world.db_config.clone(),
-        Arc::new(SystemClock),
-        options(),
-    )
-    .await
-    .unwrap();
+    let mut again = None;
+    for _ in 0..50 {
+        match start_with(
+            ([127, 0, 0, 1], port).into(),
+            identity.clone(),
+            firstkey::store::pool(world.db_config.clone(), 4).unwrap(),
+            world.db_config.clone(),
+            Arc::new(SystemClock),
+            options(),
+        )
+        .await
+        {
+            Ok(r) => {
+                again = Some(r);
+                break;
+            }
+            // The old listener's socket may still be closing.
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let again = again.expect("the port is free again");
     eventually("three keypad receipts stored", 60, || async {
         world
             .scalar::<i64>(

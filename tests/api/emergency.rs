@@ -1541,10 +1541,22 @@ async fn a_dispatcher_issues_a_keypad_code_under_a_live_grant_and_revoking_the_g
             400
         );
     }
+    let before = inbox(&w, w.lock).await;
     assert!(
-        inbox(&w, w.lock).await.is_empty(),
+        !before.iter().any(|(k, _)| k == "keypad_secret"),
         "a refusal changed nothing"
     );
+    let codes: i64 = w
+        .app
+        .pool
+        .get()
+        .await
+        .unwrap()
+        .query_one("SELECT count(*) FROM keypad_codes", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(codes, 0, "a refusal changed nothing");
 
     let (status, issued) = keypad_code(&w, &w.dispatcher, grant_id, body.clone()).await;
     assert_eq!(status, 201, "{issued}");
@@ -1562,7 +1574,8 @@ async fn a_dispatcher_issues_a_keypad_code_under_a_live_grant_and_revoking_the_g
     assert!(from.timestamp() <= Utc::now().timestamp());
 
     // The lock's view: the secret the channel derives from the data key opens exactly this lock.
-    let kek = firstkey::crypto::Kek::load_or_create(&w.key_dir).unwrap();
+    // The test settings' data key (32 bytes of 0x2a).
+    let kek = firstkey::crypto::Kek::from_bytes([0x2a; 32]);
     let secret: CodeSecret = firstkey::codes::SecretRoot::derive(&kek).lock_secret(w.lock, 1);
     let standing = std::collections::BTreeMap::new();
     let lock_id = w.lock.to_string();
@@ -1575,6 +1588,18 @@ async fn a_dispatcher_issues_a_keypad_code_under_a_live_grant_and_revoking_the_g
     };
     let now = u64::try_from(Utc::now().timestamp()).unwrap();
     let fresh = FnLedger(|_: &[u8; 16]| 0, |_: &[u8; 16]| false);
+    let expect = keypad::incident_code(
+        &secret,
+        &lock_id,
+        (
+            u64::try_from(from.timestamp()).unwrap(),
+            u64::try_from(until.timestamp()).unwrap(),
+        ),
+        0,
+    )
+    .unwrap()
+    .0;
+    assert_eq!(expect.display(), code, "the server's code is the lock's");
     let verdict = keypad::verify(&view, &code, now, &fresh);
     assert!(verdict.allows(), "{verdict:?}");
     let other = w.other_lock.to_string();

@@ -62,6 +62,9 @@ async fn the_whole_story_leaves_every_record_audit_entry_and_mail() {
         "DENY (single use)",
         "receipts (allow, then deny: replayed) uploaded",
         "Front door opened",
+        "a keypad code read over radio",
+        "DENY (one use)",
+        "keypad receipts (allow, then deny: replayed) uploaded",
         "chain intact",
         "the story is complete",
     ] {
@@ -90,7 +93,19 @@ async fn the_whole_story_leaves_every_record_audit_entry_and_mail() {
         1
     );
     assert_eq!(
-        count("SELECT count(*) FROM receipts WHERE decision = 'allow'").await,
+        count("SELECT count(*) FROM receipts WHERE decision = 'allow' AND reason = 'ok'").await,
+        1
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM receipts WHERE decision = 'allow' AND reason = 'keypad_ok'")
+            .await,
+        1
+    );
+    assert_eq!(
+        count(
+            "SELECT count(*) FROM receipts WHERE decision = 'deny' AND reason = 'keypad_replayed'"
+        )
+        .await,
         1
     );
     assert_eq!(
@@ -106,6 +121,7 @@ async fn the_whole_story_leaves_every_record_audit_entry_and_mail() {
         "lock.pair",
         "grant.create",
         "token.issue",
+        "keypad_code.issue",
         "lock.receipt",
     ] {
         let n: i64 = client
