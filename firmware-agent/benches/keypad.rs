@@ -126,7 +126,7 @@ fn main() {
                     not_before: now - 5,
                     expires_at: now + 3600,
                     max_uses: 1,
-                    confirmation: Some(confirmation.clone()),
+                    confirmation: Some(confirmation),
                 },
             )
             .unwrap()

@@ -263,7 +263,9 @@ fn mac_value(secret: &CodeSecret, lock_id: &str, spec: &CodeSpec) -> u64 {
     let key = hmac::Key::new(hmac::HMAC_SHA256, &secret.0);
     let tag = hmac::sign(&key, &signed_fields(MAC_DOMAIN, lock_id, spec));
     let mut first = [0u8; 8];
-    first.copy_from_slice(&tag.as_ref()[..8]);
+    for (d, s) in first.iter_mut().zip(tag.as_ref()) {
+        *d = *s;
+    }
     u64::from_be_bytes(first) % MAC_MODULUS
 }
 
@@ -283,7 +285,9 @@ pub fn code_id(secret: &CodeSecret, lock_id: &str, spec: &CodeSpec) -> [u8; 16] 
     let key = hmac::Key::new(hmac::HMAC_SHA256, &secret.0);
     let tag = hmac::sign(&key, &signed_fields(ID_DOMAIN, lock_id, spec));
     let mut id = [0u8; 16];
-    id.copy_from_slice(&tag.as_ref()[..16]);
+    for (d, s) in id.iter_mut().zip(tag.as_ref()) {
+        *d = *s;
+    }
     id
 }
 
