@@ -649,6 +649,10 @@ async fn session(
                     // Only a listener started without a data key (tests, benchmarks): the entry is
                     // skipped; a later entry's ack covers it (gaps are allowed).
                     tracing::warn!(lock = %lock.id, seq, "no keypad secret root; keypad secret not sent");
+                    if acked >= sent {
+                        // Nothing outstanding: nothing will be acked for this one either.
+                        acked = acked.max(seq);
+                    }
                     sent = sent.max(seq);
                     continue;
                 };
@@ -832,7 +836,7 @@ async fn authenticate(
                     .await
                     .map_err(internal)?
             };
-            if paired {
+            if paired && shared.options.keypad_root.is_some() {
                 // The keypad code secret goes out with the first session (PROTOCOL.md, "Keypad
                 // codes"), so codes work even if the lock is offline when one is issued.
                 crate::codes::ensure_secret(&tx, lock.tenant, id, now)
