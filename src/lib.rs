@@ -16,6 +16,7 @@
 //! - [`emergency`]: incidents, grants, override tokens, issuer keys and the CAD integration.
 //! - [`municipal`]: municipal administration (agencies, units, staff, invitations, CAD credentials).
 //! - [`metrics`]: domain metrics (agents, tokens, receipts, mail, audit sealing, policy).
+//! - [`codes`]: offline keypad codes (code secrets, incident codes, the receipt join).
 //! - [`clock`], [`telemetry`]: time source and logging.
 
 pub mod access;
@@ -25,6 +26,7 @@ pub mod bench;
 pub mod channel;
 pub mod cli;
 pub mod clock;
+pub mod codes;
 pub mod crypto;
 pub mod demo;
 pub mod domain;

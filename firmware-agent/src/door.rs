@@ -105,7 +105,8 @@ impl Door {
     /// malformed-frame tally if it changed.
     pub fn tick(&mut self) -> Result<(), StateError> {
         let now = self.clock.now();
-        self.store.flush_malformed(now)
+        self.store.flush_malformed(now)?;
+        self.store.flush_keypad_locked(now)
     }
 
     /// Decide one tap on the presenter's decoded message.
@@ -171,6 +172,11 @@ impl Door {
                         }
                     }
                 }
+            }
+            PresenterMessage::Keypad { .. } => {
+                return Err(StateError::Invalid(
+                    "keypad entries are decided by keypad::decide".into(),
+                ));
             }
         }
         let hold = Duration::from_millis(self.store.config().hold_ms);
@@ -293,6 +299,40 @@ impl Door {
             receipt = self.store.append_receipt(body)?;
         }
         Ok(receipt)
+    }
+
+    /// Open the door for the decision recorded as receipt `seq` (the keypad uses it).
+    pub(crate) fn actuate(&mut self, seq: u64) -> std::io::Result<()> {
+        let hold = Duration::from_millis(self.store.config().hold_ms);
+        self.actuator.open(OpenRequest {
+            receipt_seq: seq,
+            hold,
+        })
+    }
+
+    /// The signed answer for a decision recorded as `receipt`.
+    pub(crate) fn acknowledge(
+        &self,
+        challenge: &Challenge,
+        receipt: &crate::receipt::VerifiedReceipt,
+    ) -> TapDecision {
+        let outcome = receipt.body.outcome;
+        let signed = TapAck::signed_bytes(
+            &challenge.0,
+            self.store.lock_id().as_str(),
+            receipt.body.seq,
+            &receipt.hash,
+            outcome,
+        );
+        let signature = self.store.device_key().sign(&signed).as_ref().to_vec();
+        TapDecision {
+            outcome,
+            ack: TapAck {
+                seq: receipt.body.seq,
+                receipt_hash: Bytes(receipt.hash),
+                signature,
+            },
+        }
     }
 }
 

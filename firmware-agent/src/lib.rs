@@ -6,6 +6,7 @@
 //!
 //! - [`daemon`]: `run` — wires the store, the door, the tap socket and the channel together.
 //! - [`door`]: the tap decision (floor → verify → receipt → actuate → answer).
+//! - [`keypad`]: offline keypad codes (derivation, the lock's decision, the lockout).
 //! - [`tap_server`]: the tap interface on a Unix socket, and the presenter's client side.
 //! - [`door_panel`]: the opt-in local HTTP page that carries the same tap exchange for a browser.
 //! - [`client`]: the channel client (TLS, handshake, inbox, acks, uploads, backoff).
@@ -24,6 +25,7 @@ pub mod demo;
 pub mod door;
 pub mod door_panel;
 pub mod durable;
+pub mod keypad;
 pub mod pairing;
 pub mod protocol;
 pub mod receipt;

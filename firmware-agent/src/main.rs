@@ -35,6 +35,9 @@ enum Command {
     /// Play the responder's device: present a token at the lock's tap socket with proof of
     /// possession. Exits 0 on allow, 2 on deny, 1 on error.
     Tap(TapArgs),
+    /// Play the lock's keypad: enter a code at the lock's tap socket. Exits 0 on allow, 2 on
+    /// deny, 3 while the keypad is locked after wrong codes, 1 on error.
+    Keypad(KeypadArgs),
     /// Issuer-side helpers for trying the agent by hand (the server does this in production).
     #[command(subcommand)]
     Demo(DemoCommand),
@@ -109,6 +112,18 @@ struct StatusArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct KeypadArgs {
+    /// The code as typed (digits; spaces and dashes are ignored).
+    #[arg(long)]
+    code: String,
+    /// The lock's tap socket (default: tap.sock in the state directory).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    #[command(flatten)]
+    state: StateArg,
 }
 
 #[derive(Debug, clap::Args)]
@@ -272,6 +287,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Tap(a) => tap(a),
+        Command::Keypad(a) => keypad(a),
         Command::Demo(d) => demo_cmd(d),
     }
 }
@@ -353,6 +369,39 @@ fn tap(a: TapArgs) -> anyhow::Result<ExitCode> {
         Outcome::Allow => ExitCode::SUCCESS,
         Outcome::Deny => ExitCode::from(2),
     })
+}
+
+fn keypad(a: KeypadArgs) -> anyhow::Result<ExitCode> {
+    let socket = a
+        .socket
+        .unwrap_or_else(|| StateDir::new(a.state.state_dir).tap_socket());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let answer = rt
+        .block_on(firstkey_agent::keypad::enter(&socket, &a.code))
+        .with_context(|| format!("keypad at {}", socket.display()))?;
+    match answer {
+        firstkey_agent::keypad::EntryAnswer::Decided { outcome, ack } => {
+            let word = match outcome {
+                Outcome::Allow => "allow",
+                Outcome::Deny => "deny",
+            };
+            out(&format!(
+                "{word}\nreceipt: seq {} hash {}\n",
+                ack.seq,
+                hex::encode(ack.receipt_hash.0)
+            ))?;
+            Ok(match outcome {
+                Outcome::Allow => ExitCode::SUCCESS,
+                Outcome::Deny => ExitCode::from(2),
+            })
+        }
+        firstkey_agent::keypad::EntryAnswer::Locked(secs) => {
+            out(&format!("locked: try again in {secs} s\n"))?;
+            Ok(ExitCode::from(3))
+        }
+    }
 }
 
 fn demo_cmd(d: DemoCommand) -> anyhow::Result<ExitCode> {

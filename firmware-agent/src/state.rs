@@ -14,6 +14,9 @@
 //! | `uploaded` | highest receipt seq the server acknowledged | receipt acks |
 //! | `actuator.log` | simulated door events | the simulated actuator |
 //! | `malformed` | count, first and last time of malformed tap frames (JSON) | at most once a minute |
+//! | `keypad.key` (0600) | the keypad code secret (32 bytes), from the channel | `KeypadSecret` |
+//! | `keypad.cbor` | keypad failure count folded out of compacted receipts | compaction |
+//! | `keypad_locked` | count, first and last time of entries refused while the keypad was locked (JSON) | at most once a minute |
 //! | `halted` | why the agent stopped deciding (only while it has) | when it stops |
 //! | `lock` | held with an exclusive file lock while a [`Store`] is open | |
 //!
@@ -38,6 +41,7 @@ use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde::{Deserialize, Serialize};
 
 use crate::durable::{self, AppendLog};
+use crate::keypad::{CodeSecret, Failures, KeypadView, StandingSchedule};
 use crate::protocol::Bytes;
 use crate::protocol::channel::InboxMessage;
 use crate::receipt::{self, ChainHead, ReceiptBody, VerifiedReceipt};
@@ -53,6 +57,16 @@ const COMPACT_AFTER: usize = 4096;
 pub const MALFORMED_WRITE_INTERVAL_SECS: u64 = 60;
 
 const MALFORMED_FILE: &str = "malformed";
+const KEYPAD_SECRET_FILE: &str = "keypad.key";
+const KEYPAD_SNAPSHOT_FILE: &str = "keypad.cbor";
+const KEYPAD_LOCKED_FILE: &str = "keypad_locked";
+
+#[derive(Serialize, Deserialize)]
+struct KeypadSnapshot {
+    /// Receipts with seq ≤ this are folded into `failures`.
+    covers_seq: u64,
+    failures: Failures,
+}
 
 /// Malformed or oversize tap frames: accountability without a receipt (and an fsync) each.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -289,6 +303,7 @@ fn write_initial_state(
         bundle,
         revocations: RevocationList::new(),
         staged_tokens: Vec::new(),
+        standing: BTreeMap::new(),
     };
     channel.persist(dir)?;
     let config = AgentConfig {
@@ -318,6 +333,7 @@ struct ChannelState {
     bundle: Option<TrustBundle>,
     revocations: RevocationList,
     staged_tokens: Vec<Vec<u8>>,
+    standing: BTreeMap<u8, StandingSchedule>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -327,6 +343,8 @@ struct ChannelStateWire {
     #[serde(with = "serde_bytes")]
     revocations: Vec<u8>,
     staged_tokens: Vec<serde_bytes::ByteBuf>,
+    #[serde(default)]
+    standing: Vec<(u8, StandingSchedule)>,
 }
 
 impl ChannelState {
@@ -355,6 +373,7 @@ impl ChannelState {
                 .into_iter()
                 .map(|b| b.into_vec())
                 .collect(),
+            standing: wire.standing.into_iter().collect(),
         })
     }
 
@@ -372,6 +391,7 @@ impl ChannelState {
                 .iter()
                 .map(|t| serde_bytes::ByteBuf::from(t.clone()))
                 .collect(),
+            standing: self.standing.iter().map(|(k, v)| (*k, *v)).collect(),
         };
         let bytes = crate::protocol::encode(&wire)
             .map_err(|_| corrupt(&path, "could not encode channel state"))?;
@@ -437,6 +457,14 @@ pub struct Status {
     pub halted: Option<String>,
     /// Malformed tap frames (as last written, for `peek_status`).
     pub malformed_frames: MalformedTally,
+    /// Whether the lock has a keypad code secret.
+    pub keypad_secret: bool,
+    /// Standing-code slots configured.
+    pub keypad_standing_slots: usize,
+    /// Consecutive wrong keypad entries (0 in `peek_status`).
+    pub keypad_failures: u32,
+    /// Entries refused while the keypad was locked (as last written).
+    pub keypad_locked_entries: MalformedTally,
 }
 
 /// The open state directory, held exclusively by one process.
@@ -465,6 +493,11 @@ pub struct Store {
     malformed_dirty: bool,
     /// Durable writes (appends and atomic replacements) made through this store.
     durable_writes: u64,
+    keypad_secret: Option<CodeSecret>,
+    keypad_failures: Failures,
+    keypad_locked: MalformedTally,
+    keypad_locked_written_at: Option<u64>,
+    keypad_locked_dirty: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -716,6 +749,23 @@ impl Store {
                 fold_use(&mut replay, &r.body);
             }
         }
+        let keypad_path = dir.file(KEYPAD_SNAPSHOT_FILE);
+        let (mut keypad_failures, keypad_covers) =
+            match durable::read_optional(&keypad_path).map_err(io_err(&keypad_path))? {
+                None => (Failures::default(), 0),
+                Some(bytes) => {
+                    let snap: KeypadSnapshot = crate::protocol::decode(&bytes)
+                        .map_err(|_| corrupt(&keypad_path, "not a keypad snapshot"))?;
+                    (snap.failures, snap.covers_seq)
+                }
+            };
+        for r in &verified {
+            if r.body.seq > keypad_covers {
+                keypad_failures.fold(&r.body);
+            }
+        }
+        let keypad_secret = read_keypad_secret(dir)?;
+        let keypad_locked = read_tally(dir, KEYPAD_LOCKED_FILE)?;
         let channel = ChannelState::load(dir, &root)?;
         let uploaded_through = read_u64_file(&dir.file("uploaded"))?.min(head.seq);
         let malformed = read_malformed(dir)?;
@@ -748,6 +798,11 @@ impl Store {
             malformed_written_at: None,
             malformed_dirty: false,
             durable_writes: 0,
+            keypad_secret,
+            keypad_failures,
+            keypad_locked,
+            keypad_locked_written_at: None,
+            keypad_locked_dirty: false,
         })
     }
 
@@ -787,6 +842,64 @@ impl Store {
         durable::write_atomic(&path, &json, 0o600).map_err(io_err(&path))?;
         self.malformed_dirty = false;
         Ok(())
+    }
+
+    /// Count one keypad entry refused while the keypad is locked: no receipt, and the tally is
+    /// written at most once per [`MALFORMED_WRITE_INTERVAL_SECS`] however many entries arrive.
+    pub fn note_keypad_locked(&mut self, now: u64) -> Result<(), StateError> {
+        if self.keypad_locked.count == 0 {
+            self.keypad_locked.first = now;
+        }
+        self.keypad_locked.count = self.keypad_locked.count.saturating_add(1);
+        self.keypad_locked.last = now;
+        self.keypad_locked_dirty = true;
+        let due = self
+            .keypad_locked_written_at
+            .is_none_or(|t| now >= t.saturating_add(MALFORMED_WRITE_INTERVAL_SECS));
+        if due {
+            self.write_keypad_locked(now)?;
+        }
+        Ok(())
+    }
+
+    /// Write the locked-keypad tally if it changed since it was last written.
+    pub fn flush_keypad_locked(&mut self, now: u64) -> Result<(), StateError> {
+        if self.keypad_locked_dirty {
+            self.write_keypad_locked(now)?;
+        }
+        Ok(())
+    }
+
+    fn write_keypad_locked(&mut self, now: u64) -> Result<(), StateError> {
+        let path = self.dir.file(KEYPAD_LOCKED_FILE);
+        let json = serde_json::to_vec(&self.keypad_locked)
+            .map_err(|e| corrupt(&path, format!("could not encode: {e}")))?;
+        self.keypad_locked_written_at = Some(now);
+        self.durable_writes = self.durable_writes.saturating_add(1);
+        durable::write_atomic(&path, &json, 0o600).map_err(io_err(&path))?;
+        self.keypad_locked_dirty = false;
+        Ok(())
+    }
+
+    /// Consecutive wrong keypad entries and when the last was.
+    pub fn keypad_failures(&self) -> Failures {
+        self.keypad_failures
+    }
+
+    /// What the keypad decision consults.
+    pub fn keypad_view(&self) -> KeypadView<'_> {
+        KeypadView {
+            lock_id: self.lock_id.as_str(),
+            secret: self.keypad_secret.as_ref(),
+            standing: &self.channel.standing,
+            floor: self.floor,
+            skew: self.config.skew_secs,
+        }
+    }
+
+    /// Times a code (by its id) opened the door, as far as the replay records reach.
+    pub fn code_uses(&self, id: &[u8; 16]) -> u32 {
+        self.replay.get(&TokenId(*id)).map_or(0, |e| e.uses)
     }
 
     /// Durable writes (fsynced appends and atomic replacements) made through this store since it
@@ -913,6 +1026,7 @@ impl Store {
         };
         self.floor = floor;
         fold_use(&mut self.replay, &r.body);
+        self.keypad_failures.fold(&r.body);
         Ok(r)
     }
 
@@ -1006,6 +1120,29 @@ impl Store {
             // Decided (receipt first) by `Door::remote_open` before it is applied here; applying
             // only records that the entry is done, so a redelivery is a duplicate.
             InboxMessage::RemoteOpen { .. } => Applied::Applied,
+            InboxMessage::KeypadSecret { secret } => {
+                // Its own 0600 file, like the device key; written before the inbox seq, so a
+                // crash in between only makes the server send it again.
+                let path = self.dir.file(KEYPAD_SECRET_FILE);
+                self.durable_writes = self.durable_writes.saturating_add(1);
+                durable::write_atomic(&path, &secret.0, 0o600).map_err(io_err(&path))?;
+                self.keypad_secret = Some(secret.clone());
+                Applied::Applied
+            }
+            InboxMessage::KeypadStanding { slot, schedule } => match schedule {
+                _ if *slot >= crate::keypad::MAX_STANDING_SLOTS => {
+                    Applied::Refused("standing slot out of range".into())
+                }
+                None => {
+                    next.standing.remove(slot);
+                    Applied::Applied
+                }
+                Some(s) if s.is_valid() => {
+                    next.standing.insert(*slot, *s);
+                    Applied::Applied
+                }
+                Some(_) => Applied::Refused("standing schedule out of range".into()),
+            },
         };
         next.revocations.prune(self.floor, self.config.skew_secs);
         self.durable_writes = self.durable_writes.saturating_add(1);
@@ -1031,6 +1168,10 @@ impl Store {
             server: self.config.server.as_ref().map(|s| s.address.clone()),
             halted: self.halted(),
             malformed_frames: self.malformed,
+            keypad_secret: self.keypad_secret.is_some(),
+            keypad_standing_slots: self.channel.standing.len(),
+            keypad_failures: self.keypad_failures.count,
+            keypad_locked_entries: self.keypad_locked,
         }
     }
 
@@ -1066,6 +1207,14 @@ impl Store {
             .map_err(|_| corrupt(&replay_path, "could not encode replay snapshot"))?;
         durable::write_atomic(&replay_path, &bytes, 0o600).map_err(io_err(&replay_path))?;
         self.replay_covers = self.head.seq;
+        let keypad_path = self.dir.file(KEYPAD_SNAPSHOT_FILE);
+        let snap = KeypadSnapshot {
+            covers_seq: self.head.seq,
+            failures: self.keypad_failures,
+        };
+        let bytes = crate::protocol::encode(&snap)
+            .map_err(|_| corrupt(&keypad_path, "could not encode keypad snapshot"))?;
+        durable::write_atomic(&keypad_path, &bytes, 0o600).map_err(io_err(&keypad_path))?;
 
         let keep_from = self.uploaded_through.min(self.head.seq.saturating_sub(1));
         let skip = usize::try_from(keep_from.saturating_sub(self.log_base.seq)).unwrap_or(0);
@@ -1130,6 +1279,18 @@ impl LockView for Store {
     }
 }
 
+impl crate::keypad::CodeLedger for Store {
+    fn uses(&self, id: &[u8; 16]) -> u32 {
+        self.code_uses(id)
+    }
+
+    fn is_revoked(&self, id: &[u8; 16]) -> bool {
+        self.channel
+            .revocations
+            .contains(&TokenHash(crate::keypad::revocation_key(id)))
+    }
+}
+
 /// Read a status snapshot without taking the lock (works while `run` holds it).
 pub fn peek_status(dir: &StateDir) -> Result<Status, StateError> {
     let (config, lock_id, root) = load_config(dir)?;
@@ -1174,7 +1335,29 @@ pub fn peek_status(dir: &StateDir) -> Result<Status, StateError> {
         server: config.server.map(|s| s.address),
         halted,
         malformed_frames: read_malformed(dir)?,
+        keypad_secret: read_keypad_secret(dir)?.is_some(),
+        keypad_standing_slots: channel.standing.len(),
+        keypad_failures: 0,
+        keypad_locked_entries: read_tally(dir, KEYPAD_LOCKED_FILE)?,
     })
+}
+
+fn read_tally(dir: &StateDir, name: &str) -> Result<MalformedTally, StateError> {
+    let path = dir.file(name);
+    match durable::read_optional(&path).map_err(io_err(&path))? {
+        None => Ok(MalformedTally::default()),
+        Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| corrupt(&path, e.to_string())),
+    }
+}
+
+fn read_keypad_secret(dir: &StateDir) -> Result<Option<CodeSecret>, StateError> {
+    let path = dir.file(KEYPAD_SECRET_FILE);
+    match durable::read_optional(&path).map_err(io_err(&path))? {
+        None => Ok(None),
+        Some(bytes) => <[u8; 32]>::try_from(bytes.as_slice())
+            .map(|b| Some(CodeSecret(b)))
+            .map_err(|_| corrupt(&path, "not a 32-byte code secret")),
+    }
 }
 
 fn read_malformed(dir: &StateDir) -> Result<MalformedTally, StateError> {

@@ -16,6 +16,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Notify;
 
 use crate::door::{Door, TapDecision};
+use crate::keypad::KeypadAnswer;
 use crate::protocol::tap::{
     LockMessage, MAX_TAP_FRAME, Outcome, PresenterMessage, TapAck, decode_lock_message,
     decode_presenter_message, encode_lock_message, encode_presenter_message,
@@ -110,11 +111,28 @@ async fn handle(mut stream: UnixStream, door: Arc<Mutex<Door>>) -> Result<bool, 
             return Ok(false);
         }
     };
-    let decision = decide_blocking(door, challenge, presented).await?;
-    let answer = encode_lock_message(&LockMessage::Decision {
-        outcome: decision.outcome,
-        ack: decision.ack,
-    })?;
+    let answer = match presented {
+        PresenterMessage::Keypad { code } => match keypad_blocking(door, challenge, code).await? {
+            KeypadAnswer::Decided(decision) => LockMessage::Decision {
+                outcome: decision.outcome,
+                ack: decision.ack,
+            },
+            KeypadAnswer::Locked { retry_after } => {
+                // No decision and no receipt; the presenter hears when to try again.
+                let answer = encode_lock_message(&LockMessage::KeypadLocked { retry_after })?;
+                let _ = write_frame(&mut stream, &answer, MAX_TAP_FRAME).await;
+                return Ok(false);
+            }
+        },
+        presented => {
+            let decision = decide_blocking(door, challenge, presented).await?;
+            LockMessage::Decision {
+                outcome: decision.outcome,
+                ack: decision.ack,
+            }
+        }
+    };
+    let answer = encode_lock_message(&answer)?;
     // The decision is durable; a presenter gone by now changes nothing.
     if let Err(e) = write_frame(&mut stream, &answer, MAX_TAP_FRAME).await {
         tracing::info!(error = %e, "presenter left before the answer");
@@ -126,6 +144,19 @@ pub(crate) async fn note_malformed_blocking(door: Arc<Mutex<Door>>) -> Result<()
     tokio::task::spawn_blocking(move || {
         let mut d = door.lock().map_err(|_| TapError::Poisoned)?;
         d.note_malformed().map_err(TapError::from)
+    })
+    .await
+    .map_err(|_| TapError::Join)?
+}
+
+async fn keypad_blocking(
+    door: Arc<Mutex<Door>>,
+    challenge: Challenge,
+    code: String,
+) -> Result<KeypadAnswer, TapError> {
+    tokio::task::spawn_blocking(move || {
+        let mut d = door.lock().map_err(|_| TapError::Poisoned)?;
+        crate::keypad::decide(&mut d, &challenge, &code).map_err(TapError::from)
     })
     .await
     .map_err(|_| TapError::Join)?
@@ -258,5 +289,8 @@ pub async fn tap(
             lock_id,
         }),
         LockMessage::Challenge { .. } => Err(TapError::Protocol("lock sent a second challenge")),
+        LockMessage::KeypadLocked { .. } => {
+            Err(TapError::Protocol("lock answered a tap as a keypad"))
+        }
     }
 }

@@ -317,7 +317,7 @@ async fn raw_exchange(socket: &Path, payload: &[u8]) -> Option<Outcome> {
     let answer = read_frame(&mut s, MAX_TAP_FRAME).await.unwrap()?;
     match firstkey_agent::protocol::tap::decode_lock_message(&answer).unwrap() {
         LockMessage::Decision { outcome, .. } => Some(outcome),
-        LockMessage::Challenge { .. } => None,
+        LockMessage::Challenge { .. } | LockMessage::KeypadLocked { .. } => None,
     }
 }
 
@@ -2461,4 +2461,324 @@ async fn the_door_panel_bounds_what_a_visitor_can_send() {
         "allow"
     );
     running.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// keypad codes (issue 11 §2; PROTOCOL.md "Keypad codes")
+
+mod keypad_codes {
+    use super::*;
+    use firstkey_agent::keypad::{
+        self, CodeSecret, EntryAnswer, StandingSchedule, code_id, incident_code, incident_window,
+        revocation_key, standing_code,
+    };
+
+    /// Not on a slot boundary, so windows start before "now".
+    const T: u64 = 1_800_000_123;
+    const WRONG: &str = "000 000 000 000 000";
+
+    async fn enter(running: &Running, code: &str) -> EntryAnswer {
+        keypad::enter(&running.tap_socket, code).await.unwrap()
+    }
+
+    fn outcome(a: &EntryAnswer) -> Option<Outcome> {
+        match a {
+            EntryAnswer::Decided { outcome, .. } => Some(*outcome),
+            EntryAnswer::Locked(_) => None,
+        }
+    }
+
+    fn give_secret(running: &Running, secret: &CodeSecret) {
+        let mut d = running.door.lock().unwrap();
+        let seq = d.store().inbox_seq() + 1;
+        d.store_mut()
+            .apply_inbox(
+                seq,
+                &InboxMessage::KeypadSecret {
+                    secret: secret.clone(),
+                },
+            )
+            .unwrap();
+    }
+
+    fn receipt_count(running: &Running) -> u64 {
+        running.door.lock().unwrap().store().head().seq
+    }
+
+    async fn cli(socket: &Path, code: &str) -> (i32, String) {
+        let socket = socket.to_path_buf();
+        let code = code.to_string();
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_firstkey-agent"))
+                .args(["keypad", "--code", &code, "--socket"])
+                .arg(&socket)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_incident_code_opens_once_in_its_window_with_the_channel_killed_and_nowhere_else() {
+        let server = FakeServer::start().await;
+        let lock = new_lock(&["k1"], Some((&server.addr, &server.ca_pem)));
+        let clock = ManualClock::new(T);
+        let running = start_agent(&lock, Arc::new(clock.clone()));
+        let pubkey = device_public_key(&running);
+        // The secret arrives over the authenticated channel, as does a revocation of one code
+        // (its grant was revoked).
+        let secret = CodeSecret([42; 32]);
+        let window = incident_window(T, T + 1800).unwrap();
+        assert_eq!(window.1 - window.0, 1800);
+        let (revoked, revoked_spec) = incident_code(&secret, LOCK, window, 4).unwrap();
+        server.push(InboxMessage::KeypadSecret {
+            secret: secret.clone(),
+        });
+        let last = server.push(InboxMessage::Revocation {
+            token_hash: Bytes(revocation_key(&code_id(&secret, LOCK, &revoked_spec))),
+            expires_at: revoked_spec.not_after,
+        });
+        wait_until("secret and revocation applied", || {
+            server.state().acked == last
+        })
+        .await;
+        // Then the channel dies for good: everything below is offline.
+        drop(server);
+        assert!(std::fs::metadata(lock.state.file("keypad.key")).is_ok());
+
+        let (code, spec) = incident_code(&secret, LOCK, window, 0).unwrap();
+        let (late, _) = incident_code(&secret, LOCK, window, 1).unwrap();
+        let (unused, _) = incident_code(&secret, LOCK, window, 2).unwrap();
+        let (elsewhere, _) = incident_code(&secret, "back-door", window, 3).unwrap();
+
+        // Read over the radio with spaces; opens once.
+        assert_eq!(
+            outcome(&enter(&running, &code.display()).await),
+            Some(Outcome::Allow)
+        );
+        assert_eq!(last_reason(&running), "keypad_ok");
+        assert_eq!(
+            outcome(&enter(&running, &code.digits()).await),
+            Some(Outcome::Deny)
+        );
+        assert_eq!(last_reason(&running), "keypad_replayed");
+        // Another lock's code, a revoked code: refused.
+        assert_eq!(
+            outcome(&enter(&running, &elsewhere.display()).await),
+            Some(Outcome::Deny)
+        );
+        assert_eq!(last_reason(&running), "keypad_invalid");
+        assert_eq!(
+            outcome(&enter(&running, &revoked.display()).await),
+            Some(Outcome::Deny)
+        );
+        assert_eq!(last_reason(&running), "keypad_revoked");
+        // The last second of the window, still offline: the simulator's keypad command opens.
+        clock.set(spec.not_after - 1);
+        let (rc, stdout) = cli(&running.tap_socket, &late.display()).await;
+        assert_eq!(rc, 0, "{stdout}");
+        assert!(stdout.starts_with("allow"), "{stdout}");
+        // After the window (and its skew): refused, as expired.
+        clock.set(spec.not_after + 61);
+        let (rc, _) = cli(&running.tap_socket, &unused.display()).await;
+        assert_eq!(rc, 2);
+        assert_eq!(last_reason(&running), "keypad_expired");
+
+        // The chain holds every decision; the door opened exactly twice; the code ids are the
+        // server's join key, and no receipt holds the digits.
+        let bodies = chain_bodies(&lock.state, &pubkey);
+        let reasons: Vec<&str> = bodies.iter().map(|b| b.reason.as_str()).collect();
+        assert_eq!(
+            reasons,
+            [
+                "keypad_ok",
+                "keypad_replayed",
+                "keypad_invalid",
+                "keypad_revoked",
+                "keypad_ok",
+                "keypad_expired"
+            ]
+        );
+        assert_eq!(
+            bodies[0].token_id,
+            Some(Bytes(code_id(&secret, LOCK, &spec)))
+        );
+        assert_eq!(bodies[2].token_id, None);
+        assert!(bodies.iter().all(|b| b.token_hash.is_none()));
+        let log = std::fs::read(lock.state.file("receipts.log")).unwrap();
+        for c in [&code, &late, &unused, &elsewhere] {
+            let digits = c.digits().into_bytes();
+            assert!(!log.windows(digits.len()).any(|w| w == digits.as_slice()));
+        }
+        assert_eq!(door_opens(&lock.state).len(), 2);
+        running.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn wrong_codes_lock_the_keypad_with_doubling_delays_and_a_flood_writes_no_receipts() {
+        let lock = new_lock(&["k1"], None);
+        let clock = ManualClock::new(T);
+        let running = start_agent(&lock, Arc::new(clock.clone()));
+        let secret = CodeSecret([7; 32]);
+        give_secret(&running, &secret);
+        let window = incident_window(T, T + 7200).unwrap();
+        let (good, _) = incident_code(&secret, LOCK, window, 0).unwrap();
+
+        for _ in 0..keypad::FREE_TRIES {
+            assert_eq!(outcome(&enter(&running, WRONG).await), Some(Outcome::Deny));
+        }
+        assert_eq!(receipt_count(&running), 5);
+        // Locked: even the right code waits, and gets no decision and no receipt.
+        assert_eq!(
+            enter(&running, &good.display()).await,
+            EntryAnswer::Locked(60)
+        );
+        let (rc, stdout) = cli(&running.tap_socket, &good.display()).await;
+        assert_eq!(rc, 3, "{stdout}");
+        // The lockout survives a restart (it is folded from the receipts).
+        running.stop().await;
+        let running = start_agent(&lock, Arc::new(clock.clone()));
+        assert_eq!(enter(&running, WRONG).await, EntryAnswer::Locked(60));
+
+        // A flood of 10,000 entries while locked: no receipt, a bounded number of writes.
+        let log_len = || {
+            std::fs::metadata(lock.state.file("receipts.log"))
+                .unwrap()
+                .len()
+        };
+        let before = log_len();
+        {
+            let mut d = running.door.lock().unwrap();
+            let writes = d.store().durable_writes();
+            let challenge = d.new_challenge().unwrap();
+            for i in 0..10_000u32 {
+                if i % 200 == 199 {
+                    clock.advance(1); // 50 s of the lock's clock in all
+                }
+                let a = keypad::decide(&mut d, &challenge, WRONG).unwrap();
+                assert!(matches!(a, keypad::KeypadAnswer::Locked { .. }));
+            }
+            d.tick().unwrap();
+            let spent = d.store().durable_writes() - writes;
+            assert!(spent <= 3, "{spent} durable writes for 10,000 entries");
+            assert_eq!(d.store().head().seq, 5);
+            assert!(d.store().status().keypad_locked_entries.count >= 10_000);
+        }
+        assert_eq!(log_len(), before, "a flood grew the receipt log");
+
+        // After the lockout one more try; a wrong one doubles the delay.
+        clock.set(T + 60);
+        assert_eq!(outcome(&enter(&running, WRONG).await), Some(Outcome::Deny));
+        assert_eq!(enter(&running, WRONG).await, EntryAnswer::Locked(120));
+        clock.advance(120);
+        // The right code after the delay opens, and the count starts again.
+        assert_eq!(
+            outcome(&enter(&running, &good.display()).await),
+            Some(Outcome::Allow)
+        );
+        assert_eq!(
+            running.door.lock().unwrap().store().keypad_failures().count,
+            0
+        );
+
+        // A guesser trying every 10 s for a whole day gets at most 5 + 6 + 24 + 1 decisions
+        // (and receipts): 5 free tries, the doubling delays to 1 h, then one an hour.
+        let start = receipt_count(&running);
+        {
+            let mut d = running.door.lock().unwrap();
+            let challenge = d.new_challenge().unwrap();
+            for _ in 0..8_640 {
+                let _ = keypad::decide(&mut d, &challenge, WRONG).unwrap();
+                clock.advance(10);
+            }
+        }
+        let per_day = receipt_count(&running) - start;
+        assert!((30..=36).contains(&per_day), "{per_day} receipts in a day");
+        running.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn standing_codes_rotate_and_the_old_one_stops_after_the_overlap() {
+        let lock = new_lock(&["k1"], None);
+        let clock = ManualClock::new(T);
+        let running = start_agent(&lock, Arc::new(clock.clone()));
+        let secret = CodeSecret([9; 32]);
+        give_secret(&running, &secret);
+        let day = 86_400;
+        let schedule = StandingSchedule {
+            epoch: T,
+            period_secs: 7 * day,
+            overlap_secs: day,
+            until: T + 28 * day,
+        };
+        let standing = |slot, schedule| {
+            let mut d = running.door.lock().unwrap();
+            let seq = d.store().inbox_seq() + 1;
+            d.store_mut()
+                .apply_inbox(seq, &InboxMessage::KeypadStanding { slot, schedule })
+                .unwrap()
+        };
+        assert_eq!(standing(12, Some(schedule)), state::Applied::Applied);
+        assert!(matches!(
+            standing(100, Some(schedule)),
+            state::Applied::Refused(_)
+        ));
+        let (week0, _) = standing_code(&secret, LOCK, 12, &schedule, 0).unwrap();
+        let (week1, _) = standing_code(&secret, LOCK, 12, &schedule, 1).unwrap();
+        let (other_slot, _) = standing_code(&secret, LOCK, 13, &schedule, 0).unwrap();
+        assert_ne!(week0.digits(), week1.digits());
+
+        clock.set(T + day);
+        for _ in 0..2 {
+            assert_eq!(
+                outcome(&enter(&running, &week0.display()).await),
+                Some(Outcome::Allow),
+                "a standing code works more than once in its period"
+            );
+        }
+        assert_eq!(
+            outcome(&enter(&running, &week1.display()).await),
+            Some(Outcome::Deny)
+        );
+        assert_eq!(
+            outcome(&enter(&running, &other_slot.display()).await),
+            Some(Outcome::Deny)
+        );
+        // Rotated: in the overlap both work …
+        clock.set(T + 7 * day + 3600);
+        assert_eq!(
+            outcome(&enter(&running, &week0.display()).await),
+            Some(Outcome::Allow)
+        );
+        assert_eq!(
+            outcome(&enter(&running, &week1.display()).await),
+            Some(Outcome::Allow)
+        );
+        // … after it only the new one.
+        clock.set(T + 8 * day + 3600);
+        assert_eq!(
+            outcome(&enter(&running, &week0.display()).await),
+            Some(Outcome::Deny)
+        );
+        assert_eq!(last_reason(&running), "keypad_expired");
+        assert_eq!(
+            outcome(&enter(&running, &week1.display()).await),
+            Some(Outcome::Allow)
+        );
+        // The slot removed (the trusted party revoked): refused at once; survives a restart.
+        assert_eq!(standing(12, None), state::Applied::Applied);
+        running.stop().await;
+        let running = start_agent(&lock, Arc::new(clock.clone()));
+        assert_eq!(
+            outcome(&enter(&running, &week1.display()).await),
+            Some(Outcome::Deny)
+        );
+        assert_eq!(last_reason(&running), "keypad_invalid");
+        running.stop().await;
+    }
 }

@@ -36,6 +36,12 @@ pub enum InboxMessage {
         /// Seconds to hold the door open.
         hold_secs: u32,
     },
+    /// The lock's keypad code secret of this generation. Only the generation is stored; the
+    /// channel derives the secret from the data key when it sends the entry (`crate::codes`).
+    KeypadSecret {
+        /// Secret generation, from 1.
+        generation: i32,
+    },
 }
 
 impl InboxMessage {
@@ -45,6 +51,7 @@ impl InboxMessage {
             Self::Revocation { .. } => "revocation",
             Self::TrustBundle(_) => "trust_bundle",
             Self::RemoteOpen { .. } => "remote_open",
+            Self::KeypadSecret { .. } => "keypad_secret",
         }
     }
 
@@ -66,6 +73,7 @@ impl InboxMessage {
                 out.extend_from_slice(token);
                 out
             }
+            Self::KeypadSecret { generation } => generation.to_be_bytes().to_vec(),
         }
     }
 
@@ -88,6 +96,9 @@ impl InboxMessage {
                     hold_secs: u32::from_be_bytes(hold.try_into().ok()?),
                 })
             }
+            "keypad_secret" => Some(Self::KeypadSecret {
+                generation: i32::from_be_bytes(payload.try_into().ok()?),
+            }),
             _ => None,
         }
     }

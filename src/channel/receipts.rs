@@ -209,6 +209,13 @@ async fn store_one(
         Some(hash) => token_context(tx, lock.id, hash).await?,
         None => None,
     };
+    // A keypad decision names the code by its id: join it to whoever was given the code.
+    let keypad = match body.token_id {
+        Some(id) if crate::codes::is_keypad_reason(&body.reason) => {
+            crate::codes::holder(tx, lock.id, &id.0).await?
+        }
+        _ => None,
+    };
     if allowed && let Some(hash) = &token_hash {
         tx.execute(
             "UPDATE issued_tokens SET status = 'used'
@@ -236,28 +243,55 @@ async fn store_one(
     if let Some(incident) = context.as_ref().and_then(|c| c.incident) {
         event = event.incident(incident);
     }
+    if let Some(k) = &keypad {
+        if let Some(incident) = k.incident {
+            event = event.incident(incident);
+        }
+        event = event.details(json!({
+            "reason": body.reason,
+            "seq": body.seq,
+            "cti": body.token_id.map(|t| hex::encode(t.0)),
+            "keypad_code": k.id,
+            "keypad_kind": k.kind,
+            "grant": k.grant,
+            "trusted_party": k.trusted_party,
+        }));
+    }
     audit::record(tx, lock.tenant, &event, now).await?;
 
     let when = decided_at.format("%Y-%m-%d %H:%M UTC").to_string();
     if allowed {
-        let text = match &context {
-            Some(TokenContext {
-                cad_number: Some(cad_number),
-                opened_by,
-                ..
-            }) => format!(
+        let text = match (&context, &keypad) {
+            (
+                Some(TokenContext {
+                    cad_number: Some(cad_number),
+                    opened_by,
+                    ..
+                }),
+                _,
+            ) => format!(
                 "{} opened by {opened_by} for incident {cad_number} at {when}.",
                 lock.name
             ),
-            Some(TokenContext { remote: true, .. }) => format!(
+            (Some(TokenContext { remote: true, .. }), _) => format!(
                 "{} opened remotely at {when}, as you asked from your account.",
                 lock.name
             ),
-            Some(TokenContext { opened_by, .. }) => format!(
+            (Some(TokenContext { opened_by, .. }), _) => format!(
                 "{} opened by {opened_by} (your trusted party) at {when}.",
                 lock.name
             ),
-            None => format!(
+            (None, Some(k)) => match &k.cad_number {
+                Some(cad) => format!(
+                    "{} opened at {when} with the one-time keypad code issued for incident {cad}.",
+                    lock.name
+                ),
+                None => format!(
+                    "{} opened at {when} with a trusted party's keypad code.",
+                    lock.name
+                ),
+            },
+            (None, None) => format!(
                 "{} opened at {when} with a token firstkey has no record of. \
                  If you did not expect this, contact your municipality.",
                 lock.name
@@ -279,9 +313,15 @@ async fn store_one(
             .await?
             .get(0);
         if denials == DENIALS_FOR_MAIL {
+            let keypad_note = if crate::codes::is_keypad_reason(&body.reason) {
+                " Wrong codes were typed at its keypad; after five the keypad locks, for longer with \
+                 every further wrong code."
+            } else {
+                ""
+            };
             let text = format!(
                 "{} refused {DENIALS_FOR_MAIL} attempts to open it within {DENIAL_WINDOW_MINUTES} minutes, \
-                 the last at {when}. The door stayed locked.",
+                 the last at {when}. The door stayed locked.{keypad_note}",
                 lock.name
             );
             let subject = format!("Repeated refused attempts at {}", lock.name);

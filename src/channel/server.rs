@@ -68,6 +68,9 @@ pub struct ChannelOptions {
     pub max_unauthenticated: usize,
     /// Most connections that have not yet authenticated, per peer IP address.
     pub max_unauthenticated_per_address: usize,
+    /// Where locks' keypad code secrets come from (derived from the data key); without it (tests,
+    /// benchmarks) keypad-secret inbox entries are skipped.
+    pub keypad_root: Option<crate::codes::SecretRoot>,
 }
 
 impl Default for ChannelOptions {
@@ -79,6 +82,7 @@ impl Default for ChannelOptions {
             window: 32,
             status_write_interval: Duration::from_secs(300),
             max_pairing_failures: 10,
+            keypad_root: None,
             max_unauthenticated: 1024,
             max_unauthenticated_per_address: 16,
         }
@@ -286,6 +290,7 @@ pub async fn start(
         ChannelOptions {
             max_unauthenticated: settings.agent_max_unauthenticated,
             max_unauthenticated_per_address: settings.agent_max_unauthenticated_per_address,
+            keypad_root: Some(keypad_root(settings)?),
             ..ChannelOptions::default()
         },
     )
@@ -459,8 +464,33 @@ fn signed_server_name(sni: Option<&str>, local: IpAddr) -> String {
     }
 }
 
-fn to_wire(message: InboxMessage) -> WireInbox {
-    match message {
+/// The keypad secret root from the data key, as the HTTP side loads it.
+fn keypad_root(settings: &Settings) -> anyhow::Result<crate::codes::SecretRoot> {
+    let kek = match &settings.data_key {
+        Some(key) => crate::crypto::Kek::from_base64(secrecy::ExposeSecret::expose_secret(key))
+            .map_err(|e| crate::settings::SettingsError::Invalid {
+                setting: "data_key".to_owned(),
+                reason: e.to_string(),
+            })?,
+        None => crate::crypto::Kek::load_or_create(&settings.key_dir).map_err(|e| {
+            crate::settings::SettingsError::Invalid {
+                setting: "key_dir".to_owned(),
+                reason: format!("{}: {e}", settings.key_dir.display()),
+            }
+        })?,
+    };
+    Ok(crate::codes::SecretRoot::derive(&kek))
+}
+
+fn to_wire(
+    message: InboxMessage,
+    lock: Uuid,
+    keypad_root: Option<&crate::codes::SecretRoot>,
+) -> Option<WireInbox> {
+    Some(match message {
+        InboxMessage::KeypadSecret { generation } => WireInbox::KeypadSecret {
+            secret: keypad_root?.lock_secret(lock, generation),
+        },
         InboxMessage::Token(token) => WireInbox::Token { token },
         InboxMessage::Revocation {
             token_hash,
@@ -471,7 +501,7 @@ fn to_wire(message: InboxMessage) -> WireInbox {
         },
         InboxMessage::TrustBundle(bundle) => WireInbox::TrustBundle { bundle },
         InboxMessage::RemoteOpen { token, hold_secs } => WireInbox::RemoteOpen { token, hold_secs },
-    }
+    })
 }
 
 /// The server's clock for the agent (`ServerMessage::Time`).
@@ -616,12 +646,20 @@ async fn session(
             dirty = i64::try_from(entries.len()).unwrap_or(i64::MAX) >= window;
             for (seq, message) in entries {
                 let seq = u64::try_from(seq).unwrap_or(0);
+                let Some(message) = to_wire(message, lock.id, opts.keypad_root.as_ref()) else {
+                    // Only a listener started without a data key (tests, benchmarks): the entry is
+                    // skipped; a later entry's ack covers it (gaps are allowed).
+                    tracing::warn!(lock = %lock.id, seq, "no keypad secret root; keypad secret not sent");
+                    if acked >= sent {
+                        // Nothing outstanding: nothing will be acked for this one either.
+                        acked = acked.max(seq);
+                    }
+                    sent = sent.max(seq);
+                    continue;
+                };
                 send(
                     &mut stream,
-                    &ServerMessage::Inbox {
-                        seq,
-                        message: to_wire(message),
-                    },
+                    &ServerMessage::Inbox { seq, message },
                     opts.write_timeout,
                 )
                 .await?;
@@ -809,6 +847,13 @@ async fn authenticate(
                     .await
                     .map_err(internal)?
             };
+            if paired && shared.options.keypad_root.is_some() {
+                // The keypad code secret goes out with the first session (PROTOCOL.md, "Keypad
+                // codes"), so codes work even if the lock is offline when one is issued.
+                crate::codes::ensure_secret(&tx, lock.tenant, id, now)
+                    .await
+                    .map_err(internal)?;
+            }
             let event = Event::new(
                 "lock.pair",
                 if paired {

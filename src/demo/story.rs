@@ -4,7 +4,8 @@
 //!
 //! homeowner signs up and writes the plan → lock is provisioned and paired → staff enrol security
 //! keys → dispatcher opens an incident and grants entry → responder gets a token → the token is
-//! pushed to the lock → tap → door opens → receipt reaches the server → the homeowner is mailed.
+//! pushed to the lock → tap → door opens → receipt reaches the server → the homeowner is mailed → a keypad code
+//! read over radio opens the door once, offline.
 
 // Indexing a `serde_json::Value` by key yields `Null` for a missing key; it never panics.
 #![allow(clippy::indexing_slicing)]
@@ -628,21 +629,86 @@ pub async fn run(stage: &Stage, now: DateTime<Utc>) -> anyhow::Result<Ending> {
         remote["acknowledged_at"].as_str().unwrap_or("?"),
         remote["hold_seconds"]
     ));
+
+    // --- A crew without a device: a one-time keypad code, read to them over the radio.
+    let issued_code = http
+        .post(
+            &format!("/api/v1/grants/{grant_id}/keypad-codes"),
+            &json!({ "lock": lock_id }),
+            Some(&dispatcher),
+        )
+        .await?;
+    let code = issued_code["code"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no keypad code: {issued_code}"))?
+        .to_owned();
+    n.say(format!(
+        "dispatcher issued a one-time keypad code for the front door, valid until {}; a keypad code read over radio to the crew",
+        issued_code["not_after"].as_str().unwrap_or("?")
+    ));
     wait_for(
-        "every receipt to reach the server",
+        "the lock's keypad code secret",
+        Duration::from_secs(20),
+        || async {
+            let client = pool.get().await.map_err(StoreError::from)?;
+            let row = client
+                .query_one(
+                    "SELECT count(*) FROM lock_inbox i JOIN locks l ON l.id = i.lock_id
+                     WHERE i.lock_id = $1 AND i.kind = 'keypad_secret' AND i.seq <= l.inbox_acked_seq",
+                    &[&lock_id],
+                )
+                .await?;
+            Ok((row.get::<_, i64>(0) >= 1).then_some(()))
+        },
+    )
+    .await?;
+    let typed = |code: String| {
+        let agent = agent.clone();
+        let lock_dir = lock_dir.clone();
+        async move {
+            Command::new(&agent)
+                .arg("keypad")
+                .arg("--state-dir")
+                .arg(&lock_dir)
+                .arg("--code")
+                .arg(&code)
+                .output()
+                .await
+        }
+    };
+    let first = typed(code.clone()).await?;
+    if !first.status.success() {
+        bail!(
+            "the keypad did not open: {}{}",
+            String::from_utf8_lossy(&first.stdout),
+            String::from_utf8_lossy(&first.stderr)
+        );
+    }
+    let again = typed(code).await?;
+    n.say(format!(
+        "keypad: the code typed at the door → ALLOW; typed again: {}",
+        if again.status.success() {
+            "ALLOW (unexpected!)"
+        } else {
+            "DENY (one use)"
+        }
+    ));
+    wait_for(
+        "the keypad receipts to reach the server",
         Duration::from_secs(30),
         || async {
             let client = pool.get().await.map_err(StoreError::from)?;
             let row = client
                 .query_one(
-                    "SELECT count(*) FROM receipts WHERE lock_id = $1",
+                    "SELECT count(*) FROM receipts WHERE lock_id = $1 AND reason LIKE 'keypad_%'",
                     &[&lock_id],
                 )
                 .await?;
-            Ok((row.get::<_, i64>(0) >= 4).then_some(()))
+            Ok((row.get::<_, i64>(0) >= 2).then_some(()))
         },
     )
     .await?;
+    n.say("keypad receipts (allow, then deny: replayed) uploaded and audited with the incident");
 
     let client = pool.get().await.map_err(StoreError::from)?;
     match audit::verify_chain(&client, tenant).await? {

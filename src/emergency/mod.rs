@@ -155,6 +155,8 @@ pub(crate) async fn revoke_tokens_of_grant(
             &[&tenant.id(), &grant, &now],
         )
         .await?;
+    // The grant's keypad codes go with its tokens.
+    crate::codes::revoke_of_grant(tx, tenant, grant, now).await?;
     queue_revocations(tx, tenant, &rows, now).await
 }
 

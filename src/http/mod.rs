@@ -10,6 +10,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod auth;
+pub mod codes;
 pub mod dispatch;
 pub mod error;
 pub mod health;
@@ -285,6 +286,7 @@ fn routes(cfg: &mut web::ServiceConfig, with_metrics: bool) {
         .configure(privacy::routes)
         .configure(admin::routes)
         .configure(trusted::routes)
+        .configure(codes::routes)
         .configure(crate::web::routes)
         .service(
             web::resource("/api/openapi.json")

@@ -16,6 +16,7 @@ use std::path::Path;
 use cedar_policy::{Authorizer, Decision, PolicySet, Schema};
 
 pub use compile::{CheckReport, Diagnostic, Location, SchemaOrigin};
+pub use request::KeypadCodeContext;
 pub use request::{
     Action, AgencyRule, ApprovalContext, AuditLogAttrs, AuthzRequest, GrantContext,
     MunicipalityAttrs, PlanAttrs, PrincipalAttrs, PropertyAttrs, Resource, RevealContext,
@@ -59,6 +60,13 @@ const SHIPPED_POLICIES: &[(&str, &str)] = &[
         include_str!(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/policies/homeowner.cedar"
+        )),
+    ),
+    (
+        "keypad.cedar",
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/policies/keypad.cedar"
         )),
     ),
     (

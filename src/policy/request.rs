@@ -45,11 +45,13 @@ pub enum Action {
     RequestTrustedToken,
     /// The homeowner opens a lock of the property remotely.
     RemoteUnlock,
+    /// Issue a one-time keypad code for a lock of a property under a live grant.
+    IssueKeypadCode,
 }
 
 impl Action {
     /// Every action, in schema order.
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 15] = [
         Self::ViewPlanSummary,
         Self::RevealNotes,
         Self::EditPlan,
@@ -64,6 +66,7 @@ impl Action {
         Self::ManageTrustedParties,
         Self::RequestTrustedToken,
         Self::RemoteUnlock,
+        Self::IssueKeypadCode,
     ];
 
     /// The action's id in the Cedar schema (`Action::"…"`).
@@ -83,6 +86,7 @@ impl Action {
             Self::ManageTrustedParties => "manage_trusted_parties",
             Self::RequestTrustedToken => "request_trusted_token",
             Self::RemoteUnlock => "remote_unlock",
+            Self::IssueKeypadCode => "issue_keypad_code",
         }
     }
 }
@@ -257,6 +261,16 @@ pub struct TrustedTokenContext {
     pub trusted_now: bool,
 }
 
+/// Context of [`Action::IssueKeypadCode`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeypadCodeContext {
+    /// The session holds a WebAuthn assertion from the last few minutes.
+    pub step_up_fresh: bool,
+    /// The grant is live (approved, started, not ended or revoked) and its incident open.
+    pub grant_live: bool,
+}
+
 /// What a request is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resource {
@@ -386,6 +400,19 @@ impl AuthzRequest {
             ),
         ];
         Self::on_property(principal, Action::RequestToken, property, context)
+    }
+
+    /// May `principal` issue a one-time keypad code for a lock of `property`?
+    pub fn issue_keypad_code(
+        principal: &PrincipalAttrs,
+        property: &PropertyAttrs,
+        ctx: KeypadCodeContext,
+    ) -> Self {
+        let context = vec![
+            ("step_up_fresh", ContextValue::Bool(ctx.step_up_fresh)),
+            ("grant_live", ContextValue::Bool(ctx.grant_live)),
+        ];
+        Self::on_property(principal, Action::IssueKeypadCode, property, context)
     }
 
     /// May `principal` read the municipality's whole audit log?

@@ -154,6 +154,7 @@ fn request(l: &Loaded) -> AuthzRequest {
             AuthzRequest::request_trusted_token(p, property, context(o, ctx))
         }
         Action::RemoteUnlock => AuthzRequest::remote_unlock(p, property, context(o, ctx)),
+        Action::IssueKeypadCode => AuthzRequest::issue_keypad_code(p, property, context(o, ctx)),
     }
 }
 

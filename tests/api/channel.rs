@@ -1371,3 +1371,205 @@ async fn nobody_pairs_their_own_key_under_another_locks_id_in_any_municipality()
     // Now paired, the squatter's key is refused as before.
     assert!(refused(&hello_as(&replica, &id_text, &own).await));
 }
+
+/// Keypad codes across real processes (issue 11 §2): the code secret reaches a paired agent over
+/// the channel (derived from the data key, never stored); with the channel killed the agent's
+/// keypad opens once for the code and refuses it again; when the channel returns, the keypad
+/// receipts are uploaded and audited, joined to the incident the code was issued for.
+#[tokio::test]
+async fn a_keypad_code_works_with_the_channel_killed_and_its_receipts_join_the_incident() {
+    use firstkey_agent::keypad;
+    let world = World::new().await;
+    let root = firstkey::codes::SecretRoot::derive(&firstkey::crypto::Kek::from_bytes([9; 32]));
+    let options = || ChannelOptions {
+        keypad_root: Some(root.clone()),
+        ..ChannelOptions::default()
+    };
+    let replica = world.replica_with(options(), world.db_config.clone()).await;
+    let port = replica.local_addr().port();
+    let mut agent = Agent::init(&world, port, &[]);
+    world.register(agent.lock, "Front door", &agent.code).await;
+    agent.run();
+    eventually("pairing", 20, || paired(&world, agent.lock)).await;
+    eventually("the keypad secret at the lock", 20, || async {
+        agent.status()["keypad_secret"] == serde_json::json!(true)
+    })
+    .await;
+    // The inbox holds the generation only, never the secret.
+    let payload: Vec<u8> = world
+        .scalar(
+            "SELECT payload FROM lock_inbox WHERE lock_id = $1 AND kind = 'keypad_secret'",
+            &[&agent.lock],
+        )
+        .await;
+    assert_eq!(payload, 1i32.to_be_bytes());
+    let secret = root.lock_secret(agent.lock, 1);
+    let on_disk = std::fs::read(agent.state.join("keypad.key")).unwrap();
+    assert_eq!(on_disk, secret.0);
+
+    // An incident and a code for it, as the dispatcher's request records it.
+    let client = world.pool.get().await.unwrap();
+    let now = Utc::now();
+    let agency = tenancy::ensure_agency(&client, world.tenant, AgencyKind::Fire, "Fire", now)
+        .await
+        .unwrap()
+        .id;
+    let incident = Uuid::new_v4();
+    client
+        .execute(
+            "INSERT INTO incidents (id, municipality_id, agency_id, cad_number, kind, address, opened_at)
+             VALUES ($1, $2, $3, '26-0001', 'fire', '1 Main St', $4)",
+            &[&incident, &world.tenant.id(), &agency, &now],
+        )
+        .await
+        .unwrap();
+    let now_s = u64::try_from(now.timestamp()).unwrap();
+    let window = keypad::incident_window(now_s, now_s + 1800).unwrap();
+    let lock_wire = agent.lock.to_string();
+    let (code, spec) = keypad::incident_code(&secret, &lock_wire, window, 0).unwrap();
+    let record = Uuid::new_v4();
+    let at = |s: u64| chrono::DateTime::from_timestamp(i64::try_from(s).unwrap(), 0).unwrap();
+    client
+        .execute(
+            "INSERT INTO keypad_codes (id, municipality_id, lock_id, kind, code_id, secret_generation,
+                 grant_id, incident_id, slot_index, not_before, not_after, issued_by, issued_at)
+             VALUES ($1, $2, $3, 'incident', $4, 1, $5, $6, 0, $7, $8, $9, $10)",
+            &[
+                &record,
+                &world.tenant.id(),
+                &agent.lock,
+                &keypad::code_id(&secret, &lock_wire, &spec).to_vec(),
+                &Uuid::new_v4(),
+                &incident,
+                &at(window.0),
+                &at(window.1),
+                &world.owner,
+                &now,
+            ],
+        )
+        .await
+        .unwrap();
+    drop(client);
+
+    // The channel is killed: the replica is gone (its aborted tasks, the listener among them, are
+    // dropped once this runtime runs again).
+    replica.stop();
+    tokio::task::yield_now().await;
+    let keypad_cli = |code: &str| {
+        Command::new(agent_bin())
+            .args(["keypad", "--code", code, "--state-dir"])
+            .arg(&agent.state)
+            .output()
+            .unwrap()
+    };
+    let first = keypad_cli(&code.display());
+    assert_eq!(
+        first.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&first.stdout)
+    );
+    assert_eq!(
+        keypad_cli(&code.digits()).status.code(),
+        Some(2),
+        "replayed"
+    );
+    assert_eq!(
+        keypad_cli("123 456 789 012 345").status.code(),
+        Some(2),
+        "a wrong code"
+    );
+    assert_eq!(agent.status()["receipt_seq"].as_u64(), Some(3));
+
+    // The channel returns (on the same port): the receipts are uploaded and audited.
+    // A listener on the same port, as a restarted replica: the agent reconnects to it.
+    let identity = ServerIdentity::dev(
+        &world.key_dir(),
+        &["localhost".to_owned(), "127.0.0.1".to_owned()],
+    )
+    .unwrap();
+    let mut again = None;
+    for _ in 0..50 {
+        match start_with(
+            ([127, 0, 0, 1], port).into(),
+            identity.clone(),
+            firstkey::store::pool(world.db_config.clone(), 4).unwrap(),
+            world.db_config.clone(),
+            Arc::new(SystemClock),
+            options(),
+        )
+        .await
+        {
+            Ok(r) => {
+                again = Some(r);
+                break;
+            }
+            // The old listener's socket may still be closing.
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let again = again.expect("the port is free again");
+    eventually("three keypad receipts stored", 60, || async {
+        world
+            .scalar::<i64>(
+                "SELECT count(*) FROM receipts WHERE lock_id = $1",
+                &[&agent.lock],
+            )
+            .await
+            == 3
+    })
+    .await;
+    let reasons: Vec<String> = {
+        let client = world.pool.get().await.unwrap();
+        client
+            .query(
+                "SELECT reason FROM receipts WHERE lock_id = $1 ORDER BY seq",
+                &[&agent.lock],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    assert_eq!(reasons, ["keypad_ok", "keypad_replayed", "keypad_invalid"]);
+    // Both decisions on the code are audited with its incident and record; the wrong one with none.
+    let joined: i64 = world
+        .scalar(
+            "SELECT count(*) FROM audit_entries WHERE action = 'lock.receipt' AND subject_id = $1
+               AND incident_id = $2 AND public_details->>'keypad_code' = $3",
+            &[&agent.lock, &incident, &record.to_string()],
+        )
+        .await;
+    assert_eq!(joined, 2);
+    // The homeowner is told how the door was opened; no mail, row or entry holds the digits.
+    let client = world.pool.get().await.unwrap();
+    let texts: Vec<String> = client
+        .query(
+            "SELECT body_text FROM notification_outbox WHERE kind = 'door.opened'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains("keypad code issued for incident 26-0001")),
+        "{texts:?}"
+    );
+    let digits = code.digits();
+    let leaks: i64 = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM audit_entries WHERE public_details::text LIKE '%' || $1 || '%')
+                  + (SELECT count(*) FROM notification_outbox WHERE body_text LIKE '%' || $1 || '%')",
+            &[&&digits[4..]],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(leaks, 0);
+    again.stop();
+}

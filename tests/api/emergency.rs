@@ -1481,3 +1481,220 @@ async fn disabling_a_responder_ends_its_grants_and_revokes_its_tokens_at_the_loc
     assert!(actions.iter().any(|(a, _, _)| a == "grant.revoke"));
     assert!(actions.iter().any(|(a, _, _)| a == "account.disabled"));
 }
+
+async fn keypad_code(w: &World, who: &As, grant: Uuid, body: Value) -> (u16, Value) {
+    call(
+        &w.app,
+        Method::POST,
+        &format!("/api/v1/grants/{grant}/keypad-codes"),
+        Some(who),
+        Some(body),
+    )
+    .await
+}
+
+/// Issue 11 §2: a dispatcher under a live grant, with step-up, issues a one-time keypad code the
+/// lock verifies offline with the secret derived from the data key; it is audited with its
+/// incident and mailed to the homeowner, its digits are stored nowhere, and revoking the grant
+/// revokes it at the lock.
+#[tokio::test]
+async fn a_dispatcher_issues_a_keypad_code_under_a_live_grant_and_revoking_the_grant_revokes_it() {
+    use firstkey_agent::keypad::{self, CodeSecret, FnLedger, KeypadView};
+    let w = world().await;
+    let (incident, grant_id) = live_fire_grant(&w).await;
+    let body = json!({ "lock": w.lock, "minutes": 30 });
+    // Not a dispatcher; no step-up; another property's lock; an unknown grant; bad lengths.
+    assert_eq!(
+        keypad_code(&w, &w.responder, grant_id, body.clone())
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        keypad_code(&w, &w.dispatcher_plain, grant_id, body.clone())
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        keypad_code(&w, &w.dispatcher, grant_id, json!({ "lock": w.other_lock }))
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        keypad_code(&w, &w.dispatcher, Uuid::new_v4(), body.clone())
+            .await
+            .0,
+        404
+    );
+    for minutes in [5, 121] {
+        assert_eq!(
+            keypad_code(
+                &w,
+                &w.dispatcher,
+                grant_id,
+                json!({ "lock": w.lock, "minutes": minutes })
+            )
+            .await
+            .0,
+            400
+        );
+    }
+    let before = inbox(&w, w.lock).await;
+    assert!(
+        !before.iter().any(|(k, _)| k == "keypad_secret"),
+        "a refusal changed nothing"
+    );
+    let codes: i64 = w
+        .app
+        .pool
+        .get()
+        .await
+        .unwrap()
+        .query_one("SELECT count(*) FROM keypad_codes", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(codes, 0, "a refusal changed nothing");
+
+    let (status, issued) = keypad_code(&w, &w.dispatcher, grant_id, body.clone()).await;
+    assert_eq!(status, 201, "{issued}");
+    let (status, second) =
+        keypad_code(&w, &w.dispatcher, grant_id, json!({ "lock": w.lock })).await;
+    assert_eq!(status, 201, "{second}");
+    let code = issued["code"].as_str().unwrap().to_owned();
+    assert_eq!(code.len(), 19, "{code}");
+    assert_ne!(code, second["code"].as_str().unwrap());
+    let from =
+        chrono::DateTime::parse_from_rfc3339(issued["not_before"].as_str().unwrap()).unwrap();
+    let until =
+        chrono::DateTime::parse_from_rfc3339(issued["not_after"].as_str().unwrap()).unwrap();
+    assert_eq!((until - from).num_seconds(), 1800);
+    assert!(from.timestamp() <= Utc::now().timestamp());
+
+    // The lock's view: the secret the channel derives from the data key opens exactly this lock.
+    // The test settings' data key (32 bytes of 0x2a).
+    let kek = firstkey::crypto::Kek::from_bytes([0x2a; 32]);
+    let secret: CodeSecret = firstkey::codes::SecretRoot::derive(&kek).lock_secret(w.lock, 1);
+    let standing = std::collections::BTreeMap::new();
+    let lock_id = w.lock.to_string();
+    let view = KeypadView {
+        lock_id: &lock_id,
+        secret: Some(&secret),
+        standing: &standing,
+        floor: 0,
+        skew: 60,
+    };
+    let now = u64::try_from(Utc::now().timestamp()).unwrap();
+    let fresh = FnLedger(|_: &[u8; 16]| 0, |_: &[u8; 16]| false);
+    let expect = keypad::incident_code(
+        &secret,
+        &lock_id,
+        (
+            u64::try_from(from.timestamp()).unwrap(),
+            u64::try_from(until.timestamp()).unwrap(),
+        ),
+        0,
+    )
+    .unwrap()
+    .0;
+    assert_eq!(expect.display(), code, "the server's code is the lock's");
+    let verdict = keypad::verify(&view, &code, now, &fresh);
+    assert!(verdict.allows(), "{verdict:?}");
+    let other = w.other_lock.to_string();
+    assert!(
+        !keypad::verify(
+            &KeypadView {
+                lock_id: &other,
+                ..view
+            },
+            &code,
+            now,
+            &fresh
+        )
+        .allows()
+    );
+    let (code_id, _) = verdict.code.unwrap();
+
+    // Recorded by id, audited with the incident, mailed; the secret goes to the lock as a
+    // generation; the digits are nowhere.
+    let client = w.app.pool.get().await.unwrap();
+    let row = client
+        .query_one(
+            "SELECT incident_id, grant_id, code_id FROM keypad_codes WHERE id = $1",
+            &[&issued["id"].as_str().unwrap().parse::<Uuid>().unwrap()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, Uuid>(0), incident);
+    assert_eq!(row.get::<_, Uuid>(1), grant_id);
+    assert_eq!(row.get::<_, Vec<u8>>(2), code_id.to_vec());
+    let audited: i64 = client
+        .query_one(
+            "SELECT count(*) FROM audit_entries WHERE action = 'keypad_code.issue' AND incident_id = $1",
+            &[&incident],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(audited, 2);
+    assert!(
+        audit_actions(&w)
+            .await
+            .iter()
+            .any(|(a, o, _)| a == "policy.deny" && o == "deny")
+    );
+    assert_eq!(
+        mails(&w, "keypad_code.issued").await.len(),
+        4,
+        "owner and contact, twice"
+    );
+    let entries = inbox(&w, w.lock).await;
+    assert_eq!(
+        entries
+            .iter()
+            .filter(|(k, p)| k == "keypad_secret" && p == &1i32.to_be_bytes())
+            .count(),
+        1
+    );
+    let digits: String = code.chars().filter(char::is_ascii_digit).collect();
+    let leaks: i64 = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM audit_entries WHERE public_details::text LIKE '%' || $1 || '%')
+                  + (SELECT count(*) FROM notification_outbox WHERE body_text LIKE '%' || $1 || '%')
+                  + (SELECT count(*) FROM lock_inbox WHERE encode(payload, 'escape') LIKE '%' || $1 || '%')",
+            &[&&digits[4..]],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(leaks, 0);
+
+    // The grant is revoked: both codes are revoked at the lock, and no new code is issued.
+    let (status, g) = call(
+        &w.app,
+        Method::POST,
+        &format!("/api/v1/grants/{grant_id}/revoke"),
+        Some(&w.dispatcher),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{g}");
+    assert_eq!(keypad_code(&w, &w.dispatcher, grant_id, body).await.0, 404);
+    let revoked: Vec<[u8; 32]> = inbox(&w, w.lock)
+        .await
+        .into_iter()
+        .filter(|(k, _)| k == "revocation")
+        .map(|(_, p)| p[..32].try_into().unwrap())
+        .collect();
+    assert!(revoked.contains(&keypad::revocation_key(&code_id)));
+    let at_lock = FnLedger(
+        |_: &[u8; 16]| 0,
+        |id: &[u8; 16]| revoked.contains(&keypad::revocation_key(id)),
+    );
+    assert_eq!(
+        keypad::verify(&view, &code, now, &at_lock).reason,
+        keypad::REASON_KEYPAD_REVOKED
+    );
+}

@@ -66,6 +66,9 @@ async fn the_whole_story_leaves_every_record_audit_entry_and_mail() {
         "tapped: ALLOW",
         "remote unlock",
         "opened for 10 s",
+        "a keypad code read over radio",
+        "DENY (one use)",
+        "keypad receipts (allow, then deny: replayed) uploaded",
         "chain intact",
         "the story is complete",
     ] {
@@ -104,8 +107,20 @@ async fn the_whole_story_leaves_every_record_audit_entry_and_mail() {
         1
     );
     assert_eq!(
-        count("SELECT count(*) FROM receipts WHERE decision = 'allow'").await,
+        count("SELECT count(*) FROM receipts WHERE decision = 'allow' AND reason = 'ok'").await,
         3
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM receipts WHERE decision = 'allow' AND reason = 'keypad_ok'")
+            .await,
+        1
+    );
+    assert_eq!(
+        count(
+            "SELECT count(*) FROM receipts WHERE decision = 'deny' AND reason = 'keypad_replayed'"
+        )
+        .await,
+        1
     );
     assert_eq!(
         count("SELECT count(*) FROM receipts WHERE decision = 'deny' AND reason = 'replayed'")
@@ -120,6 +135,7 @@ async fn the_whole_story_leaves_every_record_audit_entry_and_mail() {
         "lock.pair",
         "grant.create",
         "token.issue",
+        "keypad_code.issue",
         "lock.receipt",
         "trusted.invite",
         "trusted.accept",

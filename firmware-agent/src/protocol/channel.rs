@@ -104,6 +104,19 @@ pub enum InboxMessage {
         /// How long to hold the door open, in seconds (the lock caps it).
         hold_secs: u32,
     },
+    /// The lock's keypad code secret (`crate::keypad`); replaces any earlier one. Its `Debug` is
+    /// redacted.
+    KeypadSecret {
+        /// 32 secret bytes.
+        secret: crate::keypad::CodeSecret,
+    },
+    /// The standing-code schedule of one slot (a trusted party), or `None` to remove the slot.
+    KeypadStanding {
+        /// Slot 0..=99.
+        slot: u8,
+        /// The schedule.
+        schedule: Option<crate::keypad::StandingSchedule>,
+    },
 }
 
 /// Why the server closes a channel.

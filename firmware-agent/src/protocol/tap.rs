@@ -40,6 +40,11 @@ pub enum LockMessage {
         /// The lock's signed acknowledgement of the receipt it wrote.
         ack: TapAck,
     },
+    /// The keypad is locked after repeated wrong codes: no decision, no receipt.
+    KeypadLocked {
+        /// Seconds until it takes entries again.
+        retry_after: u64,
+    },
 }
 
 /// The presenter's one message.
@@ -54,6 +59,12 @@ pub enum PresenterMessage {
         /// `firstkey_token::pop_message(challenge, lock id, token hash)`; absent for a token
         /// without `cnf`.
         proof: Option<serde_bytes::ByteBuf>,
+    },
+    /// A code typed at the lock's keypad (`crate::keypad`): digits, spaces and dashes; the lock
+    /// reads at most `keypad::MAX_ENTRY_CHARS` characters. The challenge is not used.
+    Keypad {
+        /// What was typed.
+        code: String,
     },
 }
 
