@@ -434,7 +434,8 @@ mod tests {
     }
 
     fn last_reason(door: &Door) -> String {
-        let last = door.store().receipts().last().unwrap();
+        let receipts = door.store().receipts();
+        let last = receipts.last().unwrap();
         crate::receipt::decode_own(last).unwrap().body.reason
     }
 
