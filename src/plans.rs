@@ -260,6 +260,9 @@ pub struct PlanSummary {
     pub max_grant_minutes: i32,
     /// Whether notes exist (reveal them with the audited reveal).
     pub has_notes: bool,
+    /// The property's locks as last reported, with warnings to heed before relying on them
+    /// ("battery critical …", "offline for 3 days …").
+    pub lock_health: Vec<crate::health::LockHealth>,
 }
 
 /// The full plan, as its homeowner sees it: the fields of [`PlanInput`] and `version`, in one object.

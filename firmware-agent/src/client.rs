@@ -206,6 +206,15 @@ fn battery_percent(dir: &Path) -> Option<u8> {
         .filter(|p| *p <= 100)
 }
 
+/// Battery voltage in millivolts from `battery_mv` in the state directory, where the (simulated)
+/// hardware can tell.
+fn battery_millivolts(dir: &Path) -> Option<u32> {
+    std::fs::read_to_string(dir.join("battery_mv"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .filter(|mv| *mv <= 100_000)
+}
+
 /// One connection: handshake, then inbox, acks and receipt uploads until it fails or closes.
 /// Sets `welcomed` once the server accepted the handshake.
 pub async fn session(
@@ -371,6 +380,7 @@ async fn send_status<W: tokio::io::AsyncWrite + Unpin>(
                 .trust_bundle()
                 .map_or(0, firstkey_token::TrustBundle::version),
             time_floor: s.floor(),
+            battery_millivolts: battery_millivolts(state_root),
         })
     })?;
     send(wr, &status).await

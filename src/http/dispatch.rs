@@ -291,7 +291,7 @@ pub async fn create_cad_credential(
     Ok(HttpResponse::Created().json(credential))
 }
 
-fn header<'a>(req: &'a HttpRequest, name: &str) -> &'a str {
+pub(super) fn header<'a>(req: &'a HttpRequest, name: &str) -> &'a str {
     req.headers()
         .get(name)
         .and_then(|v| v.to_str().ok())

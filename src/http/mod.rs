@@ -8,6 +8,7 @@
 //! `x-request-id` and the security headers, is counted in `/metrics` and written to the access log.
 
 pub mod access_log;
+pub mod alarms;
 pub mod auth;
 pub mod dispatch;
 pub mod error;
@@ -276,6 +277,7 @@ fn routes(cfg: &mut web::ServiceConfig, with_metrics: bool) {
         .configure(properties::routes)
         .configure(dispatch::routes)
         .configure(tokens::routes)
+        .configure(alarms::routes)
         .configure(log::routes)
         .configure(crate::web::routes)
         .service(
@@ -301,7 +303,7 @@ async fn unrouted(req: actix_web::HttpRequest, metrics_on_main: bool) -> HttpRes
 
 /// Paths whose callers are machines that authenticate every request with a signature (CAD systems,
 /// log witnesses), not browsers with cookies; the Origin check does not apply to them.
-const MACHINE_PATHS: &[&str] = &["/api/v1/cad/", "/log/"];
+const MACHINE_PATHS: &[&str] = &["/api/v1/cad/", "/log/", "/api/v1/monitoring/"];
 
 /// Middleware: a state-changing request from a browser must come from our own origin. Requests
 /// without `Origin` must say `Sec-Fetch-Site: same-origin`; anything else is refused with 403 before

@@ -17,7 +17,7 @@ use cedar_policy::{Authorizer, Decision, PolicySet, Schema};
 
 pub use compile::{CheckReport, Diagnostic, Location, SchemaOrigin};
 pub use request::{
-    Action, AgencyRule, ApprovalContext, AuditLogAttrs, AuthzRequest, GrantContext, PlanAttrs,
+    Action, AgencyRule, AlarmContext, ApprovalContext, AuditLogAttrs, AuthzRequest, GrantContext, PlanAttrs,
     PrincipalAttrs, PropertyAttrs, Resource, RevealContext, StepUpContext, TokenContext,
 };
 
@@ -31,6 +31,10 @@ const SHIPPED_SCHEMA: &str = include_str!(concat!(
 
 /// The shipped policy files, by name. A test checks this list against the `policies/` directory.
 const SHIPPED_POLICIES: &[(&str, &str)] = &[
+    (
+        "alarms.cedar",
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/alarms.cedar")),
+    ),
     (
         "audit.cedar",
         include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/audit.cedar")),
@@ -278,6 +282,13 @@ fn sample_requests() -> Vec<AuthzRequest> {
         plan: PlanAttrs::closed(),
     };
     let step_up = StepUpContext::default();
+    let alarm = AlarmContext {
+        alarm_kind: "smoke".to_owned(),
+        rule_action: "nothing".to_owned(),
+        agency_kind: "none".to_owned(),
+        minutes: 0,
+        confirmed: false,
+    };
     vec![
         AuthzRequest::view_plan_summary(&principal, &property, step_up),
         AuthzRequest::reveal_notes(
@@ -317,6 +328,8 @@ fn sample_requests() -> Vec<AuthzRequest> {
             step_up,
         ),
         AuthzRequest::read_property_audit(&principal, &property, step_up),
+        AuthzRequest::open_alarm_incident(&principal, &property, &alarm),
+        AuthzRequest::grant_on_alarm(&principal, &property, &alarm),
     ]
 }
 

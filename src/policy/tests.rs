@@ -131,6 +131,10 @@ fn request(l: &Loaded) -> AuthzRequest {
         Action::ApproveGrant => AuthzRequest::approve_grant(p, property, context(o, ctx)),
         Action::RequestToken => AuthzRequest::request_token(p, property, context(o, ctx)),
         Action::ReadAudit => AuthzRequest::read_property_audit(p, property, context(o, ctx)),
+        Action::OpenAlarmIncident => {
+            AuthzRequest::open_alarm_incident(p, property, &context(o, ctx))
+        }
+        Action::GrantOnAlarm => AuthzRequest::grant_on_alarm(p, property, &context(o, ctx)),
     }
 }
 
