@@ -12,6 +12,7 @@
 //! - [`receipt`]: signing and verifying receipts and whole chains.
 //! - [`state`]: the state directory: config, keys, floor, channel state, replay records.
 //! - [`durable`]: atomic file replacement and the crash-safe append-only log.
+//! - [`events`]: door events (receipts) and detector alarms from the lock's own hardware.
 //! - [`actuator`], [`clock`], [`pairing`], [`demo`]: the door trait, the time source, pairing
 //!   codes, and issuer-side helpers for demos and tests.
 
@@ -22,6 +23,7 @@ pub mod daemon;
 pub mod demo;
 pub mod door;
 pub mod durable;
+pub mod events;
 pub mod pairing;
 pub mod protocol;
 pub mod receipt;

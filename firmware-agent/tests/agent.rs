@@ -1000,6 +1000,7 @@ async fn serve_agent(
                         }
                     }
                     AgentMessage::Hello { .. } => break,
+                    AgentMessage::Alarm { .. } => {}
                 }
             }
             () = notified => {}

@@ -9,6 +9,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod access;
+mod alarms;
 mod audit_log;
 mod auth;
 mod auth_helpers;
