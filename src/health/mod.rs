@@ -69,8 +69,10 @@ pub async fn record(
     let millivolts = report
         .battery_millivolts
         .map(|mv| i32::try_from(mv).unwrap_or(i32::MAX));
+    // One transaction: the report and, on a crossing, its audit entry and mail commit together.
+    let tx = client.transaction().await?;
     // One statement: the lock's row, and a history row only when the level changed.
-    let row = client
+    let row = tx
         .query_one(
             "WITH old AS (SELECT battery_percent, battery_alert_level FROM locks WHERE id = $1),
              upd AS (
@@ -110,10 +112,10 @@ pub async fn record(
         _ => None,
     };
     let Some(crossed) = crossed else {
+        tx.commit().await?;
         return Ok(());
     };
     let percent = report.battery_percent.unwrap_or(0);
-    let tx = client.transaction().await?;
     let critical = percent <= CRITICAL_PERCENT;
     let event = Event::new("lock.battery_low", Outcome::Info)
         .subject("lock", lock.id)
@@ -157,7 +159,7 @@ pub async fn sweep_offline(pool: &Pool, now: DateTime<Utc>) -> Result<usize, Sto
             "WITH due AS (
                SELECT id FROM locks
                WHERE pairing_state = 'paired' AND offline_alerted_at IS NULL AND last_seen_at IS NOT NULL
-                 AND last_seen_at < $1 - make_interval(mins => offline_after_minutes)
+                 AND last_seen_at < $1::timestamptz - make_interval(mins => offline_after_minutes)
                ORDER BY last_seen_at LIMIT $2 FOR UPDATE SKIP LOCKED)
              UPDATE locks l SET offline_alerted_at = $1 FROM due WHERE l.id = due.id
              RETURNING l.id, l.municipality_id, l.property_id, l.name, l.last_seen_at",
@@ -302,10 +304,10 @@ pub async fn of_property(
         .query(
             "SELECT l.id, l.name, l.battery_percent, l.battery_millivolts, l.last_seen_at, l.offline_after_minutes,
                     (SELECT array_agg(extract(epoch FROM h.at)::float8 ORDER BY h.at)
-                       FROM (SELECT at FROM lock_battery_history WHERE lock_id = l.id AND at > $3 - interval '30 days'
+                       FROM (SELECT at FROM lock_battery_history WHERE lock_id = l.id AND at > $3::timestamptz - interval '30 days'
                              ORDER BY at DESC LIMIT 100) h),
                     (SELECT array_agg(h.percent::float8 ORDER BY h.at)
-                       FROM (SELECT at, percent FROM lock_battery_history WHERE lock_id = l.id AND at > $3 - interval '30 days'
+                       FROM (SELECT at, percent FROM lock_battery_history WHERE lock_id = l.id AND at > $3::timestamptz - interval '30 days'
                              ORDER BY at DESC LIMIT 100) h)
              FROM locks l WHERE l.municipality_id = $1 AND l.property_id = $2 AND l.pairing_state = 'paired'
              ORDER BY l.name LIMIT 50",
@@ -326,10 +328,10 @@ pub async fn of_lock(
         .query_opt(
             "SELECT l.id, l.name, l.battery_percent, l.battery_millivolts, l.last_seen_at, l.offline_after_minutes,
                     (SELECT array_agg(extract(epoch FROM h.at)::float8 ORDER BY h.at)
-                       FROM (SELECT at FROM lock_battery_history WHERE lock_id = l.id AND at > $3 - interval '30 days'
+                       FROM (SELECT at FROM lock_battery_history WHERE lock_id = l.id AND at > $3::timestamptz - interval '30 days'
                              ORDER BY at DESC LIMIT 100) h),
                     (SELECT array_agg(h.percent::float8 ORDER BY h.at)
-                       FROM (SELECT at, percent FROM lock_battery_history WHERE lock_id = l.id AND at > $3 - interval '30 days'
+                       FROM (SELECT at, percent FROM lock_battery_history WHERE lock_id = l.id AND at > $3::timestamptz - interval '30 days'
                              ORDER BY at DESC LIMIT 100) h)
              FROM locks l WHERE l.municipality_id = $1 AND l.id = $2",
             &[&tenant.id(), &lock, &now],
