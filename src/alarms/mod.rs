@@ -22,6 +22,7 @@
 //! caller's transaction.
 
 pub mod api;
+pub mod bench;
 
 use chrono::{DateTime, Duration, Utc};
 use deadpool_postgres::GenericClient;

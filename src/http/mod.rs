@@ -58,6 +58,8 @@ pub struct Application {
     /// Seals pending audit entries while the server runs (every replica runs one; they take turns
     /// per municipality under the sealing lock).
     sealer: tokio::task::JoinHandle<()>,
+    /// Mails homeowners of locks not seen for their period (replica-safe: `SKIP LOCKED`).
+    offline_sweeper: tokio::task::JoinHandle<()>,
     /// The separate `/metrics` listener (`metrics_listen`), stopped with the main server.
     metrics_server: Option<Server>,
     metrics_addr: Option<SocketAddr>,
@@ -132,6 +134,11 @@ impl Application {
         let metrics_on_main = metrics_listener.is_none();
         let metrics = web::Data::new(Metrics::new().context("metrics registry")?);
         tracing::info!(policy_set = %hex::encode(policy.policy_set_hash()), "policy set loaded");
+        let offline_sweeper = tokio::spawn(crate::health::run_offline_sweeper(
+            pool.clone(),
+            clock.clone(),
+            std::time::Duration::from_secs(60),
+        ));
         let sealer = tokio::spawn(crate::audit::run_sealer(
             pool.clone(),
             std::time::Duration::from_millis(50),
@@ -218,6 +225,7 @@ impl Application {
         Ok(Self {
             server: server.run(),
             sealer,
+            offline_sweeper,
             metrics_server,
             metrics_addr,
             local_addr,
@@ -258,6 +266,7 @@ impl Application {
         });
         let result = self.server.await;
         self.sealer.abort();
+        self.offline_sweeper.abort();
         if let Some((handle, task)) = metrics {
             handle.stop(true).await;
             let _ = task.await;

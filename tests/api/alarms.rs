@@ -156,6 +156,16 @@ async fn monitoring_alarms_follow_the_homeowners_rules() {
     )
     .await;
     assert_eq!(status, 403);
+    let (status, detail) = call(
+        &w.app,
+        Method::GET,
+        &format!("/api/v1/incidents/{incident}"),
+        Some(&w.dispatcher),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{detail}");
+    assert_eq!(detail["alarms"], seen, "the incident view carries its alarms");
     // Homeowner and contact mailed once (not again for the duplicate).
     assert_eq!(
         mails(&w, "alarm.raised").await,

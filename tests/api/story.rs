@@ -62,6 +62,9 @@ async fn the_whole_story_leaves_every_record_audit_entry_and_mail() {
         "DENY (single use)",
         "receipts (allow, then deny: replayed) uploaded",
         "Front door opened",
+        "the fire crew is in",
+        "battery is low",
+        "opened the front door with the physical key",
         "chain intact",
         "the story is complete",
     ] {
@@ -83,14 +86,20 @@ async fn the_whole_story_leaves_every_record_audit_entry_and_mail() {
     assert_eq!(
         count("SELECT count(*) FROM grants WHERE status = 'live' AND policy_set_hash IS NOT NULL")
             .await,
-        1
+        2,
+        "the dispatcher's grant and the smoke alarm's"
     );
     assert_eq!(
         count("SELECT count(*) FROM issued_tokens WHERE status = 'used'").await,
-        1
+        2
     );
     assert_eq!(
         count("SELECT count(*) FROM receipts WHERE decision = 'allow'").await,
+        2
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM receipts WHERE decision = 'event' AND reason = 'door:key_override'")
+            .await,
         1
     );
     assert_eq!(
