@@ -178,7 +178,10 @@ async fn measure(
     // --- (d), (e): the home's reports (src/alarms/bench.rs).
     if options.alarms > 0 || options.battery_agents > 0 {
         let owner: Uuid = c
-            .query_one("SELECT owner_id FROM properties WHERE id = $1", &[&property])
+            .query_one(
+                "SELECT owner_id FROM properties WHERE id = $1",
+                &[&property],
+            )
             .await?
             .get(0);
         let kek = crate::crypto::Kek::load_or_create(&settings.key_dir)?;

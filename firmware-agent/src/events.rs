@@ -183,7 +183,11 @@ pub fn record_door_event(door: &mut Door, event: DoorEvent) -> Result<VerifiedRe
         expires_at: None,
     };
     let receipt = door.store_mut().append_receipt(body)?;
-    tracing::info!(receipt_seq = receipt.body.seq, event = event.name(), "door event recorded");
+    tracing::info!(
+        receipt_seq = receipt.body.seq,
+        event = event.name(),
+        "door event recorded"
+    );
     Ok(receipt)
 }
 

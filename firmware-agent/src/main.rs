@@ -284,7 +284,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 DoorEventKind::HeldOpen => DoorEvent::HeldOpen { seconds: a.seconds },
                 DoorEventKind::Jammed => DoorEvent::Jammed,
             };
-            events::submit(&StateDir::new(a.state.state_dir), &HardwareEvent::Door(event))?;
+            events::submit(
+                &StateDir::new(a.state.state_dir),
+                &HardwareEvent::Door(event),
+            )?;
             out(&format!("{} reported\n", event.name()))?;
             Ok(ExitCode::SUCCESS)
         }

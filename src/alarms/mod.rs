@@ -171,8 +171,7 @@ impl AlarmRules {
                 return invalid(format!("rules: {} listed twice", rule.kind.as_str()));
             }
             match (rule.action, rule.agency, rule.minutes) {
-                (RuleAction::Nothing, None, None)
-                | (RuleAction::Incident, Some(_), None) => {}
+                (RuleAction::Nothing, None, None) | (RuleAction::Incident, Some(_), None) => {}
                 (RuleAction::IncidentAndGrant, Some(_), Some(m)) if (1..=1440).contains(&m) => {}
                 (RuleAction::IncidentAndGrant, Some(_), Some(_)) => {
                     return invalid("rules: minutes must be 1 to 1440".to_owned());
@@ -258,7 +257,8 @@ pub async fn rules(
         .await?;
     rows.iter()
         .map(|r| {
-            let bad = || EmergencyError::Store(StoreError::Conflict("stored alarm rule".to_owned()));
+            let bad =
+                || EmergencyError::Store(StoreError::Conflict("stored alarm rule".to_owned()));
             Ok(AlarmRule {
                 kind: AlarmKind::parse(r.get(0)).ok_or_else(bad)?,
                 action: RuleAction::parse(r.get(1)).ok_or_else(bad)?,
@@ -335,7 +335,9 @@ pub async fn link_account(
         return Err(if known {
             EmergencyError::Conflict("this monitoring account is already linked".to_owned())
         } else {
-            EmergencyError::Invalid("key_id: not a monitoring provider of this municipality".to_owned())
+            EmergencyError::Invalid(
+                "key_id: not a monitoring provider of this municipality".to_owned(),
+            )
         });
     }
     let event = Event::new("alarm.account_link", Outcome::Info)
@@ -381,7 +383,13 @@ impl Source {
     }
 
     fn confirmed(&self) -> bool {
-        matches!(self, Self::Monitoring { confirmed: true, .. })
+        matches!(
+            self,
+            Self::Monitoring {
+                confirmed: true,
+                ..
+            }
+        )
     }
 }
 
@@ -482,12 +490,27 @@ pub async fn raise(
              WHERE a.municipality_id = $1 AND a.property_id = $2 AND a.kind = $3
                AND a.incident_id IS NOT NULL AND a.received_at > $4 AND i.closed_at IS NULL
              ORDER BY a.received_at DESC LIMIT 1",
-            &[&tenant.id(), &alarm.property, &kind.as_str(), &(now - BURST_WINDOW)],
+            &[
+                &tenant.id(),
+                &alarm.property,
+                &kind.as_str(),
+                &(now - BURST_WINDOW),
+            ],
         )
         .await?;
     if let Some(row) = recent {
         let incident: Uuid = row.get(0);
-        let id = insert_alarm(tx, tenant, alarm, detector.as_deref(), Some(incident), None, true, now).await?;
+        let id = insert_alarm(
+            tx,
+            tenant,
+            alarm,
+            detector.as_deref(),
+            Some(incident),
+            None,
+            true,
+            now,
+        )
+        .await?;
         let mut event = base().subject("alarm", id).incident(incident);
         event.details["duplicate"] = serde_json::Value::Bool(true);
         audit::record(tx, tenant, &event, now).await?;
@@ -525,7 +548,9 @@ pub async fn raise(
         .get::<_, Option<i32>>(2)
         .and_then(|m| u32::try_from(m).ok())
         .unwrap_or(0);
-    let agency_kind: String = rule.get::<_, Option<String>>(3).unwrap_or_else(|| "none".to_owned());
+    let agency_kind: String = rule
+        .get::<_, Option<String>>(3)
+        .unwrap_or_else(|| "none".to_owned());
     let ctx = crate::access::property(tx, tenant, alarm.property).await?;
     let principal = owner(tx, tenant, ctx.property.owner_id).await?;
     let context = AlarmContext {
@@ -535,7 +560,9 @@ pub async fn raise(
         minutes,
         confirmed: alarm.source.confirmed(),
     };
-    let decision = engine.decide(&AuthzRequest::open_alarm_incident(&principal, &ctx.attrs, &context));
+    let decision = engine.decide(&AuthzRequest::open_alarm_incident(
+        &principal, &ctx.attrs, &context,
+    ));
     let Some(agency) = agency.filter(|_| decision.allowed) else {
         let mut event = base().policy(decision.policy_set_hash);
         event.details["rule"] = action.clone().into();
@@ -563,7 +590,9 @@ pub async fn raise(
     let mut grant = None;
     let mut grant_policies = Vec::new();
     if action == RuleAction::IncidentAndGrant.as_str() {
-        let decision = engine.decide(&AuthzRequest::grant_on_alarm(&principal, &ctx.attrs, &context));
+        let decision = engine.decide(&AuthzRequest::grant_on_alarm(
+            &principal, &ctx.attrs, &context,
+        ));
         grant_policies.clone_from(&decision.determining_policies);
         if let (true, Some(plan)) = (decision.allowed, ctx.plan.as_ref()) {
             let id = Uuid::new_v4();
@@ -672,12 +701,17 @@ pub async fn raise(
         kind.words(),
         ctx.property.address,
         match &alarm.source {
-            Source::Monitoring { confirmed: true, .. } => "your monitoring centre (confirmed)",
+            Source::Monitoring {
+                confirmed: true, ..
+            } => "your monitoring centre (confirmed)",
             Source::Monitoring { .. } => "your monitoring centre",
             Source::Lock(_) => "your lock's detector input",
         },
         now.format("%Y-%m-%d %H:%M UTC"),
-        detector.as_deref().map(|d| format!(" ({d})")).unwrap_or_default(),
+        detector
+            .as_deref()
+            .map(|d| format!(" ({d})"))
+            .unwrap_or_default(),
         incident.cad_number,
     );
     notify_property(

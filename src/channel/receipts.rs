@@ -305,7 +305,9 @@ async fn door_event_recorded(
     let event = Event::new("door.event", Outcome::Info)
         .subject("lock", lock.id)
         .property(lock.property)
-        .details(json!({ "event": door_event.name(), "seq": seq, "seconds": seconds, "at": decided_at }));
+        .details(
+            json!({ "event": door_event.name(), "seq": seq, "seconds": seconds, "at": decided_at }),
+        );
     audit::record(tx, lock.tenant, &event, now).await?;
     let when = decided_at.format("%Y-%m-%d %H:%M UTC");
     let (subject, text) = match door_event {

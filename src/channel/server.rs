@@ -172,9 +172,9 @@ impl AgentListener {
         let acceptor = TlsAcceptor::from(identity.config());
         let policy = match &options.policy {
             Some(engine) => engine.clone(),
-            None => Arc::new(
-                crate::policy::PolicyEngine::shipped().map_err(std::io::Error::other)?,
-            ),
+            None => {
+                Arc::new(crate::policy::PolicyEngine::shipped().map_err(std::io::Error::other)?)
+            }
         };
         Ok(Self {
             listener,
@@ -731,8 +731,7 @@ async fn session(
                         bundle_version: status.1,
                         time_floor: status.2,
                     };
-                    crate::health::record(&shared.pool, &lock, &report, shared.clock.now())
-                        .await?;
+                    crate::health::record(&shared.pool, &lock, &report, shared.clock.now()).await?;
                     last_status = Some(status);
                     status_written = Instant::now();
                 }

@@ -567,9 +567,14 @@ pub async fn run(stage: &Stage, now: DateTime<Utc>) -> anyhow::Result<Ending> {
         cmd.args(args).arg("--state-dir").arg(&lock_dir);
         cmd
     };
-    let fired = hardware(&["alarm", "smoke", "--detector", "Kitchen"]).output().await?;
+    let fired = hardware(&["alarm", "smoke", "--detector", "Kitchen"])
+        .output()
+        .await?;
     if !fired.status.success() {
-        bail!("firstkey-agent alarm: {}", String::from_utf8_lossy(&fired.stderr));
+        bail!(
+            "firstkey-agent alarm: {}",
+            String::from_utf8_lossy(&fired.stderr)
+        );
     }
     let property_uuid: Uuid = property_id.parse()?;
     let alarm_grant: Uuid = wait_for(
@@ -597,7 +602,11 @@ pub async fn run(stage: &Stage, now: DateTime<Utc>) -> anyhow::Result<Ending> {
         )
         .await?;
     let token = URL_SAFE_NO_PAD
-        .decode(issued["token"].as_str().ok_or_else(|| anyhow!("no token"))?)
+        .decode(
+            issued["token"]
+                .as_str()
+                .ok_or_else(|| anyhow!("no token"))?,
+        )
         .context("token is base64url")?;
     let alarm_token = stage.work_dir.join(format!("token-alarm-{short}.cbor"));
     write_secret_file(&alarm_token, &token)?;
@@ -613,7 +622,10 @@ pub async fn run(stage: &Stage, now: DateTime<Utc>) -> anyhow::Result<Ending> {
         .output()
         .await?;
     if !tap.status.success() {
-        bail!("the fire crew's tap was refused: {}", String::from_utf8_lossy(&tap.stderr));
+        bail!(
+            "the fire crew's tap was refused: {}",
+            String::from_utf8_lossy(&tap.stderr)
+        );
     }
     n.say("fire crew's token under the alarm grant: tap → ALLOW, the fire crew is in");
     // The battery runs low: the lock reports it at its next connection (restarted here).
@@ -639,16 +651,25 @@ pub async fn run(stage: &Stage, now: DateTime<Utc>) -> anyhow::Result<Ending> {
                     .unwrap_or_default()
                     .into_iter()
                     .find(|m| {
-                        m.lines().next().is_some_and(|l| l.contains(&home_email)) && m.contains(needle)
+                        m.lines().next().is_some_and(|l| l.contains(&home_email))
+                            && m.contains(needle)
                     }))
             }
         }
     };
-    wait_for("the low-battery mail", Duration::from_secs(30), mail_about("battery is low")).await?;
+    wait_for(
+        "the low-battery mail",
+        Duration::from_secs(30),
+        mail_about("battery is low"),
+    )
+    .await?;
     n.say("lock reported 12 % battery: homeowner mailed \"your lock's battery is low\"");
     let opened = hardware(&["event", "key-override"]).output().await?;
     if !opened.status.success() {
-        bail!("firstkey-agent event: {}", String::from_utf8_lossy(&opened.stderr));
+        bail!(
+            "firstkey-agent event: {}",
+            String::from_utf8_lossy(&opened.stderr)
+        );
     }
     wait_for(
         "the physical-key mail",
@@ -657,7 +678,12 @@ pub async fn run(stage: &Stage, now: DateTime<Utc>) -> anyhow::Result<Ending> {
     )
     .await?;
     n.say("someone opened the front door with the physical key: a signed receipt in the lock's chain, homeowner mailed");
-    wait_for("the alarm mail", Duration::from_secs(30), mail_about("an alarm went off")).await?;
+    wait_for(
+        "the alarm mail",
+        Duration::from_secs(30),
+        mail_about("an alarm went off"),
+    )
+    .await?;
 
     let client = pool.get().await.map_err(StoreError::from)?;
     match audit::verify_chain(&client, tenant).await? {

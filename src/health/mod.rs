@@ -65,7 +65,10 @@ pub async fn record(
 ) -> Result<(), StoreError> {
     let mut client = pool.get().await?;
     let percent = report.battery_percent.map(i16::from);
-    let level = report.battery_percent.and_then(threshold_for).map(i16::from);
+    let level = report
+        .battery_percent
+        .and_then(threshold_for)
+        .map(i16::from);
     let millivolts = report
         .battery_millivolts
         .map(|mv| i32::try_from(mv).unwrap_or(i32::MAX));
@@ -459,7 +462,12 @@ mod tests {
     #[test]
     fn warnings_name_a_critical_battery_and_a_long_absence() {
         let now = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
-        let w = warnings(Some(4), Some(now - Duration::days(3)), Duration::hours(24), now);
+        let w = warnings(
+            Some(4),
+            Some(now - Duration::days(3)),
+            Duration::hours(24),
+            now,
+        );
         assert!(w[0].starts_with("battery critical (4 %)"), "{w:?}");
         assert!(w[1].starts_with("offline for 3 days"), "{w:?}");
         assert!(warnings(Some(60), Some(now), Duration::hours(24), now).is_empty());

@@ -75,8 +75,7 @@ pub async fn monitoring_alarm(
     };
     let now = state.clock.now();
     let mut client = state.pool.get().await.map_err(StoreError::from)?;
-    let response =
-        alarms::api::handle(&mut client, &state.kek, &state.policy, &call, now).await?;
+    let response = alarms::api::handle(&mut client, &state.kek, &state.policy, &call, now).await?;
     let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::ACCEPTED);
     let mut builder = HttpResponse::build(status);
     if response.replayed {
@@ -115,7 +114,15 @@ pub async fn put_alarm_rules(
         super::properties::load_and_authorize(&state, &actor, *id, edit_plan).await?;
     let now = state.clock.now();
     let tx = client.transaction().await.map_err(StoreError::from)?;
-    alarms::set_rules(&tx, actor.tenant, actor.user_id, ctx.property.id, &body, now).await?;
+    alarms::set_rules(
+        &tx,
+        actor.tenant,
+        actor.user_id,
+        ctx.property.id,
+        &body,
+        now,
+    )
+    .await?;
     let rules = alarms::rules(&tx, actor.tenant, ctx.property.id).await?;
     tx.commit().await.map_err(StoreError::from)?;
     Ok(HttpResponse::Ok().json(rules))
@@ -154,8 +161,15 @@ pub async fn link_monitoring_account(
         super::properties::load_and_authorize(&state, &actor, *id, edit_plan).await?;
     let now = state.clock.now();
     let tx = client.transaction().await.map_err(StoreError::from)?;
-    let link =
-        alarms::link_account(&tx, actor.tenant, actor.user_id, ctx.property.id, &body, now).await?;
+    let link = alarms::link_account(
+        &tx,
+        actor.tenant,
+        actor.user_id,
+        ctx.property.id,
+        &body,
+        now,
+    )
+    .await?;
     tx.commit().await.map_err(StoreError::from)?;
     Ok(HttpResponse::Created().json(link))
 }

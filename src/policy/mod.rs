@@ -17,8 +17,8 @@ use cedar_policy::{Authorizer, Decision, PolicySet, Schema};
 
 pub use compile::{CheckReport, Diagnostic, Location, SchemaOrigin};
 pub use request::{
-    Action, AgencyRule, AlarmContext, ApprovalContext, AuditLogAttrs, AuthzRequest, GrantContext, PlanAttrs,
-    PrincipalAttrs, PropertyAttrs, Resource, RevealContext, StepUpContext, TokenContext,
+    Action, AgencyRule, AlarmContext, ApprovalContext, AuditLogAttrs, AuthzRequest, GrantContext,
+    PlanAttrs, PrincipalAttrs, PropertyAttrs, Resource, RevealContext, StepUpContext, TokenContext,
 };
 
 use compile::SourceFile;
@@ -33,7 +33,10 @@ const SHIPPED_SCHEMA: &str = include_str!(concat!(
 const SHIPPED_POLICIES: &[(&str, &str)] = &[
     (
         "alarms.cedar",
-        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/alarms.cedar")),
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/policies/alarms.cedar"
+        )),
     ),
     (
         "audit.cedar",

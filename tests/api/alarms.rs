@@ -38,7 +38,14 @@ async fn monitoring_alarms_follow_the_homeowners_rules() {
     let cad = cad_credential(&w).await;
     let link = format!("/api/v1/properties/{}/monitoring-accounts", w.property);
     let body = json!({ "key_id": cad.key_id, "account": "ACME-1001" });
-    let (status, b) = call(&w.app, Method::POST, &link, Some(&w.owner), Some(body.clone())).await;
+    let (status, b) = call(
+        &w.app,
+        Method::POST,
+        &link,
+        Some(&w.owner),
+        Some(body.clone()),
+    )
+    .await;
     assert_eq!(status, 201, "{b}");
     let (status, _) = call(&w.app, Method::POST, &link, Some(&w.owner), Some(body)).await;
     assert_eq!(status, 409, "one account, one property");
@@ -52,7 +59,14 @@ async fn monitoring_alarms_follow_the_homeowners_rules() {
         { "kind": "medical", "action": "incident", "agency": w.fire },
         { "kind": "intrusion", "action": "nothing" }
     ]});
-    let (status, _) = call(&w.app, Method::PUT, &rules, Some(&w.dispatcher), Some(set.clone())).await;
+    let (status, _) = call(
+        &w.app,
+        Method::PUT,
+        &rules,
+        Some(&w.dispatcher),
+        Some(set.clone()),
+    )
+    .await;
     assert_eq!(status, 404, "only the homeowner sets the rules");
     let bad = json!({ "rules": [{ "kind": "smoke", "action": "incident" }] });
     let (status, _) = call(&w.app, Method::PUT, &rules, Some(&w.owner), Some(bad)).await;
@@ -64,7 +78,8 @@ async fn monitoring_alarms_follow_the_homeowners_rules() {
     let now = Utc::now().timestamp();
     let smoke = alarm("smoke", true);
     // A bad signature or a stale timestamp is refused and changes nothing.
-    let (status, _, _) = json_of(cad_post(&w, &cad, ALARMS, "a1", &smoke, now, "wrong").await).await;
+    let (status, _, _) =
+        json_of(cad_post(&w, &cad, ALARMS, "a1", &smoke, now, "wrong").await).await;
     assert_eq!(status, 401);
     let (status, _, _) =
         json_of(cad_post(&w, &cad, ALARMS, "a1", &smoke, now - 600, &cad.secret).await).await;
@@ -99,7 +114,11 @@ async fn monitoring_alarms_follow_the_homeowners_rules() {
         .await
         .unwrap();
     assert_eq!(row.get::<_, String>(0), "live");
-    assert_eq!(row.get::<_, Uuid>(1), w.owner.id, "the homeowner's standing rule granted it");
+    assert_eq!(
+        row.get::<_, Uuid>(1),
+        w.owner.id,
+        "the homeowner's standing rule granted it"
+    );
     assert_eq!(row.get::<_, String>(2), "smoke_alarm");
     assert_eq!(row.get::<_, Uuid>(3), w.fire);
 
@@ -108,8 +127,14 @@ async fn monitoring_alarms_follow_the_homeowners_rules() {
     assert_eq!(status, 201, "{t}");
     assert_eq!(t["lock_warnings"], json!([]));
     let bytes = token_bytes(&t);
-    tap(&w.bundle, w.lock, &bytes, w.responder.key.as_ref().unwrap(), vec![])
-        .expect("the lock accepts the fire crew's token");
+    tap(
+        &w.bundle,
+        w.lock,
+        &bytes,
+        w.responder.key.as_ref().unwrap(),
+        vec![],
+    )
+    .expect("the lock accepts the fire crew's token");
 
     // A retry with the same key is the same answer and changes nothing; the key with another
     // body is a conflict.
@@ -123,8 +148,19 @@ async fn monitoring_alarms_follow_the_homeowners_rules() {
     assert_eq!(incidents().await, 1);
 
     // The same alarm again under a new key, minutes later: the same incident, no second grant.
-    let (status, _, dup) =
-        json_of(cad_post(&w, &cad, ALARMS, "a2", &alarm("smoke", false), now, &cad.secret).await).await;
+    let (status, _, dup) = json_of(
+        cad_post(
+            &w,
+            &cad,
+            ALARMS,
+            "a2",
+            &alarm("smoke", false),
+            now,
+            &cad.secret,
+        )
+        .await,
+    )
+    .await;
     assert_eq!(status, 202, "{dup}");
     assert_eq!(dup["duplicate"], true);
     assert_eq!(dup["incident"], first["incident"]);
@@ -165,7 +201,10 @@ async fn monitoring_alarms_follow_the_homeowners_rules() {
     )
     .await;
     assert_eq!(status, 200, "{detail}");
-    assert_eq!(detail["alarms"], seen, "the incident view carries its alarms");
+    assert_eq!(
+        detail["alarms"], seen,
+        "the incident view carries its alarms"
+    );
     // Homeowner and contact mailed once (not again for the duplicate).
     assert_eq!(
         mails(&w, "alarm.raised").await,
@@ -173,15 +212,30 @@ async fn monitoring_alarms_follow_the_homeowners_rules() {
     );
 
     // Medical, "notify only": an incident, no grant.
-    let (status, _, medical) =
-        json_of(cad_post(&w, &cad, ALARMS, "m1", &alarm("medical", true), now, &cad.secret).await).await;
+    let (status, _, medical) = json_of(
+        cad_post(
+            &w,
+            &cad,
+            ALARMS,
+            "m1",
+            &alarm("medical", true),
+            now,
+            &cad.secret,
+        )
+        .await,
+    )
+    .await;
     assert_eq!(status, 202, "{medical}");
     assert!(medical["incident"].is_string());
     assert_eq!(medical["grant"], Value::Null);
     let grants: i64 = client
         .query_one(
             "SELECT count(*) FROM grants WHERE incident_id = $1",
-            &[&medical["incident"].as_str().unwrap().parse::<Uuid>().unwrap()],
+            &[&medical["incident"]
+                .as_str()
+                .unwrap()
+                .parse::<Uuid>()
+                .unwrap()],
         )
         .await
         .unwrap()
@@ -191,7 +245,8 @@ async fn monitoring_alarms_follow_the_homeowners_rules() {
     // "Nothing", and a kind with no rule: only an audit entry.
     for (key, kind, rule) in [("i1", "intrusion", "nothing"), ("c1", "co", "none")] {
         let (status, _, out) =
-            json_of(cad_post(&w, &cad, ALARMS, key, &alarm(kind, true), now, &cad.secret).await).await;
+            json_of(cad_post(&w, &cad, ALARMS, key, &alarm(kind, true), now, &cad.secret).await)
+                .await;
         assert_eq!(status, 202, "{out}");
         assert_eq!(out["incident"], Value::Null);
         assert_eq!(out["alarm"], Value::Null);
@@ -228,11 +283,17 @@ async fn a_token_for_a_critical_lock_carries_the_warning() {
     assert_eq!(status, 201, "{t}");
     let warnings = t["lock_warnings"].as_array().unwrap();
     assert!(
-        warnings[0].as_str().unwrap().starts_with("battery critical (4 %)"),
+        warnings[0]
+            .as_str()
+            .unwrap()
+            .starts_with("battery critical (4 %)"),
         "{t}"
     );
     assert!(
-        warnings[1].as_str().unwrap().starts_with("offline for 3 days"),
+        warnings[1]
+            .as_str()
+            .unwrap()
+            .starts_with("offline for 3 days"),
         "{t}"
     );
     // The dispatcher's plan summary shows the same.
@@ -296,9 +357,16 @@ async fn home(world: &ChannelWorld) -> Uuid {
         { "kind": "smoke", "action": "incident_and_grant", "agency": fire, "minutes": 20 }
     ]}))
     .unwrap();
-    firstkey::alarms::set_rules(&client, world.tenant, world.owner, world.property, &rules, now)
-        .await
-        .unwrap();
+    firstkey::alarms::set_rules(
+        &client,
+        world.tenant,
+        world.owner,
+        world.property,
+        &rules,
+        now,
+    )
+    .await
+    .unwrap();
     fire
 }
 
@@ -411,7 +479,10 @@ async fn battery_crossings_and_absence_are_mailed_once() {
     };
     eventually("the first report", 20, level(40)).await;
     let mv: Option<i32> = world
-        .scalar("SELECT battery_millivolts FROM locks WHERE id = $1", &[&agent.lock])
+        .scalar(
+            "SELECT battery_millivolts FROM locks WHERE id = $1",
+            &[&agent.lock],
+        )
         .await;
     assert_eq!(mv, Some(5900));
     assert_eq!(mail_count(&world, "lock.battery_low").await, 0);
@@ -438,16 +509,34 @@ async fn battery_crossings_and_absence_are_mailed_once() {
     // Not seen for longer than its period (24 h by default): one mail, however often the sweep runs.
     agent.kill();
     let later = Utc::now() + Duration::hours(25);
-    assert_eq!(firstkey::health::sweep_offline(&world.pool, Utc::now()).await.unwrap(), 0);
-    assert_eq!(firstkey::health::sweep_offline(&world.pool, later).await.unwrap(), 1);
-    assert_eq!(firstkey::health::sweep_offline(&world.pool, later).await.unwrap(), 0);
+    assert_eq!(
+        firstkey::health::sweep_offline(&world.pool, Utc::now())
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        firstkey::health::sweep_offline(&world.pool, later)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        firstkey::health::sweep_offline(&world.pool, later)
+            .await
+            .unwrap(),
+        0
+    );
     assert_eq!(mail_count(&world, "lock.offline").await, 1);
     // Back online: the mark is cleared, so the next absence is mailed again.
     std::fs::write(&battery, "90").unwrap();
     agent.run();
     eventually("the lock back", 20, level(90)).await;
     let alerted: Option<chrono::DateTime<Utc>> = world
-        .scalar("SELECT offline_alerted_at FROM locks WHERE id = $1", &[&agent.lock])
+        .scalar(
+            "SELECT offline_alerted_at FROM locks WHERE id = $1",
+            &[&agent.lock],
+        )
         .await;
     assert!(alerted.is_none());
 }
@@ -491,7 +580,10 @@ async fn door_events_arrive_as_receipts_after_an_outage_in_order_audited_and_mai
         )
         .await
         .unwrap();
-    let got: Vec<(i64, String, String)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    let got: Vec<(i64, String, String)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
     assert_eq!(
         got,
         vec![
@@ -529,7 +621,10 @@ async fn door_events_arrive_as_receipts_after_an_outage_in_order_audited_and_mai
     agent.run();
     eventually("the reconnect", 20, || async {
         world
-            .scalar::<Option<chrono::DateTime<Utc>>>("SELECT last_seen_at FROM locks WHERE id = $1", &[&agent.lock])
+            .scalar::<Option<chrono::DateTime<Utc>>>(
+                "SELECT last_seen_at FROM locks WHERE id = $1",
+                &[&agent.lock],
+            )
             .await
             .is_some_and(|t| t > Utc::now() - Duration::seconds(5))
     })
