@@ -130,8 +130,11 @@ fn count(path: &Path) -> usize {
     std::fs::read_dir(path).map_or(0, |d| d.filter_map(Result::ok).count())
 }
 
-/// Writes `event` to the spool for the running agent (the simulator's hardware line).
-pub fn submit(dir: &StateDir, event: &HardwareEvent) -> Result<PathBuf, EventError> {
+/// Writes `event` to the spool for the running agent (the simulator's hardware line). `now` is
+/// the clock's reading; files are named `<now, µs-scaled>-<n>.json` with the first free `n`, so
+/// events sort in submission order even within one second. A name is reserved with an exclusive
+/// create, then filled by an atomic replacement; readers skip a reserved, still empty file.
+pub fn submit(dir: &StateDir, event: &HardwareEvent, now: u64) -> Result<PathBuf, EventError> {
     if let HardwareEvent::Alarm {
         detector: Some(d), ..
     } = event
@@ -144,13 +147,23 @@ pub fn submit(dir: &StateDir, event: &HardwareEvent) -> Result<PathBuf, EventErr
     if count(&spool) >= MAX_SPOOLED {
         return Err(EventError::Full);
     }
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let path = spool.join(format!("{nanos:024}-{:010}.json", std::process::id()));
     let bytes = serde_json::to_vec(event).map_err(std::io::Error::other)?;
-    crate::durable::write_atomic(&path, &bytes, 0o600)?;
-    Ok(path)
+    for n in 0..MAX_SPOOLED {
+        let path = spool.join(format!("{now:020}-{n:04}.json"));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(_) => {
+                crate::durable::write_atomic(&path, &bytes, 0o600)?;
+                return Ok(path);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(EventError::Full)
 }
 
 fn sorted_files(path: &Path) -> Vec<PathBuf> {
@@ -196,6 +209,10 @@ pub fn record_door_event(door: &mut Door, event: DoorEvent) -> Result<VerifiedRe
 pub fn drain(door: &Arc<Mutex<Door>>, dir: &StateDir) -> bool {
     let mut news = false;
     for path in sorted_files(&spool(dir)) {
+        // Reserved by `submit` and not yet filled: later, in order (stop here).
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) {
+            return news;
+        }
         let event = std::fs::read(&path)
             .ok()
             .and_then(|b| serde_json::from_slice::<HardwareEvent>(&b).ok());

@@ -287,6 +287,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             events::submit(
                 &StateDir::new(a.state.state_dir),
                 &HardwareEvent::Door(event),
+                SystemClock.now(),
             )?;
             out(&format!("{} reported\n", event.name()))?;
             Ok(ExitCode::SUCCESS)
@@ -306,6 +307,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     kind,
                     detector: a.detector,
                 },
+                SystemClock.now(),
             )?;
             out("alarm reported\n")?;
             Ok(ExitCode::SUCCESS)

@@ -79,6 +79,7 @@ fn cpu_seconds() -> f64 {
         .unwrap_or(0.0)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn signed_post(
     http: &reqwest::Client,
     base: &str,

@@ -167,7 +167,7 @@ impl AlarmRules {
     pub fn validate(&self) -> Result<(), EmergencyError> {
         let invalid = |s: String| Err(EmergencyError::Invalid(s));
         for (i, rule) in self.rules.iter().enumerate() {
-            if self.rules[..i].iter().any(|r| r.kind == rule.kind) {
+            if self.rules.iter().take(i).any(|r| r.kind == rule.kind) {
                 return invalid(format!("rules: {} listed twice", rule.kind.as_str()));
             }
             match (rule.action, rule.agency, rule.minutes) {
@@ -474,15 +474,20 @@ pub async fn raise(
         &[&format!("alarm:{}:{}", alarm.property, kind.as_str())],
     )
     .await?;
-    let base = || {
+    let base_details = serde_json::json!({
+        "kind": kind.as_str(),
+        "source": alarm.source.name(),
+        "source_ref": alarm.source.reference(),
+        "confirmed": alarm.source.confirmed(),
+    });
+    let base = |extra: serde_json::Value| {
+        let mut details = base_details.clone();
+        if let (Some(d), Some(e)) = (details.as_object_mut(), extra.as_object()) {
+            d.extend(e.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
         Event::new("alarm.received", Outcome::Info)
             .property(alarm.property)
-            .details(serde_json::json!({
-                "kind": kind.as_str(),
-                "source": alarm.source.name(),
-                "source_ref": alarm.source.reference(),
-                "confirmed": alarm.source.confirmed(),
-            }))
+            .details(details)
     };
     let recent = tx
         .query_opt(
@@ -511,8 +516,9 @@ pub async fn raise(
             now,
         )
         .await?;
-        let mut event = base().subject("alarm", id).incident(incident);
-        event.details["duplicate"] = serde_json::Value::Bool(true);
+        let event = base(serde_json::json!({ "duplicate": true }))
+            .subject("alarm", id)
+            .incident(incident);
         audit::record(tx, tenant, &event, now).await?;
         return Ok(AlarmOutcome {
             alarm: Some(id),
@@ -531,8 +537,7 @@ pub async fn raise(
         )
         .await?;
     let Some(rule) = rule else {
-        let mut event = base();
-        event.details["rule"] = "none".into();
+        let event = base(serde_json::json!({ "rule": "none" }));
         audit::record(tx, tenant, &event, now).await?;
         return Ok(AlarmOutcome {
             alarm: None,
@@ -564,9 +569,11 @@ pub async fn raise(
         &principal, &ctx.attrs, &context,
     ));
     let Some(agency) = agency.filter(|_| decision.allowed) else {
-        let mut event = base().policy(decision.policy_set_hash);
-        event.details["rule"] = action.clone().into();
-        event.details["policies"] = serde_json::json!(decision.determining_policies);
+        let event = base(serde_json::json!({
+            "rule": action,
+            "policies": decision.determining_policies,
+        }))
+        .policy(decision.policy_set_hash);
         audit::record(tx, tenant, &event, now).await?;
         return Ok(AlarmOutcome {
             alarm: None,
@@ -679,15 +686,17 @@ pub async fn raise(
         ],
     )
     .await?;
-    let mut event = base()
-        .subject("alarm", alarm_id)
-        .incident(incident.id)
-        .policy(decision.policy_set_hash);
+    let mut event = base(serde_json::json!({
+        "rule": action,
+        "grant": grant,
+        "policies": decision.determining_policies,
+        "grant_policies": grant_policies,
+    }))
+    .subject("alarm", alarm_id)
+    .incident(incident.id)
+    .policy(decision.policy_set_hash);
     event.outcome = Outcome::Allow;
-    event.details["rule"] = action.clone().into();
-    event.details["grant"] = serde_json::json!(grant);
-    event.details["policies"] = serde_json::json!(decision.determining_policies);
-    event.details["grant_policies"] = serde_json::json!(grant_policies);
+
     audit::record(tx, tenant, &event, now).await?;
     let entry = match grant {
         Some(_) => format!(

@@ -629,5 +629,5 @@ async fn door_events_arrive_as_receipts_after_an_outage_in_order_audited_and_mai
             .is_some_and(|t| t > Utc::now() - Duration::seconds(5))
     })
     .await;
-    assert_eq!(mail_count(&world, "door.event").await, 4);
+    assert_eq!(mail_count(world, "door.event").await, 4);
 }
