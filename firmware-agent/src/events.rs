@@ -275,6 +275,10 @@ pub async fn watch(door: Arc<Mutex<Door>>, dir: StateDir, news: Arc<Notify>, pol
     let mut every = tokio::time::interval(poll);
     loop {
         every.tick().await;
+        // Nothing spooled (the usual case): do not touch the door at all.
+        if count(&spool(&dir)) == 0 {
+            continue;
+        }
         let (d, s) = (door.clone(), dir.clone());
         if let Ok(true) = tokio::task::spawn_blocking(move || drain(&d, &s)).await {
             news.notify_one();
