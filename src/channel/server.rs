@@ -298,7 +298,12 @@ pub async fn start(
             max_unauthenticated: settings.agent_max_unauthenticated,
             max_unauthenticated_per_address: settings.agent_max_unauthenticated_per_address,
             policy: Some(Arc::new(match &settings.policy_dir {
-                Some(dir) => crate::policy::PolicyEngine::from_dir(dir)?,
+                Some(dir) => crate::policy::PolicyEngine::from_dir(dir).map_err(|e| {
+                    crate::settings::SettingsError::Invalid {
+                        setting: "policy_dir".to_owned(),
+                        reason: format!("{}: {e:#}", dir.display()),
+                    }
+                })?,
                 None => crate::policy::PolicyEngine::shipped()?,
             })),
             ..ChannelOptions::default()
