@@ -1493,7 +1493,17 @@ fn check_no_double_allow(state: &StateDir, answered_allow: &HashMap<[u8; 32], u3
         "receipt log damaged: {:?}",
         found.damage
     );
-    let store = Store::open(state).unwrap();
+    // As in `fault_rounds`: another test's fork may briefly hold a copy of the lock file.
+    let mut tries = 0;
+    let store = loop {
+        match Store::open(state) {
+            Err(state::StateError::Busy(_)) if tries < 200 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => break other.unwrap(),
+        }
+    };
     assert_eq!(store.halted(), None);
     let pubkey = *store.device_public_key();
     let records = store.receipts().to_vec();
