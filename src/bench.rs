@@ -45,6 +45,12 @@ pub struct BenchOptions {
     pub duration: Duration,
     /// Idle agents for the memory figure.
     pub idle_agents: usize,
+    /// Alarms timed for alarm → live grant latency (0: skip).
+    pub alarms: usize,
+    /// Locks sending one battery report each for the health write cost (0: skip).
+    pub battery_agents: usize,
+    /// Run only the home section (alarms, battery), not (a)–(c).
+    pub home_only: bool,
 }
 
 struct Staff {
@@ -169,6 +175,42 @@ async fn measure(
         .and_then(Value::as_str)
         .ok_or_else(|| anyhow!("no incident id"))?
         .to_owned();
+    // --- (d), (e): the home's reports (src/alarms/bench.rs).
+    if options.alarms > 0 || options.battery_agents > 0 {
+        let owner: Uuid = c
+            .query_one(
+                "SELECT owner_id FROM properties WHERE id = $1",
+                &[&property],
+            )
+            .await?
+            .get(0);
+        let kek = crate::crypto::Kek::load_or_create(&settings.key_dir)?;
+        let first = responders
+            .first_mut()
+            .ok_or_else(|| anyhow!("no responders"))?;
+        crate::alarms::bench::run(
+            crate::alarms::bench::HomeBench {
+                pool: &pool,
+                client: &client,
+                base: &base,
+                tenant,
+                owner,
+                fire,
+                responder: (&first.cookie, &mut first.key),
+                kek: &kek,
+                clock: clock.as_ref(),
+            },
+            options.alarms,
+            options.battery_agents,
+        )
+        .await?;
+    }
+    if options.home_only {
+        channel.stop();
+        handle.stop(true).await;
+        let _ = server.await;
+        return Ok(());
+    }
     let ids: Vec<Uuid> = responders.iter().map(|r| r.id).collect();
     let grant = client
         .post(

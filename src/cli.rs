@@ -69,6 +69,15 @@ pub enum Command {
         /// Idle agents for the memory-per-connection figure.
         #[arg(long, default_value_t = 10_000)]
         idle_agents: usize,
+        /// Alarms timed for alarm → live grant latency (0 skips it).
+        #[arg(long, default_value_t = 1000)]
+        alarms: usize,
+        /// Locks sending a battery report each, for the health write cost (0 skips it).
+        #[arg(long, default_value_t = 10_000)]
+        battery_agents: usize,
+        /// Only the home section (alarms, battery reports).
+        #[arg(long)]
+        home_only: bool,
     },
     /// Internal: the simulated-agent process of `firstkey bench` (c).
     #[command(hide = true)]
@@ -502,6 +511,9 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             responders,
             seconds,
             idle_agents,
+            alarms,
+            battery_agents,
+            home_only,
         } => {
             let options = crate::bench::BenchOptions {
                 latency_agents,
@@ -509,6 +521,9 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 responders,
                 duration: Duration::from_secs(seconds),
                 idle_agents,
+                alarms,
+                battery_agents,
+                home_only,
             };
             let config = database.config.clone();
             crate::bench::run(settings, config, options).await

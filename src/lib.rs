@@ -20,6 +20,7 @@
 //! - [`clock`], [`telemetry`]: time source and logging.
 
 pub mod access;
+pub mod alarms;
 pub mod audit;
 pub mod auth;
 pub mod bench;
@@ -31,6 +32,7 @@ pub mod crypto;
 pub mod demo;
 pub mod domain;
 pub mod emergency;
+pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod municipal;

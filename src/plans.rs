@@ -263,6 +263,9 @@ pub struct PlanSummary {
     /// Trusted parties (e.g. "Sam at no. 12") the homeowner lets dispatch know hold access, so
     /// dispatch can call them.
     pub trusted_access: Vec<String>,
+    /// The property's locks as last reported, with warnings to heed before relying on them
+    /// ("battery critical …", "offline for 3 days …").
+    pub lock_health: Vec<crate::health::LockHealth>,
 }
 
 /// The full plan, as its homeowner sees it: the fields of [`PlanInput`] and `version`, in one object.

@@ -206,6 +206,15 @@ fn battery_percent(dir: &Path) -> Option<u8> {
         .filter(|p| *p <= 100)
 }
 
+/// Battery voltage in millivolts from `battery_mv` in the state directory, where the (simulated)
+/// hardware can tell.
+fn battery_millivolts(dir: &Path) -> Option<u32> {
+    std::fs::read_to_string(dir.join("battery_mv"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .filter(|mv| *mv <= 100_000)
+}
+
 /// One connection: handshake, then inbox, acks and receipt uploads until it fails or closes.
 /// Sets `welcomed` once the server accepted the handshake.
 pub async fn session(
@@ -271,6 +280,7 @@ pub async fn session(
     .await?;
     let state_root = with_door(door, |d| Ok(d.store().dir().root().to_path_buf()))?;
     send_status(door, &mut wr, &state_root).await?;
+    send_alarms(door, &mut wr).await?;
 
     // Server frames arrive through a task so that a half-read frame is never dropped by select.
     let (tx, mut rx) = mpsc::channel::<Result<ServerMessage, FrameError>>(16);
@@ -345,6 +355,7 @@ pub async fn session(
                 }
                 () = decided.notified() => {
                     in_flight = upload_next(door, &mut wr, in_flight).await?;
+                    send_alarms(door, &mut wr).await?;
                 }
                 _ = ping.tick() => {
                     silent_ticks = silent_ticks.saturating_add(1);
@@ -385,9 +396,26 @@ async fn send_status<W: tokio::io::AsyncWrite + Unpin>(
                 .trust_bundle()
                 .map_or(0, firstkey_token::TrustBundle::version),
             time_floor: s.floor(),
+            battery_millivolts: battery_millivolts(state_root),
         })
     })?;
     send(wr, &status).await
+}
+
+/// Sends every queued detector alarm, oldest first, removing each once its frame is written.
+async fn send_alarms<W: tokio::io::AsyncWrite + Unpin>(
+    door: &Arc<Mutex<Door>>,
+    wr: &mut W,
+) -> Result<(), ChannelError> {
+    let dir = with_door(door, |d| Ok(d.store().dir().clone()))?;
+    for (path, kind, detector) in crate::events::pending_alarms(&dir) {
+        send(wr, &AgentMessage::Alarm { kind, detector }).await?;
+        if let Err(e) = std::fs::remove_file(&path) {
+            tracing::warn!(error = %e, "sent alarm not removed from the outbox");
+        }
+        tracing::info!(?kind, "alarm sent");
+    }
+    Ok(())
 }
 
 /// Send the next batch of receipts if none is in flight; returns the new in-flight high mark.

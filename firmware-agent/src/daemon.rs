@@ -91,6 +91,7 @@ pub fn start(
     }
     let listener = UnixListener::bind(&socket)?;
     let decided = Arc::new(Notify::new());
+    let decided_for_events = decided.clone();
     let mut tasks = vec![
         tokio::spawn(crate::tap_server::serve(
             listener,
@@ -136,6 +137,17 @@ pub fn start(
         }
         None => tracing::info!("no server configured; working offline"),
     }
+
+    // The simulated hardware line: door events become receipts, alarms go to the channel.
+    tasks.push(
+        tokio::spawn(crate::events::watch(
+            door.clone(),
+            opts.state_dir.clone(),
+            decided_for_events,
+            Duration::from_millis(200),
+        ))
+        .abort_handle(),
+    );
 
     // Housekeeping once a minute: the malformed-frame tally is written here when taps did not.
     let ticker = door.clone();

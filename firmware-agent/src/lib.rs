@@ -14,6 +14,7 @@
 //! - [`receipt`]: signing and verifying receipts and whole chains.
 //! - [`state`]: the state directory: config, keys, floor, channel state, replay records.
 //! - [`durable`]: atomic file replacement and the crash-safe append-only log.
+//! - [`events`]: door events (receipts) and detector alarms from the lock's own hardware.
 //! - [`actuator`], [`clock`], [`pairing`], [`demo`]: the door trait, the time source, pairing
 //!   codes, and issuer-side helpers for demos and tests.
 
@@ -26,6 +27,7 @@ pub mod door;
 pub mod door_panel;
 pub mod durable;
 pub mod keypad;
+pub mod events;
 pub mod pairing;
 pub mod protocol;
 pub mod receipt;

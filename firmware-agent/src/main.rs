@@ -41,6 +41,58 @@ enum Command {
     /// Issuer-side helpers for trying the agent by hand (the server does this in production).
     #[command(subcommand)]
     Demo(DemoCommand),
+    /// Play the door hardware: report a door event to the running agent, which records it as a
+    /// signed receipt in the lock's chain and uploads it.
+    Event(EventArgs),
+    /// Play a detector wired to the lock: report an alarm, which the running agent sends to the
+    /// server over its channel (queued while offline).
+    Alarm(AlarmArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum DoorEventKind {
+    /// Opened with the mechanical key.
+    KeyOverride,
+    /// Forced open.
+    Forced,
+    /// Held open longer than allowed (see --seconds).
+    HeldOpen,
+    /// The bolt jammed.
+    Jammed,
+}
+
+#[derive(Debug, clap::Args)]
+struct EventArgs {
+    /// What happened at the door.
+    kind: DoorEventKind,
+    /// For held-open: how long the door stood open, in seconds.
+    #[arg(long, default_value_t = 60)]
+    seconds: u32,
+    #[command(flatten)]
+    state: StateArg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum AlarmKindArg {
+    /// Smoke detector.
+    Smoke,
+    /// Carbon monoxide detector.
+    Co,
+    /// Medical alert pendant.
+    Medical,
+    /// Intrusion sensor.
+    Intrusion,
+}
+
+#[derive(Debug, clap::Args)]
+struct AlarmArgs {
+    /// What went off.
+    kind: AlarmKindArg,
+    /// The detector's name, e.g. Kitchen (at most 100 bytes).
+    #[arg(long)]
+    detector: Option<String>,
+    #[command(flatten)]
+    state: StateArg,
 }
 
 #[derive(Debug, clap::Args)]
@@ -245,6 +297,42 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
                 Arc::new(SystemClock),
             ))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Event(a) => {
+            use firstkey_agent::events::{self, DoorEvent, HardwareEvent};
+            let event = match a.kind {
+                DoorEventKind::KeyOverride => DoorEvent::KeyOverride,
+                DoorEventKind::Forced => DoorEvent::Forced,
+                DoorEventKind::HeldOpen => DoorEvent::HeldOpen { seconds: a.seconds },
+                DoorEventKind::Jammed => DoorEvent::Jammed,
+            };
+            events::submit(
+                &StateDir::new(a.state.state_dir),
+                &HardwareEvent::Door(event),
+                SystemClock.now(),
+            )?;
+            out(&format!("{} reported\n", event.name()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Alarm(a) => {
+            use firstkey_agent::events::{self, HardwareEvent};
+            use firstkey_agent::protocol::channel::DetectorKind;
+            let kind = match a.kind {
+                AlarmKindArg::Smoke => DetectorKind::Smoke,
+                AlarmKindArg::Co => DetectorKind::CarbonMonoxide,
+                AlarmKindArg::Medical => DetectorKind::Medical,
+                AlarmKindArg::Intrusion => DetectorKind::Intrusion,
+            };
+            events::submit(
+                &StateDir::new(a.state.state_dir),
+                &HardwareEvent::Alarm {
+                    kind,
+                    detector: a.detector,
+                },
+                SystemClock.now(),
+            )?;
+            out("alarm reported\n")?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Status(a) => {

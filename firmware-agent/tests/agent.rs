@@ -1116,6 +1116,7 @@ async fn serve_agent(
                         }
                     }
                     AgentMessage::Hello { .. } => break,
+                    AgentMessage::Alarm { .. } => {}
                 }
             }
             () = notified => {}

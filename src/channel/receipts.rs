@@ -181,8 +181,17 @@ async fn store_one(
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     let body = &receipt.body;
-    let allowed = body.outcome == TapOutcome::Allow;
-    let decision = if allowed { "allow" } else { "deny" };
+    let door_event = body
+        .token_hash
+        .is_none()
+        .then(|| firstkey_agent::events::DoorEvent::from_reason(&body.reason))
+        .flatten();
+    let allowed = body.outcome == TapOutcome::Allow && door_event.is_none();
+    let decision = match (door_event, allowed) {
+        (Some(_), _) => "event",
+        (None, true) => "allow",
+        (None, false) => "deny",
+    };
     let token_hash = body.token_hash.map(|h| h.0.to_vec());
     tx.execute(
         "INSERT INTO receipts (lock_id, seq, municipality_id, receipt, receipt_hash, prev_hash, decision, reason,
@@ -205,6 +214,9 @@ async fn store_one(
     .await
     .map_err(crate::store::conflict_or_query)?;
 
+    if let Some(door_event) = door_event {
+        return door_event_recorded(tx, lock, body.seq, door_event, decided_at, now).await;
+    }
     let context = match &token_hash {
         Some(hash) => token_context(tx, lock.id, hash).await?,
         None => None,
@@ -329,6 +341,55 @@ async fn store_one(
         }
     }
     Ok(())
+}
+
+/// Audits a door event receipt and mails the household once (the mail's key is the receipt).
+async fn door_event_recorded(
+    tx: &impl GenericClient,
+    lock: &LockIdentity,
+    seq: u64,
+    door_event: firstkey_agent::events::DoorEvent,
+    decided_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    use firstkey_agent::events::DoorEvent;
+    let seconds = match door_event {
+        DoorEvent::HeldOpen { seconds } => Some(seconds),
+        _ => None,
+    };
+    let event = Event::new("door.event", Outcome::Info)
+        .subject("lock", lock.id)
+        .property(lock.property)
+        .details(
+            json!({ "event": door_event.name(), "seq": seq, "seconds": seconds, "at": decided_at }),
+        );
+    audit::record(tx, lock.tenant, &event, now).await?;
+    let when = decided_at.format("%Y-%m-%d %H:%M UTC");
+    let (subject, text) = match door_event {
+        DoorEvent::KeyOverride => (
+            format!("{} opened with the physical key", lock.name),
+            format!("{} was opened with the physical key at {when}.", lock.name),
+        ),
+        DoorEvent::Forced => (
+            format!("{} was forced", lock.name),
+            format!(
+                "{} was forced open at {when}: the door opened without the lock releasing it.",
+                lock.name
+            ),
+        ),
+        DoorEvent::HeldOpen { seconds } => (
+            format!("{} was left open", lock.name),
+            format!("{} stood open for {seconds} seconds at {when}.", lock.name),
+        ),
+        DoorEvent::Jammed => (
+            format!("{} is jammed", lock.name),
+            format!(
+                "The bolt of {} jammed at {when}. Responders may need the key box or a physical key.",
+                lock.name
+            ),
+        ),
+    };
+    mail_household(tx, lock, "door.event", seq, &subject, &text, now).await
 }
 
 async fn token_context(

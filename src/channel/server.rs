@@ -71,6 +71,8 @@ pub struct ChannelOptions {
     /// Where locks' keypad code secrets come from (derived from the data key); without it (tests,
     /// benchmarks) keypad-secret inbox entries are skipped.
     pub keypad_root: Option<crate::codes::SecretRoot>,
+    /// The policy set deciding what a lock-reported alarm may do (the shipped set when `None`).
+    pub policy: Option<Arc<crate::policy::PolicyEngine>>,
 }
 
 impl Default for ChannelOptions {
@@ -85,6 +87,7 @@ impl Default for ChannelOptions {
             keypad_root: None,
             max_unauthenticated: 1024,
             max_unauthenticated_per_address: 16,
+            policy: None,
         }
     }
 }
@@ -150,6 +153,7 @@ struct Shared {
     options: ChannelOptions,
     rng: ring::rand::SystemRandom,
     unauthenticated: Arc<Unauthenticated>,
+    policy: Arc<crate::policy::PolicyEngine>,
 }
 
 /// A bound agent-channel listener, not yet accepting.
@@ -170,6 +174,12 @@ impl AgentListener {
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let acceptor = TlsAcceptor::from(identity.config());
+        let policy = match &options.policy {
+            Some(engine) => engine.clone(),
+            None => {
+                Arc::new(crate::policy::PolicyEngine::shipped().map_err(std::io::Error::other)?)
+            }
+        };
         Ok(Self {
             listener,
             shared: Arc::new(Shared {
@@ -181,6 +191,7 @@ impl AgentListener {
                 options,
                 rng: ring::rand::SystemRandom::new(),
                 unauthenticated: Arc::default(),
+                policy,
             }),
         })
     }
@@ -291,6 +302,15 @@ pub async fn start(
             max_unauthenticated: settings.agent_max_unauthenticated,
             max_unauthenticated_per_address: settings.agent_max_unauthenticated_per_address,
             keypad_root: Some(keypad_root(settings)?),
+            policy: Some(Arc::new(match &settings.policy_dir {
+                Some(dir) => crate::policy::PolicyEngine::from_dir(dir).map_err(|e| {
+                    crate::settings::SettingsError::Invalid {
+                        setting: "policy_dir".to_owned(),
+                        reason: format!("{}: {e:#}", dir.display()),
+                    }
+                })?,
+                None => crate::policy::PolicyEngine::shipped()?,
+            })),
             ..ChannelOptions::default()
         },
     )
@@ -737,6 +757,7 @@ async fn session(
                 battery_percent,
                 bundle_version,
                 time_floor,
+                battery_millivolts,
             } => {
                 let status = (
                     battery_percent.filter(|b| *b <= 100),
@@ -748,10 +769,19 @@ async fn session(
                 if last_status.map(|(b, v, _)| (b, v)) != Some((status.0, status.1))
                     || status_written.elapsed() >= opts.status_write_interval
                 {
-                    record_status(shared, lock.id, status).await?;
+                    let report = crate::health::Report {
+                        battery_percent: status.0,
+                        battery_millivolts: battery_millivolts.filter(|mv| *mv <= 100_000),
+                        bundle_version: status.1,
+                        time_floor: status.2,
+                    };
+                    crate::health::record(&shared.pool, &lock, &report, shared.clock.now()).await?;
                     last_status = Some(status);
                     status_written = Instant::now();
                 }
+            }
+            AgentMessage::Alarm { kind, detector } => {
+                record_alarm(shared, &lock, kind, detector).await?;
             }
             AgentMessage::Ping => {
                 send(&mut stream, &ServerMessage::Pong, opts.write_timeout).await?;
@@ -908,27 +938,37 @@ async fn record_ack(
     Ok(())
 }
 
-async fn record_status(
+/// Acts on an alarm the lock reported from a connected detector, as a monitoring centre's would be
+/// (`crate::alarms::raise`); a detector name that is not valid text is dropped, not the alarm.
+async fn record_alarm(
     shared: &Shared,
-    lock: Uuid,
-    (battery, bundle_version, time_floor): (Option<u8>, u64, u64),
+    lock: &LockIdentity,
+    kind: firstkey_agent::protocol::channel::DetectorKind,
+    detector: Option<String>,
 ) -> Result<(), StoreError> {
-    let client = shared.pool.get().await.map_err(StoreError::from)?;
-    client
-        .execute(
-            "UPDATE locks SET last_seen_at = $2, battery_percent = coalesce($3, battery_percent),
-                 trust_bundle_version = $4, time_floor = $5
-             WHERE id = $1",
-            &[
-                &lock,
-                &shared.clock.now(),
-                &battery.map(i16::from),
-                &seq_i64(bundle_version),
-                &seq_i64(time_floor),
-            ],
-        )
-        .await?;
-    Ok(())
+    let alarm = crate::alarms::Alarm {
+        property: lock.property,
+        kind: kind.into(),
+        source: crate::alarms::Source::Lock(lock.id),
+        detector: detector
+            .and_then(|d| crate::domain::Text::parse("detector", &d, 100).ok())
+            .map(crate::domain::Text::into_string),
+    };
+    let now = shared.clock.now();
+    let mut client = shared.pool.get().await.map_err(StoreError::from)?;
+    let tx = client.transaction().await?;
+    match crate::alarms::raise(&tx, &shared.policy, lock.tenant, &alarm, now).await {
+        Ok(outcome) => {
+            tx.commit().await?;
+            tracing::info!(lock = %lock.id, kind = alarm.kind.as_str(), incident = ?outcome.incident, "lock alarm");
+            Ok(())
+        }
+        Err(crate::emergency::EmergencyError::Store(e)) => Err(e),
+        Err(e) => {
+            tracing::warn!(lock = %lock.id, error = %e, "lock alarm could not be acted on");
+            Ok(())
+        }
+    }
 }
 
 /// Audits a refused receipt batch (a fork is an alert: the lock's history disagrees with ours).

@@ -307,7 +307,7 @@ pub async fn run(stage: &Stage, now: DateTime<Utc>) -> anyhow::Result<Ending> {
     )
     .await?;
     let log = std::fs::File::create(stage.work_dir.join(format!("lock-{short}.log")))?;
-    let agent_process = Command::new(&agent)
+    let mut agent_process = Command::new(&agent)
         .arg("run")
         .arg("--state-dir")
         .arg(&lock_dir)
@@ -709,6 +709,142 @@ pub async fn run(stage: &Stage, now: DateTime<Utc>) -> anyhow::Result<Ending> {
     )
     .await?;
     n.say("keypad receipts (allow, then deny: replayed) uploaded and audited with the incident");
+
+    // --- The home talks back: a smoke alarm lets the fire crew in; a low battery and a
+    // physical-key opening are mailed to the homeowner.
+    http.step_up(&home, &mut home_key).await?;
+    http.expect(
+        reqwest::Method::PUT,
+        &format!("/api/v1/properties/{property_id}/alarm-rules"),
+        Some(&json!({ "rules": [
+            { "kind": "smoke", "action": "incident_and_grant", "agency": fire.id, "minutes": 30 }
+        ]})),
+        Some(&home),
+    )
+    .await?;
+    n.say("homeowner: on a smoke alarm, open an incident and let the fire service in for 30 min");
+    let hardware = |args: &[&str]| {
+        let mut cmd = Command::new(&agent);
+        cmd.args(args).arg("--state-dir").arg(&lock_dir);
+        cmd
+    };
+    let fired = hardware(&["alarm", "smoke", "--detector", "Kitchen"])
+        .output()
+        .await?;
+    if !fired.status.success() {
+        bail!(
+            "firstkey-agent alarm: {}",
+            String::from_utf8_lossy(&fired.stderr)
+        );
+    }
+    let property_uuid: Uuid = property_id.parse()?;
+    let alarm_grant: Uuid = wait_for(
+        "the smoke alarm's automatic grant",
+        Duration::from_secs(30),
+        || async {
+            let client = pool.get().await.map_err(StoreError::from)?;
+            let row = client
+                .query_opt(
+                    "SELECT grant_id FROM alarms WHERE property_id = $1 AND grant_id IS NOT NULL",
+                    &[&property_uuid],
+                )
+                .await?;
+            Ok(row.map(|r| r.get::<_, Uuid>(0)))
+        },
+    )
+    .await?;
+    n.say("the lock's kitchen smoke detector went off: incident opened, the fire service granted entry automatically");
+    http.step_up(&responder, &mut responder_key).await?;
+    let issued = http
+        .post(
+            "/api/v1/tokens",
+            &json!({ "grant": alarm_grant, "lock": lock_id }),
+            Some(&responder),
+        )
+        .await?;
+    let token = URL_SAFE_NO_PAD
+        .decode(
+            issued["token"]
+                .as_str()
+                .ok_or_else(|| anyhow!("no token"))?,
+        )
+        .context("token is base64url")?;
+    let alarm_token = stage.work_dir.join(format!("token-alarm-{short}.cbor"));
+    write_secret_file(&alarm_token, &token)?;
+    let tap = Command::new(&agent)
+        .arg("tap")
+        .arg("--state-dir")
+        .arg(&lock_dir)
+        .arg("--token")
+        .arg(&alarm_token)
+        .arg("--key")
+        .arg(&key_path)
+        .args(["--rp-id", rp_id])
+        .output()
+        .await?;
+    if !tap.status.success() {
+        bail!(
+            "the fire crew's tap was refused: {}",
+            String::from_utf8_lossy(&tap.stderr)
+        );
+    }
+    n.say("fire crew's token under the alarm grant: tap → ALLOW, the fire crew is in");
+    // The battery runs low: the lock reports it at its next connection (restarted here).
+    std::fs::write(lock_dir.join("battery"), "12")?;
+    agent_process.kill().await?;
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(stage.work_dir.join(format!("lock-{short}.log")))?;
+    agent_process = Command::new(&agent)
+        .arg("run")
+        .arg("--state-dir")
+        .arg(&lock_dir)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()?;
+    let mail_about = |needle: &'static str| {
+        let home_email = home_email.clone();
+        move || {
+            let home_email = home_email.clone();
+            async move {
+                Ok(sink::messages(&stage.mail_dir)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .find(|m| {
+                        m.lines().next().is_some_and(|l| l.contains(&home_email))
+                            && m.contains(needle)
+                    }))
+            }
+        }
+    };
+    wait_for(
+        "the low-battery mail",
+        Duration::from_secs(30),
+        mail_about("battery is low"),
+    )
+    .await?;
+    n.say("lock reported 12 % battery: homeowner mailed \"your lock's battery is low\"");
+    let opened = hardware(&["event", "key-override"]).output().await?;
+    if !opened.status.success() {
+        bail!(
+            "firstkey-agent event: {}",
+            String::from_utf8_lossy(&opened.stderr)
+        );
+    }
+    wait_for(
+        "the physical-key mail",
+        Duration::from_secs(30),
+        mail_about("opened with the physical key"),
+    )
+    .await?;
+    n.say("someone opened the front door with the physical key: a signed receipt in the lock's chain, homeowner mailed");
+    wait_for(
+        "the alarm mail",
+        Duration::from_secs(30),
+        mail_about("an alarm went off"),
+    )
+    .await?;
 
     let client = pool.get().await.map_err(StoreError::from)?;
     match audit::verify_chain(&client, tenant).await? {

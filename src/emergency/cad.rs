@@ -254,13 +254,13 @@ pub async fn authenticate(
 }
 
 /// SHA-256 identifying a request for idempotency: method, path and body.
-fn request_hash(call: &CadCall<'_>) -> Vec<u8> {
+pub(crate) fn request_hash(call: &CadCall<'_>) -> Vec<u8> {
     let mut input = format!("{}\n{}\n", call.method, call.path).into_bytes();
     input.extend_from_slice(call.body);
     digest(&SHA256, &input).as_ref().to_vec()
 }
 
-fn check_idempotency_key(key: &str) -> Result<(), EmergencyError> {
+pub(crate) fn check_idempotency_key(key: &str) -> Result<(), EmergencyError> {
     let ok = !key.is_empty() && key.len() <= 200 && key.bytes().all(|b| b.is_ascii_graphic());
     if ok {
         Ok(())

@@ -122,13 +122,15 @@ pub enum Origin {
     User(Uuid),
     /// A CAD system, by its credential's key id.
     Cad(String),
+    /// An alarm, by its id, acting under the homeowner's standing alarm rule.
+    Alarm(Uuid),
 }
 
 impl Origin {
     fn user(&self) -> Option<Uuid> {
         match self {
             Self::User(u) => Some(*u),
-            Self::Cad(_) => None,
+            Self::Cad(_) | Self::Alarm(_) => None,
         }
     }
 
@@ -137,6 +139,8 @@ impl Origin {
             Self::User(u) => Event::new(action, outcome).actor(*u),
             Self::Cad(key) => Event::new(action, outcome)
                 .details(serde_json::json!({ "via": "cad", "key_id": key })),
+            Self::Alarm(alarm) => Event::new(action, outcome)
+                .details(serde_json::json!({ "via": "alarm", "alarm_id": alarm })),
         }
     }
 }

@@ -62,6 +62,9 @@ pub struct IssuedToken {
     pub expires_at: DateTime<Utc>,
     /// How many times it opens the lock.
     pub max_uses: u32,
+    /// What to know about the lock before relying on it ("battery critical …", "offline for
+    /// 3 days …"); empty when all is well.
+    pub lock_warnings: Vec<String>,
 }
 
 /// How tokens are minted: where the issuer keys are and how long a token lives at most.
@@ -197,6 +200,9 @@ pub async fn issue(
         now,
     )
     .await?;
+    let lock_warnings = crate::health::of_lock(&tx, actor.tenant, lock, now)
+        .await?
+        .warnings;
     tx.commit().await.map_err(StoreError::from)?;
     crate::metrics::count(|m| m.tokens_issued.inc());
     Ok(IssuedToken {
@@ -208,6 +214,7 @@ pub async fn issue(
         not_before: minted.not_before,
         expires_at: minted.expires_at,
         max_uses: 1,
+        lock_warnings,
     })
 }
 

@@ -123,6 +123,8 @@ pub struct IncidentDetail {
     pub incident: Incident,
     /// Its grants.
     pub grants: Vec<Grant>,
+    /// The alarms that opened it or repeated it (kind, source, confirmation, time).
+    pub alarms: Vec<crate::alarms::AlarmView>,
 }
 
 /// One incident with its grants (dispatchers).
@@ -140,7 +142,12 @@ pub async fn get_incident(
     let client = client(&state).await?;
     let incident = incidents::by_id(&client, actor.tenant, *id).await?;
     let grants = grants::of_incident(&client, actor.tenant, incident.id).await?;
-    Ok(HttpResponse::Ok().json(IncidentDetail { incident, grants }))
+    let alarms = crate::alarms::of_incident(&client, actor.tenant, incident.id).await?;
+    Ok(HttpResponse::Ok().json(IncidentDetail {
+        incident,
+        grants,
+        alarms,
+    }))
 }
 
 /// A dispatcher closes an incident: its grants end and their tokens are revoked at the locks.
@@ -291,7 +298,7 @@ pub async fn create_cad_credential(
     Ok(HttpResponse::Created().json(credential))
 }
 
-fn header<'a>(req: &'a HttpRequest, name: &str) -> &'a str {
+pub(super) fn header<'a>(req: &'a HttpRequest, name: &str) -> &'a str {
     req.headers()
         .get(name)
         .and_then(|v| v.to_str().ok())

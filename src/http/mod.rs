@@ -9,6 +9,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod alarms;
 pub mod auth;
 pub mod codes;
 pub mod dispatch;
@@ -62,6 +63,8 @@ pub struct Application {
     /// Seals pending audit entries while the server runs (every replica runs one; they take turns
     /// per municipality under the sealing lock).
     sealer: tokio::task::JoinHandle<()>,
+    /// Mails homeowners of locks not seen for their period (replica-safe: `SKIP LOCKED`).
+    offline_sweeper: tokio::task::JoinHandle<()>,
     /// The separate `/metrics` listener (`metrics_listen`), stopped with the main server.
     metrics_server: Option<Server>,
     metrics_addr: Option<SocketAddr>,
@@ -136,6 +139,11 @@ impl Application {
         let metrics_on_main = metrics_listener.is_none();
         let metrics = web::Data::new(Metrics::new().context("metrics registry")?);
         tracing::info!(policy_set = %hex::encode(policy.policy_set_hash()), "policy set loaded");
+        let offline_sweeper = tokio::spawn(crate::health::run_offline_sweeper(
+            pool.clone(),
+            clock.clone(),
+            std::time::Duration::from_secs(60),
+        ));
         let sealer = tokio::spawn(crate::audit::run_sealer(
             pool.clone(),
             std::time::Duration::from_millis(50),
@@ -222,6 +230,7 @@ impl Application {
         Ok(Self {
             server: server.run(),
             sealer,
+            offline_sweeper,
             metrics_server,
             metrics_addr,
             local_addr,
@@ -262,6 +271,7 @@ impl Application {
         });
         let result = self.server.await;
         self.sealer.abort();
+        self.offline_sweeper.abort();
         if let Some((handle, task)) = metrics {
             handle.stop(true).await;
             let _ = task.await;
@@ -281,6 +291,7 @@ fn routes(cfg: &mut web::ServiceConfig, with_metrics: bool) {
         .configure(properties::routes)
         .configure(dispatch::routes)
         .configure(tokens::routes)
+        .configure(alarms::routes)
         .configure(log::routes)
         .configure(keys::routes)
         .configure(privacy::routes)
@@ -311,7 +322,7 @@ async fn unrouted(req: actix_web::HttpRequest, metrics_on_main: bool) -> HttpRes
 
 /// Paths whose callers are machines that authenticate every request with a signature (CAD systems,
 /// log witnesses), not browsers with cookies; the Origin check does not apply to them.
-const MACHINE_PATHS: &[&str] = &["/api/v1/cad/", "/log/"];
+const MACHINE_PATHS: &[&str] = &["/api/v1/cad/", "/log/", "/api/v1/monitoring/"];
 
 /// Middleware: a state-changing request from a browser must come from our own origin. Requests
 /// without `Origin` must say `Sec-Fetch-Site: same-origin`; anything else is refused with 403 before

@@ -52,6 +52,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
     doc.merge(super::admin::AdminApi::openapi());
     doc.merge(super::trusted::TrustedApi::openapi());
     doc.merge(super::codes::CodesApi::openapi());
+    doc.merge(super::alarms::AlarmsApi::openapi());
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
     StandardResponses.modify(&mut doc);
     doc
@@ -147,7 +148,7 @@ const PUBLIC_OPERATIONS: &[&str] = &[
 
 /// The security of the operation `operation_id` at `path`.
 pub fn security_of(path: &str, operation_id: &str) -> Security {
-    if path.starts_with("/api/v1/cad/") {
+    if path.starts_with("/api/v1/cad/") || path.starts_with("/api/v1/monitoring/") {
         Security::CadSignature
     } else if PUBLIC_OPERATIONS.contains(&operation_id)
         || !path.starts_with("/api/")

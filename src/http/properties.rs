@@ -455,12 +455,16 @@ pub async fn get_plan_summary(
         state.clock.now(),
     )
     .await?;
+    let lock_health =
+        crate::health::of_property(&client, actor.tenant, ctx.property.id, state.clock.now())
+            .await?;
     Ok(HttpResponse::Ok().json(PlanSummary {
         version: plan.version,
         agencies: plan.agencies,
         max_grant_minutes: plan.max_grant_minutes,
         has_notes: plan.notes.is_some(),
         trusted_access,
+        lock_health,
     }))
 }
 
@@ -610,7 +614,7 @@ pub async fn read_audit(
 }
 
 /// Loads a property in the actor's tenant and asks the policy; returns the connection for reuse.
-async fn load_and_authorize(
+pub(crate) async fn load_and_authorize(
     state: &AppState,
     actor: &Actor,
     id: Uuid,

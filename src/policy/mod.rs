@@ -18,7 +18,7 @@ use cedar_policy::{Authorizer, Decision, PolicySet, Schema};
 pub use compile::{CheckReport, Diagnostic, Location, SchemaOrigin};
 pub use request::KeypadCodeContext;
 pub use request::{
-    Action, AgencyRule, ApprovalContext, AuditLogAttrs, AuthzRequest, GrantContext,
+    Action, AgencyRule, AlarmContext, ApprovalContext, AuditLogAttrs, AuthzRequest, GrantContext,
     MunicipalityAttrs, PlanAttrs, PrincipalAttrs, PropertyAttrs, Resource, RevealContext,
     StepUpContext, TokenContext, TrustedTokenContext,
 };
@@ -36,6 +36,13 @@ const SHIPPED_POLICIES: &[(&str, &str)] = &[
     (
         "admin.cedar",
         include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/admin.cedar")),
+    ),
+    (
+        "alarms.cedar",
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/policies/alarms.cedar"
+        )),
     ),
     (
         "audit.cedar",
@@ -317,6 +324,13 @@ fn sample_requests() -> Vec<AuthzRequest> {
         plan: PlanAttrs::closed(),
     };
     let step_up = StepUpContext::default();
+    let alarm = AlarmContext {
+        alarm_kind: "smoke".to_owned(),
+        rule_action: "nothing".to_owned(),
+        agency_kind: "none".to_owned(),
+        minutes: 0,
+        confirmed: false,
+    };
     vec![
         AuthzRequest::view_plan_summary(&principal, &property, step_up),
         AuthzRequest::reveal_notes(
@@ -374,6 +388,8 @@ fn sample_requests() -> Vec<AuthzRequest> {
         AuthzRequest::manage_trusted_parties(&principal, &property, step_up),
         AuthzRequest::request_trusted_token(&principal, &property, TrustedTokenContext::default()),
         AuthzRequest::remote_unlock(&principal, &property, step_up),
+        AuthzRequest::open_alarm_incident(&principal, &property, &alarm),
+        AuthzRequest::grant_on_alarm(&principal, &property, &alarm),
     ]
 }
 

@@ -47,11 +47,15 @@ pub enum Action {
     RemoteUnlock,
     /// Issue a one-time keypad code for a lock of a property under a live grant.
     IssueKeypadCode,
+    /// Open an incident because an alarm went off (asked for the owner's standing alarm rule).
+    OpenAlarmIncident,
+    /// Grant an agency entry at once because an alarm went off (the owner's standing rule).
+    GrantOnAlarm,
 }
 
 impl Action {
     /// Every action, in schema order.
-    pub const ALL: [Self; 15] = [
+    pub const ALL: [Self; 17] = [
         Self::ViewPlanSummary,
         Self::RevealNotes,
         Self::EditPlan,
@@ -67,6 +71,8 @@ impl Action {
         Self::RequestTrustedToken,
         Self::RemoteUnlock,
         Self::IssueKeypadCode,
+        Self::OpenAlarmIncident,
+        Self::GrantOnAlarm,
     ];
 
     /// The action's id in the Cedar schema (`Action::"…"`).
@@ -87,6 +93,8 @@ impl Action {
             Self::RequestTrustedToken => "request_trusted_token",
             Self::RemoteUnlock => "remote_unlock",
             Self::IssueKeypadCode => "issue_keypad_code",
+            Self::OpenAlarmIncident => "open_alarm_incident",
+            Self::GrantOnAlarm => "grant_on_alarm",
         }
     }
 }
@@ -269,6 +277,23 @@ pub struct KeypadCodeContext {
     pub step_up_fresh: bool,
     /// The grant is live (approved, started, not ended or revoked) and its incident open.
     pub grant_live: bool,
+}
+
+/// Context of [`Action::OpenAlarmIncident`] and [`Action::GrantOnAlarm`]: the alarm and the
+/// owner's rule for its kind.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlarmContext {
+    /// `smoke`, `co`, `medical` or `intrusion`.
+    pub alarm_kind: String,
+    /// The rule: `nothing`, `incident` or `incident_and_grant`.
+    pub rule_action: String,
+    /// Kind of the agency the rule names (`fire`, `ems`, `police`, `other`), or `none`.
+    pub agency_kind: String,
+    /// Minutes of entry the rule grants (0 for none).
+    pub minutes: u32,
+    /// The monitoring centre confirmed the alarm.
+    pub confirmed: bool,
 }
 
 /// What a request is about.
@@ -516,6 +541,25 @@ impl AuthzRequest {
         Self::on_property(principal, Action::RemoteUnlock, property, step_up(ctx))
     }
 
+    /// May the owner's standing rule open an incident for this alarm at `property`? `owner` is
+    /// the property's owner as the database knows them.
+    pub fn open_alarm_incident(
+        owner: &PrincipalAttrs,
+        property: &PropertyAttrs,
+        ctx: &AlarmContext,
+    ) -> Self {
+        Self::on_property(owner, Action::OpenAlarmIncident, property, alarm(ctx))
+    }
+
+    /// May the owner's standing rule grant the named agency entry for this alarm at `property`?
+    pub fn grant_on_alarm(
+        owner: &PrincipalAttrs,
+        property: &PropertyAttrs,
+        ctx: &AlarmContext,
+    ) -> Self {
+        Self::on_property(owner, Action::GrantOnAlarm, property, alarm(ctx))
+    }
+
     fn on_property(
         principal: &PrincipalAttrs,
         action: Action,
@@ -602,6 +646,16 @@ impl AuthzRequest {
 
 fn step_up(ctx: StepUpContext) -> Vec<(&'static str, ContextValue)> {
     vec![("step_up_fresh", ContextValue::Bool(ctx.step_up_fresh))]
+}
+
+fn alarm(ctx: &AlarmContext) -> Vec<(&'static str, ContextValue)> {
+    vec![
+        ("alarm_kind", ContextValue::Str(ctx.alarm_kind.clone())),
+        ("rule_action", ContextValue::Str(ctx.rule_action.clone())),
+        ("agency_kind", ContextValue::Str(ctx.agency_kind.clone())),
+        ("minutes", ContextValue::Long(i64::from(ctx.minutes))),
+        ("confirmed", ContextValue::Bool(ctx.confirmed)),
+    ]
 }
 
 fn err(e: impl std::fmt::Display) -> String {

@@ -155,6 +155,10 @@ fn request(l: &Loaded) -> AuthzRequest {
         }
         Action::RemoteUnlock => AuthzRequest::remote_unlock(p, property, context(o, ctx)),
         Action::IssueKeypadCode => AuthzRequest::issue_keypad_code(p, property, context(o, ctx)),
+        Action::OpenAlarmIncident => {
+            AuthzRequest::open_alarm_incident(p, property, &context(o, ctx))
+        }
+        Action::GrantOnAlarm => AuthzRequest::grant_on_alarm(p, property, &context(o, ctx)),
     }
 }
 

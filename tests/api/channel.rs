@@ -24,7 +24,7 @@ use uuid::Uuid;
 use crate::helpers::{admin_config, fresh_database};
 
 /// The agent binary beside this test binary (`target/debug/firstkey-agent`), built once if missing.
-fn agent_bin() -> &'static Path {
+pub(crate) fn agent_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let exe = std::env::current_exe().unwrap();
@@ -42,7 +42,7 @@ fn agent_bin() -> &'static Path {
     })
 }
 
-fn agent_cli(args: &[&str]) -> String {
+pub(crate) fn agent_cli(args: &[&str]) -> String {
     let out = Command::new(agent_bin()).args(args).output().unwrap();
     assert!(
         out.status.success(),
@@ -53,19 +53,19 @@ fn agent_cli(args: &[&str]) -> String {
 }
 
 /// A database with one municipality, a homeowner and a property, and a key directory for the dev CA.
-struct World {
-    db_config: tokio_postgres::Config,
-    pool: Pool,
-    tenant: Tenant,
-    property: Uuid,
-    owner: Uuid,
-    dir: tempfile::TempDir,
+pub(crate) struct World {
+    pub(crate) db_config: tokio_postgres::Config,
+    pub(crate) pool: Pool,
+    pub(crate) tenant: Tenant,
+    pub(crate) property: Uuid,
+    pub(crate) owner: Uuid,
+    pub(crate) dir: tempfile::TempDir,
     /// Dropped with the world, after the pool.
-    _db: crate::helpers::TestDatabase,
+    pub(crate) _db: crate::helpers::TestDatabase,
 }
 
 impl World {
-    async fn new() -> Self {
+    pub(crate) async fn new() -> Self {
         let db = fresh_database().await;
         let mut db_config = admin_config();
         db_config.dbname(&db);
@@ -106,12 +106,12 @@ impl World {
         }
     }
 
-    fn key_dir(&self) -> PathBuf {
+    pub(crate) fn key_dir(&self) -> PathBuf {
         self.dir.path().join("keys")
     }
 
     /// A replica: a channel listener on `port` (0: any) with its own pool and LISTEN connection.
-    async fn replica(&self, port: u16) -> RunningChannel {
+    pub(crate) async fn replica(&self, port: u16) -> RunningChannel {
         let identity = ServerIdentity::dev(
             &self.key_dir(),
             &["localhost".to_owned(), "127.0.0.1".to_owned()],
@@ -153,7 +153,7 @@ impl World {
     }
 
     /// Registers a lock with the pairing code its agent printed, as the homeowner would.
-    async fn register(&self, lock: Uuid, name: &str, code: &str) {
+    pub(crate) async fn register(&self, lock: Uuid, name: &str, code: &str) {
         let hash = firstkey::pairing::code_hash(&firstkey::pairing::normalise(code).unwrap());
         let client = self.pool.get().await.unwrap();
         properties::register_lock(
@@ -188,7 +188,7 @@ impl World {
         seq
     }
 
-    async fn scalar<T: for<'a> tokio_postgres::types::FromSql<'a>>(
+    pub(crate) async fn scalar<T: for<'a> tokio_postgres::types::FromSql<'a>>(
         &self,
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
@@ -204,7 +204,7 @@ impl World {
 }
 
 /// Polls `check` until it holds, or fails after `secs` seconds.
-async fn eventually<F, Fut>(what: &str, secs: u64, mut check: F)
+pub(crate) async fn eventually<F, Fut>(what: &str, secs: u64, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -217,17 +217,17 @@ where
 }
 
 /// One lock agent process and its state directory.
-struct Agent {
-    lock: Uuid,
-    state: PathBuf,
-    code: String,
-    child: Option<Child>,
-    _dir: tempfile::TempDir,
+pub(crate) struct Agent {
+    pub(crate) lock: Uuid,
+    pub(crate) state: PathBuf,
+    pub(crate) code: String,
+    pub(crate) child: Option<Child>,
+    pub(crate) _dir: tempfile::TempDir,
 }
 
 impl Agent {
     /// `firstkey-agent init` against the channel at `port`, trusting the dev CA of `world`.
-    fn init(world: &World, port: u16, extra: &[&str]) -> Self {
+    pub(crate) fn init(world: &World, port: u16, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
         let ca = world.key_dir().join(firstkey::channel::tls::DEV_CA_FILE);
@@ -272,7 +272,7 @@ impl Agent {
         }
     }
 
-    fn run(&mut self) {
+    pub(crate) fn run(&mut self) {
         let child = Command::new(agent_bin())
             .args(["run", "--state-dir", self.state.to_str().unwrap()])
             .env("RUST_LOG", "warn")
@@ -283,14 +283,14 @@ impl Agent {
         self.child = Some(child);
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
 
-    fn status(&self) -> serde_json::Value {
+    pub(crate) fn status(&self) -> serde_json::Value {
         serde_json::from_str(&agent_cli(&[
             "status",
             "--json",
@@ -311,7 +311,7 @@ impl Drop for Agent {
     }
 }
 
-async fn paired(world: &World, lock: Uuid) -> bool {
+pub(crate) async fn paired(world: &World, lock: Uuid) -> bool {
     world
         .scalar::<String>("SELECT pairing_state FROM locks WHERE id = $1", &[&lock])
         .await

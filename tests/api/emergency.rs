@@ -28,28 +28,28 @@ use crate::helpers::{As, TestApp, admin_config, call, fresh_database, test_setti
 
 const RP_ID: &str = "localhost";
 
-struct World {
-    app: TestApp,
-    tenant: Tenant,
-    key_dir: std::path::PathBuf,
-    _tmp: tempfile::TempDir,
+pub(crate) struct World {
+    pub(crate) app: TestApp,
+    pub(crate) tenant: Tenant,
+    pub(crate) key_dir: std::path::PathBuf,
+    pub(crate) _tmp: tempfile::TempDir,
     /// A fire dispatcher; `police_desk` opens the police incidents (dispatchers open incidents
     /// for their own agency only).
-    dispatcher: As,
-    police_desk: As,
-    dispatcher2: As,
-    dispatcher_plain: As,
-    responder: As,
-    responder2: As,
-    responder_plain: As,
-    admin: As,
-    owner: As,
-    fire: Uuid,
-    police: Uuid,
-    property: Uuid,
-    lock: Uuid,
-    other_lock: Uuid,
-    bundle: TrustBundle,
+    pub(crate) dispatcher: As,
+    pub(crate) police_desk: As,
+    pub(crate) dispatcher2: As,
+    pub(crate) dispatcher_plain: As,
+    pub(crate) responder: As,
+    pub(crate) responder2: As,
+    pub(crate) responder_plain: As,
+    pub(crate) admin: As,
+    pub(crate) owner: As,
+    pub(crate) fire: Uuid,
+    pub(crate) police: Uuid,
+    pub(crate) property: Uuid,
+    pub(crate) lock: Uuid,
+    pub(crate) other_lock: Uuid,
+    pub(crate) bundle: TrustBundle,
 }
 
 async fn spawn_with_keys(key_dir: &std::path::Path) -> TestApp {
@@ -123,7 +123,7 @@ async fn property(app: &TestApp, owner: &As, address: &str) -> Uuid {
     id
 }
 
-async fn world() -> World {
+pub(crate) async fn world() -> World {
     let tmp = tempfile::tempdir().unwrap();
     let key_dir = tmp.path().join("keys");
     let app = spawn_with_keys(&key_dir).await;
@@ -249,7 +249,7 @@ async fn bundle(
     TrustBundle::verify(&built.bytes, &RootPublicKey(public)).unwrap()
 }
 
-async fn open_incident(w: &World, cad: &str, kind: &str, agency: Uuid) -> Uuid {
+pub(crate) async fn open_incident(w: &World, cad: &str, kind: &str, agency: Uuid) -> Uuid {
     let desk = if agency == w.police {
         &w.police_desk
     } else {
@@ -287,7 +287,7 @@ fn grant_body(w: &World, property: Uuid) -> Value {
     })
 }
 
-async fn live_fire_grant(w: &World) -> (Uuid, Uuid) {
+pub(crate) async fn live_fire_grant(w: &World) -> (Uuid, Uuid) {
     let incident = open_incident(w, "25-04711", "fire", w.fire).await;
     let (status, body) = grant(w, incident, &w.dispatcher, grant_body(w, w.property)).await;
     assert_eq!(status, 201, "{body}");
@@ -295,7 +295,7 @@ async fn live_fire_grant(w: &World) -> (Uuid, Uuid) {
     (incident, body["id"].as_str().unwrap().parse().unwrap())
 }
 
-async fn request_token(w: &World, who: &As, grant: Uuid, lock: Uuid) -> (u16, Value) {
+pub(crate) async fn request_token(w: &World, who: &As, grant: Uuid, lock: Uuid) -> (u16, Value) {
     call(
         &w.app,
         Method::POST,
@@ -327,7 +327,7 @@ impl LockView for Door {
     }
 }
 
-fn token_bytes(body: &Value) -> Vec<u8> {
+pub(crate) fn token_bytes(body: &Value) -> Vec<u8> {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(body["token"].as_str().unwrap())
@@ -335,7 +335,7 @@ fn token_bytes(body: &Value) -> Vec<u8> {
 }
 
 /// Presents a token at `lock` as the holder of `key` would.
-fn tap(
+pub(crate) fn tap(
     bundle: &TrustBundle,
     lock: Uuid,
     bytes: &[u8],
@@ -370,7 +370,7 @@ fn tap(
     )
 }
 
-async fn audit_actions(w: &World) -> Vec<(String, String, Option<String>)> {
+pub(crate) async fn audit_actions(w: &World) -> Vec<(String, String, Option<String>)> {
     let client = w.app.pool.get().await.unwrap();
     client
         .query(
@@ -385,7 +385,7 @@ async fn audit_actions(w: &World) -> Vec<(String, String, Option<String>)> {
         .collect()
 }
 
-async fn mails(w: &World, kind: &str) -> Vec<String> {
+pub(crate) async fn mails(w: &World, kind: &str) -> Vec<String> {
     let client = w.app.pool.get().await.unwrap();
     client
         .query(
@@ -753,12 +753,12 @@ async fn tokens_are_refused_outside_a_live_grant_of_ones_own() {
     );
 }
 
-struct Cad {
-    key_id: String,
-    secret: String,
+pub(crate) struct Cad {
+    pub(crate) key_id: String,
+    pub(crate) secret: String,
 }
 
-async fn cad_credential(w: &World) -> Cad {
+pub(crate) async fn cad_credential(w: &World) -> Cad {
     let (status, body) = call(
         &w.app,
         Method::POST,
@@ -774,7 +774,7 @@ async fn cad_credential(w: &World) -> Cad {
     }
 }
 
-async fn cad_post(
+pub(crate) async fn cad_post(
     w: &World,
     cad: &Cad,
     path: &str,

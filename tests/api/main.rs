@@ -10,6 +10,7 @@
 
 mod access;
 mod admin;
+mod alarms;
 mod audit_log;
 mod auth;
 mod auth_helpers;

@@ -146,10 +146,13 @@ fn operations_document_security_and_standard_refusals() {
         let cad = security.is_some_and(|s| s.iter().any(|r| r.get("cad_signature").is_some()));
         assert_eq!(
             cad,
-            path.starts_with("/api/v1/cad/"),
+            path.starts_with("/api/v1/cad/") || path.starts_with("/api/v1/monitoring/"),
             "{method} {path} CAD security"
         );
-        if path.starts_with("/api/") && !path.starts_with("/api/v1/cad/") {
+        if path.starts_with("/api/")
+            && !path.starts_with("/api/v1/cad/")
+            && !path.starts_with("/api/v1/monitoring/")
+        {
             let public = [
                 "/api/v1/auth/sign-in/",
                 "/api/v1/accounts/sign-up",

@@ -69,6 +69,9 @@ async fn the_whole_story_leaves_every_record_audit_entry_and_mail() {
         "a keypad code read over radio",
         "DENY (one use)",
         "keypad receipts (allow, then deny: replayed) uploaded",
+        "the fire crew is in",
+        "battery is low",
+        "opened the front door with the physical key",
         "chain intact",
         "the story is complete",
     ] {
@@ -90,12 +93,13 @@ async fn the_whole_story_leaves_every_record_audit_entry_and_mail() {
     assert_eq!(
         count("SELECT count(*) FROM grants WHERE status = 'live' AND policy_set_hash IS NOT NULL")
             .await,
-        1
+        2,
+        "the dispatcher's grant and the smoke alarm's"
     );
-    // The responder's token, the trusted neighbour's and the homeowner's remote unlock.
+    // The responder's token, the trusted neighbour's, the homeowner's remote unlock, the fire crew's.
     assert_eq!(
         count("SELECT count(*) FROM issued_tokens WHERE status = 'used'").await,
-        3
+        4
     );
     assert_eq!(
         count("SELECT count(*) FROM issued_tokens WHERE status = 'used' AND trusted_party_id IS NOT NULL")
@@ -108,7 +112,7 @@ async fn the_whole_story_leaves_every_record_audit_entry_and_mail() {
     );
     assert_eq!(
         count("SELECT count(*) FROM receipts WHERE decision = 'allow' AND reason = 'ok'").await,
-        3
+        4
     );
     assert_eq!(
         count("SELECT count(*) FROM receipts WHERE decision = 'allow' AND reason = 'keypad_ok'")
@@ -120,6 +124,11 @@ async fn the_whole_story_leaves_every_record_audit_entry_and_mail() {
             "SELECT count(*) FROM receipts WHERE decision = 'deny' AND reason = 'keypad_replayed'"
         )
         .await,
+        1
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM receipts WHERE decision = 'event' AND reason = 'door:key_override'")
+            .await,
         1
     );
     assert_eq!(

@@ -169,9 +169,32 @@ pub enum AgentMessage {
         bundle_version: u64,
         /// The lock's monotonic time floor (Unix seconds).
         time_floor: u64,
+        /// Battery voltage in millivolts, where the hardware can tell (absent from older agents).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        battery_millivolts: Option<u32>,
     },
     /// Keep-alive; the server answers [`ServerMessage::Pong`].
     Ping,
+    /// A detector connected to the lock went off (smoke, CO, a medical pendant, intrusion).
+    Alarm {
+        /// What went off.
+        kind: DetectorKind,
+        /// The detector's name as configured on the lock (`Kitchen`), at most 100 bytes.
+        detector: Option<String>,
+    },
+}
+
+/// The kinds of detector a lock can report an alarm from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DetectorKind {
+    /// Smoke detector.
+    Smoke,
+    /// Carbon monoxide detector.
+    CarbonMonoxide,
+    /// Medical alert pendant or fall detector.
+    Medical,
+    /// Intrusion sensor.
+    Intrusion,
 }
 
 /// The bytes the device key signs in [`AgentMessage::Hello`]: domain ‖ nonce ‖ u16 BE length ‖
