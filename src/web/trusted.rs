@@ -573,7 +573,15 @@ async fn remote_open(
             }
         }
     }
-    let mut page = home_page(&state, &mut client, &actor, *id, InviteForm::fresh(), remote).await?;
+    let mut page = home_page(
+        &state,
+        &mut client,
+        &actor,
+        *id,
+        InviteForm::fresh(),
+        remote,
+    )
+    .await?;
     page.step_up = step_up;
     page::render(status, &page)
 }
@@ -686,23 +694,29 @@ async fn request_token(
         trusted_party: form.trusted_party,
         lock: form.lock,
     };
-    let issued =
-        match trusted::issue_token(&mut client, &state.policy, minting, &actor, &request, now)
-            .await
-        {
-            Ok(issued) => issued,
-            Err(EmergencyError::StepUpRequired) => {
-                let mut page = mine_page(&state, &client, &actor).await?;
-                page.step_up_for = Some((form.trusted_party, form.lock));
-                return page::render(StatusCode::UNAUTHORIZED, &page);
-            }
-            Err(EmergencyError::Conflict(words)) => {
-                let mut page = mine_page(&state, &client, &actor).await?;
-                page.refused = Some(words);
-                return page::render(StatusCode::CONFLICT, &page);
-            }
-            Err(e) => return Err(emergency(e)),
-        };
+    let issued = match trusted::issue_token(
+        &mut client,
+        &state.policy,
+        minting,
+        &actor,
+        &request,
+        now,
+    )
+    .await
+    {
+        Ok(issued) => issued,
+        Err(EmergencyError::StepUpRequired) => {
+            let mut page = mine_page(&state, &client, &actor).await?;
+            page.step_up_for = Some((form.trusted_party, form.lock));
+            return page::render(StatusCode::UNAUTHORIZED, &page);
+        }
+        Err(EmergencyError::Conflict(words)) => {
+            let mut page = mine_page(&state, &client, &actor).await?;
+            page.refused = Some(words);
+            return page::render(StatusCode::CONFLICT, &page);
+        }
+        Err(e) => return Err(emergency(e)),
+    };
     let cti = hex::decode(&issued.token_id).map_err(|e| ApiError::Internal(e.into()))?;
     let row = client
         .query_one(

@@ -72,7 +72,9 @@ fn invitation(w: &World, email: &str) -> Vec<(&'static str, String)> {
         ("from", String::new()),
         (
             "until",
-            (w.now() + Duration::days(30)).format("%Y-%m-%d").to_string(),
+            (w.now() + Duration::days(30))
+                .format("%Y-%m-%d")
+                .to_string(),
         ),
         ("day", slot["days"][0].as_str().unwrap().to_owned()),
         ("hour_from", format!("{hour:02}:00")),
@@ -164,7 +166,15 @@ async fn a_homeowner_invites_pauses_and_revokes_and_the_neighbour_gets_a_door_pa
     // A stale step-up: asked inline for that lock; no token.
     let sam_plain = As {
         id: sam.id,
-        ..user(&w.app, w.tenant, "sam@a.example", None, Role::TrustedParty, false).await
+        ..user(
+            &w.app,
+            w.tenant,
+            "sam@a.example",
+            None,
+            Role::TrustedParty,
+            false,
+        )
+        .await
     };
     let (status, _, _, html) = post(&w, "/trusted/tokens", &sam_plain, &token_form, true).await;
     assert_eq!(status, 401);
@@ -216,9 +226,15 @@ async fn a_homeowner_invites_pauses_and_revokes_and_the_neighbour_gets_a_door_pa
     assert_eq!(status, 401);
     assert!(html.contains(&format!("data-resubmit=\"status-{party}\"")));
     let (status, location, _, _) = post(&w, &status_path, &w.owner, &paused, true).await;
-    assert_eq!((status, location.as_str()), (303, &*format!("{home}#parties")));
+    assert_eq!(
+        (status, location.as_str()),
+        (303, &*format!("{home}#parties"))
+    );
     let (_, html) = page(&w, &home, &w.owner).await;
-    assert!(html.contains(">paused<") && html.contains("Resume Sam"), "{html}");
+    assert!(
+        html.contains(">paused<") && html.contains("Resume Sam"),
+        "{html}"
+    );
     let (_, html) = page(&w, "/trusted", &sam).await;
     assert!(html.contains("outside the terms"), "{html}");
     let active = [("status", "active".to_owned())];
@@ -228,7 +244,11 @@ async fn a_homeowner_invites_pauses_and_revokes_and_the_neighbour_gets_a_door_pa
     assert!(html.contains("Pause Sam"), "{html}");
     // The pause revoked the pass already issued.
     assert_eq!(
-        count(&w, "SELECT count(*) FROM issued_tokens WHERE status = 'revoked'").await,
+        count(
+            &w,
+            "SELECT count(*) FROM issued_tokens WHERE status = 'revoked'"
+        )
+        .await,
         1
     );
 
@@ -239,7 +259,10 @@ async fn a_homeowner_invites_pauses_and_revokes_and_the_neighbour_gets_a_door_pa
     let (status, _, _, _) = post(&w, &revoke, &w.owner, &[], true).await;
     assert_eq!(status, 303);
     let (_, html) = page(&w, &home, &w.owner).await;
-    assert!(html.contains(">revoked<") && !html.contains("id=\"revoke-"), "{html}");
+    assert!(
+        html.contains(">revoked<") && !html.contains("id=\"revoke-"),
+        "{html}"
+    );
     let (_, html) = page(&w, "/trusted", &sam).await;
     assert!(html.contains("id=\"no-access\""), "{html}");
     let (status, _, _, _) = post(&w, "/trusted/tokens", &sam, &token_form, true).await;
@@ -262,19 +285,31 @@ async fn another_homeowner_or_town_finds_nothing_and_changes_nothing() {
     let (_, html) = page(&w, &home, &w.owner).await;
     let party = party_id(&html);
 
-    let stranger = user(&w.app, w.tenant, "other@a.example", None, Role::Homeowner, true).await;
+    let stranger = user(
+        &w.app,
+        w.tenant,
+        "other@a.example",
+        None,
+        Role::Homeowner,
+        true,
+    )
+    .await;
     w.restep(&stranger).await;
     let client = w.app.pool.get().await.unwrap();
-    let (town_b, _) = tenancy::ensure_municipality(
-        &client,
-        &Slug::parse("town-b").unwrap(),
-        "Town B",
-        w.now(),
-    )
-    .await
-    .unwrap();
+    let (town_b, _) =
+        tenancy::ensure_municipality(&client, &Slug::parse("town-b").unwrap(), "Town B", w.now())
+            .await
+            .unwrap();
     drop(client);
-    let elsewhere = user(&w.app, town_b, "owner@b.example", None, Role::Homeowner, true).await;
+    let elsewhere = user(
+        &w.app,
+        town_b,
+        "owner@b.example",
+        None,
+        Role::Homeowner,
+        true,
+    )
+    .await;
     w.restep(&elsewhere).await;
     let remote = format!("/homes/{}/remote-open", w.property);
     for who in [&stranger, &elsewhere, &w.dispatcher] {
@@ -304,7 +339,10 @@ async fn another_homeowner_or_town_finds_nothing_and_changes_nothing() {
         assert_eq!(status, 404);
     }
     let (_, html) = page(&w, &home, &w.owner).await;
-    assert!(html.contains(">invited<") && html.contains("Revoke Sam"), "{html}");
+    assert!(
+        html.contains(">invited<") && html.contains("Revoke Sam"),
+        "{html}"
+    );
     assert_eq!(count(&w, "SELECT count(*) FROM trusted_parties").await, 1);
     assert_eq!(count(&w, "SELECT count(*) FROM lock_inbox").await, 0);
 }
@@ -323,7 +361,10 @@ async fn the_remote_unlock_form_says_what_the_lock_answered() {
             &w,
             &remote,
             &w.owner,
-            &[("lock", w.lock.to_string()), ("seconds", seconds.to_owned())],
+            &[
+                ("lock", w.lock.to_string()),
+                ("seconds", seconds.to_owned()),
+            ],
             true,
         )
         .await;
@@ -335,7 +376,10 @@ async fn the_remote_unlock_form_says_what_the_lock_answered() {
         &w,
         &remote,
         &w.owner,
-        &[("lock", w.other_lock.to_string()), ("seconds", "10".to_owned())],
+        &[
+            ("lock", w.other_lock.to_string()),
+            ("seconds", "10".to_owned()),
+        ],
         true,
     )
     .await;
@@ -348,7 +392,11 @@ async fn the_remote_unlock_form_says_what_the_lock_answered() {
     assert_eq!(status, 200, "{html}");
     assert!(html.contains("did not answer in time"), "{html}");
     assert_eq!(
-        count(&w, "SELECT count(*) FROM lock_inbox WHERE kind = 'remote_open'").await,
+        count(
+            &w,
+            "SELECT count(*) FROM lock_inbox WHERE kind = 'remote_open'"
+        )
+        .await,
         1
     );
     // Reloading the answer opens nothing a second time.
