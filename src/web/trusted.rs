@@ -440,7 +440,8 @@ async fn set_status(
     let edit = TrustedPartyEdit {
         status: form.status,
         locks: current.locks,
-        starts_at: Some(current.starts_at).filter(|s| *s > now),
+        // The window stays as it was (a start in the past is fine for an edit).
+        starts_at: Some(current.starts_at),
         ends_at: current.ends_at,
         schedule: current.schedule,
         uses_per_day: Some(current.uses_per_day),

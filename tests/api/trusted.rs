@@ -55,7 +55,7 @@ impl World {
         self.clock.now()
     }
 
-    fn advance(&self, by: Duration) {
+    pub(crate) fn advance(&self, by: Duration) {
         *self.clock.0.lock().unwrap() += by;
     }
 

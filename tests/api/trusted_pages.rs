@@ -220,6 +220,18 @@ async fn a_homeowner_invites_pauses_and_revokes_and_the_neighbour_gets_a_door_pa
     assert_eq!(count(&w, "SELECT count(*) FROM issued_tokens").await, 1);
 
     // Pause (stale step-up first: asked inline, nothing changed), then resume.
+    let starts = || async {
+        let client = w.app.pool.get().await.unwrap();
+        let at: chrono::DateTime<chrono::Utc> = client
+            .query_one("SELECT starts_at FROM trusted_parties", &[])
+            .await
+            .unwrap()
+            .get(0);
+        at
+    };
+    let started = starts().await;
+    w.advance(Duration::minutes(3));
+    w.restep(&w.owner).await;
     let status_path = format!("{home}/{party}/status");
     let paused = [("status", "paused".to_owned())];
     let (status, _, _, html) = post(&w, &status_path, &w.owner_plain, &paused, true).await;
@@ -242,6 +254,7 @@ async fn a_homeowner_invites_pauses_and_revokes_and_the_neighbour_gets_a_door_pa
     assert_eq!(status, 303);
     let (_, html) = page(&w, &home, &w.owner).await;
     assert!(html.contains("Pause Sam"), "{html}");
+    assert_eq!(starts().await, started, "pausing keeps the window");
     // The pause revoked the pass already issued.
     assert_eq!(
         count(
