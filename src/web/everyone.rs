@@ -265,6 +265,7 @@ struct Home {
     homeowner: bool,
     staff: bool,
     responder: bool,
+    trusted: bool,
 }
 
 fn role_words(role: Role) -> &'static str {
@@ -287,7 +288,11 @@ async fn home(
         chrome: Chrome::of(&client, &actor).await?,
         roles: actor.roles.iter().copied().map(role_words).collect(),
         homeowner: actor.has(Role::Homeowner),
-        staff: actor.roles.iter().any(|r| *r != Role::Homeowner),
+        staff: actor
+            .roles
+            .iter()
+            .any(|r| !matches!(r, Role::Homeowner | Role::TrustedParty)),
         responder: actor.has(Role::Responder),
+        trusted: actor.has(Role::TrustedParty),
     })
 }

@@ -19,6 +19,8 @@
 //! - [`keys`]: "my security keys", for every signed-in user.
 //! - [`auditor`]: the audit log with filters, an entry, CSV/JSON export, the chain's status.
 //! - [`admin`]: municipal administration: agencies, units, staff, invitations, CAD credentials, trust.
+//! - [`trusted`]: a home's trusted parties and remote unlock, for its owner; a trusted party's
+//!   accesses and door passes.
 //!
 //! Pages call the core functions the JSON handlers call (`store`, `access`, `audit`, `auth`);
 //! state-changing form posts pass the same Origin check (`http::check_origin`) as JSON writes.
@@ -33,6 +35,7 @@ mod homeowner;
 mod keys;
 mod page;
 mod responder;
+mod trusted;
 
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 
@@ -49,7 +52,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .configure(keys::routes)
         .configure(history::routes)
         .configure(admin::routes)
-        .configure(auditor::routes);
+        .configure(auditor::routes)
+        .configure(trusted::routes);
 }
 
 /// The answer for a path nobody serves: the HTML "not found" page for a browser asking for a page,

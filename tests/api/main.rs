@@ -33,3 +33,4 @@ mod startup;
 mod story;
 mod tenancy;
 mod trusted;
+mod trusted_pages;

@@ -27,7 +27,7 @@ const RP_ID: &str = "localhost";
 const WEEKDAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 
 /// A clock the test moves; sessions' step-ups are set to its time (see [`World::restep`]).
-struct TestClock(Mutex<DateTime<Utc>>);
+pub(crate) struct TestClock(Mutex<DateTime<Utc>>);
 
 impl Clock for TestClock {
     fn now(&self) -> DateTime<Utc> {
@@ -35,38 +35,38 @@ impl Clock for TestClock {
     }
 }
 
-struct World {
-    app: TestApp,
-    clock: Arc<TestClock>,
-    tenant: Tenant,
-    _tmp: tempfile::TempDir,
-    owner: As,
-    owner_plain: As,
-    dispatcher: As,
-    property: Uuid,
-    lock: Uuid,
-    back_door: Uuid,
-    other_lock: Uuid,
-    bundle: TrustBundle,
+pub(crate) struct World {
+    pub(crate) app: TestApp,
+    pub(crate) clock: Arc<TestClock>,
+    pub(crate) tenant: Tenant,
+    pub(crate) _tmp: tempfile::TempDir,
+    pub(crate) owner: As,
+    pub(crate) owner_plain: As,
+    pub(crate) dispatcher: As,
+    pub(crate) property: Uuid,
+    pub(crate) lock: Uuid,
+    pub(crate) back_door: Uuid,
+    pub(crate) other_lock: Uuid,
+    pub(crate) bundle: TrustBundle,
 }
 
 impl World {
-    fn now(&self) -> DateTime<Utc> {
+    pub(crate) fn now(&self) -> DateTime<Utc> {
         self.clock.now()
     }
 
-    fn advance(&self, by: Duration) {
+    pub(crate) fn advance(&self, by: Duration) {
         *self.clock.0.lock().unwrap() += by;
     }
 
     /// Dates the step-up of `who`'s sessions at the test clock's now (the helper made them on the
     /// wall clock, which has moved on).
-    async fn restep(&self, who: &As) {
+    pub(crate) async fn restep(&self, who: &As) {
         restep(&self.app, who, self.now()).await;
     }
 }
 
-async fn restep(app: &TestApp, who: &As, now: DateTime<Utc>) {
+pub(crate) async fn restep(app: &TestApp, who: &As, now: DateTime<Utc>) {
     let client = app.pool.get().await.unwrap();
     client
         .execute(
@@ -120,7 +120,7 @@ async fn property(app: &TestApp, owner: &As, address: &str) -> Uuid {
     id
 }
 
-async fn world() -> World {
+pub(crate) async fn world() -> World {
     let tmp = tempfile::tempdir().unwrap();
     let key_dir = tmp.path().join("keys");
     let db = fresh_database().await;
@@ -211,7 +211,7 @@ async fn world() -> World {
 }
 
 /// Today's one-hour slot around the clock's time, on the clock's weekday (or every day but it).
-fn schedule(now: DateTime<Utc>, today: bool) -> Value {
+pub(crate) fn schedule(now: DateTime<Utc>, today: bool) -> Value {
     let day = usize::try_from(now.weekday().num_days_from_monday()).unwrap();
     let days: Vec<&str> = if today {
         vec![WEEKDAYS[day]]
@@ -231,7 +231,7 @@ fn schedule(now: DateTime<Utc>, today: bool) -> Value {
     })
 }
 
-fn terms(w: &World, schedule: Value) -> Value {
+pub(crate) fn terms(w: &World, schedule: Value) -> Value {
     json!({
         "locks": [w.lock],
         "ends_at": (w.now() + Duration::days(30)).to_rfc3339(),
@@ -258,7 +258,7 @@ async fn invite(w: &World, who: &As, email: &str, body: Value) -> (u16, Value) {
 
 /// Invites `email`, accepts through the real invitation ceremony, and returns the trusted-party id
 /// and a stepped-up session whose credential is a software P-256 key (for proofs at the door).
-async fn accepted(w: &World, email: &str, body: Value) -> (Uuid, As) {
+pub(crate) async fn accepted(w: &World, email: &str, body: Value) -> (Uuid, As) {
     let (status, party) = invite(w, &w.owner, email, body).await;
     assert_eq!(status, 201, "{party}");
     assert_eq!(party["status"], "invited");
