@@ -38,11 +38,48 @@ pub(crate) fn agent_bin() -> &'static Path {
                 .unwrap();
             assert!(status.success(), "building firstkey-agent failed");
         }
+        // A binary older than the agent's sources tests yesterday's agent (cargo cannot be asked
+        // to rebuild it from inside `cargo test`, which holds the build lock): say so plainly.
+        let built = std::fs::metadata(&bin).and_then(|m| m.modified()).unwrap();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("firmware-agent");
+        if let Some(newer) = newest_source(&root).filter(|(t, _)| *t > built) {
+            panic!(
+                "{} is older than {}: run `cargo build -p firstkey-agent` (or `cargo test \
+                 --workspace`, which builds it) before `cargo test --test api`",
+                bin.display(),
+                newer.1.display()
+            );
+        }
         bin
     })
 }
 
-pub(crate) fn agent_cli(args: &[&str]) -> String {
+pub(crate) /// The newest `.rs` or `Cargo.toml` under `dir` (skipping `target` and `fuzz`), with its time.
+fn newest_source(dir: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
+    let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        let found = if path.is_dir() {
+            if name == "target" || name == "fuzz" {
+                continue;
+            }
+            newest_source(&path)
+        } else if path.extension().is_some_and(|e| e == "rs") || name == "Cargo.toml" {
+            entry.metadata().and_then(|m| m.modified()).ok().map(|t| (t, path))
+        } else {
+            None
+        };
+        if let Some(f) = found
+            && newest.as_ref().is_none_or(|n| f.0 > n.0)
+        {
+            newest = Some(f);
+        }
+    }
+    newest
+}
+
+fn agent_cli(args: &[&str]) -> String {
     let out = Command::new(agent_bin()).args(args).output().unwrap();
     assert!(
         out.status.success(),
