@@ -271,7 +271,9 @@ pub async fn run(
     let agent_addr = channel.local_addr();
     let origin = settings.public_origin.as_str().to_owned();
     let key_dir = settings.key_dir.clone();
-    let app = crate::http::Application::build(settings, database.pool.clone(), clock.clone())?;
+    let mut app =
+        crate::http::Application::build(settings, database.pool.clone(), clock.clone())?;
+    app.listen_grant_events_on(database.config.clone());
     let base = format!("{}://{}", app.scheme(), app.local_addr());
     let handle = app.handle();
     let server = tokio::spawn(app.run_until_stopped());
