@@ -277,6 +277,20 @@ pub enum AdminCommand {
         /// PEM file with the CA certificate.
         pem: PathBuf,
     },
+    /// Admit security keys whose attestation certificate is self-signed with one known key (a batch
+    /// key, or Chromium's virtual authenticator in a test configuration): pins the SHA-256 of that
+    /// key's SubjectPublicKeyInfo for a municipality (audited).
+    TrustKey {
+        /// Municipality slug.
+        #[arg(long)]
+        municipality: String,
+        /// SHA-256 of the attestation key's SubjectPublicKeyInfo: 64 hex digits (colons allowed).
+        #[arg(long)]
+        spki_sha256: String,
+        /// What the key is, e.g. "Chromium virtual authenticator (tests only)".
+        #[arg(long)]
+        name: String,
+    },
 }
 
 /// `firstkey policy …`
@@ -535,6 +549,33 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 pem.display(),
                 ca.fingerprint
             );
+            Ok(())
+        }
+        Command::Admin(AdminCommand::TrustKey {
+            municipality,
+            spki_sha256,
+            name,
+        }) => {
+            let pin = crate::auth::pins::parse_pin(&spki_sha256)?;
+            server::migrate_with_patience(&database, Duration::from_secs(60)).await?;
+            let mut client = database.pool.get().await.map_err(store::StoreError::from)?;
+            let tx = client
+                .transaction()
+                .await
+                .map_err(store::StoreError::from)?;
+            let (tenant, slug) = find_municipality(&tx, &municipality).await?;
+            let added =
+                crate::auth::pins::pin_key(&tx, tenant, &pin, &name, None, SystemClock.now())
+                    .await?;
+            tx.commit().await.map_err(store::StoreError::from)?;
+            if added {
+                println!(
+                    "{slug} now admits security keys attested by the key {}",
+                    hex::encode(pin)
+                );
+            } else {
+                println!("{slug} already admits the key {}", hex::encode(pin));
+            }
             Ok(())
         }
         Command::Admin(AdminCommand::Municipalities) => {

@@ -5,6 +5,7 @@
 pub mod accounts;
 pub mod client;
 pub mod error;
+pub mod pins;
 pub mod ratelimit;
 pub mod session;
 pub mod signin;
