@@ -74,6 +74,20 @@ impl GrantState {
         }
     }
 
+    /// The state's code, as the stream's JSON names it.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::WaitingForApproval => "waiting_for_approval",
+            Self::Live => "live",
+            Self::TokenIssued => "token_issued",
+            Self::Pushed => "pushed",
+            Self::Acknowledged => "acknowledged",
+            Self::DoorOpened => "door_opened",
+            Self::DoorDenied => "door_denied",
+            Self::Ended => "ended",
+        }
+    }
+
     /// The badge style of the state (a CSS class of `portal.css`).
     pub fn badge(self) -> &'static str {
         match self {
@@ -439,6 +453,23 @@ mod tests {
             GrantState::derive("live", now, None, None, now),
             GrantState::Ended
         );
+    }
+
+    #[test]
+    fn codes_are_the_json_names() {
+        use GrantState::*;
+        for s in [
+            WaitingForApproval,
+            Live,
+            TokenIssued,
+            Pushed,
+            Acknowledged,
+            DoorOpened,
+            DoorDenied,
+            Ended,
+        ] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.code());
+        }
     }
 
     #[test]

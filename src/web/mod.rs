@@ -12,11 +12,14 @@
 //! - [`everyone`]: landing, sign-in, sign-up, sign-out (here and everywhere), the mailed-link
 //!   enrolment pages, the signed-in start page.
 //! - [`homeowner`]: properties, their locks, the access-plan editor and its versions.
+//! - [`dispatch`]: the dispatcher console (incidents, property search, notes reveal, grants,
+//!   approvals, revoke) and its live grant-state stream (server-sent events).
 //!
 //! Pages call the core functions the JSON handlers call (`store`, `access`, `audit`, `auth`);
 //! state-changing form posts pass the same Origin check (`http::check_origin`) as JSON writes.
 
 pub mod assets;
+pub(crate) mod dispatch;
 mod error;
 mod everyone;
 mod homeowner;
@@ -32,7 +35,8 @@ use crate::http::error::ApiError;
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.configure(assets::routes)
         .configure(everyone::routes)
-        .configure(homeowner::routes);
+        .configure(homeowner::routes)
+        .configure(dispatch::routes);
 }
 
 /// The answer for a path nobody serves: the HTML "not found" page for a browser asking for a page,
