@@ -1036,6 +1036,7 @@ async fn events(
         .subscribe(actor.session_id)
         .map_err(|_| ApiError::TooManyRequests { retry_after: 15 })?;
     let tenant = actor.tenant;
+    let session = actor.session_id;
     let stream = futures_util::stream::unfold(
         (state.into_inner(), subscription, None::<Vec<GrantStatus>>, true),
         move |(state, mut sub, last, first)| async move {
@@ -1044,10 +1045,8 @@ async fn events(
                     let wait = tokio::time::timeout(KEEPALIVE, sub.next_for(tenant, incident.id));
                     if wait.await.is_err() {
                         // Quiet: re-derive (windows end by time), else keep the connection alive.
-                        let states = current(&state, tenant, incident.id).await;
-                        if let Some(states) = states
-                            && Some(&states) != last.as_ref()
-                        {
+                        let states = current(&state, tenant, session, incident.id).await?;
+                        if Some(&states) != last.as_ref() {
                             let event = sse_event(&states);
                             return Some((Ok::<_, actix_web::Error>(event), (state, sub, Some(states), false)));
                         }
@@ -1057,7 +1056,7 @@ async fn events(
                         ));
                     }
                 }
-                let Some(states) = current(&state, tenant, incident.id).await else {
+                let Some(states) = current(&state, tenant, session, incident.id).await else {
                     // The database is briefly unavailable: end the stream; the browser reconnects.
                     return None;
                 };
@@ -1075,9 +1074,28 @@ async fn events(
         .streaming(stream))
 }
 
-async fn current(state: &AppState, tenant: crate::store::Tenant, incident: Uuid) -> Option<Vec<GrantStatus>> {
+/// The incident's grant states, while the stream's session is still signed in (`None` ends the
+/// stream: signed out, expired, or the database briefly unavailable; the browser reconnects).
+async fn current(
+    state: &AppState,
+    tenant: crate::store::Tenant,
+    session: Uuid,
+    incident: Uuid,
+) -> Option<Vec<GrantStatus>> {
+    let now = state.clock.now();
     let client = state.pool.get().await.ok()?;
-    live::states_of_incident(&client, tenant, incident, state.clock.now())
+    let live = crate::store::exists(
+        &client,
+        "SELECT 1 FROM sessions WHERE id = $1 AND municipality_id = $2 AND ended_at IS NULL
+           AND absolute_expires_at > $3",
+        &[&session, &tenant.id(), &now],
+    )
+    .await
+    .ok()?;
+    if !live {
+        return None;
+    }
+    live::states_of_incident(&client, tenant, incident, now)
         .await
         .ok()
 }
