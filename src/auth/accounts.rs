@@ -400,7 +400,22 @@ pub async fn start_enrolment(
                     Some(AuthenticatorAttachment::CrossPlatform),
                 )
                 .map_err(|e| AuthError::Configuration(e.to_string()))?;
-            (serde_json::to_value(ccr)?, Registering::SecurityKey(state))
+            let mut options = serde_json::to_value(ccr)?;
+            // Where keys beyond the CA list are admitted (a pinned attestation key, the demo
+            // municipality), credProtect is asked for but not enforced by the client: Chromium's
+            // virtual authenticator, which test configurations pin, cannot apply it. User
+            // verification stays required and is checked on the registration.
+            if super::pins::trust(client, pending.tenant).await?.admits_more()
+                && let Some(extensions) = options
+                    .pointer_mut("/publicKey/extensions")
+                    .and_then(serde_json::Value::as_object_mut)
+            {
+                extensions.insert(
+                    "enforceCredentialProtectionPolicy".to_owned(),
+                    serde_json::Value::Bool(false),
+                );
+            }
+            (options, Registering::SecurityKey(state))
         }
         LinkKind::EmailVerification => {
             let (ccr, state) = rp

@@ -9,8 +9,10 @@
 //!
 //! [`GrantEvents`] holds one `LISTEN` connection per replica and fans each notification out to the
 //! consoles subscribed on this replica (a broadcast channel; a console that falls behind refreshes
-//! once). Subscriptions are bounded per session and per replica ([`MAX_PER_SESSION`],
-//! [`MAX_SUBSCRIBERS`]); a notification carries no data, so a spurious one costs one query.
+//! once). Subscriptions are bounded per session ([`MAX_PER_SESSION`]: a new one ends the session's
+//! oldest, which is usually a page the browser has left but whose connection the server has not
+//! yet seen close) and per replica ([`MAX_SUBSCRIBERS`]: beyond it, refused); a notification
+//! carries no data, so a spurious one costs one query.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -197,14 +199,13 @@ pub enum Change {
     },
     /// Refresh everything.
     Everything,
+    /// The subscription was ended to make room for a newer one of its session: stop.
+    Evicted,
 }
 
 /// Why a subscription was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SubscribeError {
-    /// The session already holds [`MAX_PER_SESSION`] streams.
-    #[error("too many live views open in this session")]
-    SessionFull,
     /// This replica serves [`MAX_SUBSCRIBERS`] streams.
     #[error("too many live views open on this server")]
     ReplicaFull,
@@ -214,7 +215,9 @@ pub enum SubscribeError {
 #[derive(Debug)]
 pub struct GrantEvents {
     sender: broadcast::Sender<Change>,
-    sessions: Mutex<HashMap<Uuid, usize>>,
+    /// Per session, its subscriptions oldest first: (id, what ends it).
+    sessions: Mutex<HashMap<Uuid, Vec<(u64, Arc<tokio::sync::Notify>)>>>,
+    next_id: std::sync::atomic::AtomicU64,
     listening: Mutex<Option<tokio::task::JoinHandle<()>>>,
     max_per_session: usize,
     max_total: usize,
@@ -225,6 +228,8 @@ pub struct GrantEvents {
 pub struct Subscription {
     events: Arc<GrantEvents>,
     session: Uuid,
+    id: u64,
+    evicted: Arc<tokio::sync::Notify>,
     receiver: broadcast::Receiver<Change>,
 }
 
@@ -232,7 +237,11 @@ impl Subscription {
     /// The next change that concerns `incident` of `tenant` (or everything).
     pub async fn next_for(&mut self, tenant: Tenant, incident: Uuid) -> Change {
         loop {
-            match self.receiver.recv().await {
+            let received = tokio::select! {
+                () = self.evicted.notified() => return Change::Evicted,
+                r = self.receiver.recv() => r,
+            };
+            match received {
                 Ok(Change::Incident {
                     tenant: t,
                     incident: i,
@@ -246,6 +255,7 @@ impl Subscription {
                 Ok(Change::Everything) | Err(broadcast::error::RecvError::Lagged(_)) => {
                     return Change::Everything;
                 }
+                Ok(Change::Evicted) => {}
                 // The sender lives as long as `events`, which this subscription holds.
                 Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
             }
@@ -256,10 +266,10 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         if let Ok(mut map) = self.events.sessions.lock()
-            && let Some(n) = map.get_mut(&self.session)
+            && let Some(list) = map.get_mut(&self.session)
         {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
+            list.retain(|(id, _)| *id != self.id);
+            if list.is_empty() {
                 map.remove(&self.session);
             }
         }
@@ -278,37 +288,55 @@ impl GrantEvents {
         Arc::new(Self {
             sender,
             sessions: Mutex::new(HashMap::new()),
+            next_id: std::sync::atomic::AtomicU64::new(0),
             listening: Mutex::new(None),
             max_per_session,
             max_total,
         })
     }
 
-    /// Subscribes a console of `session`, within the bounds.
+    /// Subscribes a console of `session`: at the session's bound its oldest subscription ends
+    /// ([`Change::Evicted`]); at the replica's bound the new one is refused.
     pub fn subscribe(self: &Arc<Self>, session: Uuid) -> Result<Subscription, SubscribeError> {
         let mut map = self
             .sessions
             .lock()
             .map_err(|_| SubscribeError::ReplicaFull)?;
-        let total: usize = map.values().sum();
+        let list = map.entry(session).or_default();
+        while list.len() >= self.max_per_session.max(1) {
+            let (_, evicted) = list.remove(0);
+            evicted.notify_one();
+        }
+        // Counted after the session's own evictions: a session replacing its views never fills
+        // the replica.
+        let total: usize = map.values().map(Vec::len).sum();
+        let list = map.entry(session).or_default();
         if total >= self.max_total {
+            if list.is_empty() {
+                map.remove(&session);
+            }
             return Err(SubscribeError::ReplicaFull);
         }
-        let n = map.entry(session).or_insert(0);
-        if *n >= self.max_per_session {
-            return Err(SubscribeError::SessionFull);
-        }
-        *n += 1;
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let evicted = Arc::new(tokio::sync::Notify::new());
+        list.push((id, evicted.clone()));
         Ok(Subscription {
             events: self.clone(),
             session,
+            id,
+            evicted,
             receiver: self.sender.subscribe(),
         })
     }
 
     /// Streams open on this replica.
     pub fn subscribers(&self) -> usize {
-        self.sessions.lock().map(|m| m.values().sum()).unwrap_or(0)
+        self.sessions
+            .lock()
+            .map(|m| m.values().map(Vec::len).sum())
+            .unwrap_or(0)
     }
 
     /// Publishes a change to this replica's subscribers (what the `LISTEN` connection does).
@@ -491,20 +519,26 @@ mod tests {
     async fn subscriptions_are_bounded_and_filtered() {
         let events = GrantEvents::with_limits(2, 3);
         let (s1, s2) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut oldest = events.subscribe(s1).unwrap();
         let mut a = events.subscribe(s1).unwrap();
+        // A third view of the session ends its oldest, and is admitted.
         let b = events.subscribe(s1).unwrap();
+        let tenant0 = Tenant::assume(Uuid::new_v4());
         assert_eq!(
-            events.subscribe(s1).unwrap_err(),
-            SubscribeError::SessionFull
+            oldest.next_for(tenant0, Uuid::new_v4()).await,
+            Change::Evicted
         );
+        drop(oldest);
+        assert_eq!(events.subscribers(), 2);
         let _c = events.subscribe(s2).unwrap();
         assert_eq!(
-            events.subscribe(s2).unwrap_err(),
+            events.subscribe(Uuid::new_v4()).unwrap_err(),
             SubscribeError::ReplicaFull
         );
+        assert_eq!(events.subscribers(), 3);
         drop(b);
         assert_eq!(events.subscribers(), 2);
-        let _d = events.subscribe(s1).unwrap();
+        let _d = events.subscribe(Uuid::new_v4()).unwrap();
 
         let tenant = Tenant::assume(Uuid::new_v4());
         let (mine, other) = (Uuid::new_v4(), Uuid::new_v4());

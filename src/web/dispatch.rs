@@ -1018,7 +1018,8 @@ fn sse_event(states: &[GrantStatus]) -> web::Bytes {
 
 /// `GET /dispatch/incidents/{id}/events`: `text/event-stream` of the incident's grant states (event
 /// `grants`, data: a JSON array of `{grant, state, words, badge}`), at once and after every change.
-/// 429 when the session (or the replica) has as many streams open as it may.
+/// A session holds at most `live::MAX_PER_SESSION` streams (a new one ends its oldest); 429 when
+/// the replica serves as many as it may.
 async fn events(
     state: web::Data<AppState>,
     actor: Actor,
@@ -1043,7 +1044,12 @@ async fn events(
             loop {
                 if !first || last.is_some() {
                     let wait = tokio::time::timeout(KEEPALIVE, sub.next_for(tenant, incident.id));
-                    if wait.await.is_err() {
+                    let heard = wait.await;
+                    if heard == Ok(live::Change::Evicted) {
+                        // A newer view of this session took this one's place.
+                        return None;
+                    }
+                    if heard.is_err() {
                         // Quiet: re-derive (windows end by time), else keep the connection alive.
                         let states = current(&state, tenant, session, incident.id).await?;
                         if Some(&states) != last.as_ref() {

@@ -778,9 +778,11 @@ async fn dispatcher_console_in_chromium() {
     b.cdp(
         "WebAuthn.addVirtualAuthenticator",
         json!({ "options": {
+            // CTAP 2.1: credProtect, which the attested-key ceremony enforces.
             "protocol": "ctap2",
+            "ctap2Version": "ctap2_1",
             "transport": "usb",
-            "hasResidentKey": false,
+            "hasResidentKey": true,
             "hasUserVerification": true,
             "isUserVerified": true,
             "automaticPresenceSimulation": true,
