@@ -686,6 +686,23 @@ async fn home_with_plan(app: &TestApp, tenant: firstkey::store::Tenant, address:
     property.id
 }
 
+/// Adds a virtual USB security key (CTAP 2.1, user verification) to the browser's current tab.
+async fn security_key(b: &Browser) {
+    b.cdp(
+        "WebAuthn.addVirtualAuthenticator",
+        json!({ "options": {
+            "protocol": "ctap2",
+            "ctap2Version": "ctap2_1",
+            "transport": "usb",
+            "hasResidentKey": true,
+            "hasUserVerification": true,
+            "isUserVerified": true,
+            "automaticPresenceSimulation": true,
+        }}),
+    )
+    .await;
+}
+
 /// Staff in Chromium, and the dispatcher console. An admin invites a responder and two dispatchers
 /// of the fire department (through the library the admin API calls); the municipality trusts
 /// Chromium's virtual-authenticator attestation key by its SPKI pin; each follows the mailed link and
@@ -775,20 +792,7 @@ async fn dispatcher_console_in_chromium() {
     let sam = invite(Role::Dispatcher, "sam@springfield.example", "Sam Second").await;
 
     // Staff keys are roaming security keys: a USB authenticator beside the harness's platform one.
-    b.cdp(
-        "WebAuthn.addVirtualAuthenticator",
-        json!({ "options": {
-            // CTAP 2.1: credProtect, which the attested-key ceremony enforces.
-            "protocol": "ctap2",
-            "ctap2Version": "ctap2_1",
-            "transport": "usb",
-            "hasResidentKey": true,
-            "hasUserVerification": true,
-            "isUserVerified": true,
-            "automaticPresenceSimulation": true,
-        }}),
-    )
-    .await;
+    security_key(&b).await;
 
     // The responder and the first dispatcher follow their mail and enrol.
     for (secret, name, shot) in [
@@ -904,6 +908,9 @@ async fn dispatcher_console_in_chromium() {
     // The second dispatcher, in another tab: enrols, approves from the queue.
     let tab = b.client.new_window(true).await.unwrap();
     b.client.switch_to_window(tab.handle.clone()).await.unwrap();
+    // Virtual authenticators belong to a tab: the second dispatcher's key is this tab's.
+    b.cdp("WebAuthn.enable", json!({ "enableUI": false })).await;
+    security_key(&b).await;
     b.goto(&format!("/invitations/accept#{sam}")).await;
     b.wait_for("form[data-ready='true']").await;
     b.click("#enrol button[type=submit]").await;
