@@ -21,6 +21,7 @@ pub mod access;
 pub mod audit;
 pub mod auth;
 pub mod bench;
+pub mod bench_console;
 pub mod channel;
 pub mod cli;
 pub mod clock;
