@@ -94,7 +94,9 @@ pub async fn measure(
             ],
         )
         .await?;
-    client.batch_execute("ANALYZE incidents; ANALYZE grants").await?;
+    client
+        .batch_execute("ANALYZE incidents; ANALYZE grants")
+        .await?;
     let counts = client
         .query_one(
             "SELECT (SELECT count(*) FROM incidents WHERE municipality_id = $1 AND closed_at IS NULL),
@@ -183,7 +185,11 @@ pub async fn measure(
         let url = format!("{base}/dispatch/incidents/{incident}/events");
         tasks.spawn(async move {
             let mut response = http.get(&url).header("Cookie", cookie).send().await?;
-            anyhow::ensure!(response.status() == 200, "console {i}: {}", response.status());
+            anyhow::ensure!(
+                response.status() == 200,
+                "console {i}: {}",
+                response.status()
+            );
             while let Some(chunk) = response.chunk().await? {
                 let at = Instant::now();
                 let text = String::from_utf8_lossy(&chunk);
@@ -220,7 +226,11 @@ pub async fn measure(
     let mut commits = Vec::with_capacity(ROUNDS);
     for round in 0..ROUNDS {
         // Acknowledged ↔ token issued: a state change every round.
-        let status = if round % 2 == 0 { "issued" } else { "delivered" };
+        let status = if round % 2 == 0 {
+            "issued"
+        } else {
+            "delivered"
+        };
         let started = Instant::now();
         client
             .execute(

@@ -405,7 +405,9 @@ pub async fn start_enrolment(
             // municipality), credProtect is asked for but not enforced by the client: Chromium's
             // virtual authenticator, which test configurations pin, cannot apply it. User
             // verification stays required and is checked on the registration.
-            if super::pins::trust(client, pending.tenant).await?.admits_more()
+            if super::pins::trust(client, pending.tenant)
+                .await?
+                .admits_more()
                 && let Some(extensions) = options
                     .pointer_mut("/publicKey/extensions")
                     .and_then(serde_json::Value::as_object_mut)

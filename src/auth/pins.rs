@@ -86,7 +86,10 @@ pub fn parse_pin(text: &str) -> Result<[u8; 32], AuthError> {
 }
 
 /// The municipality's pins and mode.
-pub async fn trust(client: &impl GenericClient, tenant: Tenant) -> Result<AttestationTrust, AuthError> {
+pub async fn trust(
+    client: &impl GenericClient,
+    tenant: Tenant,
+) -> Result<AttestationTrust, AuthError> {
     let optional: bool = client
         .query_opt(
             "SELECT staff_attestation_optional FROM municipalities WHERE id = $1",
@@ -293,7 +296,13 @@ mod tests {
             .collect::<Vec<_>>()
             .join(":");
         assert_eq!(parse_pin(&colons).unwrap(), parse_pin(pin).unwrap());
-        for bad in ["", "abc", &pin[..62], &format!("{pin}00"), &pin.replace('c', "g")] {
+        for bad in [
+            "",
+            "abc",
+            &pin[..62],
+            &format!("{pin}00"),
+            &pin.replace('c', "g"),
+        ] {
             assert!(parse_pin(bad).is_err(), "{bad}");
         }
     }

@@ -844,7 +844,12 @@ async fn record_pushed(
              WHERE lock_id = $1 AND pushed_at IS NULL AND token_hash IN (
                  SELECT sha256(payload) FROM lock_inbox
                  WHERE lock_id = $1 AND kind = 'token' AND seq > $2 AND seq <= $3)",
-            &[&lock, &seq_i64(previous), &seq_i64(seq), &shared.clock.now()],
+            &[
+                &lock,
+                &seq_i64(previous),
+                &seq_i64(seq),
+                &shared.clock.now(),
+            ],
         )
         .await?;
     Ok(())

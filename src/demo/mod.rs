@@ -257,10 +257,34 @@ pub async fn enrolment_links(
         .find(|a| a.kind == AgencyKind::Fire)
         .ok_or_else(|| anyhow::anyhow!("the demo fire department is missing"))?;
     let roles = [
-        ("admin", Role::MunicipalAdmin, None, "you.admin", "You (admin)"),
-        ("dispatcher", Role::Dispatcher, Some(fire.id), "you.dispatch", "You (dispatcher)"),
-        ("responder", Role::Responder, Some(fire.id), "you.responder", "You (responder)"),
-        ("auditor", Role::Auditor, None, "you.auditor", "You (auditor)"),
+        (
+            "admin",
+            Role::MunicipalAdmin,
+            None,
+            "you.admin",
+            "You (admin)",
+        ),
+        (
+            "dispatcher",
+            Role::Dispatcher,
+            Some(fire.id),
+            "you.dispatch",
+            "You (dispatcher)",
+        ),
+        (
+            "responder",
+            Role::Responder,
+            Some(fire.id),
+            "you.responder",
+            "You (responder)",
+        ),
+        (
+            "auditor",
+            Role::Auditor,
+            None,
+            "you.auditor",
+            "You (auditor)",
+        ),
     ];
     let mut links = Vec::new();
     for (label, role, agency_id, local, name) in roles {
@@ -328,8 +352,7 @@ pub async fn run(
     let origin = settings.public_origin.as_str().to_owned();
     let public_origin = settings.public_origin.clone();
     let key_dir = settings.key_dir.clone();
-    let mut app =
-        crate::http::Application::build(settings, database.pool.clone(), clock.clone())?;
+    let mut app = crate::http::Application::build(settings, database.pool.clone(), clock.clone())?;
     app.listen_grant_events_on(database.config.clone());
     let base = format!("{}://{}", app.scheme(), app.local_addr());
     let handle = app.handle();

@@ -374,7 +374,11 @@ impl GrantEvents {
         }
     }
 
-    async fn listen_forever(&self, config: tokio_postgres::Config, ready: Arc<tokio::sync::Notify>) {
+    async fn listen_forever(
+        &self,
+        config: tokio_postgres::Config,
+        ready: Arc<tokio::sync::Notify>,
+    ) {
         let mut backoff = ListenBackoff::new();
         loop {
             match self.listen_once(&config, &ready, &mut backoff).await {

@@ -210,9 +210,11 @@ pub async fn render_console(
     actor: &Actor,
     filter: &Filter,
 ) -> Result<String, WebError> {
-    Ok(console_page(client, actor, filter, IncidentForm::default(), None)
-        .await?
-        .render()?)
+    Ok(
+        console_page(client, actor, filter, IncidentForm::default(), None)
+            .await?
+            .render()?,
+    )
 }
 
 async fn console_page(
@@ -768,9 +770,7 @@ async fn reveal(
             match reveal_steps(&state, &mut client, &actor, *id, property, &reason, now).await {
                 Ok(notes) => Ok(notes),
                 Err(WebError::Api(ApiError::StepUpRequired)) => Err(None),
-                Err(WebError::Api(ApiError::Conflict(d) | ApiError::BadRequest(d))) => {
-                    Err(Some(d))
-                }
+                Err(WebError::Api(ApiError::Conflict(d) | ApiError::BadRequest(d))) => Err(Some(d)),
                 Err(WebError::Api(ApiError::NotFound)) => Err(Some(
                     "The notes of this home are not yours to see for this incident.".to_owned(),
                 )),
@@ -1039,7 +1039,12 @@ async fn events(
     let tenant = actor.tenant;
     let session = actor.session_id;
     let stream = futures_util::stream::unfold(
-        (state.into_inner(), subscription, None::<Vec<GrantStatus>>, true),
+        (
+            state.into_inner(),
+            subscription,
+            None::<Vec<GrantStatus>>,
+            true,
+        ),
         move |(state, mut sub, last, first)| async move {
             loop {
                 if !first || last.is_some() {
@@ -1054,7 +1059,10 @@ async fn events(
                         let states = current(&state, tenant, session, incident.id).await?;
                         if Some(&states) != last.as_ref() {
                             let event = sse_event(&states);
-                            return Some((Ok::<_, actix_web::Error>(event), (state, sub, Some(states), false)));
+                            return Some((
+                                Ok::<_, actix_web::Error>(event),
+                                (state, sub, Some(states), false),
+                            ));
                         }
                         return Some((
                             Ok(web::Bytes::from_static(b": keep-alive\n\n")),

@@ -677,7 +677,11 @@ async fn home_with_plan(app: &TestApp, tenant: firstkey::store::Tenant, address:
         property.id,
         owner.id,
         &plan,
-        |id| Ok(Some(firstkey::crypto::seal(&kek, id.as_bytes(), &notes).unwrap())),
+        |id| {
+            Ok(Some(
+                firstkey::crypto::seal(&kek, id.as_bytes(), &notes).unwrap(),
+            ))
+        },
         now,
     )
     .await
@@ -787,8 +791,18 @@ async fn dispatcher_console_in_chromium() {
         }
     };
     use firstkey::domain::Role;
-    let responder = invite(Role::Responder, "engine7@springfield.example", "Riley Responder").await;
-    let dana = invite(Role::Dispatcher, "dana@springfield.example", "Dana Dispatcher").await;
+    let responder = invite(
+        Role::Responder,
+        "engine7@springfield.example",
+        "Riley Responder",
+    )
+    .await;
+    let dana = invite(
+        Role::Dispatcher,
+        "dana@springfield.example",
+        "Dana Dispatcher",
+    )
+    .await;
     let sam = invite(Role::Dispatcher, "sam@springfield.example", "Sam Second").await;
 
     // Staff keys are roaming security keys: a USB authenticator beside the harness's platform one.
@@ -888,7 +902,12 @@ async fn dispatcher_console_in_chromium() {
     b.click("#grant-form button[type=submit]").await;
     b.wait_for("form[data-resubmit='grant-form'][data-ready='true']")
         .await;
-    let kept = b.wait_for("#justification").await.prop("value").await.unwrap();
+    let kept = b
+        .wait_for("#justification")
+        .await
+        .prop("value")
+        .await
+        .unwrap();
     assert_eq!(
         kept.as_deref(),
         Some("Smoke reported, occupant not answering")
@@ -899,9 +918,14 @@ async fn dispatcher_console_in_chromium() {
         .wait_for("[data-grant-state][data-state='waiting_for_approval']")
         .await;
     let grant = waiting.attr("data-grant-state").await.unwrap().unwrap();
-    assert!(b.text(&format!("#grant-{grant}")).await.contains("Riley Responder"));
+    assert!(
+        b.text(&format!("#grant-{grant}"))
+            .await
+            .contains("Riley Responder")
+    );
     // The page subscribed to the incident's live state.
-    b.wait_for("[data-live-events][data-live='connected']").await;
+    b.wait_for("[data-live-events][data-live='connected']")
+        .await;
     b.check("grant-waiting", &[]).await;
     let console = b.client.window().await.unwrap();
 
@@ -917,10 +941,15 @@ async fn dispatcher_console_in_chromium() {
     b.wait_for_path("/home").await;
     b.goto("/dispatch/approvals").await;
     let queue = b.text("main ul.cards").await;
-    assert!(queue.contains("26-1309c") && queue.contains("20 minutes"), "{queue}");
+    assert!(
+        queue.contains("26-1309c") && queue.contains("20 minutes"),
+        "{queue}"
+    );
     b.check("approval-queue", &[]).await;
-    b.click(&format!("form[action='/dispatch/grants/{grant}/approve'] button"))
-        .await;
+    b.click(&format!(
+        "form[action='/dispatch/grants/{grant}/approve'] button"
+    ))
+    .await;
     b.wait_for_path("/dispatch/approvals").await;
     assert!(b.text("main").await.contains("Nothing is waiting"));
     b.check("approved", &[]).await;
@@ -929,7 +958,10 @@ async fn dispatcher_console_in_chromium() {
     b.client.switch_to_window(console.clone()).await.unwrap();
     b.wait_for(&format!("[data-grant-state='{grant}'][data-state='live']"))
         .await;
-    assert_eq!(b.text(&format!("[data-grant-state='{grant}']")).await, "live");
+    assert_eq!(
+        b.text(&format!("[data-grant-state='{grant}']")).await,
+        "live"
+    );
     b.check("grant-live", &[]).await;
     assert_eq!(
         b.client.current_url().await.unwrap().path(),
@@ -940,8 +972,10 @@ async fn dispatcher_console_in_chromium() {
     // The second dispatcher revokes it; the console shows it ended.
     b.client.switch_to_window(tab.handle.clone()).await.unwrap();
     b.goto(&incident_path).await;
-    b.click(&format!("form[action='/dispatch/grants/{grant}/revoke'] button"))
-        .await;
+    b.click(&format!(
+        "form[action='/dispatch/grants/{grant}/revoke'] button"
+    ))
+    .await;
     b.wait_for(&format!("[data-grant-state='{grant}'][data-state='ended']"))
         .await;
     b.client.switch_to_window(console).await.unwrap();
@@ -952,7 +986,10 @@ async fn dispatcher_console_in_chromium() {
     // The console lists the incident with its grant.
     b.goto("/dispatch").await;
     let listed = b.text("#incident-list tbody").await;
-    assert!(listed.contains("26-1309c") && listed.contains("12 Elm Street"), "{listed}");
+    assert!(
+        listed.contains("26-1309c") && listed.contains("12 Elm Street"),
+        "{listed}"
+    );
     b.check("console", &[]).await;
 
     b.client.clone().close().await.unwrap();
