@@ -47,6 +47,8 @@ pub struct BenchOptions {
     pub duration: Duration,
     /// Idle agents for the memory figure.
     pub idle_agents: usize,
+    /// Only the dispatcher-console figures (d), (e).
+    pub console_only: bool,
 }
 
 struct Staff {
@@ -185,6 +187,17 @@ async fn measure(
         .and_then(Value::as_str)
         .ok_or_else(|| anyhow!("no grant id: {grant}"))?
         .to_owned();
+
+    if options.console_only {
+        let incident_id = Uuid::parse_str(&incident).context("incident id")?;
+        let measured =
+            crate::bench_console::measure(&pool, &base, tenant, dispatcher.id, fire, incident_id)
+                .await;
+        channel.stop();
+        handle.stop(true).await;
+        let _ = server.await;
+        return measured;
+    }
 
     // --- (a) push latency with agents connected.
     let ca = std::fs::read(settings.key_dir.join(crate::channel::tls::DEV_CA_FILE))?;

@@ -4,9 +4,10 @@
 //!   them) with 1,000 open incidents and 10,000 grants, p50/p99; the baseline is the same page with
 //!   a filter that matches nothing (the same queries and template, no rows), timed in the same run.
 //! - Live-state latency with 100 consoles subscribed over HTTP (`/dispatch/incidents/{id}/events`):
-//!   from a transaction that changes a grant's state (the newest token's status, as receipt storage
-//!   and acknowledgements change it, through the same trigger) until each console has the event,
-//!   p50/p99 over every console and round; the baseline is that transaction's own round trip.
+//!   from the commit of a transaction that changes a grant's state (its status, live <-> waiting
+//!   for approval; a receipt's arrival notifies through a trigger of the same kind) until each
+//!   console has the event, p50/p99 over every console and round; the baseline is that
+//!   transaction's own round trip. Not an end-to-end receipt upload over the agent channel.
 
 use std::time::{Duration, Instant};
 
@@ -44,7 +45,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// Runs (d) against the running server at `base` over `pool`; `incident` is an open incident whose
-/// grant has tokens, `dispatcher` a dispatcher of `agency`.
+/// grant is live, `dispatcher` a dispatcher of `agency`.
 pub async fn measure(
     pool: &Pool,
     base: &str,
@@ -212,31 +213,26 @@ pub async fn measure(
             *r = true;
         }
     }
-    let token: Vec<u8> = client
+    let grant: Uuid = client
         .query_one(
-            "SELECT cti FROM issued_tokens WHERE municipality_id = $1 AND grant_id = (
-                 SELECT id FROM grants WHERE municipality_id = $1 AND incident_id = $2 ORDER BY created_at LIMIT 1)
-             ORDER BY issued_at DESC, cti LIMIT 1",
+            "SELECT id FROM grants WHERE municipality_id = $1 AND incident_id = $2
+             ORDER BY created_at, id LIMIT 1",
             &[&tenant.id(), &incident],
         )
-        .await
-        .context("the benchmark grant has no token")?
+        .await?
         .get(0);
     let mut latencies = Vec::with_capacity(CONSOLES * ROUNDS);
     let mut commits = Vec::with_capacity(ROUNDS);
     for round in 0..ROUNDS {
-        // Acknowledged ↔ token issued: a state change every round.
+        // Live ↔ waiting for approval: a state change every round, through the grants trigger.
         let status = if round % 2 == 0 {
-            "issued"
+            "awaiting_approval"
         } else {
-            "delivered"
+            "live"
         };
         let started = Instant::now();
         client
-            .execute(
-                "UPDATE issued_tokens SET status = $2, pushed_at = NULL WHERE cti = $1",
-                &[&token, &status],
-            )
+            .execute("UPDATE grants SET status = $2 WHERE id = $1", &[&grant, &status])
             .await?;
         commits.push(started.elapsed());
         let mut heard = vec![false; CONSOLES];
@@ -254,6 +250,9 @@ pub async fn measure(
         }
     }
     tasks.abort_all();
+    client
+        .execute("UPDATE grants SET status = 'live' WHERE id = $1", &[&grant])
+        .await?;
     let (l50, l99) = (
         percentile(&mut latencies, 0.5),
         percentile(&mut latencies, 0.99),

@@ -69,6 +69,9 @@ pub enum Command {
         /// Idle agents for the memory-per-connection figure.
         #[arg(long, default_value_t = 10_000)]
         idle_agents: usize,
+        /// Only the dispatcher-console figures (render time, live-state latency).
+        #[arg(long)]
+        console_only: bool,
     },
     /// Internal: the simulated-agent process of `firstkey bench` (c).
     #[command(hide = true)]
@@ -469,6 +472,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             responders,
             seconds,
             idle_agents,
+            console_only,
         } => {
             let options = crate::bench::BenchOptions {
                 latency_agents,
@@ -476,6 +480,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 responders,
                 duration: Duration::from_secs(seconds),
                 idle_agents,
+                console_only,
             };
             let config = database.config.clone();
             crate::bench::run(settings, config, options).await
