@@ -68,7 +68,7 @@ pub async fn measure(
         .execute(
             "INSERT INTO incidents (id, municipality_id, agency_id, cad_number, kind, address, opened_by, opened_at)
              SELECT gen_random_uuid(), $1, $2, 'CON-' || n, 'fire', n || ' Console Street', $3,
-                    $4 - make_interval(secs => n)
+                    $4::timestamptz - make_interval(secs => n::double precision)
              FROM generate_series(1, $5::bigint) n",
             &[&tenant.id(), &agency, &dispatcher, &now, &INCIDENTS],
         )
@@ -78,8 +78,8 @@ pub async fn measure(
             "INSERT INTO grants (id, municipality_id, incident_id, property_id, plan_id, granted_by,
                  justification, status, policy_set_hash, created_at, starts_at, ends_at)
              SELECT gen_random_uuid(), $1, i.id, $2, $3, $4, 'console benchmark',
-                    CASE WHEN g % 3 = 0 THEN 'awaiting_approval' ELSE 'live' END, $5, $6, $6,
-                    $6 + interval '1 hour'
+                    CASE WHEN g % 3 = 0 THEN 'awaiting_approval' ELSE 'live' END, $5,
+                    $6::timestamptz, $6::timestamptz, $6::timestamptz + interval '1 hour'
              FROM (SELECT id, row_number() OVER (ORDER BY cad_number) AS k FROM incidents
                    WHERE municipality_id = $1 AND cad_number LIKE 'CON-%') i
              JOIN generate_series(1, $7::bigint) g ON g % $8::bigint = i.k % $8::bigint",
@@ -232,7 +232,10 @@ pub async fn measure(
         };
         let started = Instant::now();
         client
-            .execute("UPDATE grants SET status = $2 WHERE id = $1", &[&grant, &status])
+            .execute(
+                "UPDATE grants SET status = $2 WHERE id = $1",
+                &[&grant, &status],
+            )
             .await?;
         commits.push(started.elapsed());
         let mut heard = vec![false; CONSOLES];

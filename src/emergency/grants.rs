@@ -855,3 +855,18 @@ pub async fn awaiting_approval(
         })
         .collect())
 }
+
+/// How many of the tenant's grants on open incidents await approval.
+pub async fn awaiting_approval_count(
+    client: &impl GenericClient,
+    tenant: crate::store::Tenant,
+) -> Result<i64, EmergencyError> {
+    Ok(client
+        .query_one(
+            "SELECT count(*) FROM grants g JOIN incidents i ON i.id = g.incident_id
+             WHERE g.municipality_id = $1 AND g.status = 'awaiting_approval' AND i.closed_at IS NULL",
+            &[&tenant.id()],
+        )
+        .await?
+        .get(0))
+}

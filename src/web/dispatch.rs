@@ -142,7 +142,7 @@ struct Console {
     show: &'static str,
     incidents: Vec<IncidentRow>,
     truncated: bool,
-    awaiting: usize,
+    awaiting: i64,
     agencies: Vec<(Uuid, String)>,
     form: IncidentForm,
     error: Option<String>,
@@ -225,10 +225,9 @@ async fn console_page(
     error: Option<String>,
 ) -> Result<Console, WebError> {
     let (incidents, truncated) = listed(client, actor.tenant, filter).await?;
-    let awaiting = grants::awaiting_approval(client, actor.tenant)
+    let awaiting = grants::awaiting_approval_count(client, actor.tenant)
         .await
-        .map_err(api)?
-        .len();
+        .map_err(api)?;
     // Dispatchers open incidents for their own agency only.
     let agencies = tenancy::agencies(client, actor.tenant)
         .await?
