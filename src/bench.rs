@@ -190,9 +190,16 @@ async fn measure(
 
     if options.console_only {
         let incident_id = Uuid::parse_str(&incident).context("incident id")?;
-        let measured =
-            crate::bench_console::measure(&pool, &base, tenant, dispatcher.id, fire, incident_id)
-                .await;
+        let measured = crate::bench_console::measure(
+            &pool,
+            &base,
+            tenant,
+            dispatcher.id,
+            fire,
+            incident_id,
+            clock.now(),
+        )
+        .await;
         channel.stop();
         handle.stop(true).await;
         let _ = server.await;
@@ -297,7 +304,16 @@ async fn measure(
 
     // --- (d), (e) the dispatcher console: render time, live-state latency.
     let incident_id = Uuid::parse_str(&incident).context("incident id")?;
-    crate::bench_console::measure(&pool, &base, tenant, dispatcher.id, fire, incident_id).await?;
+    crate::bench_console::measure(
+        &pool,
+        &base,
+        tenant,
+        dispatcher.id,
+        fire,
+        incident_id,
+        clock.now(),
+    )
+    .await?;
 
     // --- (c) memory per idle connected agent: the agents live in a child process (its own
     // descriptor table), so this process's RSS growth is the server side alone.

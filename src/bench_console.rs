@@ -53,8 +53,8 @@ pub async fn measure(
     dispatcher: Uuid,
     agency: Uuid,
     incident: Uuid,
+    now: chrono::DateTime<chrono::Utc>,
 ) -> anyhow::Result<()> {
-    let now = chrono::Utc::now();
     let client = pool.get().await.map_err(StoreError::from)?;
     let row = client
         .query_one(
@@ -203,7 +203,7 @@ pub async fn measure(
     }
     drop(tx);
     // Each console's first event is the current state.
-    let mut ready = vec![false; CONSOLES];
+    let mut ready = [false; CONSOLES];
     while ready.iter().any(|r| !r) {
         let (i, _) = tokio::time::timeout(Duration::from_secs(30), rx.recv())
             .await
@@ -238,7 +238,7 @@ pub async fn measure(
             )
             .await?;
         commits.push(started.elapsed());
-        let mut heard = vec![false; CONSOLES];
+        let mut heard = [false; CONSOLES];
         while heard.iter().any(|h| !h) {
             let (i, at) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
                 .await

@@ -211,12 +211,15 @@ pub enum SubscribeError {
     ReplicaFull,
 }
 
+/// A session's subscriptions, oldest first: (id, what ends it).
+type Views = Vec<(u64, Arc<tokio::sync::Notify>)>;
+
 /// The fan-out of grant-state notifications on this replica.
 #[derive(Debug)]
 pub struct GrantEvents {
     sender: broadcast::Sender<Change>,
     /// Per session, its subscriptions oldest first: (id, what ends it).
-    sessions: Mutex<HashMap<Uuid, Vec<(u64, Arc<tokio::sync::Notify>)>>>,
+    sessions: Mutex<HashMap<Uuid, Views>>,
     next_id: std::sync::atomic::AtomicU64,
     listening: Mutex<Option<tokio::task::JoinHandle<()>>>,
     max_per_session: usize,
@@ -453,7 +456,7 @@ mod tests {
 
     #[test]
     fn states_follow_the_stored_facts() {
-        let now = Utc::now();
+        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
         let later = now + chrono::Duration::minutes(5);
         let d = |status, token, receipt| GrantState::derive(status, later, token, receipt, now);
         assert_eq!(
