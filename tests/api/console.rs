@@ -122,3 +122,51 @@ async fn the_live_state_stream_is_for_the_incidents_dispatchers() {
     let first = response.chunk().await.unwrap().unwrap();
     assert_eq!(&first[..], b"event: grants\ndata: []\n\n");
 }
+
+/// `firstkey demo`'s links: one per staff role of the demo municipality, each opening the working
+/// enrolment page, which says that this municipality's staff keys need no trusted attestation.
+#[tokio::test]
+async fn the_demo_prints_a_working_enrolment_link_per_role() {
+    let app = spawn_app().await;
+    let world = firstkey::demo::seed(&app.pool, firstkey::demo::DEMO_SLUG, Utc::now())
+        .await
+        .unwrap();
+    let origin = firstkey::settings::PublicOrigin::parse(&app.address).unwrap();
+    let links = firstkey::demo::enrolment_links(&app.pool, &world, &origin, Utc::now())
+        .await
+        .unwrap();
+    let roles: Vec<&str> = links.iter().map(|(role, _)| *role).collect();
+    assert_eq!(roles, ["admin", "dispatcher", "responder", "auditor"]);
+    for (role, link) in &links {
+        let (page, secret) = link.split_once('#').expect("the secret is in the fragment");
+        assert!(secret.len() >= 32, "{role}: {link}");
+        let path = page.strip_prefix(&app.address).expect("the link is ours");
+        let response = app
+            .http
+            .get(format!("{}{path}", app.address))
+            .header("Accept", "text/html")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{role}: {link}");
+        let html = response.text().await.unwrap();
+        assert!(html.contains("data-ceremony=\"enrol\""), "{role}");
+        assert!(
+            html.contains("Demo City (demo-city) is a demo municipality"),
+            "{role}"
+        );
+    }
+    // Each is a live invitation into the role it names.
+    let client = app.pool.get().await.unwrap();
+    let open: i64 = client
+        .query_one(
+            "SELECT count(*) FROM invitations WHERE municipality_id = $1 AND used_at IS NULL
+               AND role IN ('municipal_admin', 'dispatcher', 'responder', 'auditor')
+               AND email LIKE 'you.%'",
+            &[&world.tenant.id()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(open, 4);
+}
