@@ -9,7 +9,9 @@
 //!     single-INSERT transaction rate with the same concurrency on the same database;
 //! (c) memory per idle connected agent: RSS growth of this process divided by N. The simulated
 //!     agents run in this process too, so the figure includes both ends of each connection and is
-//!     an upper bound for the server alone.
+//!     an upper bound for the server alone;
+//! (d), (e) the dispatcher console: render time with 1,000 open incidents and 10,000 grants, and
+//!     live-state latency to 100 subscribed consoles (`bench_console`).
 //!
 //! A figure is never asserted here; targets are printed beside the measurements.
 
@@ -51,6 +53,8 @@ pub struct BenchOptions {
     pub battery_agents: usize,
     /// Run only the home section (alarms, battery), not (a)–(c).
     pub home_only: bool,
+    /// Only the dispatcher-console figures (d), (e).
+    pub console_only: bool,
 }
 
 struct Staff {
@@ -139,7 +143,8 @@ async fn measure(
     let origin = settings.public_origin.clone();
     let channel =
         crate::channel::server::start(settings, pool.clone(), pg_config, clock.clone()).await?;
-    let app = crate::http::Application::build(settings.clone(), pool.clone(), clock.clone())?;
+    let mut app = crate::http::Application::build(settings.clone(), pool.clone(), clock.clone())?;
+    app.listen_grant_events_on(db_config.clone());
     let base = format!("http://{}", app.local_addr());
     let handle = app.handle();
     let server = tokio::spawn(app.run_until_stopped());
@@ -224,6 +229,24 @@ async fn measure(
         .and_then(Value::as_str)
         .ok_or_else(|| anyhow!("no grant id: {grant}"))?
         .to_owned();
+
+    if options.console_only {
+        let incident_id = Uuid::parse_str(&incident).context("incident id")?;
+        let measured = crate::bench_console::measure(
+            &pool,
+            &base,
+            tenant,
+            dispatcher.id,
+            fire,
+            incident_id,
+            clock.now(),
+        )
+        .await;
+        channel.stop();
+        handle.stop(true).await;
+        let _ = server.await;
+        return measured;
+    }
 
     // --- (a) push latency with agents connected.
     let ca = std::fs::read(settings.key_dir.join(crate::channel::tls::DEV_CA_FILE))?;
@@ -320,6 +343,19 @@ async fn measure(
         "    {issued:>8.1} tokens/s   vs raw single-INSERT transactions {raw:>8.1}/s   ratio {:.1}% (target ≥ 25%)",
         100.0 * issued / raw.max(0.001)
     );
+
+    // --- (d), (e) the dispatcher console: render time, live-state latency.
+    let incident_id = Uuid::parse_str(&incident).context("incident id")?;
+    crate::bench_console::measure(
+        &pool,
+        &base,
+        tenant,
+        dispatcher.id,
+        fire,
+        incident_id,
+        clock.now(),
+    )
+    .await?;
 
     // --- (c) memory per idle connected agent: the agents live in a child process (its own
     // descriptor table), so this process's RSS growth is the server side alone.

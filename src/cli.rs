@@ -78,6 +78,9 @@ pub enum Command {
         /// Only the home section (alarms, battery reports).
         #[arg(long)]
         home_only: bool,
+        /// Only the dispatcher-console figures (render time, live-state latency).
+        #[arg(long)]
+        console_only: bool,
     },
     /// Internal: the simulated-agent process of `firstkey bench` (c).
     #[command(hide = true)]
@@ -289,6 +292,20 @@ pub enum AdminCommand {
     /// The municipality's agencies: add, rename, retire, list (each change audited).
     #[command(subcommand)]
     Agency(AgencyCommand),
+    /// Admit security keys whose attestation certificate is self-signed with one known key (a batch
+    /// key, or Chromium's virtual authenticator in a test configuration): pins the SHA-256 of that
+    /// key's SubjectPublicKeyInfo for a municipality (audited).
+    TrustKey {
+        /// Municipality slug.
+        #[arg(long)]
+        municipality: String,
+        /// SHA-256 of the attestation key's SubjectPublicKeyInfo: 64 hex digits (colons allowed).
+        #[arg(long)]
+        spki_sha256: String,
+        /// What the key is, e.g. "Chromium virtual authenticator (tests only)".
+        #[arg(long)]
+        name: String,
+    },
 }
 
 /// `firstkey admin agency …`
@@ -514,6 +531,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             alarms,
             battery_agents,
             home_only,
+            console_only,
         } => {
             let options = crate::bench::BenchOptions {
                 latency_agents,
@@ -524,6 +542,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 alarms,
                 battery_agents,
                 home_only,
+                console_only,
             };
             let config = database.config.clone();
             crate::bench::run(settings, config, options).await
@@ -602,6 +621,33 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Admin(AdminCommand::Agency(command)) => {
             server::migrate_with_patience(&database, Duration::from_secs(60)).await?;
             run_agency(command, &database.pool).await
+        }
+        Command::Admin(AdminCommand::TrustKey {
+            municipality,
+            spki_sha256,
+            name,
+        }) => {
+            let pin = crate::auth::pins::parse_pin(&spki_sha256)?;
+            server::migrate_with_patience(&database, Duration::from_secs(60)).await?;
+            let mut client = database.pool.get().await.map_err(store::StoreError::from)?;
+            let tx = client
+                .transaction()
+                .await
+                .map_err(store::StoreError::from)?;
+            let (tenant, slug) = find_municipality(&tx, &municipality).await?;
+            let added =
+                crate::auth::pins::pin_key(&tx, tenant, &pin, &name, None, SystemClock.now())
+                    .await?;
+            tx.commit().await.map_err(store::StoreError::from)?;
+            if added {
+                println!(
+                    "{slug} now admits security keys attested by the key {}",
+                    hex::encode(pin)
+                );
+            } else {
+                println!("{slug} already admits the key {}", hex::encode(pin));
+            }
+            Ok(())
         }
         Command::Admin(AdminCommand::Municipalities) => {
             server::migrate_with_patience(&database, Duration::from_secs(60)).await?;

@@ -166,7 +166,8 @@ pub async fn serve(
         clock.clone(),
     )
     .await?;
-    let app = Application::build(settings, database.pool.clone(), clock)?;
+    let mut app = Application::build(settings, database.pool.clone(), clock)?;
+    app.listen_grant_events_on(database.config.clone());
     tracing::info!(address = %app.local_addr(), scheme = app.scheme(), database = %database.description, "listening");
     if let Some(address) = app.metrics_addr() {
         tracing::info!(%address, "metrics listening (plain HTTP, /metrics only)");

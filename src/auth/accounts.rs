@@ -411,7 +411,24 @@ pub async fn start_enrolment(
                     Some(AuthenticatorAttachment::CrossPlatform),
                 )
                 .map_err(|e| AuthError::Configuration(e.to_string()))?;
-            (serde_json::to_value(ccr)?, Registering::SecurityKey(state))
+            let mut options = serde_json::to_value(ccr)?;
+            // Where keys beyond the CA list are admitted (a pinned attestation key, the demo
+            // municipality), credProtect is asked for but not enforced by the client: Chromium's
+            // virtual authenticator, which test configurations pin, cannot apply it. User
+            // verification stays required and is checked on the registration.
+            if super::pins::trust(client, pending.tenant)
+                .await?
+                .admits_more()
+                && let Some(extensions) = options
+                    .pointer_mut("/publicKey/extensions")
+                    .and_then(serde_json::Value::as_object_mut)
+            {
+                extensions.insert(
+                    "enforceCredentialProtectionPolicy".to_owned(),
+                    serde_json::Value::Bool(false),
+                );
+            }
+            (options, Registering::SecurityKey(state))
         }
         LinkKind::EmailVerification => {
             let (ccr, state) = rp
@@ -640,12 +657,30 @@ pub async fn finish_enrolment(
     };
     let tx = client.transaction().await.map_err(StoreError::from)?;
     let format_refused = registration_format_refusal(response);
+    let mut admitted = None;
     let (kind, result) = match &registering {
-        Registering::SecurityKey(state) => (
-            CredentialKind::SecurityKey,
-            rp.finish_attested_passkey_registration(response, state)
-                .map(Into::into),
-        ),
+        Registering::SecurityKey(state) => {
+            let by_ca_list = rp
+                .finish_attested_passkey_registration(response, state)
+                .map(Into::into);
+            let result = match by_ca_list {
+                // Not from a CA the municipality trusts: a pinned attestation key, or the demo
+                // municipality's mode without attestation, may still admit it.
+                Err(e) if RegistrationRefusal::of(&e) == RegistrationRefusal::Attestation => {
+                    let trust = super::pins::trust(&tx, tenant).await?;
+                    match super::pins::finish_beyond_ca_list(rp, response, state, &trust) {
+                        Ok(Some((credential, how))) => {
+                            admitted = Some(how);
+                            Ok(credential)
+                        }
+                        Ok(None) => Err(e),
+                        Err(other) => Err(other),
+                    }
+                }
+                other => other,
+            };
+            (CredentialKind::SecurityKey, result)
+        }
         Registering::Passkey(state) => (
             CredentialKind::Passkey,
             rp.finish_passkey_registration(response, state)
@@ -736,7 +771,10 @@ pub async fn finish_enrolment(
         crate::trusted::accept(&tx, tenant, invitation, user, now).await?;
     }
     let attestation_ca = match kind {
-        CredentialKind::SecurityKey => Some(attestation_summary(&credential)),
+        CredentialKind::SecurityKey => Some(match &admitted {
+            Some(how) => how.summary(),
+            None => attestation_summary(&credential),
+        }),
         CredentialKind::Passkey => None,
     };
     let credential_id = wa::insert_credential(
@@ -755,6 +793,7 @@ pub async fn finish_enrolment(
         .details(serde_json::json!({
             "kind": kind_name(kind),
             "role": role.map(Role::as_str),
+            "attestation": admitted.as_ref().map(super::pins::Admitted::summary),
         }));
     audit::record(&tx, tenant, &event, now).await?;
     let (_, session) = session::create(&tx, tenant, user, Some(credential_id), now).await?;

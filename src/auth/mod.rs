@@ -6,6 +6,7 @@ pub mod accounts;
 pub mod client;
 pub mod error;
 pub mod keys;
+pub mod pins;
 pub mod ratelimit;
 pub mod session;
 pub mod signin;

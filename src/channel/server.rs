@@ -664,6 +664,7 @@ async fn session(
                 inbox::pending(&client, lock.id, seq_i64(sent), window).await?
             };
             dirty = i64::try_from(entries.len()).unwrap_or(i64::MAX) >= window;
+            let before = sent;
             for (seq, message) in entries {
                 let seq = u64::try_from(seq).unwrap_or(0);
                 let Some(message) = to_wire(message, lock.id, opts.keypad_root.as_ref()) else {
@@ -684,6 +685,9 @@ async fn session(
                 )
                 .await?;
                 sent = sent.max(seq);
+            }
+            if sent > before {
+                record_pushed(shared, lock.id, before, sent).await?;
             }
         }
         let wake = tokio::select! {
@@ -909,6 +913,32 @@ async fn authenticate(
         }
         _ => Err(ErrorCode::AuthenticationFailed),
     }
+}
+
+/// Records that tokens among the inbox entries after `previous` through `seq` were sent to the lock
+/// (`issued_tokens.pushed_at`; the dispatcher console shows it as "pushed to the lock").
+async fn record_pushed(
+    shared: &Shared,
+    lock: Uuid,
+    previous: u64,
+    seq: u64,
+) -> Result<(), StoreError> {
+    let client = shared.pool.get().await.map_err(StoreError::from)?;
+    client
+        .execute(
+            "UPDATE issued_tokens SET pushed_at = $4
+             WHERE lock_id = $1 AND pushed_at IS NULL AND token_hash IN (
+                 SELECT sha256(payload) FROM lock_inbox
+                 WHERE lock_id = $1 AND kind = 'token' AND seq > $2 AND seq <= $3)",
+            &[
+                &lock,
+                &seq_i64(previous),
+                &seq_i64(seq),
+                &shared.clock.now(),
+            ],
+        )
+        .await?;
+    Ok(())
 }
 
 /// Records the agent's acknowledgement of inbox entries up to `seq` (monotonic), and marks tokens

@@ -207,6 +207,11 @@ pub async fn seed(pool: &Pool, slug: &str, now: DateTime<Utc>) -> Result<DemoWor
             Role::Homeowner,
         ),
     ];
+    // Staff keys need not carry a trusted attestation here (and only in a demo municipality), so
+    // the person trying the demo can enrol whatever key they have.
+    crate::auth::pins::set_demo_mode(&tx, tenant, true, now)
+        .await
+        .map_err(|e| StoreError::Conflict(e.to_string()))?;
     let mut users = Vec::new();
     for (email, name, agency, role) in seeds {
         let email = Email::parse(email).map_err(|e| StoreError::Conflict(e.to_string()))?;
@@ -219,6 +224,81 @@ pub async fn seed(pool: &Pool, slug: &str, now: DateTime<Utc>) -> Result<DemoWor
         slug: municipality.slug,
         users,
     })
+}
+
+/// One-time enrolment links for the person at the keyboard, one per staff role of the demo
+/// municipality (admin, dispatcher, responder, auditor): fresh invitations of accounts of their
+/// own, from the seeded admin, the dispatcher and responder in the fire department. Each run issues
+/// new links; the previous ones stay valid until they expire or are used.
+pub async fn enrolment_links(
+    pool: &Pool,
+    world: &DemoWorld,
+    origin: &crate::settings::PublicOrigin,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Vec<(&'static str, String)>> {
+    use crate::auth::accounts::{self, NewInvitation};
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let admin_email = Email::parse("admin@demo-city.example")?;
+    let inviter = store::people::ensure_user(
+        &tx,
+        world.tenant,
+        &admin_email,
+        "Avery Admin",
+        None,
+        &[Role::MunicipalAdmin],
+        now,
+    )
+    .await?
+    .id;
+    let fire = store::tenancy::agencies(&tx, world.tenant)
+        .await?
+        .into_iter()
+        .find(|a| a.kind == AgencyKind::Fire)
+        .ok_or_else(|| anyhow::anyhow!("the demo fire department is missing"))?;
+    let roles = [
+        (
+            "admin",
+            Role::MunicipalAdmin,
+            None,
+            "you.admin",
+            "You (admin)",
+        ),
+        (
+            "dispatcher",
+            Role::Dispatcher,
+            Some(fire.id),
+            "you.dispatch",
+            "You (dispatcher)",
+        ),
+        (
+            "responder",
+            Role::Responder,
+            Some(fire.id),
+            "you.responder",
+            "You (responder)",
+        ),
+        (
+            "auditor",
+            Role::Auditor,
+            None,
+            "you.auditor",
+            "You (auditor)",
+        ),
+    ];
+    let mut links = Vec::new();
+    for (label, role, agency_id, local, name) in roles {
+        let new = NewInvitation {
+            role,
+            agency_id,
+            email: format!("{local}@demo-city.example"),
+            display_name: name.to_owned(),
+        };
+        let (_, secret) = accounts::invite(&tx, world.tenant, inviter, &new, origin, now).await?;
+        links.push((label, secret.invitation_url(origin)));
+    }
+    tx.commit().await?;
+    Ok(links)
 }
 
 /// `firstkey demo`: seeds the demo municipality, starts the server (HTTP, agent channel, mail
@@ -270,8 +350,10 @@ pub async fn run(
     .await?;
     let agent_addr = channel.local_addr();
     let origin = settings.public_origin.as_str().to_owned();
+    let public_origin = settings.public_origin.clone();
     let key_dir = settings.key_dir.clone();
-    let app = crate::http::Application::build(settings, database.pool.clone(), clock.clone())?;
+    let mut app = crate::http::Application::build(settings, database.pool.clone(), clock.clone())?;
+    app.listen_grant_events_on(database.config.clone());
     let base = format!("{}://{}", app.scheme(), app.local_addr());
     let handle = app.handle();
     let server = tokio::spawn(app.run_until_stopped());
@@ -325,6 +407,26 @@ pub async fn run(
         println!("{hint}");
     }
     if !once {
+        println!();
+        match enrolment_links(&database.pool, &world, &public_origin, clock.now()).await {
+            Ok(links) => {
+                println!(
+                    "your own accounts in {} (one-time links, valid 72 hours; open them in your browser \
+                     and enrol a passkey or security key: staff keys need no trusted attestation in a demo municipality):",
+                    world.slug
+                );
+                for (role, link) in links {
+                    println!("  {role:<11} {link}");
+                }
+                println!(
+                    "  {:<11} {}/sign-up (municipality {})",
+                    "homeowner",
+                    public_origin.as_str().trim_end_matches('/'),
+                    world.slug
+                );
+            }
+            Err(e) => eprintln!("firstkey demo: no enrolment links: {e}"),
+        }
         println!();
         println!("still serving at {base} (agent channel {agent_addr}); Ctrl-C to stop.");
         println!("  curl {base}/readyz   curl {base}/metrics   curl {base}/api/openapi.json");

@@ -809,3 +809,93 @@ pub async fn view(
         Err(EmergencyError::NotFound)
     }
 }
+
+/// A responder a grant may name for an incident of an agency kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Eligible {
+    /// The user.
+    pub id: Uuid,
+    /// Display name.
+    pub name: String,
+    /// Their unit, if any.
+    pub unit: Option<String>,
+}
+
+/// The active responders of agencies of `kind` (the ones [`create`] accepts), by unit and name, at
+/// most 500.
+pub async fn eligible_responders(
+    client: &impl GenericClient,
+    tenant: crate::store::Tenant,
+    kind: AgencyKind,
+) -> Result<Vec<Eligible>, EmergencyError> {
+    Ok(client
+        .query(
+            "SELECT u.id, u.display_name, u.unit FROM users u
+             JOIN user_roles r ON r.user_id = u.id AND r.role = 'responder'
+             JOIN agencies a ON a.id = u.agency_id AND a.municipality_id = u.municipality_id
+             WHERE u.municipality_id = $1 AND u.status = 'active' AND a.kind = $2
+             ORDER BY u.unit NULLS LAST, u.display_name, u.id LIMIT 500",
+            &[&tenant.id(), &kind.as_str()],
+        )
+        .await?
+        .iter()
+        .map(|r| Eligible {
+            id: r.get(0),
+            name: r.get(1),
+            unit: r.get(2),
+        })
+        .collect())
+}
+
+/// A grant waiting for a second approval, with where and for what.
+#[derive(Debug, Clone)]
+pub struct Awaiting {
+    /// The grant.
+    pub grant: Grant,
+    /// Its incident's CAD number.
+    pub cad_number: String,
+    /// The property's address.
+    pub address: String,
+}
+
+/// The tenant's grants awaiting approval on open incidents, oldest first, at most 200.
+pub async fn awaiting_approval(
+    client: &impl GenericClient,
+    tenant: crate::store::Tenant,
+) -> Result<Vec<Awaiting>, EmergencyError> {
+    Ok(client
+        .query(
+            &format!(
+                "SELECT {COLUMNS}, i.cad_number, p.address FROM grants g
+                 JOIN access_plans ap ON ap.id = g.plan_id
+                 JOIN incidents i ON i.id = g.incident_id
+                 JOIN properties p ON p.id = g.property_id
+                 WHERE g.municipality_id = $1 AND g.status = 'awaiting_approval' AND i.closed_at IS NULL
+                 ORDER BY g.created_at, g.id LIMIT 200"
+            ),
+            &[&tenant.id()],
+        )
+        .await?
+        .iter()
+        .map(|r| Awaiting {
+            grant: from_row(r),
+            cad_number: r.get(18),
+            address: r.get(19),
+        })
+        .collect())
+}
+
+/// How many of the tenant's grants on open incidents await approval.
+pub async fn awaiting_approval_count(
+    client: &impl GenericClient,
+    tenant: crate::store::Tenant,
+) -> Result<i64, EmergencyError> {
+    Ok(client
+        .query_one(
+            "SELECT count(*) FROM grants g JOIN incidents i ON i.id = g.incident_id
+             WHERE g.municipality_id = $1 AND g.status = 'awaiting_approval' AND i.closed_at IS NULL",
+            &[&tenant.id()],
+        )
+        .await?
+        .get(0))
+}

@@ -12,6 +12,7 @@ pub mod cad;
 pub mod grants;
 pub mod incidents;
 pub mod keys;
+pub mod live;
 pub mod tokens;
 
 use chrono::{DateTime, Utc};

@@ -55,6 +55,8 @@ pub struct AppState {
     pub kek: crate::crypto::Kek,
     /// The policy set deciding every authorization question.
     pub policy: Arc<crate::policy::PolicyEngine>,
+    /// This replica's fan-out of grant-state changes to the dispatcher consoles.
+    pub grant_events: Arc<crate::emergency::live::GrantEvents>,
 }
 
 /// A bound, not yet running, HTTP server.
@@ -70,6 +72,8 @@ pub struct Application {
     metrics_addr: Option<SocketAddr>,
     local_addr: SocketAddr,
     scheme: &'static str,
+    grant_events: Arc<crate::emergency::live::GrantEvents>,
+    grant_events_config: Option<tokio_postgres::Config>,
 }
 
 /// A start-up failure caused by the value of `setting` (exit code 2, like a bad value), in one line.
@@ -153,12 +157,20 @@ impl Application {
                 clock: clock.clone(),
             },
         ));
+        // The consoles' `LISTEN` connection goes where `database_url` points; a caller with another
+        // database (the embedded one) names it with `listen_grant_events_on`.
+        let grant_events_config = settings
+            .database_url
+            .as_ref()
+            .and_then(|url| secrecy::ExposeSecret::expose_secret(url).parse().ok());
+        let grant_events = crate::emergency::live::GrantEvents::new();
         let state = web::Data::new(AppState {
             pool,
             clock,
             settings,
             kek,
             policy: Arc::new(policy),
+            grant_events: grant_events.clone(),
         });
         let metrics_server = match metrics_listener {
             None => None,
@@ -235,7 +247,15 @@ impl Application {
             metrics_addr,
             local_addr,
             scheme,
+            grant_events,
+            grant_events_config,
         })
+    }
+
+    /// Where the grant-state `LISTEN` connection goes, instead of `database_url` (e.g. the embedded
+    /// database). It starts when the server runs.
+    pub fn listen_grant_events_on(&mut self, config: tokio_postgres::Config) {
+        self.grant_events_config = Some(config);
     }
 
     /// The bound port.
@@ -265,6 +285,9 @@ impl Application {
 
     /// Runs until the server is stopped (SIGINT/SIGTERM, or [`Self::handle`]).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        if let Some(config) = self.grant_events_config.clone() {
+            self.grant_events.listen(config).await;
+        }
         let metrics = self.metrics_server.map(|server| {
             let handle = server.handle();
             (handle, tokio::spawn(server))
@@ -272,6 +295,7 @@ impl Application {
         let result = self.server.await;
         self.sealer.abort();
         self.offline_sweeper.abort();
+        self.grant_events.stop();
         if let Some((handle, task)) = metrics {
             handle.stop(true).await;
             let _ = task.await;

@@ -44,6 +44,16 @@ pub static JS: LazyLock<Asset> = LazyLock::new(|| {
     )
 });
 
+/// The dispatcher console's live grant state (server-sent events).
+pub static LIVE_JS: LazyLock<Asset> = LazyLock::new(|| {
+    hashed(
+        "live",
+        "js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("static/live.js"),
+    )
+});
+
 /// The icon (also what spares the browser its `/favicon.ico` request).
 pub static ICON: LazyLock<Asset> = LazyLock::new(|| {
     hashed(
@@ -54,8 +64,8 @@ pub static ICON: LazyLock<Asset> = LazyLock::new(|| {
     )
 });
 
-fn all() -> [&'static Asset; 3] {
-    [&CSS, &JS, &ICON]
+fn all() -> [&'static Asset; 4] {
+    [&CSS, &JS, &ICON, &LIVE_JS]
 }
 
 pub(super) fn routes(cfg: &mut web::ServiceConfig) {

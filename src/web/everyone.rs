@@ -233,6 +233,8 @@ struct Enrol {
     explain: &'static str,
     button: &'static str,
     api: &'static str,
+    /// Demo municipalities where staff keys need no trusted attestation (name, slug).
+    demo: Vec<(String, String)>,
 }
 
 async fn verify() -> Result<HttpResponse, WebError> {
@@ -243,10 +245,21 @@ async fn verify() -> Result<HttpResponse, WebError> {
                   with your fingerprint, face or screen lock. Nobody else can use it.",
         button: "Create my passkey",
         api: "/api/v1/accounts/verify",
+        demo: Vec::new(),
     })
 }
 
-async fn accept() -> Result<HttpResponse, WebError> {
+async fn accept(state: web::Data<AppState>) -> Result<HttpResponse, WebError> {
+    // The link's secret is in the fragment, so the page cannot know the municipality: it names
+    // every demo municipality whose staff keys need no trusted attestation (none in production).
+    let demo = {
+        let client = state.pool.get().await.map_err(StoreError::from)?;
+        crate::auth::pins::demo_mode_municipalities(&client)
+            .await?
+            .into_iter()
+            .map(|(slug, name)| (name, slug))
+            .collect()
+    };
     page::ok(&Enrol {
         chrome: Chrome::anonymous(),
         heading: "Accept your invitation",
@@ -254,6 +267,7 @@ async fn accept() -> Result<HttpResponse, WebError> {
                   to confirm every emergency action.",
         button: "Enrol my security key",
         api: "/api/v1/invitations/accept",
+        demo,
     })
 }
 

@@ -21,6 +21,8 @@
 //! - [`admin`]: municipal administration: agencies, units, staff, invitations, CAD credentials, trust.
 //! - [`trusted`]: a home's trusted parties and remote unlock, for its owner; a trusted party's
 //!   accesses and door passes.
+//! - [`dispatch`]: the dispatcher console (incidents, property search, notes reveal, grants,
+//!   approvals, revoke) and its live grant-state stream (server-sent events).
 //!
 //! Pages call the core functions the JSON handlers call (`store`, `access`, `audit`, `auth`);
 //! state-changing form posts pass the same Origin check (`http::check_origin`) as JSON writes.
@@ -28,6 +30,7 @@
 mod admin;
 pub mod assets;
 mod auditor;
+pub(crate) mod dispatch;
 mod error;
 mod everyone;
 mod history;
@@ -53,7 +56,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .configure(history::routes)
         .configure(admin::routes)
         .configure(auditor::routes)
-        .configure(trusted::routes);
+        .configure(trusted::routes)
+        .configure(dispatch::routes);
 }
 
 /// The answer for a path nobody serves: the HTML "not found" page for a browser asking for a page,

@@ -32,6 +32,8 @@ pub struct Chrome {
     pub user: Option<String>,
     /// Whether to show the homeowner's navigation.
     pub homeowner: bool,
+    /// Whether to show the dispatcher's navigation.
+    pub dispatcher: bool,
 }
 
 impl Chrome {
@@ -43,6 +45,7 @@ impl Chrome {
             icon: &assets::ICON.path,
             user: None,
             homeowner: false,
+            dispatcher: false,
         }
     }
 
@@ -52,6 +55,7 @@ impl Chrome {
         Ok(Self {
             user: Some(user.display_name),
             homeowner: actor.has(Role::Homeowner),
+            dispatcher: actor.has(Role::Dispatcher),
             ..Self::anonymous()
         })
     }

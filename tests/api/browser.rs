@@ -1523,3 +1523,371 @@ async fn admin_and_auditor_in_chromium() {
 
     b.client.clone().close().await.unwrap();
 }
+
+/// SHA-256 of the SubjectPublicKeyInfo of Chromium's virtual-authenticator attestation key (the
+/// FIDO U2F specification's example key: trust it only in test configurations).
+const CHROMIUM_ATTESTATION_SPKI: &str =
+    "c98993ec4f77b4997a081a5e5990c7cf6b0ceeb7b27bc7312a3cc351921531a9";
+
+/// A registered home with a plan that lets the fire service in for fires, after a second
+/// dispatcher's approval, for at most 30 minutes, with notes for responders.
+async fn home_with_plan(app: &TestApp, tenant: firstkey::store::Tenant, address: &str) -> Uuid {
+    let now = chrono::Utc::now();
+    let mut client = app.pool.get().await.unwrap();
+    let tx = client.transaction().await.unwrap();
+    let owner = firstkey::store::people::ensure_user(
+        &tx,
+        tenant,
+        &firstkey::domain::Email::parse(&format!("owner-{}@example.org", Uuid::new_v4().simple()))
+            .unwrap(),
+        "Olive Owner",
+        None,
+        &[firstkey::domain::Role::Homeowner],
+        now,
+    )
+    .await
+    .unwrap();
+    let property =
+        firstkey::store::properties::create_property(&tx, tenant, owner.id, address, now)
+            .await
+            .unwrap();
+    let plan: firstkey::plans::PlanInput = serde_json::from_value(json!({
+        "agencies": {
+            "fire": { "allowed": true, "incident_types": ["fire"], "second_approval": true },
+            "ems": { "allowed": false, "incident_types": [], "second_approval": false },
+            "police": { "allowed": false, "incident_types": [], "second_approval": false }
+        },
+        "max_grant_minutes": 30,
+        "notes": { "pets": "A deaf old dog in the kitchen" },
+        "contacts": [],
+        "notifications": { "homeowner": true, "contacts": false },
+        "retention_days": 365
+    }))
+    .unwrap();
+    // The test settings' data key: 32 bytes of 0x2a.
+    let kek =
+        firstkey::crypto::Kek::from_base64("KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=").unwrap();
+    let notes = serde_json::to_vec(&plan.notes).unwrap();
+    firstkey::store::properties::insert_plan(
+        &tx,
+        tenant,
+        property.id,
+        owner.id,
+        &plan,
+        |id| {
+            Ok(Some(
+                firstkey::crypto::seal(&kek, id.as_bytes(), &notes).unwrap(),
+            ))
+        },
+        now,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    property.id
+}
+
+/// Adds a virtual USB security key (CTAP 2.1, user verification) to the browser's current tab.
+async fn security_key(b: &Browser) {
+    b.cdp(
+        "WebAuthn.addVirtualAuthenticator",
+        json!({ "options": {
+            "protocol": "ctap2",
+            "ctap2Version": "ctap2_1",
+            "transport": "usb",
+            "hasResidentKey": true,
+            "hasUserVerification": true,
+            "isUserVerified": true,
+            "automaticPresenceSimulation": true,
+        }}),
+    )
+    .await;
+}
+
+/// Staff in Chromium, and the dispatcher console. An admin invites a responder and two dispatchers
+/// of the fire department (through the library the admin API calls); the municipality trusts
+/// Chromium's virtual-authenticator attestation key by its SPKI pin; each follows the mailed link and
+/// enrols a security key (a USB virtual authenticator). The first dispatcher opens an incident, finds
+/// the home (with its plan summary), reveals the notes with a reason, and grants entry after an
+/// inline step-up (the typed form survives); the plan asks for a second approval, so the grant waits.
+/// The second dispatcher, in another tab, approves it from the queue and later revokes it; the first
+/// dispatcher's console shows "live" and then "ended" without a reload (server-sent events fed by
+/// NOTIFY).
+#[tokio::test]
+async fn dispatcher_console_in_chromium() {
+    let app = spawn_for_browser().await;
+    let Some(mut b) = Browser::start(&app.address, "dispatcher").await else {
+        return;
+    };
+    let tenant = municipality(&app, "springfield").await;
+    let now = chrono::Utc::now();
+    let (fire, inviter) = {
+        let mut client = app.pool.get().await.unwrap();
+        let tx = client.transaction().await.unwrap();
+        let pin = firstkey::auth::pins::parse_pin(CHROMIUM_ATTESTATION_SPKI).unwrap();
+        assert!(
+            firstkey::auth::pins::pin_key(
+                &tx,
+                tenant,
+                &pin,
+                "Chromium virtual authenticator (tests only)",
+                None,
+                now
+            )
+            .await
+            .unwrap()
+        );
+        let fire = tenancy::ensure_agency(
+            &tx,
+            tenant,
+            firstkey::domain::AgencyKind::Fire,
+            "Springfield Fire",
+            now,
+        )
+        .await
+        .unwrap();
+        let admin = firstkey::store::people::ensure_user(
+            &tx,
+            tenant,
+            &firstkey::domain::Email::parse("admin@springfield.example").unwrap(),
+            "Ada Admin",
+            None,
+            &[firstkey::domain::Role::MunicipalAdmin],
+            now,
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        (fire.id, admin.id)
+    };
+    let home = home_with_plan(&app, tenant, "12 Elm Street, Springfield").await;
+    let invite = |role, email: &'static str, name: &'static str| {
+        let app = &app;
+        async move {
+            let mut client = app.pool.get().await.unwrap();
+            let tx = client.transaction().await.unwrap();
+            firstkey::auth::accounts::invite(
+                &tx,
+                tenant,
+                inviter,
+                &firstkey::auth::accounts::NewInvitation {
+                    role,
+                    agency_id: Some(fire),
+                    email: email.to_owned(),
+                    display_name: name.to_owned(),
+                },
+                &PublicOrigin::parse(&app.address).unwrap(),
+                chrono::Utc::now(),
+            )
+            .await
+            .unwrap();
+            tx.commit().await.unwrap();
+            mailed_secret(app, email, "account.invitation")
+                .await
+                .expect("the invitation is mailed")
+        }
+    };
+    use firstkey::domain::Role;
+    let responder = invite(
+        Role::Responder,
+        "engine7@springfield.example",
+        "Riley Responder",
+    )
+    .await;
+    let dana = invite(
+        Role::Dispatcher,
+        "dana@springfield.example",
+        "Dana Dispatcher",
+    )
+    .await;
+    let sam = invite(Role::Dispatcher, "sam@springfield.example", "Sam Second").await;
+
+    // Staff keys are roaming security keys: a USB authenticator beside the harness's platform one.
+    security_key(&b).await;
+
+    // The responder and the first dispatcher follow their mail and enrol.
+    for (secret, name, shot) in [
+        (&responder, "Riley Responder", "responder"),
+        (&dana, "Dana Dispatcher", "dispatcher"),
+    ] {
+        b.goto(&format!("/invitations/accept#{secret}")).await;
+        b.wait_for("form[data-ready='true']").await;
+        b.check(&format!("enrol-{shot}"), &[]).await;
+        b.click("#enrol button[type=submit]").await;
+        b.wait_for_path("/home").await;
+        assert!(b.text("main h1").await.contains(name));
+        b.check(&format!("enrolled-{shot}"), &[]).await;
+    }
+    {
+        // The keys were admitted by the pin, and the enrolments say so in the audit log.
+        let client = app.pool.get().await.unwrap();
+        let pinned: i64 = client
+            .query_one(
+                "SELECT count(*) FROM webauthn_credentials WHERE municipality_id = $1
+                   AND attestation_ca = 'pinned attestation key ' || $2",
+                &[&tenant.id(), &CHROMIUM_ATTESTATION_SPKI],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(pinned, 2);
+    }
+
+    // The console: open an incident.
+    b.click("header a[href='/dispatch']").await;
+    b.wait_for("#incident-form").await;
+    b.check("console-empty", &[]).await;
+    b.fill("#cad_number", "26-1309c").await;
+    b.fill("#kind", "fire").await;
+    b.fill("#address", "12 Elm Street").await;
+    b.click("#incident-form button").await;
+    b.wait_for("#find").await;
+    assert_eq!(b.text("main h1").await, "Incident 26-1309c");
+    let incident_path = b.client.current_url().await.unwrap().path().to_owned();
+    b.check("incident-new", &[]).await;
+
+    // Find the home: its plan summary says a second dispatcher must approve.
+    b.fill("#q", "Elm").await;
+    b.click("form[role=search] button").await;
+    let found = b.text("#found").await;
+    assert!(
+        found.contains("12 Elm Street") && found.contains("a second dispatcher must approve"),
+        "{found}"
+    );
+    assert!(found.contains("30 minutes"), "{found}");
+    b.check("search", &[]).await;
+    b.click(&format!("#found a[href$='property={home}#grant']"))
+        .await;
+    b.wait_for("#grant-form").await;
+
+    // The notes, revealed for a reason (audited with it).
+    b.fill("#reason", "Crew asks about animals before forcing entry")
+        .await;
+    b.click("#reveal-form button").await;
+    let notes = b.text("#notes").await;
+    assert!(notes.contains("A deaf old dog in the kitchen"), "{notes}");
+    b.check("notes-revealed", &[]).await;
+    {
+        let client = app.pool.get().await.unwrap();
+        let reasons: i64 = client
+            .query_one(
+                "SELECT count(*) FROM audit_entries WHERE municipality_id = $1
+                   AND action = 'plan.reveal_notes'",
+                &[&tenant.id()],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(reasons, 1);
+    }
+
+    // The step-up goes stale: granting asks inline and keeps the form.
+    app.pool
+        .get()
+        .await
+        .unwrap()
+        .execute(
+            "UPDATE sessions SET stepped_up_at = now() - interval '10 minutes'",
+            &[],
+        )
+        .await
+        .unwrap();
+    b.click("#grant-form input[name=responders]").await;
+    b.fill("#minutes", "20").await;
+    b.fill("#justification", "Smoke reported, occupant not answering")
+        .await;
+    b.click("#grant-form button[type=submit]").await;
+    b.wait_for("form[data-resubmit='grant-form'][data-ready='true']")
+        .await;
+    let kept = b
+        .wait_for("#justification")
+        .await
+        .prop("value")
+        .await
+        .unwrap();
+    assert_eq!(
+        kept.as_deref(),
+        Some("Smoke reported, occupant not answering")
+    );
+    b.check("grant-step-up", &["status of 401"]).await;
+    b.click("form[data-resubmit='grant-form'] button").await;
+    let waiting = b
+        .wait_for("[data-grant-state][data-state='waiting_for_approval']")
+        .await;
+    let grant = waiting.attr("data-grant-state").await.unwrap().unwrap();
+    assert!(
+        b.text(&format!("#grant-{grant}"))
+            .await
+            .contains("Riley Responder")
+    );
+    // The page subscribed to the incident's live state.
+    b.wait_for("[data-live-events][data-live='connected']")
+        .await;
+    b.check("grant-waiting", &[]).await;
+    let console = b.client.window().await.unwrap();
+
+    // The second dispatcher, in another tab: enrols, approves from the queue.
+    let tab = b.client.new_window(true).await.unwrap();
+    b.client.switch_to_window(tab.handle.clone()).await.unwrap();
+    // Virtual authenticators belong to a tab: the second dispatcher's key is this tab's.
+    b.cdp("WebAuthn.enable", json!({ "enableUI": false })).await;
+    security_key(&b).await;
+    b.goto(&format!("/invitations/accept#{sam}")).await;
+    b.wait_for("form[data-ready='true']").await;
+    b.click("#enrol button[type=submit]").await;
+    b.wait_for_path("/home").await;
+    b.goto("/dispatch/approvals").await;
+    let queue = b.text("main ul.cards").await;
+    assert!(
+        queue.contains("26-1309c") && queue.contains("20 minutes"),
+        "{queue}"
+    );
+    b.check("approval-queue", &[]).await;
+    b.click(&format!(
+        "form[action='/dispatch/grants/{grant}/approve'] button"
+    ))
+    .await;
+    b.wait_for_path("/dispatch/approvals").await;
+    assert!(b.text("main").await.contains("Nothing is waiting"));
+    b.check("approved", &[]).await;
+
+    // The first dispatcher's console shows it live, without a reload.
+    b.client.switch_to_window(console.clone()).await.unwrap();
+    b.wait_for(&format!("[data-grant-state='{grant}'][data-state='live']"))
+        .await;
+    assert_eq!(
+        b.text(&format!("[data-grant-state='{grant}']")).await,
+        "live"
+    );
+    b.check("grant-live", &[]).await;
+    assert_eq!(
+        b.client.current_url().await.unwrap().path(),
+        incident_path,
+        "no navigation happened"
+    );
+
+    // The second dispatcher revokes it; the console shows it ended.
+    b.client.switch_to_window(tab.handle.clone()).await.unwrap();
+    b.goto(&incident_path).await;
+    b.click(&format!(
+        "form[action='/dispatch/grants/{grant}/revoke'] button"
+    ))
+    .await;
+    b.wait_for(&format!("[data-grant-state='{grant}'][data-state='ended']"))
+        .await;
+    b.client.switch_to_window(console).await.unwrap();
+    b.wait_for(&format!("[data-grant-state='{grant}'][data-state='ended']"))
+        .await;
+    b.check("grant-ended", &[]).await;
+
+    // The console lists the incident with its grant.
+    b.goto("/dispatch").await;
+    let listed = b.text("#incident-list tbody").await;
+    assert!(
+        listed.contains("26-1309c") && listed.contains("12 Elm Street"),
+        "{listed}"
+    );
+    b.check("console", &[]).await;
+
+    b.client.clone().close().await.unwrap();
+}
