@@ -54,7 +54,7 @@ pub(crate) fn agent_bin() -> &'static Path {
     })
 }
 
-pub(crate) /// The newest `.rs` or `Cargo.toml` under `dir` (skipping `target` and `fuzz`), with its time.
+/// The newest `.rs` or `Cargo.toml` under `dir` (skipping `target` and `fuzz`), with its time.
 fn newest_source(dir: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
     let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
     for entry in std::fs::read_dir(dir).ok()?.flatten() {
@@ -66,7 +66,11 @@ fn newest_source(dir: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
             }
             newest_source(&path)
         } else if path.extension().is_some_and(|e| e == "rs") || name == "Cargo.toml" {
-            entry.metadata().and_then(|m| m.modified()).ok().map(|t| (t, path))
+            entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .map(|t| (t, path))
         } else {
             None
         };
@@ -79,7 +83,7 @@ fn newest_source(dir: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
     newest
 }
 
-fn agent_cli(args: &[&str]) -> String {
+pub(crate) fn agent_cli(args: &[&str]) -> String {
     let out = Command::new(agent_bin()).args(args).output().unwrap();
     assert!(
         out.status.success(),
