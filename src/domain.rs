@@ -277,6 +277,18 @@ where
     T::try_from(value).map_err(|_| serde::de::Error::custom("integer out of range"))
 }
 
+/// [`integer`] for an optional field: `null` (or, with `#[serde(default)]`, absent) is `None`.
+pub fn optional_integer<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<i64>,
+{
+    use serde::Deserialize;
+    #[derive(Deserialize)]
+    struct Wrapped<T: TryFrom<i64>>(#[serde(deserialize_with = "integer")] T);
+    Ok(Option::<Wrapped<T>>::deserialize(deserializer)?.map(|Wrapped(v)| v))
+}
+
 /// Deserialises a struct from a JSON object only: serde's derive also takes a struct's fields as an
 /// array (`[null, null]` for `{"pets": null, "hazards": null}`), which the document does not allow.
 pub fn object<'de, D, T>(deserializer: D) -> Result<T, D::Error>

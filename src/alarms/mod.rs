@@ -148,7 +148,7 @@ pub struct AlarmRule {
     #[serde(default)]
     pub agency: Option<Uuid>,
     /// Minutes of entry, 1 to 1440 (and at most the plan's maximum); only with `incident_and_grant`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::domain::optional_integer")]
     #[schema(minimum = 1, maximum = 1440)]
     pub minutes: Option<u32>,
 }

@@ -107,7 +107,7 @@ pub struct IncidentCodeRequest {
     /// How long the code should work, in minutes (default 30). The window is the longest of
     /// 10, 15, 20, 30, 45, 60, 90, 120 minutes from the current 5-minute boundary that ends by
     /// both this and the grant's end.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::domain::optional_integer")]
     #[schema(minimum = 10, maximum = 120)]
     pub minutes: Option<u32>,
 }

@@ -159,7 +159,7 @@ async fn add_key_finish(
         (status = 404, description = "Not one of the user's keys", body = Problem)
     )
 )]
-#[patch("/api/v1/me/keys/{id}")]
+#[patch("/api/v1/me/keys/{id:[0-9a-fA-F-]+}")]
 #[tracing::instrument(skip_all)]
 async fn rename_key(
     state: web::Data<AppState>,
@@ -189,7 +189,7 @@ async fn rename_key(
         (status = 409, description = "It is the user's last key", body = Problem)
     )
 )]
-#[delete("/api/v1/me/keys/{id}")]
+#[delete("/api/v1/me/keys/{id:[0-9a-fA-F-]+}")]
 #[tracing::instrument(skip_all)]
 async fn remove_key(
     state: web::Data<AppState>,

@@ -337,6 +337,11 @@ async fn unrouted(req: actix_web::HttpRequest, metrics_on_main: bool) -> HttpRes
     let documented = openapi::allowed_methods(req.path())
         .filter(|_| metrics_on_main || req.path() != "/metrics");
     match documented {
+        // The method is one the resource answers, but no route took the request: a path parameter
+        // that cannot name anything (e.g. a key id that is not a UUID), so nothing is there.
+        Some(allow) if allow.split(", ").any(|m| m == req.method().as_str()) => {
+            crate::web::not_found(req).await
+        }
         Some(allow) => {
             actix_web::ResponseError::error_response(&error::ApiError::MethodNotAllowed { allow })
         }

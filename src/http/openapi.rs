@@ -93,6 +93,11 @@ pub fn allowed_methods(path: &str) -> Option<String> {
                 })
                 .collect()
         });
+    // As OpenAPI matches: a concrete path (`/api/v1/me/keys/finish`) before its templated
+    // counterparts (`/api/v1/me/keys/{id}`).
+    if let Some((_, methods)) = RESOURCES.iter().find(|(template, _)| template == path) {
+        return (!methods.is_empty()).then(|| methods.join(", "));
+    }
     let mut allowed: Vec<&str> = Vec::new();
     for (template, methods) in RESOURCES.iter() {
         if template_matches(template, path) {

@@ -166,6 +166,7 @@ pub struct NewTrustedParty {
     pub schedule: Option<Schedule>,
     /// Entries (tokens) per day (UTC), 1 to 50; 1 if absent.
     #[schema(minimum = 1, maximum = 50)]
+    #[serde(default, deserialize_with = "crate::domain::optional_integer")]
     pub uses_per_day: Option<i16>,
     /// Mail the homeowner each time a token is issued to them (default true).
     pub notify_on_use: Option<bool>,
@@ -189,6 +190,7 @@ pub struct TrustedPartyEdit {
     pub schedule: Option<Schedule>,
     /// Entries (tokens) per day (UTC), 1 to 50; 1 if absent.
     #[schema(minimum = 1, maximum = 50)]
+    #[serde(default, deserialize_with = "crate::domain::optional_integer")]
     pub uses_per_day: Option<i16>,
     /// Mail the homeowner each time a token is issued to them (default true).
     pub notify_on_use: Option<bool>,

@@ -45,6 +45,7 @@ const POLL: StdDuration = StdDuration::from_millis(5);
 pub struct RemoteUnlockRequest {
     /// How long the door stays open, 1 to 120 seconds.
     #[schema(minimum = 1, maximum = 120)]
+    #[serde(deserialize_with = "crate::domain::integer")]
     pub seconds: u32,
 }
 

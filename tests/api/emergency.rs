@@ -1184,13 +1184,16 @@ async fn an_approval_re_decides_against_the_plan_in_force() {
     assert_eq!(status, 201, "{t}");
 }
 
-/// Row counts of every table: what "nothing changed" means for a refused request.
+/// Row counts of every table: what "nothing changed" means for a refused request. The Merkle
+/// tree's nodes and the signed checkpoints are left out: the sealer maintains them in the
+/// background from entries that were already there (the entries themselves are counted).
 async fn row_counts(w: &World) -> Vec<(String, i64)> {
     let client = w.app.pool.get().await.unwrap();
     let tables: Vec<String> = client
         .query(
             "SELECT table_name::text FROM information_schema.tables
-             WHERE table_schema = 'public' AND table_type = 'BASE TABLE' ORDER BY 1",
+             WHERE table_schema = 'public' AND table_type = 'BASE TABLE'
+               AND table_name NOT IN ('audit_tree_nodes', 'audit_checkpoints') ORDER BY 1",
             &[],
         )
         .await

@@ -10,8 +10,9 @@
 //! What is not run, and why (each is a property of the API, not a gap in the document):
 //! - `sign-out` and `sign-out-everywhere` are left out: they end the very session the run
 //!   authenticates with, and everything after them would test an anonymous caller.
-//! - `positive_data_acceptance` also accepts 400 on the four ceremony finishes
-//!   ([`CEREMONY_FINISHES`]).
+//! - `positive_data_acceptance` also accepts 400 on the five ceremony finishes
+//!   ([`CEREMONY_FINISHES`]) and on the operations whose bodies name things of the caller's own
+//!   data or must agree across fields (trusted parties, monitoring accounts, alarm rules).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -117,13 +118,13 @@ async fn run(app: &TestApp, binary: &Path, config: &str) -> (bool, String) {
 /// The finish of a WebAuthn ceremony takes a credential signed by an authenticator over the
 /// challenge of a ceremony this server started; a generator cannot make one, so every
 /// schema-valid body it makes is (rightly) refused with 400, and `positive_data_acceptance`
-/// ("a schema-valid request is accepted") cannot hold there: on these four operations it accepts
+/// ("a schema-valid request is accepted") cannot hold there: on these five operations it accepts
 /// 400 as well (`--checks all` on the command line overrides a plain `enabled = false`). Every
 /// other check runs on them, and the API tests run these ceremonies with real software
 /// authenticators.
 const CEREMONY_FINISHES: &str = r#"
 [[operations]]
-include-path-regex = "^/api/v1/(auth/sign-in|auth/step-up|accounts/verify|invitations/accept)/finish$"
+include-path-regex = "^/api/v1/(auth/sign-in|auth/step-up|accounts/verify|invitations/accept|me/keys)/finish$"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409", "429"]
 "#;
 
@@ -199,6 +200,16 @@ async fn schemathesis_finds_no_failure() {
         .unwrap();
     let config = format!(
         r#"{common}
+# Bodies a generator cannot make valid from the schema alone, each refused with a 400 naming the
+# field: a trusted party's `locks` must be locks of that property (ids the generator cannot know),
+# a monitoring account's `key_id` a monitoring credential of the municipality, and an alarm
+# rule's `agency`/`minutes` must agree with its `action`. `positive_data_acceptance` accepts 400
+# there too; the API tests cover these operations with valid data.
+[[operations]]
+include-path-regex = "^/api/v1/properties/\\{{id\\}}/(trusted-parties|monitoring-accounts|alarm-rules)"
+parameters = {{ "path.id" = "{property}" }}
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409", "429"]
+
 [[operations]]
 include-path-regex = "^/api/v1/properties/\\{{id\\}}"
 parameters = {{ "path.id" = "{property}" }}
