@@ -70,8 +70,8 @@ impl From<AdminError> for ApiError {
     }
 }
 
-/// A connection, after the policy allowed `intent`.
-async fn allowed(
+/// A connection, after the policy allowed `intent` (the admin pages ask the same way).
+pub(crate) async fn allowed(
     state: &AppState,
     actor: &Actor,
     intent: Intent,

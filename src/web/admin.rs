@@ -71,17 +71,13 @@ fn when_opt(at: Option<DateTime<Utc>>) -> String {
     at.map_or_else(|| "never".to_owned(), when)
 }
 
-/// A connection, after the policy allowed `intent` for the viewer.
+/// A connection, after the policy allowed `intent` for the viewer (as the JSON face asks).
 async fn allowed(
     state: &AppState,
     actor: &Actor,
     intent: Intent,
 ) -> Result<deadpool_postgres::Object, WebError> {
-    let mut client = state.pool.get().await.map_err(StoreError::from)?;
-    municipal::authorize(&mut client, &state.policy, actor, intent, state.clock.now())
-        .await
-        .map_err(ApiError::from)?;
-    Ok(client)
+    Ok(crate::http::admin::allowed(state, actor, intent).await?)
 }
 
 /// What every admin page shows besides its content: the section links and the step-up offer.
