@@ -305,6 +305,11 @@ pub enum AdminCommand {
         /// What the key is, e.g. "Chromium virtual authenticator (tests only)".
         #[arg(long)]
         name: String,
+        /// The key belongs to a software authenticator used for tests (Chromium's virtual one):
+        /// enrolments here then ask for credProtect without enforcing it, which that authenticator
+        /// cannot honour. Never for a municipality's real staff keys.
+        #[arg(long)]
+        test_only: bool,
     },
 }
 
@@ -626,6 +631,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             municipality,
             spki_sha256,
             name,
+            test_only,
         }) => {
             let pin = crate::auth::pins::parse_pin(&spki_sha256)?;
             server::migrate_with_patience(&database, Duration::from_secs(60)).await?;
@@ -635,8 +641,13 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 .await
                 .map_err(store::StoreError::from)?;
             let (tenant, slug) = find_municipality(&tx, &municipality).await?;
+            let used = if test_only {
+                crate::auth::pins::PinUse::TestOnly
+            } else {
+                crate::auth::pins::PinUse::Production
+            };
             let added =
-                crate::auth::pins::pin_key(&tx, tenant, &pin, &name, None, SystemClock.now())
+                crate::auth::pins::pin_key(&tx, tenant, &pin, &name, used, None, SystemClock.now())
                     .await?;
             tx.commit().await.map_err(store::StoreError::from)?;
             if added {

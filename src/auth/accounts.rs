@@ -412,13 +412,13 @@ pub async fn start_enrolment(
                 )
                 .map_err(|e| AuthError::Configuration(e.to_string()))?;
             let mut options = serde_json::to_value(ccr)?;
-            // Where keys beyond the CA list are admitted (a pinned attestation key, the demo
-            // municipality), credProtect is asked for but not enforced by the client: Chromium's
-            // virtual authenticator, which test configurations pin, cannot apply it. User
-            // verification stays required and is checked on the registration.
+            // In a demo municipality, or one that pins a test-only attestation key, credProtect is
+            // asked for but not enforced by the client: Chromium's virtual authenticator, which
+            // test configurations pin, cannot apply it. A pin for a real batch key keeps it
+            // enforced. User verification stays required and is checked on the registration.
             if super::pins::trust(client, pending.tenant)
                 .await?
-                .admits_more()
+                .relaxes_cred_protect()
                 && let Some(extensions) = options
                     .pointer_mut("/publicKey/extensions")
                     .and_then(serde_json::Value::as_object_mut)
@@ -846,17 +846,15 @@ pub struct Disabled {
 /// too); the open invitations it sent revoked (an invitee of a disabled admin cannot become one);
 /// the grants naming it as responder ended where nobody else active is named, and its own override
 /// tokens revoked, with revocations queued to the locks' inboxes as grant revocation does
-/// (`emergency::grants::end_for_disabled_responder`); an audit entry. Anyone but a municipal admin,
-/// and any account of another municipality, gets [`AuthError::NotFound`].
+/// (`emergency::grants::end_for_disabled_responder`); an audit entry. The caller has asked the policy
+/// first (`municipal::authorize` with `Intent::Change`: the JSON and HTML faces both do); an account
+/// of another municipality gets [`AuthError::NotFound`].
 pub async fn disable(
     tx: &impl GenericClient,
     actor: &Actor,
     target: Uuid,
     now: DateTime<Utc>,
 ) -> Result<Disabled, AuthError> {
-    if !actor.has(Role::MunicipalAdmin) {
-        return Err(AuthError::NotFound);
-    }
     if target == actor.user_id {
         return Err(AuthError::Conflict("you cannot disable your own account"));
     }

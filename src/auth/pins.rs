@@ -36,12 +36,21 @@ pub struct AttestationTrust {
     pub pins: Vec<[u8; 32]>,
     /// Demo mode: staff keys need not carry a trusted attestation.
     pub optional: bool,
+    /// Some pin is marked test-only (a software authenticator such as Chromium's virtual one).
+    pub test_pins: bool,
 }
 
 impl AttestationTrust {
     /// Whether anything beyond the CA list is admitted.
     pub fn admits_more(&self) -> bool {
         self.optional || !self.pins.is_empty()
+    }
+
+    /// Whether enrolments ask for credProtect without enforcing it: only a demo municipality, or
+    /// one holding a test-only pin (Chromium's virtual authenticator cannot apply an enforced
+    /// policy). A pin for a real batch key does not relax it.
+    pub fn relaxes_cred_protect(&self) -> bool {
+        self.optional || self.test_pins
     }
 }
 
@@ -99,17 +108,33 @@ pub async fn trust(
         .map_err(StoreError::from)?
         .ok_or(AuthError::NotFound)?
         .get(0);
-    let pins = client
+    let rows = client
         .query(
-            "SELECT spki_sha256 FROM attestation_key_pins WHERE municipality_id = $1",
+            "SELECT spki_sha256, test_only FROM attestation_key_pins WHERE municipality_id = $1",
             &[&tenant.id()],
         )
         .await
-        .map_err(StoreError::from)?
+        .map_err(StoreError::from)?;
+    let test_pins = rows.iter().any(|r| r.get::<_, bool>(1));
+    let pins = rows
         .iter()
         .filter_map(|r| r.get::<_, Vec<u8>>(0).try_into().ok())
         .collect();
-    Ok(AttestationTrust { pins, optional })
+    Ok(AttestationTrust {
+        pins,
+        optional,
+        test_pins,
+    })
+}
+
+/// How a pinned attestation key is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PinUse {
+    /// A real batch attestation key: credProtect stays enforced.
+    Production,
+    /// A software authenticator for tests (Chromium's virtual one): enrolments in this municipality
+    /// ask for credProtect without enforcing it.
+    TestOnly,
 }
 
 /// Pins an attestation key for the municipality (audited; by `actor` when an admin did it, none for
@@ -119,22 +144,28 @@ pub async fn pin_key(
     tenant: Tenant,
     pin: &[u8; 32],
     name: &str,
+    used: PinUse,
     actor: Option<uuid::Uuid>,
     now: DateTime<Utc>,
 ) -> Result<bool, AuthError> {
     let name = crate::domain::Text::parse("name", name, 200)
         .map_err(|e| AuthError::Invalid(e.to_string()))?;
+    let test_only = used == PinUse::TestOnly;
     let added = tx
         .execute(
-            "INSERT INTO attestation_key_pins (municipality_id, spki_sha256, name, added_at)
-             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-            &[&tenant.id(), &pin.to_vec(), &name.as_str(), &now],
+            "INSERT INTO attestation_key_pins (municipality_id, spki_sha256, name, added_at, test_only)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            &[&tenant.id(), &pin.to_vec(), &name.as_str(), &now, &test_only],
         )
         .await
         .map_err(StoreError::from)?;
     if added == 1 {
-        let mut event = Event::new("auth.attestation_key_pinned", Outcome::Info)
-            .details(serde_json::json!({ "spki_sha256": hex::encode(pin), "name": name.as_str() }));
+        let mut event =
+            Event::new("auth.attestation_key_pinned", Outcome::Info).details(serde_json::json!({
+                "spki_sha256": hex::encode(pin),
+                "name": name.as_str(),
+                "test_only": test_only,
+            }));
         if let Some(actor) = actor {
             event = event.actor(actor);
         }

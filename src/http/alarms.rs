@@ -226,10 +226,8 @@ pub async fn locks_drift(
     state: web::Data<AppState>,
     actor: Actor,
 ) -> Result<HttpResponse, ApiError> {
-    if !actor.has(Role::MunicipalAdmin) {
-        return Err(ApiError::Forbidden);
-    }
-    let client = state.pool.get().await.map_err(StoreError::from)?;
+    let client =
+        crate::http::admin::allowed(&state, &actor, crate::municipal::Intent::View).await?;
     let drift = health::drift(
         &client,
         actor.tenant,

@@ -24,6 +24,7 @@ use crate::auth::session::{self, Actor};
 use crate::auth::signin;
 use crate::auth::webauthn::{self, Challenge, TrustedCa, relying_party};
 use crate::domain::{Email, Role, Slug};
+use crate::municipal::Intent;
 use crate::store::{StoreError, Tenant, tenancy};
 
 /// OpenAPI description of these endpoints (merged into the server's document).
@@ -545,12 +546,8 @@ async fn create_invitation(
     actor: Actor,
     body: web::Json<NewInvitation>,
 ) -> Result<HttpResponse, ApiError> {
-    if !actor.has(Role::MunicipalAdmin) {
-        return Err(ApiError::NotFound);
-    }
     let now = state.clock.now();
-    actor.require_step_up(now)?;
-    let mut client = connection(&state).await?;
+    let mut client = crate::http::admin::allowed(&state, &actor, Intent::Change).await?;
     let tx = client.transaction().await.map_err(StoreError::from)?;
     let (invitation, _secret) = accounts::invite(
         &tx,
@@ -770,12 +767,8 @@ async fn disable_account(
     actor: Actor,
     path: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
-    if !actor.has(Role::MunicipalAdmin) {
-        return Err(ApiError::NotFound);
-    }
     let now = state.clock.now();
-    actor.require_step_up(now)?;
-    let mut client = connection(&state).await?;
+    let mut client = crate::http::admin::allowed(&state, &actor, Intent::Change).await?;
     let tx = client.transaction().await.map_err(StoreError::from)?;
     let disabled = accounts::disable(&tx, &actor, path.into_inner(), now).await?;
     tx.commit().await.map_err(StoreError::from)?;
@@ -808,10 +801,7 @@ async fn list_attestation_cas(
     state: web::Data<AppState>,
     actor: Actor,
 ) -> Result<HttpResponse, ApiError> {
-    if !actor.has(Role::MunicipalAdmin) {
-        return Err(ApiError::NotFound);
-    }
-    let client = connection(&state).await?;
+    let client = crate::http::admin::allowed(&state, &actor, Intent::View).await?;
     let cas = webauthn::added_attestation_cas(&client, actor.tenant).await?;
     Ok(HttpResponse::Ok().json(cas))
 }
@@ -836,12 +826,8 @@ async fn add_attestation_ca(
     actor: Actor,
     body: web::Json<NewCa>,
 ) -> Result<HttpResponse, ApiError> {
-    if !actor.has(Role::MunicipalAdmin) {
-        return Err(ApiError::NotFound);
-    }
     let now = state.clock.now();
-    actor.require_step_up(now)?;
-    let mut client = connection(&state).await?;
+    let mut client = crate::http::admin::allowed(&state, &actor, Intent::Change).await?;
     let tx = client.transaction().await.map_err(StoreError::from)?;
     let added =
         webauthn::add_attestation_ca(&tx, actor.tenant, &body.pem, Some(actor.user_id), now)
@@ -869,12 +855,8 @@ async fn remove_attestation_ca(
     actor: Actor,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    if !actor.has(Role::MunicipalAdmin) {
-        return Err(ApiError::NotFound);
-    }
     let now = state.clock.now();
-    actor.require_step_up(now)?;
-    let mut client = connection(&state).await?;
+    let mut client = crate::http::admin::allowed(&state, &actor, Intent::Change).await?;
     let tx = client.transaction().await.map_err(StoreError::from)?;
     webauthn::remove_attestation_ca(&tx, actor.tenant, &path, actor.user_id, now).await?;
     tx.commit().await.map_err(StoreError::from)?;

@@ -278,12 +278,9 @@ pub async fn create_cad_credential(
     actor: Actor,
     body: web::Json<NewCadCredential>,
 ) -> Result<HttpResponse, ApiError> {
-    if !actor.has(Role::MunicipalAdmin) {
-        return Err(ApiError::Forbidden);
-    }
     let now = state.clock.now();
-    actor.require_step_up(now)?;
-    let mut client = client(&state).await?;
+    let mut client =
+        crate::http::admin::allowed(&state, &actor, crate::municipal::Intent::Change).await?;
     let tx = client.transaction().await.map_err(StoreError::from)?;
     let credential = cad::create_credential(
         &tx,

@@ -1631,6 +1631,7 @@ async fn dispatcher_console_in_chromium() {
                 tenant,
                 &pin,
                 "Chromium virtual authenticator (tests only)",
+                firstkey::auth::pins::PinUse::TestOnly,
                 None,
                 now
             )

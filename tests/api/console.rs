@@ -56,24 +56,52 @@ async fn only_a_demo_municipality_admits_staff_keys_without_attestation() {
     let tx = client.transaction().await.unwrap();
     let pin = [7u8; 32];
     assert!(
-        firstkey::auth::pins::pin_key(&tx, real, &pin, "batch key", None, Utc::now())
-            .await
-            .unwrap()
+        firstkey::auth::pins::pin_key(
+            &tx,
+            real,
+            &pin,
+            "batch key",
+            firstkey::auth::pins::PinUse::Production,
+            None,
+            Utc::now()
+        )
+        .await
+        .unwrap()
     );
     assert!(
-        !firstkey::auth::pins::pin_key(&tx, real, &pin, "batch key", None, Utc::now())
-            .await
-            .unwrap()
+        !firstkey::auth::pins::pin_key(
+            &tx,
+            real,
+            &pin,
+            "batch key",
+            firstkey::auth::pins::PinUse::Production,
+            None,
+            Utc::now()
+        )
+        .await
+        .unwrap()
     );
     assert!(
-        firstkey::auth::pins::pin_key(&tx, real, &pin, "\0", None, Utc::now())
-            .await
-            .is_err()
+        firstkey::auth::pins::pin_key(
+            &tx,
+            real,
+            &pin,
+            "\0",
+            firstkey::auth::pins::PinUse::Production,
+            None,
+            Utc::now()
+        )
+        .await
+        .is_err()
     );
     tx.commit().await.unwrap();
     let trust = firstkey::auth::pins::trust(&client, real).await.unwrap();
     assert_eq!(trust.pins, [pin]);
     assert!(!trust.optional);
+    assert!(
+        trust.admits_more() && !trust.relaxes_cred_protect(),
+        "a production pin keeps credProtect enforced"
+    );
     let other = firstkey::auth::pins::trust(&client, demo).await.unwrap();
     assert!(
         other.pins.is_empty() && other.optional,
@@ -169,4 +197,75 @@ async fn the_demo_prints_a_working_enrolment_link_per_role() {
         .unwrap()
         .get(0);
     assert_eq!(open, 4);
+}
+
+/// The invitation enrolment's options: whether the client is told it may skip credProtect.
+async fn cred_protect_enforcement(app: &TestApp, tenant: firstkey::store::Tenant) -> Value {
+    let (_, secret) =
+        crate::auth_helpers::bootstrap_admin(app, tenant, "first.admin@town.example").await;
+    let start = crate::auth_helpers::post(
+        app,
+        "/api/v1/invitations/accept/start",
+        &json!({ "secret": secret }),
+        None,
+    )
+    .await;
+    assert_eq!(start.status(), 200);
+    let challenge: Value = start.json().await.unwrap();
+    challenge["options"]["publicKey"]["extensions"]["enforceCredentialProtectionPolicy"].clone()
+}
+
+#[tokio::test]
+async fn only_demo_mode_and_test_only_pins_relax_credential_protection() {
+    use firstkey::auth::pins::{PinUse, pin_key};
+    let app = spawn_app().await;
+    let production = tenant(&app, "springfield").await;
+    let testing = tenant(&app, "shelbyville").await;
+    let demo = tenant(&app, "demo-city").await;
+    let mut client = app.pool.get().await.unwrap();
+    let tx = client.transaction().await.unwrap();
+    let now = Utc::now();
+    pin_key(
+        &tx,
+        production,
+        &[1; 32],
+        "batch key",
+        PinUse::Production,
+        None,
+        now,
+    )
+    .await
+    .unwrap();
+    pin_key(
+        &tx,
+        testing,
+        &[2; 32],
+        "Chromium (tests)",
+        PinUse::TestOnly,
+        None,
+        now,
+    )
+    .await
+    .unwrap();
+    firstkey::auth::pins::set_demo_mode(&tx, demo, true, now)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_ne!(
+        cred_protect_enforcement(&app, production).await,
+        json!(false),
+        "a production pin keeps credProtect enforced"
+    );
+    assert_eq!(cred_protect_enforcement(&app, testing).await, json!(false));
+    assert_eq!(cred_protect_enforcement(&app, demo).await, json!(false));
+    let detail: Value = client
+        .query_one(
+            "SELECT public_details FROM audit_entries WHERE action = 'auth.attestation_key_pinned'
+             AND municipality_id = $1",
+            &[&testing.id()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(detail["test_only"], json!(true), "the pin's use is audited");
 }
