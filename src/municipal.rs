@@ -337,6 +337,19 @@ pub struct NewUnit {
     pub name: String,
 }
 
+/// Body of a unit rename.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UnitName {
+    /// The new name, 1 to 100 characters (not only white space), unique in the municipality.
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\u0000]*[^\s\u0000\u0085][^\u0000]*$"
+    )]
+    pub name: String,
+}
+
 /// Body of a member addition.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -430,6 +443,86 @@ pub async fn create_unit(
     )
     .await?;
     unit(tx, tenant, id).await
+}
+
+/// Renames a unit (audited); its members move with it (`users.unit` follows in the same
+/// transaction, so a grant to the unit names the same people). Names stay unique in the
+/// municipality, retired units' names included.
+pub async fn rename_unit(
+    tx: &impl GenericClient,
+    tenant: Tenant,
+    actor: Uuid,
+    unit_id: Uuid,
+    name: &str,
+    now: DateTime<Utc>,
+) -> Result<UnitView, AdminError> {
+    let name = Text::parse("name", name, 100)?;
+    let before = unit(tx, tenant, unit_id).await?;
+    if before.name == name.as_str() {
+        return Ok(before);
+    }
+    tx.execute(
+        "UPDATE units SET name = $3 WHERE municipality_id = $1 AND id = $2",
+        &[&tenant.id(), &unit_id, &name.as_str()],
+    )
+    .await
+    .map_err(|e| unique_name(e, "a unit"))?;
+    tx.execute(
+        "UPDATE users SET unit = $4 WHERE municipality_id = $1 AND agency_id = $2 AND unit = $3",
+        &[
+            &tenant.id(),
+            &before.agency_id,
+            &before.name,
+            &name.as_str(),
+        ],
+    )
+    .await?;
+    audit::record(
+        tx,
+        tenant,
+        &Event::new("unit.rename", Outcome::Info)
+            .actor(actor)
+            .subject("unit", unit_id)
+            .details(serde_json::json!({ "from": before.name, "to": name.as_str() })),
+        now,
+    )
+    .await?;
+    unit(tx, tenant, unit_id).await
+}
+
+/// Retires a unit (audited): its members leave it (their `users.unit` is cleared, so a grant to
+/// the unit finds nobody), it is no longer listed, and its name stays taken (history names it).
+/// Grants already made to its members are not changed.
+pub async fn retire_unit(
+    tx: &impl GenericClient,
+    tenant: Tenant,
+    actor: Uuid,
+    unit_id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<usize, AdminError> {
+    let before = unit(tx, tenant, unit_id).await?;
+    tx.execute(
+        "UPDATE units SET retired_at = $3 WHERE municipality_id = $1 AND id = $2 AND retired_at IS NULL",
+        &[&tenant.id(), &unit_id, &now],
+    )
+    .await?;
+    let members = tx
+        .execute(
+            "UPDATE users SET unit = NULL WHERE municipality_id = $1 AND agency_id = $2 AND unit = $3",
+            &[&tenant.id(), &before.agency_id, &before.name],
+        )
+        .await?;
+    audit::record(
+        tx,
+        tenant,
+        &Event::new("unit.retire", Outcome::Info)
+            .actor(actor)
+            .subject("unit", unit_id)
+            .details(serde_json::json!({ "name": before.name, "members": members })),
+        now,
+    )
+    .await?;
+    Ok(usize::try_from(members).unwrap_or(usize::MAX))
 }
 
 /// Makes a responder of the unit's agency a member of the unit (their unit until changed; a

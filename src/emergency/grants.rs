@@ -449,7 +449,7 @@ pub async fn create_as(
 }
 
 /// The responders a grant names: each must be an active responder of an agency of the incident's
-/// kind.
+/// kind that is not retired.
 async fn resolve(
     tx: &impl GenericClient,
     actor: &Actor,
@@ -459,7 +459,8 @@ async fn resolve(
     const RESPONDERS: &str = "SELECT u.id FROM users u
         JOIN user_roles r ON r.user_id = u.id AND r.role = 'responder'
         JOIN agencies a ON a.id = u.agency_id AND a.municipality_id = u.municipality_id
-        WHERE u.municipality_id = $1 AND u.status = 'active' AND a.kind = $2";
+        WHERE u.municipality_id = $1 AND u.status = 'active' AND a.kind = $2
+          AND a.retired_at IS NULL";
     let kind = incident.agency_kind.as_str();
     match named {
         Named::Responders(ids) => {
@@ -834,6 +835,7 @@ pub async fn eligible_responders(
              JOIN user_roles r ON r.user_id = u.id AND r.role = 'responder'
              JOIN agencies a ON a.id = u.agency_id AND a.municipality_id = u.municipality_id
              WHERE u.municipality_id = $1 AND u.status = 'active' AND a.kind = $2
+               AND a.retired_at IS NULL
              ORDER BY u.unit NULLS LAST, u.display_name, u.id LIMIT 500",
             &[&tenant.id(), &kind.as_str()],
         )

@@ -179,8 +179,9 @@ async fn agency_of(
 }
 
 /// Opens an incident (audited `incident.open`). A CAD number already used in the municipality is a
-/// conflict; an agency of another municipality is invalid; a dispatcher naming an agency other than
-/// their own is refused (`Forbidden`), so no one can make an incident "of" another agency.
+/// conflict; an agency of another municipality, or a retired one, is invalid; a dispatcher naming an
+/// agency other than their own is refused (`Forbidden`), so no one can make an incident "of"
+/// another agency.
 pub async fn open(
     tx: &impl GenericClient,
     tenant: Tenant,
@@ -197,7 +198,8 @@ pub async fn open(
     let inserted = tx
         .execute(
             "INSERT INTO incidents (id, municipality_id, agency_id, cad_number, kind, address, opened_by, opened_at)
-             SELECT $1, $2, a.id, $4, $5, $6, $7, $8 FROM agencies a WHERE a.municipality_id = $2 AND a.id = $3",
+             SELECT $1, $2, a.id, $4, $5, $6, $7, $8 FROM agencies a
+             WHERE a.municipality_id = $2 AND a.id = $3 AND a.retired_at IS NULL",
             &[
                 &id,
                 &tenant.id(),
@@ -218,9 +220,17 @@ pub async fn open(
             other => other.into(),
         })?;
     if inserted != 1 {
-        return Err(EmergencyError::Invalid(
-            "agency: not an agency of this municipality".to_owned(),
-        ));
+        let retired = crate::store::exists(
+            tx,
+            "SELECT 1 FROM agencies WHERE municipality_id = $1 AND id = $2 AND retired_at IS NOT NULL",
+            &[&tenant.id(), &input.agency],
+        )
+        .await?;
+        return Err(EmergencyError::Invalid(if retired {
+            "agency: the agency is retired".to_owned()
+        } else {
+            "agency: not an agency of this municipality".to_owned()
+        }));
     }
     let incident = by_id(tx, tenant, id).await?;
     let event = origin

@@ -15,7 +15,7 @@ use crate::emergency::grants::Grant;
 use crate::municipal::{
     self, AdminError, AgencyView, BundleVersion, CredentialView, Intent, IssuerKey, KeysOverview,
     LockBundle, Member, NewAgency, NewMember, NewName, NewUnit, PendingInvitation, PolicyFile,
-    PolicySetView, UnitView, UserFilter, UserView,
+    PolicySetView, UnitName, UnitView, UserFilter, UserView,
 };
 use crate::store::StoreError;
 
@@ -26,11 +26,11 @@ use crate::store::StoreError;
         list_agencies, create_agency, rename_agency, retire_agency, list_units, create_unit,
         add_member, remove_member, list_users, disable_user, enable_user, list_invitations,
         revoke_invitation, list_cad_credentials, revoke_cad_credential, keys, policy_set,
-        cad_create_grant
+        cad_create_grant, rename_unit, retire_unit
     ),
     components(schemas(AgencyView, NewAgency, NewName, UnitView, Member, NewUnit, NewMember, UserView,
         PendingInvitation, CredentialView, KeysOverview, IssuerKey, BundleVersion, LockBundle,
-        PolicySetView, PolicyFile, CadGrant)),
+        PolicySetView, PolicyFile, CadGrant, UnitName, RetiredUnit)),
     tags((name = "admin", description = "Municipal administration: agencies, units, staff, invitations, CAD credentials, keys"))
 )]
 pub struct AdminApi;
@@ -54,7 +54,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(revoke_cad_credential)
         .service(keys)
         .service(policy_set)
-        .service(cad_create_grant);
+        .service(cad_create_grant)
+        .service(rename_unit)
+        .service(retire_unit);
 }
 
 impl From<AdminError> for ApiError {
@@ -68,6 +70,13 @@ impl From<AdminError> for ApiError {
             AdminError::Store(s) => s.into(),
         }
     }
+}
+
+/// What retiring a unit did.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct RetiredUnit {
+    /// How many responders it had (they are in no unit now).
+    pub members_released: usize,
 }
 
 /// A connection, after the policy allowed `intent` (the admin pages ask the same way).
@@ -193,6 +202,50 @@ pub async fn create_unit(
         municipal::create_unit(&tx, actor.tenant, actor.user_id, &body, state.clock.now()).await?;
     tx.commit().await.map_err(StoreError::from)?;
     Ok(HttpResponse::Created().json(unit))
+}
+
+/// Renames a unit; its members move with it (admins, step-up).
+#[utoipa::path(post, path = "/api/v1/admin/units/{id}/rename", tag = "admin", request_body = UnitName,
+    params(("id" = Uuid, Path, description = "The unit")),
+    responses((status = 200, body = UnitView), (status = 400), (status = 401), (status = 404), (status = 409)))]
+#[post("/api/v1/admin/units/{id}/rename")]
+pub async fn rename_unit(
+    state: web::Data<AppState>,
+    actor: Actor,
+    id: web::Path<Uuid>,
+    body: web::Json<UnitName>,
+) -> Result<HttpResponse, ApiError> {
+    let mut client = allowed(&state, &actor, Intent::Change).await?;
+    let tx = client.transaction().await.map_err(StoreError::from)?;
+    let unit = municipal::rename_unit(
+        &tx,
+        actor.tenant,
+        actor.user_id,
+        *id,
+        &body.name,
+        state.clock.now(),
+    )
+    .await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(HttpResponse::Ok().json(unit))
+}
+
+/// Retires a unit: its members leave it and it is no longer listed (admins, step-up).
+#[utoipa::path(post, path = "/api/v1/admin/units/{id}/retire", tag = "admin",
+    params(("id" = Uuid, Path, description = "The unit")),
+    responses((status = 200, body = RetiredUnit), (status = 401), (status = 404)))]
+#[post("/api/v1/admin/units/{id}/retire")]
+pub async fn retire_unit(
+    state: web::Data<AppState>,
+    actor: Actor,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    let mut client = allowed(&state, &actor, Intent::Change).await?;
+    let tx = client.transaction().await.map_err(StoreError::from)?;
+    let members_released =
+        municipal::retire_unit(&tx, actor.tenant, actor.user_id, *id, state.clock.now()).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(HttpResponse::Ok().json(RetiredUnit { members_released }))
 }
 
 /// Makes a responder of the unit's agency a member (their unit from now on; admins, step-up).

@@ -1,8 +1,8 @@
-//! Municipal admin pages: agencies (add, rename, retire), units and their members, staff (invite
-//! into an agency and role, the accounts with their status, disable/enable, pending invitations
-//! and revoking them), CAD credentials (create shows the secret once, list, revoke), and trust:
-//! attestation CAs, issuer keys, trust-bundle versions with each lock's bundle version, and the
-//! policy set in force.
+//! Municipal admin pages: agencies (add, rename, retire), units (add, rename, retire) and their
+//! members, staff (invite into an agency and role, the accounts with their status,
+//! disable/enable, pending invitations and revoking them), CAD credentials (create shows the secret
+//! once, list, revoke), and trust: attestation CAs, issuer keys, trust-bundle versions with each
+//! lock's bundle version, and the policy set in force.
 //!
 //! Each page and each form runs the steps of its JSON endpoint in `http::admin` (the same
 //! [`crate::municipal`] calls, the same policy questions, the same audit entries). A change needs a
@@ -39,6 +39,8 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
         .route("/admin/units", web::get().to(units_page))
         .route("/admin/units", web::post().to(add_unit))
         .route("/admin/units/{id}/members", web::post().to(add_member))
+        .route("/admin/units/{id}/rename", web::post().to(rename_unit))
+        .route("/admin/units/{id}/retire", web::post().to(retire_unit))
         .route(
             "/admin/units/{id}/members/{user}/remove",
             web::post().to(remove_member),
@@ -88,17 +90,22 @@ struct AdminChrome {
     step_up: bool,
     /// What the last form did, from the redirect.
     done: Option<String>,
+    /// Why the form just sent was refused (its safe detail), shown above the page.
+    problem: Option<String>,
 }
 
 impl AdminChrome {
-    fn new(state: &AppState, actor: &Actor, section: &'static str, done: Option<&str>) -> Self {
+    fn new(state: &AppState, actor: &Actor, section: &'static str, done: &Done) -> Self {
         Self {
             section,
             step_up: !actor.stepped_up(state.clock.now()),
             done: done
+                .done
+                .as_deref()
                 .map(done_words)
                 .filter(|w| !w.is_empty())
                 .map(str::to_owned),
+            problem: done.problem.clone(),
         }
     }
 }
@@ -111,6 +118,8 @@ fn done_words(code: &str) -> &'static str {
         "agency-retired" => "The agency was retired.",
         "unit-added" => "The unit was added.",
         "member-added" => "The responder is now in the unit.",
+        "unit-renamed" => "The unit was renamed; its members moved with it.",
+        "unit-retired" => "The unit was retired; its members are in no unit now.",
         "member-removed" => "The responder left the unit.",
         "invited" => "The invitation was mailed.",
         "disabled" => "The account was disabled; its sessions ended.",
@@ -126,24 +135,48 @@ fn done_words(code: &str) -> &'static str {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
 struct Done {
     done: Option<String>,
+    /// Set only by a refused form (never read from the URL, so no link can put words here).
+    #[serde(skip)]
+    problem: Option<String>,
 }
 
-/// A change's failure, as the page shows it: a step-up needed sends the viewer back to the page
-/// (which offers it); anything else is the error page.
-fn after_change(
+impl Done {
+    fn problem(detail: String) -> web::Query<Self> {
+        web::Query(Self {
+            done: None,
+            problem: Some(detail),
+        })
+    }
+}
+
+/// A change's outcome, as the page shows it: success and a step-up needed send the viewer back to
+/// the page (which says what happened or offers the step-up); a refusal with a safe detail (bad
+/// input, a conflict) renders the page again with that detail above it, with the refusal's status;
+/// anything else is the error page.
+async fn after_change<F, Fut>(
     result: Result<&'static str, WebError>,
     page_path: &str,
-) -> Result<HttpResponse, WebError> {
-    match result {
-        Ok(code) => Ok(page::see_other(&format!("{page_path}?done={code}"))),
+    again: F,
+) -> Result<HttpResponse, WebError>
+where
+    F: FnOnce(web::Query<Done>) -> Fut,
+    Fut: std::future::Future<Output = Result<HttpResponse, WebError>>,
+{
+    let (status, detail) = match result {
+        Ok(code) => return Ok(page::see_other(&format!("{page_path}?done={code}"))),
         Err(WebError::Api(ApiError::StepUpRequired)) => {
-            Ok(page::see_other(&format!("{page_path}?done=step-up")))
+            return Ok(page::see_other(&format!("{page_path}?done=step-up")));
         }
-        Err(e) => Err(e),
-    }
+        Err(WebError::Api(ApiError::BadRequest(d))) => (StatusCode::BAD_REQUEST, d),
+        Err(WebError::Api(ApiError::Conflict(d))) => (StatusCode::CONFLICT, d),
+        Err(e) => return Err(e),
+    };
+    let mut page = again(Done::problem(detail)).await?;
+    *page.status_mut() = status;
+    Ok(page)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -179,7 +212,7 @@ async fn agencies_page(
         .collect();
     page::ok(&AgenciesPage {
         chrome: Chrome::of(&client, &actor).await?,
-        admin: AdminChrome::new(&state, &actor, "agencies", query.done.as_deref()),
+        admin: AdminChrome::new(&state, &actor, "agencies", &query),
         agencies,
     })
 }
@@ -205,7 +238,10 @@ async fn add_agency(
         Ok("agency-added")
     }
     .await;
-    after_change(result, "/admin")
+    after_change(result, "/admin", |q| {
+        agencies_page(state.clone(), SignedIn(actor.clone()), q)
+    })
+    .await
 }
 
 #[derive(Deserialize)]
@@ -236,7 +272,10 @@ async fn rename_agency(
         Ok("agency-renamed")
     }
     .await;
-    after_change(result, "/admin")
+    after_change(result, "/admin", |q| {
+        agencies_page(state.clone(), SignedIn(actor.clone()), q)
+    })
+    .await
 }
 
 async fn retire_agency(
@@ -260,7 +299,10 @@ async fn retire_agency(
         Ok("agency-retired")
     }
     .await;
-    after_change(result, "/admin")
+    after_change(result, "/admin", |q| {
+        agencies_page(state.clone(), SignedIn(actor.clone()), q)
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -323,7 +365,7 @@ async fn units_page(
         .collect();
     page::ok(&UnitsPage {
         chrome: Chrome::of(&client, &actor).await?,
-        admin: AdminChrome::new(&state, &actor, "units", query.done.as_deref()),
+        admin: AdminChrome::new(&state, &actor, "units", &query),
         units,
         open_agencies,
     })
@@ -344,7 +386,60 @@ async fn add_unit(
         Ok("unit-added")
     }
     .await;
-    after_change(result, "/admin/units")
+    after_change(result, "/admin/units", |q| {
+        units_page(state.clone(), SignedIn(actor.clone()), q)
+    })
+    .await
+}
+
+async fn rename_unit(
+    state: web::Data<AppState>,
+    SignedIn(actor): SignedIn,
+    id: web::Path<Uuid>,
+    form: web::Form<NameForm>,
+) -> Result<HttpResponse, WebError> {
+    let result = async {
+        let mut client = allowed(&state, &actor, Intent::Change).await?;
+        let tx = client.transaction().await.map_err(StoreError::from)?;
+        municipal::rename_unit(
+            &tx,
+            actor.tenant,
+            actor.user_id,
+            *id,
+            &form.name,
+            state.clock.now(),
+        )
+        .await
+        .map_err(ApiError::from)?;
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok("unit-renamed")
+    }
+    .await;
+    after_change(result, "/admin/units", |q| {
+        units_page(state.clone(), SignedIn(actor.clone()), q)
+    })
+    .await
+}
+
+async fn retire_unit(
+    state: web::Data<AppState>,
+    SignedIn(actor): SignedIn,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, WebError> {
+    let result = async {
+        let mut client = allowed(&state, &actor, Intent::Change).await?;
+        let tx = client.transaction().await.map_err(StoreError::from)?;
+        municipal::retire_unit(&tx, actor.tenant, actor.user_id, *id, state.clock.now())
+            .await
+            .map_err(ApiError::from)?;
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok("unit-retired")
+    }
+    .await;
+    after_change(result, "/admin/units", |q| {
+        units_page(state.clone(), SignedIn(actor.clone()), q)
+    })
+    .await
 }
 
 #[derive(Deserialize)]
@@ -375,7 +470,10 @@ async fn add_member(
         Ok("member-added")
     }
     .await;
-    after_change(result, "/admin/units")
+    after_change(result, "/admin/units", |q| {
+        units_page(state.clone(), SignedIn(actor.clone()), q)
+    })
+    .await
 }
 
 async fn remove_member(
@@ -401,7 +499,10 @@ async fn remove_member(
         Ok("member-removed")
     }
     .await;
-    after_change(result, "/admin/units")
+    after_change(result, "/admin/units", |q| {
+        units_page(state.clone(), SignedIn(actor.clone()), q)
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -442,7 +543,20 @@ struct PeopleQuery {
     role: Option<String>,
     agency: Option<String>,
     status: Option<String>,
-    done: Option<String>,
+    #[serde(flatten)]
+    done: Done,
+}
+
+impl PeopleQuery {
+    /// The unfiltered list with a refused form's detail.
+    fn problem(done: Done) -> Self {
+        Self {
+            role: None,
+            agency: None,
+            status: None,
+            done,
+        }
+    }
 }
 
 async fn people_page(
@@ -491,7 +605,7 @@ async fn people_page(
         .map_err(ApiError::from)?;
     page::ok(&PeoplePage {
         chrome: Chrome::of(&client, &actor).await?,
-        admin: AdminChrome::new(&state, &actor, "people", query.done.as_deref()),
+        admin: AdminChrome::new(&state, &actor, "people", &query.done),
         users,
         invitations,
         agencies,
@@ -554,7 +668,14 @@ async fn invite(
         Ok("invited")
     }
     .await;
-    after_change(result, "/admin/people")
+    after_change(result, "/admin/people", |q| {
+        people_page(
+            state.clone(),
+            SignedIn(actor.clone()),
+            web::Query(PeopleQuery::problem(q.into_inner())),
+        )
+    })
+    .await
 }
 
 async fn disable(
@@ -570,7 +691,14 @@ async fn disable(
         Ok("disabled")
     }
     .await;
-    after_change(result, "/admin/people")
+    after_change(result, "/admin/people", |q| {
+        people_page(
+            state.clone(),
+            SignedIn(actor.clone()),
+            web::Query(PeopleQuery::problem(q.into_inner())),
+        )
+    })
+    .await
 }
 
 async fn enable(
@@ -588,7 +716,14 @@ async fn enable(
         Ok("enabled")
     }
     .await;
-    after_change(result, "/admin/people")
+    after_change(result, "/admin/people", |q| {
+        people_page(
+            state.clone(),
+            SignedIn(actor.clone()),
+            web::Query(PeopleQuery::problem(q.into_inner())),
+        )
+    })
+    .await
 }
 
 async fn revoke_invitation(
@@ -606,7 +741,14 @@ async fn revoke_invitation(
         Ok("invitation-revoked")
     }
     .await;
-    after_change(result, "/admin/people")
+    after_change(result, "/admin/people", |q| {
+        people_page(
+            state.clone(),
+            SignedIn(actor.clone()),
+            web::Query(PeopleQuery::problem(q.into_inner())),
+        )
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -632,7 +774,7 @@ async fn cad_page_with(
     state: &AppState,
     client: &deadpool_postgres::Object,
     actor: &Actor,
-    done: Option<&str>,
+    done: &Done,
     created: Option<cad::NewCredential>,
 ) -> Result<CadPage, WebError> {
     let credentials = municipal::credentials(client, actor.tenant)
@@ -659,7 +801,7 @@ async fn cad_page(
     query: web::Query<Done>,
 ) -> Result<HttpResponse, WebError> {
     let client = allowed(&state, &actor, Intent::View).await?;
-    page::ok(&cad_page_with(&state, &client, &actor, query.done.as_deref(), None).await?)
+    page::ok(&cad_page_with(&state, &client, &actor, &query, None).await?)
 }
 
 /// Creates a credential and shows its secret on the answer itself (never stored, never
@@ -689,7 +831,7 @@ async fn create_credential(
     .await
     .map_err(ApiError::from)?;
     tx.commit().await.map_err(StoreError::from)?;
-    let body = cad_page_with(&state, &client, &actor, None, Some(created)).await?;
+    let body = cad_page_with(&state, &client, &actor, &Done::default(), Some(created)).await?;
     page::render(StatusCode::CREATED, &body)
 }
 
@@ -708,7 +850,10 @@ async fn revoke_credential(
         Ok("credential-revoked")
     }
     .await;
-    after_change(result, "/admin/cad")
+    after_change(result, "/admin/cad", |q| {
+        cad_page(state.clone(), SignedIn(actor.clone()), q)
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -780,7 +925,7 @@ async fn trust_page(
     let behind = lock_rows.iter().filter(|l| l.behind).count();
     page::ok(&TrustPage {
         chrome: Chrome::of(&client, &actor).await?,
-        admin: AdminChrome::new(&state, &actor, "trust", query.done.as_deref()),
+        admin: AdminChrome::new(&state, &actor, "trust", &query),
         cas,
         key_rows,
         bundle_rows,
@@ -818,7 +963,10 @@ async fn add_ca(
         Ok("ca-added")
     }
     .await;
-    after_change(result, "/admin/trust")
+    after_change(result, "/admin/trust", |q| {
+        trust_page(state.clone(), SignedIn(actor.clone()), q)
+    })
+    .await
 }
 
 async fn remove_ca(
@@ -841,5 +989,8 @@ async fn remove_ca(
         Ok("ca-removed")
     }
     .await;
-    after_change(result, "/admin/trust")
+    after_change(result, "/admin/trust", |q| {
+        trust_page(state.clone(), SignedIn(actor.clone()), q)
+    })
+    .await
 }

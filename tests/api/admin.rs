@@ -1085,3 +1085,226 @@ async fn admin_and_audit_pages_answer_only_their_roles_and_exports_only_this_tow
     assert_eq!(response.status(), 303);
     assert_eq!(response.headers()["location"], "/sign-in?next=/audit");
 }
+
+#[tokio::test]
+async fn a_retired_agency_opens_no_incidents() {
+    let t = town().await;
+    let app = &t.app;
+    let incident = |cad: &str| json!({ "cad_number": cad, "kind": "fire", "address": "1 Elm St", "agency": t.fire });
+    let (status, body) = post(
+        app,
+        &t.dispatcher,
+        "/api/v1/incidents",
+        Some(incident("26-7001")),
+    )
+    .await;
+    assert_eq!(status, 201, "while the agency is open: {body}");
+    let (status, body) = post(
+        app,
+        &t.admin,
+        &format!("/api/v1/admin/agencies/{}/retire", t.fire),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = post(
+        app,
+        &t.dispatcher,
+        "/api/v1/incidents",
+        Some(incident("26-7002")),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("retired"),
+        "{body}"
+    );
+    assert_eq!(
+        count(
+            app,
+            "SELECT count(*) FROM incidents WHERE cad_number = '26-7002'"
+        )
+        .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn units_are_renamed_and_retired_with_their_members() {
+    let t = town().await;
+    let app = &t.app;
+    let responder = user(
+        app,
+        t.tenant,
+        "r7@a.example",
+        Some(t.fire),
+        Role::Responder,
+        false,
+    )
+    .await;
+    let (status, unit) = post(
+        app,
+        &t.admin,
+        "/api/v1/admin/units",
+        Some(json!({ "agency": t.fire, "name": "Engine 7" })),
+    )
+    .await;
+    assert_eq!(status, 201, "{unit}");
+    let id = unit["id"].as_str().unwrap().to_owned();
+    let (status, body) = post(
+        app,
+        &t.admin,
+        &format!("/api/v1/admin/units/{id}/members"),
+        Some(json!({ "user": responder.id })),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let unit_of = |who: Uuid| {
+        let pool = app.pool.clone();
+        async move {
+            pool.get()
+                .await
+                .unwrap()
+                .query_one("SELECT unit FROM users WHERE id = $1", &[&who])
+                .await
+                .unwrap()
+                .get::<_, Option<String>>(0)
+        }
+    };
+
+    // Only admins with a fresh step-up, and bad names change nothing.
+    for who in [&t.dispatcher, &t.admin_plain] {
+        let (status, _) = post(
+            app,
+            who,
+            &format!("/api/v1/admin/units/{id}/rename"),
+            Some(json!({ "name": "Engine 9" })),
+        )
+        .await;
+        assert!(status == 404 || status == 401, "{status}");
+    }
+    for bad in [
+        json!({ "name": "" }),
+        json!({ "name": "a\u{0}b" }),
+        json!({ "name": "x".repeat(101) }),
+    ] {
+        let (status, _) = post(
+            app,
+            &t.admin,
+            &format!("/api/v1/admin/units/{id}/rename"),
+            Some(bad),
+        )
+        .await;
+        assert_eq!(status, 400);
+    }
+    let (status, _) = post(
+        app,
+        &t.other_admin,
+        &format!("/api/v1/admin/units/{id}/rename"),
+        Some(json!({ "name": "Theirs" })),
+    )
+    .await;
+    assert_eq!(
+        status, 404,
+        "another municipality's unit does not exist there"
+    );
+    assert_eq!(unit_of(responder.id).await.as_deref(), Some("Engine 7"));
+
+    // A rename moves the members with the unit.
+    let (status, body) = post(
+        app,
+        &t.admin,
+        &format!("/api/v1/admin/units/{id}/rename"),
+        Some(json!({ "name": "Engine 8" })),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["name"], "Engine 8");
+    assert_eq!(body["members"][0]["id"], json!(responder.id));
+    assert_eq!(unit_of(responder.id).await.as_deref(), Some("Engine 8"));
+
+    // Retiring releases the members and takes the unit off the list; its name stays taken.
+    let (status, body) = post(
+        app,
+        &t.admin,
+        &format!("/api/v1/admin/units/{id}/retire"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["members_released"], 1);
+    assert_eq!(unit_of(responder.id).await, None);
+    let (_, listed) = call(
+        app,
+        Method::GET,
+        "/api/v1/admin/units",
+        Some(&t.admin),
+        None,
+    )
+    .await;
+    assert!(listed.as_array().unwrap().is_empty(), "{listed}");
+    let (status, _) = post(
+        app,
+        &t.admin,
+        &format!("/api/v1/admin/units/{id}/retire"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404, "a retired unit is gone");
+    let (status, _) = post(
+        app,
+        &t.admin,
+        "/api/v1/admin/units",
+        Some(json!({ "agency": t.fire, "name": "Engine 8" })),
+    )
+    .await;
+    assert_eq!(status, 409);
+    let actions = actions(&t).await;
+    assert!(
+        actions.iter().any(|a| a == "unit.rename") && actions.iter().any(|a| a == "unit.retire")
+    );
+}
+
+#[tokio::test]
+async fn a_refused_admin_form_shows_why_on_its_own_page() {
+    let t = town().await;
+    let app = &t.app;
+    let form = |path: &str, fields: &[(&str, &str)]| {
+        app.http
+            .post(format!("{}{path}", app.address))
+            .header("accept", "text/html")
+            .header("origin", crate::helpers::ORIGIN)
+            .header("cookie", &t.admin.cookie)
+            .form(fields)
+    };
+    // A second agency with the same name: a conflict, shown on the agencies page itself.
+    let response = form("/admin/agencies", &[("kind", "fire"), ("name", "A Fire")])
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body = response.text().await.unwrap();
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body.contains(r#"id="problem""#) && body.contains("Nothing was changed"),
+        "{body}"
+    );
+    assert!(
+        body.contains("<h1>Agencies</h1>"),
+        "the agencies page, not the error page: {body}"
+    );
+    // Bad input: a 400 with the field named, on the page.
+    let response = form("/admin/agencies", &[("kind", "navy"), ("name", "Fleet")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    assert_eq!(
+        count(app, "SELECT count(*) FROM agencies WHERE name = 'Fleet'").await,
+        0
+    );
+    // No link can put words in that place.
+    let (status, body) = page(app, "/admin?problem=Call+555-0100+now", Some(&t.admin)).await;
+    assert_eq!(status, 200);
+    assert!(!body.contains("555-0100") && !body.contains(r#"id="problem""#));
+}
