@@ -293,6 +293,80 @@ pub async fn require_open_agency(
     Ok(found)
 }
 
+/// The municipality's zone as stored (UTC if the stored name is unknown to this build).
+pub async fn zone_of(
+    client: &impl GenericClient,
+    tenant: Tenant,
+) -> Result<chrono_tz::Tz, StoreError> {
+    let name: Option<String> = client
+        .query_opt(
+            "SELECT time_zone FROM municipalities WHERE id = $1",
+            &[&tenant.id()],
+        )
+        .await?
+        .map(|r| r.get(0));
+    Ok(name
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(chrono_tz::Tz::UTC))
+}
+
+/// Checks an IANA zone name (`Europe/Amsterdam`, `America/New_York`, `UTC`).
+pub fn parse_zone(text: &str) -> Result<chrono_tz::Tz, String> {
+    let text = text.trim();
+    if text.is_empty() || text.len() > 64 {
+        return Err("time_zone: an IANA zone name such as Europe/Amsterdam".to_owned());
+    }
+    text.parse::<chrono_tz::Tz>().map_err(|_| {
+        format!("time_zone: {text:?} is not an IANA zone name (e.g. Europe/Amsterdam)")
+    })
+}
+
+/// The municipality's time zone (IANA name).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TimeZone {
+    /// An IANA zone name, e.g. `Europe/Amsterdam`; pages show and read times in it.
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_+/-]+$")]
+    pub time_zone: String,
+}
+
+/// The municipality's time zone.
+pub async fn time_zone(
+    client: &impl GenericClient,
+    tenant: Tenant,
+) -> Result<TimeZone, AdminError> {
+    Ok(TimeZone {
+        time_zone: zone_of(client, tenant).await?.name().to_owned(),
+    })
+}
+
+/// Sets the municipality's time zone (audited; an unknown zone name is invalid and changes
+/// nothing). Setting the zone it already has changes nothing.
+pub async fn set_time_zone(
+    tx: &impl GenericClient,
+    tenant: Tenant,
+    actor: Option<Uuid>,
+    zone: &str,
+    now: DateTime<Utc>,
+) -> Result<TimeZone, AdminError> {
+    let tz = parse_zone(zone).map_err(AdminError::Invalid)?;
+    let before = zone_of(tx, tenant).await?;
+    if before != tz {
+        tx.execute(
+            "UPDATE municipalities SET time_zone = $2 WHERE id = $1",
+            &[&tenant.id(), &tz.name()],
+        )
+        .await?;
+        let mut event = Event::new("municipality.time_zone", Outcome::Info)
+            .details(serde_json::json!({ "from": before.name(), "to": tz.name() }));
+        event.actor = actor;
+        audit::record(tx, tenant, &event, now).await?;
+    }
+    Ok(TimeZone {
+        time_zone: tz.name().to_owned(),
+    })
+}
+
 // ---------------------------------------------------------------------------------------------
 // Units and their members.
 

@@ -602,12 +602,38 @@ pub async fn verify_chain(
     tenant: Tenant,
 ) -> Result<ChainCheck, StoreError> {
     seal(client, tenant).await?;
+    verify_chain_after(client, tenant, 0, [0u8; 32]).await
+}
+
+/// Recomputes the leaf and chain hashes of the sealed entries from `seq = from` on, continuing the
+/// chain from `prev`, the head after entry `from - 1` (32 zero bytes when `from` is 0). The
+/// stored chain hash of entry `from - 1` must still be `prev`, or the check reports it broken: a
+/// rewrite anywhere before `from` changes every later chain hash, so it cannot go unnoticed.
+/// Does not seal first.
+async fn verify_chain_after(
+    client: &impl GenericClient,
+    tenant: Tenant,
+    from: i64,
+    prev: [u8; 32],
+) -> Result<ChainCheck, StoreError> {
+    if from > 0 {
+        let stored: Option<Vec<u8>> = client
+            .query_opt(
+                "SELECT chain_hash FROM audit_entries WHERE municipality_id = $1 AND seq = $2",
+                &[&tenant.id(), &(from - 1)],
+            )
+            .await?
+            .map(|r| r.get(0));
+        if stored.as_deref() != Some(prev.as_slice()) {
+            return Ok(ChainCheck::Broken { seq: from - 1 });
+        }
+    }
     let sql = format!(
-        "SELECT {ENTRY_COLUMNS} FROM audit_entries WHERE municipality_id = $1 AND seq IS NOT NULL ORDER BY seq"
+        "SELECT {ENTRY_COLUMNS} FROM audit_entries WHERE municipality_id = $1 AND seq >= $2 ORDER BY seq"
     );
-    let rows = client.query(&sql, &[&tenant.id()]).await?;
-    let mut prev = [0u8; 32];
-    let mut expected_seq = 0i64;
+    let rows = client.query(&sql, &[&tenant.id(), &from]).await?;
+    let mut prev = prev;
+    let mut expected_seq = from;
     for row in &rows {
         let e = entry_from_row(row);
         if e.seq != expected_seq {
@@ -622,9 +648,105 @@ pub async fn verify_chain(
         expected_seq = expected_seq.saturating_add(1);
     }
     Ok(ChainCheck::Intact {
-        entries: u64::try_from(rows.len()).unwrap_or(u64::MAX),
+        entries: u64::try_from(expected_seq).unwrap_or(u64::MAX),
         head: hex::encode(prev),
     })
+}
+
+/// How much of a chain check [`ChainCache::verify`] recomputed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChainCoverage {
+    /// Every entry, just now.
+    Full,
+    /// The entries sealed since a full recomputation `age` ago (the rest is vouched for by the
+    /// unchanged chain hash where that one ended).
+    Since {
+        /// How long ago the last full recomputation was.
+        age: std::time::Duration,
+    },
+}
+
+/// A replica's memory of each municipality's last verified chain head, so that reading the audit
+/// page recomputes only what was sealed since, and the whole chain at most every
+/// [`ChainCache::FULL_EVERY`] (or when asked). A broken chain is never remembered.
+#[derive(Debug, Default)]
+pub struct ChainCache {
+    verified: std::sync::Mutex<std::collections::HashMap<Uuid, Verified>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Verified {
+    entries: u64,
+    head: [u8; 32],
+    full_at: std::time::Instant,
+}
+
+impl ChainCache {
+    /// How long a full recomputation vouches for the entries it covered.
+    pub const FULL_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
+
+    /// Seals what is pending and checks the tenant's chain: in full when `full` is asked, when
+    /// nothing is remembered or the last full check is older than [`Self::FULL_EVERY`]; otherwise
+    /// only the entries after the remembered head.
+    pub async fn verify(
+        &self,
+        client: &impl GenericClient,
+        tenant: Tenant,
+        full: bool,
+    ) -> Result<(ChainCheck, ChainCoverage), StoreError> {
+        seal(client, tenant).await?;
+        let now = std::time::Instant::now();
+        let remembered = self
+            .verified
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&tenant.id())
+            .copied()
+            .filter(|v| !full && now.duration_since(v.full_at) < Self::FULL_EVERY);
+        let (check, coverage, full_at) = match remembered {
+            Some(v) => (
+                verify_chain_after(
+                    client,
+                    tenant,
+                    i64::try_from(v.entries).unwrap_or(i64::MAX),
+                    v.head,
+                )
+                .await?,
+                ChainCoverage::Since {
+                    age: now.duration_since(v.full_at),
+                },
+                v.full_at,
+            ),
+            None => (
+                verify_chain_after(client, tenant, 0, [0u8; 32]).await?,
+                ChainCoverage::Full,
+                now,
+            ),
+        };
+        let mut verified = self
+            .verified
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &check {
+            ChainCheck::Intact { entries, head } => {
+                let mut bytes = [0u8; 32];
+                if hex::decode_to_slice(head, &mut bytes).is_ok() {
+                    verified.insert(
+                        tenant.id(),
+                        Verified {
+                            entries: *entries,
+                            head: bytes,
+                            full_at,
+                        },
+                    );
+                }
+            }
+            ChainCheck::Broken { .. } => {
+                verified.remove(&tenant.id());
+            }
+        }
+        Ok((check, coverage))
+    }
 }
 
 /// Sealed entries `[start, end)` of the tenant's log with their leaf input (the canonical bytes

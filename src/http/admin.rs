@@ -3,7 +3,7 @@
 //! calls). Handlers extract, ask [`municipal::authorize`], call one core function of
 //! [`crate::municipal`] and map the result; the mapping of [`AdminError`] is here.
 
-use actix_web::{HttpRequest, HttpResponse, get, post, web};
+use actix_web::{HttpRequest, HttpResponse, get, post, put, web};
 use utoipa::OpenApi;
 use uuid::Uuid;
 
@@ -15,7 +15,7 @@ use crate::emergency::grants::Grant;
 use crate::municipal::{
     self, AdminError, AgencyView, BundleVersion, CredentialView, Intent, IssuerKey, KeysOverview,
     LockBundle, Member, NewAgency, NewMember, NewName, NewUnit, PendingInvitation, PolicyFile,
-    PolicySetView, UnitName, UnitView, UserFilter, UserView,
+    PolicySetView, TimeZone, UnitName, UnitView, UserFilter, UserView,
 };
 use crate::store::StoreError;
 
@@ -26,11 +26,11 @@ use crate::store::StoreError;
         list_agencies, create_agency, rename_agency, retire_agency, list_units, create_unit,
         add_member, remove_member, list_users, disable_user, enable_user, list_invitations,
         revoke_invitation, list_cad_credentials, revoke_cad_credential, keys, policy_set,
-        cad_create_grant, rename_unit, retire_unit
+        cad_create_grant, rename_unit, retire_unit, get_time_zone, set_time_zone
     ),
     components(schemas(AgencyView, NewAgency, NewName, UnitView, Member, NewUnit, NewMember, UserView,
         PendingInvitation, CredentialView, KeysOverview, IssuerKey, BundleVersion, LockBundle,
-        PolicySetView, PolicyFile, CadGrant, UnitName, RetiredUnit)),
+        PolicySetView, PolicyFile, CadGrant, UnitName, RetiredUnit, TimeZone)),
     tags((name = "admin", description = "Municipal administration: agencies, units, staff, invitations, CAD credentials, keys"))
 )]
 pub struct AdminApi;
@@ -56,7 +56,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(policy_set)
         .service(cad_create_grant)
         .service(rename_unit)
-        .service(retire_unit);
+        .service(retire_unit)
+        .service(get_time_zone)
+        .service(set_time_zone);
 }
 
 impl From<AdminError> for ApiError {
@@ -88,6 +90,42 @@ pub(crate) async fn allowed(
     let mut client = state.pool.get().await.map_err(StoreError::from)?;
     municipal::authorize(&mut client, &state.policy, actor, intent, state.clock.now()).await?;
     Ok(client)
+}
+
+/// The municipality's time zone (municipal admins).
+#[utoipa::path(get, path = "/api/v1/admin/time-zone", tag = "admin",
+    responses((status = 200, body = TimeZone), (status = 401), (status = 404)))]
+#[get("/api/v1/admin/time-zone")]
+pub async fn get_time_zone(
+    state: web::Data<AppState>,
+    actor: Actor,
+) -> Result<HttpResponse, ApiError> {
+    let client = allowed(&state, &actor, Intent::View).await?;
+    Ok(HttpResponse::Ok().json(municipal::time_zone(&client, actor.tenant).await?))
+}
+
+/// Sets the municipality's time zone, in which pages show and read times (admins, step-up).
+#[utoipa::path(put, path = "/api/v1/admin/time-zone", tag = "admin", request_body = TimeZone,
+    responses((status = 200, body = TimeZone), (status = 400), (status = 401), (status = 404)))]
+#[put("/api/v1/admin/time-zone")]
+pub async fn set_time_zone(
+    state: web::Data<AppState>,
+    actor: Actor,
+    body: web::Json<TimeZone>,
+) -> Result<HttpResponse, ApiError> {
+    let mut client = allowed(&state, &actor, Intent::Change).await?;
+    let tx = client.transaction().await.map_err(StoreError::from)?;
+    let zone = municipal::set_time_zone(
+        &tx,
+        actor.tenant,
+        Some(actor.user_id),
+        &body.time_zone,
+        state.clock.now(),
+    )
+    .await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    crate::web::zone::forget(actor.tenant);
+    Ok(HttpResponse::Ok().json(zone))
 }
 
 /// The municipality's agencies (municipal admins).

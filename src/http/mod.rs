@@ -57,6 +57,8 @@ pub struct AppState {
     pub policy: Arc<crate::policy::PolicyEngine>,
     /// This replica's fan-out of grant-state changes to the dispatcher consoles.
     pub grant_events: Arc<crate::emergency::live::GrantEvents>,
+    /// This replica's memory of verified audit chain heads (the auditor's page).
+    pub chain_checks: Arc<crate::audit::ChainCache>,
 }
 
 /// A bound, not yet running, HTTP server.
@@ -171,6 +173,7 @@ impl Application {
             kek,
             policy: Arc::new(policy),
             grant_events: grant_events.clone(),
+            chain_checks: Arc::default(),
         });
         let metrics_server = match metrics_listener {
             None => None,
@@ -227,6 +230,7 @@ impl Application {
                 .app_data(
                     web::QueryConfig::default().error_handler(|e, _| error::extractor_error(e)),
                 )
+                .wrap(from_fn(crate::web::zone::scope))
                 .wrap(from_fn(check_origin))
                 .wrap(from_fn(metrics::observe))
                 .wrap(headers)

@@ -34,6 +34,7 @@ use crate::store::StoreError;
 pub(super) fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/admin", web::get().to(agencies_page))
         .route("/admin/agencies", web::post().to(add_agency))
+        .route("/admin/time-zone", web::post().to(set_time_zone))
         .route("/admin/agencies/{id}/rename", web::post().to(rename_agency))
         .route("/admin/agencies/{id}/retire", web::post().to(retire_agency))
         .route("/admin/units", web::get().to(units_page))
@@ -66,7 +67,7 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
 
 /// A time as the pages show it.
 fn when(at: DateTime<Utc>) -> String {
-    at.format("%Y-%m-%d %H:%M UTC").to_string()
+    super::zone::when(at)
 }
 
 fn when_opt(at: Option<DateTime<Utc>>) -> String {
@@ -116,6 +117,7 @@ fn done_words(code: &str) -> &'static str {
         "agency-added" => "The agency was added.",
         "agency-renamed" => "The agency was renamed.",
         "agency-retired" => "The agency was retired.",
+        "time-zone-set" => "The time zone was set; pages show times in it.",
         "unit-added" => "The unit was added.",
         "member-added" => "The responder is now in the unit.",
         "unit-renamed" => "The unit was renamed; its members moved with it.",
@@ -188,6 +190,8 @@ struct AgenciesPage {
     chrome: Chrome,
     admin: AdminChrome,
     agencies: Vec<AgencyRow>,
+    /// The municipality's time zone.
+    time_zone: String,
 }
 
 struct AgencyRow {
@@ -214,6 +218,10 @@ async fn agencies_page(
         chrome: Chrome::of(&client, &actor).await?,
         admin: AdminChrome::new(&state, &actor, "agencies", &query),
         agencies,
+        time_zone: municipal::time_zone(&client, actor.tenant)
+            .await
+            .map_err(ApiError::from)?
+            .time_zone,
     })
 }
 
@@ -236,6 +244,34 @@ async fn add_agency(
         .map_err(ApiError::from)?;
         tx.commit().await.map_err(StoreError::from)?;
         Ok("agency-added")
+    }
+    .await;
+    after_change(result, "/admin", |q| {
+        agencies_page(state.clone(), SignedIn(actor.clone()), q)
+    })
+    .await
+}
+
+async fn set_time_zone(
+    state: web::Data<AppState>,
+    SignedIn(actor): SignedIn,
+    form: web::Form<municipal::TimeZone>,
+) -> Result<HttpResponse, WebError> {
+    let result = async {
+        let mut client = allowed(&state, &actor, Intent::Change).await?;
+        let tx = client.transaction().await.map_err(StoreError::from)?;
+        municipal::set_time_zone(
+            &tx,
+            actor.tenant,
+            Some(actor.user_id),
+            &form.time_zone,
+            state.clock.now(),
+        )
+        .await
+        .map_err(ApiError::from)?;
+        tx.commit().await.map_err(StoreError::from)?;
+        super::zone::forget(actor.tenant);
+        Ok("time-zone-set")
     }
     .await;
     after_change(result, "/admin", |q| {

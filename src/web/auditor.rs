@@ -10,7 +10,7 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 use askama::Template;
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -33,7 +33,7 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 fn when(at: DateTime<Utc>) -> String {
-    at.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+    super::zone::when_seconds(at)
 }
 
 /// The filter form as typed (every field text, so the page can show it back).
@@ -58,6 +58,10 @@ struct FilterForm {
     #[serde(default)]
     outcome: String,
     before: Option<i64>,
+    /// `verify=full`: recompute the whole chain now rather than only what was sealed since the
+    /// last full recomputation.
+    #[serde(default)]
+    verify: String,
 }
 
 fn uuid_field(field: &str, text: &str) -> Result<Option<Uuid>, String> {
@@ -69,16 +73,13 @@ fn uuid_field(field: &str, text: &str) -> Result<Option<Uuid>, String> {
     }
 }
 
-/// A `datetime-local` value (`2026-12-01T14:02`, seconds optional), read as UTC.
+/// A `datetime-local` value (`2026-12-01T14:02`, seconds optional), read in the municipality's
+/// zone.
 fn time_field(field: &str, text: &str) -> Result<Option<DateTime<Utc>>, String> {
-    let t = text.trim();
-    if t.is_empty() {
+    if text.trim().is_empty() {
         return Ok(None);
     }
-    NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M")
-        .or_else(|_| NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M:%S"))
-        .map(|n| Some(n.and_utc()))
-        .map_err(|_| format!("{field}: a date and time like 2026-12-01T14:02 (UTC)"))
+    super::zone::parse_local(field, text).map(Some)
 }
 
 impl FilterForm {
@@ -298,9 +299,20 @@ async fn log_page(
             about: about(e),
         })
         .collect();
-    let (chain, ok) = match audit::verify_chain(&client, actor.tenant).await? {
+    let (check, coverage) = state
+        .chain_checks
+        .verify(&client, actor.tenant, form.verify == "full")
+        .await?;
+    let checked = match coverage {
+        audit::ChainCoverage::Full => "all recomputed just now".to_owned(),
+        audit::ChainCoverage::Since { age } => format!(
+            "all recomputed {} min ago, entries sealed since then recomputed now",
+            age.as_secs() / 60
+        ),
+    };
+    let (chain, ok) = match check {
         ChainCheck::Intact { entries, head } => {
-            (format!("{entries} entries recomputed, head {head}"), true)
+            (format!("{entries} entries ({checked}), head {head}"), true)
         }
         ChainCheck::Broken { seq } => (format!("at entry {seq}"), false),
     };

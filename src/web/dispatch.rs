@@ -58,9 +58,9 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
 /// Most incidents the console lists at once (the filter narrows them).
 pub const MAX_LISTED: i64 = 1000;
 
-/// A time as the pages show it (UTC, with the zone named).
+/// A time as the pages show it (the municipality's zone, named).
 fn when(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%d %H:%M UTC").to_string()
+    super::zone::when(t)
 }
 
 fn dispatcher(actor: &Actor) -> Result<(), WebError> {

@@ -1,6 +1,6 @@
 //! The home's history (homeowner): every audit entry about one property — grants, tokens, door
 //! decisions, reveals of the plan's notes, changes to the home — in words, newest first, 25 a page,
-//! with times in UTC (named). Reading it is the policy's `read_audit` on the property (its owner,
+//! with times in the municipality's zone (named). Reading it is the policy's `read_audit` on the property (its owner,
 //! with a fresh step-up: the entries name responders), asked inline when stale. The page also
 //! offers the entries with their inclusion proofs (the JSON export `firstkey audit verify` checks)
 //! and the erasure of the home's personal details in the log.
@@ -242,7 +242,7 @@ fn words(e: &Entry, n: &Names) -> String {
 }
 
 fn at(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%d %H:%M UTC").to_string()
+    super::zone::when(t)
 }
 
 async fn connection(state: &AppState) -> Result<deadpool_postgres::Object, WebError> {

@@ -41,12 +41,9 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
         .route("/homes/{id}/plan/print", web::get().to(print_plan));
 }
 
-/// A time as the pages show it (UTC, with the zone named).
+/// A time as the pages show it (the municipality's zone, named).
 fn when(at: Option<DateTime<Utc>>) -> String {
-    at.map_or_else(
-        || "never".to_owned(),
-        |t| t.format("%Y-%m-%d %H:%M UTC").to_string(),
-    )
+    at.map_or_else(|| "never".to_owned(), super::zone::when)
 }
 
 fn homeowner(actor: &Actor) -> Result<(), WebError> {

@@ -52,10 +52,7 @@ struct Done {
 }
 
 fn when(t: Option<DateTime<Utc>>) -> String {
-    t.map_or_else(
-        || "not yet recorded".to_owned(),
-        |t| t.format("%Y-%m-%d %H:%M UTC").to_string(),
-    )
+    t.map_or_else(|| "not yet recorded".to_owned(), super::zone::when)
 }
 
 async fn connection(state: &AppState) -> Result<deadpool_postgres::Object, WebError> {

@@ -39,6 +39,7 @@ mod keys;
 mod page;
 mod responder;
 mod trusted;
+pub mod zone;
 
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 

@@ -13,6 +13,7 @@ use super::WebError;
 use super::assets;
 use crate::auth::Actor;
 use crate::domain::Role;
+use crate::http::AppState;
 use crate::http::error::ApiError;
 
 /// The Content-Security-Policy of every page: our own origin only, no inline script or style, no
@@ -34,6 +35,8 @@ pub struct Chrome {
     pub homeowner: bool,
     /// Whether to show the dispatcher's navigation.
     pub dispatcher: bool,
+    /// The zone the page's times are in (the viewer's municipality's; UTC for visitors).
+    pub zone: &'static str,
 }
 
 impl Chrome {
@@ -46,6 +49,7 @@ impl Chrome {
             user: None,
             homeowner: false,
             dispatcher: false,
+            zone: super::zone::name(),
         }
     }
 
@@ -134,6 +138,14 @@ fn percent_encode(s: &str) -> String {
 
 type Extracted<T> = Pin<Box<dyn Future<Output = Result<T, WebError>>>>;
 
+/// Times on this request's pages from now on in the viewer's municipality's zone.
+async fn adopt_zone(state: Option<&AppState>, actor: &Actor) -> Result<(), WebError> {
+    if let Some(state) = state {
+        super::zone::adopt(&state.pool, actor.tenant).await?;
+    }
+    Ok(())
+}
+
 /// Whoever is looking: a signed-in user or nobody. A database failure is an error, not "nobody".
 pub struct Viewer(pub Option<Actor>);
 
@@ -143,9 +155,13 @@ impl FromRequest for Viewer {
 
     fn from_request(req: &HttpRequest, payload: &mut actix_web::dev::Payload) -> Self::Future {
         let actor = Actor::from_request(req, payload);
+        let state = req.app_data::<actix_web::web::Data<AppState>>().cloned();
         Box::pin(async move {
             match actor.await {
-                Ok(actor) => Ok(Self(Some(actor))),
+                Ok(actor) => {
+                    adopt_zone(state.as_ref().map(|s| s.get_ref()), &actor).await?;
+                    Ok(Self(Some(actor)))
+                }
                 Err(ApiError::Unauthenticated) => Ok(Self(None)),
                 Err(e) => Err(e.into()),
             }
@@ -171,9 +187,13 @@ impl FromRequest for SignedIn {
         } else {
             "/home".to_owned()
         };
+        let state = req.app_data::<actix_web::web::Data<AppState>>().cloned();
         Box::pin(async move {
             match actor.await {
-                Ok(actor) => Ok(Self(actor)),
+                Ok(actor) => {
+                    adopt_zone(state.as_ref().map(|s| s.get_ref()), &actor).await?;
+                    Ok(Self(actor))
+                }
                 Err(ApiError::Unauthenticated) => Err(WebError::SignIn { next }),
                 Err(e) => Err(e.into()),
             }

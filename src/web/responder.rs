@@ -51,9 +51,9 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
         .route("/responder/tokens/{cti}", web::get().to(token_state));
 }
 
-/// A time as the pages show it (UTC, with the zone named).
+/// A time as the pages show it (the municipality's zone, named).
 fn when(at: DateTime<Utc>) -> String {
-    at.format("%Y-%m-%d %H:%M UTC").to_string()
+    super::zone::when(at)
 }
 
 fn responder(actor: &Actor) -> Result<(), WebError> {

@@ -60,9 +60,9 @@ const WEEKDAYS: [(&str, &str); 7] = [
     ("sun", "Sun"),
 ];
 
-/// A time as the pages show it (UTC, with the zone named).
+/// A time as the pages show it (the municipality's zone, named).
 fn when(at: DateTime<Utc>) -> String {
-    at.format("%Y-%m-%d %H:%M UTC").to_string()
+    super::zone::when(at)
 }
 
 async fn connection(state: &AppState) -> Result<deadpool_postgres::Object, WebError> {

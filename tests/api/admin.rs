@@ -1308,3 +1308,94 @@ async fn a_refused_admin_form_shows_why_on_its_own_page() {
     assert_eq!(status, 200);
     assert!(!body.contains("555-0100") && !body.contains(r#"id="problem""#));
 }
+
+async fn set_zone(app: &TestApp, who: &As, zone: &str) -> (u16, Value) {
+    call(
+        app,
+        Method::PUT,
+        "/api/v1/admin/time-zone",
+        Some(who),
+        Some(json!({ "time_zone": zone })),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn pages_show_times_in_the_municipalitys_time_zone() {
+    let t = town().await;
+    let app = &t.app;
+    let (_, body) = call(
+        app,
+        Method::GET,
+        "/api/v1/admin/time-zone",
+        Some(&t.admin),
+        None,
+    )
+    .await;
+    assert_eq!(body["time_zone"], "UTC", "UTC until set");
+    let (status, _) = set_zone(app, &t.dispatcher, "Europe/Amsterdam").await;
+    assert_eq!(status, 404, "only admins");
+    for bad in [
+        "Mars/Olympus",
+        "",
+        "Europe/Amsterdam\u{0}",
+        "UTC; DROP TABLE",
+    ] {
+        let (status, _) = set_zone(app, &t.admin, bad).await;
+        assert_eq!(status, 400, "{bad:?}");
+    }
+    let (_, body) = call(
+        app,
+        Method::GET,
+        "/api/v1/admin/time-zone",
+        Some(&t.admin),
+        None,
+    )
+    .await;
+    assert_eq!(body["time_zone"], "UTC", "refused names change nothing");
+    let (status, body) = set_zone(app, &t.admin, "Europe/Amsterdam").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["time_zone"], "Europe/Amsterdam");
+
+    // The agencies page shows it, its times carry the zone, and the footer names it.
+    let (status, html) = page(app, "/admin", Some(&t.admin)).await;
+    assert_eq!(status, 200);
+    assert!(html.contains(r#"value="Europe/Amsterdam""#), "{html}");
+    assert!(
+        html.contains("Times are shown in Europe/Amsterdam"),
+        "{html}"
+    );
+    // A pending invitation's times on the staff page are in the zone.
+    let (status, body) = call(
+        app,
+        Method::POST,
+        "/api/v1/invitations",
+        Some(&t.admin),
+        Some(json!({ "role": "responder", "agency_id": t.fire, "email": "tz@a.example", "display_name": "Zone" })),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, html) = page(app, "/admin/people", Some(&t.admin)).await;
+    assert_eq!(status, 200);
+    assert!(
+        html.contains(" CET") || html.contains(" CEST"),
+        "times in the zone: {html}"
+    );
+    assert!(!html.contains(" UTC<"), "no UTC times left: {html}");
+    assert!(
+        actions(&t)
+            .await
+            .iter()
+            .any(|a| a == "municipality.time_zone")
+    );
+    // Another municipality keeps its own.
+    let (_, theirs) = call(
+        app,
+        Method::GET,
+        "/api/v1/admin/time-zone",
+        Some(&t.other_admin),
+        None,
+    )
+    .await;
+    assert_eq!(theirs["time_zone"], "UTC");
+}
