@@ -343,6 +343,73 @@ mod tests {
     use super::*;
     use tracing::Level;
 
+    /// Records the names of the spans and events a layer is given.
+    struct Seen(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Seen {
+        fn on_new_span(
+            &self,
+            attrs: &tracing::span::Attributes<'_>,
+            _: &tracing::span::Id,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(attrs.metadata().name().to_owned());
+        }
+
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("event {}", event.metadata().target()));
+        }
+    }
+
+    #[test]
+    fn only_the_servers_own_spans_at_info_or_above_are_exported_never_an_event() {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let subscriber = tracing_subscriber::registry()
+            .with(Seen(seen.clone()).with_filter(filter_fn(exported)));
+        tracing::subscriber::with_default(subscriber, || {
+            let _own = tracing::info_span!("own").entered();
+            let _warn = tracing::warn_span!("own_warn").entered();
+            let _debug = tracing::debug_span!("own_debug").entered();
+            let _library = tracing::info_span!(target: "hyper::proto::h1", "library").entered();
+            let _agent = tracing::info_span!(target: "firstkey_agent::session", "agent").entered();
+            tracing::info!("an event in the server's own span");
+            tracing::error!(target: "firstkey::http", "an error event");
+        });
+        assert_eq!(*seen.lock().unwrap(), ["own", "own_warn"]);
+    }
+
+    #[test]
+    fn a_ca_file_without_a_certificate_is_refused_naming_the_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let otlp = |ca: Option<std::path::PathBuf>| OtlpSettings {
+            traces_url: "https://127.0.0.1:4318/v1/traces".to_owned(),
+            service_name: "firstkey".to_owned(),
+            sample_ratio: 1.0,
+            headers: Vec::new(),
+            ca_cert: ca,
+        };
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(&garbage, "not a certificate\n").unwrap();
+        let err = BlockingClient::new(&otlp(Some(garbage))).unwrap_err();
+        assert!(err.to_string().contains("`otlp_ca_cert`"), "{err}");
+
+        let ca = rcgen::generate_simple_self_signed(vec!["collector.local".to_owned()]).unwrap();
+        let good = dir.path().join("ca.pem");
+        std::fs::write(&good, ca.cert.pem()).unwrap();
+        assert!(BlockingClient::new(&otlp(Some(good))).is_ok());
+        assert!(BlockingClient::new(&otlp(None)).is_ok());
+    }
+
     #[test]
     fn the_cap_keeps_secret_bearing_targets_quiet_and_lets_others_through() {
         let cap = secret_cap();

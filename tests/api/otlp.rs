@@ -127,7 +127,13 @@ async fn accept(
 }
 
 impl Receiver {
+    /// Plain HTTP.
     fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// HTTPS with this server configuration.
+    fn start_with(tls: Option<rustls::ServerConfig>) -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Received::default()));
@@ -140,8 +146,11 @@ impl Receiver {
         })
         .workers(1)
         .disable_signals()
-        .shutdown_timeout(1)
-        .listen(listener)
+        .shutdown_timeout(1);
+        let server = match tls {
+            None => server.listen(listener),
+            Some(config) => server.listen_rustls_0_23(listener, config),
+        }
         .unwrap()
         .run();
         let handle = server.handle();
@@ -516,4 +525,62 @@ async fn a_collector_that_is_down_or_silent_changes_nothing_and_shutdown_stays_b
         !held.lock().unwrap().is_empty(),
         "the silent collector was reached (and never answered)"
     );
+}
+
+#[tokio::test]
+async fn an_https_collector_is_reached_only_when_its_certificate_verifies() {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.cert.der().clone()],
+        rustls_pki_types::PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into()),
+    )
+    .unwrap();
+    let db = fresh_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("collector-ca.pem");
+    std::fs::write(&ca, cert.cert.pem()).unwrap();
+    // Without the collector's CA, its certificate does not verify and nothing is sent; with it,
+    // the spans arrive.
+    for trusted in [false, true] {
+        let receiver = Receiver::start_with(Some(config.clone()));
+        let mut command = firstkey_on(&db, dir.path());
+        command.env(
+            "FIRSTKEY_OTLP_ENDPOINT",
+            format!("https://localhost:{}", receiver.address.port()),
+        );
+        if trusted {
+            command.env("FIRSTKEY_OTLP_CA_CERT", &ca);
+        }
+        let mut served = Served::start(command, dir.path());
+        let response = reqwest::get(format!("{}/healthz", served.base))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let (_, success) = terminate(&mut served);
+        assert!(success, "{}", served.log());
+        let names: Vec<String> = receiver.spans().into_iter().map(|s| s.name).collect();
+        if trusted {
+            assert!(
+                names.iter().any(|n| n == "GET /healthz"),
+                "{names:?}\n{}",
+                served.log()
+            );
+        } else {
+            assert!(
+                names.is_empty(),
+                "sent to an unverified collector: {names:?}"
+            );
+            assert!(
+                served.log().contains("BatchSpanProcessor.ExportError"),
+                "the failed export is logged:\n{}",
+                served.log()
+            );
+        }
+    }
 }
