@@ -606,13 +606,13 @@ fn otlp(
         }
         parsed.push((name, SecretString::from(value.to_owned())));
     }
-    if let Some(path) = &ca_cert {
-        if !path.is_file() {
-            return Err(invalid(
-                "otlp_ca_cert",
-                format!("{} is not a readable file", path.display()),
-            ));
-        }
+    if let Some(path) = &ca_cert
+        && !path.is_file()
+    {
+        return Err(invalid(
+            "otlp_ca_cert",
+            format!("{} is not a readable file", path.display()),
+        ));
     }
     Ok(Some(OtlpSettings {
         traces_url,
