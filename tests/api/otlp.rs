@@ -417,7 +417,13 @@ async fn a_traceparent_is_followed_from_a_trusted_proxy_only_and_sampling_follow
         .env("FIRSTKEY_OTLP_ENDPOINT", receiver.endpoint())
         // New traces are never sampled: what arrives was sampled by its caller.
         .env("FIRSTKEY_OTLP_SAMPLE_RATIO", "0")
-        .env("FIRSTKEY_TRUSTED_PROXIES", "127.0.0.2/32");
+        .env("FIRSTKEY_TRUSTED_PROXIES", "127.0.0.2/32")
+        .env(
+            "FIRSTKEY_OTLP_HEADERS",
+            "authorization=Bearer otlp-credential-9c1e",
+        )
+        // Every library at its most verbose: the collector's credential still is never logged.
+        .env("RUST_LOG", "trace");
     let mut served = Served::start(command, dir.path());
     let client = |local: [u8; 4]| {
         reqwest::Client::builder()
@@ -445,7 +451,20 @@ async fn a_traceparent_is_followed_from_a_trusted_proxy_only_and_sampling_follow
     assert_eq!(proxy.get(&url).send().await.unwrap().status(), 200);
     drop((proxy, stranger));
     let (_, success) = terminate(&mut served);
-    assert!(success, "{}", served.log());
+    let log = served.log();
+    assert!(success, "{log}");
+    assert!(log.lines().count() > 100, "logged at trace level:\n{log}");
+    assert!(
+        !log.contains("otlp-credential-9c1e"),
+        "the collector's credential is in the log"
+    );
+    assert!(
+        receiver
+            .posts()
+            .iter()
+            .all(|p| p.authorization.as_deref() == Some("Bearer otlp-credential-9c1e")),
+        "it went to the collector"
+    );
 
     let spans = receiver.spans();
     let proxied: Vec<&Span> = spans
