@@ -26,9 +26,11 @@
 //!   ([`http_server_span`]: method, route *pattern* — never the raw path or query —, status
 //!   code), the names of the handlers (`#[tracing::instrument(skip_all)]`: no argument is
 //!   recorded), and the domain spans' closed-set fields (`token.issue`, `token.mint` with its
-//!   `scope`, `inbox.push` with its `kind`, `receipts.store` with the batch size and its
-//!   `outcome`). No token, key, code, link secret, note, e-mail address or user id is a field of
-//!   any span, so none can be exported.
+//!   `holder` kind, `inbox.push` with its `kind`, `channel.push` and `channel.ack` with a count
+//!   of entries, `receipts.store` with the batch size and its `outcome`). No token, key, code,
+//!   link secret, note, e-mail address or user id is a field of any span, so none can be
+//!   exported. A new span field fails that test until it is added to its list (and to the table
+//!   in docs/operations.md).
 //!
 //! An incoming W3C `traceparent` is followed only from a peer in `trusted_proxies` (the ingress
 //! that started the trace); from anyone else the request starts a trace of its own, so a client
