@@ -481,15 +481,28 @@ pub fn main() -> ExitCode {
             Err(e) => fail(&e),
         };
     }
-    telemetry::init(settings.log_format);
+    let telemetry = match telemetry::init(settings.log_format, settings.otlp.as_ref()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("firstkey: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(r) => r,
-        Err(e) => return fail(&e.into()),
+        Err(e) => {
+            telemetry.shutdown();
+            return fail(&e.into());
+        }
     };
-    match runtime.block_on(run(cli.command, settings)) {
+    let result = runtime.block_on(run(cli.command, settings));
+    // The spans of the run are flushed to the collector (bounded: a collector that is down or
+    // silent costs at most `telemetry::SHUTDOWN_TIMEOUT`).
+    telemetry.shutdown();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }

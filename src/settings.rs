@@ -68,6 +68,24 @@ pub struct Settings {
     pub agent_max_unauthenticated: usize,
     /// Most agent-channel connections not yet authenticated, per peer address.
     pub agent_max_unauthenticated_per_address: usize,
+    /// OpenTelemetry trace export over OTLP/HTTP (protobuf); `None` (the default) exports nothing.
+    pub otlp: Option<OtlpSettings>,
+}
+
+/// Where and how spans are exported (`otlp_*` settings; see `telemetry`).
+#[derive(Debug, Clone)]
+pub struct OtlpSettings {
+    /// The collector's traces URL: `otlp_endpoint` with `/v1/traces` appended (unless it ends so).
+    pub traces_url: String,
+    /// `service.name` of the exported resource.
+    pub service_name: String,
+    /// Share of new traces sampled, 0.0 to 1.0; a request that carries a sampled `traceparent`
+    /// from a trusted proxy follows its caller's decision.
+    pub sample_ratio: f64,
+    /// Extra request headers (e.g. a collector's `authorization`), in order; values are secret.
+    pub headers: Vec<(String, SecretString)>,
+    /// PEM CA certificate(s) trusted for an `https` endpoint besides the public roots.
+    pub ca_cert: Option<PathBuf>,
 }
 
 /// The origin (scheme, host, optional port) the server is reached at.
@@ -192,6 +210,11 @@ struct RawSettings {
     trusted_proxies: ProxyList,
     agent_max_unauthenticated: usize,
     agent_max_unauthenticated_per_address: usize,
+    otlp_endpoint: Option<String>,
+    otlp_headers: Option<String>,
+    otlp_service_name: String,
+    otlp_sample_ratio: f64,
+    otlp_ca_cert: Option<PathBuf>,
 }
 
 /// `trusted_proxies` as written: a TOML array, or one comma-separated string (the environment's form).
@@ -227,6 +250,11 @@ impl Default for RawSettings {
             trusted_proxies: ProxyList::List(Vec::new()),
             agent_max_unauthenticated: 1024,
             agent_max_unauthenticated_per_address: 16,
+            otlp_endpoint: None,
+            otlp_headers: None,
+            otlp_service_name: "firstkey".to_owned(),
+            otlp_sample_ratio: 1.0,
+            otlp_ca_cert: None,
         }
     }
 }
@@ -450,6 +478,13 @@ impl Settings {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let otlp = otlp(
+            raw.otlp_endpoint,
+            raw.otlp_headers,
+            raw.otlp_service_name,
+            raw.otlp_sample_ratio,
+            raw.otlp_ca_cert,
+        )?;
         Ok(Self {
             database_url,
             listen,
@@ -471,8 +506,121 @@ impl Settings {
             ignored_variables: Vec::new(),
             agent_max_unauthenticated: raw.agent_max_unauthenticated,
             agent_max_unauthenticated_per_address: raw.agent_max_unauthenticated_per_address,
+            otlp,
         })
     }
+}
+
+/// The `otlp_*` settings: nothing unless `otlp_endpoint` is set; then every one of them checked.
+fn otlp(
+    endpoint: Option<String>,
+    headers: Option<String>,
+    service_name: String,
+    sample_ratio: f64,
+    ca_cert: Option<PathBuf>,
+) -> Result<Option<OtlpSettings>, SettingsError> {
+    let invalid = |setting: &str, reason: String| SettingsError::Invalid {
+        setting: setting.to_owned(),
+        reason,
+    };
+    let Some(endpoint) = endpoint.filter(|e| !e.trim().is_empty()) else {
+        return Ok(None);
+    };
+    let url = reqwest::Url::parse(endpoint.trim()).map_err(|e| {
+        invalid(
+            "otlp_endpoint",
+            format!("not a URL like http://127.0.0.1:4318 ({e})"),
+        )
+    })?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(invalid(
+            "otlp_endpoint",
+            "must be an http:// or https:// URL with a host".to_owned(),
+        ));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid(
+            "otlp_endpoint",
+            "must not carry credentials; put them in otlp_headers".to_owned(),
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid(
+            "otlp_endpoint",
+            "must not have a query or fragment".to_owned(),
+        ));
+    }
+    let base = url.as_str().trim_end_matches('/');
+    let traces_url = if base.ends_with("/v1/traces") {
+        base.to_owned()
+    } else {
+        format!("{base}/v1/traces")
+    };
+    let service_name = service_name.trim().to_owned();
+    if service_name.is_empty()
+        || service_name.len() > 255
+        || service_name.chars().any(char::is_control)
+    {
+        return Err(invalid(
+            "otlp_service_name",
+            "must be 1 to 255 printable characters".to_owned(),
+        ));
+    }
+    if !(0.0..=1.0).contains(&sample_ratio) {
+        return Err(invalid(
+            "otlp_sample_ratio",
+            "must be between 0.0 and 1.0".to_owned(),
+        ));
+    }
+    let mut parsed = Vec::new();
+    for pair in headers.as_deref().unwrap_or("").split(',') {
+        if pair.trim().is_empty() {
+            continue;
+        }
+        // The value is secret: the reason names the header, never its value.
+        let Some((name, value)) = pair.split_once('=') else {
+            return Err(invalid(
+                "otlp_headers",
+                "must look like name=value,name2=value2".to_owned(),
+            ));
+        };
+        let name = name.trim().to_ascii_lowercase();
+        if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(invalid(
+                "otlp_headers",
+                format!("{name:?} is not a header name"),
+            ));
+        }
+        if matches!(name.as_str(), "content-type" | "content-length" | "host") {
+            return Err(invalid(
+                "otlp_headers",
+                format!("{name:?} is set by the exporter"),
+            ));
+        }
+        let value = value.trim();
+        if reqwest::header::HeaderValue::from_str(value).is_err() {
+            return Err(invalid(
+                "otlp_headers",
+                format!("the value of {name:?} is not a valid header value"),
+            ));
+        }
+        parsed.push((name, SecretString::from(value.to_owned())));
+    }
+    if let Some(path) = &ca_cert
+        && !path.is_file()
+    {
+        return Err(invalid(
+            "otlp_ca_cert",
+            format!("{} is not a readable file", path.display()),
+        ));
+    }
+    Ok(Some(OtlpSettings {
+        traces_url,
+        service_name,
+        sample_ratio,
+        headers: parsed,
+        ca_cert,
+    }))
 }
 
 /// A certificate and key setting pair: both or neither, each a readable file.
@@ -651,6 +799,140 @@ mod tests {
         let err =
             Settings::load(None, env(&[("FIRSTKEY_TRUSTED_PROXIES", "10.0.0.0/33")])).unwrap_err();
         assert!(err.to_string().contains("`trusted_proxies`"), "{err}");
+    }
+
+    #[test]
+    fn otlp_is_off_by_default_and_every_setting_of_it_is_checked() {
+        let s = Settings::load(None, env(&[])).unwrap();
+        assert!(s.otlp.is_none(), "no export unless otlp_endpoint is set");
+        let s = Settings::load(
+            None,
+            env(&[
+                ("FIRSTKEY_OTLP_SERVICE_NAME", "town-a"),
+                ("FIRSTKEY_OTLP_ENDPOINT", ""),
+            ]),
+        )
+        .unwrap();
+        assert!(s.otlp.is_none(), "an empty endpoint is off");
+
+        let s = Settings::load(
+            None,
+            env(&[
+                ("FIRSTKEY_OTLP_ENDPOINT", "http://127.0.0.1:4318"),
+                ("FIRSTKEY_OTLP_SAMPLE_RATIO", "0.25"),
+                ("FIRSTKEY_OTLP_SERVICE_NAME", "firstkey-town-a"),
+                (
+                    "FIRSTKEY_OTLP_HEADERS",
+                    "Authorization=Bearer s3cr3t, x-scope-orgid=town-a",
+                ),
+            ]),
+        )
+        .unwrap();
+        let otlp = s.otlp.clone().unwrap();
+        assert_eq!(otlp.traces_url, "http://127.0.0.1:4318/v1/traces");
+        assert!((otlp.sample_ratio - 0.25).abs() < f64::EPSILON);
+        assert_eq!(otlp.service_name, "firstkey-town-a");
+        let names: Vec<&str> = otlp.headers.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["authorization", "x-scope-orgid"]);
+        assert_eq!(
+            secrecy::ExposeSecret::expose_secret(&otlp.headers[0].1),
+            "Bearer s3cr3t"
+        );
+        assert!(
+            !format!("{s:?}").contains("s3cr3t"),
+            "a header value never shows in the settings' Debug"
+        );
+
+        for (endpoint, url) in [
+            (
+                "https://otel.example.org/",
+                "https://otel.example.org/v1/traces",
+            ),
+            (
+                "http://collector:4318/v1/traces",
+                "http://collector:4318/v1/traces",
+            ),
+            (
+                "https://gw.example.org/otlp",
+                "https://gw.example.org/otlp/v1/traces",
+            ),
+        ] {
+            let s = Settings::load(None, env(&[("FIRSTKEY_OTLP_ENDPOINT", endpoint)])).unwrap();
+            assert_eq!(s.otlp.unwrap().traces_url, url, "{endpoint}");
+        }
+        // A whole number is a ratio too (the environment's `1`).
+        let s = Settings::load(
+            None,
+            env(&[
+                ("FIRSTKEY_OTLP_ENDPOINT", "http://127.0.0.1:4318"),
+                ("FIRSTKEY_OTLP_SAMPLE_RATIO", "1"),
+            ]),
+        )
+        .unwrap();
+        assert!((s.otlp.unwrap().sample_ratio - 1.0).abs() < f64::EPSILON);
+    }
+
+    #[test]
+    fn bad_otlp_values_name_the_setting_and_never_echo_a_header_value() {
+        let on = ("FIRSTKEY_OTLP_ENDPOINT", "http://127.0.0.1:4318");
+        for (pairs, setting) in [
+            (
+                vec![("FIRSTKEY_OTLP_ENDPOINT", "127.0.0.1:4318")],
+                "otlp_endpoint",
+            ),
+            (
+                vec![("FIRSTKEY_OTLP_ENDPOINT", "grpc://collector:4317")],
+                "otlp_endpoint",
+            ),
+            (
+                vec![("FIRSTKEY_OTLP_ENDPOINT", "https://user:hunter2@collector")],
+                "otlp_endpoint",
+            ),
+            (
+                vec![("FIRSTKEY_OTLP_ENDPOINT", "http://collector:4318/?x=1")],
+                "otlp_endpoint",
+            ),
+            (
+                vec![on, ("FIRSTKEY_OTLP_SAMPLE_RATIO", "1.5")],
+                "otlp_sample_ratio",
+            ),
+            (
+                vec![on, ("FIRSTKEY_OTLP_SAMPLE_RATIO", "-0.1")],
+                "otlp_sample_ratio",
+            ),
+            (
+                vec![on, ("FIRSTKEY_OTLP_SAMPLE_RATIO", "half")],
+                "otlp_sample_ratio",
+            ),
+            (
+                vec![on, ("FIRSTKEY_OTLP_SERVICE_NAME", " ")],
+                "otlp_service_name",
+            ),
+            (
+                vec![on, ("FIRSTKEY_OTLP_HEADERS", "hunter2")],
+                "otlp_headers",
+            ),
+            (
+                vec![on, ("FIRSTKEY_OTLP_HEADERS", "bad name=hunter2")],
+                "otlp_headers",
+            ),
+            (
+                vec![on, ("FIRSTKEY_OTLP_HEADERS", "x-key=hunter2\u{7f}")],
+                "otlp_headers",
+            ),
+            (
+                vec![on, ("FIRSTKEY_OTLP_HEADERS", "content-type=hunter2")],
+                "otlp_headers",
+            ),
+            (
+                vec![on, ("FIRSTKEY_OTLP_CA_CERT", "/nonexistent.pem")],
+                "otlp_ca_cert",
+            ),
+        ] {
+            let err = Settings::load(None, env(&pairs)).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{setting}`")), "{pairs:?}: {err}");
+            assert!(!err.contains("hunter2"), "{pairs:?}: a secret in {err}");
+        }
     }
 
     #[test]

@@ -78,7 +78,13 @@ pub async fn head(client: &impl GenericClient, lock: Uuid) -> Result<(u64, [u8; 
     })
 }
 
-/// Verifies and stores one uploaded batch, in one transaction.
+/// Verifies and stores one uploaded batch, in one transaction. Its span carries the batch's size
+/// and its outcome (`stored` or the rejection reason: closed sets).
+#[tracing::instrument(
+    name = "receipts.store",
+    skip_all,
+    fields(receipts = receipts.len(), outcome = tracing::field::Empty)
+)]
 pub async fn store_batch(
     pool: &Pool,
     lock: &LockIdentity,
@@ -139,6 +145,7 @@ pub async fn store_batch(
         head_hash = verified.hash;
     }
     tx.commit().await?;
+    tracing::Span::current().record("outcome", "stored");
     crate::metrics::count(|m| {
         m.receipts_stored
             .with_label_values(&["allow"])
@@ -151,6 +158,7 @@ pub async fn store_batch(
 }
 
 fn rejected(reason: &'static str, seq: Option<u64>) -> BatchOutcome {
+    tracing::Span::current().record("outcome", reason);
     crate::metrics::count(|m| {
         m.receipt_batches_rejected
             .with_label_values(&[reason])

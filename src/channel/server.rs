@@ -916,7 +916,9 @@ async fn authenticate(
 }
 
 /// Records that tokens among the inbox entries after `previous` through `seq` were sent to the lock
-/// (`issued_tokens.pushed_at`; the dispatcher console shows it as "pushed to the lock").
+/// (`issued_tokens.pushed_at`; the dispatcher console shows it as "pushed to the lock"). Its span
+/// carries only how many entries were sent.
+#[tracing::instrument(name = "channel.push", skip_all, fields(entries = seq.saturating_sub(previous)))]
 async fn record_pushed(
     shared: &Shared,
     lock: Uuid,
@@ -943,6 +945,7 @@ async fn record_pushed(
 
 /// Records the agent's acknowledgement of inbox entries up to `seq` (monotonic), and marks tokens
 /// among the newly acknowledged entries delivered.
+#[tracing::instrument(name = "channel.ack", skip_all, fields(entries = seq.saturating_sub(previous)))]
 async fn record_ack(
     shared: &Shared,
     lock: Uuid,

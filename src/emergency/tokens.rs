@@ -85,6 +85,7 @@ fn denied(e: ApiError) -> EmergencyError {
 }
 
 /// Mints a token for `actor`; see the module documentation.
+#[tracing::instrument(name = "token.issue", skip_all)]
 pub async fn issue(
     client: &mut deadpool_postgres::Object,
     engine: &PolicyEngine,
@@ -272,6 +273,17 @@ pub(crate) enum Holder<'a> {
     },
 }
 
+impl Holder<'_> {
+    /// The kind of holder, for spans: `grant`, `trusted` or `remote`.
+    fn label(&self) -> &'static str {
+        match self {
+            Self::Grant { .. } => "grant",
+            Self::Trusted { .. } => "trusted",
+            Self::Remote { .. } => "remote",
+        }
+    }
+}
+
 /// Everything a token and its records need; see [`mint_recorded`].
 pub(crate) struct Mint<'a> {
     pub tenant: crate::store::Tenant,
@@ -312,7 +324,8 @@ impl Minted {
 
 /// Mints a single-use token for one lock, bound to `confirmation`, and inside `tx` records it
 /// (`issued_tokens`), audits it (`token.issue`) and queues it for the lock: the one path every
-/// token takes, whoever it is for.
+/// token takes, whoever it is for. Its span names only the kind of holder (a closed set).
+#[tracing::instrument(name = "token.mint", skip_all, fields(holder = mint.holder.label()))]
 pub(crate) async fn mint_recorded(
     tx: &impl GenericClient,
     signer: &Signer,

@@ -9,7 +9,9 @@
 //! (`RUST_LOG=info,firstkey::access=off`).
 //!
 //! [`AccessLog`] is the root-span builder of `tracing_actix_web::TracingLogger`: the request's span
-//! carries only its request id, so every event of the request names it.
+//! carries only its request id, so every event of the request names it. While spans are exported
+//! (`otlp_endpoint`), it also carries the span's OpenTelemetry name and HTTP attributes
+//! (`crate::telemetry::http_server_span`): the method, the route pattern, the status, nothing else.
 
 use std::time::Instant;
 
@@ -44,11 +46,26 @@ impl RootSpanBuilder for AccessLog {
             .get::<RequestId>()
             .map(ToString::to_string)
             .unwrap_or_default();
+        let method = method_label(request.method());
+        let route = request
+            .match_pattern()
+            .unwrap_or_else(|| "unmatched".to_owned());
+        let span = tracing::info_span!(
+            "request",
+            request_id = %request_id,
+            otel.name = tracing::field::Empty,
+            otel.kind = tracing::field::Empty,
+        );
+        crate::telemetry::http_server_span(
+            &span,
+            method,
+            &route,
+            request.headers(),
+            super::from_trusted_proxy(request.request()),
+        );
         let line = Line {
-            method: method_label(request.method()),
-            route: request
-                .match_pattern()
-                .unwrap_or_else(|| "unmatched".to_owned()),
+            method,
+            route,
             client: super::client_address(request.request())
                 .map(|ip| ip.to_string())
                 .unwrap_or_else(|| "-".to_owned()),
@@ -56,12 +73,13 @@ impl RootSpanBuilder for AccessLog {
         };
         request.extensions_mut().insert(Arrived(Instant::now()));
         request.extensions_mut().insert(line);
-        tracing::info_span!("request", request_id = %request_id)
+        span
     }
 
-    fn on_request_end<B: MessageBody>(_span: Span, outcome: &Result<ServiceResponse<B>, Error>) {
+    fn on_request_end<B: MessageBody>(span: Span, outcome: &Result<ServiceResponse<B>, Error>) {
         match outcome {
             Ok(response) => {
+                crate::telemetry::http_server_span_end(&span, response.status().as_u16());
                 let extensions = response.request().extensions();
                 let duration_ms = extensions
                     .get::<Arrived>()
@@ -74,6 +92,7 @@ impl RootSpanBuilder for AccessLog {
             // one line (without the request's details, which went with the request).
             Err(error) => {
                 let status = error.as_response_error().status_code();
+                crate::telemetry::http_server_span_end(&span, status.as_u16());
                 tracing::error!(target: "firstkey::access", parent: None, status = status.as_u16(), "request failed before a response");
             }
         }

@@ -405,6 +405,20 @@ pub fn client_address(req: &HttpRequest) -> Option<IpAddr> {
     Some(forwarded_client(peer, req.headers(), trusted))
 }
 
+/// Whether the request's peer is one of `trusted_proxies` (whose forwarding headers, and trace
+/// context, are believed).
+pub fn from_trusted_proxy(req: &HttpRequest) -> bool {
+    let Some(peer) = req.peer_addr().map(|a| a.ip()) else {
+        return false;
+    };
+    req.app_data::<web::Data<AppState>>().is_some_and(|s| {
+        s.settings
+            .trusted_proxies
+            .iter()
+            .any(|net| net.contains(&peer))
+    })
+}
+
 /// The client behind `peer`: when `peer` is trusted, the forwarding chain (`Forwarded` `for=`, RFC
 /// 7239, or else `X-Forwarded-For`) is read from the right, skipping trusted proxies; the first
 /// address that is not a trusted proxy is the client. A hop that is not an address (`unknown`, an

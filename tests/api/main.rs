@@ -27,6 +27,7 @@ mod mail;
 mod middleware;
 mod migrations;
 mod openapi;
+mod otlp;
 mod privacy;
 mod restore;
 mod schemathesis;

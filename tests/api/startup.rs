@@ -103,7 +103,7 @@ async fn a_private_cluster_starts_answers_and_stops() {
 }
 
 /// `firstkey` on the test database `db`, in a scratch directory, all ports picked by the system.
-fn firstkey_on(db: &str, dir: &std::path::Path) -> Command {
+pub(crate) fn firstkey_on(db: &str, dir: &std::path::Path) -> Command {
     let mut c = firstkey();
     c.current_dir(dir)
         .env(
@@ -227,14 +227,14 @@ async fn the_lock_agents_variables_do_not_stop_the_server() {
 }
 
 /// A `firstkey serve` child process whose log goes to a file, and its HTTP address.
-struct Served {
-    child: std::process::Child,
+pub(crate) struct Served {
+    pub(crate) child: std::process::Child,
     log: std::path::PathBuf,
-    base: String,
+    pub(crate) base: String,
 }
 
 impl Served {
-    fn start(mut command: Command, dir: &std::path::Path) -> Self {
+    pub(crate) fn start(mut command: Command, dir: &std::path::Path) -> Self {
         let log = dir.join("serve.log");
         let child = command
             .arg("serve")
@@ -262,7 +262,7 @@ impl Served {
         Self { child, log, base }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap()
     }
 }

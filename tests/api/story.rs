@@ -13,10 +13,25 @@ use crate::helpers::{admin_config, fresh_database};
 /// `firstkey demo --once` on database `db` in `cwd`, logging at `rust_log`. `key_dir` is left at its
 /// default (`.firstkey/keys`) unless given.
 async fn run_demo(db: &str, cwd: &Path, rust_log: &str, key_dir: Option<&str>) -> Output {
+    run_demo_with(db, cwd, rust_log, key_dir, &[]).await
+}
+
+/// [`run_demo`] with more environment variables (`FIRSTKEY_OTLP_*`, …).
+pub(crate) async fn run_demo_with(
+    db: &str,
+    cwd: &Path,
+    rust_log: &str,
+    key_dir: Option<&str>,
+    env: &[(&str, &str)],
+) -> Output {
     let cwd = cwd.to_path_buf();
     let url = format!("host=127.0.0.1 port=5432 user=postgres dbname={db}");
     let rust_log = rust_log.to_owned();
     let key_dir = key_dir.map(str::to_owned);
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
     tokio::task::spawn_blocking(move || {
         let mut command = Command::new(env!("CARGO_BIN_EXE_firstkey"));
         command
@@ -29,6 +44,7 @@ async fn run_demo(db: &str, cwd: &Path, rust_log: &str, key_dir: Option<&str>) -
         if let Some(key_dir) = key_dir {
             command.env("FIRSTKEY_KEY_DIR", key_dir);
         }
+        command.envs(env);
         command.output().unwrap()
     })
     .await
@@ -181,43 +197,18 @@ async fn the_whole_story_leaves_every_record_audit_entry_and_mail() {
     );
 }
 
-/// The ways a byte secret could be written into a log.
-fn byte_forms(bytes: &[u8]) -> Vec<String> {
-    let debug_list: Vec<String> = bytes.iter().take(12).map(u8::to_string).collect();
-    vec![
-        hex::encode(bytes),
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes),
-        base64::engine::general_purpose::STANDARD.encode(bytes),
-        // `{:?}` of a byte slice, as tokio-postgres writes parameters.
-        debug_list.join(", "),
-    ]
-}
-
-#[tokio::test]
-async fn a_demo_at_debug_level_logs_no_token_link_secret_pairing_code_or_note() {
-    let db = fresh_database().await;
-    let dir = tempfile::tempdir().unwrap();
-    let output = run_demo(&db, dir.path(), "debug", Some("keys")).await;
-    let (stdout, stderr) = text(&output);
-    assert!(output.status.success(), "demo failed:\n{stdout}\n{stderr}");
-    let demo_dir = dir.path().join(".firstkey/demo");
-    // Everything the run logged: its own output and the lock agent's log.
-    let mut log = format!("{stdout}\n{stderr}");
+/// Every secret a demo run in `demo_dir` (on database `db`) handled, named by kind: the mailed link
+/// secrets, the override tokens and the responder's key (in every encoding a log might use), the
+/// lock's pairing code, the plan's responder notes. What no log line and no exported span may hold.
+pub(crate) async fn demo_secrets(db: &str, demo_dir: &Path) -> Vec<(&'static str, String)> {
     let mut tokens = Vec::new();
-    for entry in std::fs::read_dir(&demo_dir).unwrap() {
+    for entry in std::fs::read_dir(demo_dir).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if name.ends_with(".log") {
-            log.push_str(&std::fs::read_to_string(&path).unwrap());
-        }
         if (name.starts_with("token-") || name.starts_with("responder-")) && path.is_file() {
             tokens.push(std::fs::read(&path).unwrap());
         }
     }
-    assert!(
-        log.lines().count() > 100,
-        "the run logged at debug level:\n{log}"
-    );
     let mut secrets: Vec<(&str, String)> = Vec::new();
     // Link secrets: the part after `#` of every mailed link.
     for mail in firstkey::notify::sink::messages(&demo_dir.join("mail")).unwrap() {
@@ -242,7 +233,7 @@ async fn a_demo_at_debug_level_logs_no_token_link_secret_pairing_code_or_note() 
     }
     // The lock's pairing code, derived as the agent derives it.
     let mut config = admin_config();
-    config.dbname(&db);
+    config.dbname(db);
     let pool = firstkey::store::pool(config, 1).unwrap();
     let client = pool.get().await.unwrap();
     for row in client
@@ -260,6 +251,43 @@ async fn a_demo_at_debug_level_logs_no_token_link_secret_pairing_code_or_note() 
     for note in ["Friendly dog, Biscuit", "Home oxygen in the bedroom"] {
         secrets.push(("note", note.to_owned()));
     }
+    secrets
+}
+
+/// The ways a byte secret could be written into a log.
+fn byte_forms(bytes: &[u8]) -> Vec<String> {
+    let debug_list: Vec<String> = bytes.iter().take(12).map(u8::to_string).collect();
+    vec![
+        hex::encode(bytes),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes),
+        base64::engine::general_purpose::STANDARD.encode(bytes),
+        // `{:?}` of a byte slice, as tokio-postgres writes parameters.
+        debug_list.join(", "),
+    ]
+}
+
+#[tokio::test]
+async fn a_demo_at_debug_level_logs_no_token_link_secret_pairing_code_or_note() {
+    let db = fresh_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let output = run_demo(&db, dir.path(), "debug", Some("keys")).await;
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    let demo_dir = dir.path().join(".firstkey/demo");
+    // Everything the run logged: its own output and the lock agent's log.
+    let mut log = format!("{stdout}\n{stderr}");
+    for entry in std::fs::read_dir(&demo_dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.ends_with(".log") {
+            log.push_str(&std::fs::read_to_string(&path).unwrap());
+        }
+    }
+    assert!(
+        log.lines().count() > 100,
+        "the run logged at debug level:\n{log}"
+    );
+    let secrets = demo_secrets(&db, &demo_dir).await;
     for (kind, secret) in &secrets {
         assert!(
             !log.contains(secret.as_str()),
