@@ -530,6 +530,7 @@ async fn incident_page(
                 state: GrantState::Ended,
                 words: GrantState::Ended.words(),
                 badge: GrantState::Ended.badge(),
+                consent: None,
             });
         rows.push(GrantRow {
             id: g.id,
@@ -537,7 +538,10 @@ async fn incident_page(
             named: named_words(g, &names),
             window: format!("{} – {}", when(g.starts_at), when(g.ends_at)),
             can_approve: g.status == "awaiting_approval" && g.granted_by != actor.user_id,
-            can_revoke: matches!(g.status.as_str(), "live" | "awaiting_approval"),
+            can_revoke: matches!(
+                g.status.as_str(),
+                "live" | "awaiting_approval" | "awaiting_consent"
+            ),
             justification: g.justification.clone(),
             state,
         });
@@ -685,7 +689,18 @@ async fn grant(
     let parsed = parse_grant(&typed);
     let now = state.clock.now();
     let outcome = match parsed {
-        Ok(input) => grants::create(&mut client, &state.policy, &actor, *id, &input, now).await,
+        Ok(input) => {
+            grants::create(
+                &mut client,
+                &state.policy,
+                &actor,
+                *id,
+                &input,
+                &state.settings.public_origin,
+                now,
+            )
+            .await
+        }
         Err(e) => Err(e),
     };
     let (error, step_up) = match outcome {

@@ -27,7 +27,7 @@ const RP_ID: &str = "localhost";
 const WEEKDAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 
 /// A clock the test moves; sessions' step-ups are set to its time (see [`World::restep`]).
-pub(crate) struct TestClock(Mutex<DateTime<Utc>>);
+pub(crate) struct TestClock(pub(crate) Mutex<DateTime<Utc>>);
 
 impl Clock for TestClock {
     fn now(&self) -> DateTime<Utc> {
