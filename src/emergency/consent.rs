@@ -363,8 +363,8 @@ pub enum Answer {
     Refuse,
 }
 
-/// Body of the owner's answer.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+/// Body of the owner's answer. Its `Debug` never shows the secret.
+#[derive(Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConsentAnswer {
     /// The secret of the mailed link (the part after `#`).
@@ -372,6 +372,15 @@ pub struct ConsentAnswer {
     pub secret: String,
     /// `approve` or `refuse`.
     pub answer: Answer,
+}
+
+impl std::fmt::Debug for ConsentAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsentAnswer")
+            .field("secret", &"..")
+            .field("answer", &self.answer)
+            .finish()
+    }
 }
 
 /// The owner answers a request for consent; see the module documentation. Another owner, another

@@ -345,6 +345,8 @@ struct PlanSummary {
     allowed: bool,
     max_minutes: i32,
     has_notes: bool,
+    /// "the homeowner is asked first (180 s; then …)" where the plan asks for live consent.
+    consent: Option<String>,
 }
 
 /// The grant form as typed.
@@ -456,6 +458,13 @@ async fn summary(
                 && (rule.incident_types.is_empty() || rule.incident_types.contains(&incident.kind)),
             max_minutes: p.max_grant_minutes,
             has_notes: p.notes.is_some(),
+            consent: p.live_consent.map(|c| {
+                format!(
+                    "the homeowner is asked first ({} s to answer; then {})",
+                    c.timeout_seconds,
+                    c.fallback.words()
+                )
+            }),
         }
     });
     Ok(Found {

@@ -617,3 +617,92 @@ async fn another_municipality_never_sees_or_answers_a_request() {
     );
     assert_eq!(grant_status(&w, g).await, "awaiting_consent");
 }
+
+#[tokio::test]
+async fn the_mailed_link_opens_a_page_that_answers_with_the_passkey() {
+    let w = world(json!({ "timeout_seconds": 180, "fallback": "proceed" })).await;
+    let g = id(&ask(&w, "26-0008").await);
+    let secret = mailed_secret(&w.app, "owner@a.example", "consent.request")
+        .await
+        .unwrap();
+    let text: String = w
+        .app
+        .pool
+        .get()
+        .await
+        .unwrap()
+        .query_one(
+            "SELECT body_text FROM notification_outbox WHERE kind = 'consent.request'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        text.contains(&format!("/consents/{g}#{secret}")) && text.contains("entry goes ahead"),
+        "{text}"
+    );
+    let page = |who: Option<&As>| {
+        let mut r = w.app.http.get(format!("{}/consents/{g}", w.app.address));
+        if let Some(who) = who {
+            r = r.header("cookie", &who.cookie);
+        }
+        r.send()
+    };
+    // Signed out: to the sign-in page, and back here afterwards.
+    let signed_out = w
+        .app
+        .http
+        .get(format!("{}/consents/{g}", w.app.address))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_out.url().path(), "/sign-in");
+    assert_eq!(
+        signed_out.url().query(),
+        Some(format!("next=/consents/{g}").as_str())
+    );
+    let html = page(Some(&w.owner)).await.unwrap().text().await.unwrap();
+    assert!(
+        html.contains("Dispatch asks to enter 12 Elm Street"),
+        "{html}"
+    );
+    assert!(html.contains("data-ceremony=\"consent\""), "{html}");
+    assert!(html.contains("Smoke alarm, occupant not answering"));
+    assert!(!html.contains(&secret), "the page never carries the secret");
+    assert_eq!(page(Some(&w.other_owner)).await.unwrap().status(), 404);
+    w.advance(Duration::seconds(3));
+    w.restep_all().await;
+    let posted = w
+        .app
+        .http
+        .post(format!("{}/consents/{g}", w.app.address))
+        .header("cookie", &w.owner.cookie)
+        .header("origin", crate::helpers::ORIGIN)
+        .form(&[("secret", secret.as_str()), ("answer", "approve")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 200);
+    let html = posted.text().await.unwrap();
+    assert!(html.contains("Approved."), "{html}");
+    assert!(
+        !html.contains("consent-approve"),
+        "no buttons once answered"
+    );
+    assert_eq!(grant_status(&w, g).await, "live");
+    // The same link again: refused on the page too.
+    let again = w
+        .app
+        .http
+        .post(format!("{}/consents/{g}", w.app.address))
+        .header("cookie", &w.owner.cookie)
+        .header("origin", crate::helpers::ORIGIN)
+        .form(&[("secret", secret.as_str()), ("answer", "refuse")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 409);
+    assert!(again.text().await.unwrap().contains("already answered"));
+}
