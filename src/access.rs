@@ -172,7 +172,7 @@ pub async fn incident_agencies_here(
              WHERE i.municipality_id = $1 AND i.closed_at IS NULL
                AND (EXISTS (SELECT 1 FROM grants g
                             WHERE g.municipality_id = i.municipality_id AND g.incident_id = i.id
-                              AND g.property_id = $2 AND g.status IN ('live', 'awaiting_approval'))
+                              AND g.property_id = $2 AND g.status IN ('live', 'awaiting_approval', 'awaiting_consent'))
                     OR EXISTS (SELECT 1 FROM incident_properties l
                                WHERE l.municipality_id = i.municipality_id AND l.incident_id = i.id
                                  AND l.property_id = $2))",

@@ -301,6 +301,18 @@ where
     T::deserialize(serde_json::Value::Object(map)).map_err(serde::de::Error::custom)
 }
 
+/// [`object`] for an optional field: `null` (or, with `#[serde(default)]`, absent) is `None`.
+pub fn optional_object<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    use serde::Deserialize;
+    Option::<serde_json::Map<String, serde_json::Value>>::deserialize(deserializer)?
+        .map(|map| T::deserialize(serde_json::Value::Object(map)).map_err(serde::de::Error::custom))
+        .transpose()
+}
+
 /// [`object`] for each element of a list.
 pub fn objects<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
 where

@@ -167,6 +167,71 @@ impl Default for NotificationChoices {
     }
 }
 
+/// Fewest seconds a plan may give the homeowner to answer a request for consent.
+pub const MIN_CONSENT_SECONDS: i32 = 15;
+/// Most seconds a plan may give the homeowner to answer (30 minutes).
+pub const MAX_CONSENT_SECONDS: i32 = 1800;
+/// Seconds the homeowner has when the plan does not say (3 minutes).
+pub const DEFAULT_CONSENT_SECONDS: i32 = 180;
+
+/// What happens to a grant when the homeowner does not answer a request for consent in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsentFallback {
+    /// The grant goes ahead as if there were no consent step (a second dispatcher still approves
+    /// where the agency rule asks for one).
+    Proceed,
+    /// The grant waits for a second dispatcher's approval (the approval queue).
+    SecondDispatcher,
+}
+
+impl ConsentFallback {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Proceed => "proceed",
+            Self::SecondDispatcher => "second_dispatcher",
+        }
+    }
+
+    /// Parses the stored name.
+    pub fn parse(stored: &str) -> Option<Self> {
+        match stored {
+            "proceed" => Some(Self::Proceed),
+            "second_dispatcher" => Some(Self::SecondDispatcher),
+            _ => None,
+        }
+    }
+
+    /// In the homeowner's and the dispatcher's words.
+    pub fn words(self) -> &'static str {
+        match self {
+            Self::Proceed => "entry goes ahead",
+            Self::SecondDispatcher => "a second dispatcher must approve the entry",
+        }
+    }
+}
+
+fn default_consent_seconds() -> i32 {
+    DEFAULT_CONSENT_SECONDS
+}
+
+/// Live consent: before a grant for this home goes live, ask the homeowner (a mailed link; they
+/// approve or refuse with their passkey), and what happens if they do not answer in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LiveConsent {
+    /// Seconds the homeowner has to answer (15 to 1800; 180 if absent).
+    #[schema(minimum = 15, maximum = 1800)]
+    #[serde(
+        default = "default_consent_seconds",
+        deserialize_with = "crate::domain::integer"
+    )]
+    pub timeout_seconds: i32,
+    /// What happens without an answer in time.
+    pub fallback: ConsentFallback,
+}
+
 /// A plan as submitted by the homeowner (the body of `PUT …/plan`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -192,6 +257,10 @@ pub struct PlanInput {
     #[schema(minimum = 1, maximum = 3650)]
     #[serde(deserialize_with = "crate::domain::integer")]
     pub retention_days: i32,
+    /// Ask the homeowner to approve or refuse each grant before it goes live; absent or `null`:
+    /// do not ask.
+    #[serde(default, deserialize_with = "crate::domain::optional_object")]
+    pub live_consent: Option<LiveConsent>,
 }
 
 impl PlanInput {
@@ -206,6 +275,14 @@ impl PlanInput {
         }
         if !(1..=3650).contains(&self.retention_days) {
             return Err(err("retention_days", "must be between 1 and 3650"));
+        }
+        if let Some(consent) = &self.live_consent
+            && !(MIN_CONSENT_SECONDS..=MAX_CONSENT_SECONDS).contains(&consent.timeout_seconds)
+        {
+            return Err(err(
+                "live_consent.timeout_seconds",
+                "must be between 15 and 1800",
+            ));
         }
         for rule in [
             &self.agencies.fire,
@@ -260,6 +337,8 @@ pub struct PlanSummary {
     pub max_grant_minutes: i32,
     /// Whether notes exist (reveal them with the audited reveal).
     pub has_notes: bool,
+    /// Whether a grant first asks the homeowner, for how long, and what happens without an answer.
+    pub live_consent: Option<LiveConsent>,
     /// Trusted parties (e.g. "Sam at no. 12") the homeowner lets dispatch know hold access, so
     /// dispatch can call them.
     pub trusted_access: Vec<String>,

@@ -55,6 +55,11 @@ impl LinkSecret {
         format!("{}/invitations/accept#{}", origin.as_str(), self.0)
     }
 
+    /// The link of a trusted party's invitation: the same enrolment, on a page in their words.
+    pub fn trusted_invitation_url(&self, origin: &PublicOrigin) -> String {
+        format!("{}/trusted/accept#{}", origin.as_str(), self.0)
+    }
+
     /// The link of an e-mail verification.
     pub fn verification_url(&self, origin: &PublicOrigin) -> String {
         format!("{}/accounts/verify#{}", origin.as_str(), self.0)
@@ -170,6 +175,14 @@ pub struct Invitation {
     pub expires_at: DateTime<Utc>,
 }
 
+/// The mail that carries an invitation's link: subject and plain text, made from the link.
+pub struct InvitationMail {
+    /// Subject line.
+    pub subject: String,
+    /// Plain-text body (the HTML body is derived from it); must contain the link.
+    pub text: String,
+}
+
 /// Invites a member of staff: a pending account, a one-time link mailed to them (through the outbox),
 /// an audit entry. Returns the invitation and its link secret (the HTTP API does not return the
 /// secret; operator tooling and tests may use it).
@@ -180,6 +193,31 @@ pub async fn invite(
     new: &NewInvitation,
     origin: &PublicOrigin,
     now: DateTime<Utc>,
+) -> Result<(Invitation, LinkSecret), AuthError> {
+    let role = new.role;
+    invite_worded(tx, tenant, inviter, new, now, |secret| {
+        let link = secret.invitation_url(origin);
+        InvitationMail {
+            subject: "firstkey: your invitation".to_owned(),
+            text: format!(
+                "You have been invited to firstkey as {role}.\n\nOpen this link within 72 hours and \
+                 enrol your hardware security key:\n{link}\n\nIf you did not expect this, ignore this mail.",
+                role = role.as_str()
+            ),
+        }
+    })
+    .await
+}
+
+/// [`invite`] with the caller's own mail, made from the link secret by `mail` (trusted parties get
+/// theirs: who invited them, for which home, when).
+pub async fn invite_worded(
+    tx: &impl GenericClient,
+    tenant: Tenant,
+    inviter: Uuid,
+    new: &NewInvitation,
+    now: DateTime<Utc>,
+    mail: impl FnOnce(&LinkSecret) -> InvitationMail,
 ) -> Result<(Invitation, LinkSecret), AuthError> {
     let email = Email::parse(&new.email).map_err(|e| AuthError::Invalid(e.to_string()))?;
     if new.role == Role::Homeowner {
@@ -247,17 +285,12 @@ pub async fn invite(
     )
     .await
     .map_err(crate::store::conflict_or_query)?;
-    let link = secret.invitation_url(origin);
-    let text = format!(
-        "You have been invited to firstkey as {role}.\n\nOpen this link within 72 hours and enrol your \
-         hardware security key:\n{link}\n\nIf you did not expect this, ignore this mail.",
-        role = new.role.as_str()
-    );
+    let InvitationMail { subject, text } = mail(&secret);
     let mail = Mail {
         dedupe_key: format!("invitation:{}", invitation.id),
         kind: "account.invitation",
         to: email,
-        subject: "firstkey: your invitation".to_owned(),
+        subject,
         html: format!(
             "<p>{}</p>",
             notify::html_escape(&text).replace('\n', "<br>")
@@ -336,6 +369,9 @@ struct Pending {
     user: Uuid,
     email: String,
     display_name: String,
+    /// The kind of credential the account signs in with once the link is used: its roles with the
+    /// invitation's (a trusted party, like a homeowner, a passkey; staff a security key).
+    kind: CredentialKind,
 }
 
 async fn find_link(
@@ -346,13 +382,17 @@ async fn find_link(
 ) -> Result<Pending, AuthError> {
     let sql = match kind {
         LinkKind::Invitation => {
-            "SELECT i.id, i.municipality_id, u.id, u.email, u.display_name FROM invitations i
+            "SELECT i.id, i.municipality_id, u.id, u.email, u.display_name,
+                    ARRAY(SELECT r.role FROM user_roles r WHERE r.user_id = u.id) || i.role
+             FROM invitations i
              JOIN users u ON u.municipality_id = i.municipality_id AND lower(u.email) = lower(i.email)
              WHERE i.secret_hash = $1 AND i.used_at IS NULL AND i.revoked_at IS NULL AND i.expires_at > $2
                AND u.status <> 'disabled'"
         }
         LinkKind::EmailVerification => {
-            "SELECT v.id, v.municipality_id, u.id, u.email, u.display_name FROM email_verifications v
+            "SELECT v.id, v.municipality_id, u.id, u.email, u.display_name,
+                    ARRAY(SELECT r.role FROM user_roles r WHERE r.user_id = u.id) || 'homeowner'::text
+             FROM email_verifications v
              JOIN users u ON u.municipality_id = v.municipality_id AND u.id = v.user_id
              WHERE v.secret_hash = $1 AND v.used_at IS NULL AND v.expires_at > $2 AND u.status <> 'disabled'"
         }
@@ -363,7 +403,13 @@ async fn find_link(
         .map_err(StoreError::from)?
         .ok_or(AuthError::TicketInvalid)?;
     let id: Uuid = row.get(0);
+    let roles: Vec<Role> = row
+        .get::<_, Vec<String>>(5)
+        .iter()
+        .filter_map(|r| Role::parse(r).ok())
+        .collect();
     Ok(Pending {
+        kind: CredentialKind::for_roles(&roles),
         ticket: match kind {
             LinkKind::Invitation => Ticket::Invitation(id),
             LinkKind::EmailVerification => Ticket::EmailVerification(id),
@@ -375,10 +421,12 @@ async fn find_link(
     })
 }
 
-/// Starts enrolling a credential through a one-time link: a hardware security key for an invitation
-/// (attestation checked against the municipality's CAs, user verification required, synced
-/// credentials refused), a passkey for an e-mail verification. The link stays usable until an
-/// enrolment through it succeeds.
+/// Starts enrolling a credential through a one-time link: a hardware security key for a staff
+/// invitation (attestation checked against the municipality's CAs, user verification required,
+/// synced credentials refused), a passkey for an e-mail verification and for a trusted party's
+/// invitation (user verification required) — the kind the account then signs in with
+/// ([`CredentialKind::for_roles`] of its roles and the invitation's). The link stays usable until
+/// an enrolment through it succeeds.
 pub async fn start_enrolment(
     client: &impl GenericClient,
     rp: &Webauthn,
@@ -398,8 +446,8 @@ pub async fn start_enrolment(
         .map(|r| r.get(0))
         .collect();
     let exclude = Some(existing);
-    let (options, registering) = match kind {
-        LinkKind::Invitation => {
+    let (options, registering) = match pending.kind {
+        CredentialKind::SecurityKey => {
             let cas = wa::attestation_cas(client, pending.tenant).await?;
             let (ccr, state) = rp
                 .start_attested_passkey_registration(
@@ -430,7 +478,9 @@ pub async fn start_enrolment(
             }
             (options, Registering::SecurityKey(state))
         }
-        LinkKind::EmailVerification => {
+        // Homeowners and trusted parties: a passkey (any authenticator, user verification
+        // required, as webauthn-rs's passkey ceremony always asks and checks).
+        CredentialKind::Passkey => {
             let (ccr, state) = rp
                 .start_passkey_registration(
                     pending.user,

@@ -6,8 +6,8 @@
 //!   responders and auditors: webauthn-rs's *attested passkey* ceremony, i.e. direct attestation
 //!   verified against the municipality's CA list ([`attestation_cas`]), user verification required,
 //!   backup-eligible (synced) credentials refused.
-//! - **Passkeys** ([`CredentialKind::Passkey`]) for homeowners: user verification required, any
-//!   authenticator, synced ones included.
+//! - **Passkeys** ([`CredentialKind::Passkey`]) for homeowners and trusted parties: user
+//!   verification required, any authenticator, synced ones included.
 //!
 //! Ceremony state lives in `webauthn_ceremonies`: it is written when a ceremony starts, expires after
 //! [`CEREMONY_LIFETIME`], and is deleted by the statement that reads it ([`take_ceremony`]), so each
@@ -77,9 +77,13 @@ pub enum CredentialKind {
 }
 
 impl CredentialKind {
-    /// The kind a holder of `roles` must use: any staff role requires a hardware security key.
+    /// The kind a holder of `roles` must use: any staff role requires a hardware security key;
+    /// homeowners and trusted parties (neighbours, relatives) use passkeys.
     pub fn for_roles(roles: &[Role]) -> Self {
-        if roles.iter().any(|r| *r != Role::Homeowner) {
+        if roles
+            .iter()
+            .any(|r| !matches!(r, Role::Homeowner | Role::TrustedParty))
+        {
             Self::SecurityKey
         } else {
             Self::Passkey

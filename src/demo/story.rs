@@ -610,7 +610,7 @@ pub async fn run(stage: &Stage, now: DateTime<Utc>) -> anyhow::Result<Ending> {
             String::from_utf8_lossy(&lee_tap.stderr)
         );
     }
-    n.say("trusted neighbour Lee (invited by the homeowner, security key enrolled) asked for a token and tapped: ALLOW");
+    n.say("trusted neighbour Lee (invited by the homeowner in their own words, enrolled a passkey) asked for a token and tapped: ALLOW");
 
     // --- A remote unlock: the homeowner opens the door from afar for the ambulance crew.
     let remote = http

@@ -278,13 +278,17 @@ pub async fn handle(
     engine: &PolicyEngine,
     call: &CadCall<'_>,
     action: &CadAction,
+    origin: &crate::settings::PublicOrigin,
     now: DateTime<Utc>,
 ) -> Result<CadResponse, EmergencyError> {
     let (tenant, key_id) = authenticate(&*client, kek, call, now).await?;
     check_idempotency_key(call.idempotency_key)?;
     let hash = request_hash(call);
     if let CadAction::CreateGrant(cad_number) = action {
-        return handle_grant(client, engine, call, tenant, key_id, cad_number, &hash, now).await;
+        return handle_grant(
+            client, engine, call, tenant, key_id, cad_number, &hash, origin, now,
+        )
+        .await;
     }
     let tx = client.transaction().await.map_err(StoreError::from)?;
     let claimed = tx
@@ -409,6 +413,7 @@ async fn handle_grant(
     key_id: String,
     cad_number: &str,
     hash: &[u8],
+    origin: &crate::settings::PublicOrigin,
     now: DateTime<Utc>,
 ) -> Result<CadResponse, EmergencyError> {
     let claimed = client
@@ -444,7 +449,10 @@ async fn handle_grant(
             replayed: true,
         });
     }
-    let outcome = grant_for_cad(client, engine, call, tenant, key_id, cad_number, now).await;
+    let outcome = grant_for_cad(
+        client, engine, call, tenant, key_id, cad_number, origin, now,
+    )
+    .await;
     let body = match outcome.and_then(|grant| {
         serde_json::to_value(&grant)
             .map_err(|e| StoreError::Conflict(format!("response: {e}")).into())
@@ -474,6 +482,7 @@ async fn handle_grant(
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn grant_for_cad(
     client: &mut deadpool_postgres::Object,
     engine: &PolicyEngine,
@@ -481,6 +490,7 @@ async fn grant_for_cad(
     tenant: Tenant,
     key_id: String,
     cad_number: &str,
+    origin: &crate::settings::PublicOrigin,
     now: DateTime<Utc>,
 ) -> Result<grants::Grant, EmergencyError> {
     let body: CadGrant = serde_json::from_slice(call.body)
@@ -507,5 +517,15 @@ async fn grant_for_cad(
         credential_id,
         key_id,
     };
-    grants::create_as(client, engine, &actor, incident.id, &input, Some(&via), now).await
+    grants::create_as(
+        client,
+        engine,
+        &actor,
+        incident.id,
+        &input,
+        Some(&via),
+        origin,
+        now,
+    )
+    .await
 }

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::consent;
 use super::incidents::{self, Incident};
 use super::{
     EmergencyError, Notice, notify_property, revoke_tokens_of_grant, revoke_tokens_of_responder,
@@ -28,6 +29,7 @@ use crate::auth::Actor;
 use crate::domain::{AgencyKind, Role, Text};
 use crate::http::error::ApiError;
 use crate::policy::{ApprovalContext, AuthzRequest, GrantContext, PolicyEngine};
+use crate::settings::PublicOrigin;
 use crate::store::StoreError;
 
 /// Most responders one grant may name.
@@ -128,7 +130,8 @@ pub struct Grant {
     pub plan_id: Uuid,
     /// That plan's version number.
     pub plan_version: i32,
-    /// `awaiting_approval`, `live`, `revoked` or `ended`.
+    /// `awaiting_consent` (the homeowner is asked first), `awaiting_approval`, `live`, `refused`
+    /// (the homeowner said no), `revoked` or `ended`.
     pub status: String,
     /// The unit, when granted to a unit.
     pub unit: Option<String>,
@@ -152,7 +155,7 @@ pub struct Grant {
     pub ends_at: DateTime<Utc>,
     /// When it was revoked or ended.
     pub ended_at: Option<DateTime<Utc>>,
-    /// `revoked`, `incident_closed` or `expired`.
+    /// `revoked`, `incident_closed`, `expired` or `consent_refused`.
     pub end_reason: Option<String>,
 }
 
@@ -317,9 +320,10 @@ pub async fn create(
     actor: &Actor,
     incident_id: Uuid,
     input: &GrantInput,
+    origin: &PublicOrigin,
     now: DateTime<Utc>,
 ) -> Result<Grant, EmergencyError> {
-    create_as(client, engine, actor, incident_id, input, None, now).await
+    create_as(client, engine, actor, incident_id, input, None, origin, now).await
 }
 
 /// The CAD credential through which a CAD system made a grant on a dispatcher's behalf.
@@ -333,7 +337,9 @@ pub struct ViaCad {
 
 /// [`create`], made by `actor` directly (`via` = `None`) or by a CAD system in their name: the
 /// same policy question and the same checks; the grant and its audit entry also name the
-/// credential.
+/// credential. Where the plan asks for live consent the grant is `awaiting_consent` and the
+/// homeowner is asked in the same transaction ([`consent::ask`]; `origin` makes the mailed link).
+#[allow(clippy::too_many_arguments)]
 pub async fn create_as(
     client: &mut deadpool_postgres::Object,
     engine: &PolicyEngine,
@@ -341,6 +347,7 @@ pub async fn create_as(
     incident_id: Uuid,
     input: &GrantInput,
     via: Option<&ViaCad>,
+    origin: &PublicOrigin,
     now: DateTime<Utc>,
 ) -> Result<Grant, EmergencyError> {
     if !actor.has(Role::Dispatcher) {
@@ -378,10 +385,15 @@ pub async fn create_as(
         AgencyKind::Police => &plan.agencies.police,
         AgencyKind::Other => return Err(EmergencyError::NotFound),
     };
-    let status = if rule.second_approval {
+    let then_status = if rule.second_approval {
         "awaiting_approval"
     } else {
         "live"
+    };
+    let status = if plan.live_consent.is_some() {
+        "awaiting_consent"
+    } else {
+        then_status
     };
     let tx = client.transaction().await.map_err(StoreError::from)?;
     let responders = resolve(&tx, actor, &incident, &input.named).await?;
@@ -432,6 +444,15 @@ pub async fn create_as(
     if let (Some(via), Some(map)) = (via, details.as_object_mut()) {
         map.insert("cad_key_id".to_owned(), via.key_id.clone().into());
     }
+    if let (Some(rule), Some(map)) = (plan.live_consent, details.as_object_mut()) {
+        map.insert(
+            "consent".to_owned(),
+            serde_json::json!({
+                "timeout_seconds": rule.timeout_seconds,
+                "fallback": rule.fallback.as_str(),
+            }),
+        );
+    }
     let event = Event::new("grant.create", Outcome::Allow)
         .actor(actor.user_id)
         .subject("grant", id)
@@ -443,6 +464,27 @@ pub async fn create_as(
     let grant = by_id(&tx, tenant, id).await?;
     if grant.status == "live" {
         notify_granted(&tx, tenant, &grant, &incident, &ctx.property.address, now).await?;
+    }
+    if let Some(rule) = plan.live_consent {
+        consent::ask(
+            &tx,
+            tenant,
+            &consent::Asked {
+                grant: grant.id,
+                property: grant.property_id,
+                address: &ctx.property.address,
+                agency_kind: incident.agency_kind.as_str(),
+                incident_kind: &incident.kind,
+                cad_number: &incident.cad_number,
+                justification: &grant.justification,
+                minutes: input.minutes,
+                then_status,
+            },
+            rule,
+            origin,
+            now,
+        )
+        .await?;
     }
     tx.commit().await.map_err(StoreError::from)?;
     Ok(grant)
@@ -500,7 +542,7 @@ async fn resolve(
     }
 }
 
-async fn notify_granted(
+pub(crate) async fn notify_granted(
     tx: &impl GenericClient,
     tenant: crate::store::Tenant,
     grant: &Grant,
@@ -679,7 +721,10 @@ pub async fn revoke(
         .await?
         .ok_or(EmergencyError::NotFound)?;
     let status: String = row.get(0);
-    if status != "live" && status != "awaiting_approval" {
+    if !matches!(
+        status.as_str(),
+        "live" | "awaiting_approval" | "awaiting_consent"
+    ) {
         return Err(EmergencyError::Conflict(
             "the grant has already ended".to_owned(),
         ));
@@ -690,6 +735,7 @@ pub async fn revoke(
         &[&tenant.id(), &grant_id, &now],
     )
     .await?;
+    consent::cancel(&tx, tenant, grant_id, now).await?;
     let revoked = revoke_tokens_of_grant(&tx, tenant, grant_id, now).await?;
     let grant = by_id(&tx, tenant, grant_id).await?;
     let incident = incidents::by_id(&tx, tenant, grant.incident_id).await?;
@@ -741,7 +787,7 @@ pub(crate) async fn end_for_disabled_responder(
             "SELECT g.id, g.status, g.property_id, g.incident_id FROM grants g
              JOIN grant_responders gr ON gr.municipality_id = g.municipality_id AND gr.grant_id = g.id
              WHERE g.municipality_id = $1 AND gr.responder_id = $2
-               AND g.status IN ('live', 'awaiting_approval')
+               AND g.status IN ('live', 'awaiting_approval', 'awaiting_consent')
                AND NOT EXISTS (
                    SELECT 1 FROM grant_responders o
                    JOIN users u ON u.municipality_id = o.municipality_id AND u.id = o.responder_id
@@ -762,6 +808,7 @@ pub(crate) async fn end_for_disabled_responder(
             &[&tenant.id(), &grant_id, &now],
         )
         .await?;
+        super::consent::cancel(tx, tenant, grant_id, now).await?;
         let revoked = revoke_tokens_of_grant(tx, tenant, grant_id, now).await?;
         tokens += revoked;
         let event = Event::new("grant.revoke", Outcome::Info)

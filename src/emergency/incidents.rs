@@ -330,7 +330,8 @@ pub async fn close(
         .query(
             "SELECT g.id, g.property_id, g.status, p.address FROM grants g
              JOIN properties p ON p.id = g.property_id
-             WHERE g.municipality_id = $1 AND g.incident_id = $2 AND g.status IN ('live', 'awaiting_approval')
+             WHERE g.municipality_id = $1 AND g.incident_id = $2
+               AND g.status IN ('live', 'awaiting_approval', 'awaiting_consent')
              ORDER BY g.id FOR UPDATE OF g",
             &[&tenant.id(), &id],
         )
@@ -346,6 +347,7 @@ pub async fn close(
             &[&tenant.id(), &grant_id, &now],
         )
         .await?;
+        super::consent::cancel(tx, tenant, grant_id, now).await?;
         let revoked = revoke_tokens_of_grant(tx, tenant, grant_id, now).await?;
         let event = origin
             .event("grant.end", Outcome::Info)

@@ -43,6 +43,10 @@ const BUFFER: usize = 256;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum GrantState {
+    /// The plan asks the homeowner's live consent first; no answer yet.
+    WaitingForConsent,
+    /// The homeowner refused: the grant never went live.
+    Refused,
     /// The plan asks for a second dispatcher's approval, not given yet.
     WaitingForApproval,
     /// Responders may ask for tokens; none is outstanding.
@@ -65,6 +69,8 @@ impl GrantState {
     /// The state in the console's words.
     pub fn words(self) -> &'static str {
         match self {
+            Self::WaitingForConsent => "waiting for the homeowner",
+            Self::Refused => "refused by the homeowner",
             Self::WaitingForApproval => "waiting for approval",
             Self::Live => "live",
             Self::TokenIssued => "token issued",
@@ -79,6 +85,8 @@ impl GrantState {
     /// The state's code, as the stream's JSON names it.
     pub fn code(self) -> &'static str {
         match self {
+            Self::WaitingForConsent => "waiting_for_consent",
+            Self::Refused => "refused",
             Self::WaitingForApproval => "waiting_for_approval",
             Self::Live => "live",
             Self::TokenIssued => "token_issued",
@@ -93,8 +101,8 @@ impl GrantState {
     /// The badge style of the state (a CSS class of `portal.css`).
     pub fn badge(self) -> &'static str {
         match self {
-            Self::WaitingForApproval => "waiting",
-            Self::DoorDenied => "bad",
+            Self::WaitingForApproval | Self::WaitingForConsent => "waiting",
+            Self::DoorDenied | Self::Refused => "bad",
             Self::Ended => "muted",
             _ => "ok",
         }
@@ -109,6 +117,8 @@ impl GrantState {
         now: DateTime<Utc>,
     ) -> Self {
         match status {
+            "awaiting_consent" => return Self::WaitingForConsent,
+            "refused" => return Self::Refused,
             "awaiting_approval" => return Self::WaitingForApproval,
             "live" if now < ends_at => {}
             _ => return Self::Ended,
@@ -135,6 +145,10 @@ pub struct GrantStatus {
     pub words: &'static str,
     /// The badge style.
     pub badge: &'static str,
+    /// Where the homeowner's live consent stands, in words, for a grant that asked for it
+    /// ("asking the homeowner (until …)", "the homeowner approved", "no answer from the homeowner:
+    /// …").
+    pub consent: Option<String>,
 }
 
 /// The live state of every grant of an incident of `tenant`, oldest grant first.
@@ -146,8 +160,10 @@ pub async fn states_of_incident(
 ) -> Result<Vec<GrantStatus>, EmergencyError> {
     let rows = client
         .query(
-            "SELECT g.id, g.status, g.ends_at, t.status, t.pushed_at IS NOT NULL, r.decision
+            "SELECT g.id, g.status, g.ends_at, t.status, t.pushed_at IS NOT NULL, r.decision,
+                    c.status, c.fallback, c.expires_at
              FROM grants g
+             LEFT JOIN grant_consents c ON c.municipality_id = g.municipality_id AND c.grant_id = g.id
              LEFT JOIN LATERAL (
                  SELECT t.status, t.pushed_at, t.lock_id, t.token_hash FROM issued_tokens t
                  WHERE t.municipality_id = g.municipality_id AND t.grant_id = g.id
@@ -176,11 +192,25 @@ pub async fn states_of_incident(
                 decision.as_deref(),
                 now,
             );
+            let consent = match (
+                r.get::<_, Option<&str>>(6),
+                r.get::<_, Option<&str>>(7),
+                r.get::<_, Option<DateTime<Utc>>>(8),
+            ) {
+                (Some(status), Some(fallback), Some(until)) => Some(super::consent::words(
+                    super::consent::ConsentState::parse(status),
+                    crate::plans::ConsentFallback::parse(fallback)
+                        .unwrap_or(crate::plans::ConsentFallback::SecondDispatcher),
+                    until,
+                )),
+                _ => None,
+            };
             GrantStatus {
                 grant: r.get(0),
                 state,
                 words: state.words(),
                 badge: state.badge(),
+                consent,
             }
         })
         .collect())
@@ -463,6 +493,11 @@ mod tests {
             d("awaiting_approval", None, None),
             GrantState::WaitingForApproval
         );
+        assert_eq!(
+            d("awaiting_consent", None, None),
+            GrantState::WaitingForConsent
+        );
+        assert_eq!(d("refused", None, None), GrantState::Refused);
         assert_eq!(d("live", None, None), GrantState::Live);
         assert_eq!(
             d("live", Some(("issued", false)), None),
@@ -494,6 +529,8 @@ mod tests {
     fn codes_are_the_json_names() {
         use GrantState::*;
         for s in [
+            WaitingForConsent,
+            Refused,
             WaitingForApproval,
             Live,
             TokenIssued,

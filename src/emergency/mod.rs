@@ -9,6 +9,7 @@
 //! refused caller may learn).
 
 pub mod cad;
+pub mod consent;
 pub mod grants;
 pub mod incidents;
 pub mod keys;

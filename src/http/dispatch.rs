@@ -209,7 +209,16 @@ pub async fn create_grant(
     let input = body.into_inner().parse()?;
     let now = state.clock.now();
     let mut client = client(&state).await?;
-    let grant = grants::create(&mut client, &state.policy, &actor, *id, &input, now).await?;
+    let grant = grants::create(
+        &mut client,
+        &state.policy,
+        &actor,
+        *id,
+        &input,
+        &state.settings.public_origin,
+        now,
+    )
+    .await?;
     Ok(HttpResponse::Created().json(grant))
 }
 
@@ -323,7 +332,16 @@ pub(super) async fn cad_call(
     };
     let now = state.clock.now();
     let mut client = client(state).await?;
-    let response = cad::handle(&mut client, &state.kek, &state.policy, &call, &action, now).await?;
+    let response = cad::handle(
+        &mut client,
+        &state.kek,
+        &state.policy,
+        &call,
+        &action,
+        &state.settings.public_origin,
+        now,
+    )
+    .await?;
     let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::OK);
     let mut builder = HttpResponse::build(status);
     if response.replayed {

@@ -12,6 +12,7 @@ pub mod admin;
 pub mod alarms;
 pub mod auth;
 pub mod codes;
+pub mod consent;
 pub mod dispatch;
 pub mod error;
 pub mod health;
@@ -69,6 +70,9 @@ pub struct Application {
     sealer: tokio::task::JoinHandle<()>,
     /// Mails homeowners of locks not seen for their period (replica-safe: `SKIP LOCKED`).
     offline_sweeper: tokio::task::JoinHandle<()>,
+    /// Applies the plan's fallback to requests for live consent left unanswered (replica-safe:
+    /// `SKIP LOCKED`).
+    consent_sweeper: tokio::task::JoinHandle<()>,
     /// The separate `/metrics` listener (`metrics_listen`), stopped with the main server.
     metrics_server: Option<Server>,
     metrics_addr: Option<SocketAddr>,
@@ -149,6 +153,11 @@ impl Application {
             pool.clone(),
             clock.clone(),
             std::time::Duration::from_secs(60),
+        ));
+        let consent_sweeper = tokio::spawn(crate::emergency::consent::run_timeout_sweeper(
+            pool.clone(),
+            clock.clone(),
+            std::time::Duration::from_secs(1),
         ));
         let sealer = tokio::spawn(crate::audit::run_sealer(
             pool.clone(),
@@ -247,6 +256,7 @@ impl Application {
             server: server.run(),
             sealer,
             offline_sweeper,
+            consent_sweeper,
             metrics_server,
             metrics_addr,
             local_addr,
@@ -299,6 +309,7 @@ impl Application {
         let result = self.server.await;
         self.sealer.abort();
         self.offline_sweeper.abort();
+        self.consent_sweeper.abort();
         self.grant_events.stop();
         if let Some((handle, task)) = metrics {
             handle.stop(true).await;
@@ -325,6 +336,7 @@ fn routes(cfg: &mut web::ServiceConfig, with_metrics: bool) {
         .configure(privacy::routes)
         .configure(admin::routes)
         .configure(trusted::routes)
+        .configure(consent::routes)
         .configure(codes::routes)
         .configure(crate::web::routes)
         .service(

@@ -51,6 +51,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
     doc.merge(super::privacy::PrivacyApi::openapi());
     doc.merge(super::admin::AdminApi::openapi());
     doc.merge(super::trusted::TrustedApi::openapi());
+    doc.merge(super::consent::ConsentApi::openapi());
     doc.merge(super::codes::CodesApi::openapi());
     doc.merge(super::alarms::AlarmsApi::openapi());
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();

@@ -411,6 +411,7 @@ pub async fn get_plan(
                 .map_err(|e| ApiError::Internal(e.into()))?,
             notifications: plan.notifications.clone(),
             retention_days: plan.retention_days,
+            live_consent: plan.live_consent,
         },
     };
     Ok(HttpResponse::Ok().json(view))
@@ -463,6 +464,7 @@ pub async fn get_plan_summary(
         agencies: plan.agencies,
         max_grant_minutes: plan.max_grant_minutes,
         has_notes: plan.notes.is_some(),
+        live_consent: plan.live_consent,
         trusted_access,
         lock_health,
     }))

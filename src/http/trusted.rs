@@ -53,8 +53,9 @@ pub async fn list_trusted(
     Ok(HttpResponse::Ok().json(list))
 }
 
-/// The owner invites a trusted party by e-mail (fresh step-up): the invitee gets a one-time link
-/// to enrol a security key, after which they may ask for tokens inside the terms.
+/// The owner invites a trusted party by e-mail (fresh step-up): the invitee gets a mail in their
+/// own words (who invited them, for which home, when) with a one-time link to create a passkey,
+/// after which they may ask for tokens inside the terms.
 #[utoipa::path(post, path = "/api/v1/properties/{id}/trusted-parties", tag = "trusted",
     request_body = NewTrustedParty,
     responses((status = 201, body = TrustedParty), (status = 400), (status = 401), (status = 404),

@@ -49,6 +49,13 @@ const SHIPPED_POLICIES: &[(&str, &str)] = &[
         include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/audit.cedar")),
     ),
     (
+        "consent.cedar",
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/policies/consent.cedar"
+        )),
+    ),
+    (
         "dispatch.cedar",
         include_str!(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -390,6 +397,8 @@ fn sample_requests() -> Vec<AuthzRequest> {
         AuthzRequest::remote_unlock(&principal, &property, step_up),
         AuthzRequest::open_alarm_incident(&principal, &property, &alarm),
         AuthzRequest::grant_on_alarm(&principal, &property, &alarm),
+        AuthzRequest::view_consent(&principal, &property, step_up),
+        AuthzRequest::decide_consent(&principal, &property, step_up),
     ]
 }
 

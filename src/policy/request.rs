@@ -51,11 +51,15 @@ pub enum Action {
     OpenAlarmIncident,
     /// Grant an agency entry at once because an alarm went off (the owner's standing rule).
     GrantOnAlarm,
+    /// See a grant's request for the homeowner's live consent.
+    ViewConsent,
+    /// Approve or refuse a grant's request for live consent.
+    DecideConsent,
 }
 
 impl Action {
     /// Every action, in schema order.
-    pub const ALL: [Self; 17] = [
+    pub const ALL: [Self; 19] = [
         Self::ViewPlanSummary,
         Self::RevealNotes,
         Self::EditPlan,
@@ -73,6 +77,8 @@ impl Action {
         Self::IssueKeypadCode,
         Self::OpenAlarmIncident,
         Self::GrantOnAlarm,
+        Self::ViewConsent,
+        Self::DecideConsent,
     ];
 
     /// The action's id in the Cedar schema (`Action::"…"`).
@@ -95,6 +101,8 @@ impl Action {
             Self::IssueKeypadCode => "issue_keypad_code",
             Self::OpenAlarmIncident => "open_alarm_incident",
             Self::GrantOnAlarm => "grant_on_alarm",
+            Self::ViewConsent => "view_consent",
+            Self::DecideConsent => "decide_consent",
         }
     }
 }
@@ -539,6 +547,25 @@ impl AuthzRequest {
         ctx: StepUpContext,
     ) -> Self {
         Self::on_property(principal, Action::RemoteUnlock, property, step_up(ctx))
+    }
+
+    /// May `principal` see the request for live consent of a grant for `property`?
+    pub fn view_consent(
+        principal: &PrincipalAttrs,
+        property: &PropertyAttrs,
+        ctx: StepUpContext,
+    ) -> Self {
+        Self::on_property(principal, Action::ViewConsent, property, step_up(ctx))
+    }
+
+    /// May `principal` approve or refuse it? `step_up_fresh`: an assertion within the last few
+    /// minutes made after the request was asked.
+    pub fn decide_consent(
+        principal: &PrincipalAttrs,
+        property: &PropertyAttrs,
+        ctx: StepUpContext,
+    ) -> Self {
+        Self::on_property(principal, Action::DecideConsent, property, step_up(ctx))
     }
 
     /// May the owner's standing rule open an incident for this alarm at `property`? `owner` is

@@ -159,6 +159,8 @@ fn request(l: &Loaded) -> AuthzRequest {
             AuthzRequest::open_alarm_incident(p, property, &context(o, ctx))
         }
         Action::GrantOnAlarm => AuthzRequest::grant_on_alarm(p, property, &context(o, ctx)),
+        Action::ViewConsent => AuthzRequest::view_consent(p, property, context(o, ctx)),
+        Action::DecideConsent => AuthzRequest::decide_consent(p, property, context(o, ctx)),
     }
 }
 

@@ -53,7 +53,7 @@ pub async fn version(
     let row = client
         .query_opt(
             "SELECT id, version, rules, max_grant_minutes, notes_ciphertext, notes_wrapped_key, contacts,
-                    notifications, retention_days
+                    notifications, retention_days, live_consent
              FROM access_plans WHERE municipality_id = $1 AND property_id = $2 AND version = $3",
             &[&tenant.id(), &property, &version],
         )

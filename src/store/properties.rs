@@ -320,6 +320,8 @@ pub struct StoredPlan {
     pub notifications: NotificationChoices,
     /// Retention in days.
     pub retention_days: i32,
+    /// Live consent, if the plan asks for it.
+    pub live_consent: Option<crate::plans::LiveConsent>,
 }
 
 /// Inserts the next version of the property's plan. `seal_notes` seals the notes for the new row id.
@@ -347,12 +349,16 @@ pub async fn insert_plan(
     let rules = to_json(serde_json::to_value(&plan.agencies))?;
     let contacts = to_json(serde_json::to_value(&plan.contacts))?;
     let notifications = to_json(serde_json::to_value(&plan.notifications))?;
+    let live_consent = plan
+        .live_consent
+        .map(|c| to_json(serde_json::to_value(c)))
+        .transpose()?;
     let row = client
         .query_one(
             "INSERT INTO access_plans (id, municipality_id, property_id, version, created_at, created_by, rules,
                  max_grant_minutes, notes_ciphertext, notes_wrapped_key, notes_kek_id, contacts, notifications,
-                 retention_days)
-             SELECT $1, $2, $3, coalesce(max(version), 0) + 1, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13
+                 retention_days, live_consent)
+             SELECT $1, $2, $3, coalesce(max(version), 0) + 1, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14
              FROM access_plans WHERE property_id = $3
              RETURNING version",
             &[
@@ -369,6 +375,7 @@ pub async fn insert_plan(
                 &contacts,
                 &notifications,
                 &plan.retention_days,
+                &live_consent,
             ],
         )
         .await
@@ -385,7 +392,7 @@ pub async fn current_plan(
     let row = client
         .query_opt(
             "SELECT id, version, rules, max_grant_minutes, notes_ciphertext, notes_wrapped_key, contacts, notifications,
-                    retention_days
+                    retention_days, live_consent
              FROM access_plans WHERE municipality_id = $1 AND property_id = $2 ORDER BY version DESC LIMIT 1",
             &[&tenant.id(), &property],
         )
@@ -395,7 +402,7 @@ pub async fn current_plan(
 }
 
 /// A plan row selected as `id, version, rules, max_grant_minutes, notes_ciphertext,
-/// notes_wrapped_key, contacts, notifications, retention_days`.
+/// notes_wrapped_key, contacts, notifications, retention_days, live_consent`.
 pub(crate) fn plan_of_row(row: &tokio_postgres::Row) -> Result<StoredPlan, StoreError> {
     let bad = |e: serde_json::Error| StoreError::Conflict(format!("stored plan: {e}"));
     let ciphertext: Option<Vec<u8>> = row.get(4);
@@ -414,5 +421,10 @@ pub(crate) fn plan_of_row(row: &tokio_postgres::Row) -> Result<StoredPlan, Store
         contacts: row.get(6),
         notifications: serde_json::from_value(row.get(7)).map_err(bad)?,
         retention_days: row.get(8),
+        live_consent: row
+            .get::<_, Option<serde_json::Value>>(9)
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(bad)?,
     })
 }

@@ -565,13 +565,14 @@ pub async fn invite(
     new: &NewTrustedParty,
     now: DateTime<Utc>,
 ) -> Result<(TrustedParty, accounts::LinkSecret), EmergencyError> {
-    let (_, decision) = authorize_owner(client, engine, actor, property, true, now).await?;
+    let (ctx, decision) = authorize_owner(client, engine, actor, property, true, now).await?;
     let label = Text::parse("label", &new.label, 200)
         .map_err(|e| EmergencyError::Invalid(e.to_string()))?;
     let email = Email::parse(&new.email).map_err(|e| EmergencyError::Invalid(e.to_string()))?;
     let checked = check_terms(&*client, actor.tenant, property, &terms_of!(new), now).await?;
+    let wording = InvitationWording::load(&*client, actor, &ctx.property.address, &checked).await?;
     let tx = client.transaction().await.map_err(StoreError::from)?;
-    let (invitation, secret) = accounts::invite(
+    let (invitation, secret) = accounts::invite_worded(
         &tx,
         actor.tenant,
         actor.user_id,
@@ -581,8 +582,8 @@ pub async fn invite(
             email: email.as_str().to_owned(),
             display_name: label.as_str().to_owned(),
         },
-        origin,
         now,
+        |secret| wording.mail(&secret.trusted_invitation_url(origin)),
     )
     .await
     .map_err(from_auth)?;
@@ -638,6 +639,114 @@ pub async fn invite(
     let party = load(&tx, actor.tenant, property, id).await?;
     tx.commit().await.map_err(StoreError::from)?;
     Ok((party.view(), secret))
+}
+
+/// What a trusted party's invitation mail says: who invited them, for which home and locks, when,
+/// and what to do.
+struct InvitationWording {
+    inviter: String,
+    address: String,
+    locks: Vec<String>,
+    starts_at: DateTime<Utc>,
+    ends_at: DateTime<Utc>,
+    schedule: Option<StoredSchedule>,
+    uses_per_day: i16,
+}
+
+impl InvitationWording {
+    async fn load(
+        client: &impl GenericClient,
+        actor: &Actor,
+        address: &str,
+        checked: &Checked,
+    ) -> Result<Self, StoreError> {
+        let inviter: String = client
+            .query_one(
+                "SELECT display_name FROM users WHERE municipality_id = $1 AND id = $2",
+                &[&actor.tenant.id(), &actor.user_id],
+            )
+            .await?
+            .get(0);
+        let locks = client
+            .query(
+                "SELECT name FROM locks WHERE municipality_id = $1 AND id = ANY($2) ORDER BY name, id",
+                &[&actor.tenant.id(), &checked.locks],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        Ok(Self {
+            inviter,
+            address: address.to_owned(),
+            locks,
+            starts_at: checked.starts_at,
+            ends_at: checked.ends_at,
+            schedule: checked.schedule,
+            uses_per_day: checked.uses_per_day,
+        })
+    }
+
+    /// The schedule in words: "Mondays and Wednesdays, 08:00 to 18:30 (UTC)" or "any day, any time".
+    fn schedule_words(&self) -> String {
+        const NAMES: [&str; 7] = [
+            "Mondays",
+            "Tuesdays",
+            "Wednesdays",
+            "Thursdays",
+            "Fridays",
+            "Saturdays",
+            "Sundays",
+        ];
+        let Some(s) = self.schedule else {
+            return "any day, at any time".to_owned();
+        };
+        let days: Vec<&str> = NAMES
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| s.days & (1 << i) != 0)
+            .map(|(_, d)| *d)
+            .collect();
+        let days = match days.as_slice() {
+            [] => String::new(),
+            [one] => (*one).to_owned(),
+            [first @ .., last] => format!("{} and {last}", first.join(", ")),
+        };
+        format!("{days}, {} to {} (UTC)", hhmm(s.from), hhmm(s.until))
+    }
+
+    fn mail(&self, link: &str) -> accounts::InvitationMail {
+        let entries = if self.uses_per_day == 1 {
+            "one entry a day".to_owned()
+        } else {
+            format!("up to {} entries a day", self.uses_per_day)
+        };
+        let text = format!(
+            "{inviter} has asked you to be a trusted party for their home at {address}: you may let \
+             yourself in with your phone when they cannot.\n\n\
+             Doors: {locks}\n\
+             From {from} until {until}\n\
+             When: {schedule}, {entries}\n\n\
+             What to do: open this link within 72 hours and create a passkey (your phone's or \
+             computer's screen lock, or a security key you own):\n{link}\n\n\
+             Then, when you are at the door and inside those hours, sign in at firstkey, open \
+             \"My accesses\" and ask for a door pass; confirm it with your passkey and hold your phone \
+             to the lock. Each pass opens one door once and only for a few minutes. {inviter} can \
+             see every entry and can pause or end your access at any time.\n\n\
+             If you do not know {inviter} or did not expect this, ignore this mail: nothing happens \
+             unless you open the link.",
+            inviter = self.inviter,
+            address = self.address,
+            locks = self.locks.join(", "),
+            from = self.starts_at.format("%Y-%m-%d %H:%M UTC"),
+            until = self.ends_at.format("%Y-%m-%d %H:%M UTC"),
+            schedule = self.schedule_words(),
+        );
+        accounts::InvitationMail {
+            subject: format!("firstkey: {} invites you as a trusted party", self.inviter),
+            text,
+        }
+    }
 }
 
 async fn load(

@@ -345,6 +345,8 @@ struct PlanSummary {
     allowed: bool,
     max_minutes: i32,
     has_notes: bool,
+    /// "the homeowner is asked first (180 s; then …)" where the plan asks for live consent.
+    consent: Option<String>,
 }
 
 /// The grant form as typed.
@@ -456,6 +458,13 @@ async fn summary(
                 && (rule.incident_types.is_empty() || rule.incident_types.contains(&incident.kind)),
             max_minutes: p.max_grant_minutes,
             has_notes: p.notes.is_some(),
+            consent: p.live_consent.map(|c| {
+                format!(
+                    "the homeowner is asked first ({} s to answer; then {})",
+                    c.timeout_seconds,
+                    c.fallback.words()
+                )
+            }),
         }
     });
     Ok(Found {
@@ -530,6 +539,7 @@ async fn incident_page(
                 state: GrantState::Ended,
                 words: GrantState::Ended.words(),
                 badge: GrantState::Ended.badge(),
+                consent: None,
             });
         rows.push(GrantRow {
             id: g.id,
@@ -537,7 +547,10 @@ async fn incident_page(
             named: named_words(g, &names),
             window: format!("{} – {}", when(g.starts_at), when(g.ends_at)),
             can_approve: g.status == "awaiting_approval" && g.granted_by != actor.user_id,
-            can_revoke: matches!(g.status.as_str(), "live" | "awaiting_approval"),
+            can_revoke: matches!(
+                g.status.as_str(),
+                "live" | "awaiting_approval" | "awaiting_consent"
+            ),
             justification: g.justification.clone(),
             state,
         });
@@ -685,7 +698,18 @@ async fn grant(
     let parsed = parse_grant(&typed);
     let now = state.clock.now();
     let outcome = match parsed {
-        Ok(input) => grants::create(&mut client, &state.policy, &actor, *id, &input, now).await,
+        Ok(input) => {
+            grants::create(
+                &mut client,
+                &state.policy,
+                &actor,
+                *id,
+                &input,
+                &state.settings.public_origin,
+                now,
+            )
+            .await
+        }
         Err(e) => Err(e),
     };
     let (error, step_up) = match outcome {

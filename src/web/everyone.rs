@@ -34,6 +34,8 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
     .route("/accounts/verify", web::post().to(needs_script))
     .route("/invitations/accept", web::get().to(accept))
     .route("/invitations/accept", web::post().to(needs_script))
+    .route("/trusted/accept", web::get().to(accept_trusted))
+    .route("/trusted/accept", web::post().to(needs_script))
     .route("/home", web::get().to(home));
 }
 
@@ -268,6 +270,20 @@ async fn accept(state: web::Data<AppState>) -> Result<HttpResponse, WebError> {
         button: "Enrol my security key",
         api: "/api/v1/invitations/accept",
         demo,
+    })
+}
+
+/// A trusted party's invitation link: the same enrolment as staff invitations, creating a passkey.
+async fn accept_trusted() -> Result<HttpResponse, WebError> {
+    page::ok(&Enrol {
+        chrome: Chrome::anonymous(),
+        heading: "Accept your invitation as a trusted party",
+        explain: "Create a passkey: your phone or computer keeps it and unlocks it with your \
+                  fingerprint, face or screen lock (a security key of your own works too). You will \
+                  use it to sign in and to confirm each door pass. Nobody else can use it.",
+        button: "Create my passkey",
+        api: "/api/v1/invitations/accept",
+        demo: Vec::new(),
     })
 }
 

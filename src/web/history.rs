@@ -191,6 +191,18 @@ fn words(e: &Entry, n: &Names) -> String {
         "lock.pairing_reset" => format!("{lock}: pairing started again by {actor}"),
         "plan.update" => format!("Access plan version {} saved by {actor}", detail("version")),
         "plan.reveal_notes" => format!("Your notes for responders were shown to {actor}{incident}"),
+        "grant.create" if detail("status") == "awaiting_consent" => {
+            format!("{actor} asked for entry{incident}; you were asked to approve or refuse")
+        }
+        "consent.approve" => format!("You approved entry{incident}"),
+        "consent.refuse" => format!("You refused entry{incident}"),
+        "consent.timeout" => format!(
+            "You did not answer in time about entry{incident}; your plan's fallback applied"
+        ),
+        "consent.deny" => format!(
+            "An answer about entry{incident} was refused ({})",
+            detail("reason")
+        ),
         "grant.create" if detail("status") == "awaiting_approval" => {
             format!("{actor} asked for entry{incident}; a second dispatcher must approve")
         }

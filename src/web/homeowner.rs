@@ -24,7 +24,8 @@ use crate::domain::Role;
 use crate::http::AppState;
 use crate::http::error::ApiError;
 use crate::plans::{
-    AgencyRule, AgencyRules, Contact, NotificationChoices, PlanInput, ResponderNotes,
+    AgencyRule, AgencyRules, ConsentFallback, Contact, LiveConsent, NotificationChoices, PlanInput,
+    ResponderNotes,
 };
 use crate::policy::{AuthzRequest, PrincipalAttrs, PropertyAttrs, RevealContext, StepUpContext};
 use crate::store::properties::{self as store, Lock, Property, StoredPlan};
@@ -425,6 +426,12 @@ struct PlanForm {
     contact2_phone: String,
     notify_homeowner: Option<String>,
     notify_contacts: Option<String>,
+    /// Ask me before any entry goes live.
+    consent_ask: Option<String>,
+    /// Seconds to answer.
+    consent_seconds: String,
+    /// `proceed` or `second_dispatcher`.
+    consent_fallback: String,
 }
 
 fn checked(b: bool) -> Option<String> {
@@ -451,6 +458,8 @@ impl PlanForm {
             max_grant_minutes: "60".to_owned(),
             retention_days: "365".to_owned(),
             notify_homeowner: checked(true),
+            consent_seconds: crate::plans::DEFAULT_CONSENT_SECONDS.to_string(),
+            consent_fallback: "proceed".to_owned(),
             ..Self::default()
         }
     }
@@ -485,6 +494,15 @@ impl PlanForm {
             contact2_phone: c2.and_then(|c| c.phone).unwrap_or_default(),
             notify_homeowner: checked(plan.notifications.homeowner),
             notify_contacts: checked(plan.notifications.contacts),
+            consent_ask: checked(plan.live_consent.is_some()),
+            consent_seconds: plan
+                .live_consent
+                .map_or(crate::plans::DEFAULT_CONSENT_SECONDS, |c| c.timeout_seconds)
+                .to_string(),
+            consent_fallback: plan
+                .live_consent
+                .map_or("proceed", |c| c.fallback.as_str())
+                .to_owned(),
         }
     }
 
@@ -549,6 +567,15 @@ impl PlanForm {
                 contacts: self.notify_contacts.is_some(),
             },
             retention_days: number(&self.retention_days, "Keep records for")?,
+            live_consent: match self.consent_ask {
+                None => None,
+                Some(_) => Some(LiveConsent {
+                    timeout_seconds: number(&self.consent_seconds, "Time to answer")?,
+                    fallback: ConsentFallback::parse(&self.consent_fallback).ok_or_else(|| {
+                        "If I do not answer: choose one of the two options.".to_owned()
+                    })?,
+                }),
+            },
         };
         plan.validate().map_err(|e| e.to_string())?;
         Ok(plan)
@@ -587,6 +614,7 @@ fn plan_input(state: &AppState, plan: &StoredPlan) -> Result<PlanInput, WebError
             .map_err(|e| ApiError::Internal(e.into()))?,
         notifications: plan.notifications.clone(),
         retention_days: plan.retention_days,
+        live_consent: plan.live_consent,
     })
 }
 

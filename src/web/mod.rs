@@ -30,6 +30,7 @@
 mod admin;
 pub mod assets;
 mod auditor;
+mod consent;
 pub(crate) mod dispatch;
 mod error;
 mod everyone;
@@ -58,6 +59,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .configure(admin::routes)
         .configure(auditor::routes)
         .configure(trusted::routes)
+        .configure(consent::routes)
         .configure(dispatch::routes);
 }
 

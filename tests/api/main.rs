@@ -17,6 +17,7 @@ mod auth_helpers;
 mod browser;
 mod channel;
 mod cli;
+mod consent;
 mod console;
 mod deploy;
 mod emergency;

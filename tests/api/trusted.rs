@@ -27,7 +27,7 @@ const RP_ID: &str = "localhost";
 const WEEKDAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 
 /// A clock the test moves; sessions' step-ups are set to its time (see [`World::restep`]).
-pub(crate) struct TestClock(Mutex<DateTime<Utc>>);
+pub(crate) struct TestClock(pub(crate) Mutex<DateTime<Utc>>);
 
 impl Clock for TestClock {
     fn now(&self) -> DateTime<Utc> {
@@ -821,4 +821,162 @@ async fn a_remote_unlock_is_queued_for_the_lock_only_and_never_opens_at_the_tap(
         tap(&w, w.other_lock, token, key, vec![], w.now()),
         Err(Refusal::WrongLock | Refusal::NoConfirmationKey)
     ));
+}
+
+/// A trusted party enrols a passkey as a homeowner does (no attestation CA needed, user
+/// verification required), signs in and confirms a door pass with it; the invitation mail is in
+/// their words: who invited them, for which home and doors, when, and what to do.
+#[tokio::test]
+async fn a_trusted_party_enrols_a_passkey_from_a_mail_in_their_words() {
+    use crate::auth_helpers::{post, session_cookie, sign_in, slug_of};
+    use webauthn_authenticator_rs::softpasskey::SoftPasskey;
+    let w = world().await;
+    let mut body = terms(&w, schedule(w.now(), true));
+    body["locks"] = json!([w.lock, w.back_door]);
+    body["uses_per_day"] = json!(2);
+    let (status, party) = invite(&w, &w.owner, "kim@a.example", body).await;
+    assert_eq!(status, 201, "{party}");
+    let party_id: Uuid = party["id"].as_str().unwrap().parse().unwrap();
+    let client = w.app.pool.get().await.unwrap();
+    let (subject, text): (String, String) = {
+        let row = client
+            .query_one(
+                "SELECT subject, body_text FROM notification_outbox
+                 WHERE recipient = 'kim@a.example' AND kind = 'account.invitation'",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert!(
+        subject.contains("owner@a.example invites you as a trusted party"),
+        "{subject}"
+    );
+    for words in [
+        "owner@a.example has asked you to be a trusted party for their home at 12 Elm Street",
+        "Doors: Back door, Front door",
+        "up to 2 entries a day",
+        "(UTC)",
+        "/trusted/accept#",
+        "create a passkey",
+        "ask for a door pass",
+    ] {
+        assert!(text.contains(words), "{words:?} missing from:\n{text}");
+    }
+    assert!(
+        !text.contains("hardware security key"),
+        "staff wording:\n{text}"
+    );
+    let secret = mailed_secret(&w.app, "kim@a.example", "account.invitation")
+        .await
+        .unwrap();
+    // The page the link opens speaks of a passkey.
+    let page = w
+        .app
+        .http
+        .get(format!("{}/trusted/accept", w.app.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("Create my passkey"), "{page}");
+
+    // User verification stays required: the ceremony asks for it, and an authenticator that does
+    // not verify its user (the client downgrading the request so it answers) is refused.
+    let start = post(
+        &w.app,
+        "/api/v1/invitations/accept/start",
+        &json!({ "secret": secret }),
+        None,
+    )
+    .await;
+    let challenge: Value = start.json().await.unwrap();
+    let mut options = challenge["options"].clone();
+    assert_eq!(
+        options["publicKey"]["authenticatorSelection"]["userVerification"],
+        "required"
+    );
+    assert_eq!(
+        options["publicKey"]["attestation"], "none",
+        "the homeowner's ceremony, not the staff one"
+    );
+    options["publicKey"]["authenticatorSelection"]["userVerification"] = json!("discouraged");
+    let mut lazy = SoftPasskey::new(false);
+    let registration = webauthn_authenticator_rs::WebauthnAuthenticator::do_registration(
+        &mut lazy,
+        crate::auth_helpers::origin(),
+        serde_json::from_value(options).unwrap(),
+    )
+    .unwrap();
+    let refused = post(
+        &w.app,
+        "/api/v1/invitations/accept/finish",
+        &json!({ "ceremony": challenge["ceremony"], "credential": registration }),
+        None,
+    )
+    .await;
+    assert_eq!(refused.status(), 400, "an unverified passkey enrolled");
+    // A passkey, with no attestation CA trusted by the municipality.
+    let mut key = TestKey::Passkey(SoftPasskey::new(true));
+    let finish = enrol(&w.app, "/api/v1/invitations/accept", &secret, &mut key).await;
+    assert_eq!(finish.status(), 200);
+    let me: Value = finish.json().await.unwrap();
+    assert_eq!(me["roles"], json!(["trusted_party"]));
+    let kinds: Vec<String> = client
+        .query(
+            "SELECT c.kind FROM webauthn_credentials c JOIN users u ON u.id = c.user_id
+             WHERE u.email = 'kim@a.example'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(kinds, ["passkey"]);
+
+    // Signs in with it, confirms with it, and the door pass is bound to it.
+    let slug = slug_of(&w.app, w.tenant).await;
+    let signed_in = sign_in(&w.app, &slug, "kim@a.example", &mut key).await;
+    assert_eq!(signed_in.status(), 200);
+    let cookie = session_cookie(&signed_in).unwrap();
+    let start = post(
+        &w.app,
+        "/api/v1/auth/step-up/start",
+        &json!({}),
+        Some(&cookie),
+    )
+    .await;
+    assert_eq!(start.status(), 200);
+    let challenge: Value = start.json().await.unwrap();
+    let assertion = key.assert(&challenge["options"]);
+    let stepped = post(
+        &w.app,
+        "/api/v1/auth/step-up/finish",
+        &json!({ "ceremony": challenge["ceremony"], "credential": assertion }),
+        Some(&cookie),
+    )
+    .await;
+    assert_eq!(stepped.status(), 200);
+    let pass = post(
+        &w.app,
+        "/api/v1/trusted/tokens",
+        &json!({ "trusted_party": party_id, "lock": w.lock }),
+        Some(&cookie),
+    )
+    .await;
+    assert_eq!(pass.status(), 201, "{}", pass.text().await.unwrap());
+    let bound: String = client
+        .query_one(
+            "SELECT c.kind FROM issued_tokens t JOIN webauthn_credentials c ON c.id = t.credential_id
+             WHERE t.trusted_party_id = $1",
+            &[&party_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(bound, "passkey");
 }

@@ -19,6 +19,13 @@
       if (badge.textContent !== s.words) badge.textContent = s.words;
       badge.className = "badge " + s.badge;
       cell.setAttribute("data-state", s.state);
+      // Where the homeowner's live consent stands, for grants that asked for it.
+      const consent = cell.querySelector("[data-consent]");
+      if (consent) {
+        const words = s.consent || "";
+        if (consent.textContent !== words) consent.textContent = words;
+        consent.hidden = !words;
+      }
     });
   }
 

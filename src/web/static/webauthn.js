@@ -121,7 +121,8 @@
     const cred = await navigator.credentials.get(requestOptions(start.options));
     await post("/api/v1/auth/sign-in/finish", { ceremony: start.ceremony, credential: assertion(cred) });
     say(form, "Signed in.");
-    window.location.assign(form.dataset.next || "/home");
+    // A link's secret in the fragment (a consent link that sent us here to sign in) goes along.
+    window.location.assign((form.dataset.next || "/home") + window.location.hash);
   }
 
   async function enrol(form, secret) {
@@ -147,6 +148,21 @@
     } else {
       window.location.reload();
     }
+  }
+
+  // Live consent: a passkey assertion on this session (after the request was asked), then the
+  // answer posted with the link's secret, which never left the browser's fragment until now.
+  async function consent(form, secret, answer) {
+    if (!secret) throw new Error("This link is incomplete. Open the whole link from your mail.");
+    if (answer !== "approve" && answer !== "refuse") throw new Error("Choose approve or refuse.");
+    say(form, "Confirm with your passkey…");
+    const start = await post("/api/v1/auth/step-up/start", {});
+    const cred = await navigator.credentials.get(requestOptions(start.options));
+    await post("/api/v1/auth/step-up/finish", { ceremony: start.ceremony, credential: assertion(cred) });
+    form.elements.secret.value = secret;
+    form.elements.answer.value = answer;
+    say(form, "Confirmed. Sending your answer…");
+    form.submit();
   }
 
   // "My security keys": a registration ceremony bound to the signed-in session (needs a fresh
@@ -189,6 +205,20 @@
       }
       if (kind === "step-up") wire(form, function () { return stepUp(form); });
       if (kind === "add-key") wire(form, function () { return addKey(form); });
+      if (kind === "consent") {
+        if (secret) history.replaceState(null, "", window.location.pathname);
+        form.addEventListener("submit", function (event) {
+          event.preventDefault();
+          if (!window.PublicKeyCredential) {
+            say(form, "This browser cannot use passkeys.", true);
+            return;
+          }
+          const answer = event.submitter ? event.submitter.dataset.answer : "";
+          busy(form, true);
+          consent(form, secret, answer).catch(function (err) { fail(form, err); });
+        });
+        form.setAttribute("data-ready", "true");
+      }
     });
   });
 })();
