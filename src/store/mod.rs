@@ -8,6 +8,7 @@ pub mod embedded;
 pub mod people;
 pub mod plan_history;
 pub mod properties;
+pub mod registrations;
 pub mod tenancy;
 
 use std::time::Duration;
