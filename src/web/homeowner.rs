@@ -914,11 +914,18 @@ async fn print_plan(
     };
     let plan = plan_input(&state, stored)?;
     let text = |o: &Option<String>| o.clone().unwrap_or_else(|| "—".to_owned());
+    // Paired locks, then those still waiting to pair (a responder finds no lock for those yet).
+    let waiting = registrations::of_property(&client, actor.tenant, ctx.property.id, state.clock.now())
+        .await?
+        .into_iter()
+        .filter(|r| r.state == "pending")
+        .map(|r| format!("{} (waiting to pair)", r.name));
     let locks = store::locks(&client, actor.tenant, ctx.property.id)
         .await?
         .into_iter()
         .filter(|l| l.pairing_state != "retired")
         .map(|l| l.name)
+        .chain(waiting)
         .collect();
     page::ok(&PlanPrint {
         chrome: Chrome::of(&client, &actor).await?,

@@ -269,9 +269,17 @@ pub(crate) struct Agent {
 impl Agent {
     /// `firstkey-agent init` against the channel at `port`, trusting the dev CA of `world`.
     pub(crate) fn init(world: &World, port: u16, extra: &[&str]) -> Self {
+        Self::init_trusting(
+            &world.key_dir().join(firstkey::channel::tls::DEV_CA_FILE),
+            port,
+            extra,
+        )
+    }
+
+    /// `firstkey-agent init` against the channel at `port`, trusting the CA in the file `ca`.
+    pub(crate) fn init_trusting(ca: &Path, port: u16, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
-        let ca = world.key_dir().join(firstkey::channel::tls::DEV_CA_FILE);
         let server = format!("127.0.0.1:{port}");
         let root = hex::encode([7u8; 32]);
         let mut args = vec![
@@ -1247,7 +1255,7 @@ async fn the_listen_connection_comes_back_promptly_after_a_second_outage() {
 // lock ids are bound to device keys (issue 8, item 13(b))
 
 /// A handshake as lock `id` holding `key`: the server's answer to our signed `Hello`.
-async fn hello_as(
+pub(crate) async fn hello_as(
     replica: &RunningChannel,
     id: &str,
     key: &ring::signature::Ed25519KeyPair,
@@ -1299,13 +1307,13 @@ async fn hello_as(
     read(answer)
 }
 
-fn new_device_key() -> ring::signature::Ed25519KeyPair {
+pub(crate) fn new_device_key() -> ring::signature::Ed25519KeyPair {
     let rng = ring::rand::SystemRandom::new();
     let pk8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
     ring::signature::Ed25519KeyPair::from_pkcs8(pk8.as_ref()).unwrap()
 }
 
-fn code_for(key: &ring::signature::Ed25519KeyPair, id: &str) -> String {
+pub(crate) fn code_for(key: &ring::signature::Ed25519KeyPair, id: &str) -> String {
     use ring::signature::KeyPair;
     firstkey_agent::pairing::PairingCode::derive(key.public_key().as_ref(), id).display()
 }

@@ -28,6 +28,7 @@ mod middleware;
 mod migrations;
 mod openapi;
 mod privacy;
+mod registrations;
 mod restore;
 mod schemathesis;
 mod startup;
