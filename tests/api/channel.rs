@@ -597,10 +597,10 @@ async fn tap_receipts_are_uploaded_once_audited_and_mailed() {
     let token_hash = ring::digest::digest(&ring::digest::SHA256, &std::fs::read(&token).unwrap())
         .as_ref()
         .to_vec();
-    let incident = record_issued_token(&world, agent.lock, &token_hash).await;
-
     agent.run();
     eventually("pairing", 20, || paired(&world, agent.lock)).await;
+    // Tokens are issued for paired locks only (the lock's row exists once it paired).
+    let incident = record_issued_token(&world, agent.lock, &token_hash).await;
     let state = agent.state.clone();
     let tap = |expect: i32| {
         let out = Command::new(agent_bin())
