@@ -129,21 +129,17 @@ pub async fn at_handshake(
     keypad: bool,
     now: DateTime<Utc>,
 ) -> Result<Option<PairedLock>, StoreError> {
-    let code = firstkey_agent::pairing::PairingCode::derive(device_public_key, &lock_id.to_string());
+    let code =
+        firstkey_agent::pairing::PairingCode::derive(device_public_key, &lock_id.to_string());
     let normalised = normalise(&code.display()).map_err(|e| StoreError::Conflict(e.to_string()))?;
-    let (paired, closed) = match registrations::pair(
-        tx,
-        lock_id,
-        device_public_key,
-        &code_hash(&normalised),
-        now,
-    )
-    .await?
-    {
-        PairOutcome::NothingWaiting => return Ok(None),
-        PairOutcome::Paired { paired, closed } => (Some(paired), closed),
-        PairOutcome::NotPaired { closed } => (None, closed),
-    };
+    let (paired, closed) =
+        match registrations::pair(tx, lock_id, device_public_key, &code_hash(&normalised), now)
+            .await?
+        {
+            PairOutcome::NothingWaiting => return Ok(None),
+            PairOutcome::Paired { paired, closed } => (Some(paired), closed),
+            PairOutcome::NotPaired { closed } => (None, closed),
+        };
     for d in &closed {
         crate::metrics::count(|m| m.pairing_failures.inc());
         record_decided(tx, lock_id, d, Outcome::Deny, now).await?;

@@ -826,8 +826,7 @@ async fn authenticate(
     if let Some(row) = row {
         let state: String = row.get(3);
         let stored_key: Option<Vec<u8>> = row.get(4);
-        return if state == "paired" && stored_key.as_deref() == Some(device_public_key.as_slice())
-        {
+        return if state == "paired" && stored_key.as_deref() == Some(device_public_key.as_slice()) {
             Ok(identity(Tenant::assume(row.get(0)), row.get(1), row.get(2)))
         } else {
             Err(ErrorCode::AuthenticationFailed)
@@ -836,7 +835,8 @@ async fn authenticate(
     // Not paired. A lock pairs only under the id derived from the key it proved: knowing a lock id
     // (it is on tokens and pages) lets nobody pair their own key under it, nor touch any
     // registration of it.
-    if Uuid::parse_str(&firstkey_agent::pairing::derived_lock_id(device_public_key)).ok() != Some(id)
+    if Uuid::parse_str(&firstkey_agent::pairing::derived_lock_id(device_public_key)).ok()
+        != Some(id)
     {
         tracing::warn!(lock = %id, "pairing refused: the lock id is not the device key's");
         crate::metrics::count(|m| m.pairing_failures.inc());

@@ -324,7 +324,9 @@ pub async fn run(stage: &Stage, now: DateTime<Utc>) -> anyhow::Result<Ending> {
             let row = client
                 .query_opt("SELECT pairing_state FROM locks WHERE id = $1", &[&lock_id])
                 .await?;
-            Ok(row.filter(|r| r.get::<_, String>(0) == "paired").map(|_| ()))
+            Ok(row
+                .filter(|r| r.get::<_, String>(0) == "paired")
+                .map(|_| ()))
         },
     )
     .await?;

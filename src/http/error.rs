@@ -163,7 +163,7 @@ impl From<StoreError> for ApiError {
 
 impl From<crate::store::registrations::RegisterError> for ApiError {
     fn from(e: crate::store::registrations::RegisterError) -> Self {
-        use crate::store::registrations::{RegisterError, Refusal};
+        use crate::store::registrations::{Refusal, RegisterError};
         match e {
             RegisterError::Refused(Refusal::AccountFull { retry_after }) => {
                 Self::TooManyRequests { retry_after }

@@ -359,9 +359,15 @@ pub async fn cancel_lock_registration(
     let now = state.clock.now();
     let mut client = state.pool.get().await.map_err(StoreError::from)?;
     let tx = client.transaction().await.map_err(StoreError::from)?;
-    let cancelled =
-        crate::pairing::cancel(&tx, actor.tenant, ctx.property.id, actor.user_id, registration, now)
-            .await?;
+    let cancelled = crate::pairing::cancel(
+        &tx,
+        actor.tenant,
+        ctx.property.id,
+        actor.user_id,
+        registration,
+        now,
+    )
+    .await?;
     tx.commit().await.map_err(StoreError::from)?;
     Ok(HttpResponse::Ok().json(cancelled))
 }

@@ -215,10 +215,7 @@ impl LockRow {
             id: r.lock_id,
             name: r.name,
             paired: false,
-            state: format!(
-                "waiting for the lock (until {})",
-                when(Some(r.expires_at))
-            ),
+            state: format!("waiting for the lock (until {})", when(Some(r.expires_at))),
             last_seen: when(None),
             battery: "not reported".to_owned(),
             registration: Some(r.id),
@@ -915,11 +912,12 @@ async fn print_plan(
     let plan = plan_input(&state, stored)?;
     let text = |o: &Option<String>| o.clone().unwrap_or_else(|| "—".to_owned());
     // Paired locks, then those still waiting to pair (a responder finds no lock for those yet).
-    let waiting = registrations::of_property(&client, actor.tenant, ctx.property.id, state.clock.now())
-        .await?
-        .into_iter()
-        .filter(|r| r.state == "pending")
-        .map(|r| format!("{} (waiting to pair)", r.name));
+    let waiting =
+        registrations::of_property(&client, actor.tenant, ctx.property.id, state.clock.now())
+            .await?
+            .into_iter()
+            .filter(|r| r.state == "pending")
+            .map(|r| format!("{} (waiting to pair)", r.name));
     let locks = store::locks(&client, actor.tenant, ctx.property.id)
         .await?
         .into_iter()

@@ -715,23 +715,39 @@ async fn locks_register_with_the_agents_pairing_code_and_pair_when_the_key_match
     assert_eq!(status, 200);
     assert_eq!(locks, json!([]));
     let registrations_path = format!("/api/v1/properties/{}/lock-registrations", w.property);
-    let (status, list) = call(&w.app, Method::GET, &registrations_path, Some(&w.owner), None).await;
+    let (status, list) = call(
+        &w.app,
+        Method::GET,
+        &registrations_path,
+        Some(&w.owner),
+        None,
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(list[0]["state"], "pending");
 
     let client = w.app.pool.get().await.unwrap();
-    let hash = firstkey::pairing::code_hash(
-        &firstkey::pairing::normalise(&code.display()).unwrap(),
-    );
+    let hash =
+        firstkey::pairing::code_hash(&firstkey::pairing::normalise(&code.display()).unwrap());
     let outcome = registrations::pair(&client, lock_id, &device_key, &hash, Utc::now())
         .await
         .unwrap();
-    assert!(matches!(outcome, PairOutcome::Paired { ref closed, .. } if closed.is_empty()), "{outcome:?}");
+    assert!(
+        matches!(outcome, PairOutcome::Paired { ref closed, .. } if closed.is_empty()),
+        "{outcome:?}"
+    );
     let (status, locks) = call(&w.app, Method::GET, &path, Some(&w.owner), None).await;
     assert_eq!(status, 200);
     assert_eq!(locks[0]["pairing_state"], "paired");
     assert_eq!(locks[0]["name"], "Front door");
-    let (_, list) = call(&w.app, Method::GET, &registrations_path, Some(&w.owner), None).await;
+    let (_, list) = call(
+        &w.app,
+        Method::GET,
+        &registrations_path,
+        Some(&w.owner),
+        None,
+    )
+    .await;
     assert_eq!(list[0]["state"], "paired");
     // Paired, the lock is its owner's: registering it again, anywhere, is refused in words.
     let b_property = home_of(&w, &w.b_owner, "1 B Road").await;

@@ -101,7 +101,14 @@ impl Town {
         .unwrap()
     }
 
-    async fn register(&self, who: &As, home: Uuid, lock: Uuid, name: &str, code: &str) -> (u16, Value) {
+    async fn register(
+        &self,
+        who: &As,
+        home: Uuid,
+        lock: Uuid,
+        name: &str,
+        code: &str,
+    ) -> (u16, Value) {
         call(
             &self.app,
             Method::POST,
@@ -162,7 +169,13 @@ async fn a_squatter_who_registers_a_lock_id_first_does_not_stop_its_owner() {
     // The squatters learnt the lock id (it is printed on the lock) and register it first: in
     // another municipality, and in the owner's own one, each with a code they made up.
     let (status, body) = t
-        .register(&t.squatter_b, t.squat_b, lock, "Front door", &not(&agent.code))
+        .register(
+            &t.squatter_b,
+            t.squat_b,
+            lock,
+            "Front door",
+            &not(&agent.code),
+        )
         .await;
     assert_eq!(status, 201, "{body}");
     let (status, body) = t
@@ -231,7 +244,10 @@ async fn a_squatter_who_registers_a_lock_id_first_does_not_stop_its_owner() {
     .await;
     assert_eq!(status, 200);
     assert_eq!(locks[0]["id"], lock.to_string());
-    assert_eq!(t.registrations(&t.owner, t.home).await[0]["state"], "paired");
+    assert_eq!(
+        t.registrations(&t.owner, t.home).await[0]["state"],
+        "paired"
+    );
 
     // The squatters' registrations never paired and are closed; they are told on their page and
     // by mail, and their homes have no lock.
@@ -355,7 +371,9 @@ async fn a_mistyped_code_closes_only_its_own_registration_and_a_shared_code_pair
     // The owner mistyped; a squatter typed a guess. The lock's handshake closes both (a wrong code
     // never becomes right: the id is bound to the key), each costing only itself.
     assert_eq!(
-        t.register(&t.owner, t.home, lock, "Door", &not(&code)).await.0,
+        t.register(&t.owner, t.home, lock, "Door", &not(&code))
+            .await
+            .0,
         201
     );
     assert_eq!(
@@ -367,7 +385,10 @@ async fn a_mistyped_code_closes_only_its_own_registration_and_a_shared_code_pair
     let outcome = registrations::pair(&client, lock, &public, &hash, Utc::now())
         .await
         .unwrap();
-    assert!(matches!(outcome, PairOutcome::NotPaired { ref closed } if closed.len() == 2), "{outcome:?}");
+    assert!(
+        matches!(outcome, PairOutcome::NotPaired { ref closed } if closed.len() == 2),
+        "{outcome:?}"
+    );
     assert_eq!(states(t.home).await, ["code_mismatch"]);
     assert_eq!(states(t.squat_b).await, ["code_mismatch"]);
     let page = t.page(&t.owner, &format!("/homes/{}", t.home)).await;
@@ -388,7 +409,10 @@ async fn a_mistyped_code_closes_only_its_own_registration_and_a_shared_code_pair
         .unwrap();
     assert!(matches!(outcome, PairOutcome::Paired { .. }), "{outcome:?}");
     assert_eq!(states(t.home).await, ["code_mismatch", "paired"]);
-    assert_eq!(states(t.squat_b).await, ["code_mismatch", "paired_elsewhere"]);
+    assert_eq!(
+        states(t.squat_b).await,
+        ["code_mismatch", "paired_elsewhere"]
+    );
 
     // Someone who also has the lock's code (they saw `init`'s output) cannot be told apart from
     // the owner: the lock pairs with neither, and both are told.
@@ -402,7 +426,9 @@ async fn a_mistyped_code_closes_only_its_own_registration_and_a_shared_code_pair
     let code = code_for(&key, &id_text);
     let hash = firstkey::pairing::code_hash(&firstkey::pairing::normalise(&code).unwrap());
     assert_eq!(
-        t.register(&t.owner, t.home, second, "Back door", &code).await.0,
+        t.register(&t.owner, t.home, second, "Back door", &code)
+            .await
+            .0,
         201
     );
     assert_eq!(
@@ -414,7 +440,10 @@ async fn a_mistyped_code_closes_only_its_own_registration_and_a_shared_code_pair
     let outcome = registrations::pair(&client, second, &public, &hash, Utc::now())
         .await
         .unwrap();
-    assert!(matches!(outcome, PairOutcome::NotPaired { .. }), "{outcome:?}");
+    assert!(
+        matches!(outcome, PairOutcome::NotPaired { .. }),
+        "{outcome:?}"
+    );
     assert_eq!(
         t.count("SELECT count(*) FROM locks WHERE id = $1", &[&second])
             .await,
@@ -447,7 +476,13 @@ async fn a_flood_of_registrations_is_bounded_per_home_and_per_account() {
         assert_eq!(status, 201, "{i}: {body}");
     }
     let (status, problem) = t
-        .register(&t.squatter_b, t.squat_b, Uuid::new_v4(), "One more", "ABCDE-12345")
+        .register(
+            &t.squatter_b,
+            t.squat_b,
+            Uuid::new_v4(),
+            "One more",
+            "ABCDE-12345",
+        )
         .await;
     assert_eq!(status, 409, "{problem}");
     // More homes do not lift the account's bound: 20 a day, 20 waiting.
@@ -483,7 +518,13 @@ async fn a_flood_of_registrations_is_bounded_per_home_and_per_account() {
     .await;
     assert_eq!(status, 200);
     let (status, _) = t
-        .register(&t.squatter_b, t.squat_b, Uuid::new_v4(), "Again", "ABCDE-12345")
+        .register(
+            &t.squatter_b,
+            t.squat_b,
+            Uuid::new_v4(),
+            "Again",
+            "ABCDE-12345",
+        )
         .await;
     assert_eq!(status, 429);
     // The table holds what the bound allows, and nobody else is affected.
@@ -496,7 +537,13 @@ async fn a_flood_of_registrations_is_bounded_per_home_and_per_account() {
         20
     );
     let (status, body) = t
-        .register(&t.owner, t.home, Uuid::new_v4(), "Front door", "ABCDE-12345")
+        .register(
+            &t.owner,
+            t.home,
+            Uuid::new_v4(),
+            "Front door",
+            "ABCDE-12345",
+        )
         .await;
     assert_eq!(status, 201, "{body}");
     // The page says why a registration was refused.
@@ -516,5 +563,8 @@ async fn a_flood_of_registrations_is_bounded_per_home_and_per_account() {
         .unwrap();
     assert_eq!(response.status().as_u16(), 429);
     let page = response.text().await.unwrap();
-    assert!(page.contains("Not added: you have made as many lock registrations"), "{page}");
+    assert!(
+        page.contains("Not added: you have made as many lock registrations"),
+        "{page}"
+    );
 }
