@@ -211,16 +211,7 @@ pub async fn register_lock(
     let name = Text::parse("name", &body.name, 100)?;
     let name = name.as_str();
     let code = crate::pairing::normalise(&body.pairing_code)?;
-    let (client, ctx) = load_and_authorize(&state, &actor, *id, |p, prop, fresh| {
-        AuthzRequest::manage_locks(
-            p,
-            prop,
-            StepUpContext {
-                step_up_fresh: fresh,
-            },
-        )
-    })
-    .await?;
+    let (client, ctx) = manage_locks_of(&state, &actor, *id).await?;
     let now = state.clock.now();
     drop(client);
     let mut client = state.pool.get().await.map_err(StoreError::from)?;
@@ -250,16 +241,7 @@ pub async fn list_locks(
     actor: Actor,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
-    let (client, ctx) = load_and_authorize(&state, &actor, *id, |p, prop, fresh| {
-        AuthzRequest::manage_locks(
-            p,
-            prop,
-            StepUpContext {
-                step_up_fresh: fresh,
-            },
-        )
-    })
-    .await?;
+    let (client, ctx) = manage_locks_of(&state, &actor, *id).await?;
     Ok(HttpResponse::Ok().json(store::locks(&client, actor.tenant, ctx.property.id).await?))
 }
 
@@ -274,16 +256,7 @@ pub async fn list_lock_registrations(
     actor: Actor,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
-    let (client, ctx) = load_and_authorize(&state, &actor, *id, |p, prop, fresh| {
-        AuthzRequest::manage_locks(
-            p,
-            prop,
-            StepUpContext {
-                step_up_fresh: fresh,
-            },
-        )
-    })
-    .await?;
+    let (client, ctx) = manage_locks_of(&state, &actor, *id).await?;
     let list =
         registrations::of_property(&client, actor.tenant, ctx.property.id, state.clock.now())
             .await?;
@@ -301,16 +274,7 @@ pub async fn reset_pairing(
     path: web::Path<(Uuid, Uuid)>,
 ) -> Result<HttpResponse, ApiError> {
     let (id, lock_id) = path.into_inner();
-    let (client, ctx) = load_and_authorize(&state, &actor, id, |p, prop, fresh| {
-        AuthzRequest::manage_locks(
-            p,
-            prop,
-            StepUpContext {
-                step_up_fresh: fresh,
-            },
-        )
-    })
-    .await?;
+    let (client, ctx) = manage_locks_of(&state, &actor, id).await?;
     drop(client);
     let now = state.clock.now();
     // Keeping a registration open longer is a change to the lock's security.
@@ -345,16 +309,7 @@ pub async fn cancel_lock_registration(
     path: web::Path<(Uuid, Uuid)>,
 ) -> Result<HttpResponse, ApiError> {
     let (id, registration) = path.into_inner();
-    let (client, ctx) = load_and_authorize(&state, &actor, id, |p, prop, fresh| {
-        AuthzRequest::manage_locks(
-            p,
-            prop,
-            StepUpContext {
-                step_up_fresh: fresh,
-            },
-        )
-    })
-    .await?;
+    let (client, ctx) = manage_locks_of(&state, &actor, id).await?;
     drop(client);
     let now = state.clock.now();
     let mut client = state.pool.get().await.map_err(StoreError::from)?;
@@ -681,6 +636,24 @@ pub async fn read_audit(
 }
 
 /// Loads a property in the actor's tenant and asks the policy; returns the connection for reuse.
+/// A connection and the property, once the policy allowed `actor` to manage its locks.
+async fn manage_locks_of(
+    state: &AppState,
+    actor: &Actor,
+    id: Uuid,
+) -> Result<(deadpool_postgres::Object, access::PropertyContext), ApiError> {
+    load_and_authorize(state, actor, id, |p, prop, fresh| {
+        AuthzRequest::manage_locks(
+            p,
+            prop,
+            StepUpContext {
+                step_up_fresh: fresh,
+            },
+        )
+    })
+    .await
+}
+
 pub(crate) async fn load_and_authorize(
     state: &AppState,
     actor: &Actor,

@@ -256,14 +256,12 @@ pub async fn of_property(
 ) -> Result<Vec<LockRegistration>, StoreError> {
     Ok(client
         .query(
-            &format!(
-                "SELECT id, lock_id, name,
-                        CASE WHEN state = 'pending' AND expires_at <= $3 THEN 'expired' ELSE state END,
-                        created_at, expires_at, closed_at
-                 FROM lock_registrations
-                 WHERE municipality_id = $1 AND property_id = $2 AND (state = 'pending' OR closed_at >= $4)
-                 ORDER BY created_at DESC, id LIMIT 100"
-            ),
+            "SELECT id, lock_id, name,
+                    CASE WHEN state = 'pending' AND expires_at <= $3 THEN 'expired' ELSE state END,
+                    created_at, expires_at, closed_at
+             FROM lock_registrations
+             WHERE municipality_id = $1 AND property_id = $2 AND (state = 'pending' OR closed_at >= $4)
+             ORDER BY created_at DESC, id LIMIT 100",
             &[&tenant.id(), &property, &now, &(now - CLOSED_KEPT)],
         )
         .await?

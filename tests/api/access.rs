@@ -14,7 +14,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{As, TestApp, call, spawn_app, user};
+use crate::helpers::{As, TestApp, call, home_of, spawn_app, user};
 
 fn plan() -> Value {
     json!({
@@ -47,20 +47,6 @@ struct World {
     b_auditor: As,
     property: Uuid,
     address: String,
-}
-
-/// A new home of `who`, made through the API.
-async fn home_of(w: &World, who: &As, address: &str) -> Uuid {
-    let (status, body) = call(
-        &w.app,
-        Method::POST,
-        "/api/v1/properties",
-        Some(who),
-        Some(json!({ "address": address })),
-    )
-    .await;
-    assert_eq!(status, 201, "{body}");
-    body["id"].as_str().unwrap().parse().unwrap()
 }
 
 async fn world() -> World {
@@ -750,7 +736,7 @@ async fn locks_register_with_the_agents_pairing_code_and_pair_when_the_key_match
     .await;
     assert_eq!(list[0]["state"], "paired");
     // Paired, the lock is its owner's: registering it again, anywhere, is refused in words.
-    let b_property = home_of(&w, &w.b_owner, "1 B Road").await;
+    let b_property = home_of(&w.app, &w.b_owner, "1 B Road").await;
     let (status, problem) = call(
         &w.app,
         Method::POST,
@@ -1144,7 +1130,7 @@ async fn a_waiting_registration_is_renewed_and_cancelled_by_its_owner_only() {
         );
     }
     // This home's registration id under another home's path is not found either.
-    let b_property = home_of(&w, &w.b_owner, "1 B Road").await;
+    let b_property = home_of(&w.app, &w.b_owner, "1 B Road").await;
     let elsewhere = format!("/api/v1/properties/{b_property}/lock-registrations/{registration}");
     assert_eq!(
         call(&w.app, Method::DELETE, &elsewhere, Some(&w.b_owner), None)

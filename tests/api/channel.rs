@@ -153,21 +153,7 @@ impl World {
 
     /// A replica: a channel listener on `port` (0: any) with its own pool and LISTEN connection.
     pub(crate) async fn replica(&self, port: u16) -> RunningChannel {
-        let identity = ServerIdentity::dev(
-            &self.key_dir(),
-            &["localhost".to_owned(), "127.0.0.1".to_owned()],
-        )
-        .unwrap();
-        start_with(
-            ([127, 0, 0, 1], port).into(),
-            identity,
-            firstkey::store::pool(self.db_config.clone(), 4).unwrap(),
-            self.db_config.clone(),
-            Arc::new(SystemClock),
-            ChannelOptions::default(),
-        )
-        .await
-        .unwrap()
+        replica_on(&self.key_dir(), self.db_config.clone(), port).await
     }
 
     /// A replica with explicit options, its LISTEN connection made with `listen_config`.
@@ -242,6 +228,27 @@ impl World {
         self.scalar("SELECT inbox_acked_seq FROM locks WHERE id = $1", &[&lock])
             .await
     }
+}
+
+/// A channel listener on `port` (0: any) with the dev identity in `key_dir`, its own pool and
+/// LISTEN connection on the database of `db_config`.
+pub(crate) async fn replica_on(
+    key_dir: &Path,
+    db_config: tokio_postgres::Config,
+    port: u16,
+) -> RunningChannel {
+    let identity =
+        ServerIdentity::dev(key_dir, &["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    start_with(
+        ([127, 0, 0, 1], port).into(),
+        identity,
+        firstkey::store::pool(db_config.clone(), 4).unwrap(),
+        db_config,
+        Arc::new(SystemClock),
+        ChannelOptions::default(),
+    )
+    .await
+    .unwrap()
 }
 
 /// Polls `check` until it holds, or fails after `secs` seconds.

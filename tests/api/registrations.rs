@@ -3,12 +3,9 @@
 //! others are closed and their owners told. Real processes: the HTTP application, a channel
 //! listener on the same database, and a `firstkey-agent` lock process over TLS.
 
-use std::sync::Arc;
-
 use chrono::Utc;
-use firstkey::channel::server::{ChannelOptions, RunningChannel, start_with};
-use firstkey::channel::tls::{DEV_CA_FILE, ServerIdentity};
-use firstkey::clock::SystemClock;
+use firstkey::channel::server::RunningChannel;
+use firstkey::channel::tls::DEV_CA_FILE;
 use firstkey::domain::{Role, Slug};
 use firstkey::store::registrations::{self, MAX_PENDING_PER_PROPERTY, PairOutcome};
 use firstkey::store::{Tenant, tenancy};
@@ -17,8 +14,8 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::channel::{Agent, code_for, eventually, hello_as, new_device_key};
-use crate::helpers::{As, TestApp, admin_config, call, spawn_app, user};
+use crate::channel::{Agent, code_for, eventually, hello_as, new_device_key, replica_on};
+use crate::helpers::{As, TestApp, admin_config, call, home_of, spawn_app, user};
 
 struct Town {
     app: TestApp,
@@ -33,19 +30,6 @@ struct Town {
     squatter_a: As,
     squat_a: Uuid,
     keys: tempfile::TempDir,
-}
-
-async fn home_of(app: &TestApp, who: &As, address: &str) -> Uuid {
-    let (status, body) = call(
-        app,
-        Method::POST,
-        "/api/v1/properties",
-        Some(who),
-        Some(json!({ "address": address })),
-    )
-    .await;
-    assert_eq!(status, 201, "{body}");
-    body["id"].as_str().unwrap().parse().unwrap()
 }
 
 async fn town() -> Town {
@@ -84,21 +68,7 @@ impl Town {
     async fn replica(&self) -> RunningChannel {
         let mut config = admin_config();
         config.dbname(self.app.database.name());
-        let identity = ServerIdentity::dev(
-            self.keys.path(),
-            &["localhost".to_owned(), "127.0.0.1".to_owned()],
-        )
-        .unwrap();
-        start_with(
-            ([127, 0, 0, 1], 0).into(),
-            identity,
-            firstkey::store::pool(config.clone(), 4).unwrap(),
-            config,
-            Arc::new(SystemClock),
-            ChannelOptions::default(),
-        )
-        .await
-        .unwrap()
+        replica_on(self.keys.path(), config, 0).await
     }
 
     async fn register(
@@ -156,6 +126,20 @@ fn not(code: &str) -> String {
     let mut wrong = code.to_owned().into_bytes();
     wrong[0] = if wrong[0] == b'A' { b'B' } else { b'A' };
     String::from_utf8(wrong).unwrap()
+}
+
+/// A new device key: its public key, the lock id derived from it, its pairing code and that
+/// code's hash as the server keeps it.
+fn device() -> ([u8; 32], Uuid, String, [u8; 32]) {
+    let key = new_device_key();
+    let public: [u8; 32] = ring::signature::KeyPair::public_key(&key)
+        .as_ref()
+        .try_into()
+        .unwrap();
+    let id_text = firstkey_agent::pairing::derived_lock_id(&public);
+    let code = code_for(&key, &id_text);
+    let hash = firstkey::pairing::code_hash(&firstkey::pairing::normalise(&code).unwrap());
+    (public, Uuid::parse_str(&id_text).unwrap(), code, hash)
 }
 
 #[tokio::test]
@@ -343,15 +327,7 @@ async fn a_squatter_who_registers_a_lock_id_first_does_not_stop_its_owner() {
 async fn a_mistyped_code_closes_only_its_own_registration_and_a_shared_code_pairs_nobody() {
     let t = town().await;
     let client = t.app.pool.get().await.unwrap();
-    let key = new_device_key();
-    let public: [u8; 32] = ring::signature::KeyPair::public_key(&key)
-        .as_ref()
-        .try_into()
-        .unwrap();
-    let id_text = firstkey_agent::pairing::derived_lock_id(&public);
-    let lock = Uuid::parse_str(&id_text).unwrap();
-    let code = code_for(&key, &id_text);
-    let hash = firstkey::pairing::code_hash(&firstkey::pairing::normalise(&code).unwrap());
+    let (public, lock, code, hash) = device();
     let states = |home: Uuid| {
         let client = &client;
         async move {
@@ -416,15 +392,7 @@ async fn a_mistyped_code_closes_only_its_own_registration_and_a_shared_code_pair
 
     // Someone who also has the lock's code (they saw `init`'s output) cannot be told apart from
     // the owner: the lock pairs with neither, and both are told.
-    let key = new_device_key();
-    let public: [u8; 32] = ring::signature::KeyPair::public_key(&key)
-        .as_ref()
-        .try_into()
-        .unwrap();
-    let id_text = firstkey_agent::pairing::derived_lock_id(&public);
-    let second = Uuid::parse_str(&id_text).unwrap();
-    let code = code_for(&key, &id_text);
-    let hash = firstkey::pairing::code_hash(&firstkey::pairing::normalise(&code).unwrap());
+    let (public, second, code, hash) = device();
     assert_eq!(
         t.register(&t.owner, t.home, second, "Back door", &code)
             .await
