@@ -495,6 +495,36 @@ async fn a_flood_of_registrations_is_bounded_per_home_and_per_account() {
         )
         .await;
     assert_eq!(status, 429);
+    // The page cancels too (the home's page has a Cancel button per waiting registration).
+    let page = t
+        .page(&t.squatter_b, &format!("/homes/{}", t.squat_b))
+        .await;
+    let second = waiting[1]["id"].as_str().unwrap();
+    let action = format!("/homes/{}/lock-registrations/{second}/cancel", t.squat_b);
+    assert!(page.contains(&action), "{page}");
+    let response = t
+        .app
+        .http
+        .post(format!("{}{action}", t.app.address))
+        .header("cookie", &t.squatter_b.cookie)
+        .header("origin", crate::helpers::ORIGIN)
+        .form(&[("x", "")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 303);
+    assert_eq!(
+        t.registrations(&t.squatter_b, t.squat_b).await[1]["state"],
+        "cancelled"
+    );
+    assert_eq!(
+        t.count(
+            "SELECT count(*) FROM audit_entries WHERE action = 'lock.registration_cancel' AND actor_id = $1",
+            &[&t.squatter_b.id],
+        )
+        .await,
+        2
+    );
     // The table holds what the bound allows, and nobody else is affected.
     assert_eq!(
         t.count(
