@@ -152,6 +152,15 @@ async fn property(
         &[&t, &home],
     )
     .await?;
+    // Registrations of locks for this home, waiting or closed (never the code's hash).
+    let lock_registrations = rows_json(
+        client,
+        "SELECT jsonb_build_object('id', id, 'lock_id', lock_id, 'name', name, 'state', state,
+             'created_at', created_at, 'expires_at', expires_at, 'closed_at', closed_at)
+         FROM lock_registrations WHERE municipality_id = $1 AND property_id = $2 ORDER BY created_at",
+        &[&t, &home],
+    )
+    .await?;
     let plan_rows = client
         .query(
             "SELECT id, version, created_at, rules, max_grant_minutes, contacts, notifications,
@@ -247,6 +256,7 @@ async fn property(
     Ok(json!({
         "property": facts,
         "locks": locks,
+        "lock_registrations": lock_registrations,
         "plan_versions": plans,
         "grants": grants,
         "tokens": tokens,

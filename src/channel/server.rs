@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
-use firstkey_agent::pairing::PairingCode;
 use firstkey_agent::protocol::channel::{
     AgentMessage, ErrorCode, InboxMessage as WireInbox, MAX_CHANNEL_FRAME, MAX_HELLO_FRAME,
     MAX_RECEIPTS_PER_FRAME, ServerMessage, decode_agent_message, encode_server_message,
@@ -45,7 +44,7 @@ use super::wake::{self, Registry};
 use crate::audit::{self, Event, Outcome};
 use crate::clock::Clock;
 use crate::settings::Settings;
-use crate::store::{StoreError, Tenant, properties};
+use crate::store::{StoreError, Tenant};
 
 /// Timings and limits of the channel.
 #[derive(Debug, Clone)]
@@ -60,10 +59,6 @@ pub struct ChannelOptions {
     pub window: usize,
     /// An unchanged status is written to the database at most this often (last seen, battery).
     pub status_write_interval: Duration,
-    /// Wrong pairing codes tolerated per lock within one
-    /// [`PAIRING_FAILURE_WINDOW`](crate::store::properties::PAIRING_FAILURE_WINDOW); further
-    /// attempts are refused until the window is over or the homeowner resets the pairing.
-    pub max_pairing_failures: i32,
     /// Most connections that have not yet authenticated (TLS handshake, `Hello`), in all.
     pub max_unauthenticated: usize,
     /// Most connections that have not yet authenticated, per peer IP address.
@@ -83,7 +78,6 @@ impl Default for ChannelOptions {
             write_timeout: Duration::from_secs(30),
             window: 32,
             status_write_interval: Duration::from_secs(300),
-            max_pairing_failures: 10,
             keypad_root: None,
             max_unauthenticated: 1024,
             max_unauthenticated_per_address: 16,
@@ -799,7 +793,8 @@ async fn session(
 }
 
 /// Checks the lock's identity after the `Hello` signature verified over `device_public_key`: the
-/// lock's paired key, or its pending pairing (which this completes).
+/// lock's paired key, or, for a lock not yet paired, the registration whose code that key derives
+/// (which this pairs: `pairing::at_handshake`).
 async fn authenticate(
     shared: &Shared,
     wire_id: &str,
@@ -819,99 +814,55 @@ async fn authenticate(
             &[&id],
         )
         .await
-        .map_err(|e| internal(e.into()))?
-        .ok_or(ErrorCode::AuthenticationFailed)?;
-    let state: String = row.get(3);
-    let stored_key: Option<Vec<u8>> = row.get(4);
-    let lock = LockIdentity {
+        .map_err(|e| internal(e.into()))?;
+    let identity = |tenant, property, name| LockIdentity {
         id,
         wire_id: wire_id.to_owned(),
-        tenant: Tenant::assume(row.get(0)),
-        property: row.get(1),
-        name: row.get(2),
+        tenant,
+        property,
+        name,
         device_public_key: *device_public_key,
     };
-    match state.as_str() {
-        "paired" if stored_key.as_deref() == Some(device_public_key.as_slice()) => Ok(lock),
-        "unpaired" => {
-            // A lock pairs only under the id derived from the key it proved: knowing a lock id
-            // (it is on tokens and pages) lets nobody pair their own key under it, nor use up the
-            // genuine lock's pairing attempts.
-            if Uuid::parse_str(&firstkey_agent::pairing::derived_lock_id(device_public_key)).ok()
-                != Some(id)
-            {
-                tracing::warn!(lock = %id, "pairing refused: the lock id is not the device key's");
-                crate::metrics::count(|m| m.pairing_failures.inc());
-                return Err(ErrorCode::AuthenticationFailed);
-            }
-            let now = shared.clock.now();
-            let tx = client.transaction().await.map_err(|e| internal(e.into()))?;
-            let allowed = properties::pairing_attempt_allowed(
-                &tx,
-                id,
-                shared.options.max_pairing_failures,
-                now,
-            )
-            .await
-            .map_err(internal)?;
-            let Some(allowed) = allowed else {
-                return Err(ErrorCode::AuthenticationFailed);
-            };
-            if !allowed {
-                tracing::warn!(lock = %id, "pairing refused: too many wrong codes in this window");
-                crate::metrics::count(|m| m.pairing_failures.inc());
-                return Err(ErrorCode::AuthenticationFailed);
-            }
-            let code = PairingCode::derive(device_public_key, wire_id).display();
-            let Ok(normalised) = crate::pairing::normalise(&code) else {
-                return Err(ErrorCode::Internal);
-            };
-            let hash = crate::pairing::code_hash(&normalised);
-            let paired = properties::complete_pairing(&tx, id, device_public_key, &hash, now)
-                .await
-                .map_err(|e| {
-                    tracing::warn!(lock = %id, error = %e, "pairing could not complete");
-                    ErrorCode::AuthenticationFailed
-                })?;
-            let failures = if paired {
-                0
-            } else {
-                crate::metrics::count(|m| m.pairing_failures.inc());
-                properties::record_pairing_failure(&tx, id, now)
-                    .await
-                    .map_err(internal)?
-            };
-            if paired && shared.options.keypad_root.is_some() {
-                // The keypad code secret goes out with the first session (PROTOCOL.md, "Keypad
-                // codes"), so codes work even if the lock is offline when one is issued.
-                crate::codes::ensure_secret(&tx, lock.tenant, id, now)
-                    .await
-                    .map_err(internal)?;
-            }
-            let event = Event::new(
-                "lock.pair",
-                if paired {
-                    Outcome::Allow
-                } else {
-                    Outcome::Deny
-                },
-            )
-            .subject("lock", id)
-            .property(lock.property)
-            .details(json!({ "failed_attempts": failures }));
-            audit::record(&tx, lock.tenant, &event, now)
-                .await
-                .map_err(internal)?;
-            tx.commit().await.map_err(|e| internal(e.into()))?;
-            if paired {
-                tracing::info!(lock = %id, "lock paired at its first handshake");
-                Ok(lock)
-            } else {
-                tracing::warn!(lock = %id, "pairing refused: the device key does not match the code");
-                Err(ErrorCode::AuthenticationFailed)
-            }
+    if let Some(row) = row {
+        let state: String = row.get(3);
+        let stored_key: Option<Vec<u8>> = row.get(4);
+        return if state == "paired" && stored_key.as_deref() == Some(device_public_key.as_slice()) {
+            Ok(identity(Tenant::assume(row.get(0)), row.get(1), row.get(2)))
+        } else {
+            Err(ErrorCode::AuthenticationFailed)
+        };
+    }
+    // Not paired. A lock pairs only under the id derived from the key it proved: knowing a lock id
+    // (it is on tokens and pages) lets nobody pair their own key under it, nor touch any
+    // registration of it.
+    if Uuid::parse_str(&firstkey_agent::pairing::derived_lock_id(device_public_key)).ok()
+        != Some(id)
+    {
+        tracing::warn!(lock = %id, "pairing refused: the lock id is not the device key's");
+        crate::metrics::count(|m| m.pairing_failures.inc());
+        return Err(ErrorCode::AuthenticationFailed);
+    }
+    let now = shared.clock.now();
+    let tx = client.transaction().await.map_err(|e| internal(e.into()))?;
+    let paired = crate::pairing::at_handshake(
+        &tx,
+        id,
+        device_public_key,
+        shared.options.keypad_root.is_some(),
+        now,
+    )
+    .await
+    .map_err(internal)?;
+    tx.commit().await.map_err(|e| internal(e.into()))?;
+    match paired {
+        Some(lock) => {
+            tracing::info!(lock = %id, "lock paired at its first handshake");
+            Ok(identity(lock.tenant, lock.property, lock.name))
         }
-        _ => Err(ErrorCode::AuthenticationFailed),
+        None => {
+            tracing::info!(lock = %id, "pairing refused: no registration with this lock's code");
+            Err(ErrorCode::AuthenticationFailed)
+        }
     }
 }
 

@@ -320,10 +320,13 @@ pub async fn run(stage: &Stage, now: DateTime<Utc>) -> anyhow::Result<Ending> {
         Duration::from_secs(30),
         || async {
             let client = pool.get().await.map_err(StoreError::from)?;
+            // The locks row exists once the lock paired (a registration waits until then).
             let row = client
-                .query_one("SELECT pairing_state FROM locks WHERE id = $1", &[&lock_id])
+                .query_opt("SELECT pairing_state FROM locks WHERE id = $1", &[&lock_id])
                 .await?;
-            Ok((row.get::<_, String>(0) == "paired").then_some(()))
+            Ok(row
+                .filter(|r| r.get::<_, String>(0) == "paired")
+                .map(|_| ()))
         },
     )
     .await?;

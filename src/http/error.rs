@@ -161,6 +161,19 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<crate::store::registrations::RegisterError> for ApiError {
+    fn from(e: crate::store::registrations::RegisterError) -> Self {
+        use crate::store::registrations::{Refusal, RegisterError};
+        match e {
+            RegisterError::Refused(Refusal::AccountFull { retry_after }) => {
+                Self::TooManyRequests { retry_after }
+            }
+            RegisterError::Refused(r) => Self::Conflict(r.message().to_owned()),
+            RegisterError::Store(e) => e.into(),
+        }
+    }
+}
+
 impl From<ParseError> for ApiError {
     fn from(e: ParseError) -> Self {
         Self::BadRequest(e.to_string())

@@ -19,16 +19,18 @@ use crate::plans::{PlanInput, PlanSummary, PlanView, ResponderNotes};
 use crate::policy::{AuditLogAttrs, AuthzRequest, RevealContext, StepUpContext};
 use crate::store::StoreError;
 use crate::store::properties::{self as store, Lock, Property};
+use crate::store::registrations::{self, LockRegistration};
 
 /// OpenAPI description of these endpoints.
 #[derive(OpenApi)]
 #[openapi(
     paths(
-        create_property, list_properties, get_property, register_lock, list_locks, reset_pairing, put_plan, get_plan,
+        create_property, list_properties, get_property, register_lock, list_locks, list_lock_registrations,
+        reset_pairing, cancel_lock_registration, put_plan, get_plan,
         get_plan_summary, reveal_notes, search_properties, read_audit
     ),
     components(schemas(
-        NewProperty, Property, NewLock, Lock, PlanInput, PlanSummary, PlanView, ResponderNotes, PlanVersion,
+        NewProperty, Property, NewLock, Lock, LockRegistration, PlanInput, PlanSummary, PlanView, ResponderNotes, PlanVersion,
         audit::Entry
     )),
     tags((name = "properties", description = "Homes, their locks and access plans"),
@@ -44,7 +46,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(get_property)
         .service(register_lock)
         .service(list_locks)
+        .service(list_lock_registrations)
         .service(reset_pairing)
+        .service(cancel_lock_registration)
         .service(put_plan)
         .service(get_plan)
         .service(get_plan_summary)
@@ -187,10 +191,16 @@ pub struct NewLock {
     pub pairing_code: String,
 }
 
-/// The homeowner registers a lock with the code its agent printed; the lock is paired once its agent
-/// proves, over its channel, the device key the code was derived from.
+/// The homeowner registers a lock with the code its agent printed: a registration waiting for the
+/// lock (7 days, renewable), which pairs once the agent proves, over its channel, the device key the
+/// code was derived from. It reserves nothing: another home registering the same lock id does not
+/// stop this one, and the lock pairs with the registration that has its code (the others are
+/// closed). 409 when the lock is already paired, this home already waits for it or has a lock of
+/// that name, or has 10 registrations waiting; 429 when the account made 20 in a day or has 20
+/// waiting.
 #[utoipa::path(post, path = "/api/v1/properties/{id}/locks", tag = "properties", request_body = NewLock,
-    responses((status = 201, body = Lock), (status = 400), (status = 404), (status = 409)))]
+    responses((status = 201, body = LockRegistration), (status = 400), (status = 401), (status = 404),
+        (status = 409), (status = 429)))]
 #[post("/api/v1/properties/{id}/locks")]
 pub async fn register_lock(
     state: web::Data<AppState>,
@@ -201,72 +211,62 @@ pub async fn register_lock(
     let name = Text::parse("name", &body.name, 100)?;
     let name = name.as_str();
     let code = crate::pairing::normalise(&body.pairing_code)?;
-    let (client, ctx) = load_and_authorize(&state, &actor, *id, |p, prop, fresh| {
-        AuthzRequest::manage_locks(
-            p,
-            prop,
-            StepUpContext {
-                step_up_fresh: fresh,
-            },
-        )
-    })
-    .await?;
-    let code_hash = crate::pairing::code_hash(&code);
+    let (client, ctx) = manage_locks_of(&state, &actor, *id).await?;
     let now = state.clock.now();
     drop(client);
     let mut client = state.pool.get().await.map_err(StoreError::from)?;
     let tx = client.transaction().await.map_err(StoreError::from)?;
-    let lock = store::register_lock(
+    let registration = crate::pairing::register(
         &tx,
         actor.tenant,
         ctx.property.id,
+        actor.user_id,
         body.lock_id,
         name,
-        &code_hash,
-        now,
-    )
-    .await?;
-    audit::record(
-        &tx,
-        actor.tenant,
-        &Event::new("lock.register", Outcome::Info)
-            .actor(actor.user_id)
-            .subject("lock", lock.id)
-            .property(ctx.property.id),
+        &code,
         now,
     )
     .await?;
     tx.commit().await.map_err(StoreError::from)?;
-    Ok(HttpResponse::Created().json(lock))
+    Ok(HttpResponse::Created().json(registration))
 }
 
-/// The locks of a property, with pairing state, last contact and battery.
+/// The paired locks of a property, with last contact and battery (registrations still waiting
+/// for their lock: `GET …/lock-registrations`).
 #[utoipa::path(get, path = "/api/v1/properties/{id}/locks", tag = "properties",
-    responses((status = 200, body = [Lock]), (status = 404)))]
+    responses((status = 200, body = [Lock]), (status = 401), (status = 404)))]
 #[get("/api/v1/properties/{id}/locks")]
 pub async fn list_locks(
     state: web::Data<AppState>,
     actor: Actor,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
-    let (client, ctx) = load_and_authorize(&state, &actor, *id, |p, prop, fresh| {
-        AuthzRequest::manage_locks(
-            p,
-            prop,
-            StepUpContext {
-                step_up_fresh: fresh,
-            },
-        )
-    })
-    .await?;
+    let (client, ctx) = manage_locks_of(&state, &actor, *id).await?;
     Ok(HttpResponse::Ok().json(store::locks(&client, actor.tenant, ctx.property.id).await?))
 }
 
-/// The homeowner (with step-up) resets a lock's pending pairing: the count of wrong codes is
-/// cleared and the pairing is valid for another seven days (audited `lock.pairing_reset`). For a
-/// genuine agent refused after impostors presented wrong codes for its lock id.
+/// The property's lock registrations: those waiting for their lock and those closed in the last
+/// 30 days (paired, paired with another registration of the id, code mismatch, contested,
+/// cancelled, expired), newest first.
+#[utoipa::path(get, path = "/api/v1/properties/{id}/lock-registrations", tag = "properties",
+    responses((status = 200, body = [LockRegistration]), (status = 401), (status = 404)))]
+#[get("/api/v1/properties/{id}/lock-registrations")]
+pub async fn list_lock_registrations(
+    state: web::Data<AppState>,
+    actor: Actor,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    let (client, ctx) = manage_locks_of(&state, &actor, *id).await?;
+    let list =
+        registrations::of_property(&client, actor.tenant, ctx.property.id, state.clock.now())
+            .await?;
+    Ok(HttpResponse::Ok().json(list))
+}
+
+/// The homeowner (with step-up) renews the property's waiting registration of lock `{lock}` for
+/// another seven days (audited `lock.pairing_reset`). 404 when the home does not wait for it.
 #[utoipa::path(post, path = "/api/v1/properties/{id}/locks/{lock}/pairing/reset", tag = "properties",
-    responses((status = 200, body = Lock), (status = 401), (status = 404)))]
+    responses((status = 200, body = LockRegistration), (status = 401), (status = 404)))]
 #[post("/api/v1/properties/{id}/locks/{lock}/pairing/reset")]
 pub async fn reset_pairing(
     state: web::Data<AppState>,
@@ -274,35 +274,57 @@ pub async fn reset_pairing(
     path: web::Path<(Uuid, Uuid)>,
 ) -> Result<HttpResponse, ApiError> {
     let (id, lock_id) = path.into_inner();
-    let (client, ctx) = load_and_authorize(&state, &actor, id, |p, prop, fresh| {
-        AuthzRequest::manage_locks(
-            p,
-            prop,
-            StepUpContext {
-                step_up_fresh: fresh,
-            },
-        )
-    })
-    .await?;
+    let (client, ctx) = manage_locks_of(&state, &actor, id).await?;
     drop(client);
     let now = state.clock.now();
-    // Resetting lets more codes be tried against the lock: a high-risk change of its security.
+    // Keeping a registration open longer is a change to the lock's security.
     actor.require_step_up(now)?;
     let mut client = state.pool.get().await.map_err(StoreError::from)?;
     let tx = client.transaction().await.map_err(StoreError::from)?;
-    let lock = store::reset_pairing(&tx, actor.tenant, ctx.property.id, lock_id, now).await?;
+    let registration =
+        registrations::renew(&tx, actor.tenant, ctx.property.id, lock_id, now).await?;
     audit::record(
         &tx,
         actor.tenant,
         &Event::new("lock.pairing_reset", Outcome::Info)
             .actor(actor.user_id)
-            .subject("lock", lock.id)
-            .property(ctx.property.id),
+            .subject("lock", lock_id)
+            .property(ctx.property.id)
+            .details(serde_json::json!({ "registration": registration.id })),
         now,
     )
     .await?;
     tx.commit().await.map_err(StoreError::from)?;
-    Ok(HttpResponse::Ok().json(lock))
+    Ok(HttpResponse::Ok().json(registration))
+}
+
+/// The homeowner cancels a waiting lock registration of the property (audited
+/// `lock.registration_cancel`). 404 when it is not waiting or not this home's.
+#[utoipa::path(delete, path = "/api/v1/properties/{id}/lock-registrations/{registration}", tag = "properties",
+    responses((status = 200, body = LockRegistration), (status = 401), (status = 404)))]
+#[actix_web::delete("/api/v1/properties/{id}/lock-registrations/{registration}")]
+pub async fn cancel_lock_registration(
+    state: web::Data<AppState>,
+    actor: Actor,
+    path: web::Path<(Uuid, Uuid)>,
+) -> Result<HttpResponse, ApiError> {
+    let (id, registration) = path.into_inner();
+    let (client, ctx) = manage_locks_of(&state, &actor, id).await?;
+    drop(client);
+    let now = state.clock.now();
+    let mut client = state.pool.get().await.map_err(StoreError::from)?;
+    let tx = client.transaction().await.map_err(StoreError::from)?;
+    let cancelled = crate::pairing::cancel(
+        &tx,
+        actor.tenant,
+        ctx.property.id,
+        actor.user_id,
+        registration,
+        now,
+    )
+    .await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(HttpResponse::Ok().json(cancelled))
 }
 
 /// The version a plan change created.
@@ -616,6 +638,24 @@ pub async fn read_audit(
 }
 
 /// Loads a property in the actor's tenant and asks the policy; returns the connection for reuse.
+/// A connection and the property, once the policy allowed `actor` to manage its locks.
+async fn manage_locks_of(
+    state: &AppState,
+    actor: &Actor,
+    id: Uuid,
+) -> Result<(deadpool_postgres::Object, access::PropertyContext), ApiError> {
+    load_and_authorize(state, actor, id, |p, prop, fresh| {
+        AuthzRequest::manage_locks(
+            p,
+            prop,
+            StepUpContext {
+                step_up_fresh: fresh,
+            },
+        )
+    })
+    .await
+}
+
 pub(crate) async fn load_and_authorize(
     state: &AppState,
     actor: &Actor,

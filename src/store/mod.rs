@@ -8,6 +8,7 @@ pub mod embedded;
 pub mod people;
 pub mod plan_history;
 pub mod properties;
+pub mod registrations;
 pub mod tenancy;
 
 use std::time::Duration;
@@ -79,6 +80,16 @@ const MIGRATION_LOCK: i64 = 0x6669_7273_746b_6579; // "firstkey"
 /// Applies pending migrations. Safe to run from several replicas at once; a second run is a no-op.
 /// Returns the number of migrations applied by this call.
 pub async fn migrate(pool: &Pool) -> Result<usize, StoreError> {
+    migrate_through(pool, refinery::Target::Latest).await
+}
+
+/// Applies the pending migrations up to and including `version` only (tests of a migration that
+/// moves data arrange the data the version before it left).
+pub async fn migrate_to(pool: &Pool, version: u32) -> Result<usize, StoreError> {
+    migrate_through(pool, refinery::Target::Version(version)).await
+}
+
+async fn migrate_through(pool: &Pool, target: refinery::Target) -> Result<usize, StoreError> {
     let mut client = pool.get().await?;
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
@@ -86,6 +97,7 @@ pub async fn migrate(pool: &Pool) -> Result<usize, StoreError> {
     let client_ref: &mut tokio_postgres::Client = &mut client;
     let outcome = migrations::runner()
         .set_grouped(true)
+        .set_target(target)
         .run_async(client_ref)
         .await
         .map(|report| report.applied_migrations().len())

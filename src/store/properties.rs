@@ -112,41 +112,13 @@ pub struct Lock {
     pub id: Uuid,
     /// Name, e.g. "Front door".
     pub name: String,
-    /// `unpaired` (waiting for the agent to prove its key), `paired` or `retired`.
+    /// `paired` or `retired` (a lock waiting for its agent is a registration, not yet a lock:
+    /// `store::registrations`).
     pub pairing_state: String,
     /// Last contact over the agent channel.
     pub last_seen_at: Option<DateTime<Utc>>,
     /// Battery level, when the lock reported one.
     pub battery_percent: Option<i16>,
-}
-
-/// Registers a lock on a property with the SHA-256 of the pairing code the homeowner typed. The lock
-/// becomes `paired` when its agent proves the device key the code was derived from.
-pub async fn register_lock(
-    client: &impl GenericClient,
-    tenant: Tenant,
-    property: Uuid,
-    lock_id: Uuid,
-    name: &str,
-    code_hash: &[u8; 32],
-    now: DateTime<Utc>,
-) -> Result<Lock, StoreError> {
-    client
-        .execute(
-            "INSERT INTO locks (id, municipality_id, property_id, name, created_at) VALUES ($1, $2, $3, $4, $5)",
-            &[&lock_id, &tenant.id(), &property, &name, &now],
-        )
-        .await
-        .map_err(conflict_or_query)?;
-    client
-        .execute(
-            "INSERT INTO lock_pairings (lock_id, municipality_id, code_hash, created_at, expires_at)
-             VALUES ($1, $2, $3, $4, $5)",
-            &[&lock_id, &tenant.id(), &code_hash.to_vec(), &now, &(now + chrono::Duration::days(7))],
-        )
-        .await
-        .map_err(conflict_or_query)?;
-    lock(client, tenant, property, lock_id).await
 }
 
 const LOCK_COLUMNS: &str = "id, name, pairing_state, last_seen_at, battery_percent";
@@ -193,112 +165,6 @@ pub async fn locks(
         .iter()
         .map(lock_from_row)
         .collect())
-}
-
-/// How long a window of pairing failures lasts: at most a channel's `max_pairing_failures` wrong
-/// codes per lock within it; after it the count starts again (a 50-bit code stays out of reach of
-/// online guessing at that rate, and nobody can use up a lock's attempts for good).
-pub const PAIRING_FAILURE_WINDOW: chrono::Duration = chrono::Duration::minutes(10);
-
-/// Whether a pairing attempt for `lock_id` may be checked at `now`: `None` when the lock has no
-/// pending pairing, `Some(false)` while its current window already holds `max_failures` failures.
-/// Locks the pending pairing row for the rest of the transaction.
-pub async fn pairing_attempt_allowed(
-    client: &impl GenericClient,
-    lock_id: Uuid,
-    max_failures: i32,
-    now: DateTime<Utc>,
-) -> Result<Option<bool>, StoreError> {
-    let row = client
-        .query_opt(
-            "SELECT failed_attempts, failure_window_start FROM lock_pairings WHERE lock_id = $1 FOR UPDATE",
-            &[&lock_id],
-        )
-        .await?;
-    Ok(row.map(|r| {
-        let failures: i32 = r.get(0);
-        let window: Option<DateTime<Utc>> = r.get(1);
-        let window_open = window.is_some_and(|start| now < start + PAIRING_FAILURE_WINDOW);
-        !window_open || failures < max_failures
-    }))
-}
-
-/// Counts a wrong code against the lock's current failure window (starting a new window when the
-/// last one is over). Returns the failures in the window, this one included.
-pub async fn record_pairing_failure(
-    client: &impl GenericClient,
-    lock_id: Uuid,
-    now: DateTime<Utc>,
-) -> Result<i32, StoreError> {
-    let window_start = now - PAIRING_FAILURE_WINDOW;
-    let row = client
-        .query_opt(
-            "UPDATE lock_pairings SET
-                 failed_attempts = CASE WHEN failure_window_start > $3 THEN failed_attempts + 1 ELSE 1 END,
-                 failure_window_start = CASE WHEN failure_window_start > $3 THEN failure_window_start ELSE $2 END
-             WHERE lock_id = $1 RETURNING failed_attempts",
-            &[&lock_id, &now, &window_start],
-        )
-        .await?;
-    Ok(row.map_or(0, |r| r.get(0)))
-}
-
-/// The homeowner resets a lock's pending pairing: its failure count is cleared and it is valid for
-/// another seven days. A lock that is not waiting for its agent (paired, retired, or of another
-/// property) is `NotFound`.
-pub async fn reset_pairing(
-    client: &impl GenericClient,
-    tenant: Tenant,
-    property: Uuid,
-    lock_id: Uuid,
-    now: DateTime<Utc>,
-) -> Result<Lock, StoreError> {
-    let updated = client
-        .execute(
-            "UPDATE lock_pairings p SET failed_attempts = 0, failure_window_start = NULL, expires_at = $4
-             FROM locks l
-             WHERE p.lock_id = $3 AND l.id = p.lock_id AND l.municipality_id = $1 AND l.property_id = $2
-               AND p.municipality_id = $1 AND l.pairing_state = 'unpaired'",
-            &[&tenant.id(), &property, &lock_id, &(now + chrono::Duration::days(7))],
-        )
-        .await?;
-    if updated != 1 {
-        return Err(StoreError::NotFound);
-    }
-    lock(client, tenant, property, lock_id).await
-}
-
-/// Completes pairing once the agent has proven possession of `device_public_key` (the caller verified
-/// the signature over its challenge) and the pairing code derived from that key matches what the
-/// homeowner typed. Returns false, changing nothing, when it does not match or has expired.
-pub async fn complete_pairing(
-    client: &impl GenericClient,
-    lock_id: Uuid,
-    device_public_key: &[u8; 32],
-    derived_code_hash: &[u8; 32],
-    now: DateTime<Utc>,
-) -> Result<bool, StoreError> {
-    let updated = client
-        .execute(
-            "UPDATE locks l SET pairing_state = 'paired', device_public_key = $2, paired_at = $4
-             FROM lock_pairings p
-             WHERE l.id = $1 AND p.lock_id = l.id AND p.code_hash = $3 AND p.expires_at > $4
-               AND l.pairing_state = 'unpaired'",
-            &[
-                &lock_id,
-                &device_public_key.to_vec(),
-                &derived_code_hash.to_vec(),
-                &now,
-            ],
-        )
-        .await
-        .map_err(conflict_or_query)?;
-    if updated == 1 {
-        client
-            .execute("DELETE FROM lock_pairings WHERE lock_id = $1", &[&lock_id])
-            .await?;
-    }
-    Ok(updated == 1)
 }
 
 /// A stored plan version.

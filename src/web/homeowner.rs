@@ -29,6 +29,7 @@ use crate::plans::{
 };
 use crate::policy::{AuthzRequest, PrincipalAttrs, PropertyAttrs, RevealContext, StepUpContext};
 use crate::store::properties::{self as store, Lock, Property, StoredPlan};
+use crate::store::registrations::{self, LockRegistration, RegisterError};
 use crate::store::{StoreError, plan_history};
 
 pub(super) fn routes(cfg: &mut web::ServiceConfig) {
@@ -36,6 +37,10 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
         .route("/homes", web::post().to(create))
         .route("/homes/{id}", web::get().to(show))
         .route("/homes/{id}/locks", web::post().to(add_lock))
+        .route(
+            "/homes/{id}/lock-registrations/{registration}/cancel",
+            web::post().to(cancel_registration),
+        )
         .route("/homes/{id}/plan", web::get().to(edit_plan))
         .route("/homes/{id}/plan", web::post().to(save_plan))
         .route("/homes/{id}/plan/compare", web::get().to(compare))
@@ -190,28 +195,51 @@ async fn create(
 // ---------------------------------------------------------------------------------------------
 // One property: its locks, its plan, the plan's versions.
 
-/// A lock as the page shows it.
+/// A lock as the page shows it: paired (or retired), or a registration waiting for its lock.
 struct LockRow {
     id: Uuid,
     name: String,
     paired: bool,
-    state: &'static str,
+    state: String,
     last_seen: String,
     battery: String,
+    /// For a waiting registration: its id (the cancel form names it).
+    registration: Option<Uuid>,
+}
+
+impl LockRow {
+    fn waiting(r: LockRegistration) -> Self {
+        Self {
+            id: r.lock_id,
+            name: r.name,
+            paired: false,
+            state: format!("waiting for the lock (until {})", when(Some(r.expires_at))),
+            last_seen: when(None),
+            battery: "not reported".to_owned(),
+            registration: Some(r.id),
+        }
+    }
+}
+
+/// A closed registration as the page explains it.
+struct ClosedRow {
+    lock_id: Uuid,
+    closed: String,
+    words: String,
 }
 
 impl From<Lock> for LockRow {
     fn from(l: Lock) -> Self {
         let state = match l.pairing_state.as_str() {
             "paired" => "paired",
-            "unpaired" => "waiting for the lock",
             _ => "retired",
         };
         Self {
             id: l.id,
             paired: l.pairing_state == "paired",
             name: l.name,
-            state,
+            state: state.to_owned(),
+            registration: None,
             last_seen: when(l.last_seen_at),
             battery: l
                 .battery_percent
@@ -239,6 +267,7 @@ struct HomeDetail {
     chrome: Chrome,
     property: Property,
     locks: Vec<LockRow>,
+    closed: Vec<ClosedRow>,
     plan: Option<PlanFacts>,
     versions: Vec<VersionRow>,
     new_lock: NewLockForm,
@@ -284,10 +313,29 @@ async fn detail_page(
 ) -> Result<HomeDetail, WebError> {
     let ctx = own_property(state, client, actor, id, manage_locks).await?;
     let locks = store::locks(&*client, actor.tenant, ctx.property.id).await?;
+    let (waiting, closed): (Vec<_>, Vec<_>) =
+        registrations::of_property(&*client, actor.tenant, ctx.property.id, state.clock.now())
+            .await?
+            .into_iter()
+            .partition(|r| r.state == "pending");
     let versions = plan_history::versions(&*client, actor.tenant, ctx.property.id).await?;
     Ok(HomeDetail {
         chrome: Chrome::of(&*client, actor).await?,
-        locks: locks.into_iter().map(LockRow::from).collect(),
+        locks: locks
+            .into_iter()
+            .map(LockRow::from)
+            .chain(waiting.into_iter().map(LockRow::waiting))
+            .collect(),
+        closed: closed
+            .into_iter()
+            // A registration that paired is the lock in the table above.
+            .filter(|r| r.state != "paired")
+            .map(|r| ClosedRow {
+                lock_id: r.lock_id,
+                closed: when(r.closed_at.or(Some(r.expires_at))),
+                words: crate::pairing::closed_words(&r.state, &r.name),
+            })
+            .collect(),
         plan: ctx.plan.as_ref().map(|p| PlanFacts {
             version: p.version,
             agencies: agency_rows(&p.agencies),
@@ -364,26 +412,62 @@ async fn add_lock(
             return page::render(StatusCode::BAD_REQUEST, &page);
         }
     };
-    let code_hash = crate::pairing::code_hash(&code);
     let now = state.clock.now();
     let tx = client.transaction().await.map_err(StoreError::from)?;
-    let lock = store::register_lock(
+    let registered = crate::pairing::register(
         &tx,
         actor.tenant,
         ctx.property.id,
+        actor.user_id,
         lock_id,
         name,
-        &code_hash,
+        &code,
         now,
     )
-    .await?;
-    audit::record(
+    .await;
+    match registered {
+        Ok(_) => {}
+        Err(RegisterError::Refused(refusal)) => {
+            tx.rollback().await.map_err(StoreError::from)?;
+            let status = match refusal {
+                registrations::Refusal::AccountFull { .. } => StatusCode::TOO_MANY_REQUESTS,
+                _ => StatusCode::CONFLICT,
+            };
+            let again = NewLockForm {
+                lock_id: form.lock_id.clone(),
+                name: form.name.clone(),
+                error: Some(format!("Not added: {}.", refusal.message())),
+            };
+            let page = detail_page(&state, &mut client, &actor, *id, again).await?;
+            return page::render(status, &page);
+        }
+        Err(RegisterError::Store(e)) => return Err(e.into()),
+    }
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(page::see_other(&format!(
+        "/homes/{}#locks",
+        ctx.property.id
+    )))
+}
+
+/// `DELETE /api/v1/properties/{id}/lock-registrations/{registration}`'s steps.
+async fn cancel_registration(
+    state: web::Data<AppState>,
+    SignedIn(actor): SignedIn,
+    path: web::Path<(Uuid, Uuid)>,
+) -> Result<HttpResponse, WebError> {
+    homeowner(&actor)?;
+    let (id, registration) = path.into_inner();
+    let mut client = connection(&state).await?;
+    let ctx = own_property(&state, &mut client, &actor, id, manage_locks).await?;
+    let now = state.clock.now();
+    let tx = client.transaction().await.map_err(StoreError::from)?;
+    crate::pairing::cancel(
         &tx,
         actor.tenant,
-        &Event::new("lock.register", Outcome::Info)
-            .actor(actor.user_id)
-            .subject("lock", lock.id)
-            .property(ctx.property.id),
+        ctx.property.id,
+        actor.user_id,
+        registration,
         now,
     )
     .await?;
@@ -852,11 +936,19 @@ async fn print_plan(
     };
     let plan = plan_input(&state, stored)?;
     let text = |o: &Option<String>| o.clone().unwrap_or_else(|| "—".to_owned());
+    // Paired locks, then those still waiting to pair (a responder finds no lock for those yet).
+    let waiting =
+        registrations::of_property(&client, actor.tenant, ctx.property.id, state.clock.now())
+            .await?
+            .into_iter()
+            .filter(|r| r.state == "pending")
+            .map(|r| format!("{} (waiting to pair)", r.name));
     let locks = store::locks(&client, actor.tenant, ctx.property.id)
         .await?
         .into_iter()
         .filter(|l| l.pairing_state != "retired")
         .map(|l| l.name)
+        .chain(waiting)
         .collect();
     page::ok(&PlanPrint {
         chrome: Chrome::of(&client, &actor).await?,

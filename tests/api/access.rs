@@ -14,7 +14,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{As, TestApp, call, spawn_app, user};
+use crate::helpers::{As, TestApp, call, home_of, spawn_app, user};
 
 fn plan() -> Value {
     json!({
@@ -246,6 +246,12 @@ async fn every_other_caller_gets_the_same_404_as_for_a_missing_id() {
         (
             Method::GET,
             "/api/v1/properties/{}/locks".into(),
+            None,
+            vec![&w.owner],
+        ),
+        (
+            Method::GET,
+            "/api/v1/properties/{}/lock-registrations".into(),
             None,
             vec![&w.owner],
         ),
@@ -649,10 +655,13 @@ async fn a_get_never_changes_state_and_cross_origin_writes_are_refused() {
 
 #[tokio::test]
 async fn locks_register_with_the_agents_pairing_code_and_pair_when_the_key_matches() {
+    use firstkey::store::registrations::{self, PairOutcome};
     let w = world().await;
-    let lock_id = Uuid::new_v4();
+    // A device key and the lock id derived from it (the only id the channel pairs a key under).
     let device_key = [9u8; 32];
-    let code = firstkey_agent::pairing::PairingCode::derive(&device_key, &lock_id.to_string());
+    let id_text = firstkey_agent::pairing::derived_lock_id(&device_key);
+    let lock_id = Uuid::parse_str(&id_text).unwrap();
+    let code = firstkey_agent::pairing::PairingCode::derive(&device_key, &id_text);
     let path = format!("/api/v1/properties/{}/locks", w.property);
 
     let (status, body) = call(
@@ -675,7 +684,9 @@ async fn locks_register_with_the_agents_pairing_code_and_pair_when_the_key_match
     )
     .await;
     assert_eq!(status, 201, "{body}");
-    assert_eq!(body["pairing_state"], "unpaired");
+    assert_eq!(body["state"], "pending");
+    assert_eq!(body["lock_id"], lock_id.to_string());
+    assert!(body.get("code_hash").is_none(), "{body}");
     let (status, again) = call(
         &w.app,
         Method::POST,
@@ -684,45 +695,58 @@ async fn locks_register_with_the_agents_pairing_code_and_pair_when_the_key_match
         Some(json!({ "lock_id": lock_id, "name": "Back door", "pairing_code": code.display() })),
     )
     .await;
-    assert_eq!(
-        status, 409,
-        "the same lock cannot be registered twice: {again}"
-    );
+    assert_eq!(status, 409, "a home waits for a lock once: {again}");
+    // Waiting, it is a registration, not yet a lock.
+    let (status, locks) = call(&w.app, Method::GET, &path, Some(&w.owner), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(locks, json!([]));
+    let registrations_path = format!("/api/v1/properties/{}/lock-registrations", w.property);
+    let (status, list) = call(
+        &w.app,
+        Method::GET,
+        &registrations_path,
+        Some(&w.owner),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(list[0]["state"], "pending");
 
     let client = w.app.pool.get().await.unwrap();
-    let derived = |key: &[u8; 32]| {
-        let c = firstkey_agent::pairing::PairingCode::derive(key, &lock_id.to_string()).display();
-        firstkey::pairing::code_hash(&firstkey::pairing::normalise(&c).unwrap())
-    };
-    let now = Utc::now();
-    // A different device key derives a different code: no pairing.
-    let other = [10u8; 32];
-    assert!(
-        !firstkey::store::properties::complete_pairing(
-            &client,
-            lock_id,
-            &other,
-            &derived(&other),
-            now
-        )
+    let hash =
+        firstkey::pairing::code_hash(&firstkey::pairing::normalise(&code.display()).unwrap());
+    let outcome = registrations::pair(&client, lock_id, &device_key, &hash, Utc::now())
         .await
-        .unwrap()
-    );
+        .unwrap();
     assert!(
-        firstkey::store::properties::complete_pairing(
-            &client,
-            lock_id,
-            &device_key,
-            &derived(&device_key),
-            now
-        )
-        .await
-        .unwrap()
+        matches!(outcome, PairOutcome::Paired { ref closed, .. } if closed.is_empty()),
+        "{outcome:?}"
     );
     let (status, locks) = call(&w.app, Method::GET, &path, Some(&w.owner), None).await;
     assert_eq!(status, 200);
     assert_eq!(locks[0]["pairing_state"], "paired");
     assert_eq!(locks[0]["name"], "Front door");
+    let (_, list) = call(
+        &w.app,
+        Method::GET,
+        &registrations_path,
+        Some(&w.owner),
+        None,
+    )
+    .await;
+    assert_eq!(list[0]["state"], "paired");
+    // Paired, the lock is its owner's: registering it again, anywhere, is refused in words.
+    let b_property = home_of(&w.app, &w.b_owner, "1 B Road").await;
+    let (status, problem) = call(
+        &w.app,
+        Method::POST,
+        &format!("/api/v1/properties/{b_property}/locks"),
+        Some(&w.b_owner),
+        Some(json!({ "lock_id": lock_id, "name": "Door", "pairing_code": code.display() })),
+    )
+    .await;
+    assert_eq!(status, 409, "{problem}");
+    assert_eq!(problem["detail"], "this lock is already paired with a home");
 }
 
 #[tokio::test]
@@ -1040,85 +1064,23 @@ async fn a_dispatcher_reads_notes_only_under_an_own_agency_incident_tied_to_the_
 }
 
 #[tokio::test]
-async fn pairing_failures_are_limited_per_window_and_the_owner_can_reset() {
-    use firstkey::store::properties as store;
+async fn a_waiting_registration_is_renewed_and_cancelled_by_its_owner_only() {
     let w = world().await;
     let lock_id = Uuid::new_v4();
-    let device_key = [9u8; 32];
-    let code = firstkey_agent::pairing::PairingCode::derive(&device_key, &lock_id.to_string());
     let locks = format!("/api/v1/properties/{}/locks", w.property);
     let (status, body) = call(
         &w.app,
         Method::POST,
         &locks,
         Some(&w.owner),
-        Some(json!({ "lock_id": lock_id, "name": "Front door", "pairing_code": code.display() })),
+        Some(json!({ "lock_id": lock_id, "name": "Front door", "pairing_code": "ABCDE-12345" })),
     )
     .await;
     assert_eq!(status, 201, "{body}");
-    let client = w.app.pool.get().await.unwrap();
-    let derived = |key: &[u8; 32]| {
-        let c = firstkey_agent::pairing::PairingCode::derive(key, &lock_id.to_string()).display();
-        firstkey::pairing::code_hash(&firstkey::pairing::normalise(&c).unwrap())
-    };
-    // Impostors who know only the lock id present their own keys: each is a failure, as the
-    // channel counts them.
-    let t0 = Utc::now();
-    let max = 10;
-    for i in 0..max {
-        let at = t0 + chrono::Duration::seconds(i64::from(i));
-        assert_eq!(
-            store::pairing_attempt_allowed(&client, lock_id, max, at)
-                .await
-                .unwrap(),
-            Some(true)
-        );
-        let impostor = [u8::try_from(100 + i).unwrap(); 32];
-        assert!(
-            !store::complete_pairing(&client, lock_id, &impostor, &derived(&impostor), at)
-                .await
-                .unwrap()
-        );
-        store::record_pairing_failure(&client, lock_id, at)
-            .await
-            .unwrap();
-    }
-    let soon = t0 + chrono::Duration::minutes(5);
-    assert_eq!(
-        store::pairing_attempt_allowed(&client, lock_id, max, soon)
-            .await
-            .unwrap(),
-        Some(false),
-        "the window is full"
-    );
-    // Not for good: once the window is over the genuine agent is checked again and pairs.
-    let later = t0 + store::PAIRING_FAILURE_WINDOW + chrono::Duration::seconds(30);
-    assert_eq!(
-        store::pairing_attempt_allowed(&client, lock_id, max, later)
-            .await
-            .unwrap(),
-        Some(true)
-    );
-    // Failures after the window start a new one with a count of one.
-    assert_eq!(
-        store::record_pairing_failure(&client, lock_id, later)
-            .await
-            .unwrap(),
-        1
-    );
+    let registration = body["id"].as_str().unwrap().to_owned();
+    let first_expiry = body["expires_at"].as_str().unwrap().to_owned();
 
-    // The homeowner can reset at once: step-up needed, own locks only, audited.
-    for _ in 1..max {
-        store::record_pairing_failure(&client, lock_id, later)
-            .await
-            .unwrap();
-    }
-    assert_eq!(
-        store::pairing_attempt_allowed(&client, lock_id, max, later)
-            .await
-            .unwrap(),
-        Some(false)
-    );
+    // Renewing: step-up needed, own homes only, audited.
     let reset = format!("{locks}/{lock_id}/pairing/reset");
     assert_eq!(
         call(&w.app, Method::POST, &reset, Some(&w.owner_plain), None)
@@ -1126,48 +1088,82 @@ async fn pairing_failures_are_limited_per_window_and_the_owner_can_reset() {
             .0,
         401
     );
-    assert_eq!(
-        call(&w.app, Method::POST, &reset, Some(&w.other_owner), None)
-            .await
-            .0,
-        404
-    );
-    assert_eq!(
-        call(&w.app, Method::POST, &reset, Some(&w.b_owner), None)
-            .await
-            .0,
-        404
-    );
+    for stranger in [&w.other_owner, &w.b_owner] {
+        assert_eq!(
+            call(&w.app, Method::POST, &reset, Some(stranger), None)
+                .await
+                .0,
+            404
+        );
+    }
     let (status, body) = call(&w.app, Method::POST, &reset, Some(&w.owner), None).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["pairing_state"], "unpaired");
+    assert_eq!(body["state"], "pending");
+    assert!(body["expires_at"].as_str().unwrap() >= first_expiry.as_str());
+    let client = w.app.pool.get().await.unwrap();
+    let audited = |action: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .query_one(
+                    "SELECT count(*) FROM audit_entries WHERE action = $1 AND subject_id = $2 AND actor_id = $3",
+                    &[&action, &lock_id, &w.owner.id],
+                )
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        }
+    };
+    assert_eq!(audited("lock.pairing_reset").await, 1);
+
+    // Cancelling: own homes only; then nothing is left to renew or cancel.
+    let cancel = format!(
+        "/api/v1/properties/{}/lock-registrations/{registration}",
+        w.property
+    );
+    for stranger in [&w.other_owner, &w.b_owner] {
+        assert_eq!(
+            call(&w.app, Method::DELETE, &cancel, Some(stranger), None)
+                .await
+                .0,
+            404
+        );
+    }
+    // This home's registration id under another home's path is not found either.
+    let b_property = home_of(&w.app, &w.b_owner, "1 B Road").await;
+    let elsewhere = format!("/api/v1/properties/{b_property}/lock-registrations/{registration}");
     assert_eq!(
-        store::pairing_attempt_allowed(&client, lock_id, max, later)
+        call(&w.app, Method::DELETE, &elsewhere, Some(&w.b_owner), None)
             .await
-            .unwrap(),
-        Some(true)
+            .0,
+        404
     );
-    let resets: i64 = client
-        .query_one(
-            "SELECT count(*) FROM audit_entries WHERE action = 'lock.pairing_reset' AND subject_id = $1 AND actor_id = $2",
-            &[&lock_id, &w.owner.id],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(resets, 1);
-    assert!(
-        store::complete_pairing(&client, lock_id, &device_key, &derived(&device_key), later)
+    let (status, body) = call(&w.app, Method::DELETE, &cancel, Some(&w.owner), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["state"], "cancelled");
+    assert_eq!(audited("lock.registration_cancel").await, 1);
+    assert_eq!(
+        call(&w.app, Method::DELETE, &cancel, Some(&w.owner), None)
             .await
-            .unwrap()
+            .0,
+        404
     );
-    // A paired lock has nothing to reset.
     assert_eq!(
         call(&w.app, Method::POST, &reset, Some(&w.owner), None)
             .await
             .0,
         404
     );
+    // Cancelled, the home may register the lock again.
+    let (status, body) = call(
+        &w.app,
+        Method::POST,
+        &locks,
+        Some(&w.owner),
+        Some(json!({ "lock_id": lock_id, "name": "Front door", "pairing_code": "ABCDE-12345" })),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
 }
 
 #[tokio::test]

@@ -468,6 +468,8 @@ async fn battery_crossings_and_absence_are_mailed_once() {
     std::fs::write(agent.state.join("battery_mv"), "5900").unwrap();
     agent.run();
     let lock = agent.lock;
+    // The lock's row exists once it paired.
+    eventually("pairing", 20, || paired(&world, lock)).await;
     let level = |p: i16| {
         let world = &world;
         move || async move {

@@ -153,21 +153,7 @@ impl World {
 
     /// A replica: a channel listener on `port` (0: any) with its own pool and LISTEN connection.
     pub(crate) async fn replica(&self, port: u16) -> RunningChannel {
-        let identity = ServerIdentity::dev(
-            &self.key_dir(),
-            &["localhost".to_owned(), "127.0.0.1".to_owned()],
-        )
-        .unwrap();
-        start_with(
-            ([127, 0, 0, 1], port).into(),
-            identity,
-            firstkey::store::pool(self.db_config.clone(), 4).unwrap(),
-            self.db_config.clone(),
-            Arc::new(SystemClock),
-            ChannelOptions::default(),
-        )
-        .await
-        .unwrap()
+        replica_on(&self.key_dir(), self.db_config.clone(), port).await
     }
 
     /// A replica with explicit options, its LISTEN connection made with `listen_config`.
@@ -195,15 +181,15 @@ impl World {
 
     /// Registers a lock with the pairing code its agent printed, as the homeowner would.
     pub(crate) async fn register(&self, lock: Uuid, name: &str, code: &str) {
-        let hash = firstkey::pairing::code_hash(&firstkey::pairing::normalise(code).unwrap());
         let client = self.pool.get().await.unwrap();
-        properties::register_lock(
+        firstkey::pairing::register(
             &client,
             self.tenant,
             self.property,
+            self.owner,
             lock,
             name,
-            &hash,
+            &firstkey::pairing::normalise(code).unwrap(),
             Utc::now(),
         )
         .await
@@ -244,6 +230,27 @@ impl World {
     }
 }
 
+/// A channel listener on `port` (0: any) with the dev identity in `key_dir`, its own pool and
+/// LISTEN connection on the database of `db_config`.
+pub(crate) async fn replica_on(
+    key_dir: &Path,
+    db_config: tokio_postgres::Config,
+    port: u16,
+) -> RunningChannel {
+    let identity =
+        ServerIdentity::dev(key_dir, &["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    start_with(
+        ([127, 0, 0, 1], port).into(),
+        identity,
+        firstkey::store::pool(db_config.clone(), 4).unwrap(),
+        db_config,
+        Arc::new(SystemClock),
+        ChannelOptions::default(),
+    )
+    .await
+    .unwrap()
+}
+
 /// Polls `check` until it holds, or fails after `secs` seconds.
 pub(crate) async fn eventually<F, Fut>(what: &str, secs: u64, mut check: F)
 where
@@ -269,9 +276,17 @@ pub(crate) struct Agent {
 impl Agent {
     /// `firstkey-agent init` against the channel at `port`, trusting the dev CA of `world`.
     pub(crate) fn init(world: &World, port: u16, extra: &[&str]) -> Self {
+        Self::init_trusting(
+            &world.key_dir().join(firstkey::channel::tls::DEV_CA_FILE),
+            port,
+            extra,
+        )
+    }
+
+    /// `firstkey-agent init` against the channel at `port`, trusting the CA in the file `ca`.
+    pub(crate) fn init_trusting(ca: &Path, port: u16, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
-        let ca = world.key_dir().join(firstkey::channel::tls::DEV_CA_FILE);
         let server = format!("127.0.0.1:{port}");
         let root = hex::encode([7u8; 32]);
         let mut args = vec![
@@ -352,11 +367,15 @@ impl Drop for Agent {
     }
 }
 
+/// Whether `lock` is paired (its `locks` row exists only once it is).
 pub(crate) async fn paired(world: &World, lock: Uuid) -> bool {
     world
-        .scalar::<String>("SELECT pairing_state FROM locks WHERE id = $1", &[&lock])
+        .scalar::<i64>(
+            "SELECT count(*) FROM locks WHERE id = $1 AND pairing_state = 'paired'",
+            &[&lock],
+        )
         .await
-        == "paired"
+        == 1
 }
 
 #[tokio::test]
@@ -393,7 +412,7 @@ async fn pairing_completes_at_first_connect_and_an_entry_is_delivered_and_acked(
 }
 
 #[tokio::test]
-async fn a_wrong_pairing_code_is_refused_counted_and_audited() {
+async fn a_wrong_pairing_code_is_refused_closed_and_audited() {
     let world = World::new().await;
     let replica = world.replica(0).await;
     let mut agent = Agent::init(&world, replica.local_addr().port(), &[]);
@@ -408,14 +427,16 @@ async fn a_wrong_pairing_code_is_refused_counted_and_audited() {
         )
         .await;
     agent.run();
-    eventually("a failed attempt", 20, || async {
+    // The lock's key is bound to its id, so a code that is not the lock's never will be: the
+    // registration closes at the lock's first handshake, and its owner is told.
+    eventually("the registration to close", 20, || async {
         world
-            .scalar::<i32>(
-                "SELECT failed_attempts FROM lock_pairings WHERE lock_id = $1",
+            .scalar::<String>(
+                "SELECT state FROM lock_registrations WHERE lock_id = $1",
                 &[&agent.lock],
             )
             .await
-            >= 1
+            == "code_mismatch"
     })
     .await;
     assert!(!paired(&world, agent.lock).await);
@@ -425,7 +446,17 @@ async fn a_wrong_pairing_code_is_refused_counted_and_audited() {
             &[&agent.lock],
         )
         .await;
-    assert!(denied >= 1);
+    assert_eq!(denied, 1);
+    let mailed: i64 = world
+        .scalar(
+            "SELECT count(*) FROM notification_outbox WHERE kind = 'lock.registration_closed'",
+            &[],
+        )
+        .await;
+    assert_eq!(mailed, 1);
+    // The owner adds it again with the right code: it pairs at the agent's next connection.
+    world.register(agent.lock, "Back door", &agent.code).await;
+    eventually("pairing", 30, || paired(&world, agent.lock)).await;
 }
 
 #[tokio::test]
@@ -573,10 +604,10 @@ async fn tap_receipts_are_uploaded_once_audited_and_mailed() {
     let token_hash = ring::digest::digest(&ring::digest::SHA256, &std::fs::read(&token).unwrap())
         .as_ref()
         .to_vec();
-    let incident = record_issued_token(&world, agent.lock, &token_hash).await;
-
     agent.run();
     eventually("pairing", 20, || paired(&world, agent.lock)).await;
+    // Tokens are issued for paired locks only (the lock's row exists once it paired).
+    let incident = record_issued_token(&world, agent.lock, &token_hash).await;
     let state = agent.state.clone();
     let tap = |expect: i32| {
         let out = Command::new(agent_bin())
@@ -1231,7 +1262,7 @@ async fn the_listen_connection_comes_back_promptly_after_a_second_outage() {
 // lock ids are bound to device keys (issue 8, item 13(b))
 
 /// A handshake as lock `id` holding `key`: the server's answer to our signed `Hello`.
-async fn hello_as(
+pub(crate) async fn hello_as(
     replica: &RunningChannel,
     id: &str,
     key: &ring::signature::Ed25519KeyPair,
@@ -1283,13 +1314,13 @@ async fn hello_as(
     read(answer)
 }
 
-fn new_device_key() -> ring::signature::Ed25519KeyPair {
+pub(crate) fn new_device_key() -> ring::signature::Ed25519KeyPair {
     let rng = ring::rand::SystemRandom::new();
     let pk8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
     ring::signature::Ed25519KeyPair::from_pkcs8(pk8.as_ref()).unwrap()
 }
 
-fn code_for(key: &ring::signature::Ed25519KeyPair, id: &str) -> String {
+pub(crate) fn code_for(key: &ring::signature::Ed25519KeyPair, id: &str) -> String {
     use ring::signature::KeyPair;
     firstkey_agent::pairing::PairingCode::derive(key.public_key().as_ref(), id).display()
 }
@@ -1333,11 +1364,21 @@ async fn nobody_pairs_their_own_key_under_another_locks_id_in_any_municipality()
     let squat_home = properties::create_property(&client, other, squatter.id, "9 Side St", now)
         .await
         .unwrap();
-    let register = |tenant: Tenant, property: Uuid, id: Uuid, code: String| {
+    let owner = world.owner;
+    let register = |tenant: Tenant, property: Uuid, by: Uuid, id: Uuid, code: String| {
         let client = &client;
         async move {
-            let hash = firstkey::pairing::code_hash(&firstkey::pairing::normalise(&code).unwrap());
-            properties::register_lock(client, tenant, property, id, "Door", &hash, Utc::now()).await
+            firstkey::pairing::register(
+                client,
+                tenant,
+                property,
+                by,
+                id,
+                &format!("Door {}", &id.to_string()[..8]),
+                &firstkey::pairing::normalise(&code).unwrap(),
+                Utc::now(),
+            )
+            .await
         }
     };
 
@@ -1348,45 +1389,41 @@ async fn nobody_pairs_their_own_key_under_another_locks_id_in_any_municipality()
     register(
         world.tenant,
         world.property,
+        owner,
         id,
         code_for(&genuine, &id_text),
     )
     .await
     .unwrap();
 
-    // A squatter who learnt the id registers it again, in another municipality and on another
-    // property of the same one, with a code of their own key: refused, nothing changed.
+    // A squatter who learnt the id registers it too, in another municipality and on another
+    // property of the same one, with a code of their own key: accepted (a registration reserves
+    // nothing), and changes nothing for the genuine one.
     let own = new_device_key();
     let own_code = code_for(&own, &id_text);
-    let err = register(other, squat_home.id, id, own_code.clone())
+    register(other, squat_home.id, squatter.id, id, own_code.clone())
         .await
-        .unwrap_err();
-    assert!(
-        matches!(err, firstkey::store::StoreError::Conflict(_)),
-        "{err:?}"
-    );
+        .unwrap();
     let second = properties::create_property(&client, world.tenant, world.owner, "2 Main St", now)
         .await
         .unwrap();
-    assert!(
-        register(world.tenant, second.id, id, own_code)
-            .await
-            .is_err()
-    );
+    register(world.tenant, second.id, owner, id, own_code)
+        .await
+        .unwrap();
 
-    // Their own key under the genuine id: refused without using up the genuine lock's attempts,
+    // Their own key under the genuine id: refused without touching any registration of it,
     // however often they try.
     for _ in 0..12 {
         assert!(refused(&hello_as(&replica, &id_text, &own).await));
     }
     assert!(!paired(&world, id).await);
-    let failures: i32 = world
+    let waiting: i64 = world
         .scalar(
-            "SELECT failed_attempts FROM lock_pairings WHERE lock_id = $1",
+            "SELECT count(*) FROM lock_registrations WHERE lock_id = $1 AND state = 'pending'",
             &[&id],
         )
         .await;
-    assert_eq!(failures, 0);
+    assert_eq!(waiting, 3);
 
     // A lock registered under an id its key does not derive (a squat prepared with the
     // squatter's own code for that id) never pairs either.
@@ -1394,6 +1431,7 @@ async fn nobody_pairs_their_own_key_under_another_locks_id_in_any_municipality()
     register(
         other,
         squat_home.id,
+        squatter.id,
         squat_id,
         code_for(&own, &squat_id.to_string()),
     )
@@ -1422,6 +1460,18 @@ async fn nobody_pairs_their_own_key_under_another_locks_id_in_any_municipality()
     };
     assert_eq!(municipality, world.tenant.id());
     assert_eq!(key, genuine.public_key().as_ref());
+    // The squatter's registrations of the id are closed: the lock paired elsewhere.
+    let states: Vec<String> = client
+        .query(
+            "SELECT state FROM lock_registrations WHERE lock_id = $1 ORDER BY created_at",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(states, ["paired", "paired_elsewhere", "paired_elsewhere"]);
     // Now paired, the squatter's key is refused as before.
     assert!(refused(&hello_as(&replica, &id_text, &own).await));
 }

@@ -505,6 +505,20 @@ pub async fn user(
     }
 }
 
+/// A new home of `who`, made through the API; its id.
+pub async fn home_of(app: &TestApp, who: &As, address: &str) -> uuid::Uuid {
+    let (status, body) = call(
+        app,
+        reqwest::Method::POST,
+        "/api/v1/properties",
+        Some(who),
+        Some(serde_json::json!({ "address": address })),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    body["id"].as_str().unwrap().parse().unwrap()
+}
+
 /// The public origin of test servers; state-changing requests carry it as `Origin`.
 pub const ORIGIN: &str = "http://localhost:8080";
 

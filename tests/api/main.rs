@@ -30,6 +30,7 @@ mod migrations;
 mod openapi;
 mod otlp;
 mod privacy;
+mod registrations;
 mod restore;
 mod schemathesis;
 mod startup;
