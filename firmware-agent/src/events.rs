@@ -11,7 +11,10 @@
 //!   `outcome` is `Deny` (nobody was let in by the lock) and its `reason` names the event:
 //!   `door:key_override`, `door:forced`, `door:held_open:<seconds>`, `door:jammed`;
 //! - an **alarm** moves to the `alarms/` outbox, which the channel sends as
-//!   `AgentMessage::Alarm` frames when connected and empties as each frame is written.
+//!   `AgentMessage::Alarm` frames when connected and empties as each frame is written. Each alarm
+//!   carries the random 16-byte id it was given when the detector reported it, so an alarm sent
+//!   again (the agent stopped between writing the frame and removing the file) is recognised by
+//!   the server as the same alarm, however late.
 //!
 //! The spool is bounded ([`MAX_SPOOLED`]): hardware that floods it is refused at the source.
 
@@ -101,7 +104,33 @@ pub enum HardwareEvent {
         kind: DetectorKind,
         /// The detector's name.
         detector: Option<String>,
+        /// The alarm's id (absent from files spooled by older agents).
+        #[serde(default)]
+        id: Option<Bytes<16>>,
     },
+}
+
+/// A new random alarm id.
+pub fn new_alarm_id() -> Result<Bytes<16>, std::io::Error> {
+    use ring::rand::SecureRandom;
+    let mut id = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut id)
+        .map_err(|_| std::io::Error::other("no randomness for the alarm id"))?;
+    Ok(Bytes(id))
+}
+
+/// An alarm waiting in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingAlarm {
+    /// Its file (remove it once sent).
+    pub path: PathBuf,
+    /// What went off.
+    pub kind: DetectorKind,
+    /// The detector's name.
+    pub detector: Option<String>,
+    /// Its id (`None` for an alarm spooled by an older agent).
+    pub id: Option<Bytes<16>>,
 }
 
 /// Why an event could not be submitted.
@@ -251,7 +280,7 @@ pub fn drain(door: &Arc<Mutex<Door>>, dir: &StateDir) -> bool {
 }
 
 /// Alarms waiting to be sent, oldest first, with their files (remove each once sent).
-pub fn pending_alarms(dir: &StateDir) -> Vec<(PathBuf, DetectorKind, Option<String>)> {
+pub fn pending_alarms(dir: &StateDir) -> Vec<PendingAlarm> {
     sorted_files(&outbox(dir))
         .into_iter()
         .filter_map(|path| {
@@ -259,7 +288,12 @@ pub fn pending_alarms(dir: &StateDir) -> Vec<(PathBuf, DetectorKind, Option<Stri
                 .ok()
                 .and_then(|b| serde_json::from_slice::<HardwareEvent>(&b).ok());
             match event {
-                Some(HardwareEvent::Alarm { kind, detector }) => Some((path, kind, detector)),
+                Some(HardwareEvent::Alarm { kind, detector, id }) => Some(PendingAlarm {
+                    path,
+                    kind,
+                    detector,
+                    id,
+                }),
                 _ => {
                     let _ = std::fs::remove_file(&path);
                     None

@@ -6,8 +6,8 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::{StoreError, Tenant, conflict_or_query};
-use crate::crypto::Sealed;
-use crate::plans::{AgencyRules, NotificationChoices, PlanInput};
+use crate::crypto::{Kek, Sealed};
+use crate::plans::{AgencyRules, NotificationChoices, PhysicalKey, PlanInput};
 
 /// A property row.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -320,16 +320,78 @@ pub struct StoredPlan {
     pub notifications: NotificationChoices,
     /// Retention in days.
     pub retention_days: i32,
+    /// Key location and holders (`key_box_code` is always `None` here: the code is `key_box`).
+    pub physical_key: PhysicalKey,
+    /// The sealed key box code, if any.
+    pub key_box: Option<Sealed>,
+    /// The alarm rules in force when this version was written (`None` before they were recorded).
+    pub alarm_rules: Option<serde_json::Value>,
 }
 
-/// Inserts the next version of the property's plan. `seal_notes` seals the notes for the new row id.
+/// The sealed parts of a plan version: notes and key box code, each under its own data key.
+#[derive(Debug, Default)]
+pub struct SealedPlan {
+    /// The responder notes.
+    pub notes: Option<Sealed>,
+    /// The key box code.
+    pub key_box: Option<Sealed>,
+}
+
+/// The additional data a key box code is sealed with: its purpose and the plan row, so neither a
+/// notes ciphertext nor another version's code opens as this one.
+fn key_box_aad(plan_id: Uuid) -> Vec<u8> {
+    let mut aad = b"firstkey-key-box-v1:".to_vec();
+    aad.extend_from_slice(plan_id.as_bytes());
+    aad
+}
+
+/// Seals a plan's secret parts for the row `plan_id` (the notes bound to the row id, as they
+/// always were; the key box code to [`key_box_aad`]). What `insert_plan` takes as `seal`.
+pub fn seal_plan(kek: &Kek, plan: &PlanInput, plan_id: Uuid) -> Result<SealedPlan, StoreError> {
+    let unavailable = |e: crate::crypto::CryptoError| StoreError::Unavailable(e.to_string());
+    let notes = if plan.has_notes() {
+        let bytes =
+            serde_json::to_vec(&plan.notes).map_err(|e| StoreError::Conflict(e.to_string()))?;
+        Some(crate::crypto::seal(kek, plan_id.as_bytes(), &bytes).map_err(unavailable)?)
+    } else {
+        None
+    };
+    let key_box = match &plan.physical_key.key_box_code {
+        Some(code) => Some(
+            crate::crypto::seal(kek, &key_box_aad(plan_id), code.as_bytes())
+                .map_err(unavailable)?,
+        ),
+        None => None,
+    };
+    Ok(SealedPlan { notes, key_box })
+}
+
+/// Opens a stored version's key box code (`None`: the plan has none).
+pub fn open_key_box(kek: &Kek, plan: &StoredPlan) -> Result<Option<String>, StoreError> {
+    let Some(sealed) = &plan.key_box else {
+        return Ok(None);
+    };
+    let bytes = crate::crypto::open(kek, &key_box_aad(plan.id), sealed)
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    String::from_utf8(bytes)
+        .map(Some)
+        .map_err(|_| StoreError::Conflict("stored key box code".to_owned()))
+}
+
+/// The alarm rules of the property as a plan version records them (kind order).
+const ALARM_RULES_SNAPSHOT: &str = "(SELECT coalesce(jsonb_agg(jsonb_strip_nulls(jsonb_build_object(
+        'kind', r.kind, 'action', r.action, 'agency', r.agency_id, 'minutes', r.minutes)) ORDER BY r.kind), '[]'::jsonb)
+     FROM alarm_rules r WHERE r.property_id = $3)";
+
+/// Inserts the next version of the property's plan. `seal` seals its secret parts for the new row
+/// id (usually [`seal_plan`]). The version records the alarm rules in force.
 pub async fn insert_plan(
     client: &impl GenericClient,
     tenant: Tenant,
     property: Uuid,
     author: Uuid,
     plan: &PlanInput,
-    seal_notes: impl FnOnce(Uuid) -> Result<Option<Sealed>, StoreError>,
+    seal: impl FnOnce(Uuid) -> Result<SealedPlan, StoreError>,
     now: DateTime<Utc>,
 ) -> Result<i32, StoreError> {
     // Serialise concurrent edits of one property's plan so versions stay dense.
@@ -340,21 +402,29 @@ pub async fn insert_plan(
         )
         .await?;
     let id = Uuid::new_v4();
-    let sealed = seal_notes(id)?;
+    let sealed = seal(id)?;
     let to_json = |v: serde_json::Result<serde_json::Value>| {
         v.map_err(|e| StoreError::Conflict(e.to_string()))
     };
     let rules = to_json(serde_json::to_value(&plan.agencies))?;
     let contacts = to_json(serde_json::to_value(&plan.contacts))?;
     let notifications = to_json(serde_json::to_value(&plan.notifications))?;
+    // The code never goes into the open column.
+    let physical_key = to_json(serde_json::to_value(PhysicalKey {
+        key_box_code: None,
+        ..plan.physical_key.clone()
+    }))?;
     let row = client
         .query_one(
-            "INSERT INTO access_plans (id, municipality_id, property_id, version, created_at, created_by, rules,
-                 max_grant_minutes, notes_ciphertext, notes_wrapped_key, notes_kek_id, contacts, notifications,
-                 retention_days)
-             SELECT $1, $2, $3, coalesce(max(version), 0) + 1, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13
-             FROM access_plans WHERE property_id = $3
-             RETURNING version",
+            &format!(
+                "INSERT INTO access_plans (id, municipality_id, property_id, version, created_at, created_by, rules,
+                     max_grant_minutes, notes_ciphertext, notes_wrapped_key, notes_kek_id, contacts, notifications,
+                     retention_days, physical_key, key_box_ciphertext, key_box_wrapped_key, alarm_rules)
+                 SELECT $1, $2, $3, coalesce(max(version), 0) + 1, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
+                        $14, $15, $16, {ALARM_RULES_SNAPSHOT}
+                 FROM access_plans WHERE property_id = $3
+                 RETURNING version"
+            ),
             &[
                 &id,
                 &tenant.id(),
@@ -363,17 +433,72 @@ pub async fn insert_plan(
                 &author,
                 &rules,
                 &plan.max_grant_minutes,
-                &sealed.as_ref().map(|s| s.ciphertext.clone()),
-                &sealed.as_ref().map(|s| s.wrapped_key.clone()),
-                &sealed.as_ref().map(|_| "kek"),
+                &sealed.notes.as_ref().map(|s| s.ciphertext.clone()),
+                &sealed.notes.as_ref().map(|s| s.wrapped_key.clone()),
+                &sealed.notes.as_ref().map(|_| "kek"),
                 &contacts,
                 &notifications,
                 &plan.retention_days,
+                &physical_key,
+                &sealed.key_box.as_ref().map(|s| s.ciphertext.clone()),
+                &sealed.key_box.as_ref().map(|s| s.wrapped_key.clone()),
             ],
         )
         .await
         .map_err(conflict_or_query)?;
     Ok(row.get(0))
+}
+
+/// The property's current plan written once more as the next version, by `author`, with the alarm
+/// rules now in force: what a change of the alarm rules does, so every version names the rules it
+/// was in force with. Its sealed parts are opened and sealed again for the new row (each is bound to
+/// its row). `None` when the property has no plan yet (its first version will record
+/// the rules).
+pub async fn rewrite_plan_with_rules(
+    client: &impl GenericClient,
+    kek: &Kek,
+    tenant: Tenant,
+    property: Uuid,
+    author: Uuid,
+    now: DateTime<Utc>,
+) -> Result<Option<i32>, StoreError> {
+    let current = match current_plan(client, tenant, property).await {
+        Ok(p) => p,
+        Err(StoreError::NotFound) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let notes = match &current.notes {
+        Some(sealed) => {
+            let bytes = crate::crypto::open(kek, current.id.as_bytes(), sealed)
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            serde_json::from_slice(&bytes).map_err(|e| StoreError::Conflict(e.to_string()))?
+        }
+        None => crate::plans::ResponderNotes::default(),
+    };
+    let plan = PlanInput {
+        agencies: current.agencies.clone(),
+        max_grant_minutes: current.max_grant_minutes,
+        notes,
+        contacts: serde_json::from_value(current.contacts.clone())
+            .map_err(|e| StoreError::Conflict(e.to_string()))?,
+        notifications: current.notifications.clone(),
+        retention_days: current.retention_days,
+        physical_key: PhysicalKey {
+            key_box_code: open_key_box(kek, &current)?,
+            ..current.physical_key.clone()
+        },
+    };
+    insert_plan(
+        client,
+        tenant,
+        property,
+        author,
+        &plan,
+        |id| seal_plan(kek, &plan, id),
+        now,
+    )
+    .await
+    .map(Some)
 }
 
 /// The newest plan version of a property.
@@ -384,9 +509,10 @@ pub async fn current_plan(
 ) -> Result<StoredPlan, StoreError> {
     let row = client
         .query_opt(
-            "SELECT id, version, rules, max_grant_minutes, notes_ciphertext, notes_wrapped_key, contacts, notifications,
-                    retention_days
-             FROM access_plans WHERE municipality_id = $1 AND property_id = $2 ORDER BY version DESC LIMIT 1",
+            &format!(
+                "SELECT {PLAN_COLUMNS} FROM access_plans
+                 WHERE municipality_id = $1 AND property_id = $2 ORDER BY version DESC LIMIT 1"
+            ),
             &[&tenant.id(), &property],
         )
         .await?
@@ -394,8 +520,11 @@ pub async fn current_plan(
     plan_of_row(&row)
 }
 
-/// A plan row selected as `id, version, rules, max_grant_minutes, notes_ciphertext,
-/// notes_wrapped_key, contacts, notifications, retention_days`.
+/// The columns [`plan_of_row`] reads, in its order.
+pub(crate) const PLAN_COLUMNS: &str = "id, version, rules, max_grant_minutes, notes_ciphertext, notes_wrapped_key, \
+     contacts, notifications, retention_days, physical_key, key_box_ciphertext, key_box_wrapped_key, alarm_rules";
+
+/// A plan row selected as [`PLAN_COLUMNS`].
 pub(crate) fn plan_of_row(row: &tokio_postgres::Row) -> Result<StoredPlan, StoreError> {
     let bad = |e: serde_json::Error| StoreError::Conflict(format!("stored plan: {e}"));
     let ciphertext: Option<Vec<u8>> = row.get(4);
@@ -414,5 +543,17 @@ pub(crate) fn plan_of_row(row: &tokio_postgres::Row) -> Result<StoredPlan, Store
         contacts: row.get(6),
         notifications: serde_json::from_value(row.get(7)).map_err(bad)?,
         retention_days: row.get(8),
+        physical_key: PhysicalKey {
+            key_box_code: None,
+            ..serde_json::from_value(row.get(9)).map_err(bad)?
+        },
+        key_box: row
+            .get::<_, Option<Vec<u8>>>(10)
+            .zip(row.get::<_, Option<Vec<u8>>>(11))
+            .map(|(ciphertext, wrapped_key)| Sealed {
+                ciphertext,
+                wrapped_key,
+            }),
+        alarm_rules: row.get(12),
     })
 }

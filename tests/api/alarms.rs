@@ -348,7 +348,7 @@ async fn home(world: &ChannelWorld) -> Uuid {
         world.property,
         world.owner,
         &plan,
-        |_| Ok(None),
+        |_| Ok(firstkey::store::properties::SealedPlan::default()),
         now,
     )
     .await
@@ -359,6 +359,7 @@ async fn home(world: &ChannelWorld) -> Uuid {
     .unwrap();
     firstkey::alarms::set_rules(
         &client,
+        &test_kek(),
         world.tenant,
         world.owner,
         world.property,
@@ -630,4 +631,9 @@ async fn door_events_arrive_as_receipts_after_an_outage_in_order_audited_and_mai
     })
     .await;
     assert_eq!(mail_count(world, "door.event").await, 4);
+}
+
+/// The test settings' key-encryption key (32 bytes of 0x2a).
+fn test_kek() -> firstkey::crypto::Kek {
+    firstkey::crypto::Kek::from_base64("KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=").unwrap()
 }
