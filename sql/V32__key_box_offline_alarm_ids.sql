@@ -24,7 +24,9 @@ ALTER TABLE properties
 ALTER TABLE locks
     ADD COLUMN offline_after_seconds integer CHECK (offline_after_seconds IS NULL OR offline_after_seconds BETWEEN 1 AND 2592000);
 UPDATE locks SET offline_after_seconds = offline_after_minutes * 60 WHERE offline_after_minutes <> 1440;
-ALTER TABLE locks DROP COLUMN offline_after_minutes;
+-- `offline_after_minutes` is no longer read; it stays while replicas of the previous release may
+-- still run (rolling upgrades, docs/operations.md) and goes in a later release.
+COMMENT ON COLUMN locks.offline_after_minutes IS 'unused since V32 (offline_after_seconds); drop in a later release';
 
 -- The id a lock gives its alarm (`AgentMessage::Alarm.id`): the same alarm offered again, at any
 -- time, is recognised and acted on once.

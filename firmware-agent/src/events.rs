@@ -7,9 +7,11 @@
 //! atomically, named by time so they sort in order). The running agent takes them in order:
 //!
 //! - a **door event** becomes a signed receipt in the same chain as tap decisions, so it cannot be
-//!   dropped or reordered unnoticed, and uploads with them (offline: later, in order). Its
-//!   `outcome` is `Deny` (nobody was let in by the lock) and its `reason` names the event:
-//!   `door:key_override`, `door:forced`, `door:held_open:<seconds>`, `door:jammed`;
+//!   dropped or reordered unnoticed, and uploads with them (offline: later, in order). The event
+//!   is the receipt's typed `door_event` field; its `outcome` is `Deny` (nobody was let in by the
+//!   lock) and its `reason` still names the event as receipts did before the field existed
+//!   (`door:key_override`, `door:forced`, `door:held_open:<seconds>`, `door:jammed`), for servers
+//!   of the previous release. [`DoorEvent::of_receipt`] reads both;
 //! - an **alarm** moves to the `alarms/` outbox, which the channel sends as
 //!   `AgentMessage::Alarm` frames when connected and empties as each frame is written. Each alarm
 //!   carries the random 16-byte id it was given when the detector reported it, so an alarm sent
@@ -80,6 +82,16 @@ impl DoorEvent {
                 .and_then(|s| s.parse().ok())
                 .map(|seconds| Self::HeldOpen { seconds }),
         }
+    }
+
+    /// The door event a receipt records: its typed `door_event` field, or, for a receipt written
+    /// before that field existed, a `door:` reason on a receipt without a token. A receipt with a
+    /// token is never a door event.
+    pub fn of_receipt(body: &ReceiptBody) -> Option<Self> {
+        if body.token_hash.is_some() {
+            return None;
+        }
+        body.door_event.or_else(|| Self::from_reason(&body.reason))
     }
 
     /// The event's name in the simulator's command line and in audit entries.
@@ -223,6 +235,7 @@ pub fn record_door_event(door: &mut Door, event: DoorEvent) -> Result<VerifiedRe
         token_hash: None,
         token_id: None,
         expires_at: None,
+        door_event: Some(event),
     };
     let receipt = door.store_mut().append_receipt(body)?;
     tracing::info!(
@@ -337,5 +350,53 @@ mod tests {
         assert_eq!(DoorEvent::from_reason("ok"), None);
         assert_eq!(DoorEvent::from_reason("door:held_open:x"), None);
         assert_eq!(DoorEvent::from_reason("door:unknown"), None);
+    }
+
+    fn body(reason: &str, door_event: Option<DoorEvent>, token: bool) -> ReceiptBody {
+        ReceiptBody {
+            version: 1,
+            lock_id: "lock".to_owned(),
+            seq: 1,
+            time: 1,
+            prev: Bytes([0; 32]),
+            outcome: Outcome::Deny,
+            reason: reason.to_owned(),
+            token_hash: token.then_some(Bytes([1; 32])),
+            token_id: None,
+            expires_at: None,
+            door_event,
+        }
+    }
+
+    #[test]
+    fn the_typed_field_names_the_event_and_old_receipts_still_read() {
+        let held = DoorEvent::HeldOpen { seconds: 95 };
+        // New receipts: the typed field decides, whatever the reason says.
+        assert_eq!(
+            DoorEvent::of_receipt(&body("door:held_open:95", Some(held), false)),
+            Some(held)
+        );
+        assert_eq!(
+            DoorEvent::of_receipt(&body("anything", Some(DoorEvent::Jammed), false)),
+            Some(DoorEvent::Jammed)
+        );
+        // Receipts written before the field: the `door:` reason.
+        assert_eq!(
+            DoorEvent::of_receipt(&body("door:key_override", None, false)),
+            Some(DoorEvent::KeyOverride)
+        );
+        // A receipt with a token is a decision, never a door event.
+        assert_eq!(
+            DoorEvent::of_receipt(&body("door:forced", Some(DoorEvent::Forced), true)),
+            None
+        );
+        assert_eq!(DoorEvent::of_receipt(&body("expired", None, false)), None);
+        // A body without the field encodes exactly as before (no key for it at all), and one with
+        // it round-trips.
+        let old = crate::protocol::encode(&body("door:forced", None, false)).unwrap();
+        assert!(!old.windows(10).any(|w| w == b"door_event"));
+        let new = body("door:forced", Some(DoorEvent::Forced), false);
+        let bytes = crate::protocol::encode(&new).unwrap();
+        assert_eq!(crate::protocol::decode::<ReceiptBody>(&bytes).unwrap(), new);
     }
 }
