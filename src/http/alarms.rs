@@ -24,7 +24,7 @@ use crate::policy::{AuthzRequest, StepUpContext};
 use crate::store::StoreError;
 
 /// How far a lock's reported time floor may be from the server's clock before the admin sees it.
-const FLOOR_TOLERANCE_MINUTES: i64 = 10;
+pub(crate) const FLOOR_TOLERANCE_MINUTES: i64 = 10;
 
 /// OpenAPI description of these endpoints.
 #[derive(OpenApi)]

@@ -557,3 +557,65 @@ pub(crate) fn plan_of_row(row: &tokio_postgres::Row) -> Result<StoredPlan, Store
         alarm_rules: row.get(12),
     })
 }
+
+#[cfg(test)]
+mod key_box_tests {
+    use super::*;
+
+    fn plan(code: Option<&str>, pets: Option<&str>) -> PlanInput {
+        let mut plan: PlanInput = serde_json::from_value(serde_json::json!({
+            "agencies": {}, "max_grant_minutes": 30, "retention_days": 30
+        }))
+        .unwrap();
+        plan.physical_key.key_box_code = code.map(str::to_owned);
+        plan.notes.pets = pets.map(str::to_owned);
+        plan
+    }
+
+    fn stored(id: Uuid, sealed: SealedPlan) -> StoredPlan {
+        StoredPlan {
+            id,
+            version: 1,
+            agencies: plan(None, None).agencies,
+            max_grant_minutes: 30,
+            notes: sealed.notes,
+            contacts: serde_json::json!([]),
+            notifications: NotificationChoices::default(),
+            retention_days: 30,
+            physical_key: PhysicalKey::default(),
+            key_box: sealed.key_box,
+            alarm_rules: None,
+        }
+    }
+
+    /// The code opens only for the row it was sealed for, and a notes ciphertext never opens as a
+    /// code (nor another row's code as this one's): each is bound to its purpose and row.
+    #[test]
+    fn a_key_box_code_opens_only_as_itself_for_its_row() {
+        let kek = Kek::from_base64("KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=").unwrap();
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let sealed = seal_plan(&kek, &plan(Some("4711"), Some("Two dogs")), a).unwrap();
+        let notes = sealed.notes.clone();
+        let code = sealed.key_box.clone();
+        assert_eq!(
+            open_key_box(&kek, &stored(a, sealed)).unwrap().as_deref(),
+            Some("4711")
+        );
+        // Another row.
+        let moved = SealedPlan {
+            notes: None,
+            key_box: code,
+        };
+        assert!(open_key_box(&kek, &stored(b, moved)).is_err());
+        // The notes' ciphertext put where the code goes.
+        let swapped = SealedPlan {
+            notes: None,
+            key_box: notes,
+        };
+        assert!(open_key_box(&kek, &stored(a, swapped)).is_err());
+        // No code: nothing sealed, nothing opened.
+        let none = seal_plan(&kek, &plan(None, None), a).unwrap();
+        assert!(none.key_box.is_none() && none.notes.is_none());
+        assert_eq!(open_key_box(&kek, &stored(a, none)).unwrap(), None);
+    }
+}

@@ -790,8 +790,11 @@ async fn the_key_box_code_is_sealed_and_shown_only_through_the_audited_reveal_wi
         Some(json!({ "incident": incident, "reason": "curious" })),
     )
     .await;
-    assert_eq!(status, 404);
-    // A stale step-up: asked to confirm first.
+    assert_eq!(
+        status, 403,
+        "as `POST /api/v1/incidents/{{id}}/properties` answers it"
+    );
+    // A dispatcher of no agency, without a fresh step-up.
     let (status, _) = call(
         &w.app,
         Method::POST,
@@ -800,7 +803,7 @@ async fn the_key_box_code_is_sealed_and_shown_only_through_the_audited_reveal_wi
         Some(json!({ "incident": incident, "reason": "fire crew at the door" })),
     )
     .await;
-    assert!(status == 401 || status == 404, "{status}");
+    assert_eq!(status, 403);
     // A responder not named in a live grant sees nothing.
     let (status, _) = call(
         &w.app,
@@ -848,7 +851,7 @@ async fn the_key_box_code_is_sealed_and_shown_only_through_the_audited_reveal_wi
     let leaked: i64 = client
         .query_one(
             "SELECT (SELECT count(*) FROM audit_entries WHERE public_details::text LIKE '%' || $1 || '%')
-                  + (SELECT count(*) FROM notification_outbox WHERE body LIKE '%' || $1 || '%')",
+                  + (SELECT count(*) FROM notification_outbox WHERE body_text || body_html LIKE '%' || $1 || '%')",
             &[&CODE],
         )
         .await
