@@ -576,18 +576,24 @@ pub(crate) async fn reveal_secret(
             "plan.reveal_key_box",
         ),
     };
-    let mut details = serde_json::json!({
-        "version": plan.version,
-        "policies": decision.determining_policies,
-        "named_in_live_grant": named,
-        "incident_agencies": agencies,
-    });
+    let mut details = serde_json::Map::new();
+    details.insert("version".to_owned(), serde_json::json!(plan.version));
+    details.insert(
+        "policies".to_owned(),
+        serde_json::json!(decision.determining_policies),
+    );
+    details.insert("named_in_live_grant".to_owned(), serde_json::json!(named));
+    details.insert("incident_agencies".to_owned(), serde_json::json!(agencies));
     if let Some(reason) = &reason {
-        details["reason"] = serde_json::json!(reason);
+        details.insert("reason".to_owned(), serde_json::json!(reason));
     }
     if secret == Secret::KeyBox {
-        details["had_code"] = serde_json::json!(key_box_code.is_some());
+        details.insert(
+            "had_code".to_owned(),
+            serde_json::json!(key_box_code.is_some()),
+        );
     }
+    let details = serde_json::Value::Object(details);
     let mut event = Event::new(action, Outcome::Allow)
         .actor(actor.user_id)
         .subject("property", ctx.property.id)

@@ -309,9 +309,9 @@ impl From<crate::health::LockHealth> for HealthRow {
 
 /// "90 minutes", "24 hours", "3 days".
 fn minutes_words(m: u32) -> String {
-    if m % 1440 == 0 {
+    if m.is_multiple_of(1440) {
         format!("{} days", m / 1440).replace("1 days", "1 day")
-    } else if m % 60 == 0 {
+    } else if m.is_multiple_of(60) {
         format!("{} hours", m / 60).replace("1 hours", "1 hour")
     } else {
         format!("{m} minutes")
