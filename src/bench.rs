@@ -448,8 +448,16 @@ async fn world(
         "max_grant_minutes": 60,
         "retention_days": 30
     }))?;
-    store::properties::insert_plan(&c, tenant, property.id, owner.id, &plan, |_| Ok(None), now)
-        .await?;
+    store::properties::insert_plan(
+        &c,
+        tenant,
+        property.id,
+        owner.id,
+        &plan,
+        |_| Ok(store::properties::SealedPlan::default()),
+        now,
+    )
+    .await?;
     // Staff: keys whose CA the municipality trusts, invited by a bootstrapped admin, enrolled over HTTP.
     let mut keys = Vec::new();
     let tx = c.transaction().await.map_err(StoreError::from)?;

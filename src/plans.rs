@@ -142,6 +142,66 @@ pub struct Contact {
     pub phone: Option<String>,
 }
 
+/// Someone who holds a key to the home (a neighbour, a relative).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyHolder {
+    /// Name, 1 to 200 characters (not only white space).
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000]*[^\s\u0000\u0085][^\u0000]*$"
+    )]
+    pub name: String,
+    /// Phone number, free form, at most 40 characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 40, pattern = r"^[^\u0000]*$")]
+    pub phone: Option<String>,
+}
+
+/// The way in when the electronics fail: where a physical key or key box is, who holds a key, and
+/// the key box code. Location and holders are shown on the dispatcher's summary; the code is secret
+/// (sealed like the notes, shown only through the audited reveal, with a reason).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PhysicalKey {
+    /// Where the key or key box is ("key box left of the garage door"), at most 500 characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 500, pattern = r"^[^\u0000]*$")]
+    pub location: Option<String>,
+    /// Who holds a key, at most 5.
+    #[serde(default, deserialize_with = "crate::domain::objects")]
+    #[schema(max_items = 5)]
+    pub holders: Vec<KeyHolder>,
+    /// The key box code (secret), at most 40 characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 40, pattern = r"^[^\u0000]*$")]
+    pub key_box_code: Option<String>,
+}
+
+impl PhysicalKey {
+    /// What may be shown without a reveal: location and holders, never the code (only whether a
+    /// sealed one is stored).
+    pub fn public_with(&self, has_key_box_code: bool) -> PhysicalKeySummary {
+        PhysicalKeySummary {
+            location: self.location.clone(),
+            holders: self.holders.clone(),
+            has_key_box_code,
+        }
+    }
+}
+
+/// The physical key as the dispatcher's summary shows it (the code only as "there is one").
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PhysicalKeySummary {
+    /// Where the key or key box is.
+    pub location: Option<String>,
+    /// Who holds a key.
+    pub holders: Vec<KeyHolder>,
+    /// Whether a key box code is stored (reveal it with the audited reveal).
+    pub has_key_box_code: bool,
+}
+
 /// What to tell whom.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -261,6 +321,9 @@ pub struct PlanInput {
     /// do not ask.
     #[serde(default, deserialize_with = "crate::domain::optional_object")]
     pub live_consent: Option<LiveConsent>,
+    /// The physical key or key box, and who holds a key.
+    #[serde(default, deserialize_with = "crate::domain::object")]
+    pub physical_key: PhysicalKey,
 }
 
 impl PlanInput {
@@ -317,6 +380,22 @@ impl PlanInput {
                 Text::check("contacts.phone", phone, 40)?;
             }
         }
+        let key = &self.physical_key;
+        if let Some(location) = &key.location {
+            Text::check("physical_key.location", location, 500)?;
+        }
+        if key.holders.len() > 5 {
+            return Err(err("physical_key.holders", "at most 5 key holders"));
+        }
+        for h in &key.holders {
+            Text::parse("physical_key.holders.name", &h.name, 200)?;
+            if let Some(phone) = &h.phone {
+                Text::check("physical_key.holders.phone", phone, 40)?;
+            }
+        }
+        if let Some(code) = &key.key_box_code {
+            Text::parse("physical_key.key_box_code", code, 40)?;
+        }
         Ok(())
     }
 
@@ -345,6 +424,9 @@ pub struct PlanSummary {
     /// The property's locks as last reported, with warnings to heed before relying on them
     /// ("battery critical …", "offline for 3 days …").
     pub lock_health: Vec<crate::health::LockHealth>,
+    /// Where a physical key or key box is and who holds a key (the code only through the audited
+    /// reveal).
+    pub physical_key: PhysicalKeySummary,
 }
 
 /// The full plan, as its homeowner sees it: the fields of [`PlanInput`] and `version`, in one object.

@@ -408,9 +408,18 @@ async fn send_alarms<W: tokio::io::AsyncWrite + Unpin>(
     wr: &mut W,
 ) -> Result<(), ChannelError> {
     let dir = with_door(door, |d| Ok(d.store().dir().clone()))?;
-    for (path, kind, detector) in crate::events::pending_alarms(&dir) {
-        send(wr, &AgentMessage::Alarm { kind, detector }).await?;
-        if let Err(e) = std::fs::remove_file(&path) {
+    for alarm in crate::events::pending_alarms(&dir) {
+        let kind = alarm.kind;
+        send(
+            wr,
+            &AgentMessage::Alarm {
+                kind,
+                detector: alarm.detector,
+                id: alarm.id,
+            },
+        )
+        .await?;
+        if let Err(e) = std::fs::remove_file(&alarm.path) {
             tracing::warn!(error = %e, "sent alarm not removed from the outbox");
         }
         tracing::info!(?kind, "alarm sent");

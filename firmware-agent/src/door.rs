@@ -131,6 +131,7 @@ impl Door {
             token_hash: None,
             token_id: None,
             expires_at: None,
+            door_event: None,
         };
         let mut trusted_time = None;
         match presented {
@@ -225,6 +226,7 @@ impl Door {
             token_hash: Some(Bytes(firstkey_token::token_hash(token).0)),
             token_id: None,
             expires_at: None,
+            door_event: None,
         };
         let mut trusted_time = None;
         match self.store.trust_bundle() {

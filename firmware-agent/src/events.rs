@@ -7,11 +7,16 @@
 //! atomically, named by time so they sort in order). The running agent takes them in order:
 //!
 //! - a **door event** becomes a signed receipt in the same chain as tap decisions, so it cannot be
-//!   dropped or reordered unnoticed, and uploads with them (offline: later, in order). Its
-//!   `outcome` is `Deny` (nobody was let in by the lock) and its `reason` names the event:
-//!   `door:key_override`, `door:forced`, `door:held_open:<seconds>`, `door:jammed`;
+//!   dropped or reordered unnoticed, and uploads with them (offline: later, in order). The event
+//!   is the receipt's typed `door_event` field; its `outcome` is `Deny` (nobody was let in by the
+//!   lock) and its `reason` still names the event as receipts did before the field existed
+//!   (`door:key_override`, `door:forced`, `door:held_open:<seconds>`, `door:jammed`), for servers
+//!   of the previous release. [`DoorEvent::of_receipt`] reads both;
 //! - an **alarm** moves to the `alarms/` outbox, which the channel sends as
-//!   `AgentMessage::Alarm` frames when connected and empties as each frame is written.
+//!   `AgentMessage::Alarm` frames when connected and empties as each frame is written. Each alarm
+//!   carries the random 16-byte id it was given when the detector reported it, so an alarm sent
+//!   again (the agent stopped between writing the frame and removing the file) is recognised by
+//!   the server as the same alarm, however late.
 //!
 //! The spool is bounded ([`MAX_SPOOLED`]): hardware that floods it is refused at the source.
 
@@ -79,6 +84,16 @@ impl DoorEvent {
         }
     }
 
+    /// The door event a receipt records: its typed `door_event` field, or, for a receipt written
+    /// before that field existed, a `door:` reason on a receipt without a token. A receipt with a
+    /// token is never a door event.
+    pub fn of_receipt(body: &ReceiptBody) -> Option<Self> {
+        if body.token_hash.is_some() {
+            return None;
+        }
+        body.door_event.or_else(|| Self::from_reason(&body.reason))
+    }
+
     /// The event's name in the simulator's command line and in audit entries.
     pub fn name(self) -> &'static str {
         match self {
@@ -101,7 +116,33 @@ pub enum HardwareEvent {
         kind: DetectorKind,
         /// The detector's name.
         detector: Option<String>,
+        /// The alarm's id (absent from files spooled by older agents).
+        #[serde(default)]
+        id: Option<Bytes<16>>,
     },
+}
+
+/// A new random alarm id.
+pub fn new_alarm_id() -> Result<Bytes<16>, std::io::Error> {
+    use ring::rand::SecureRandom;
+    let mut id = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut id)
+        .map_err(|_| std::io::Error::other("no randomness for the alarm id"))?;
+    Ok(Bytes(id))
+}
+
+/// An alarm waiting in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingAlarm {
+    /// Its file (remove it once sent).
+    pub path: PathBuf,
+    /// What went off.
+    pub kind: DetectorKind,
+    /// The detector's name.
+    pub detector: Option<String>,
+    /// Its id (`None` for an alarm spooled by an older agent).
+    pub id: Option<Bytes<16>>,
 }
 
 /// Why an event could not be submitted.
@@ -194,6 +235,7 @@ pub fn record_door_event(door: &mut Door, event: DoorEvent) -> Result<VerifiedRe
         token_hash: None,
         token_id: None,
         expires_at: None,
+        door_event: Some(event),
     };
     let receipt = door.store_mut().append_receipt(body)?;
     tracing::info!(
@@ -251,7 +293,7 @@ pub fn drain(door: &Arc<Mutex<Door>>, dir: &StateDir) -> bool {
 }
 
 /// Alarms waiting to be sent, oldest first, with their files (remove each once sent).
-pub fn pending_alarms(dir: &StateDir) -> Vec<(PathBuf, DetectorKind, Option<String>)> {
+pub fn pending_alarms(dir: &StateDir) -> Vec<PendingAlarm> {
     sorted_files(&outbox(dir))
         .into_iter()
         .filter_map(|path| {
@@ -259,7 +301,12 @@ pub fn pending_alarms(dir: &StateDir) -> Vec<(PathBuf, DetectorKind, Option<Stri
                 .ok()
                 .and_then(|b| serde_json::from_slice::<HardwareEvent>(&b).ok());
             match event {
-                Some(HardwareEvent::Alarm { kind, detector }) => Some((path, kind, detector)),
+                Some(HardwareEvent::Alarm { kind, detector, id }) => Some(PendingAlarm {
+                    path,
+                    kind,
+                    detector,
+                    id,
+                }),
                 _ => {
                     let _ = std::fs::remove_file(&path);
                     None
@@ -303,5 +350,53 @@ mod tests {
         assert_eq!(DoorEvent::from_reason("ok"), None);
         assert_eq!(DoorEvent::from_reason("door:held_open:x"), None);
         assert_eq!(DoorEvent::from_reason("door:unknown"), None);
+    }
+
+    fn body(reason: &str, door_event: Option<DoorEvent>, token: bool) -> ReceiptBody {
+        ReceiptBody {
+            version: 1,
+            lock_id: "lock".to_owned(),
+            seq: 1,
+            time: 1,
+            prev: Bytes([0; 32]),
+            outcome: Outcome::Deny,
+            reason: reason.to_owned(),
+            token_hash: token.then_some(Bytes([1; 32])),
+            token_id: None,
+            expires_at: None,
+            door_event,
+        }
+    }
+
+    #[test]
+    fn the_typed_field_names_the_event_and_old_receipts_still_read() {
+        let held = DoorEvent::HeldOpen { seconds: 95 };
+        // New receipts: the typed field decides, whatever the reason says.
+        assert_eq!(
+            DoorEvent::of_receipt(&body("door:held_open:95", Some(held), false)),
+            Some(held)
+        );
+        assert_eq!(
+            DoorEvent::of_receipt(&body("anything", Some(DoorEvent::Jammed), false)),
+            Some(DoorEvent::Jammed)
+        );
+        // Receipts written before the field: the `door:` reason.
+        assert_eq!(
+            DoorEvent::of_receipt(&body("door:key_override", None, false)),
+            Some(DoorEvent::KeyOverride)
+        );
+        // A receipt with a token is a decision, never a door event.
+        assert_eq!(
+            DoorEvent::of_receipt(&body("door:forced", Some(DoorEvent::Forced), true)),
+            None
+        );
+        assert_eq!(DoorEvent::of_receipt(&body("expired", None, false)), None);
+        // A body without the field encodes exactly as before (no key for it at all), and one with
+        // it round-trips.
+        let old = crate::protocol::encode(&body("door:forced", None, false)).unwrap();
+        assert!(!old.windows(10).any(|w| w == b"door_event"));
+        let new = body("door:forced", Some(DoorEvent::Forced), false);
+        let bytes = crate::protocol::encode(&new).unwrap();
+        assert_eq!(crate::protocol::decode::<ReceiptBody>(&bytes).unwrap(), new);
     }
 }

@@ -627,6 +627,7 @@ pub fn decide(
         token_hash: None,
         token_id: verdict.code.map(|(id, _)| Bytes(id)),
         expires_at: verdict.code.map(|(_, end)| end),
+        door_event: None,
     };
     // Durable before the door moves: for an incident code this is its replay record.
     let mut receipt = door.store_mut().append_receipt(body.clone())?;

@@ -329,6 +329,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 &HardwareEvent::Alarm {
                     kind,
                     detector: a.detector,
+                    id: Some(events::new_alarm_id()?),
                 },
                 SystemClock.now(),
             )?;

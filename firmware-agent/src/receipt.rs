@@ -42,6 +42,13 @@ pub struct ReceiptBody {
     pub token_id: Option<Bytes<16>>,
     /// The token's `exp`, when the token verified; replay records may be pruned after it.
     pub expires_at: Option<u64>,
+    /// What happened to the door, when the receipt records a door event rather than a decision
+    /// (opened with the key, forced, held open, jammed). Absent otherwise, and absent from door
+    /// events recorded before this field existed (their `reason` names the event with the `door:`
+    /// prefix, which [`crate::events::DoorEvent::of_receipt`] still reads). Skipped when absent,
+    /// so the encoding, and so the signature and hash, of every other receipt is unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub door_event: Option<crate::events::DoorEvent>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -287,6 +294,7 @@ mod tests {
             token_hash: Some(Bytes([1; 32])),
             token_id: None,
             expires_at: None,
+            door_event: None,
         }
     }
 

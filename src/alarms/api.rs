@@ -100,6 +100,8 @@ pub async fn handle(
             key_id,
             confirmed: input.confirmed,
         },
+        // The Idempotency-Key already makes a provider's retry one alarm.
+        source_id: None,
         detector: input.detector,
     };
     let outcome = super::raise(&tx, engine, tenant, &alarm, now).await?;

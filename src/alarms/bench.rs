@@ -155,11 +155,11 @@ pub async fn run(b: HomeBench<'_>, alarms: usize, battery_agents: usize) -> anyh
             home.id,
             owner,
             &plan,
-            |_| Ok(None),
+            |_| Ok(crate::store::properties::SealedPlan::default()),
             now,
         )
         .await?;
-        super::set_rules(&tx, tenant, owner, home.id, &rules, now)
+        super::set_rules(&tx, kek, tenant, owner, home.id, &rules, now)
             .await
             .map_err(|e| anyhow!("{e}"))?;
         tx.execute(

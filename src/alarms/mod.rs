@@ -18,6 +18,11 @@
 //! an alarm within [`BURST_WINDOW`] of one that opened a still-open incident is recorded against that
 //! incident and opens nothing.
 //!
+//! **Repeats.** An alarm the source gave an id ([`Alarm::source_id`], the lock's alarm id) that was
+//! recorded before, at any time, is answered with what it did then and changes nothing: a lock that
+//! sends the same alarm again after the burst window (or after the incident was closed) opens no
+//! second incident.
+//!
 //! Everything an alarm causes (alarm row, incident, grant, audit entries, mail) commits in the
 //! caller's transaction.
 
@@ -86,7 +91,8 @@ impl AlarmKind {
         }
     }
 
-    fn words(self) -> &'static str {
+    /// The kind in words ("carbon monoxide alarm").
+    pub fn words(self) -> &'static str {
         match self {
             Self::Smoke => "smoke alarm",
             Self::Co => "carbon monoxide alarm",
@@ -189,15 +195,19 @@ impl AlarmRules {
     }
 }
 
-/// Replaces the property's alarm rules (the caller has authorized `edit_plan`); audited.
+/// Replaces the property's alarm rules (the caller has authorized `edit_plan`); audited. The plan
+/// is written once more as its next version recording the new rules, so every version names the
+/// rules in force with it (a property without a plan records them in its first version). Returns
+/// that version.
 pub async fn set_rules(
     tx: &impl GenericClient,
+    kek: &crate::crypto::Kek,
     tenant: Tenant,
     actor: Uuid,
     property: Uuid,
     rules: &AlarmRules,
     now: DateTime<Utc>,
-) -> Result<(), EmergencyError> {
+) -> Result<Option<i32>, EmergencyError> {
     rules.validate()?;
     tx.execute(
         "DELETE FROM alarm_rules WHERE municipality_id = $1 AND property_id = $2",
@@ -234,12 +244,15 @@ pub async fn set_rules(
         .iter()
         .map(|r| serde_json::json!({ "kind": r.kind, "action": r.action, "agency": r.agency, "minutes": r.minutes }))
         .collect();
+    let version =
+        crate::store::properties::rewrite_plan_with_rules(tx, kek, tenant, property, actor, now)
+            .await?;
     let event = Event::new("alarm.rules_set", Outcome::Info)
         .actor(actor)
         .property(property)
-        .details(serde_json::json!({ "rules": summary }));
+        .details(serde_json::json!({ "rules": summary, "plan_version": version }));
     audit::record(tx, tenant, &event, now).await?;
-    Ok(())
+    Ok(version)
 }
 
 /// The property's alarm rules.
@@ -402,6 +415,9 @@ pub struct Alarm {
     pub kind: AlarmKind,
     /// Where the report came from.
     pub source: Source,
+    /// The id the source gave this alarm (a lock's `AgentMessage::Alarm.id`): offered again, at
+    /// any time, it is recognised and acts no more.
+    pub source_id: Option<Uuid>,
     /// The detector's name as the source gives it (`Kitchen`), 1 to 100 characters.
     pub detector: Option<String>,
 }
@@ -489,6 +505,29 @@ pub async fn raise(
             .property(alarm.property)
             .details(details)
     };
+    if let Some(source_id) = alarm.source_id {
+        let seen = tx
+            .query_opt(
+                "SELECT id, incident_id, grant_id FROM alarms
+                 WHERE municipality_id = $1 AND source = $2 AND source_ref = $3 AND source_alarm_id = $4",
+                &[
+                    &tenant.id(),
+                    &alarm.source.name(),
+                    &alarm.source.reference(),
+                    &source_id,
+                ],
+            )
+            .await?;
+        if let Some(row) = seen {
+            return Ok(AlarmOutcome {
+                alarm: Some(row.get(0)),
+                incident: row.get(1),
+                grant: row.get(2),
+                duplicate: true,
+                rule: "repeat".to_owned(),
+            });
+        }
+    }
     let recent = tx
         .query_opt(
             "SELECT a.incident_id FROM alarms a JOIN incidents i ON i.id = a.incident_id
@@ -669,8 +708,8 @@ pub async fn raise(
     }
     tx.execute(
         "INSERT INTO alarms (id, municipality_id, property_id, kind, source, source_ref, confirmed, detector,
-             received_at, incident_id, grant_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+             received_at, incident_id, grant_id, source_alarm_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         &[
             &alarm_id,
             &tenant.id(),
@@ -683,6 +722,7 @@ pub async fn raise(
             &now,
             &incident.id,
             &grant,
+            &alarm.source_id,
         ],
     )
     .await?;
@@ -759,8 +799,8 @@ async fn insert_alarm(
     let id = Uuid::new_v4();
     tx.execute(
         "INSERT INTO alarms (id, municipality_id, property_id, kind, source, source_ref, confirmed, detector,
-             received_at, incident_id, grant_id, duplicate)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+             received_at, incident_id, grant_id, duplicate, source_alarm_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         &[
             &id,
             &tenant.id(),
@@ -774,6 +814,7 @@ async fn insert_alarm(
             &incident,
             &grant,
             &duplicate,
+            &alarm.source_id,
         ],
     )
     .await?;
@@ -827,4 +868,75 @@ pub async fn of_incident(
             })
         })
         .collect()
+}
+
+/// An alarm as its homeowner's page lists it.
+#[derive(Debug, Clone)]
+pub struct HomeAlarm {
+    /// The alarm.
+    pub view: AlarmView,
+    /// The CAD number of the incident it opened or repeated.
+    pub incident: Option<String>,
+    /// Whether it granted entry.
+    pub granted: bool,
+}
+
+/// The property's alarms, newest first (at most `limit`, up to 100).
+pub async fn of_property(
+    client: &impl GenericClient,
+    tenant: Tenant,
+    property: Uuid,
+    limit: i64,
+) -> Result<Vec<HomeAlarm>, EmergencyError> {
+    let rows = client
+        .query(
+            "SELECT a.id, a.kind, a.source, a.confirmed, a.detector, a.received_at, a.duplicate,
+                    i.cad_number, a.grant_id IS NOT NULL
+             FROM alarms a LEFT JOIN incidents i ON i.id = a.incident_id
+             WHERE a.municipality_id = $1 AND a.property_id = $2
+             ORDER BY a.received_at DESC, a.id LIMIT $3",
+            &[&tenant.id(), &property, &limit.clamp(1, 100)],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(HomeAlarm {
+                view: AlarmView {
+                    id: r.get(0),
+                    kind: AlarmKind::parse(r.get(1)).ok_or_else(|| {
+                        EmergencyError::Store(StoreError::Conflict("stored alarm kind".to_owned()))
+                    })?,
+                    source: r.get(2),
+                    confirmed: r.get(3),
+                    detector: r.get(4),
+                    received_at: r.get(5),
+                    duplicate: r.get(6),
+                },
+                incident: r.get(7),
+                granted: r.get(8),
+            })
+        })
+        .collect()
+}
+
+/// The monitoring accounts linked to a property, oldest first.
+pub async fn accounts(
+    client: &impl GenericClient,
+    tenant: Tenant,
+    property: Uuid,
+) -> Result<Vec<MonitoringLink>, EmergencyError> {
+    Ok(client
+        .query(
+            "SELECT id, key_id, account FROM monitoring_accounts
+             WHERE municipality_id = $1 AND property_id = $2 ORDER BY created_at, id LIMIT 50",
+            &[&tenant.id(), &property],
+        )
+        .await?
+        .iter()
+        .map(|r| MonitoringLink {
+            id: r.get(0),
+            key_id: r.get(1),
+            account: r.get(2),
+        })
+        .collect())
 }

@@ -189,11 +189,8 @@ async fn store_one(
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     let body = &receipt.body;
-    let door_event = body
-        .token_hash
-        .is_none()
-        .then(|| firstkey_agent::events::DoorEvent::from_reason(&body.reason))
-        .flatten();
+    // The receipt's typed field, or the `door:` reason of a receipt written before it existed.
+    let door_event = firstkey_agent::events::DoorEvent::of_receipt(body);
     let allowed = body.outcome == TapOutcome::Allow && door_event.is_none();
     let decision = match (door_event, allowed) {
         (Some(_), _) => "event",
@@ -203,8 +200,8 @@ async fn store_one(
     let token_hash = body.token_hash.map(|h| h.0.to_vec());
     tx.execute(
         "INSERT INTO receipts (lock_id, seq, municipality_id, receipt, receipt_hash, prev_hash, decision, reason,
-             token_hash, decided_at, received_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+             token_hash, decided_at, received_at, door_event, door_event_seconds)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         &[
             &lock.id,
             &to_i64(body.seq)?,
@@ -217,6 +214,13 @@ async fn store_one(
             &token_hash,
             &decided_at,
             &now,
+            &door_event.map(firstkey_agent::events::DoorEvent::name),
+            &door_event.and_then(|e| match e {
+                firstkey_agent::events::DoorEvent::HeldOpen { seconds } => {
+                    Some(i64::from(seconds))
+                }
+                _ => None,
+            }),
         ],
     )
     .await

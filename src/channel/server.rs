@@ -778,8 +778,15 @@ async fn session(
                     status_written = Instant::now();
                 }
             }
-            AgentMessage::Alarm { kind, detector } => {
-                record_alarm(shared, &lock, kind, detector).await?;
+            AgentMessage::Alarm { kind, detector, id } => {
+                record_alarm(
+                    shared,
+                    &lock,
+                    kind,
+                    detector,
+                    id.map(|b| Uuid::from_bytes(b.0)),
+                )
+                .await?;
             }
             AgentMessage::Ping => {
                 send(&mut stream, &ServerMessage::Pong, opts.write_timeout).await?;
@@ -929,11 +936,13 @@ async fn record_alarm(
     lock: &LockIdentity,
     kind: firstkey_agent::protocol::channel::DetectorKind,
     detector: Option<String>,
+    id: Option<Uuid>,
 ) -> Result<(), StoreError> {
     let alarm = crate::alarms::Alarm {
         property: lock.property,
         kind: kind.into(),
         source: crate::alarms::Source::Lock(lock.id),
+        source_id: id,
         detector: detector
             .and_then(|d| crate::domain::Text::parse("detector", &d, 100).ok())
             .map(crate::domain::Text::into_string),

@@ -5,14 +5,16 @@
 //!
 //! **Writes.** The channel calls [`record`] only when a report differs from the session's last one
 //! (battery or bundle) or the status interval has passed, so an idle lock costs no write. A report
-//! updates the lock's row (one row); a report whose battery level changed also appends one history
-//! row. A threshold crossing additionally writes its mail and audit entry, once per crossing: the
-//! lowest threshold mailed is kept on the lock and cleared only when the level climbs above 30 %.
+//! updates the lock's row and nothing else (one row): a changed battery level is appended to the
+//! recent trend kept on that same row (the last [`TREND_LEN`] changes). A threshold crossing
+//! additionally writes its mail and audit entry, once per crossing: the lowest threshold mailed is
+//! kept on the lock and cleared only when the level climbs above 30 %.
 //!
-//! **Offline.** [`sweep_offline`] runs periodically in every replica. It claims due locks with
-//! `FOR UPDATE SKIP LOCKED`, so replicas never mail the same lock twice, marks each mailed
-//! (`offline_alerted_at`) and mails in the same transaction; the mark is cleared when the lock
-//! reports again.
+//! **Offline.** [`sweep_offline`] runs periodically in every replica. A lock is due when it has not
+//! been seen for its period: its own, or its property's (default 24 h), both set by the homeowner
+//! ([`set_offline_period`]). The sweep claims due locks with `FOR UPDATE SKIP LOCKED`, so replicas
+//! never mail the same lock twice, marks each mailed (`offline_alerted_at`) and mails in the same
+//! transaction; the mark is cleared when the lock reports again.
 
 use chrono::{DateTime, Duration, Utc};
 use deadpool_postgres::{GenericClient, Pool};
@@ -33,6 +35,19 @@ pub const CRITICAL_PERCENT: u8 = 5;
 
 /// Most locks one sweep claims (the next sweep takes the rest).
 const SWEEP_BATCH: i64 = 200;
+
+/// Changes of battery level kept on the lock's row for the trend.
+pub const TREND_LEN: usize = 100;
+
+/// The shortest offline period a homeowner may set, minutes: longer than the channel's
+/// status-write interval (5 min), so a connected lock is never taken for an absent one.
+pub const MIN_OFFLINE_MINUTES: u32 = 10;
+
+/// The longest offline period, minutes (30 days).
+pub const MAX_OFFLINE_MINUTES: u32 = 43_200;
+
+/// The offline period of a property whose homeowner set none, minutes (24 h).
+pub const DEFAULT_OFFLINE_MINUTES: u32 = 1440;
 
 /// A lock's health report as the channel received it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,10 +89,10 @@ pub async fn record(
         .map(|mv| i32::try_from(mv).unwrap_or(i32::MAX));
     // One transaction: the report and, on a crossing, its audit entry and mail commit together.
     let tx = client.transaction().await?;
-    // One statement: the lock's row, and a history row only when the level changed.
+    // One statement, one row: the lock's row, its trend extended only when the level changed.
     let row = tx
         .query_one(
-            "WITH old AS (SELECT battery_percent, battery_alert_level FROM locks WHERE id = $1),
+            "WITH old AS (SELECT battery_alert_level FROM locks WHERE id = $1),
              upd AS (
                UPDATE locks l SET last_seen_at = $2, battery_percent = coalesce($3, l.battery_percent),
                    battery_millivolts = coalesce($4, l.battery_millivolts),
@@ -85,15 +100,17 @@ pub async fn record(
                    battery_alert_level = CASE
                        WHEN $3::smallint IS NULL THEN l.battery_alert_level
                        WHEN $7::smallint IS NULL THEN NULL
-                       ELSE LEAST(coalesce(l.battery_alert_level, 100::smallint), $7::smallint) END
+                       ELSE LEAST(coalesce(l.battery_alert_level, 100::smallint), $7::smallint) END,
+                   battery_trend_at = CASE
+                       WHEN $3::smallint IS NULL OR l.battery_percent IS NOT DISTINCT FROM $3::smallint
+                           THEN l.battery_trend_at
+                       ELSE (l.battery_trend_at || $2::timestamptz)[greatest(cardinality(l.battery_trend_at) + 2 - $8::int, 1):] END,
+                   battery_trend_percent = CASE
+                       WHEN $3::smallint IS NULL OR l.battery_percent IS NOT DISTINCT FROM $3::smallint
+                           THEN l.battery_trend_percent
+                       ELSE (l.battery_trend_percent || $3::smallint)[greatest(cardinality(l.battery_trend_percent) + 2 - $8::int, 1):] END
                WHERE l.id = $1
-               RETURNING l.battery_alert_level),
-             hist AS (
-               INSERT INTO lock_battery_history (lock_id, at, percent, millivolts)
-               SELECT $1, $2, $3, $4 FROM old
-               WHERE $3::smallint IS NOT NULL AND old.battery_percent IS DISTINCT FROM $3::smallint
-               ON CONFLICT DO NOTHING
-               RETURNING 1)
+               RETURNING l.battery_alert_level)
              SELECT old.battery_alert_level, (SELECT battery_alert_level FROM upd) FROM old",
             &[
                 &lock.id,
@@ -103,6 +120,7 @@ pub async fn record(
                 &i64_of(report.bundle_version),
                 &i64_of(report.time_floor),
                 &level,
+                &i32::try_from(TREND_LEN).unwrap_or(100),
             ],
         )
         .await?;
@@ -152,18 +170,20 @@ pub async fn record(
     Ok(())
 }
 
-/// Mails the homeowners of locks not seen for their period (default 24 h), once per absence; see
-/// the module documentation. Returns how many locks it mailed about.
+/// Mails the homeowners of locks not seen for their period (the lock's, else the property's;
+/// default 24 h), once per absence; see the module documentation. Returns how many locks it mailed
+/// about.
 pub async fn sweep_offline(pool: &Pool, now: DateTime<Utc>) -> Result<usize, StoreError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let rows = tx
         .query(
             "WITH due AS (
-               SELECT id FROM locks
-               WHERE pairing_state = 'paired' AND offline_alerted_at IS NULL AND last_seen_at IS NOT NULL
-                 AND last_seen_at < $1::timestamptz - make_interval(mins => offline_after_minutes)
-               ORDER BY last_seen_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+               SELECT l.id FROM locks l JOIN properties p ON p.id = l.property_id
+               WHERE l.pairing_state = 'paired' AND l.offline_alerted_at IS NULL AND l.last_seen_at IS NOT NULL
+                 AND l.last_seen_at < $1::timestamptz
+                     - make_interval(secs => coalesce(l.offline_after_seconds, p.offline_after_seconds))
+               ORDER BY l.last_seen_at LIMIT $2 FOR UPDATE OF l SKIP LOCKED)
              UPDATE locks l SET offline_alerted_at = $1 FROM due WHERE l.id = due.id
              RETURNING l.id, l.municipality_id, l.property_id, l.name, l.last_seen_at",
             &[&now, &SWEEP_BATCH],
@@ -230,10 +250,26 @@ pub struct LockHealth {
     pub battery_millivolts: Option<i32>,
     /// Days until the battery is flat at the recent rate of discharge (none without a trend).
     pub battery_days_left: Option<u32>,
+    /// The recent changes of battery level (last 30 days, at most 10, oldest first).
+    pub battery_trend: Vec<BatterySample>,
     /// When the lock was last in touch.
     pub last_seen_at: Option<DateTime<Utc>>,
+    /// After how many minutes out of touch the homeowner is mailed (the lock's own period, else
+    /// the property's).
+    pub offline_after_minutes: u32,
+    /// Whether the lock has a period of its own (otherwise the property's applies).
+    pub own_offline_period: bool,
     /// Plain-language warnings, most urgent first (empty when all is well).
     pub warnings: Vec<String>,
+}
+
+/// One change of battery level.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct BatterySample {
+    /// When it was reported.
+    pub at: DateTime<Utc>,
+    /// The level, percent.
+    pub percent: i16,
 }
 
 /// Days left from a history of (time, percent), newest last: the least-squares slope over the
@@ -263,19 +299,26 @@ pub fn days_left(samples: &[(DateTime<Utc>, f64)]) -> Option<f64> {
     (slope < 0.0).then(|| (last.1 / -slope).max(0.0))
 }
 
-/// The warnings for one lock's state at `now`.
+/// The warnings for one lock's state at `now`. `key_location` is where the plan says the physical
+/// key or key box is, named in the critical-battery warning.
 pub fn warnings(
     battery_percent: Option<i16>,
     last_seen_at: Option<DateTime<Utc>>,
     offline_after: Duration,
+    key_location: Option<&str>,
     now: DateTime<Utc>,
 ) -> Vec<String> {
     let mut out = Vec::new();
     if let Some(p) = battery_percent {
         if p <= i16::from(CRITICAL_PERCENT) {
-            out.push(format!(
-                "battery critical ({p} %) — bring a 9 V jump battery or use the physical key"
-            ));
+            out.push(match key_location {
+                Some(at) => format!(
+                    "battery critical ({p} %) — bring a 9 V jump battery or use the key box at {at}"
+                ),
+                None => format!(
+                    "battery critical ({p} %) — bring a 9 V jump battery; the plan names no key box"
+                ),
+            });
         } else if p <= 15 {
             out.push(format!("battery low ({p} %)"));
         }
@@ -285,8 +328,10 @@ pub fn warnings(
         if away > offline_after {
             let span = if away.num_days() >= 1 {
                 format!("{} days", away.num_days())
-            } else {
+            } else if away.num_hours() >= 1 {
                 format!("{} hours", away.num_hours())
+            } else {
+                format!("{} minutes", away.num_minutes())
             };
             out.push(format!(
                 "offline for {span} — the token still works at the door, the grant's revocation may not reach it"
@@ -295,6 +340,14 @@ pub fn warnings(
     }
     out
 }
+
+/// The columns [`health_of_row`] reads; `$3` is the time of the reading.
+const HEALTH_COLUMNS: &str =
+    "l.id, l.name, l.battery_percent, l.battery_millivolts, l.last_seen_at,
+    coalesce(l.offline_after_seconds, p.offline_after_seconds), l.offline_after_seconds IS NOT NULL,
+    l.battery_trend_at, l.battery_trend_percent,
+    (SELECT ap.physical_key->>'location' FROM access_plans ap
+      WHERE ap.property_id = l.property_id ORDER BY ap.version DESC LIMIT 1)";
 
 /// The health of every lock of a property (at most 50), with warnings at `now`.
 pub async fn of_property(
@@ -305,16 +358,13 @@ pub async fn of_property(
 ) -> Result<Vec<LockHealth>, StoreError> {
     let rows = client
         .query(
-            "SELECT l.id, l.name, l.battery_percent, l.battery_millivolts, l.last_seen_at, l.offline_after_minutes,
-                    (SELECT array_agg(extract(epoch FROM h.at)::float8 ORDER BY h.at)
-                       FROM (SELECT at FROM lock_battery_history WHERE lock_id = l.id AND at > $3::timestamptz - interval '30 days'
-                             ORDER BY at DESC LIMIT 100) h),
-                    (SELECT array_agg(h.percent::float8 ORDER BY h.at)
-                       FROM (SELECT at, percent FROM lock_battery_history WHERE lock_id = l.id AND at > $3::timestamptz - interval '30 days'
-                             ORDER BY at DESC LIMIT 100) h)
-             FROM locks l WHERE l.municipality_id = $1 AND l.property_id = $2 AND l.pairing_state = 'paired'
-             ORDER BY l.name LIMIT 50",
-            &[&tenant.id(), &property, &now],
+            &format!(
+                "SELECT {HEALTH_COLUMNS}
+                 FROM locks l JOIN properties p ON p.id = l.property_id
+                 WHERE l.municipality_id = $1 AND l.property_id = $2 AND l.pairing_state = 'paired'
+                 ORDER BY l.name LIMIT 50"
+            ),
+            &[&tenant.id(), &property],
         )
         .await?;
     Ok(rows.iter().map(|r| health_of_row(r, now)).collect())
@@ -329,15 +379,12 @@ pub async fn of_lock(
 ) -> Result<LockHealth, StoreError> {
     let row = client
         .query_opt(
-            "SELECT l.id, l.name, l.battery_percent, l.battery_millivolts, l.last_seen_at, l.offline_after_minutes,
-                    (SELECT array_agg(extract(epoch FROM h.at)::float8 ORDER BY h.at)
-                       FROM (SELECT at FROM lock_battery_history WHERE lock_id = l.id AND at > $3::timestamptz - interval '30 days'
-                             ORDER BY at DESC LIMIT 100) h),
-                    (SELECT array_agg(h.percent::float8 ORDER BY h.at)
-                       FROM (SELECT at, percent FROM lock_battery_history WHERE lock_id = l.id AND at > $3::timestamptz - interval '30 days'
-                             ORDER BY at DESC LIMIT 100) h)
-             FROM locks l WHERE l.municipality_id = $1 AND l.id = $2",
-            &[&tenant.id(), &lock, &now],
+            &format!(
+                "SELECT {HEALTH_COLUMNS}
+                 FROM locks l JOIN properties p ON p.id = l.property_id
+                 WHERE l.municipality_id = $1 AND l.id = $2"
+            ),
+            &[&tenant.id(), &lock],
         )
         .await?
         .ok_or(StoreError::NotFound)?;
@@ -347,18 +394,18 @@ pub async fn of_lock(
 fn health_of_row(r: &tokio_postgres::Row, now: DateTime<Utc>) -> LockHealth {
     let battery_percent: Option<i16> = r.get(2);
     let last_seen_at: Option<DateTime<Utc>> = r.get(4);
-    let offline_after = Duration::minutes(i64::from(r.get::<_, i32>(5)));
-    let times: Vec<f64> = r.get::<_, Option<Vec<f64>>>(6).unwrap_or_default();
-    let levels: Vec<f64> = r.get::<_, Option<Vec<f64>>>(7).unwrap_or_default();
-    let samples: Vec<(DateTime<Utc>, f64)> = times
-        .iter()
-        .zip(&levels)
-        .filter_map(|(t, p)| {
-            #[allow(clippy::cast_possible_truncation)]
-            let secs = *t as i64;
-            DateTime::from_timestamp(secs, 0).map(|t| (t, *p))
-        })
+    let offline_secs: i32 = r.get(5);
+    let offline_after = Duration::seconds(i64::from(offline_secs));
+    let times: Vec<DateTime<Utc>> = r.get(7);
+    let levels: Vec<i16> = r.get(8);
+    let key_location: Option<String> = r.get(9);
+    let recent: Vec<(DateTime<Utc>, i16)> = times
+        .into_iter()
+        .zip(levels)
+        .filter(|(t, _)| *t > now - Duration::days(30))
         .collect();
+    let samples: Vec<(DateTime<Utc>, f64)> =
+        recent.iter().map(|(t, p)| (*t, f64::from(*p))).collect();
     LockHealth {
         lock: r.get(0),
         name: r.get(1),
@@ -369,9 +416,109 @@ fn health_of_row(r: &tokio_postgres::Row, now: DateTime<Utc>) -> LockHealth {
             let whole = d.floor().min(f64::from(u32::MAX)) as u32;
             whole
         }),
+        battery_trend: recent
+            .iter()
+            .skip(recent.len().saturating_sub(10))
+            .map(|(at, percent)| BatterySample {
+                at: *at,
+                percent: *percent,
+            })
+            .collect(),
         last_seen_at,
-        warnings: warnings(battery_percent, last_seen_at, offline_after, now),
+        offline_after_minutes: u32::try_from(offline_secs / 60).unwrap_or(0),
+        own_offline_period: r.get(6),
+        warnings: warnings(
+            battery_percent,
+            last_seen_at,
+            offline_after,
+            key_location.as_deref(),
+            now,
+        ),
     }
+}
+
+/// Sets after how many minutes out of touch the homeowner is mailed: for the whole property
+/// (`lock: None`; `minutes` required), or for one of its locks (`minutes: None` goes back to the
+/// property's). The caller has checked `minutes` with [`check_offline_minutes`] and authorized
+/// `manage_locks`. Audited; a lock of another property is `NotFound`.
+pub async fn set_offline_period(
+    tx: &impl GenericClient,
+    tenant: Tenant,
+    actor: Uuid,
+    property: Uuid,
+    lock: Option<Uuid>,
+    minutes: Option<u32>,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let seconds = minutes.map(|m| {
+        i32::try_from(m.clamp(MIN_OFFLINE_MINUTES, MAX_OFFLINE_MINUTES) * 60).unwrap_or(i32::MAX)
+    });
+    let (updated, event) = match lock {
+        None => {
+            let seconds =
+                seconds.unwrap_or(i32::try_from(DEFAULT_OFFLINE_MINUTES * 60).unwrap_or(86_400));
+            let n = tx
+                .execute(
+                    "UPDATE properties SET offline_after_seconds = $3 WHERE municipality_id = $1 AND id = $2",
+                    &[&tenant.id(), &property, &seconds],
+                )
+                .await?;
+            (
+                n,
+                Event::new("property.offline_period_set", Outcome::Info)
+                    .subject("property", property),
+            )
+        }
+        Some(lock) => {
+            let n = tx
+                .execute(
+                    "UPDATE locks SET offline_after_seconds = $4
+                     WHERE municipality_id = $1 AND property_id = $2 AND id = $3",
+                    &[&tenant.id(), &property, &lock, &seconds],
+                )
+                .await?;
+            (
+                n,
+                Event::new("lock.offline_period_set", Outcome::Info).subject("lock", lock),
+            )
+        }
+    };
+    if updated != 1 {
+        return Err(StoreError::NotFound);
+    }
+    let event = event
+        .actor(actor)
+        .property(property)
+        .details(serde_json::json!({ "minutes": minutes }));
+    audit::record(tx, tenant, &event, now).await?;
+    Ok(())
+}
+
+/// Checks an offline period the homeowner typed, minutes; the error says the limits.
+pub fn check_offline_minutes(minutes: u32) -> Result<u32, String> {
+    if (MIN_OFFLINE_MINUTES..=MAX_OFFLINE_MINUTES).contains(&minutes) {
+        Ok(minutes)
+    } else {
+        Err(format!(
+            "minutes: {MIN_OFFLINE_MINUTES} to {MAX_OFFLINE_MINUTES} (10 minutes to 30 days)"
+        ))
+    }
+}
+
+/// The property's own offline period, minutes.
+pub async fn property_offline_minutes(
+    client: &impl GenericClient,
+    tenant: Tenant,
+    property: Uuid,
+) -> Result<u32, StoreError> {
+    let row = client
+        .query_opt(
+            "SELECT offline_after_seconds FROM properties WHERE municipality_id = $1 AND id = $2",
+            &[&tenant.id(), &property],
+        )
+        .await?
+        .ok_or(StoreError::NotFound)?;
+    Ok(u32::try_from(row.get::<_, i32>(0) / 60).unwrap_or(DEFAULT_OFFLINE_MINUTES))
 }
 
 /// A lock whose trust bundle is behind its municipality's newest, or whose reported time floor is
@@ -466,10 +613,17 @@ mod tests {
             Some(4),
             Some(now - Duration::days(3)),
             Duration::hours(24),
+            Some("the garage door, left"),
             now,
         );
-        assert!(w[0].starts_with("battery critical (4 %)"), "{w:?}");
+        assert!(
+            w[0].starts_with("battery critical (4 %)")
+                && w[0].ends_with("use the key box at the garage door, left"),
+            "{w:?}"
+        );
         assert!(w[1].starts_with("offline for 3 days"), "{w:?}");
-        assert!(warnings(Some(60), Some(now), Duration::hours(24), now).is_empty());
+        let none = warnings(Some(3), None, Duration::hours(24), None, now);
+        assert!(none[0].ends_with("the plan names no key box"), "{none:?}");
+        assert!(warnings(Some(60), Some(now), Duration::hours(24), None, now).is_empty());
     }
 }

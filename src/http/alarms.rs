@@ -24,15 +24,16 @@ use crate::policy::{AuthzRequest, StepUpContext};
 use crate::store::StoreError;
 
 /// How far a lock's reported time floor may be from the server's clock before the admin sees it.
-const FLOOR_TOLERANCE_MINUTES: i64 = 10;
+pub(crate) const FLOOR_TOLERANCE_MINUTES: i64 = 10;
 
 /// OpenAPI description of these endpoints.
 #[derive(OpenApi)]
 #[openapi(
     paths(monitoring_alarm, put_alarm_rules, get_alarm_rules, link_monitoring_account, incident_alarms,
-          property_lock_health, locks_drift),
+          property_lock_health, put_property_offline_period, put_lock_offline_period, locks_drift),
     components(schemas(MonitoringAlarm, AlarmKind, AlarmOutcome, AlarmRule, AlarmRules, RuleAction,
-                        AlarmView, NewMonitoringLink, MonitoringLink, LockHealth, LockDrift)),
+                        AlarmView, NewMonitoringLink, MonitoringLink, LockHealth, LockDrift,
+                        health::BatterySample, OfflinePeriod, LockOfflinePeriod)),
     tags((name = "alarms", description = "Alarms from monitoring centres and locks, and lock health"))
 )]
 pub struct AlarmsApi;
@@ -45,6 +46,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(link_monitoring_account)
         .service(incident_alarms)
         .service(property_lock_health)
+        .service(put_property_offline_period)
+        .service(put_lock_offline_period)
         .service(locks_drift);
 }
 
@@ -116,6 +119,7 @@ pub async fn put_alarm_rules(
     let tx = client.transaction().await.map_err(StoreError::from)?;
     alarms::set_rules(
         &tx,
+        &state.kek,
         actor.tenant,
         actor.user_id,
         ctx.property.id,
@@ -235,4 +239,102 @@ pub async fn locks_drift(
     )
     .await?;
     Ok(HttpResponse::Ok().json(drift))
+}
+
+/// Body of `PUT /api/v1/properties/{id}/offline-period`.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OfflinePeriod {
+    /// Mail the homeowner when a lock has been out of touch this many minutes (10 to 43200;
+    /// default 1440, a day).
+    #[schema(minimum = 10, maximum = 43200)]
+    #[serde(deserialize_with = "crate::domain::integer")]
+    pub minutes: u32,
+}
+
+/// Body of `PUT /api/v1/properties/{id}/locks/{lock}/offline-period`.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LockOfflinePeriod {
+    /// This lock's own period, minutes (10 to 43200); `null` to use the property's.
+    #[schema(minimum = 10, maximum = 43200)]
+    #[serde(default, deserialize_with = "crate::domain::optional_integer")]
+    pub minutes: Option<u32>,
+}
+
+fn manage_locks(
+    p: &crate::policy::PrincipalAttrs,
+    prop: &crate::policy::PropertyAttrs,
+    fresh: bool,
+) -> AuthzRequest {
+    AuthzRequest::manage_locks(
+        p,
+        prop,
+        StepUpContext {
+            step_up_fresh: fresh,
+        },
+    )
+}
+
+/// The homeowner sets after how long out of touch a lock of the property is mailed about (the
+/// offline sweep, once per absence); audited. Answers the locks' health with the periods in force.
+#[utoipa::path(put, path = "/api/v1/properties/{id}/offline-period", tag = "alarms",
+    request_body = OfflinePeriod,
+    responses((status = 200, body = [LockHealth]), (status = 400), (status = 404)))]
+#[put("/api/v1/properties/{id}/offline-period")]
+pub async fn put_property_offline_period(
+    state: web::Data<AppState>,
+    actor: Actor,
+    id: web::Path<Uuid>,
+    body: web::Json<OfflinePeriod>,
+) -> Result<HttpResponse, ApiError> {
+    let minutes = health::check_offline_minutes(body.minutes).map_err(ApiError::BadRequest)?;
+    set_period(&state, &actor, *id, None, Some(minutes)).await
+}
+
+/// The homeowner sets one lock's own offline period, or (`minutes: null`) goes back to the
+/// property's; audited. Answers the locks' health with the periods in force.
+#[utoipa::path(put, path = "/api/v1/properties/{id}/locks/{lock}/offline-period", tag = "alarms",
+    request_body = LockOfflinePeriod,
+    responses((status = 200, body = [LockHealth]), (status = 400), (status = 404)))]
+#[put("/api/v1/properties/{id}/locks/{lock}/offline-period")]
+pub async fn put_lock_offline_period(
+    state: web::Data<AppState>,
+    actor: Actor,
+    path: web::Path<(Uuid, Uuid)>,
+    body: web::Json<LockOfflinePeriod>,
+) -> Result<HttpResponse, ApiError> {
+    let (id, lock) = path.into_inner();
+    let minutes = body
+        .minutes
+        .map(health::check_offline_minutes)
+        .transpose()
+        .map_err(ApiError::BadRequest)?;
+    set_period(&state, &actor, id, Some(lock), minutes).await
+}
+
+async fn set_period(
+    state: &AppState,
+    actor: &Actor,
+    property: Uuid,
+    lock: Option<Uuid>,
+    minutes: Option<u32>,
+) -> Result<HttpResponse, ApiError> {
+    let (mut client, ctx) =
+        super::properties::load_and_authorize(state, actor, property, manage_locks).await?;
+    let now = state.clock.now();
+    let tx = client.transaction().await.map_err(StoreError::from)?;
+    health::set_offline_period(
+        &tx,
+        actor.tenant,
+        actor.user_id,
+        ctx.property.id,
+        lock,
+        minutes,
+        now,
+    )
+    .await?;
+    let locks = health::of_property(&tx, actor.tenant, ctx.property.id, now).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(HttpResponse::Ok().json(locks))
 }

@@ -27,11 +27,12 @@ use crate::store::registrations::{self, LockRegistration};
     paths(
         create_property, list_properties, get_property, register_lock, list_locks, list_lock_registrations,
         reset_pairing, cancel_lock_registration, put_plan, get_plan,
-        get_plan_summary, reveal_notes, search_properties, read_audit
+        get_plan_summary, reveal_notes, reveal_key_box, search_properties, read_audit
     ),
     components(schemas(
         NewProperty, Property, NewLock, Lock, LockRegistration, PlanInput, PlanSummary, PlanView, ResponderNotes, PlanVersion,
-        audit::Entry
+        KeyBoxRevealRequest, KeyBoxCode, crate::plans::PhysicalKey, crate::plans::PhysicalKeySummary,
+        crate::plans::KeyHolder, audit::Entry
     )),
     tags((name = "properties", description = "Homes, their locks and access plans"),
          (name = "audit", description = "The audit log"))
@@ -53,6 +54,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(get_plan)
         .service(get_plan_summary)
         .service(reveal_notes)
+        .service(reveal_key_box)
         .service(read_audit);
 }
 
@@ -360,23 +362,14 @@ pub async fn put_plan(
     let mut client = state.pool.get().await.map_err(StoreError::from)?;
     let tx = client.transaction().await.map_err(StoreError::from)?;
     let plan = body.into_inner();
-    let notes = serde_json::to_vec(&plan.notes).map_err(|e| ApiError::Internal(e.into()))?;
     let kek = &state.kek;
-    let has_notes = plan.has_notes();
     let version = store::insert_plan(
         &tx,
         actor.tenant,
         ctx.property.id,
         actor.user_id,
         &plan,
-        |plan_id| {
-            if !has_notes {
-                return Ok(None);
-            }
-            crypto::seal(kek, plan_id.as_bytes(), &notes)
-                .map(Some)
-                .map_err(|e| StoreError::Unavailable(e.to_string()))
-        },
+        |plan_id| store::seal_plan(kek, &plan, plan_id),
         now,
     )
     .await?;
@@ -434,6 +427,10 @@ pub async fn get_plan(
             notifications: plan.notifications.clone(),
             retention_days: plan.retention_days,
             live_consent: plan.live_consent,
+            physical_key: crate::plans::PhysicalKey {
+                key_box_code: store::open_key_box(&state.kek, plan)?,
+                ..plan.physical_key.clone()
+            },
         },
     };
     Ok(HttpResponse::Ok().json(view))
@@ -489,6 +486,7 @@ pub async fn get_plan_summary(
         live_consent: plan.live_consent,
         trusted_access,
         lock_health,
+        physical_key: plan.physical_key.public_with(plan.key_box.is_some()),
     }))
 }
 
@@ -507,16 +505,69 @@ pub async fn reveal_notes(
     Ok(HttpResponse::Ok().json(notes))
 }
 
-/// The reveal's steps, for both faces (this endpoint and the responder's page): the policy decides
-/// (a denial is audited by `access::authorize`), the notes are opened, and the reveal is audited.
-/// Returns the plan in force with its opened notes.
+/// The reveal's steps for the notes, for both faces (this endpoint and the responder's page):
+/// [`reveal_secret`] without an incident to tie or a reason. Returns the plan in force with its
+/// opened notes.
 pub(crate) async fn reveal_plan(
     state: &AppState,
     actor: &Actor,
     id: Uuid,
 ) -> Result<(store::StoredPlan, ResponderNotes), ApiError> {
+    let revealed = reveal_secret(state, actor, id, Secret::Notes, None, None).await?;
+    Ok((revealed.plan, revealed.notes))
+}
+
+/// Which sealed part of the plan a reveal opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Secret {
+    /// The responder notes (audited `plan.reveal_notes`).
+    Notes,
+    /// The key box code (audited `plan.reveal_key_box`; a reason is required).
+    KeyBox,
+}
+
+/// What a reveal opened.
+pub(crate) struct Revealed {
+    /// The plan in force.
+    pub plan: store::StoredPlan,
+    /// The property's address.
+    pub address: String,
+    /// The notes (empty unless [`Secret::Notes`] was asked for).
+    pub notes: ResponderNotes,
+    /// The key box code (only for [`Secret::KeyBox`]; `None` when the plan has none).
+    pub key_box_code: Option<String>,
+}
+
+/// The one reveal of a plan's sealed parts, for every face (JSON, the dispatcher's console, the
+/// responder's page): with `incident`, the dispatcher first ties that incident to the property
+/// (`POST /api/v1/incidents/{id}/properties`'s steps, audited); the policy decides (`reveal_notes`:
+/// a dispatcher with step-up whose agency has an open incident here, or a responder named in a live
+/// grant for it; a denial is audited by `access::authorize`); the part is opened and the reveal is
+/// audited with the reason. The key box code needs a reason (1 to 500 characters).
+pub(crate) async fn reveal_secret(
+    state: &AppState,
+    actor: &Actor,
+    id: Uuid,
+    secret: Secret,
+    incident: Option<Uuid>,
+    reason: Option<&str>,
+) -> Result<Revealed, ApiError> {
+    let reason = match reason {
+        Some(r) => Some(Text::parse("reason", r, 500)?.into_string()),
+        None if secret == Secret::KeyBox => {
+            return Err(ApiError::BadRequest(
+                "reason: say why you need the key box code (1 to 500 characters)".to_owned(),
+            ));
+        }
+        None => None,
+    };
     let now = state.clock.now();
     let mut client = state.pool.get().await.map_err(StoreError::from)?;
+    if let Some(incident) = incident {
+        let tx = client.transaction().await.map_err(StoreError::from)?;
+        crate::emergency::incidents::link_property(&tx, actor, incident, id, now).await?;
+        tx.commit().await.map_err(StoreError::from)?;
+    }
     let ctx = access::property(&client, actor.tenant, id).await?;
     let principal = access::principal(&client, actor).await?;
     let named = access::named_in_live_grant(&client, actor, ctx.property.id, now).await?;
@@ -541,27 +592,110 @@ pub(crate) async fn reveal_plan(
     )
     .await?;
     let plan = ctx.plan.ok_or(ApiError::NotFound)?;
-    let notes = open_notes(state, &plan)?;
+    let (notes, key_box_code, action) = match secret {
+        Secret::Notes => (open_notes(state, &plan)?, None, "plan.reveal_notes"),
+        Secret::KeyBox => (
+            ResponderNotes::default(),
+            store::open_key_box(&state.kek, &plan)?,
+            "plan.reveal_key_box",
+        ),
+    };
+    let mut details = serde_json::Map::new();
+    details.insert("version".to_owned(), serde_json::json!(plan.version));
+    details.insert(
+        "policies".to_owned(),
+        serde_json::json!(decision.determining_policies),
+    );
+    details.insert("named_in_live_grant".to_owned(), serde_json::json!(named));
+    details.insert("incident_agencies".to_owned(), serde_json::json!(agencies));
+    if let Some(reason) = &reason {
+        details.insert("reason".to_owned(), serde_json::json!(reason));
+    }
+    if secret == Secret::KeyBox {
+        details.insert(
+            "had_code".to_owned(),
+            serde_json::json!(key_box_code.is_some()),
+        );
+    }
+    let details = serde_json::Value::Object(details);
+    let mut event = Event::new(action, Outcome::Allow)
+        .actor(actor.user_id)
+        .subject("property", ctx.property.id)
+        .property(ctx.property.id)
+        .policy(decision.policy_set_hash)
+        .details(details);
+    if let Some(incident) = incident {
+        event = event.incident(incident);
+    }
     let tx = client.transaction().await.map_err(StoreError::from)?;
-    audit::record(
-        &tx,
-        actor.tenant,
-        &Event::new("plan.reveal_notes", Outcome::Allow)
-            .actor(actor.user_id)
-            .subject("property", ctx.property.id)
-            .property(ctx.property.id)
-            .policy(decision.policy_set_hash)
-            .details(serde_json::json!({
-                "version": plan.version,
-                "policies": decision.determining_policies,
-                "named_in_live_grant": named,
-                "incident_agencies": agencies,
-            })),
-        now,
+    audit::record(&tx, actor.tenant, &event, now).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(Revealed {
+        plan,
+        address: ctx.property.address,
+        notes,
+        key_box_code,
+    })
+}
+
+/// Body of `POST /api/v1/properties/{id}/plan/reveal-key-box`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyBoxRevealRequest {
+    /// Why the code is needed, 1 to 500 characters (recorded in the audit log, shown to the
+    /// homeowner).
+    #[schema(
+        min_length = 1,
+        max_length = 500,
+        pattern = r"^[^\u0000]*[^\s\u0000\u0085][^\u0000]*$"
+    )]
+    pub reason: String,
+    /// A dispatcher's incident to tie to the property first (as `POST
+    /// /api/v1/incidents/{id}/properties` does).
+    #[serde(default)]
+    pub incident: Option<Uuid>,
+}
+
+/// A revealed key box code.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyBoxCode {
+    /// Plan version it is from.
+    pub version: i32,
+    /// Where the key box is.
+    pub location: Option<String>,
+    /// The code (none when the plan stores none).
+    pub code: Option<String>,
+}
+
+/// Reveals the key box code to whoever may reveal the notes (a dispatcher with step-up whose agency
+/// has an open incident here, or a responder named in a live grant), for a reason; audited
+/// (`plan.reveal_key_box`, with the reason), never cached.
+#[utoipa::path(post, path = "/api/v1/properties/{id}/plan/reveal-key-box", tag = "properties",
+    request_body = KeyBoxRevealRequest,
+    responses((status = 200, body = KeyBoxCode), (status = 400), (status = 401), (status = 404)))]
+#[post("/api/v1/properties/{id}/plan/reveal-key-box")]
+pub async fn reveal_key_box(
+    state: web::Data<AppState>,
+    actor: Actor,
+    id: web::Path<Uuid>,
+    body: web::Json<KeyBoxRevealRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let revealed = reveal_secret(
+        &state,
+        &actor,
+        *id,
+        Secret::KeyBox,
+        body.incident,
+        Some(&body.reason),
     )
     .await?;
-    tx.commit().await.map_err(StoreError::from)?;
-    Ok((plan, notes))
+    Ok(HttpResponse::Ok()
+        .insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"))
+        .json(KeyBoxCode {
+            version: revealed.plan.version,
+            location: revealed.plan.physical_key.location.clone(),
+            code: revealed.key_box_code,
+        }))
 }
 
 /// Query of the audit log listing.

@@ -52,9 +52,10 @@ pub async fn version(
 ) -> Result<StoredPlan, StoreError> {
     let row = client
         .query_opt(
-            "SELECT id, version, rules, max_grant_minutes, notes_ciphertext, notes_wrapped_key, contacts,
-                    notifications, retention_days, live_consent
-             FROM access_plans WHERE municipality_id = $1 AND property_id = $2 AND version = $3",
+            &format!(
+                "SELECT {} FROM access_plans WHERE municipality_id = $1 AND property_id = $2 AND version = $3",
+                super::properties::PLAN_COLUMNS
+            ),
             &[&tenant.id(), &property, &version],
         )
         .await?

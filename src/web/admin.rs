@@ -905,6 +905,9 @@ struct TrustPage {
     bundle_rows: Vec<(i64, String)>,
     lock_rows: Vec<LockRow>,
     behind: usize,
+    /// Locks whose reported time floor is far from the server's clock (`GET
+    /// /api/v1/admin/locks/drift`'s clock part): name, address, offset in words, last seen.
+    clock_rows: Vec<(String, String, String, String)>,
     policy: PolicySetView,
 }
 
@@ -959,7 +962,35 @@ async fn trust_page(
         })
         .collect();
     let behind = lock_rows.iter().filter(|l| l.behind).count();
+    let tolerance = chrono::Duration::minutes(crate::http::alarms::FLOOR_TOLERANCE_MINUTES);
+    let addresses: std::collections::HashMap<Uuid, String> = keys
+        .locks
+        .iter()
+        .map(|l| (l.id, l.address.clone()))
+        .collect();
+    let clock_rows = crate::health::drift(&client, actor.tenant, tolerance)
+        .await?
+        .into_iter()
+        .filter_map(|d| {
+            let offset = d.floor_offset_seconds?;
+            (offset.abs() > tolerance.num_seconds()).then(|| {
+                let minutes = offset.abs() / 60;
+                let words = if offset > 0 {
+                    format!("{minutes} minutes ahead")
+                } else {
+                    format!("{minutes} minutes behind")
+                };
+                (
+                    d.name,
+                    addresses.get(&d.lock).cloned().unwrap_or_default(),
+                    words,
+                    when_opt(d.last_seen_at),
+                )
+            })
+        })
+        .collect();
     page::ok(&TrustPage {
+        clock_rows,
         chrome: Chrome::of(&client, &actor).await?,
         admin: AdminChrome::new(&state, &actor, "trust", &query),
         cas,

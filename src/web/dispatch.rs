@@ -28,9 +28,7 @@ use super::WebError;
 use super::assets;
 use super::page::{self, Chrome, SignedIn};
 use crate::access;
-use crate::audit::{self, Event, Outcome};
 use crate::auth::Actor;
-use crate::crypto;
 use crate::domain::{Role, Text};
 use crate::emergency::EmergencyError;
 use crate::emergency::grants::{self, Grant, NewGrant};
@@ -38,8 +36,9 @@ use crate::emergency::incidents::{self, Incident, NewIncident, Origin};
 use crate::emergency::live::{self, GrantState, GrantStatus};
 use crate::http::AppState;
 use crate::http::error::ApiError;
-use crate::plans::{AgencyRule, ResponderNotes};
-use crate::policy::{AuthzRequest, RevealContext, StepUpContext};
+use crate::http::properties::{Secret, reveal_secret};
+use crate::plans::AgencyRule;
+use crate::policy::{AuthzRequest, StepUpContext};
 use crate::store::{StoreError, properties as store, tenancy};
 
 pub(super) fn routes(cfg: &mut web::ServiceConfig) {
@@ -347,6 +346,13 @@ struct PlanSummary {
     has_notes: bool,
     /// "the homeowner is asked first (180 s; then …)" where the plan asks for live consent.
     consent: Option<String>,
+    /// Where the physical key or key box is, if the plan says.
+    key_location: Option<String>,
+    /// Who holds a key: "name (phone)".
+    key_holders: Vec<String>,
+    has_key_box_code: bool,
+    /// Each lock's warnings, "Front door: battery critical …".
+    lock_warnings: Vec<String>,
 }
 
 /// The grant form as typed.
@@ -360,12 +366,13 @@ struct GrantForm {
     justification: String,
 }
 
-/// The reveal form as typed.
+/// The reveal form as typed (`what`: `notes`, or `key_box` for the key box code).
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(default)]
 struct RevealForm {
     property: String,
     reason: String,
+    what: String,
 }
 
 /// What the page is asked to show, beyond the incident.
@@ -398,6 +405,17 @@ struct IncidentPage {
     error: Option<String>,
     /// Which form waits for a fresh step-up (its id), if any.
     step_up_for: Option<&'static str>,
+    /// The alarms behind the incident, oldest first.
+    alarms: Vec<AlarmLine>,
+}
+
+/// An alarm as the incident page lists it.
+struct AlarmLine {
+    kind: &'static str,
+    source: String,
+    received: String,
+    confirmed: &'static str,
+    repeat: bool,
 }
 
 fn rule_words(rule: &AgencyRule) -> String {
@@ -443,6 +461,12 @@ async fn summary(
         incident_types: Vec::new(),
         second_approval: false,
     };
+    let health = if visible {
+        crate::health::of_property(&*client, actor.tenant, ctx.property.id, state.clock.now())
+            .await?
+    } else {
+        Vec::new()
+    };
     let plan = ctx.plan.as_ref().filter(|_| visible).map(|p| {
         let rule = match incident.agency_kind {
             crate::domain::AgencyKind::Fire => &p.agencies.fire,
@@ -465,6 +489,21 @@ async fn summary(
                     c.fallback.words()
                 )
             }),
+            key_location: p.physical_key.location.clone(),
+            key_holders: p
+                .physical_key
+                .holders
+                .iter()
+                .map(|h| match &h.phone {
+                    Some(phone) => format!("{} ({phone})", h.name),
+                    None => h.name.clone(),
+                })
+                .collect(),
+            has_key_box_code: p.key_box.is_some(),
+            lock_warnings: health
+                .iter()
+                .flat_map(|l| l.warnings.iter().map(move |w| format!("{}: {w}", l.name)))
+                .collect(),
         }
     });
     Ok(Found {
@@ -591,8 +630,30 @@ async fn incident_page(
             units.push((u.clone(), form.unit == *u));
         }
     }
+    let alarms = crate::alarms::of_incident(&*client, actor.tenant, incident.id)
+        .await
+        .map_err(api)?
+        .into_iter()
+        .map(|a| AlarmLine {
+            kind: a.kind.words(),
+            source: match (a.source.as_str(), &a.detector) {
+                ("lock", Some(d)) => format!("the lock's detector input ({d})"),
+                ("lock", None) => "the lock's detector input".to_owned(),
+                (_, Some(d)) => format!("the monitoring centre ({d})"),
+                (_, None) => "the monitoring centre".to_owned(),
+            },
+            received: when(a.received_at),
+            confirmed: match (a.source.as_str(), a.confirmed) {
+                ("lock", _) => "not applicable (a lock's detector)",
+                (_, true) => "confirmed by the monitoring centre",
+                (_, false) => "not confirmed",
+            },
+            repeat: a.duplicate,
+        })
+        .collect();
     let open = incident.closed_at.is_none();
     Ok(IncidentPage {
+        alarms,
         chrome: Chrome::of(&*client, actor).await?,
         live_js: &assets::LIVE_JS.path,
         opened: when(incident.opened_at),
@@ -767,9 +828,9 @@ fn parse_grant(form: &GrantForm) -> Result<grants::GrantInput, EmergencyError> {
     .parse()
 }
 
-/// Reveals a home's responder notes to the dispatcher, for a reason they give: ties the incident to
-/// the property (`POST /api/v1/incidents/{id}/properties`'s steps, audited) and then runs
-/// `POST /api/v1/properties/{id}/plan/reveal`'s steps, whose audit entry records the reason.
+/// Reveals a home's responder notes, or its key box code (`what=key_box`), to the dispatcher, for a
+/// reason they give: the one reveal of `http::properties::reveal_secret` (ties the incident to the
+/// property, asks the policy, audits the reveal with the reason), as the JSON reveals run it.
 async fn reveal(
     state: web::Data<AppState>,
     SignedIn(actor): SignedIn,
@@ -778,24 +839,27 @@ async fn reveal(
 ) -> Result<HttpResponse, WebError> {
     dispatcher(&actor)?;
     let form = form.into_inner();
-    let mut client = connection(&state).await?;
-    let now = state.clock.now();
+    let secret = if form.what == "key_box" {
+        Secret::KeyBox
+    } else {
+        Secret::Notes
+    };
     let checked = Uuid::parse_str(form.property.trim())
         .map_err(|_| "Choose the home first.".to_owned())
         .and_then(|p| {
             Text::parse("reason", &form.reason, 500)
                 .map(|r| (p, r.into_string()))
-                .map_err(|_| "Say why you need the notes (1 to 500 characters).".to_owned())
+                .map_err(|_| "Say why you need it (1 to 500 characters).".to_owned())
         });
     let result: Result<_, Option<String>> = match checked {
         Err(words) => Err(Some(words)),
         Ok((property, reason)) => {
-            match reveal_steps(&state, &mut client, &actor, *id, property, &reason, now).await {
+            match reveal_steps(&state, &actor, *id, property, secret, &reason).await {
                 Ok(notes) => Ok(notes),
                 Err(WebError::Api(ApiError::StepUpRequired)) => Err(None),
                 Err(WebError::Api(ApiError::Conflict(d) | ApiError::BadRequest(d))) => Err(Some(d)),
                 Err(WebError::Api(ApiError::NotFound)) => Err(Some(
-                    "The notes of this home are not yours to see for this incident.".to_owned(),
+                    "What the homeowner sealed is not yours to see for this incident.".to_owned(),
                 )),
                 Err(e) => return Err(e),
             }
@@ -803,13 +867,22 @@ async fn reveal(
     };
     let (notes, error, step_up, status) = match result {
         Ok(notes) => (Some(notes), None, None, StatusCode::OK),
-        Err(None) => (None, None, Some("reveal-form"), StatusCode::UNAUTHORIZED),
+        Err(None) => (
+            None,
+            None,
+            Some(match secret {
+                Secret::Notes => "reveal-form",
+                Secret::KeyBox => "key-box-form",
+            }),
+            StatusCode::UNAUTHORIZED,
+        ),
         Err(Some(words)) => (None, Some(words), None, StatusCode::BAD_REQUEST),
     };
     let query = IncidentQuery {
         property: form.property.clone(),
         ..IncidentQuery::default()
     };
+    let mut client = connection(&state).await?;
     let page = incident_page(
         &state,
         &mut client,
@@ -831,84 +904,30 @@ async fn reveal(
 
 async fn reveal_steps(
     state: &AppState,
-    client: &mut deadpool_postgres::Object,
     actor: &Actor,
     incident: Uuid,
     property: Uuid,
+    secret: Secret,
     reason: &str,
-    now: DateTime<Utc>,
 ) -> Result<(String, Vec<(&'static str, String)>), WebError> {
-    {
-        let tx = client.transaction().await.map_err(StoreError::from)?;
-        incidents::link_property(&tx, actor, incident, property, now)
-            .await
-            .map_err(api)?;
-        tx.commit().await.map_err(StoreError::from)?;
-    }
-    let ctx = access::property(&*client, actor.tenant, property).await?;
-    let principal = access::principal(&*client, actor).await?;
-    let named = access::named_in_live_grant(&*client, actor, ctx.property.id, now).await?;
-    let agencies = access::incident_agencies_here(&*client, actor.tenant, ctx.property.id).await?;
-    let decision = access::authorize(
-        client,
-        &state.policy,
-        actor,
-        Some(ctx.property.id),
-        now,
-        |fresh| {
-            AuthzRequest::reveal_notes(
-                &principal,
-                &ctx.attrs,
-                RevealContext {
-                    step_up_fresh: fresh,
-                    named_in_live_grant: named,
-                    incident_agencies: agencies.clone(),
-                },
-            )
-        },
-    )
-    .await?;
-    let plan = ctx.plan.as_ref().ok_or(ApiError::NotFound)?;
-    let notes: ResponderNotes = match &plan.notes {
-        None => ResponderNotes::default(),
-        Some(sealed) => {
-            let bytes = crypto::open(&state.kek, plan.id.as_bytes(), sealed)
-                .map_err(|e| ApiError::Internal(e.into()))?;
-            serde_json::from_slice(&bytes).map_err(|e| ApiError::Internal(e.into()))?
-        }
-    };
-    let tx = client.transaction().await.map_err(StoreError::from)?;
-    audit::record(
-        &tx,
-        actor.tenant,
-        &Event::new("plan.reveal_notes", Outcome::Allow)
-            .actor(actor.user_id)
-            .subject("property", ctx.property.id)
-            .property(ctx.property.id)
-            .incident(incident)
-            .policy(decision.policy_set_hash)
-            .details(serde_json::json!({
-                "version": plan.version,
-                "policies": decision.determining_policies,
-                "named_in_live_grant": named,
-                "incident_agencies": agencies,
-                "reason": reason,
-            })),
-        now,
-    )
-    .await?;
-    tx.commit().await.map_err(StoreError::from)?;
+    let revealed =
+        reveal_secret(state, actor, property, secret, Some(incident), Some(reason)).await?;
     let line = |o: &Option<String>| o.clone().unwrap_or_else(|| "—".to_owned());
-    Ok((
-        ctx.property.address,
-        vec![
+    let notes = &revealed.notes;
+    let lines = match secret {
+        Secret::Notes => vec![
             ("Pets", line(&notes.pets)),
             ("Hazards", line(&notes.hazards)),
             ("Medical equipment", line(&notes.medical_equipment)),
             ("Shut-offs", line(&notes.utilities)),
             ("Other notes", line(&notes.free_text)),
         ],
-    ))
+        Secret::KeyBox => vec![
+            ("Key box", line(&revealed.plan.physical_key.location)),
+            ("Key box code", line(&revealed.key_box_code)),
+        ],
+    };
+    Ok((revealed.address, lines))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -24,7 +24,8 @@ use crate::domain::Role;
 use crate::http::AppState;
 use crate::http::error::ApiError;
 use crate::plans::{
-    AgencyRule, AgencyRules, ConsentFallback, Contact, LiveConsent, NotificationChoices, PlanInput,
+    AgencyRule, AgencyRules, ConsentFallback, Contact, KeyHolder, LiveConsent, NotificationChoices,
+    PhysicalKey, PlanInput,
     ResponderNotes,
 };
 use crate::policy::{AuthzRequest, PrincipalAttrs, PropertyAttrs, RevealContext, StepUpContext};
@@ -40,6 +41,16 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
         .route(
             "/homes/{id}/lock-registrations/{registration}/cancel",
             web::post().to(cancel_registration),
+        )
+        .route(
+            "/homes/{id}/offline-period",
+            web::post().to(set_offline_period),
+        )
+        .route("/homes/{id}/alarms", web::get().to(alarm_rules_page))
+        .route("/homes/{id}/alarms", web::post().to(save_alarm_rules))
+        .route(
+            "/homes/{id}/alarms/accounts",
+            web::post().to(link_monitoring_account),
         )
         .route("/homes/{id}/plan", web::get().to(edit_plan))
         .route("/homes/{id}/plan", web::post().to(save_plan))
@@ -271,6 +282,75 @@ struct HomeDetail {
     plan: Option<PlanFacts>,
     versions: Vec<VersionRow>,
     new_lock: NewLockForm,
+    health: Vec<HealthRow>,
+    offline_minutes: u32,
+    period_error: Option<String>,
+    alarms: Vec<AlarmRow>,
+}
+
+/// A paired lock's health as the homeowner's page shows it.
+struct HealthRow {
+    id: Uuid,
+    name: String,
+    battery: String,
+    trend: String,
+    days_left: String,
+    last_seen: String,
+    period: String,
+    own_period: Option<u32>,
+    warnings: Vec<String>,
+}
+
+impl From<crate::health::LockHealth> for HealthRow {
+    fn from(h: crate::health::LockHealth) -> Self {
+        let battery = match (h.battery_percent, h.battery_millivolts) {
+            (Some(p), Some(mv)) => format!("{p} % ({mv} mV)"),
+            (Some(p), None) => format!("{p} %"),
+            _ => "not reported".to_owned(),
+        };
+        let trend = if h.battery_trend.is_empty() {
+            "no change in 30 days".to_owned()
+        } else {
+            h.battery_trend
+                .iter()
+                .map(|s| format!("{} % on {}", s.percent, s.at.format("%Y-%m-%d")))
+                .collect::<Vec<_>>()
+                .join(" → ")
+        };
+        Self {
+            id: h.lock,
+            name: h.name,
+            battery,
+            trend,
+            days_left: h.battery_days_left.map_or_else(
+                || "no falling trend yet".to_owned(),
+                |d| format!("about {d} days"),
+            ),
+            last_seen: when(h.last_seen_at),
+            period: minutes_words(h.offline_after_minutes),
+            own_period: h.own_offline_period.then_some(h.offline_after_minutes),
+            warnings: h.warnings,
+        }
+    }
+}
+
+/// "90 minutes", "24 hours", "3 days".
+fn minutes_words(m: u32) -> String {
+    if m.is_multiple_of(1440) {
+        format!("{} days", m / 1440).replace("1 days", "1 day")
+    } else if m.is_multiple_of(60) {
+        format!("{} hours", m / 60).replace("1 hours", "1 hour")
+    } else {
+        format!("{m} minutes")
+    }
+}
+
+/// An alarm as the homeowner's page lists it.
+struct AlarmRow {
+    received: String,
+    kind: &'static str,
+    source: String,
+    what: String,
 }
 
 /// The plan in words, for the property page.
@@ -310,6 +390,7 @@ async fn detail_page(
     actor: &Actor,
     id: Uuid,
     new_lock: NewLockForm,
+    period_error: Option<String>,
 ) -> Result<HomeDetail, WebError> {
     let ctx = own_property(state, client, actor, id, manage_locks).await?;
     let locks = store::locks(&*client, actor.tenant, ctx.property.id).await?;
@@ -319,7 +400,35 @@ async fn detail_page(
             .into_iter()
             .partition(|r| r.state == "pending");
     let versions = plan_history::versions(&*client, actor.tenant, ctx.property.id).await?;
+    let now = state.clock.now();
+    let health = crate::health::of_property(&*client, actor.tenant, ctx.property.id, now).await?;
+    let offline_minutes =
+        crate::health::property_offline_minutes(&*client, actor.tenant, ctx.property.id).await?;
+    let alarms = crate::alarms::of_property(&*client, actor.tenant, ctx.property.id, 20)
+        .await
+        .map_err(|e| WebError::Api(e.into()))?
+        .into_iter()
+        .map(|a| AlarmRow {
+            received: when(Some(a.view.received_at)),
+            kind: a.view.kind.words(),
+            source: match (a.view.source.as_str(), a.view.confirmed) {
+                ("lock", _) => "your lock's detector input".to_owned(),
+                (_, true) => "your monitoring centre (confirmed)".to_owned(),
+                (_, false) => "your monitoring centre".to_owned(),
+            },
+            what: match (a.incident, a.granted, a.view.duplicate) {
+                (Some(cad), _, true) => format!("a repeat, recorded with incident {cad}"),
+                (Some(cad), true, _) => format!("incident {cad}; entry granted by your rule"),
+                (Some(cad), false, _) => format!("incident {cad} for dispatch"),
+                (None, _, _) => "recorded".to_owned(),
+            },
+        })
+        .collect();
     Ok(HomeDetail {
+        health: health.into_iter().map(HealthRow::from).collect(),
+        offline_minutes,
+        period_error,
+        alarms,
         chrome: Chrome::of(&*client, actor).await?,
         locks: locks
             .into_iter()
@@ -362,7 +471,17 @@ async fn show(
 ) -> Result<HttpResponse, WebError> {
     homeowner(&actor)?;
     let mut client = connection(&state).await?;
-    page::ok(&detail_page(&state, &mut client, &actor, *id, NewLockForm::default()).await?)
+    page::ok(
+        &detail_page(
+            &state,
+            &mut client,
+            &actor,
+            *id,
+            NewLockForm::default(),
+            None,
+        )
+        .await?,
+    )
 }
 
 #[derive(Deserialize)]
@@ -408,7 +527,7 @@ async fn add_lock(
                 name: form.name.clone(),
                 error: Some(error),
             };
-            let page = detail_page(&state, &mut client, &actor, *id, again).await?;
+            let page = detail_page(&state, &mut client, &actor, *id, again, None).await?;
             return page::render(StatusCode::BAD_REQUEST, &page);
         }
     };
@@ -438,7 +557,7 @@ async fn add_lock(
                 name: form.name.clone(),
                 error: Some(format!("Not added: {}.", refusal.message())),
             };
-            let page = detail_page(&state, &mut client, &actor, *id, again).await?;
+            let page = detail_page(&state, &mut client, &actor, *id, again, None).await?;
             return page::render(status, &page);
         }
         Err(RegisterError::Store(e)) => return Err(e.into()),
@@ -474,6 +593,431 @@ async fn cancel_registration(
     tx.commit().await.map_err(StoreError::from)?;
     Ok(page::see_other(&format!(
         "/homes/{}#locks",
+        ctx.property.id
+    )))
+}
+
+#[derive(Deserialize)]
+struct PeriodForm {
+    /// Empty: the whole home's period; otherwise one lock's.
+    #[serde(default)]
+    lock: String,
+    /// Minutes; empty for a lock goes back to the home's period.
+    #[serde(default)]
+    minutes: String,
+}
+
+/// `PUT /api/v1/properties/{id}/offline-period` (no `lock`) or
+/// `PUT /api/v1/properties/{id}/locks/{lock}/offline-period`'s steps.
+async fn set_offline_period(
+    state: web::Data<AppState>,
+    SignedIn(actor): SignedIn,
+    id: web::Path<Uuid>,
+    form: web::Form<PeriodForm>,
+) -> Result<HttpResponse, WebError> {
+    homeowner(&actor)?;
+    let mut client = connection(&state).await?;
+    let ctx = own_property(&state, &mut client, &actor, *id, manage_locks).await?;
+    let lock = match form.lock.trim() {
+        "" => Ok(None),
+        l => Uuid::parse_str(l)
+            .map(Some)
+            .map_err(|_| "Choose one of the locks.".to_owned()),
+    };
+    let minutes = match form.minutes.trim() {
+        "" => Ok(None),
+        m => m
+            .parse::<u32>()
+            .map_err(|_| "The period is a whole number of minutes.".to_owned())
+            .and_then(|m| {
+                crate::health::check_offline_minutes(m)
+                    .map(Some)
+                    .map_err(|_| "The period is 10 to 43200 minutes (30 days).".to_owned())
+            }),
+    };
+    let checked = lock.and_then(|l| {
+        minutes.and_then(|m| match (l, m) {
+            (None, None) => Err("Give the home's period in minutes.".to_owned()),
+            ok => Ok(ok),
+        })
+    });
+    let (lock, minutes) = match checked {
+        Ok(ok) => ok,
+        Err(words) => {
+            let page = detail_page(
+                &state,
+                &mut client,
+                &actor,
+                *id,
+                NewLockForm::default(),
+                Some(words),
+            )
+            .await?;
+            return page::render(StatusCode::BAD_REQUEST, &page);
+        }
+    };
+    let now = state.clock.now();
+    let tx = client.transaction().await.map_err(StoreError::from)?;
+    crate::health::set_offline_period(
+        &tx,
+        actor.tenant,
+        actor.user_id,
+        ctx.property.id,
+        lock,
+        minutes,
+        now,
+    )
+    .await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(page::see_other(&format!(
+        "/homes/{}#health",
+        ctx.property.id
+    )))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Alarm rules and monitoring accounts.
+
+/// One kind's rule as the form shows and takes it.
+struct RuleRow {
+    kind: &'static str,
+    words: &'static str,
+    /// `none` (no rule), `nothing`, `incident`, `incident_and_grant`.
+    action: String,
+    agency: String,
+    minutes: String,
+}
+
+#[derive(Template)]
+#[template(path = "home_alarms.html")]
+struct AlarmRulesPage {
+    chrome: Chrome,
+    property: Property,
+    rules: Vec<RuleRow>,
+    /// Agencies to choose from: (id, "name (kind)").
+    agencies: Vec<(Uuid, String)>,
+    accounts: Vec<crate::alarms::MonitoringLink>,
+    account_form: (String, String),
+    error: Option<String>,
+    step_up: Option<&'static str>,
+}
+
+fn rule_rows(
+    rules: &[crate::alarms::AlarmRule],
+    typed: Option<&std::collections::HashMap<String, String>>,
+) -> Vec<RuleRow> {
+    crate::alarms::AlarmKind::ALL
+        .into_iter()
+        .map(|kind| {
+            let field = |name: &str| {
+                typed.map(|t| {
+                    t.get(&format!("{}_{name}", kind.as_str()))
+                        .cloned()
+                        .unwrap_or_default()
+                })
+            };
+            let stored = rules.iter().find(|r| r.kind == kind);
+            RuleRow {
+                kind: kind.as_str(),
+                words: kind.words(),
+                action: field("action").unwrap_or_else(|| {
+                    stored
+                        .map_or("none", |r| match r.action {
+                            crate::alarms::RuleAction::Nothing => "nothing",
+                            crate::alarms::RuleAction::Incident => "incident",
+                            crate::alarms::RuleAction::IncidentAndGrant => "incident_and_grant",
+                        })
+                        .to_owned()
+                }),
+                agency: field("agency").unwrap_or_else(|| {
+                    stored
+                        .and_then(|r| r.agency)
+                        .map(|a| a.to_string())
+                        .unwrap_or_default()
+                }),
+                minutes: field("minutes").unwrap_or_else(|| {
+                    stored
+                        .and_then(|r| r.minutes)
+                        .map(|m| m.to_string())
+                        .unwrap_or_default()
+                }),
+            }
+        })
+        .collect()
+}
+
+/// The rules as typed, checked as `PUT /api/v1/properties/{id}/alarm-rules` checks them.
+fn typed_rules(
+    form: &std::collections::HashMap<String, String>,
+) -> Result<crate::alarms::AlarmRules, String> {
+    let mut rules = Vec::new();
+    for kind in crate::alarms::AlarmKind::ALL {
+        let get = |name: &str| {
+            form.get(&format!("{}_{name}", kind.as_str()))
+                .map(|v| v.trim().to_owned())
+                .unwrap_or_default()
+        };
+        let action = match get("action").as_str() {
+            "" | "none" => continue,
+            "nothing" => crate::alarms::RuleAction::Nothing,
+            "incident" => crate::alarms::RuleAction::Incident,
+            "incident_and_grant" => crate::alarms::RuleAction::IncidentAndGrant,
+            _ => return Err(format!("{}: choose what it does.", kind.words())),
+        };
+        let agency = match (action, get("agency").as_str()) {
+            (crate::alarms::RuleAction::Nothing, _) => None,
+            (_, "") => return Err(format!("{}: choose the agency.", kind.words())),
+            (_, a) => Some(
+                Uuid::parse_str(a).map_err(|_| format!("{}: choose the agency.", kind.words()))?,
+            ),
+        };
+        let minutes = match action {
+            crate::alarms::RuleAction::IncidentAndGrant => Some(
+                get("minutes")
+                    .parse::<u32>()
+                    .map_err(|_| format!("{}: minutes of entry, 1 to 1440.", kind.words()))?,
+            ),
+            _ => None,
+        };
+        rules.push(crate::alarms::AlarmRule {
+            kind,
+            action,
+            agency,
+            minutes,
+        });
+    }
+    let rules = crate::alarms::AlarmRules { rules };
+    rules.validate().map_err(|e| e.to_string())?;
+    Ok(rules)
+}
+
+fn blank() -> (String, String) {
+    (String::new(), String::new())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn alarms_page(
+    client: &deadpool_postgres::Object,
+    actor: &Actor,
+    property: Property,
+    typed: Option<&std::collections::HashMap<String, String>>,
+    account_form: (String, String),
+    error: Option<String>,
+    step_up: Option<&'static str>,
+) -> Result<AlarmRulesPage, WebError> {
+    let api = |e: crate::emergency::EmergencyError| WebError::Api(e.into());
+    let rules = crate::alarms::rules(client, actor.tenant, property.id)
+        .await
+        .map_err(api)?;
+    let agencies = crate::store::tenancy::agencies(client, actor.tenant)
+        .await?
+        .into_iter()
+        .filter(|a| a.kind != crate::domain::AgencyKind::Police)
+        .map(|a| (a.id, format!("{} ({})", a.name, a.kind.as_str())))
+        .collect();
+    Ok(AlarmRulesPage {
+        chrome: Chrome::of(client, actor).await?,
+        rules: rule_rows(&rules, typed),
+        agencies,
+        accounts: crate::alarms::accounts(client, actor.tenant, property.id)
+            .await
+            .map_err(api)?,
+        property,
+        account_form,
+        error,
+        step_up,
+    })
+}
+
+async fn alarm_rules_page(
+    state: web::Data<AppState>,
+    SignedIn(actor): SignedIn,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, WebError> {
+    homeowner(&actor)?;
+    let mut client = connection(&state).await?;
+    // Reading the rules needs what writing them needs, without the step-up (as the JSON GET).
+    let ctx = own_property(&state, &mut client, &actor, *id, |p, prop, _| {
+        edit(p, prop, true)
+    })
+    .await?;
+    let page = alarms_page(
+        &client,
+        &actor,
+        ctx.property,
+        None,
+        (String::new(), String::new()),
+        None,
+        None,
+    )
+    .await?;
+    page::ok(&page)
+}
+
+/// `PUT /api/v1/properties/{id}/alarm-rules`'s steps (the plan is written once more, recording the
+/// rules); without a fresh step-up the form comes back as typed with the inline confirmation.
+async fn save_alarm_rules(
+    state: web::Data<AppState>,
+    SignedIn(actor): SignedIn,
+    id: web::Path<Uuid>,
+    form: web::Form<std::collections::HashMap<String, String>>,
+) -> Result<HttpResponse, WebError> {
+    homeowner(&actor)?;
+    let form = form.into_inner();
+    let mut client = connection(&state).await?;
+    let rules = typed_rules(&form);
+    let ctx = match own_property(&state, &mut client, &actor, *id, edit).await {
+        Ok(ctx) => Ok(ctx),
+        Err(WebError::Api(ApiError::StepUpRequired)) => Err(()),
+        Err(e) => return Err(e),
+    };
+    let (ctx, rules) = match (ctx, rules) {
+        (Ok(ctx), Ok(rules)) => (ctx, rules),
+        (Ok(ctx), Err(words)) => {
+            let page = alarms_page(
+                &client,
+                &actor,
+                ctx.property,
+                Some(&form),
+                blank(),
+                Some(words),
+                None,
+            )
+            .await?;
+            return page::render(StatusCode::BAD_REQUEST, &page);
+        }
+        (Err(()), _) => {
+            let property = store::property(&client, actor.tenant, *id).await?;
+            if property.owner_id != actor.user_id {
+                return Err(WebError::not_found());
+            }
+            let page = alarms_page(
+                &client,
+                &actor,
+                property,
+                Some(&form),
+                blank(),
+                None,
+                Some("rules-form"),
+            )
+            .await?;
+            return page::render(StatusCode::UNAUTHORIZED, &page);
+        }
+    };
+    let now = state.clock.now();
+    let tx = client.transaction().await.map_err(StoreError::from)?;
+    match crate::alarms::set_rules(
+        &tx,
+        &state.kek,
+        actor.tenant,
+        actor.user_id,
+        ctx.property.id,
+        &rules,
+        now,
+    )
+    .await
+    {
+        Ok(_) => {}
+        Err(crate::emergency::EmergencyError::Invalid(words)) => {
+            drop(tx);
+            let page = alarms_page(
+                &client,
+                &actor,
+                ctx.property,
+                Some(&form),
+                blank(),
+                Some(words),
+                None,
+            )
+            .await?;
+            return page::render(StatusCode::BAD_REQUEST, &page);
+        }
+        Err(e) => return Err(WebError::Api(e.into())),
+    }
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(page::see_other(&format!(
+        "/homes/{}/alarms?saved=1#rules",
+        ctx.property.id
+    )))
+}
+
+#[derive(Deserialize)]
+struct AccountForm {
+    key_id: String,
+    account: String,
+}
+
+/// `POST /api/v1/properties/{id}/monitoring-accounts`'s steps.
+async fn link_monitoring_account(
+    state: web::Data<AppState>,
+    SignedIn(actor): SignedIn,
+    id: web::Path<Uuid>,
+    form: web::Form<AccountForm>,
+) -> Result<HttpResponse, WebError> {
+    homeowner(&actor)?;
+    let form = form.into_inner();
+    let mut client = connection(&state).await?;
+    let typed = (form.key_id.clone(), form.account.clone());
+    let ctx = match own_property(&state, &mut client, &actor, *id, edit).await {
+        Ok(ctx) => ctx,
+        Err(WebError::Api(ApiError::StepUpRequired)) => {
+            let property = store::property(&client, actor.tenant, *id).await?;
+            if property.owner_id != actor.user_id {
+                return Err(WebError::not_found());
+            }
+            let page = alarms_page(
+                &client,
+                &actor,
+                property,
+                None,
+                typed,
+                None,
+                Some("account-form"),
+            )
+            .await?;
+            return page::render(StatusCode::UNAUTHORIZED, &page);
+        }
+        Err(e) => return Err(e),
+    };
+    let now = state.clock.now();
+    let tx = client.transaction().await.map_err(StoreError::from)?;
+    let input = crate::alarms::NewMonitoringLink {
+        key_id: form.key_id.trim().to_owned(),
+        account: form.account,
+    };
+    match crate::alarms::link_account(
+        &tx,
+        actor.tenant,
+        actor.user_id,
+        ctx.property.id,
+        &input,
+        now,
+    )
+    .await
+    {
+        Ok(_) => {}
+        Err(
+            crate::emergency::EmergencyError::Invalid(words)
+            | crate::emergency::EmergencyError::Conflict(words),
+        ) => {
+            drop(tx);
+            let page = alarms_page(
+                &client,
+                &actor,
+                ctx.property,
+                None,
+                typed,
+                Some(words),
+                None,
+            )
+            .await?;
+            return page::render(StatusCode::BAD_REQUEST, &page);
+        }
+        Err(e) => return Err(WebError::Api(e.into())),
+    }
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(page::see_other(&format!(
+        "/homes/{}/alarms#accounts",
         ctx.property.id
     )))
 }
@@ -516,6 +1060,12 @@ struct PlanForm {
     consent_seconds: String,
     /// `proceed` or `second_dispatcher`.
     consent_fallback: String,
+    key_location: String,
+    key_box_code: String,
+    holder1_name: String,
+    holder1_phone: String,
+    holder2_name: String,
+    holder2_phone: String,
 }
 
 fn checked(b: bool) -> Option<String> {
@@ -553,6 +1103,8 @@ impl PlanForm {
         let c1 = contact(0);
         let c2 = contact(1);
         let a = &plan.agencies;
+        let key = &plan.physical_key;
+        let holder = |i: usize| key.holders.get(i);
         Self {
             fire_allowed: checked(a.fire.allowed),
             fire_types: a.fire.incident_types.join(", "),
@@ -587,6 +1139,12 @@ impl PlanForm {
                 .live_consent
                 .map_or("proceed", |c| c.fallback.as_str())
                 .to_owned(),
+            key_location: key.location.clone().unwrap_or_default(),
+            key_box_code: key.key_box_code.clone().unwrap_or_default(),
+            holder1_name: holder(0).map(|h| h.name.clone()).unwrap_or_default(),
+            holder1_phone: holder(0).and_then(|h| h.phone.clone()).unwrap_or_default(),
+            holder2_name: holder(1).map(|h| h.name.clone()).unwrap_or_default(),
+            holder2_phone: holder(1).and_then(|h| h.phone.clone()).unwrap_or_default(),
         }
     }
 
@@ -660,6 +1218,21 @@ impl PlanForm {
                     })?,
                 }),
             },
+            physical_key: PhysicalKey {
+                location: optional(&self.key_location),
+                holders: [
+                    (&self.holder1_name, &self.holder1_phone),
+                    (&self.holder2_name, &self.holder2_phone),
+                ]
+                .into_iter()
+                .filter(|(n, p)| !n.trim().is_empty() || !p.trim().is_empty())
+                .map(|(n, p)| KeyHolder {
+                    name: n.trim().to_owned(),
+                    phone: optional(p),
+                })
+                .collect(),
+                key_box_code: optional(&self.key_box_code),
+            },
         };
         plan.validate().map_err(|e| e.to_string())?;
         Ok(plan)
@@ -699,6 +1272,10 @@ fn plan_input(state: &AppState, plan: &StoredPlan) -> Result<PlanInput, WebError
         notifications: plan.notifications.clone(),
         retention_days: plan.retention_days,
         live_consent: plan.live_consent,
+        physical_key: PhysicalKey {
+            key_box_code: store::open_key_box(&state.kek, plan)?,
+            ..plan.physical_key.clone()
+        },
     })
 }
 
@@ -772,9 +1349,7 @@ async fn save_plan(
         }
     };
     let now = state.clock.now();
-    let notes = serde_json::to_vec(&plan.notes).map_err(|e| ApiError::Internal(e.into()))?;
     let kek = &state.kek;
-    let has_notes = plan.has_notes();
     let tx = client.transaction().await.map_err(StoreError::from)?;
     let version = store::insert_plan(
         &tx,
@@ -782,14 +1357,7 @@ async fn save_plan(
         ctx.property.id,
         actor.user_id,
         &plan,
-        |plan_id| {
-            if !has_notes {
-                return Ok(None);
-            }
-            crypto::seal(kek, plan_id.as_bytes(), &notes)
-                .map(Some)
-                .map_err(|e| StoreError::Unavailable(e.to_string()))
-        },
+        |plan_id| store::seal_plan(kek, &plan, plan_id),
         now,
     )
     .await?;
@@ -866,8 +1434,50 @@ fn lines(plan: &PlanInput) -> Vec<(&'static str, String)> {
         ("Tell me", yes(plan.notifications.homeowner)),
         ("Tell my contacts", yes(plan.notifications.contacts)),
         ("Keep records for", format!("{} days", plan.retention_days)),
+        ("Key or key box at", text(&plan.physical_key.location)),
+        ("Key box code", text(&plan.physical_key.key_box_code)),
+        (
+            "Key holders",
+            if plan.physical_key.holders.is_empty() {
+                "—".to_owned()
+            } else {
+                plan.physical_key
+                    .holders
+                    .iter()
+                    .map(|h| match &h.phone {
+                        Some(p) => format!("{} ({p})", h.name),
+                        None => h.name.clone(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            },
+        ),
     ]);
     out
+}
+
+/// The alarm rules a version recorded, in words ("smoke: incident and entry for 30 minutes; …").
+fn alarm_rules_words(rules: Option<&serde_json::Value>) -> String {
+    let Some(rules) = rules.and_then(serde_json::Value::as_array) else {
+        return "not recorded with this version".to_owned();
+    };
+    if rules.is_empty() {
+        return "none (an alarm is only recorded)".to_owned();
+    }
+    rules
+        .iter()
+        .map(|r| {
+            let kind = r["kind"].as_str().unwrap_or("?");
+            match (r["action"].as_str(), r["minutes"].as_i64()) {
+                (Some("incident_and_grant"), Some(m)) => {
+                    format!("{kind}: incident and entry for {m} minutes")
+                }
+                (Some("incident"), _) => format!("{kind}: incident for dispatch"),
+                _ => format!("{kind}: nothing"),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 async fn compare(
@@ -882,9 +1492,13 @@ async fn compare(
     let (a, b) = (query.a.min(query.b), query.a.max(query.b));
     let old = plan_history::version(&client, actor.tenant, ctx.property.id, a).await?;
     let new = plan_history::version(&client, actor.tenant, ctx.property.id, b).await?;
-    let rows = lines(&plan_input(&state, &old)?)
+    let mut old_lines = lines(&plan_input(&state, &old)?);
+    let mut new_lines = lines(&plan_input(&state, &new)?);
+    old_lines.push(("Alarm rules", alarm_rules_words(old.alarm_rules.as_ref())));
+    new_lines.push(("Alarm rules", alarm_rules_words(new.alarm_rules.as_ref())));
+    let rows = old_lines
         .into_iter()
-        .zip(lines(&plan_input(&state, &new)?))
+        .zip(new_lines)
         .map(|((label, a), (_, b))| DiffRow {
             label,
             changed: a != b,
@@ -967,8 +1581,21 @@ async fn print_plan(
             ("Pets", text(&plan.notes.pets)),
             ("Hazards", text(&plan.notes.hazards)),
             ("Medical equipment", text(&plan.notes.medical_equipment)),
-            ("Shut-offs and key box", text(&plan.notes.utilities)),
+            ("Shut-offs", text(&plan.notes.utilities)),
             ("Anything else", text(&plan.notes.free_text)),
+            ("Key or key box at", text(&plan.physical_key.location)),
+            (
+                "Key holders",
+                plan.physical_key
+                    .holders
+                    .iter()
+                    .map(|h| match &h.phone {
+                        Some(p) => format!("{} ({p})", h.name),
+                        None => h.name.clone(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
         ],
         contacts: plan.contacts,
         locks,

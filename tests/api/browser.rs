@@ -1567,18 +1567,13 @@ async fn home_with_plan(app: &TestApp, tenant: firstkey::store::Tenant, address:
     // The test settings' data key: 32 bytes of 0x2a.
     let kek =
         firstkey::crypto::Kek::from_base64("KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=").unwrap();
-    let notes = serde_json::to_vec(&plan.notes).unwrap();
     firstkey::store::properties::insert_plan(
         &tx,
         tenant,
         property.id,
         owner.id,
         &plan,
-        |id| {
-            Ok(Some(
-                firstkey::crypto::seal(&kek, id.as_bytes(), &notes).unwrap(),
-            ))
-        },
+        |id| firstkey::store::properties::seal_plan(&kek, &plan, id),
         now,
     )
     .await

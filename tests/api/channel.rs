@@ -831,6 +831,7 @@ async fn receipt_batches_are_idempotent_and_forks_are_refused() {
         token_hash: None,
         token_id: None,
         expires_at: None,
+        door_event: None,
     };
     let mut head = ChainHead::GENESIS;
     let mut chain = Vec::new();

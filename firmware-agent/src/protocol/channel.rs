@@ -181,6 +181,10 @@ pub enum AgentMessage {
         kind: DetectorKind,
         /// The detector's name as configured on the lock (`Kitchen`), at most 100 bytes.
         detector: Option<String>,
+        /// The alarm's random 16-byte id, given when the detector reported it: the same alarm
+        /// offered again (at any time) is acted on once. Absent from older agents.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<Bytes<16>>,
     },
 }
 
