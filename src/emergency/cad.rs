@@ -284,7 +284,17 @@ pub async fn handle(
     check_idempotency_key(call.idempotency_key)?;
     let hash = request_hash(call);
     if let CadAction::CreateGrant(cad_number) = action {
-        return handle_grant(client, engine, call, tenant, key_id, cad_number, &hash, now).await;
+        return handle_grant(
+            client,
+            (engine, kek),
+            call,
+            tenant,
+            key_id,
+            cad_number,
+            &hash,
+            now,
+        )
+        .await;
     }
     let tx = client.transaction().await.map_err(StoreError::from)?;
     let claimed = tx
@@ -403,7 +413,7 @@ async fn dispatcher_actor(
 #[allow(clippy::too_many_arguments)]
 async fn handle_grant(
     client: &mut deadpool_postgres::Object,
-    engine: &PolicyEngine,
+    (engine, kek): (&PolicyEngine, &Kek),
     call: &CadCall<'_>,
     tenant: Tenant,
     key_id: String,
@@ -444,7 +454,7 @@ async fn handle_grant(
             replayed: true,
         });
     }
-    let outcome = grant_for_cad(client, engine, call, tenant, key_id, cad_number, now).await;
+    let outcome = grant_for_cad(client, engine, kek, call, tenant, key_id, cad_number, now).await;
     let body = match outcome.and_then(|grant| {
         serde_json::to_value(&grant)
             .map_err(|e| StoreError::Conflict(format!("response: {e}")).into())
@@ -474,9 +484,11 @@ async fn handle_grant(
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn grant_for_cad(
     client: &mut deadpool_postgres::Object,
     engine: &PolicyEngine,
+    kek: &Kek,
     call: &CadCall<'_>,
     tenant: Tenant,
     key_id: String,
@@ -507,5 +519,15 @@ async fn grant_for_cad(
         credential_id,
         key_id,
     };
-    grants::create_as(client, engine, &actor, incident.id, &input, Some(&via), now).await
+    grants::create_as(
+        client,
+        engine,
+        kek,
+        &actor,
+        incident.id,
+        &input,
+        Some(&via),
+        now,
+    )
+    .await
 }

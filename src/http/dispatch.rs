@@ -209,7 +209,16 @@ pub async fn create_grant(
     let input = body.into_inner().parse()?;
     let now = state.clock.now();
     let mut client = client(&state).await?;
-    let grant = grants::create(&mut client, &state.policy, &actor, *id, &input, now).await?;
+    let grant = grants::create(
+        &mut client,
+        &state.policy,
+        &state.kek,
+        &actor,
+        *id,
+        &input,
+        now,
+    )
+    .await?;
     Ok(HttpResponse::Created().json(grant))
 }
 

@@ -338,15 +338,31 @@ pub async fn put_plan(
     let mut client = state.pool.get().await.map_err(StoreError::from)?;
     let tx = client.transaction().await.map_err(StoreError::from)?;
     let plan = body.into_inner();
+    let version = save_plan(&state, &tx, &actor, ctx.property.id, &plan, now).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(HttpResponse::Created().json(PlanVersion { version }))
+}
+
+/// Saves the next version of a property's plan in `tx` (both faces, after the policy allowed it):
+/// the notes sealed under the KEK for the new row, and the `plan.update` audit entry, whose
+/// personal details (erasable, `audit::record_personal`) are the plan's contacts as saved.
+pub(crate) async fn save_plan(
+    state: &AppState,
+    tx: &impl deadpool_postgres::GenericClient,
+    actor: &Actor,
+    property: Uuid,
+    plan: &PlanInput,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<i32, ApiError> {
     let notes = serde_json::to_vec(&plan.notes).map_err(|e| ApiError::Internal(e.into()))?;
     let kek = &state.kek;
     let has_notes = plan.has_notes();
     let version = store::insert_plan(
-        &tx,
+        tx,
         actor.tenant,
-        ctx.property.id,
+        property,
         actor.user_id,
-        &plan,
+        plan,
         |plan_id| {
             if !has_notes {
                 return Ok(None);
@@ -358,19 +374,18 @@ pub async fn put_plan(
         now,
     )
     .await?;
-    audit::record(
-        &tx,
-        actor.tenant,
-        &Event::new("plan.update", Outcome::Allow)
-            .actor(actor.user_id)
-            .subject("property", ctx.property.id)
-            .property(ctx.property.id)
-            .details(serde_json::json!({ "version": version })),
-        now,
-    )
-    .await?;
-    tx.commit().await.map_err(StoreError::from)?;
-    Ok(HttpResponse::Created().json(PlanVersion { version }))
+    let event = Event::new("plan.update", Outcome::Allow)
+        .actor(actor.user_id)
+        .subject("property", property)
+        .property(property)
+        .details(serde_json::json!({ "version": version }));
+    if plan.contacts.is_empty() {
+        audit::record(tx, actor.tenant, &event, now).await?;
+    } else {
+        let contacts = serde_json::json!({ "contacts": plan.contacts });
+        audit::record_personal(tx, actor.tenant, &event, &contacts, kek, now).await?;
+    }
+    Ok(version)
 }
 
 /// The homeowner's full current plan, notes included. The owner reading what they wrote is not a

@@ -685,7 +685,18 @@ async fn grant(
     let parsed = parse_grant(&typed);
     let now = state.clock.now();
     let outcome = match parsed {
-        Ok(input) => grants::create(&mut client, &state.policy, &actor, *id, &input, now).await,
+        Ok(input) => {
+            grants::create(
+                &mut client,
+                &state.policy,
+                &state.kek,
+                &actor,
+                *id,
+                &input,
+                now,
+            )
+            .await
+        }
         Err(e) => Err(e),
     };
     let (error, step_up) = match outcome {
@@ -854,7 +865,8 @@ async fn reveal_steps(
         }
     };
     let tx = client.transaction().await.map_err(StoreError::from)?;
-    audit::record(
+    // The reason is free text: it goes in as personal details (erasable), not in clear.
+    audit::record_personal(
         &tx,
         actor.tenant,
         &Event::new("plan.reveal_notes", Outcome::Allow)
@@ -868,8 +880,9 @@ async fn reveal_steps(
                 "policies": decision.determining_policies,
                 "named_in_live_grant": named,
                 "incident_agencies": agencies,
-                "reason": reason,
             })),
+        &serde_json::json!({ "reason": reason }),
+        &state.kek,
         now,
     )
     .await?;

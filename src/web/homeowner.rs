@@ -663,38 +663,10 @@ async fn save_plan(
         }
     };
     let now = state.clock.now();
-    let notes = serde_json::to_vec(&plan.notes).map_err(|e| ApiError::Internal(e.into()))?;
-    let kek = &state.kek;
-    let has_notes = plan.has_notes();
     let tx = client.transaction().await.map_err(StoreError::from)?;
-    let version = store::insert_plan(
-        &tx,
-        actor.tenant,
-        ctx.property.id,
-        actor.user_id,
-        &plan,
-        |plan_id| {
-            if !has_notes {
-                return Ok(None);
-            }
-            crypto::seal(kek, plan_id.as_bytes(), &notes)
-                .map(Some)
-                .map_err(|e| StoreError::Unavailable(e.to_string()))
-        },
-        now,
-    )
-    .await?;
-    audit::record(
-        &tx,
-        actor.tenant,
-        &Event::new("plan.update", Outcome::Allow)
-            .actor(actor.user_id)
-            .subject("property", ctx.property.id)
-            .property(ctx.property.id)
-            .details(serde_json::json!({ "version": version })),
-        now,
-    )
-    .await?;
+    let version =
+        crate::http::properties::save_plan(&state, &tx, &actor, ctx.property.id, &plan, now)
+            .await?;
     tx.commit().await.map_err(StoreError::from)?;
     Ok(page::see_other(&format!(
         "/homes/{}?saved={version}#plan",
