@@ -238,7 +238,7 @@ pub const ERASED: &str = "(erased)";
 
 /// Erases the justifications of `property`'s grants that have ended and were created before
 /// `before` (all of them when `None`): free text a dispatcher typed, kept in `grants` for the
-/// grant's life. Live grants keep theirs until they end. Returns how many.
+/// grant's life. Grants still live (or awaiting approval) keep theirs until they end. Returns how many.
 pub async fn erase_justifications(
     tx: &impl GenericClient,
     tenant: Tenant,
@@ -249,7 +249,8 @@ pub async fn erase_justifications(
     Ok(tx
         .execute(
             "UPDATE grants SET justification = $4, justification_erased_at = $3
-             WHERE municipality_id = $1 AND property_id = $2 AND status IN ('revoked', 'ended')
+             WHERE municipality_id = $1 AND property_id = $2
+               AND (status IN ('revoked', 'ended') OR (status = 'live' AND ends_at <= $3))
                AND justification_erased_at IS NULL AND ($5::timestamptz IS NULL OR created_at < $5)",
             &[&tenant.id(), &property, &now, &ERASED, &before],
         )

@@ -327,12 +327,23 @@ async fn checkpoint(
     slug: &str,
     make_key: bool,
 ) -> Option<firstkey::audit::note::VerifierKey> {
-    let mut client = app.pool.get().await.unwrap();
     let dir = crate::helpers::test_settings(crate::helpers::admin_config()).key_dir;
+    checkpoint_in(app, tenant, slug, make_key, &dir).await
+}
+
+/// [`checkpoint`] with the log key in `dir` (the app's key directory).
+async fn checkpoint_in(
+    app: &TestApp,
+    tenant: Tenant,
+    slug: &str,
+    make_key: bool,
+    dir: &std::path::Path,
+) -> Option<firstkey::audit::note::VerifierKey> {
+    let mut client = app.pool.get().await.unwrap();
     let key = if make_key {
         let origin = audit::log::origin_for("http://localhost:8080", slug);
         Some(
-            audit::log::generate_key(&mut client, tenant, &origin, &dir, Utc::now())
+            audit::log::generate_key(&mut client, tenant, &origin, dir, Utc::now())
                 .await
                 .unwrap()
                 .verifier,
@@ -344,7 +355,7 @@ async fn checkpoint(
     audit::log::sign_if_due(
         &mut client,
         tenant,
-        &dir,
+        dir,
         std::time::Duration::ZERO,
         Utc::now(),
     )
@@ -879,4 +890,603 @@ async fn another_homes_pages_are_not_found_and_every_role_has_a_keys_page() {
     let (status, page) = send(&app, Method::GET, "/keys", &owner, None).await;
     assert_eq!(status, 200);
     assert!(page.as_str().unwrap().contains("passkeys"));
+}
+
+/// Counts of rows where `needle` is readable: audit details in clear, the plaintext bytes of
+/// encrypted details, and the operational tables that held it.
+async fn readable_anywhere(app: &TestApp, needle: &str) -> Vec<(&'static str, i64)> {
+    let client = app.pool.get().await.unwrap();
+    let mut out = Vec::new();
+    for (table, sql) in [
+        (
+            "audit public details",
+            "SELECT count(*) FROM audit_entries WHERE public_details::text LIKE '%' || $1 || '%'",
+        ),
+        (
+            "audit private bytes",
+            "SELECT count(*) FROM audit_entries
+             WHERE position(convert_to($1, 'UTF8') IN coalesce(private_details, ''::bytea)) > 0",
+        ),
+        (
+            "properties",
+            "SELECT count(*) FROM properties WHERE address LIKE '%' || $1 || '%'",
+        ),
+        (
+            "access_plans",
+            "SELECT count(*) FROM access_plans WHERE contacts::text LIKE '%' || $1 || '%'",
+        ),
+        (
+            "grants",
+            "SELECT count(*) FROM grants WHERE justification LIKE '%' || $1 || '%'",
+        ),
+        (
+            "trusted_parties",
+            "SELECT count(*) FROM trusted_parties WHERE label LIKE '%' || $1 || '%'",
+        ),
+        (
+            "users",
+            "SELECT count(*) FROM users WHERE email LIKE '%' || $1 || '%' OR display_name LIKE '%' || $1 || '%'",
+        ),
+    ] {
+        let n: i64 = client.query_one(sql, &[&needle]).await.unwrap().get(0);
+        out.push((table, n));
+    }
+    out
+}
+
+fn only(counts: &[(&'static str, i64)], table: &str) -> i64 {
+    counts
+        .iter()
+        .filter(|(t, _)| *t == table)
+        .map(|(_, n)| *n)
+        .sum()
+}
+
+/// The personal details of the newest entry with `action` about `property`.
+async fn personal_of(
+    app: &TestApp,
+    tenant: Tenant,
+    property: Uuid,
+    action: &str,
+) -> audit::personal::Personal {
+    let client = app.pool.get().await.unwrap();
+    audit::seal(&client, tenant).await.unwrap();
+    let seq: i64 = client
+        .query_one(
+            "SELECT seq FROM audit_entries WHERE municipality_id = $1 AND property_id = $2 AND action = $3
+             ORDER BY seq DESC LIMIT 1",
+            &[&tenant.id(), &property, &action],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // The test settings' fixed key-encryption key.
+    let kek =
+        firstkey::crypto::Kek::from_base64("KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=").unwrap();
+    audit::personal::open(&client, tenant, seq, &kek)
+        .await
+        .unwrap()
+}
+
+async fn export_as(app: &TestApp, cookie: &str, query: &str) -> String {
+    let response = app
+        .http
+        .get(format!("{}/api/v1/audit/export{query}", app.address))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.text().await.unwrap()
+}
+
+#[tokio::test]
+async fn free_text_about_people_is_in_the_log_only_encrypted_and_erasure_takes_it() {
+    use audit::personal::Personal;
+    let w = crate::emergency::world().await;
+    let (app, tenant) = (&w.app, w.tenant);
+    // A grant with a justification, a reveal with a reason (the dispatcher's page), a trusted
+    // party by name and address, and the plan's contacts (saved by `world`).
+    let (incident, grant) = crate::emergency::live_fire_grant(&w).await;
+    let reveal = app
+        .http
+        .post(format!(
+            "{}/dispatch/incidents/{incident}/reveal",
+            app.address
+        ))
+        .header("cookie", &w.dispatcher.cookie)
+        .header("origin", ORIGIN)
+        .form(&[
+            ("property", w.property.to_string()),
+            (
+                "reason",
+                "Crew asks about the dogs before forcing entry".to_owned(),
+            ),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reveal.status(), 200);
+    let (status, party) = call(
+        app,
+        Method::POST,
+        &format!("/api/v1/properties/{}/trusted-parties", w.property),
+        Some(&w.owner),
+        Some(json!({
+            "email": "kim.carer@example.org",
+            "label": "Kim the carer",
+            "locks": [w.lock],
+            "ends_at": (Utc::now() + Duration::days(30)).to_rfc3339(),
+        })),
+    )
+    .await;
+    assert_eq!(status, 201, "{party}");
+
+    // Nowhere in clear in the log: not in the details, not in the encrypted bytes.
+    for needle in [
+        "Smoke alarm, occupant not answering",
+        "about the dogs",
+        "Kim the carer",
+        "kim.carer@example.org",
+        "Sam Neighbour",
+    ] {
+        let counts = readable_anywhere(app, needle).await;
+        assert_eq!(only(&counts, "audit public details"), 0, "{needle}");
+        assert_eq!(only(&counts, "audit private bytes"), 0, "{needle}");
+    }
+    // Readable through the data key while it lives.
+    assert_eq!(
+        personal_of(app, tenant, w.property, "grant.create").await,
+        Personal::Readable(json!({ "justification": "Smoke alarm, occupant not answering" }))
+    );
+    assert_eq!(
+        personal_of(app, tenant, w.property, "plan.reveal_notes").await,
+        Personal::Readable(json!({ "reason": "Crew asks about the dogs before forcing entry" }))
+    );
+    assert_eq!(
+        personal_of(app, tenant, w.property, "trusted.invite").await,
+        Personal::Readable(json!({ "label": "Kim the carer", "email": "kim.carer@example.org" }))
+    );
+    let Personal::Readable(contacts) = personal_of(app, tenant, w.property, "plan.update").await
+    else {
+        panic!("plan contacts are personal details");
+    };
+    assert_eq!(contacts["contacts"][0]["name"], "Sam Neighbour");
+    let key = checkpoint_in(app, tenant, "town-a", true, &w.key_dir)
+        .await
+        .unwrap();
+    let before = export_as(app, &w.owner.cookie, &format!("?property={}", w.property)).await;
+    assert!(verify::verify_export(&before, &key, &[], 0).ok());
+
+    // The homeowner erases while the grant is live: the log's details go at once, the live grant
+    // keeps its justification (the crew is at the door); once it ended, a second erasure takes it.
+    let erase = format!("/api/v1/properties/{}/audit/erase", w.property);
+    let (status, erased) = call(app, Method::POST, &erase, Some(&w.owner), None).await;
+    assert_eq!(status, 200, "{erased}");
+    for action in [
+        "grant.create",
+        "plan.reveal_notes",
+        "trusted.invite",
+        "plan.update",
+    ] {
+        assert_eq!(
+            personal_of(app, tenant, w.property, action).await,
+            Personal::Erased,
+            "{action}"
+        );
+    }
+    assert_eq!(
+        only(
+            &readable_anywhere(app, "Smoke alarm, occupant").await,
+            "grants"
+        ),
+        1,
+        "a live grant keeps its justification"
+    );
+    let (status, _) = call(
+        app,
+        Method::POST,
+        &format!("/api/v1/grants/{grant}/revoke"),
+        Some(&w.dispatcher),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, erased) = call(app, Method::POST, &erase, Some(&w.owner), None).await;
+    assert_eq!(status, 200, "{erased}");
+    assert_eq!(
+        only(
+            &readable_anywhere(app, "Smoke alarm, occupant").await,
+            "grants"
+        ),
+        0
+    );
+    let client = app.pool.get().await.unwrap();
+    let (text, erased_at): (String, Option<chrono::DateTime<Utc>>) = client
+        .query_one(
+            "SELECT justification, justification_erased_at FROM grants WHERE id = $1",
+            &[&grant],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(text, "(erased)");
+    assert!(erased_at.is_some());
+    let justifications: Vec<i64> = client
+        .query(
+            "SELECT (public_details->>'justifications_erased')::bigint FROM audit_entries
+             WHERE municipality_id = $1 AND action = 'audit.erase' ORDER BY id",
+            &[&tenant.id()],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(justifications, vec![0, 1], "audited with what it took");
+
+    // Every proof still verifies; the sealed entries are byte for byte the same.
+    checkpoint_in(app, tenant, "town-a", false, &w.key_dir).await;
+    assert!(matches!(
+        audit::verify_chain(&client, tenant).await.unwrap(),
+        audit::ChainCheck::Intact { .. }
+    ));
+    assert!(verify::verify_export(&before, &key, &[], 0).ok());
+    let after = export_as(app, &w.owner.cookie, &format!("?property={}", w.property)).await;
+    let report = verify::verify_export(&after, &key, &[], 0);
+    assert!(report.ok(), "{:?}", report.failures);
+    let old: verify::Export = serde_json::from_str(&before).unwrap();
+    let new: verify::Export = serde_json::from_str(&after).unwrap();
+    for entry in &old.entries {
+        let same = new.entries.iter().find(|e| e.index == entry.index).unwrap();
+        assert_eq!(same.data, entry.data);
+    }
+}
+
+#[tokio::test]
+async fn deleting_my_account_erases_my_personal_data_and_the_log_still_verifies() {
+    use audit::personal::Personal;
+    let w = crate::emergency::world().await;
+    let (app, tenant) = (&w.app, w.tenant);
+    let (_, grant) = crate::emergency::live_fire_grant(&w).await;
+    let key = checkpoint_in(app, tenant, "town-a", true, &w.key_dir)
+        .await
+        .unwrap();
+    let before = export_as(app, &w.owner.cookie, &format!("?property={}", w.property)).await;
+    assert!(verify::verify_export(&before, &key, &[], 0).ok());
+    let auditor = user(app, tenant, "aud@a.example", None, Role::Auditor, true).await;
+    let whole_before = export_as(app, &auditor.cookie, "").await;
+    let users_before = {
+        let client = app.pool.get().await.unwrap();
+        client
+            .query_one(
+                "SELECT email, status FROM users WHERE id = $1",
+                &[&w.owner.id],
+            )
+            .await
+            .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+            .unwrap()
+    };
+
+    // Other roles cannot; a stale step-up is asked for; a live grant refuses; nothing changes.
+    let (status, _) = call(app, Method::DELETE, "/api/v1/me", Some(&w.responder), None).await;
+    assert_eq!(status, 404);
+    let (status, body) = call(app, Method::DELETE, "/api/v1/me", Some(&w.owner), None).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body.to_string().contains("granted"), "{body}");
+    stale_step_up(app, w.owner.id).await;
+    let (status, _) = call(app, Method::DELETE, "/api/v1/me", Some(&w.owner), None).await;
+    assert_eq!(status, 401);
+    {
+        let client = app.pool.get().await.unwrap();
+        let now = client
+            .query_one(
+                "SELECT email, status FROM users WHERE id = $1",
+                &[&w.owner.id],
+            )
+            .await
+            .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+            .unwrap();
+        assert_eq!(now, users_before);
+        assert_eq!(
+            audited(app, tenant, "account.delete", "info").await,
+            0,
+            "nothing deleted"
+        );
+        client
+            .execute(
+                "UPDATE sessions SET stepped_up_at = now() WHERE user_id = $1",
+                &[&w.owner.id],
+            )
+            .await
+            .unwrap();
+    }
+    let (status, _) = call(
+        app,
+        Method::POST,
+        &format!("/api/v1/grants/{grant}/revoke"),
+        Some(&w.dispatcher),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // Deleted.
+    let response = app
+        .http
+        .delete(format!("{}/api/v1/me", app.address))
+        .header("cookie", &w.owner.cookie)
+        .header("origin", ORIGIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let cookie = response
+        .headers()
+        .get("set-cookie")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(cookie.contains("Max-Age=0"), "{cookie}");
+    let deleted: Value = response.json().await.unwrap();
+    assert_eq!(deleted["homes"], 2, "{deleted}");
+    assert_eq!(deleted["plan_versions_erased"], 2, "{deleted}");
+    assert_eq!(deleted["locks_retired"], 2, "{deleted}");
+    assert_eq!(deleted["justifications_erased"], 1, "{deleted}");
+    assert!(
+        deleted["audit_keys_erased"].as_u64().unwrap() >= 2,
+        "{deleted}"
+    );
+    assert!(
+        deleted["sessions_ended"].as_u64().unwrap() >= 1,
+        "{deleted}"
+    );
+
+    // Signed out everywhere, for good; the account cannot act again.
+    let (status, _) = call(app, Method::GET, "/api/v1/me", Some(&w.owner), None).await;
+    assert_eq!(status, 401);
+    let (status, _) = call(app, Method::DELETE, "/api/v1/me", Some(&w.owner), None).await;
+    assert_eq!(status, 401);
+
+    // The personal data is gone from every table that held it, and from the log.
+    for needle in [
+        "owner@a.example",
+        "Elm Street",
+        "Sam Neighbour",
+        "Smoke alarm, occupant",
+    ] {
+        let counts = readable_anywhere(app, needle).await;
+        for (table, n) in counts {
+            assert_eq!(n, 0, "{needle} still readable in {table}");
+        }
+    }
+    assert_eq!(
+        personal_of(app, tenant, w.property, "grant.create").await,
+        Personal::Erased
+    );
+    assert_eq!(
+        personal_of(app, tenant, w.property, "property.create").await,
+        Personal::Erased
+    );
+    let client = app.pool.get().await.unwrap();
+    let row = client
+        .query_one(
+            "SELECT status, deleted_at IS NOT NULL, display_name,
+                (SELECT count(*) FROM webauthn_credentials WHERE user_id = u.id AND status <> 'removed'),
+                (SELECT count(*) FROM sessions WHERE user_id = u.id),
+                (SELECT count(*) FROM access_plans p JOIN properties h ON h.id = p.property_id
+                   WHERE h.owner_id = u.id AND (p.notes_ciphertext IS NOT NULL OR p.erased_at IS NULL)),
+                (SELECT count(*) FROM locks l JOIN properties h ON h.id = l.property_id
+                   WHERE h.owner_id = u.id AND l.pairing_state <> 'retired')
+             FROM users u WHERE id = $1",
+            &[&w.owner.id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "disabled");
+    assert!(row.get::<_, bool>(1));
+    assert_eq!(row.get::<_, String>(2), "Deleted account");
+    assert_eq!(row.get::<_, i64>(3), 0, "keys removed");
+    assert_eq!(row.get::<_, i64>(4), 0, "sessions removed");
+    assert_eq!(row.get::<_, i64>(5), 0, "plan notes erased");
+    assert_eq!(row.get::<_, i64>(6), 0, "locks retired");
+    // The one mail left to the address is the confirmation, which names no home.
+    let mails: Vec<(String, String)> = client
+        .query(
+            "SELECT kind, coalesce(body_text, '') FROM notification_outbox WHERE recipient = 'owner@a.example'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(mails.len(), 1, "{mails:?}");
+    assert_eq!(mails[0].0, "account.deleted");
+    assert!(mails[0].1.contains("was deleted") && !mails[0].1.contains("Elm"));
+    assert_eq!(audited(app, tenant, "account.delete", "info").await, 1);
+    // The plan's conditions stay (past grants were decided under them) but cannot be changed.
+    assert!(
+        client
+            .execute(
+                "UPDATE access_plans SET max_grant_minutes = 1 WHERE property_id = $1",
+                &[&w.property],
+            )
+            .await
+            .is_err()
+    );
+    assert!(
+        client
+            .execute(
+                "UPDATE access_plans SET erased_at = NULL WHERE property_id = $1",
+                &[&w.property],
+            )
+            .await
+            .is_err(),
+        "no un-erasing"
+    );
+
+    // Dispatch no longer finds the home, and cannot grant entry there.
+    let (status, found) = call(
+        app,
+        Method::GET,
+        "/api/v1/dispatch/properties?q=Elm",
+        Some(&w.dispatcher),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(found, json!([]));
+    let incident = crate::emergency::open_incident(&w, "25-09999", "fire", w.fire).await;
+    let (status, body) = call(
+        app,
+        Method::POST,
+        &format!("/api/v1/incidents/{incident}/grants"),
+        Some(&w.dispatcher),
+        Some(json!({
+            "property": w.property, "responders": [w.responder.id], "minutes": 10,
+            "justification": "After deletion"
+        })),
+    )
+    .await;
+    assert!(status == 403 || status == 404, "{status} {body}");
+
+    // The log: intact chain; exports from before still verify; new ones verify and hold the
+    // same entry bytes.
+    checkpoint_in(app, tenant, "town-a", false, &w.key_dir).await;
+    assert!(matches!(
+        audit::verify_chain(&client, tenant).await.unwrap(),
+        audit::ChainCheck::Intact { .. }
+    ));
+    assert!(verify::verify_export(&before, &key, &[], 0).ok());
+    assert!(verify::verify_export(&whole_before, &key, &[], 0).ok());
+    let whole_after = export_as(app, &auditor.cookie, "").await;
+    let report = verify::verify_export(&whole_after, &key, &[], 0);
+    assert!(report.ok(), "{:?}", report.failures);
+    let (ok, out) = cli_verify(&whole_after, &key);
+    assert!(ok, "{out}");
+    let old: verify::Export = serde_json::from_str(&whole_before).unwrap();
+    let new: verify::Export = serde_json::from_str(&whole_after).unwrap();
+    for (a, b) in old.entries.iter().zip(&new.entries) {
+        assert_eq!(a.data, b.data, "entry {} rewritten", a.index);
+    }
+}
+
+#[tokio::test]
+async fn the_delete_page_asks_to_confirm_and_signs_out() {
+    let app = spawn_app().await;
+    let tenant = town(&app, "delete-town").await;
+    let owner = sign_in_as(&app, tenant, Role::Homeowner).await;
+    let (status, _) = send(
+        &app,
+        Method::POST,
+        "/api/v1/properties",
+        &owner,
+        Some(json!({ "address": "3 Leaving Lane" })),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let keys = app
+        .http
+        .get(format!("{}/keys", app.address))
+        .header("cookie", &owner.cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(keys.contains("href=\"/account/delete\""), "{keys}");
+    let page = app
+        .http
+        .get(format!("{}/account/delete", app.address))
+        .header("cookie", &owner.cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let page = page.text().await.unwrap();
+    assert!(page.contains("3 Leaving Lane") && page.contains("id=\"delete-form\""));
+    assert!(page.contains("<label class=\"check\"><input type=\"checkbox\" id=\"confirm\""));
+
+    let post = |confirm: bool| {
+        let mut form = vec![];
+        if confirm {
+            form.push(("confirm", "yes"));
+        }
+        app.http
+            .post(format!("{}/account/delete", app.address))
+            .header("cookie", &owner.cookie)
+            .header("origin", ORIGIN)
+            .form(&form)
+            .send()
+    };
+    // Without the box ticked: asked again, nothing happens.
+    let response = post(false).await.unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(response.text().await.unwrap().contains("Tick the box"));
+    // A stale step-up: the inline confirmation, which then resubmits the form.
+    stale_step_up(&app, owner.user_id).await;
+    let response = post(true).await.unwrap();
+    assert_eq!(response.status(), 401);
+    assert!(
+        response
+            .text()
+            .await
+            .unwrap()
+            .contains("data-resubmit=\"delete-form\"")
+    );
+    assert_eq!(audited(&app, tenant, "account.delete", "info").await, 0);
+    // A staff member has no such page.
+    let responder = user(
+        &app,
+        tenant,
+        "r@delete.example",
+        None,
+        Role::Responder,
+        true,
+    )
+    .await;
+    let (status, _) = call(&app, Method::GET, "/account/delete", Some(&responder), None).await;
+    assert_eq!(status, 404);
+
+    let client = app.pool.get().await.unwrap();
+    client
+        .execute(
+            "UPDATE sessions SET stepped_up_at = now() WHERE user_id = $1",
+            &[&owner.user_id],
+        )
+        .await
+        .unwrap();
+    let response = post(true).await.unwrap();
+    assert_eq!(response.status(), 303);
+    assert_eq!(response.headers()["location"], "/account/deleted");
+    assert!(
+        response.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+    let done = app
+        .http
+        .get(format!("{}/account/deleted", app.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(done.contains("Your account was deleted"));
+    let (status, _) = send(&app, Method::GET, "/api/v1/me", &owner, None).await;
+    assert_eq!(status, 401);
+    assert_eq!(audited(&app, tenant, "account.delete", "info").await, 1);
+    assert_eq!(
+        readable_anywhere(&app, "Leaving Lane")
+            .await
+            .iter()
+            .map(|(_, n)| n)
+            .sum::<i64>(),
+        0
+    );
 }
