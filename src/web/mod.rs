@@ -18,6 +18,7 @@
 //! - [`history`]: a home's history in words, from the audit log; erasing its personal details.
 //! - [`keys`]: "my security keys", for every signed-in user.
 //! - [`account`]: a homeowner deletes their account.
+//! - [`verifier`]: the in-browser verifier of audit exports (`static/verify.js`).
 //! - [`auditor`]: the audit log with filters, an entry, CSV/JSON export, the chain's status.
 //! - [`admin`]: municipal administration: agencies, units, staff, invitations, CAD credentials, trust.
 //! - [`trusted`]: a home's trusted parties and remote unlock, for its owner; a trusted party's
@@ -41,6 +42,7 @@ mod keys;
 mod page;
 mod responder;
 mod trusted;
+mod verifier;
 
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 
@@ -60,6 +62,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .configure(admin::routes)
         .configure(auditor::routes)
         .configure(trusted::routes)
+        .configure(verifier::routes)
         .configure(dispatch::routes);
 }
 

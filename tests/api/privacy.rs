@@ -1490,3 +1490,218 @@ async fn the_delete_page_asks_to_confirm_and_signs_out() {
         0
     );
 }
+
+/// Runs the portal's vendored verifier (`src/web/static/verify.js`, the code the `/verify` page
+/// runs) under Node's WebCrypto on each `(export, key)`; `None` when Node is not installed.
+fn browser_verifier(cases: &[(String, String)]) -> Option<Vec<Value>> {
+    let node = ["/usr/bin/node", "/usr/local/bin/node"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).is_file())?;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("cases.json");
+    let cases: Vec<Value> = cases
+        .iter()
+        .map(|(text, key)| json!({ "text": text, "key": key }))
+        .collect();
+    std::fs::write(&input, serde_json::to_vec(&cases).unwrap()).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/src/web/static/verify.js");
+    let program = format!(
+        "require({script:?});
+         const cases = JSON.parse(require('fs').readFileSync({input:?}, 'utf8'));
+         (async () => {{
+           const out = [];
+           for (const c of cases) out.push(await globalThis.firstkeyVerifyExport(c.text, c.key));
+           console.log(JSON.stringify(out));
+         }})();",
+        input = input.display().to_string(),
+    );
+    let out = std::process::Command::new(node)
+        .args(["-e", &program])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(serde_json::from_slice(&out.stdout).unwrap())
+}
+
+#[tokio::test]
+async fn the_in_browser_verifier_accepts_true_exports_and_refuses_every_tampering() {
+    let app = spawn_app().await;
+    let slug = "verify-town";
+    let tenant = town(&app, slug).await;
+    let owner = sign_in_as(&app, tenant, Role::Homeowner).await;
+    let mut homes = Vec::new();
+    for address in ["1 Proof Road", "2 Proof Road"] {
+        let (status, home) = send(
+            &app,
+            Method::POST,
+            "/api/v1/properties",
+            &owner,
+            Some(json!({ "address": address })),
+        )
+        .await;
+        assert_eq!(status, 201);
+        homes.push(home["id"].as_str().unwrap().to_owned());
+    }
+    for version in 0..2 {
+        let (status, body) = send(
+            &app,
+            Method::PUT,
+            &format!("/api/v1/properties/{}/plan", homes[1]),
+            &owner,
+            Some(json!({
+                "agencies": { "fire": { "allowed": true, "incident_types": ["fire"] } },
+                "max_grant_minutes": 30 + version,
+                "retention_days": 365
+            })),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let key = checkpoint(&app, tenant, slug, true).await.unwrap();
+    let other_town = town(&app, "verify-elsewhere").await;
+    let other_key = checkpoint(&app, other_town, "verify-elsewhere", true)
+        .await
+        .unwrap()
+        .to_string();
+    let selection = property_export(&app, &owner, &homes[1]).await;
+    let auditor = sign_in_as(&app, tenant, Role::Auditor).await;
+    let complete = export_as(&app, &auditor.cookie, "").await;
+    let k = key.to_string();
+
+    // The page carries the form, the script (same origin, no inline code) and the viewer's key.
+    let page = app
+        .http
+        .get(format!("{}/verify", app.address))
+        .header("cookie", &owner.cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    let page = page.text().await.unwrap();
+    assert!(page.contains("data-verifier") && page.contains("/static/verify."));
+    assert!(
+        page.contains(&k),
+        "the viewer's municipality's key is filled in"
+    );
+    assert!(!page.contains("<script>"), "no inline script");
+    let history = app
+        .http
+        .get(format!("{}/homes/{}/history", app.address, homes[1]))
+        .header("cookie", &owner.cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(history.contains("href=\"/verify\""));
+
+    // Tamperings, each of which must fail.
+    let mut sel: Value = serde_json::from_str(&selection).unwrap();
+    assert!(sel["entries"].as_array().unwrap().len() >= 2);
+    assert!(!sel["entries"][0]["proof"].as_array().unwrap().is_empty());
+    let edit = |f: &dyn Fn(&mut Value)| {
+        let mut v = sel.clone();
+        f(&mut v);
+        v.to_string()
+    };
+    let flip_b64 = |s: &str| {
+        use base64::Engine;
+        let mut bytes = base64::engine::general_purpose::STANDARD.decode(s).unwrap();
+        bytes[5] ^= 0x01;
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    };
+    let data0 = sel["entries"][0]["data"].as_str().unwrap().to_owned();
+    let proof0 = sel["entries"][0]["proof"][0].as_str().unwrap().to_owned();
+    let note = sel["checkpoint"].as_str().unwrap().to_owned();
+    let mut tampered = vec![
+        (
+            "entry data",
+            edit(&|v| {
+                v["entries"][0]["data"] = json!(data0.replace("property.create", "property.delete"))
+            }),
+        ),
+        (
+            "proof hash",
+            edit(&|v| v["entries"][0]["proof"][0] = json!(flip_b64(&proof0))),
+        ),
+        (
+            "proof dropped",
+            edit(&|v| {
+                v["entries"][0]["proof"].as_array_mut().unwrap().pop();
+            }),
+        ),
+        (
+            "index moved",
+            edit(&|v| {
+                v["entries"][0]["index"] = json!(v["entries"][0]["index"].as_u64().unwrap() + 1)
+            }),
+        ),
+        (
+            "checkpoint size",
+            edit(&|v| {
+                let lines: Vec<&str> = note.splitn(3, '\n').collect();
+                let size: u64 = lines[1].parse().unwrap();
+                v["checkpoint"] = json!(format!("{}\n{}\n{}", lines[0], size + 1, lines[2]));
+            }),
+        ),
+        (
+            "checkpoint signature",
+            edit(&|v| {
+                let (body, sig) = note.rsplit_once(' ').unwrap();
+                v["checkpoint"] = json!(format!("{body} {}\n", flip_b64(sig.trim_end())));
+            }),
+        ),
+    ];
+    sel["entries"].as_array_mut().unwrap().reverse();
+    tampered.push(("reordered", sel.to_string()));
+    let mut all: Value = serde_json::from_str(&complete).unwrap();
+    let entries = all["entries"].as_array_mut().unwrap();
+    let last = entries.len() - 1;
+    let removed = entries.remove(1);
+    tampered.push(("complete export with one entry dropped", all.to_string()));
+    let entries = all["entries"].as_array_mut().unwrap();
+    entries.insert(1, removed);
+    entries.swap(1, 2);
+    let mut swapped = all.clone();
+    for (i, e) in swapped["entries"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .enumerate()
+    {
+        e["index"] = json!(i);
+    }
+    tampered.push(("complete export reordered", swapped.to_string()));
+    assert!(last >= 3);
+
+    let mut cases = vec![
+        (selection.clone(), k.clone()),
+        (complete.clone(), k.clone()),
+        (selection.clone(), other_key),
+    ];
+    cases.extend(tampered.iter().map(|(_, t)| (t.clone(), k.clone())));
+    let Some(results) = browser_verifier(&cases) else {
+        eprintln!("skipped: node is not installed, so the browser verifier cannot run here");
+        return;
+    };
+    assert_eq!(results[0]["ok"], true, "{}", results[0]);
+    assert!(results[0]["verified"].as_u64().unwrap() >= 2);
+    assert_eq!(results[1]["ok"], true, "{}", results[1]);
+    assert_eq!(results[2]["ok"], false, "another log's key: {}", results[2]);
+    for ((what, text), result) in tampered.iter().zip(&results[3..]) {
+        assert_eq!(result["ok"], false, "{what}: {result}");
+        assert!(!result["failures"].as_array().unwrap().is_empty(), "{what}");
+        // The server's own verifier agrees.
+        assert!(!verify::verify_export(text, &key, &[], 0).ok(), "{what}");
+    }
+}
