@@ -321,7 +321,7 @@ async fn staff_add_attested_security_keys_and_removing_one_ends_its_sessions() {
 }
 
 /// Sets up a log key and a checkpoint over everything sealed now; returns the verifier key.
-async fn checkpoint(
+pub(crate) async fn checkpoint(
     app: &TestApp,
     tenant: Tenant,
     slug: &str,
