@@ -15,7 +15,10 @@ use super::AppState;
 use super::error::{ApiError, Problem};
 use crate::access;
 use crate::audit::personal;
-use crate::audit::report::{self, ActionCount, RepeatedDenials, Report, ReportError};
+use crate::audit::report::{
+    self, ActionCount, ActorActivity, AgencyActivity, ApprovedGrant, GrantOutsidePlan,
+    RepeatedDenials, Report, ReportError,
+};
 use crate::audit::subject;
 use crate::auth::Actor;
 use crate::auth::deletion::{self, Deleted};
@@ -28,7 +31,8 @@ use crate::store::{StoreError, properties};
 #[derive(OpenApi)]
 #[openapi(
     paths(audit_report, subject_export, erase_property_details, delete_my_account),
-    components(schemas(Report, ActionCount, RepeatedDenials, Erased, Deleted)),
+    components(schemas(Report, ActionCount, RepeatedDenials, ActorActivity, AgencyActivity,
+        ApprovedGrant, GrantOutsidePlan, Erased, Deleted)),
     tags((name = "audit", description = "The audit log: entries, reports, exports, erasure"))
 )]
 pub struct PrivacyApi;

@@ -1705,3 +1705,113 @@ async fn the_in_browser_verifier_accepts_true_exports_and_refuses_every_tamperin
         assert!(!verify::verify_export(text, &key, &[], 0).ok(), "{what}");
     }
 }
+
+#[tokio::test]
+async fn a_report_lists_activity_two_person_grants_and_exactly_the_grant_outside_its_plan() {
+    let w = crate::emergency::world().await;
+    let (app, tenant) = (&w.app, w.tenant);
+    // A fire grant within the plan, and a police grant the plan sends to a second dispatcher.
+    let (_, fire_grant) = crate::emergency::live_fire_grant(&w).await;
+    let police_officer = user(
+        app,
+        tenant,
+        "p1@a.example",
+        Some(w.police),
+        Role::Responder,
+        true,
+    )
+    .await;
+    let incident = crate::emergency::open_incident(&w, "25-00001", "welfare_check", w.police).await;
+    let (status, g) = call(
+        app,
+        Method::POST,
+        &format!("/api/v1/incidents/{incident}/grants"),
+        Some(&w.dispatcher),
+        Some(
+            json!({ "property": w.property, "responders": [police_officer.id], "minutes": 20,
+                     "justification": "Welfare check requested by family" }),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{g}");
+    let police_grant: Uuid = g["id"].as_str().unwrap().parse().unwrap();
+    let (status, _) = call(
+        app,
+        Method::POST,
+        &format!("/api/v1/grants/{police_grant}/approve"),
+        Some(&w.dispatcher2),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    // An injected entry: the fire grant "for 999 minutes", which its plan (60 at most) never allowed.
+    let injected = {
+        let client = app.pool.get().await.unwrap();
+        audit::record(
+            &client,
+            tenant,
+            &Event::new("grant.create", Outcome::Allow)
+                .actor(w.dispatcher.id)
+                .subject("grant", fire_grant)
+                .property(w.property)
+                .details(json!({ "minutes": 999, "status": "live" })),
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+        audit::seal(&client, tenant).await.unwrap();
+        client
+            .query_one(
+                "SELECT max(seq) FROM audit_entries WHERE municipality_id = $1 AND action = 'grant.create'",
+                &[&tenant.id()],
+            )
+            .await
+            .unwrap()
+            .get::<_, Option<i64>>(0)
+            .unwrap()
+    };
+    checkpoint_in(app, tenant, "town-a", true, &w.key_dir).await;
+    let auditor = user(app, tenant, "aud@a.example", None, Role::Auditor, true).await;
+    let from = urlencoding(&(Utc::now() - Duration::hours(1)).to_rfc3339());
+    let to = urlencoding(&(Utc::now() + Duration::hours(1)).to_rfc3339());
+    let (status, report) = call(
+        app,
+        Method::GET,
+        &format!("/api/v1/audit/report?from={from}&to={to}"),
+        Some(&auditor),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(
+        report["grants_outside_plan"],
+        json!([{ "seq": injected, "grant": fire_grant,
+                 "reasons": ["999 minutes, the plan allows at most 60"] }]),
+        "exactly the injected grant: {report}"
+    );
+    assert_eq!(
+        report["approved_grants"],
+        json!([{ "grant": police_grant, "seq": report["approved_grants"][0]["seq"],
+                 "requested_by": w.dispatcher.id, "approved_by": w.dispatcher2.id }])
+    );
+    let by_actor = report["by_actor"].as_array().unwrap();
+    let dispatcher = by_actor
+        .iter()
+        .find(|a| a["actor"] == json!(w.dispatcher.id))
+        .unwrap();
+    assert_eq!(dispatcher["grants"], 3, "two grants and the injected entry");
+    assert_eq!(dispatcher["agency"], json!(w.fire));
+    let second = by_actor
+        .iter()
+        .find(|a| a["actor"] == json!(w.dispatcher2.id))
+        .unwrap();
+    assert_eq!(second["approvals"], 1);
+    let fire = report["by_agency"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["agency"] == json!(w.fire))
+        .unwrap();
+    assert_eq!(fire["name"], "A Fire");
+    assert_eq!(fire["grants"], 3);
+}
