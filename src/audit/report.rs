@@ -472,3 +472,81 @@ async fn outside_plan(
     }
     Ok(out)
 }
+
+/// The report as CSV, one row per fact: `section,seq,subject,value` (counts, flags, activity),
+/// after a row naming the period and the checkpoint's size.
+pub fn to_csv(r: &Report) -> String {
+    let mut out = String::from("section,seq,subject,value\r\n");
+    let mut row = |section: &str, seq: Option<i64>, subject: &str, value: &str| {
+        let seq = seq.map(|s| s.to_string()).unwrap_or_default();
+        for (i, v) in [section, seq.as_str(), subject, value].iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            super::search::csv_cell(&mut out, v);
+        }
+        out.push_str("\r\n");
+    };
+    let period = format!("{} .. {}", r.from.to_rfc3339(), r.to.to_rfc3339());
+    row("period", None, &period, &r.tree_size.to_string());
+    for c in &r.counts {
+        row(
+            "count",
+            None,
+            &format!("{} {}", c.action, c.outcome),
+            &c.count.to_string(),
+        );
+    }
+    for seq in &r.openings_without_incident {
+        row("opening without incident", Some(*seq), "", "");
+    }
+    for seq in &r.tokens_without_receipt {
+        row("token without receipt", Some(*seq), "", "");
+    }
+    for seq in &r.grants_without_token {
+        row("grant without token", Some(*seq), "", "");
+    }
+    for seq in &r.reveals_without_opening {
+        row("reveal without opening", Some(*seq), "", "");
+    }
+    for d in &r.repeated_door_denials {
+        row(
+            "repeated door denials",
+            None,
+            &d.lock.to_string(),
+            &d.denials.to_string(),
+        );
+    }
+    for g in &r.grants_outside_plan {
+        row(
+            "grant outside plan",
+            Some(g.seq),
+            &g.grant.to_string(),
+            &g.reasons.join("; "),
+        );
+    }
+    for g in &r.approved_grants {
+        let who = format!(
+            "asked by {}, approved by {}",
+            g.requested_by.map(|u| u.to_string()).unwrap_or_default(),
+            g.approved_by.map(|u| u.to_string()).unwrap_or_default()
+        );
+        row("two-person grant", Some(g.seq), &g.grant.to_string(), &who);
+    }
+    for a in &r.by_actor {
+        let what = format!(
+            "grants {}, approvals {}, reveals {}, policy denials {}",
+            a.grants, a.approvals, a.reveals, a.policy_denials
+        );
+        row("actor", None, &a.actor.to_string(), &what);
+    }
+    for a in &r.by_agency {
+        let what = format!(
+            "grants {}, approvals {}, reveals {}, policy denials {}",
+            a.grants, a.approvals, a.reveals, a.policy_denials
+        );
+        let name = a.name.clone().unwrap_or_else(|| "(no agency)".to_owned());
+        row("agency", None, &name, &what);
+    }
+    out
+}

@@ -18,6 +18,7 @@
 //! - [`history`]: a home's history in words, from the audit log; erasing its personal details.
 //! - [`keys`]: "my security keys", for every signed-in user.
 //! - [`account`]: a homeowner deletes their account.
+//! - [`report`]: the audit report of a period in words, and as CSV.
 //! - [`verifier`]: the in-browser verifier of audit exports (`static/verify.js`).
 //! - [`auditor`]: the audit log with filters, an entry, CSV/JSON export, the chain's status.
 //! - [`admin`]: municipal administration: agencies, units, staff, invitations, CAD credentials, trust.
@@ -40,6 +41,7 @@ mod history;
 mod homeowner;
 mod keys;
 mod page;
+mod report;
 mod responder;
 mod trusted;
 mod verifier;
@@ -61,6 +63,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .configure(account::routes)
         .configure(admin::routes)
         .configure(auditor::routes)
+        .configure(report::routes)
         .configure(trusted::routes)
         .configure(verifier::routes)
         .configure(dispatch::routes);

@@ -1814,4 +1814,41 @@ async fn a_report_lists_activity_two_person_grants_and_exactly_the_grant_outside
         .unwrap();
     assert_eq!(fire["name"], "A Fire");
     assert_eq!(fire["grants"], 3);
+
+    // The same in words, and as CSV (default period: the last 30 days).
+    let page = |who: &crate::helpers::As, path: String| {
+        let request = app
+            .http
+            .get(format!("{}{path}", app.address))
+            .header("cookie", &who.cookie);
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    let (status, words) = page(&auditor, "/audit/report".to_owned()).await;
+    assert_eq!(status, 200, "{words}");
+    assert!(words.contains("Grants outside their plan:"), "{words}");
+    assert!(words.contains(&format!(
+        "entry {injected} (999 minutes, the plan allows at most 60)"
+    )));
+    assert!(words.contains("A Fire") && words.contains("id=\"approved\""));
+    let (status, csv) = page(&auditor, "/audit/report.csv".to_owned()).await;
+    assert_eq!(status, 200);
+    assert!(csv.starts_with("section,seq,subject,value\r\n"));
+    assert!(
+        csv.contains(&format!(
+            "grant outside plan,{injected},{fire_grant},\"999 minutes, the plan allows at most 60\""
+        )),
+        "{csv}"
+    );
+    // The homeowner's own home, with a fresh step-up; not the whole municipality.
+    let (status, words) = page(&w.owner, format!("/audit/report?property={}", w.property)).await;
+    assert_eq!(status, 200, "{words}");
+    assert!(words.contains("for one home"));
+    let (status, _) = page(&w.owner, "/audit/report".to_owned()).await;
+    assert_eq!(status, 404);
+    let (status, words) = page(&auditor, "/audit/report?from=yesterday".to_owned()).await;
+    assert_eq!(status, 400);
+    assert!(words.contains("from: a date and time"));
 }
