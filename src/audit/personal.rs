@@ -359,7 +359,9 @@ pub async fn erase_due(
                 });
                 if let Some(before) = month_end {
                     let n = erase_justifications(&tx, tenant, p, Some(before), now).await?;
-                    details["justifications_erased"] = n.into();
+                    if let Some(map) = details.as_object_mut() {
+                        map.insert("justifications_erased".to_owned(), n.into());
+                    }
                 }
                 event = event.subject("property", p).property(p);
             }

@@ -144,6 +144,23 @@ pub fn to_csv(entries: &[Entry]) -> String {
     out
 }
 
+/// Appends one CSV cell (RFC 4180 quoting), with a leading `'` before `=`, `+`, `-`, `@` so a
+/// spreadsheet never reads a cell as a formula.
+pub fn csv_cell(out: &mut String, value: &str) {
+    let guarded = if value.starts_with(['=', '+', '-', '@']) {
+        format!("'{value}")
+    } else {
+        value.to_owned()
+    };
+    if guarded.contains([',', '"', '\n', '\r']) {
+        out.push('"');
+        out.push_str(&guarded.replace('"', "\"\""));
+        out.push('"');
+    } else {
+        out.push_str(&guarded);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,22 +190,5 @@ mod tests {
             line,
             "3,1970-01-01T00:00:00.000000Z,,'=cmd,allow,\"a,\"\"b\"\"\",,,,,\"{\"\"k\"\":\"\"v\"\"}\",ab"
         );
-    }
-}
-
-/// Appends one CSV cell (RFC 4180 quoting), with a leading `'` before `=`, `+`, `-`, `@` so a
-/// spreadsheet never reads a cell as a formula.
-pub fn csv_cell(out: &mut String, value: &str) {
-    let guarded = if value.starts_with(['=', '+', '-', '@']) {
-        format!("'{value}")
-    } else {
-        value.to_owned()
-    };
-    if guarded.contains([',', '"', '\n', '\r']) {
-        out.push('"');
-        out.push_str(&guarded.replace('"', "\"\""));
-        out.push('"');
-    } else {
-        out.push_str(&guarded);
     }
 }

@@ -45,11 +45,11 @@ struct ReportPage {
     report: Option<Report>,
 }
 
+/// A report's period and scope: from, to, property.
+type Scope = (DateTime<Utc>, DateTime<Utc>, Option<Uuid>);
+
 /// The period (default: the last 30 days) and the property, or what is wrong (naming the field).
-fn parse(
-    form: &PeriodForm,
-    now: DateTime<Utc>,
-) -> Result<(DateTime<Utc>, DateTime<Utc>, Option<Uuid>), String> {
+fn parse(form: &PeriodForm, now: DateTime<Utc>) -> Result<Scope, String> {
     let to = time_field("until", &form.to)?.unwrap_or(now);
     let from = time_field("from", &form.from)?.unwrap_or(to - Duration::days(30));
     let property = match form.property.trim() {
