@@ -233,29 +233,72 @@ pub async fn open_many(
     Ok(out)
 }
 
-/// Erases every data key of `property` now (the homeowner's erasure), in the caller's
-/// transaction, and audits it; returns how many keys were erased.
+/// The text an erased grant justification or trusted-party label reads as.
+pub const ERASED: &str = "(erased)";
+
+/// Erases the justifications of `property`'s grants that have ended and were created before
+/// `before` (all of them when `None`): free text a dispatcher typed, kept in `grants` for the
+/// grant's life. Grants still live (or awaiting approval) keep theirs until they end. Returns how many.
+pub async fn erase_justifications(
+    tx: &impl GenericClient,
+    tenant: Tenant,
+    property: Uuid,
+    before: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Result<u64, StoreError> {
+    Ok(tx
+        .execute(
+            "UPDATE grants SET justification = $4, justification_erased_at = $3
+             WHERE municipality_id = $1 AND property_id = $2
+               AND (status IN ('revoked', 'ended') OR (status = 'live' AND ends_at <= $3))
+               AND justification_erased_at IS NULL AND ($5::timestamptz IS NULL OR created_at < $5)",
+            &[&tenant.id(), &property, &now, &ERASED, &before],
+        )
+        .await?)
+}
+
+/// What erasing a home's personal details destroyed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HomeErasure {
+    /// Data keys destroyed (one per month of entries with personal details).
+    pub keys_erased: u64,
+    /// Justifications of ended grants overwritten.
+    pub justifications_erased: u64,
+}
+
+/// Erases every data key of `property` now (the homeowner's erasure, or their account's deletion:
+/// `reason` `homeowner` or `account_deleted`), and the justifications of its ended grants, in the
+/// caller's transaction, and audits it.
 pub async fn erase_property(
     tx: &impl GenericClient,
     tenant: Tenant,
     property: Uuid,
     actor: Uuid,
+    reason: &'static str,
     now: DateTime<Utc>,
-) -> Result<u64, StoreError> {
-    let erased = tx
+) -> Result<HomeErasure, StoreError> {
+    let keys_erased = tx
         .execute(
             "UPDATE audit_data_keys SET wrapped_key = NULL, erased_at = $3
              WHERE municipality_id = $1 AND property_id = $2 AND erased_at IS NULL",
             &[&tenant.id(), &property, &now],
         )
         .await?;
+    let justifications_erased = erase_justifications(tx, tenant, property, None, now).await?;
     let event = Event::new("audit.erase", Outcome::Info)
         .actor(actor)
         .subject("property", property)
         .property(property)
-        .details(serde_json::json!({ "keys_erased": erased, "reason": "homeowner" }));
+        .details(serde_json::json!({
+            "keys_erased": keys_erased,
+            "justifications_erased": justifications_erased,
+            "reason": reason,
+        }));
     super::record(tx, tenant, &event, now).await?;
-    Ok(erased)
+    Ok(HomeErasure {
+        keys_erased,
+        justifications_erased,
+    })
 }
 
 /// Erases the keys whose retention ran out, per municipality under an advisory lock (so one
@@ -293,21 +336,36 @@ pub async fn erase_due(
             .query(
                 "UPDATE audit_data_keys SET wrapped_key = NULL, erased_at = $2
                  WHERE municipality_id = $1 AND erased_at IS NULL AND erase_after <= $2
-                 RETURNING property_id",
+                 RETURNING property_id, period",
                 &[&t, &now],
             )
             .await?;
-        let mut per_home: std::collections::BTreeMap<Option<Uuid>, u64> = Default::default();
+        // Per home: how many keys, and the end of the latest month they covered.
+        let mut per_home: std::collections::BTreeMap<Option<Uuid>, (u64, Option<NaiveDate>)> =
+            Default::default();
         for r in &rows {
-            *per_home.entry(r.get(0)).or_default() += 1;
+            let entry = per_home.entry(r.get(0)).or_default();
+            entry.0 += 1;
+            entry.1 = entry.1.max(r.get::<_, Option<NaiveDate>>(1));
         }
-        for (property, keys) in per_home {
-            let mut event = Event::new("audit.erase", Outcome::Info)
-                .details(serde_json::json!({ "keys_erased": keys, "reason": "retention" }));
+        for (property, (keys, latest)) in per_home {
+            let mut details = serde_json::json!({ "keys_erased": keys, "reason": "retention" });
+            let mut event = Event::new("audit.erase", Outcome::Info);
             if let Some(p) = property {
+                // The justifications of the grants of those months go with them.
+                let month_end = latest.and_then(|d| d.and_hms_opt(0, 0, 0)).map(|d| {
+                    let (_, next) = month_of(Utc.from_utc_datetime(&d));
+                    next
+                });
+                if let Some(before) = month_end {
+                    let n = erase_justifications(&tx, tenant, p, Some(before), now).await?;
+                    if let Some(map) = details.as_object_mut() {
+                        map.insert("justifications_erased".to_owned(), n.into());
+                    }
+                }
                 event = event.subject("property", p).property(p);
             }
-            super::record(&tx, tenant, &event, now).await?;
+            super::record(&tx, tenant, &event.details(details), now).await?;
         }
         tx.commit().await?;
         total += u64::try_from(rows.len()).unwrap_or(0);

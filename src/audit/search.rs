@@ -112,20 +112,7 @@ pub async fn entry(
 /// The entries as CSV (RFC 4180): a header line, then one line per entry; details as compact JSON.
 /// A cell starting with `=`, `+`, `-` or `@` is prefixed with `'` so a spreadsheet does not run it.
 pub fn to_csv(entries: &[Entry]) -> String {
-    fn cell(out: &mut String, value: &str) {
-        let guarded = if value.starts_with(['=', '+', '-', '@']) {
-            format!("'{value}")
-        } else {
-            value.to_owned()
-        };
-        if guarded.contains([',', '"', '\n', '\r']) {
-            out.push('"');
-            out.push_str(&guarded.replace('"', "\"\""));
-            out.push('"');
-        } else {
-            out.push_str(&guarded);
-        }
-    }
+    let cell = csv_cell;
     let opt = |u: Option<Uuid>| u.map(|u| u.to_string()).unwrap_or_default();
     let mut out = String::from(
         "seq,recorded_at,actor,action,outcome,subject_kind,subject_id,property,incident,policy_set_hash,details,leaf_hash\r\n",
@@ -155,6 +142,23 @@ pub fn to_csv(entries: &[Entry]) -> String {
         out.push_str("\r\n");
     }
     out
+}
+
+/// Appends one CSV cell (RFC 4180 quoting), with a leading `'` before `=`, `+`, `-`, `@` so a
+/// spreadsheet never reads a cell as a formula.
+pub fn csv_cell(out: &mut String, value: &str) {
+    let guarded = if value.starts_with(['=', '+', '-', '@']) {
+        format!("'{value}")
+    } else {
+        value.to_owned()
+    };
+    if guarded.contains([',', '"', '\n', '\r']) {
+        out.push('"');
+        out.push_str(&guarded.replace('"', "\"\""));
+        out.push('"');
+    } else {
+        out.push_str(&guarded);
+    }
 }
 
 #[cfg(test)]

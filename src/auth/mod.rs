@@ -4,6 +4,7 @@
 
 pub mod accounts;
 pub mod client;
+pub mod deletion;
 pub mod error;
 pub mod keys;
 pub mod pins;

@@ -286,7 +286,15 @@ pub async fn handle(
     let hash = request_hash(call);
     if let CadAction::CreateGrant(cad_number) = action {
         return handle_grant(
-            client, engine, call, tenant, key_id, cad_number, &hash, origin, now,
+            client,
+            (engine, kek),
+            call,
+            tenant,
+            key_id,
+            cad_number,
+            &hash,
+            origin,
+            now,
         )
         .await;
     }
@@ -407,7 +415,7 @@ async fn dispatcher_actor(
 #[allow(clippy::too_many_arguments)]
 async fn handle_grant(
     client: &mut deadpool_postgres::Object,
-    engine: &PolicyEngine,
+    (engine, kek): (&PolicyEngine, &Kek),
     call: &CadCall<'_>,
     tenant: Tenant,
     key_id: String,
@@ -450,7 +458,7 @@ async fn handle_grant(
         });
     }
     let outcome = grant_for_cad(
-        client, engine, call, tenant, key_id, cad_number, origin, now,
+        client, engine, kek, call, tenant, key_id, cad_number, origin, now,
     )
     .await;
     let body = match outcome.and_then(|grant| {
@@ -486,6 +494,7 @@ async fn handle_grant(
 async fn grant_for_cad(
     client: &mut deadpool_postgres::Object,
     engine: &PolicyEngine,
+    kek: &Kek,
     call: &CadCall<'_>,
     tenant: Tenant,
     key_id: String,
@@ -520,6 +529,7 @@ async fn grant_for_cad(
     grants::create_as(
         client,
         engine,
+        kek,
         &actor,
         incident.id,
         &input,

@@ -26,6 +26,7 @@ use super::{
 use crate::access;
 use crate::audit::{self, Event, Outcome};
 use crate::auth::Actor;
+use crate::crypto::Kek;
 use crate::domain::{AgencyKind, Role, Text};
 use crate::http::error::ApiError;
 use crate::policy::{ApprovalContext, AuthzRequest, GrantContext, PolicyEngine};
@@ -317,13 +318,25 @@ fn denied(e: ApiError) -> EmergencyError {
 pub async fn create(
     client: &mut deadpool_postgres::Object,
     engine: &PolicyEngine,
+    kek: &Kek,
     actor: &Actor,
     incident_id: Uuid,
     input: &GrantInput,
     origin: &PublicOrigin,
     now: DateTime<Utc>,
 ) -> Result<Grant, EmergencyError> {
-    create_as(client, engine, actor, incident_id, input, None, origin, now).await
+    create_as(
+        client,
+        engine,
+        kek,
+        actor,
+        incident_id,
+        input,
+        None,
+        origin,
+        now,
+    )
+    .await
 }
 
 /// The CAD credential through which a CAD system made a grant on a dispatcher's behalf.
@@ -339,10 +352,13 @@ pub struct ViaCad {
 /// same policy question and the same checks; the grant and its audit entry also name the
 /// credential. Where the plan asks for live consent the grant is `awaiting_consent` and the
 /// homeowner is asked in the same transaction ([`consent::ask`]; `origin` makes the mailed link).
+/// The justification (free text) goes into the audit entry only as personal details, encrypted
+/// under the home's erasable data key (`audit::record_personal`).
 #[allow(clippy::too_many_arguments)]
 pub async fn create_as(
     client: &mut deadpool_postgres::Object,
     engine: &PolicyEngine,
+    kek: &Kek,
     actor: &Actor,
     incident_id: Uuid,
     input: &GrantInput,
@@ -460,7 +476,8 @@ pub async fn create_as(
         .incident(incident.id)
         .policy(decision.policy_set_hash)
         .details(details);
-    audit::record(&tx, tenant, &event, now).await?;
+    let personal = serde_json::json!({ "justification": input.justification });
+    audit::record_personal(&tx, tenant, &event, &personal, kek, now).await?;
     let grant = by_id(&tx, tenant, id).await?;
     if grant.status == "live" {
         notify_granted(&tx, tenant, &grant, &incident, &ctx.property.address, now).await?;

@@ -212,6 +212,7 @@ pub async fn create_grant(
     let grant = grants::create(
         &mut client,
         &state.policy,
+        &state.kek,
         &actor,
         *id,
         &input,

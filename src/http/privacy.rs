@@ -5,7 +5,7 @@
 //! auditor), with a fresh step-up; erasure is `edit_plan` on the property (its owner, with step-up:
 //! how long a home's records are kept is part of its plan).
 
-use actix_web::{HttpResponse, get, post, web};
+use actix_web::{HttpResponse, delete, get, post, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
@@ -15,9 +15,14 @@ use super::AppState;
 use super::error::{ApiError, Problem};
 use crate::access;
 use crate::audit::personal;
-use crate::audit::report::{self, ActionCount, RepeatedDenials, Report, ReportError};
+use crate::audit::report::{
+    self, ActionCount, ActorActivity, AgencyActivity, ApprovedGrant, GrantOutsidePlan,
+    RepeatedDenials, Report, ReportError,
+};
 use crate::audit::subject;
 use crate::auth::Actor;
+use crate::auth::deletion::{self, Deleted};
+use crate::auth::session;
 use crate::domain::Role;
 use crate::policy::{AuditLogAttrs, AuthzRequest, StepUpContext};
 use crate::store::{StoreError, properties};
@@ -25,8 +30,9 @@ use crate::store::{StoreError, properties};
 /// OpenAPI description of these endpoints.
 #[derive(OpenApi)]
 #[openapi(
-    paths(audit_report, subject_export, erase_property_details),
-    components(schemas(Report, ActionCount, RepeatedDenials, Erased)),
+    paths(audit_report, subject_export, erase_property_details, delete_my_account),
+    components(schemas(Report, ActionCount, RepeatedDenials, ActorActivity, AgencyActivity,
+        ApprovedGrant, GrantOutsidePlan, Erased, Deleted)),
     tags((name = "audit", description = "The audit log: entries, reports, exports, erasure"))
 )]
 pub struct PrivacyApi;
@@ -35,7 +41,8 @@ pub struct PrivacyApi;
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(audit_report)
         .service(subject_export)
-        .service(erase_property_details);
+        .service(erase_property_details)
+        .service(delete_my_account);
 }
 
 impl From<ReportError> for ApiError {
@@ -190,7 +197,60 @@ pub(crate) async fn erase(
     })
     .await?;
     let tx = client.transaction().await.map_err(StoreError::from)?;
-    let erased = personal::erase_property(&tx, actor.tenant, id, actor.user_id, now).await?;
+    let erased =
+        personal::erase_property(&tx, actor.tenant, id, actor.user_id, "homeowner", now).await?;
     tx.commit().await.map_err(StoreError::from)?;
-    Ok(erased)
+    Ok(erased.keys_erased)
+}
+
+/// A homeowner deletes their own account (GDPR Art. 17): the personal details in the audit
+/// entries about their homes are crypto-shredded (the log, its checkpoints and proofs stay valid),
+/// their homes' addresses, plan notes and contacts, grant justifications and trusted parties are
+/// erased, their locks retired, their sessions and keys removed, and a mail confirms it. Needs a
+/// fresh step-up; refused (409) while entry to one of their homes is granted or awaiting approval.
+/// Other roles: 404 (their accounts are the municipality's to disable).
+#[utoipa::path(delete, path = "/api/v1/me", tag = "audit", operation_id = "delete_my_account",
+    responses((status = 200, body = Deleted), (status = 401, body = Problem), (status = 404, body = Problem),
+        (status = 409, body = Problem)))]
+#[delete("/api/v1/me")]
+#[tracing::instrument(skip_all)]
+pub async fn delete_my_account(
+    state: web::Data<AppState>,
+    actor: Actor,
+) -> Result<HttpResponse, ApiError> {
+    let now = state.clock.now();
+    let mut client = state.pool.get().await.map_err(StoreError::from)?;
+    let deleted = delete_account(&state, &mut client, &actor, now).await?;
+    Ok(HttpResponse::Ok()
+        .cookie(session::removal_cookie())
+        .json(deleted))
+}
+
+/// The checks and the deletion (the page and the API share it): homeowners only, a fresh step-up,
+/// and the policy's `edit_plan` on each of their homes (what erasing a home's details asks).
+pub(crate) async fn delete_account(
+    state: &AppState,
+    client: &mut deadpool_postgres::Object,
+    actor: &Actor,
+    now: DateTime<Utc>,
+) -> Result<Deleted, ApiError> {
+    if !actor.has(Role::Homeowner) {
+        return Err(ApiError::NotFound);
+    }
+    actor.require_step_up(now)?;
+    let homes = properties::properties_of(&*client, actor.tenant, actor.user_id).await?;
+    let mut ids = Vec::with_capacity(homes.len());
+    for home in homes {
+        let ctx = access::property(&*client, actor.tenant, home.id).await?;
+        let principal = access::principal(&*client, actor).await?;
+        access::authorize(client, &state.policy, actor, Some(home.id), now, |f| {
+            AuthzRequest::edit_plan(&principal, &ctx.attrs, fresh(f))
+        })
+        .await?;
+        ids.push(home.id);
+    }
+    let tx = client.transaction().await.map_err(StoreError::from)?;
+    let deleted = deletion::delete_account(&tx, actor, &ids, now).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(deleted)
 }

@@ -362,30 +362,45 @@ pub async fn put_plan(
     let mut client = state.pool.get().await.map_err(StoreError::from)?;
     let tx = client.transaction().await.map_err(StoreError::from)?;
     let plan = body.into_inner();
-    let kek = &state.kek;
-    let version = store::insert_plan(
-        &tx,
-        actor.tenant,
-        ctx.property.id,
-        actor.user_id,
-        &plan,
-        |plan_id| store::seal_plan(kek, &plan, plan_id),
-        now,
-    )
-    .await?;
-    audit::record(
-        &tx,
-        actor.tenant,
-        &Event::new("plan.update", Outcome::Allow)
-            .actor(actor.user_id)
-            .subject("property", ctx.property.id)
-            .property(ctx.property.id)
-            .details(serde_json::json!({ "version": version })),
-        now,
-    )
-    .await?;
+    let version = save_plan(&state, &tx, &actor, ctx.property.id, &plan, now).await?;
     tx.commit().await.map_err(StoreError::from)?;
     Ok(HttpResponse::Created().json(PlanVersion { version }))
+}
+
+/// Saves the next version of a property's plan in `tx` (both faces, after the policy allowed it):
+/// the notes sealed under the KEK for the new row, and the `plan.update` audit entry, whose
+/// personal details (erasable, `audit::record_personal`) are the plan's contacts as saved.
+pub(crate) async fn save_plan(
+    state: &AppState,
+    tx: &impl deadpool_postgres::GenericClient,
+    actor: &Actor,
+    property: Uuid,
+    plan: &PlanInput,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<i32, ApiError> {
+    let kek = &state.kek;
+    let version = store::insert_plan(
+        tx,
+        actor.tenant,
+        property,
+        actor.user_id,
+        plan,
+        |plan_id| store::seal_plan(kek, plan, plan_id),
+        now,
+    )
+    .await?;
+    let event = Event::new("plan.update", Outcome::Allow)
+        .actor(actor.user_id)
+        .subject("property", property)
+        .property(property)
+        .details(serde_json::json!({ "version": version }));
+    if plan.contacts.is_empty() {
+        audit::record(tx, actor.tenant, &event, now).await?;
+    } else {
+        let contacts = serde_json::json!({ "contacts": plan.contacts });
+        audit::record_personal(tx, actor.tenant, &event, &contacts, kek, now).await?;
+    }
+    Ok(version)
 }
 
 /// The homeowner's full current plan, notes included. The owner reading what they wrote is not a
@@ -608,9 +623,6 @@ pub(crate) async fn reveal_secret(
     );
     details.insert("named_in_live_grant".to_owned(), serde_json::json!(named));
     details.insert("incident_agencies".to_owned(), serde_json::json!(agencies));
-    if let Some(reason) = &reason {
-        details.insert("reason".to_owned(), serde_json::json!(reason));
-    }
     if secret == Secret::KeyBox {
         details.insert(
             "had_code".to_owned(),
@@ -628,7 +640,16 @@ pub(crate) async fn reveal_secret(
         event = event.incident(incident);
     }
     let tx = client.transaction().await.map_err(StoreError::from)?;
-    audit::record(&tx, actor.tenant, &event, now).await?;
+    // The reason is free text: it goes in only as personal details (erasable), never in clear.
+    match &reason {
+        Some(reason) => {
+            let personal = serde_json::json!({ "reason": reason });
+            audit::record_personal(&tx, actor.tenant, &event, &personal, &state.kek, now).await?;
+        }
+        None => {
+            audit::record(&tx, actor.tenant, &event, now).await?;
+        }
+    }
     tx.commit().await.map_err(StoreError::from)?;
     Ok(Revealed {
         plan,

@@ -72,6 +72,7 @@ pub async fn invite_trusted(
     let (party, _secret) = trusted::invite(
         &mut client,
         &state.policy,
+        &state.kek,
         &state.settings.public_origin,
         &actor,
         *id,

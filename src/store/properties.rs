@@ -95,7 +95,8 @@ pub async fn search_properties(
     );
     Ok(client
         .query(
-            "SELECT id, owner_id, address FROM properties WHERE municipality_id = $1 AND address ILIKE $2
+            "SELECT id, owner_id, address FROM properties
+             WHERE municipality_id = $1 AND address ILIKE $2 AND deleted_at IS NULL
              ORDER BY address LIMIT 20",
             &[&tenant.id(), &pattern],
         )
@@ -376,7 +377,9 @@ pub async fn rewrite_plan_with_rules(
     .map(Some)
 }
 
-/// The newest plan version of a property.
+/// The newest plan version of a property. A deleted account's homes have none (their versions'
+/// notes and contacts were erased): nothing governs entry there any more, so the policy sees a
+/// closed plan.
 pub async fn current_plan(
     client: &impl GenericClient,
     tenant: Tenant,
@@ -386,7 +389,8 @@ pub async fn current_plan(
         .query_opt(
             &format!(
                 "SELECT {PLAN_COLUMNS} FROM access_plans
-                 WHERE municipality_id = $1 AND property_id = $2 ORDER BY version DESC LIMIT 1"
+                 WHERE municipality_id = $1 AND property_id = $2 AND erased_at IS NULL
+                 ORDER BY version DESC LIMIT 1"
             ),
             &[&tenant.id(), &property],
         )

@@ -556,9 +556,11 @@ fn from_auth(e: crate::auth::error::AuthError) -> EmergencyError {
 /// one-time invitation link mailed to them, the trusted-party record with its terms, and an audit
 /// entry, in one transaction. Returns the record and the link secret (the HTTP API does not return
 /// the secret).
+#[allow(clippy::too_many_arguments)]
 pub async fn invite(
     client: &mut deadpool_postgres::Object,
     engine: &PolicyEngine,
+    kek: &crate::crypto::Kek,
     origin: &PublicOrigin,
     actor: &Actor,
     property: Uuid,
@@ -635,7 +637,9 @@ pub async fn invite(
             "schedule": schedule.map(|s| s.view()),
             "uses_per_day": checked.uses_per_day,
         }));
-    audit::record(&tx, actor.tenant, &event, now).await?;
+    // Who was invited, in words (label, address), is personal: erasable details only.
+    let personal = serde_json::json!({ "label": label.as_str(), "email": email.as_str() });
+    audit::record_personal(&tx, actor.tenant, &event, &personal, kek, now).await?;
     let party = load(&tx, actor.tenant, property, id).await?;
     tx.commit().await.map_err(StoreError::from)?;
     Ok((party.view(), secret))

@@ -54,6 +54,16 @@ pub static LIVE_JS: LazyLock<Asset> = LazyLock::new(|| {
     )
 });
 
+/// The in-browser verifier of audit exports (`/verify`).
+pub static VERIFY_JS: LazyLock<Asset> = LazyLock::new(|| {
+    hashed(
+        "verify",
+        "js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("static/verify.js"),
+    )
+});
+
 /// The icon (also what spares the browser its `/favicon.ico` request).
 pub static ICON: LazyLock<Asset> = LazyLock::new(|| {
     hashed(
@@ -64,8 +74,8 @@ pub static ICON: LazyLock<Asset> = LazyLock::new(|| {
     )
 });
 
-fn all() -> [&'static Asset; 4] {
-    [&CSS, &JS, &ICON, &LIVE_JS]
+fn all() -> [&'static Asset; 5] {
+    [&CSS, &JS, &ICON, &LIVE_JS, &VERIFY_JS]
 }
 
 pub(super) fn routes(cfg: &mut web::ServiceConfig) {

@@ -75,7 +75,7 @@ fn uuid_field(field: &str, text: &str) -> Result<Option<Uuid>, String> {
 
 /// A `datetime-local` value (`2026-12-01T14:02`, seconds optional), read in the municipality's
 /// zone.
-fn time_field(field: &str, text: &str) -> Result<Option<DateTime<Utc>>, String> {
+pub(super) fn time_field(field: &str, text: &str) -> Result<Option<DateTime<Utc>>, String> {
     if text.trim().is_empty() {
         return Ok(None);
     }
@@ -378,7 +378,7 @@ async fn exported(
     .await?)
 }
 
-fn attachment(name: &str) -> (&'static str, String) {
+pub(super) fn attachment(name: &str) -> (&'static str, String) {
     (
         "Content-Disposition",
         format!("attachment; filename=\"{name}\""),

@@ -763,6 +763,7 @@ async fn grant(
             grants::create(
                 &mut client,
                 &state.policy,
+                &state.kek,
                 &actor,
                 *id,
                 &input,

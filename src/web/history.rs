@@ -174,6 +174,15 @@ fn words(e: &Entry, n: &Names) -> String {
             .unwrap_or_default()
     };
     let allowed = e.outcome == "allow";
+    // Free text in the entry's personal details, quoted, or a word that it was erased.
+    let said = |key: &str, what: &str| match n.personal.get(&e.seq) {
+        Some(Personal::Readable(v)) => v
+            .get(key)
+            .and_then(|t| t.as_str())
+            .map_or_else(String::new, |t| format!(": \u{201c}{t}\u{201d}")),
+        Some(Personal::Erased) => format!(" ({what} was erased)"),
+        _ => String::new(),
+    };
     match e.action.as_str() {
         "property.create" => match n.personal.get(&e.seq) {
             Some(Personal::Readable(v)) => format!(
@@ -190,10 +199,14 @@ fn words(e: &Entry, n: &Names) -> String {
         "lock.pair" => format!("{lock}: a pairing attempt failed"),
         "lock.pairing_reset" => format!("{lock}: pairing started again by {actor}"),
         "plan.update" => format!("Access plan version {} saved by {actor}", detail("version")),
-        "plan.reveal_notes" => format!("Your notes for responders were shown to {actor}{incident}"),
-        "grant.create" if detail("status") == "awaiting_consent" => {
-            format!("{actor} asked for entry{incident}; you were asked to approve or refuse")
-        }
+        "plan.reveal_notes" => format!(
+            "Your notes for responders were shown to {actor}{incident}{}",
+            said("reason", "the reason given")
+        ),
+        "grant.create" if detail("status") == "awaiting_consent" => format!(
+            "{actor} asked for entry{incident}; you were asked to approve or refuse{}",
+            said("justification", "the reason given")
+        ),
         "consent.approve" => format!("You approved entry{incident}"),
         "consent.refuse" => format!("You refused entry{incident}"),
         "consent.timeout" => format!(
@@ -203,17 +216,25 @@ fn words(e: &Entry, n: &Names) -> String {
             "An answer about entry{incident} was refused ({})",
             detail("reason")
         ),
-        "grant.create" if detail("status") == "awaiting_approval" => {
-            format!("{actor} asked for entry{incident}; a second dispatcher must approve")
-        }
+        "grant.create" if detail("status") == "awaiting_approval" => format!(
+            "{actor} asked for entry{incident}; a second dispatcher must approve{}",
+            said("justification", "the reason given")
+        ),
         "grant.create" => {
             let to = e
                 .details
                 .get("unit")
                 .and_then(|u| u.as_str())
                 .map_or_else(String::new, |u| format!(" to {u}"));
-            format!("Entry granted{to}{incident} by {actor}")
+            format!(
+                "Entry granted{to}{incident} by {actor}{}",
+                said("justification", "the reason given")
+            )
         }
+        "trusted.invite" => format!(
+            "{actor} invited a trusted party{}",
+            said("label", "their name")
+        ),
         "grant.approve" => format!("{actor} approved entry{incident}"),
         "grant.revoke" => format!("Entry{incident} ended"),
         "token.issue" => format!("A door token for {lock} was issued to {actor}{incident}"),
@@ -243,10 +264,10 @@ fn words(e: &Entry, n: &Names) -> String {
         ),
         "audit.erase" => format!(
             "Personal details in this history were erased ({})",
-            if detail("reason") == "retention" {
-                "the plan's retention period ran out"
-            } else {
-                "you asked for it"
+            match detail("reason").as_str() {
+                "retention" => "the plan's retention period ran out",
+                "account_deleted" => "the owner's account was deleted",
+                _ => "you asked for it",
             }
         ),
         other => format!("{other} ({})", e.outcome),
@@ -411,6 +432,29 @@ mod tests {
         assert_eq!(
             words(&e, &n),
             "Front door stayed locked: a token of Engine 7 for incident 26-1309c was refused (replayed)"
+        );
+    }
+
+    #[test]
+    fn a_grant_reads_with_its_reason_until_it_is_erased() {
+        let mut n = Names::default();
+        let e = entry(
+            "grant.create",
+            "allow",
+            serde_json::json!({ "status": "live" }),
+        );
+        n.personal.insert(
+            7,
+            Personal::Readable(serde_json::json!({ "justification": "Smoke seen" })),
+        );
+        assert_eq!(
+            words(&e, &n),
+            "Entry granted by someone: \u{201c}Smoke seen\u{201d}"
+        );
+        n.personal.insert(7, Personal::Erased);
+        assert_eq!(
+            words(&e, &n),
+            "Entry granted by someone (the reason given was erased)"
         );
     }
 

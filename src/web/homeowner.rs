@@ -25,8 +25,7 @@ use crate::http::AppState;
 use crate::http::error::ApiError;
 use crate::plans::{
     AgencyRule, AgencyRules, ConsentFallback, Contact, KeyHolder, LiveConsent, NotificationChoices,
-    PhysicalKey, PlanInput,
-    ResponderNotes,
+    PhysicalKey, PlanInput, ResponderNotes,
 };
 use crate::policy::{AuthzRequest, PrincipalAttrs, PropertyAttrs, RevealContext, StepUpContext};
 use crate::store::properties::{self as store, Lock, Property, StoredPlan};
@@ -1349,29 +1348,10 @@ async fn save_plan(
         }
     };
     let now = state.clock.now();
-    let kek = &state.kek;
     let tx = client.transaction().await.map_err(StoreError::from)?;
-    let version = store::insert_plan(
-        &tx,
-        actor.tenant,
-        ctx.property.id,
-        actor.user_id,
-        &plan,
-        |plan_id| store::seal_plan(kek, &plan, plan_id),
-        now,
-    )
-    .await?;
-    audit::record(
-        &tx,
-        actor.tenant,
-        &Event::new("plan.update", Outcome::Allow)
-            .actor(actor.user_id)
-            .subject("property", ctx.property.id)
-            .property(ctx.property.id)
-            .details(serde_json::json!({ "version": version })),
-        now,
-    )
-    .await?;
+    let version =
+        crate::http::properties::save_plan(&state, &tx, &actor, ctx.property.id, &plan, now)
+            .await?;
     tx.commit().await.map_err(StoreError::from)?;
     Ok(page::see_other(&format!(
         "/homes/{}?saved={version}#plan",

@@ -17,6 +17,9 @@
 //!   printable plan.
 //! - [`history`]: a home's history in words, from the audit log; erasing its personal details.
 //! - [`keys`]: "my security keys", for every signed-in user.
+//! - [`account`]: a homeowner deletes their account.
+//! - [`report`]: the audit report of a period in words, and as CSV.
+//! - [`verifier`]: the in-browser verifier of audit exports (`static/verify.js`).
 //! - [`auditor`]: the audit log with filters, an entry, CSV/JSON export, the chain's status.
 //! - [`admin`]: municipal administration: agencies, units, staff, invitations, CAD credentials, trust.
 //! - [`trusted`]: a home's trusted parties and remote unlock, for its owner; a trusted party's
@@ -27,6 +30,7 @@
 //! Pages call the core functions the JSON handlers call (`store`, `access`, `audit`, `auth`);
 //! state-changing form posts pass the same Origin check (`http::check_origin`) as JSON writes.
 
+mod account;
 mod admin;
 pub mod assets;
 mod auditor;
@@ -38,8 +42,10 @@ mod history;
 mod homeowner;
 mod keys;
 mod page;
+mod report;
 mod responder;
 mod trusted;
+mod verifier;
 pub mod zone;
 
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
@@ -56,10 +62,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .configure(responder::routes)
         .configure(keys::routes)
         .configure(history::routes)
+        .configure(account::routes)
         .configure(admin::routes)
         .configure(auditor::routes)
+        .configure(report::routes)
         .configure(trusted::routes)
         .configure(consent::routes)
+        .configure(verifier::routes)
         .configure(dispatch::routes);
 }
 

@@ -339,6 +339,7 @@ async fn invite(
         Ok(body) => trusted::invite(
             &mut client,
             &state.policy,
+            &state.kek,
             &state.settings.public_origin,
             &actor,
             *id,

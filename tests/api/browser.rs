@@ -1887,3 +1887,95 @@ async fn dispatcher_console_in_chromium() {
 
     b.client.clone().close().await.unwrap();
 }
+
+/// The in-browser verifier: a visitor (not signed in) pastes a home's export and the log key on
+/// `/verify`; Chromium checks the checkpoint's Ed25519 signature and the inclusion proofs with
+/// WebCrypto and says "Verified"; the same export with one entry's bytes changed is refused.
+#[tokio::test]
+async fn the_verifier_page_checks_an_export_in_chromium() {
+    use firstkey::domain::Role;
+    use reqwest::Method;
+    let app = spawn_for_browser().await;
+    let Some(mut b) = Browser::start(&app.address, "verifier").await else {
+        return;
+    };
+    let tenant = municipality(&app, "proofton").await;
+    let owner = crate::helpers::user(
+        &app,
+        tenant,
+        "o@proofton.example",
+        None,
+        Role::Homeowner,
+        true,
+    )
+    .await;
+    let (status, home) = crate::helpers::call(
+        &app,
+        Method::POST,
+        "/api/v1/properties",
+        Some(&owner),
+        Some(json!({ "address": "7 Proof Lane" })),
+    )
+    .await;
+    assert_eq!(status, 201, "{home}");
+    let home = home["id"].as_str().unwrap().to_owned();
+    for minutes in [30, 31] {
+        let (status, body) = crate::helpers::call(
+            &app,
+            Method::PUT,
+            &format!("/api/v1/properties/{home}/plan"),
+            Some(&owner),
+            Some(json!({
+                "agencies": { "fire": { "allowed": true, "incident_types": ["fire"] } },
+                "max_grant_minutes": minutes,
+                "retention_days": 365
+            })),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let key = crate::privacy::checkpoint(&app, tenant, "proofton", true)
+        .await
+        .unwrap()
+        .to_string();
+    let export = app
+        .http
+        .get(format!(
+            "{}/api/v1/audit/export?property={home}",
+            app.address
+        ))
+        .header("cookie", &owner.cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut tampered: Value = serde_json::from_str(&export).unwrap();
+    let data = tampered["entries"][0]["data"]
+        .as_str()
+        .unwrap()
+        .replace("property.create", "property.remove");
+    tampered["entries"][0]["data"] = json!(data);
+
+    b.goto("/verify").await;
+    b.wait_for("form[data-verifier][data-ready='true']").await;
+    b.check("verifier", &[]).await;
+    b.fill("#key", &key).await;
+    b.fill("#export", &export).await;
+    b.click("#verifier button[type=submit]").await;
+    b.wait_for("form[data-state='verified']").await;
+    let said = b.text("#result").await;
+    assert!(said.starts_with("Verified: 3 entries"), "{said}");
+    b.check("verified", &[]).await;
+
+    b.fill("#export", &tampered.to_string()).await;
+    b.click("#verifier button[type=submit]").await;
+    b.wait_for("form[data-state='failed']").await;
+    let said = b.text("#result").await;
+    assert!(
+        said.contains("NOT verified") && said.contains("entry 0"),
+        "{said}"
+    );
+    b.check("refused", &[]).await;
+}

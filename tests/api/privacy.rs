@@ -321,18 +321,29 @@ async fn staff_add_attested_security_keys_and_removing_one_ends_its_sessions() {
 }
 
 /// Sets up a log key and a checkpoint over everything sealed now; returns the verifier key.
-async fn checkpoint(
+pub(crate) async fn checkpoint(
     app: &TestApp,
     tenant: Tenant,
     slug: &str,
     make_key: bool,
 ) -> Option<firstkey::audit::note::VerifierKey> {
-    let mut client = app.pool.get().await.unwrap();
     let dir = crate::helpers::test_settings(crate::helpers::admin_config()).key_dir;
+    checkpoint_in(app, tenant, slug, make_key, &dir).await
+}
+
+/// [`checkpoint`] with the log key in `dir` (the app's key directory).
+async fn checkpoint_in(
+    app: &TestApp,
+    tenant: Tenant,
+    slug: &str,
+    make_key: bool,
+    dir: &std::path::Path,
+) -> Option<firstkey::audit::note::VerifierKey> {
+    let mut client = app.pool.get().await.unwrap();
     let key = if make_key {
         let origin = audit::log::origin_for("http://localhost:8080", slug);
         Some(
-            audit::log::generate_key(&mut client, tenant, &origin, &dir, Utc::now())
+            audit::log::generate_key(&mut client, tenant, &origin, dir, Utc::now())
                 .await
                 .unwrap()
                 .verifier,
@@ -344,7 +355,7 @@ async fn checkpoint(
     audit::log::sign_if_due(
         &mut client,
         tenant,
-        &dir,
+        dir,
         std::time::Duration::ZERO,
         Utc::now(),
     )
@@ -879,4 +890,965 @@ async fn another_homes_pages_are_not_found_and_every_role_has_a_keys_page() {
     let (status, page) = send(&app, Method::GET, "/keys", &owner, None).await;
     assert_eq!(status, 200);
     assert!(page.as_str().unwrap().contains("passkeys"));
+}
+
+/// Counts of rows where `needle` is readable: audit details in clear, the plaintext bytes of
+/// encrypted details, and the operational tables that held it.
+async fn readable_anywhere(app: &TestApp, needle: &str) -> Vec<(&'static str, i64)> {
+    let client = app.pool.get().await.unwrap();
+    let mut out = Vec::new();
+    for (table, sql) in [
+        (
+            "audit public details",
+            "SELECT count(*) FROM audit_entries WHERE public_details::text LIKE '%' || $1 || '%'",
+        ),
+        (
+            "audit private bytes",
+            "SELECT count(*) FROM audit_entries
+             WHERE position(convert_to($1, 'UTF8') IN coalesce(private_details, ''::bytea)) > 0",
+        ),
+        (
+            "properties",
+            "SELECT count(*) FROM properties WHERE address LIKE '%' || $1 || '%'",
+        ),
+        (
+            "access_plans",
+            "SELECT count(*) FROM access_plans WHERE contacts::text LIKE '%' || $1 || '%'",
+        ),
+        (
+            "grants",
+            "SELECT count(*) FROM grants WHERE justification LIKE '%' || $1 || '%'",
+        ),
+        (
+            "trusted_parties",
+            "SELECT count(*) FROM trusted_parties WHERE label LIKE '%' || $1 || '%'",
+        ),
+        (
+            "users",
+            "SELECT count(*) FROM users WHERE email LIKE '%' || $1 || '%' OR display_name LIKE '%' || $1 || '%'",
+        ),
+    ] {
+        let n: i64 = client.query_one(sql, &[&needle]).await.unwrap().get(0);
+        out.push((table, n));
+    }
+    out
+}
+
+fn only(counts: &[(&'static str, i64)], table: &str) -> i64 {
+    counts
+        .iter()
+        .filter(|(t, _)| *t == table)
+        .map(|(_, n)| *n)
+        .sum()
+}
+
+/// The personal details of the newest entry with `action` about `property`.
+async fn personal_of(
+    app: &TestApp,
+    tenant: Tenant,
+    property: Uuid,
+    action: &str,
+) -> audit::personal::Personal {
+    let client = app.pool.get().await.unwrap();
+    audit::seal(&client, tenant).await.unwrap();
+    let seq: i64 = client
+        .query_one(
+            "SELECT seq FROM audit_entries WHERE municipality_id = $1 AND property_id = $2 AND action = $3
+             ORDER BY seq DESC LIMIT 1",
+            &[&tenant.id(), &property, &action],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // The test settings' fixed key-encryption key.
+    let kek =
+        firstkey::crypto::Kek::from_base64("KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=").unwrap();
+    audit::personal::open(&client, tenant, seq, &kek)
+        .await
+        .unwrap()
+}
+
+async fn export_as(app: &TestApp, cookie: &str, query: &str) -> String {
+    let response = app
+        .http
+        .get(format!("{}/api/v1/audit/export{query}", app.address))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.text().await.unwrap()
+}
+
+#[tokio::test]
+async fn free_text_about_people_is_in_the_log_only_encrypted_and_erasure_takes_it() {
+    use audit::personal::Personal;
+    let w = crate::emergency::world().await;
+    let (app, tenant) = (&w.app, w.tenant);
+    // A grant with a justification, a reveal with a reason (the dispatcher's page), a trusted
+    // party by name and address, and the plan's contacts (saved by `world`).
+    let (incident, grant) = crate::emergency::live_fire_grant(&w).await;
+    let reveal = app
+        .http
+        .post(format!(
+            "{}/dispatch/incidents/{incident}/reveal",
+            app.address
+        ))
+        .header("cookie", &w.dispatcher.cookie)
+        .header("origin", ORIGIN)
+        .form(&[
+            ("property", w.property.to_string()),
+            (
+                "reason",
+                "Crew asks about the dogs before forcing entry".to_owned(),
+            ),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reveal.status(), 200);
+    let (status, party) = call(
+        app,
+        Method::POST,
+        &format!("/api/v1/properties/{}/trusted-parties", w.property),
+        Some(&w.owner),
+        Some(json!({
+            "email": "kim.carer@example.org",
+            "label": "Kim the carer",
+            "locks": [w.lock],
+            "ends_at": (Utc::now() + Duration::days(30)).to_rfc3339(),
+        })),
+    )
+    .await;
+    assert_eq!(status, 201, "{party}");
+
+    // Nowhere in clear in the log: not in the details, not in the encrypted bytes.
+    for needle in [
+        "Smoke alarm, occupant not answering",
+        "about the dogs",
+        "Kim the carer",
+        "kim.carer@example.org",
+        "Sam Neighbour",
+    ] {
+        let counts = readable_anywhere(app, needle).await;
+        assert_eq!(only(&counts, "audit public details"), 0, "{needle}");
+        assert_eq!(only(&counts, "audit private bytes"), 0, "{needle}");
+    }
+    // Readable through the data key while it lives.
+    assert_eq!(
+        personal_of(app, tenant, w.property, "grant.create").await,
+        Personal::Readable(json!({ "justification": "Smoke alarm, occupant not answering" }))
+    );
+    assert_eq!(
+        personal_of(app, tenant, w.property, "plan.reveal_notes").await,
+        Personal::Readable(json!({ "reason": "Crew asks about the dogs before forcing entry" }))
+    );
+    assert_eq!(
+        personal_of(app, tenant, w.property, "trusted.invite").await,
+        Personal::Readable(json!({ "label": "Kim the carer", "email": "kim.carer@example.org" }))
+    );
+    let Personal::Readable(contacts) = personal_of(app, tenant, w.property, "plan.update").await
+    else {
+        panic!("plan contacts are personal details");
+    };
+    assert_eq!(contacts["contacts"][0]["name"], "Sam Neighbour");
+    let key = checkpoint_in(app, tenant, "town-a", true, &w.key_dir)
+        .await
+        .unwrap();
+    let before = export_as(app, &w.owner.cookie, &format!("?property={}", w.property)).await;
+    assert!(verify::verify_export(&before, &key, &[], 0).ok());
+
+    // The homeowner erases while the grant is live: the log's details go at once, the live grant
+    // keeps its justification (the crew is at the door); once it ended, a second erasure takes it.
+    let erase = format!("/api/v1/properties/{}/audit/erase", w.property);
+    let (status, erased) = call(app, Method::POST, &erase, Some(&w.owner), None).await;
+    assert_eq!(status, 200, "{erased}");
+    for action in [
+        "grant.create",
+        "plan.reveal_notes",
+        "trusted.invite",
+        "plan.update",
+    ] {
+        assert_eq!(
+            personal_of(app, tenant, w.property, action).await,
+            Personal::Erased,
+            "{action}"
+        );
+    }
+    assert_eq!(
+        only(
+            &readable_anywhere(app, "Smoke alarm, occupant").await,
+            "grants"
+        ),
+        1,
+        "a live grant keeps its justification"
+    );
+    let (status, _) = call(
+        app,
+        Method::POST,
+        &format!("/api/v1/grants/{grant}/revoke"),
+        Some(&w.dispatcher),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, erased) = call(app, Method::POST, &erase, Some(&w.owner), None).await;
+    assert_eq!(status, 200, "{erased}");
+    assert_eq!(
+        only(
+            &readable_anywhere(app, "Smoke alarm, occupant").await,
+            "grants"
+        ),
+        0
+    );
+    let client = app.pool.get().await.unwrap();
+    let (text, erased_at): (String, Option<chrono::DateTime<Utc>>) = client
+        .query_one(
+            "SELECT justification, justification_erased_at FROM grants WHERE id = $1",
+            &[&grant],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(text, "(erased)");
+    assert!(erased_at.is_some());
+    let justifications: Vec<i64> = client
+        .query(
+            "SELECT (public_details->>'justifications_erased')::bigint FROM audit_entries
+             WHERE municipality_id = $1 AND action = 'audit.erase' ORDER BY id",
+            &[&tenant.id()],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(justifications, vec![0, 1], "audited with what it took");
+
+    // Every proof still verifies; the sealed entries are byte for byte the same.
+    checkpoint_in(app, tenant, "town-a", false, &w.key_dir).await;
+    assert!(matches!(
+        audit::verify_chain(&client, tenant).await.unwrap(),
+        audit::ChainCheck::Intact { .. }
+    ));
+    assert!(verify::verify_export(&before, &key, &[], 0).ok());
+    let after = export_as(app, &w.owner.cookie, &format!("?property={}", w.property)).await;
+    let report = verify::verify_export(&after, &key, &[], 0);
+    assert!(report.ok(), "{:?}", report.failures);
+    let old: verify::Export = serde_json::from_str(&before).unwrap();
+    let new: verify::Export = serde_json::from_str(&after).unwrap();
+    for entry in &old.entries {
+        let same = new.entries.iter().find(|e| e.index == entry.index).unwrap();
+        assert_eq!(same.data, entry.data);
+    }
+}
+
+#[tokio::test]
+async fn deleting_my_account_erases_my_personal_data_and_the_log_still_verifies() {
+    use audit::personal::Personal;
+    let w = crate::emergency::world().await;
+    let (app, tenant) = (&w.app, w.tenant);
+    let (_, grant) = crate::emergency::live_fire_grant(&w).await;
+    let key = checkpoint_in(app, tenant, "town-a", true, &w.key_dir)
+        .await
+        .unwrap();
+    let before = export_as(app, &w.owner.cookie, &format!("?property={}", w.property)).await;
+    assert!(verify::verify_export(&before, &key, &[], 0).ok());
+    let auditor = user(app, tenant, "aud@a.example", None, Role::Auditor, true).await;
+    let whole_before = export_as(app, &auditor.cookie, "").await;
+    let users_before = {
+        let client = app.pool.get().await.unwrap();
+        client
+            .query_one(
+                "SELECT email, status FROM users WHERE id = $1",
+                &[&w.owner.id],
+            )
+            .await
+            .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+            .unwrap()
+    };
+
+    // Other roles cannot; a stale step-up is asked for; a live grant refuses; nothing changes.
+    let (status, _) = call(app, Method::DELETE, "/api/v1/me", Some(&w.responder), None).await;
+    assert_eq!(status, 404);
+    let (status, body) = call(app, Method::DELETE, "/api/v1/me", Some(&w.owner), None).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body.to_string().contains("granted"), "{body}");
+    stale_step_up(app, w.owner.id).await;
+    let (status, _) = call(app, Method::DELETE, "/api/v1/me", Some(&w.owner), None).await;
+    assert_eq!(status, 401);
+    {
+        let client = app.pool.get().await.unwrap();
+        let now = client
+            .query_one(
+                "SELECT email, status FROM users WHERE id = $1",
+                &[&w.owner.id],
+            )
+            .await
+            .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+            .unwrap();
+        assert_eq!(now, users_before);
+        assert_eq!(
+            audited(app, tenant, "account.delete", "info").await,
+            0,
+            "nothing deleted"
+        );
+        client
+            .execute(
+                "UPDATE sessions SET stepped_up_at = now() WHERE user_id = $1",
+                &[&w.owner.id],
+            )
+            .await
+            .unwrap();
+    }
+    let (status, _) = call(
+        app,
+        Method::POST,
+        &format!("/api/v1/grants/{grant}/revoke"),
+        Some(&w.dispatcher),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // Deleted.
+    let response = app
+        .http
+        .delete(format!("{}/api/v1/me", app.address))
+        .header("cookie", &w.owner.cookie)
+        .header("origin", ORIGIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let cookie = response
+        .headers()
+        .get("set-cookie")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(cookie.contains("Max-Age=0"), "{cookie}");
+    let deleted: Value = response.json().await.unwrap();
+    assert_eq!(deleted["homes"], 2, "{deleted}");
+    assert_eq!(deleted["plan_versions_erased"], 2, "{deleted}");
+    assert_eq!(deleted["locks_retired"], 2, "{deleted}");
+    assert_eq!(deleted["justifications_erased"], 1, "{deleted}");
+    assert!(
+        deleted["audit_keys_erased"].as_u64().unwrap() >= 2,
+        "{deleted}"
+    );
+    assert!(
+        deleted["sessions_ended"].as_u64().unwrap() >= 1,
+        "{deleted}"
+    );
+
+    // Signed out everywhere, for good; the account cannot act again.
+    let (status, _) = call(app, Method::GET, "/api/v1/me", Some(&w.owner), None).await;
+    assert_eq!(status, 401);
+    let (status, _) = call(app, Method::DELETE, "/api/v1/me", Some(&w.owner), None).await;
+    assert_eq!(status, 401);
+
+    // The personal data is gone from every table that held it, and from the log.
+    for needle in [
+        "owner@a.example",
+        "Elm Street",
+        "Sam Neighbour",
+        "Smoke alarm, occupant",
+    ] {
+        let counts = readable_anywhere(app, needle).await;
+        for (table, n) in counts {
+            assert_eq!(n, 0, "{needle} still readable in {table}");
+        }
+    }
+    assert_eq!(
+        personal_of(app, tenant, w.property, "grant.create").await,
+        Personal::Erased
+    );
+    assert_eq!(
+        personal_of(app, tenant, w.property, "property.create").await,
+        Personal::Erased
+    );
+    let client = app.pool.get().await.unwrap();
+    let row = client
+        .query_one(
+            "SELECT status, deleted_at IS NOT NULL, display_name,
+                (SELECT count(*) FROM webauthn_credentials WHERE user_id = u.id AND status <> 'removed'),
+                (SELECT count(*) FROM sessions WHERE user_id = u.id),
+                (SELECT count(*) FROM access_plans p JOIN properties h ON h.id = p.property_id
+                   WHERE h.owner_id = u.id AND (p.notes_ciphertext IS NOT NULL OR p.erased_at IS NULL)),
+                (SELECT count(*) FROM locks l JOIN properties h ON h.id = l.property_id
+                   WHERE h.owner_id = u.id AND l.pairing_state <> 'retired')
+             FROM users u WHERE id = $1",
+            &[&w.owner.id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "disabled");
+    assert!(row.get::<_, bool>(1));
+    assert_eq!(row.get::<_, String>(2), "Deleted account");
+    assert_eq!(row.get::<_, i64>(3), 0, "keys removed");
+    assert_eq!(row.get::<_, i64>(4), 0, "sessions removed");
+    assert_eq!(row.get::<_, i64>(5), 0, "plan notes erased");
+    assert_eq!(row.get::<_, i64>(6), 0, "locks retired");
+    // The one mail left to the address is the confirmation, which names no home.
+    let mails: Vec<(String, String)> = client
+        .query(
+            "SELECT kind, coalesce(body_text, '') FROM notification_outbox WHERE recipient = 'owner@a.example'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(mails.len(), 1, "{mails:?}");
+    assert_eq!(mails[0].0, "account.deleted");
+    assert!(mails[0].1.contains("was deleted") && !mails[0].1.contains("Elm"));
+    assert_eq!(audited(app, tenant, "account.delete", "info").await, 1);
+    // The plan's conditions stay (past grants were decided under them) but cannot be changed.
+    assert!(
+        client
+            .execute(
+                "UPDATE access_plans SET max_grant_minutes = 1 WHERE property_id = $1",
+                &[&w.property],
+            )
+            .await
+            .is_err()
+    );
+    assert!(
+        client
+            .execute(
+                "UPDATE access_plans SET erased_at = NULL WHERE property_id = $1",
+                &[&w.property],
+            )
+            .await
+            .is_err(),
+        "no un-erasing"
+    );
+
+    // Dispatch no longer finds the home, and cannot grant entry there.
+    let (status, found) = call(
+        app,
+        Method::GET,
+        "/api/v1/dispatch/properties?q=Elm",
+        Some(&w.dispatcher),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(found, json!([]));
+    let incident = crate::emergency::open_incident(&w, "25-09999", "fire", w.fire).await;
+    let (status, body) = call(
+        app,
+        Method::POST,
+        &format!("/api/v1/incidents/{incident}/grants"),
+        Some(&w.dispatcher),
+        Some(json!({
+            "property": w.property, "responders": [w.responder.id], "minutes": 10,
+            "justification": "After deletion"
+        })),
+    )
+    .await;
+    assert!(status == 403 || status == 404, "{status} {body}");
+
+    // The log: intact chain; exports from before still verify; new ones verify and hold the
+    // same entry bytes.
+    checkpoint_in(app, tenant, "town-a", false, &w.key_dir).await;
+    assert!(matches!(
+        audit::verify_chain(&client, tenant).await.unwrap(),
+        audit::ChainCheck::Intact { .. }
+    ));
+    assert!(verify::verify_export(&before, &key, &[], 0).ok());
+    assert!(verify::verify_export(&whole_before, &key, &[], 0).ok());
+    let whole_after = export_as(app, &auditor.cookie, "").await;
+    let report = verify::verify_export(&whole_after, &key, &[], 0);
+    assert!(report.ok(), "{:?}", report.failures);
+    let (ok, out) = cli_verify(&whole_after, &key);
+    assert!(ok, "{out}");
+    let old: verify::Export = serde_json::from_str(&whole_before).unwrap();
+    let new: verify::Export = serde_json::from_str(&whole_after).unwrap();
+    for (a, b) in old.entries.iter().zip(&new.entries) {
+        assert_eq!(a.data, b.data, "entry {} rewritten", a.index);
+    }
+}
+
+#[tokio::test]
+async fn the_delete_page_asks_to_confirm_and_signs_out() {
+    let app = spawn_app().await;
+    let tenant = town(&app, "delete-town").await;
+    let owner = sign_in_as(&app, tenant, Role::Homeowner).await;
+    let (status, _) = send(
+        &app,
+        Method::POST,
+        "/api/v1/properties",
+        &owner,
+        Some(json!({ "address": "3 Leaving Lane" })),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let keys = app
+        .http
+        .get(format!("{}/keys", app.address))
+        .header("cookie", &owner.cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(keys.contains("href=\"/account/delete\""), "{keys}");
+    let page = app
+        .http
+        .get(format!("{}/account/delete", app.address))
+        .header("cookie", &owner.cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let page = page.text().await.unwrap();
+    assert!(page.contains("3 Leaving Lane") && page.contains("id=\"delete-form\""));
+    assert!(page.contains("<label class=\"check\"><input type=\"checkbox\" id=\"confirm\""));
+
+    let post = |confirm: bool| {
+        let mut form = vec![];
+        if confirm {
+            form.push(("confirm", "yes"));
+        }
+        app.http
+            .post(format!("{}/account/delete", app.address))
+            .header("cookie", &owner.cookie)
+            .header("origin", ORIGIN)
+            .form(&form)
+            .send()
+    };
+    // Without the box ticked: asked again, nothing happens.
+    let response = post(false).await.unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(response.text().await.unwrap().contains("Tick the box"));
+    // A stale step-up: the inline confirmation, which then resubmits the form.
+    stale_step_up(&app, owner.user_id).await;
+    let response = post(true).await.unwrap();
+    assert_eq!(response.status(), 401);
+    assert!(
+        response
+            .text()
+            .await
+            .unwrap()
+            .contains("data-resubmit=\"delete-form\"")
+    );
+    assert_eq!(audited(&app, tenant, "account.delete", "info").await, 0);
+    // A staff member has no such page.
+    let responder = user(
+        &app,
+        tenant,
+        "r@delete.example",
+        None,
+        Role::Responder,
+        true,
+    )
+    .await;
+    let (status, _) = call(&app, Method::GET, "/account/delete", Some(&responder), None).await;
+    assert_eq!(status, 404);
+
+    let client = app.pool.get().await.unwrap();
+    client
+        .execute(
+            "UPDATE sessions SET stepped_up_at = now() WHERE user_id = $1",
+            &[&owner.user_id],
+        )
+        .await
+        .unwrap();
+    let response = post(true).await.unwrap();
+    assert_eq!(response.status(), 303);
+    assert_eq!(response.headers()["location"], "/account/deleted");
+    assert!(
+        response.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+    let done = app
+        .http
+        .get(format!("{}/account/deleted", app.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(done.contains("Your account was deleted"));
+    let (status, _) = send(&app, Method::GET, "/api/v1/me", &owner, None).await;
+    assert_eq!(status, 401);
+    assert_eq!(audited(&app, tenant, "account.delete", "info").await, 1);
+    assert_eq!(
+        readable_anywhere(&app, "Leaving Lane")
+            .await
+            .iter()
+            .map(|(_, n)| n)
+            .sum::<i64>(),
+        0
+    );
+}
+
+/// Runs the portal's vendored verifier (`src/web/static/verify.js`, the code the `/verify` page
+/// runs) under Node's WebCrypto on each `(export, key)`; `None` when Node is not installed.
+fn browser_verifier(cases: &[(String, String)]) -> Option<Vec<Value>> {
+    let node = ["/usr/bin/node", "/usr/local/bin/node"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).is_file())?;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("cases.json");
+    let cases: Vec<Value> = cases
+        .iter()
+        .map(|(text, key)| json!({ "text": text, "key": key }))
+        .collect();
+    std::fs::write(&input, serde_json::to_vec(&cases).unwrap()).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/src/web/static/verify.js");
+    let program = format!(
+        "require({script:?});
+         const cases = JSON.parse(require('fs').readFileSync({input:?}, 'utf8'));
+         (async () => {{
+           const out = [];
+           for (const c of cases) out.push(await globalThis.firstkeyVerifyExport(c.text, c.key));
+           console.log(JSON.stringify(out));
+         }})();",
+        input = input.display().to_string(),
+    );
+    let out = std::process::Command::new(node)
+        .args(["-e", &program])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(serde_json::from_slice(&out.stdout).unwrap())
+}
+
+#[tokio::test]
+async fn the_in_browser_verifier_accepts_true_exports_and_refuses_every_tampering() {
+    let app = spawn_app().await;
+    let slug = "verify-town";
+    let tenant = town(&app, slug).await;
+    let owner = sign_in_as(&app, tenant, Role::Homeowner).await;
+    let mut homes = Vec::new();
+    for address in ["1 Proof Road", "2 Proof Road"] {
+        let (status, home) = send(
+            &app,
+            Method::POST,
+            "/api/v1/properties",
+            &owner,
+            Some(json!({ "address": address })),
+        )
+        .await;
+        assert_eq!(status, 201);
+        homes.push(home["id"].as_str().unwrap().to_owned());
+    }
+    for version in 0..2 {
+        let (status, body) = send(
+            &app,
+            Method::PUT,
+            &format!("/api/v1/properties/{}/plan", homes[1]),
+            &owner,
+            Some(json!({
+                "agencies": { "fire": { "allowed": true, "incident_types": ["fire"] } },
+                "max_grant_minutes": 30 + version,
+                "retention_days": 365
+            })),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let key = checkpoint(&app, tenant, slug, true).await.unwrap();
+    let other_town = town(&app, "verify-elsewhere").await;
+    let other_key = checkpoint(&app, other_town, "verify-elsewhere", true)
+        .await
+        .unwrap()
+        .to_string();
+    let selection = property_export(&app, &owner, &homes[1]).await;
+    let auditor = sign_in_as(&app, tenant, Role::Auditor).await;
+    let complete = export_as(&app, &auditor.cookie, "").await;
+    let k = key.to_string();
+
+    // The page carries the form, the script (same origin, no inline code) and the viewer's key.
+    let page = app
+        .http
+        .get(format!("{}/verify", app.address))
+        .header("cookie", &owner.cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    let page = page.text().await.unwrap();
+    assert!(page.contains("data-verifier") && page.contains("/static/verify."));
+    assert!(
+        page.contains(&k),
+        "the viewer's municipality's key is filled in"
+    );
+    assert!(!page.contains("<script>"), "no inline script");
+    let history = app
+        .http
+        .get(format!("{}/homes/{}/history", app.address, homes[1]))
+        .header("cookie", &owner.cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(history.contains("href=\"/verify\""));
+
+    // Tamperings, each of which must fail.
+    let mut sel: Value = serde_json::from_str(&selection).unwrap();
+    assert!(sel["entries"].as_array().unwrap().len() >= 2);
+    assert!(!sel["entries"][0]["proof"].as_array().unwrap().is_empty());
+    let edit = |f: &dyn Fn(&mut Value)| {
+        let mut v = sel.clone();
+        f(&mut v);
+        v.to_string()
+    };
+    let flip_b64 = |s: &str| {
+        use base64::Engine;
+        let mut bytes = base64::engine::general_purpose::STANDARD.decode(s).unwrap();
+        bytes[5] ^= 0x01;
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    };
+    let data0 = sel["entries"][0]["data"].as_str().unwrap().to_owned();
+    let proof0 = sel["entries"][0]["proof"][0].as_str().unwrap().to_owned();
+    let note = sel["checkpoint"].as_str().unwrap().to_owned();
+    let mut tampered = vec![
+        (
+            "entry data",
+            edit(&|v| {
+                v["entries"][0]["data"] = json!(data0.replace("property.create", "property.delete"))
+            }),
+        ),
+        (
+            "proof hash",
+            edit(&|v| v["entries"][0]["proof"][0] = json!(flip_b64(&proof0))),
+        ),
+        (
+            "proof dropped",
+            edit(&|v| {
+                v["entries"][0]["proof"].as_array_mut().unwrap().pop();
+            }),
+        ),
+        (
+            "index moved",
+            edit(&|v| {
+                v["entries"][0]["index"] = json!(v["entries"][0]["index"].as_u64().unwrap() + 1)
+            }),
+        ),
+        (
+            "checkpoint size",
+            edit(&|v| {
+                let lines: Vec<&str> = note.splitn(3, '\n').collect();
+                let size: u64 = lines[1].parse().unwrap();
+                v["checkpoint"] = json!(format!("{}\n{}\n{}", lines[0], size + 1, lines[2]));
+            }),
+        ),
+        (
+            "checkpoint signature",
+            edit(&|v| {
+                let (body, sig) = note.rsplit_once(' ').unwrap();
+                v["checkpoint"] = json!(format!("{body} {}\n", flip_b64(sig.trim_end())));
+            }),
+        ),
+    ];
+    sel["entries"].as_array_mut().unwrap().reverse();
+    tampered.push(("reordered", sel.to_string()));
+    let mut all: Value = serde_json::from_str(&complete).unwrap();
+    let entries = all["entries"].as_array_mut().unwrap();
+    let last = entries.len() - 1;
+    let removed = entries.remove(1);
+    tampered.push(("complete export with one entry dropped", all.to_string()));
+    let entries = all["entries"].as_array_mut().unwrap();
+    entries.insert(1, removed);
+    entries.swap(1, 2);
+    let mut swapped = all.clone();
+    for (i, e) in swapped["entries"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .enumerate()
+    {
+        e["index"] = json!(i);
+    }
+    tampered.push(("complete export reordered", swapped.to_string()));
+    assert!(last >= 3);
+
+    let mut cases = vec![
+        (selection.clone(), k.clone()),
+        (complete.clone(), k.clone()),
+        (selection.clone(), other_key),
+    ];
+    cases.extend(tampered.iter().map(|(_, t)| (t.clone(), k.clone())));
+    let Some(results) = browser_verifier(&cases) else {
+        eprintln!("skipped: node is not installed, so the browser verifier cannot run here");
+        return;
+    };
+    assert_eq!(results[0]["ok"], true, "{}", results[0]);
+    assert!(results[0]["verified"].as_u64().unwrap() >= 2);
+    assert_eq!(results[1]["ok"], true, "{}", results[1]);
+    assert_eq!(results[2]["ok"], false, "another log's key: {}", results[2]);
+    for ((what, text), result) in tampered.iter().zip(&results[3..]) {
+        assert_eq!(result["ok"], false, "{what}: {result}");
+        assert!(!result["failures"].as_array().unwrap().is_empty(), "{what}");
+        // The server's own verifier agrees.
+        assert!(!verify::verify_export(text, &key, &[], 0).ok(), "{what}");
+    }
+}
+
+#[tokio::test]
+async fn a_report_lists_activity_two_person_grants_and_exactly_the_grant_outside_its_plan() {
+    let w = crate::emergency::world().await;
+    let (app, tenant) = (&w.app, w.tenant);
+    // A fire grant within the plan, and a police grant the plan sends to a second dispatcher.
+    let (_, fire_grant) = crate::emergency::live_fire_grant(&w).await;
+    let police_officer = user(
+        app,
+        tenant,
+        "p1@a.example",
+        Some(w.police),
+        Role::Responder,
+        true,
+    )
+    .await;
+    let incident = crate::emergency::open_incident(&w, "25-00001", "welfare_check", w.police).await;
+    let (status, g) = call(
+        app,
+        Method::POST,
+        &format!("/api/v1/incidents/{incident}/grants"),
+        Some(&w.dispatcher),
+        Some(
+            json!({ "property": w.property, "responders": [police_officer.id], "minutes": 20,
+                     "justification": "Welfare check requested by family" }),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{g}");
+    let police_grant: Uuid = g["id"].as_str().unwrap().parse().unwrap();
+    let (status, _) = call(
+        app,
+        Method::POST,
+        &format!("/api/v1/grants/{police_grant}/approve"),
+        Some(&w.dispatcher2),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    // An injected entry: the fire grant "for 999 minutes", which its plan (60 at most) never allowed.
+    let injected = {
+        let client = app.pool.get().await.unwrap();
+        audit::record(
+            &client,
+            tenant,
+            &Event::new("grant.create", Outcome::Allow)
+                .actor(w.dispatcher.id)
+                .subject("grant", fire_grant)
+                .property(w.property)
+                .details(json!({ "minutes": 999, "status": "live" })),
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+        audit::seal(&client, tenant).await.unwrap();
+        client
+            .query_one(
+                "SELECT max(seq) FROM audit_entries WHERE municipality_id = $1 AND action = 'grant.create'",
+                &[&tenant.id()],
+            )
+            .await
+            .unwrap()
+            .get::<_, Option<i64>>(0)
+            .unwrap()
+    };
+    checkpoint_in(app, tenant, "town-a", true, &w.key_dir).await;
+    let auditor = user(app, tenant, "aud@a.example", None, Role::Auditor, true).await;
+    let from = urlencoding(&(Utc::now() - Duration::hours(1)).to_rfc3339());
+    let to = urlencoding(&(Utc::now() + Duration::hours(1)).to_rfc3339());
+    let (status, report) = call(
+        app,
+        Method::GET,
+        &format!("/api/v1/audit/report?from={from}&to={to}"),
+        Some(&auditor),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(
+        report["grants_outside_plan"],
+        json!([{ "seq": injected, "grant": fire_grant,
+                 "reasons": ["999 minutes, the plan allows at most 60"] }]),
+        "exactly the injected grant: {report}"
+    );
+    assert_eq!(
+        report["approved_grants"],
+        json!([{ "grant": police_grant, "seq": report["approved_grants"][0]["seq"],
+                 "requested_by": w.dispatcher.id, "approved_by": w.dispatcher2.id }])
+    );
+    let by_actor = report["by_actor"].as_array().unwrap();
+    let dispatcher = by_actor
+        .iter()
+        .find(|a| a["actor"] == json!(w.dispatcher.id))
+        .unwrap();
+    assert_eq!(dispatcher["grants"], 3, "two grants and the injected entry");
+    assert_eq!(dispatcher["agency"], json!(w.fire));
+    let second = by_actor
+        .iter()
+        .find(|a| a["actor"] == json!(w.dispatcher2.id))
+        .unwrap();
+    assert_eq!(second["approvals"], 1);
+    let fire = report["by_agency"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["agency"] == json!(w.fire))
+        .unwrap();
+    assert_eq!(fire["name"], "A Fire");
+    assert_eq!(fire["grants"], 3);
+
+    // The same in words, and as CSV (default period: the last 30 days).
+    let page = |who: &crate::helpers::As, path: String| {
+        let request = app
+            .http
+            .get(format!("{}{path}", app.address))
+            .header("cookie", &who.cookie);
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    let (status, words) = page(&auditor, "/audit/report".to_owned()).await;
+    assert_eq!(status, 200, "{words}");
+    assert!(words.contains("Grants outside their plan:"), "{words}");
+    assert!(words.contains(&format!(
+        "entry {injected} (999 minutes, the plan allows at most 60)"
+    )));
+    assert!(words.contains("A Fire") && words.contains("id=\"approved\""));
+    let (status, csv) = page(&auditor, "/audit/report.csv".to_owned()).await;
+    assert_eq!(status, 200);
+    assert!(csv.starts_with("section,seq,subject,value\r\n"));
+    assert!(
+        csv.contains(&format!(
+            "grant outside plan,{injected},{fire_grant},\"999 minutes, the plan allows at most 60\""
+        )),
+        "{csv}"
+    );
+    // The homeowner's own home, with a fresh step-up; not the whole municipality.
+    let (status, words) = page(&w.owner, format!("/audit/report?property={}", w.property)).await;
+    assert_eq!(status, 200, "{words}");
+    assert!(words.contains("for one home"));
+    let (status, _) = page(&w.owner, "/audit/report".to_owned()).await;
+    assert_eq!(status, 404);
+    let (status, words) = page(&auditor, "/audit/report?from=yesterday".to_owned()).await;
+    assert_eq!(status, 400);
+    assert!(words.contains("from: a date and time"));
 }

@@ -8,8 +8,9 @@
 //! executable.
 //!
 //! What is not run, and why (each is a property of the API, not a gap in the document):
-//! - `sign-out` and `sign-out-everywhere` are left out: they end the very session the run
-//!   authenticates with, and everything after them would test an anonymous caller.
+//! - `sign-out`, `sign-out-everywhere` and `DELETE /api/v1/me` (account deletion) are left out:
+//!   they end the very session the run authenticates with (the last one the account too), and
+//!   everything after them would test an anonymous caller.
 //! - `positive_data_acceptance` also accepts 400 on the five ceremony finishes
 //!   ([`CEREMONY_FINISHES`]) and on the operations whose bodies name things of the caller's own
 //!   data or must agree across fields (trusted parties, monitoring accounts, alarm rules), and on
@@ -219,6 +220,10 @@ parameters = {{ "path.id" = "{property}" }}
 
 [[operations]]
 include-path-regex = "^/api/v1/auth/sign-out"
+enabled = false
+
+[[operations]]
+include-operation-id = "delete_my_account"
 enabled = false
 
 {ceremonies}
