@@ -30,6 +30,7 @@ mod openapi;
 mod privacy;
 mod restore;
 mod schemathesis;
+mod standing_codes;
 mod startup;
 mod story;
 mod tenancy;
