@@ -281,7 +281,7 @@ async fn standing_codes_are_issued_once_rotated_shown_once_and_cleared_when_paus
     assert!(mailed.contains(&front_code1));
     assert_eq!(verdict(&root, w.lock, &front, &front_code0, w.now()), "keypad_ok");
     assert_eq!(verdict(&root, w.lock, &front, &front_code1, w.now()), "keypad_ok");
-    let after_overlap = w.now() + Duration::days(1);
+    let after_overlap = w.now() + Duration::days(1) + Duration::minutes(2);
     assert_eq!(
         verdict(&root, w.lock, &front, &front_code0, after_overlap),
         "keypad_expired"
