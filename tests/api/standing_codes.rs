@@ -559,3 +559,140 @@ async fn a_standing_code_opens_a_real_lock_until_the_party_is_revoked() {
     assert_eq!(used, 1);
     replica.stop();
 }
+
+/// A form post as a browser sends it: (status, Cache-Control, body).
+async fn form_post(
+    app: &crate::helpers::TestApp,
+    path: &str,
+    who: &crate::helpers::As,
+    form: &[(&str, String)],
+) -> (u16, String, String) {
+    let response = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(format!("{}{path}", app.address))
+        .header("accept", "text/html")
+        .header("cookie", &who.cookie)
+        .header("origin", crate::helpers::ORIGIN)
+        .form(form)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let cache = response
+        .headers()
+        .get("cache-control")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (status, cache, response.text().await.unwrap())
+}
+
+/// The five groups of three digits on a page, if any.
+fn code_on(html: &str) -> Option<String> {
+    let bytes: Vec<char> = html.chars().collect();
+    (0..bytes.len().saturating_sub(19)).find_map(|i| {
+        let s: String = bytes[i..i + 19].iter().collect();
+        let ok = s.char_indices().all(|(j, c)| {
+            if j % 4 == 3 {
+                c == ' '
+            } else {
+                c.is_ascii_digit()
+            }
+        });
+        let bounded = i == 0 || !bytes[i - 1].is_ascii_digit();
+        (ok && bounded && !bytes.get(i + 19).is_some_and(char::is_ascii_digit)).then_some(s)
+    })
+}
+
+/// Issue 11 §2 on the dispatcher's page: a code for a live grant, the step-up asked inline (the
+/// choices kept), the code shown once (`no-store`) with the radio wording and the lock's own
+/// computation, then listed without digits as not used yet, and as revoked once the grant is.
+#[tokio::test]
+async fn the_dispatcher_page_issues_a_keypad_code_once_and_lists_what_became_of_it() {
+    let w = crate::emergency::world().await;
+    let (incident, grant) = crate::emergency::live_fire_grant(&w).await;
+    let path = format!("/dispatch/incidents/{incident}");
+    let get = |who: &crate::helpers::As| {
+        let who = who.cookie.clone();
+        let url = format!("{}{path}", w.app.address);
+        async move {
+            let r = reqwest::Client::new()
+                .get(url)
+                .header("accept", "text/html")
+                .header("cookie", who)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (status, html) = get(&w.dispatcher).await;
+    assert_eq!(status, 200);
+    assert!(html.contains(&format!("id=\"code-form-{grant}\"")), "{html}");
+    assert!(html.contains("id=\"no-codes\""));
+    assert_eq!(get(&w.responder).await.0, 404);
+
+    let form = [
+        ("grant", grant.to_string()),
+        ("lock", w.lock.to_string()),
+        ("minutes", "20".to_owned()),
+    ];
+    let issue = format!("{path}/keypad-codes");
+    let (status, _, html) = form_post(&w.app, &issue, &w.dispatcher_plain, &form).await;
+    assert_eq!(status, 401);
+    assert!(html.contains(&format!("data-resubmit=\"code-form-{grant}\"")));
+    assert!(html.contains("value=\"20\""), "the minutes are kept");
+    assert_eq!(code_on(&html), None);
+    assert_eq!(
+        count(&w.app.pool, "SELECT count(*) FROM keypad_codes").await,
+        0
+    );
+
+    let (status, cache, html) = form_post(&w.app, &issue, &w.dispatcher, &form).await;
+    assert_eq!((status, cache.as_str()), (201, "no-store"), "{html}");
+    assert!(html.contains("Read this code to the crew over the radio"));
+    let code = code_on(&html).expect("the code on the page");
+    // It is the lock's code: it opens this lock once in its window.
+    let secret = SecretRoot::derive(&firstkey::crypto::Kek::from_bytes([0x2a; 32]))
+        .lock_secret(w.lock, 1);
+    let wire = w.lock.to_string();
+    let none = BTreeMap::new();
+    let view = KeypadView {
+        lock_id: &wire,
+        secret: Some(&secret),
+        standing: &none,
+        floor: 0,
+        skew: 60,
+    };
+    let never = FnLedger(|_: &[u8; 16]| 0, |_: &[u8; 16]| false);
+    let now = u64::try_from(Utc::now().timestamp()).unwrap();
+    assert!(keypad::verify(&view, &code, now, &never).allows());
+    // Shown once: the page again has no digits, and lists the code as not used yet.
+    let (_, html) = get(&w.dispatcher).await;
+    assert_eq!(code_on(&html), None);
+    assert!(html.contains("data-code-state=\"unused\""));
+    // A grant of another incident is not this page's.
+    let other_incident = crate::emergency::open_incident(&w, "25-09999", "fire", w.fire).await;
+    let (status, _, _) = form_post(
+        &w.app,
+        &format!("/dispatch/incidents/{other_incident}/keypad-codes"),
+        &w.dispatcher,
+        &form,
+    )
+    .await;
+    assert_eq!(status, 404);
+    // Revoking the grant revokes the code; the page says so.
+    let (status, _) = call(
+        &w.app,
+        Method::POST,
+        &format!("/api/v1/grants/{grant}/revoke"),
+        Some(&w.dispatcher),
+        Some(json!({})),
+    )
+    .await;
+    assert!(status == 200 || status == 204, "{status}");
+    let (_, html) = get(&w.dispatcher).await;
+    assert!(html.contains("data-code-state=\"revoked\""), "{html}");
+    assert!(!html.contains(&format!("id=\"code-form-{grant}\"")));
+}
