@@ -144,11 +144,8 @@ async fn measure(
         .await
         .map_err(|e| anyhow!("{e}"))?;
     let bundle = Arc::new(
-        firstkey_token::TrustBundle::verify(
-            &built.bytes,
-            &firstkey_token::RootPublicKey(public),
-        )
-        .map_err(|e| anyhow!("trust bundle: {e:?}"))?,
+        firstkey_token::TrustBundle::verify(&built.bytes, &firstkey_token::RootPublicKey(public))
+            .map_err(|e| anyhow!("trust bundle: {e:?}"))?,
     );
     drop(c);
 
@@ -264,7 +261,10 @@ async fn measure(
         let mut c = pool.get().await.map_err(StoreError::from)?;
         let tx = c.transaction().await.map_err(StoreError::from)?;
         let mut hash = [0u8; 32];
-        for (h, b) in hash.iter_mut().zip(u64::try_from(i).unwrap_or(0).to_be_bytes()) {
+        for (h, b) in hash
+            .iter_mut()
+            .zip(u64::try_from(i).unwrap_or(0).to_be_bytes())
+        {
             *h = b;
         }
         inbox::push(

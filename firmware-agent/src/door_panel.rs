@@ -30,8 +30,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore};
 
 use crate::door::Door;
-use crate::protocol::tap::{MAX_TAP_FRAME, Outcome, PresenterMessage, encode_presenter_message};
 use crate::keypad::KeypadAnswer;
+use crate::protocol::tap::{MAX_TAP_FRAME, Outcome, PresenterMessage, encode_presenter_message};
 use crate::tap_server::{
     PRESENT_TIMEOUT, TapError, decide_blocking, keypad_blocking, note_malformed_blocking,
 };
@@ -371,9 +371,7 @@ async fn route(panel: &Panel, request: &Request) -> Result<Response, TapError> {
         (
             _,
             "/" | "/panel.js" | "/panel.css" | "/icon.svg" | "/challenge" | "/present" | "/keypad",
-        ) => {
-            Ok(Response::error(405, "method not allowed"))
-        }
+        ) => Ok(Response::error(405, "method not allowed")),
         _ => Ok(Response::error(404, "not found")),
     }
 }
@@ -671,7 +669,9 @@ async fn keypad(panel: &Panel, body: &[u8]) -> Result<Response, TapError> {
             );
             match decision.outcome {
                 Outcome::Allow => keypad_page(200, "allow", "Open: the door is unlocked", &detail),
-                Outcome::Deny => keypad_page(200, "deny", "Refused: the door stays locked", &detail),
+                Outcome::Deny => {
+                    keypad_page(200, "deny", "Refused: the door stays locked", &detail)
+                }
             }
         }
         KeypadAnswer::Locked { retry_after } => keypad_page(

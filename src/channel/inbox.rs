@@ -201,3 +201,33 @@ pub async fn pending(
         })
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_standing_slot_survives_storage_and_nothing_else_parses_as_one() {
+        let schedule = firstkey_agent::keypad::StandingSchedule {
+            epoch: 1_800_000_000,
+            period_secs: 7 * 86_400,
+            overlap_secs: 86_400,
+            until: 1_800_000_000 + 30 * 86_400,
+        };
+        for message in [
+            InboxMessage::KeypadStanding {
+                slot: 42,
+                schedule: Some(schedule),
+            },
+            InboxMessage::KeypadStanding {
+                slot: 7,
+                schedule: None,
+            },
+        ] {
+            let back = InboxMessage::from_stored(message.kind(), &message.payload());
+            assert_eq!(back, Some(message));
+        }
+        assert_eq!(InboxMessage::from_stored("keypad_standing", &[]), None);
+        assert_eq!(InboxMessage::from_stored("keypad_standing", &[1; 20]), None);
+    }
+}

@@ -32,14 +32,14 @@ use super::{SecretRoot, at, ensure_secret};
 use crate::access;
 use crate::audit::{self, Event, Outcome};
 use crate::auth::Actor;
-use crate::domain::Role;
-use crate::emergency::EmergencyError;
-use crate::http::error::ApiError;
-use crate::policy::{AuthzRequest, PolicyEngine, TrustedTokenContext};
 use crate::channel::inbox::{self, InboxMessage};
 use crate::domain::Email;
+use crate::domain::Role;
+use crate::emergency::EmergencyError;
 use crate::emergency::unix_seconds;
+use crate::http::error::ApiError;
 use crate::notify::{self, Mail};
+use crate::policy::{AuthzRequest, PolicyEngine, TrustedTokenContext};
 use crate::store::{StoreError, Tenant};
 
 /// Default rotation period of a trusted party's standing codes, in days.
@@ -79,7 +79,8 @@ struct Slot {
     issued_through: i64,
 }
 
-const SLOT_COLUMNS: &str = "id, lock_id, slot, epoch, period_secs, overlap_secs, until, issued_through";
+const SLOT_COLUMNS: &str =
+    "id, lock_id, slot, epoch, period_secs, overlap_secs, until, issued_through";
 
 fn slot_row(r: &tokio_postgres::Row) -> Slot {
     let secs = |i: usize| u64::try_from(r.get::<_, i32>(i)).unwrap_or(0);
@@ -574,9 +575,8 @@ pub async fn codes_of(
                 / schedule.period_secs.max(1);
             let secret = root.lock_secret(lock, r.get(7));
             let slot = u8::try_from(r.get::<_, i16>(8)).unwrap_or(0);
-            let (code, _) =
-                keypad::standing_code(&secret, &lock.to_string(), slot, &schedule, k)
-                    .map_err(|e| StoreError::Conflict(format!("standing code: {e}")))?;
+            let (code, _) = keypad::standing_code(&secret, &lock.to_string(), slot, &schedule, k)
+                .map_err(|e| StoreError::Conflict(format!("standing code: {e}")))?;
             if !shown {
                 tx.execute(
                     "UPDATE keypad_codes SET shown_at = $2 WHERE id = $1",

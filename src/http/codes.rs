@@ -73,8 +73,7 @@ pub async fn reveal_standing_codes(
     let now = state.clock.now();
     let root = SecretRoot::derive(&state.kek);
     let mut client = state.pool.get().await.map_err(StoreError::from)?;
-    let codes =
-        codes::standing::reveal(&mut client, &state.policy, &root, &actor, now).await?;
+    let codes = codes::standing::reveal(&mut client, &state.policy, &root, &actor, now).await?;
     Ok(HttpResponse::Ok()
         .insert_header(("Cache-Control", "no-store"))
         .json(codes))

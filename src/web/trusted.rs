@@ -199,14 +199,18 @@ impl InviteForm {
         let code_rotation_days = if rotation.is_empty() {
             None
         } else {
-            Some(rotation.parse::<i16>().map_err(|_| {
-                "New code every: a whole number of days, 1 to 90.".to_owned()
-            })?)
+            Some(
+                rotation
+                    .parse::<i16>()
+                    .map_err(|_| "New code every: a whole number of days, 1 to 90.".to_owned())?,
+            )
         };
         if self.keypad_codes && schedule.is_some() {
-            return Err("Keypad codes work at any hour of the window: leave the days and hours \
+            return Err(
+                "Keypad codes work at any hour of the window: leave the days and hours \
                         empty, or keypad codes off."
-                .to_owned());
+                    .to_owned(),
+            );
         }
         Ok(NewTrustedParty {
             email: self.email.trim().to_owned(),
@@ -477,7 +481,18 @@ async fn set_status(
         code_rotation_days: Some(current.code_rotation_days),
     };
     let root = crate::codes::SecretRoot::derive(&state.kek);
-    match trusted::edit(&mut client, &state.policy, &root, &actor, id, party, &edit, now).await {
+    match trusted::edit(
+        &mut client,
+        &state.policy,
+        &root,
+        &actor,
+        id,
+        party,
+        &edit,
+        now,
+    )
+    .await
+    {
         Ok(_) => Ok(page::see_other(&format!("/homes/{id}/trusted#parties"))),
         Err(EmergencyError::StepUpRequired) => {
             ask_step_up(&state, &mut client, &actor, id, format!("status-{party}")).await

@@ -171,7 +171,11 @@ async fn standing_codes_are_issued_once_rotated_shown_once_and_cleared_when_paus
         (7 * 86_400, 86_400)
     );
     assert_eq!(
-        count(pool, "SELECT count(*) FROM lock_inbox WHERE kind = 'keypad_secret'").await,
+        count(
+            pool,
+            "SELECT count(*) FROM lock_inbox WHERE kind = 'keypad_secret'"
+        )
+        .await,
         2
     );
 
@@ -205,7 +209,10 @@ async fn standing_codes_are_issued_once_rotated_shown_once_and_cleared_when_paus
     .unwrap();
     assert!(mailed.contains(&want.display()));
     let front_code0 = want.display();
-    assert_eq!(verdict(&root, w.lock, &front, &front_code0, now), "keypad_ok");
+    assert_eq!(
+        verdict(&root, w.lock, &front, &front_code0, now),
+        "keypad_ok"
+    );
     // Not at the other lock, not with the slot gone.
     assert_ne!(
         verdict(&root, w.back_door, &back, &front_code0, now),
@@ -299,8 +306,14 @@ async fn standing_codes_are_issued_once_rotated_shown_once_and_cleared_when_paus
     .unwrap();
     let front_code1 = next.display();
     assert!(mailed.contains(&front_code1));
-    assert_eq!(verdict(&root, w.lock, &front, &front_code0, w.now()), "keypad_ok");
-    assert_eq!(verdict(&root, w.lock, &front, &front_code1, w.now()), "keypad_ok");
+    assert_eq!(
+        verdict(&root, w.lock, &front, &front_code0, w.now()),
+        "keypad_ok"
+    );
+    assert_eq!(
+        verdict(&root, w.lock, &front, &front_code1, w.now()),
+        "keypad_ok"
+    );
     let after_overlap = w.now() + Duration::days(1) + Duration::minutes(2);
     assert_eq!(
         verdict(&root, w.lock, &front, &front_code0, after_overlap),
@@ -324,7 +337,13 @@ async fn standing_codes_are_issued_once_rotated_shown_once_and_cleared_when_paus
     assert!(slots_at(pool, w.lock).await.is_empty());
     assert!(slots_at(pool, w.back_door).await.is_empty());
     assert_eq!(
-        verdict(&root, w.lock, &slots_at(pool, w.lock).await, &front_code1, w.now()),
+        verdict(
+            &root,
+            w.lock,
+            &slots_at(pool, w.lock).await,
+            &front_code1,
+            w.now()
+        ),
         "keypad_invalid"
     );
     assert_eq!(
@@ -364,7 +383,10 @@ async fn standing_codes_are_issued_once_rotated_shown_once_and_cleared_when_paus
     assert_eq!(status, 200);
     assert!(slots_at(pool, w.lock).await.is_empty());
     assert!(slots_at(pool, w.back_door).await.is_empty());
-    assert_eq!(audit(&w, "trusted.revoke").await[0]["keypad_slots_cleared"], 2);
+    assert_eq!(
+        audit(&w, "trusted.revoke").await[0]["keypad_slots_cleared"],
+        2
+    );
     standing::issue_due(pool, &root, w.now() + Duration::days(8))
         .await
         .unwrap();
@@ -629,7 +651,10 @@ async fn the_dispatcher_page_issues_a_keypad_code_once_and_lists_what_became_of_
     };
     let (status, html) = get(&w.dispatcher).await;
     assert_eq!(status, 200);
-    assert!(html.contains(&format!("id=\"code-form-{grant}\"")), "{html}");
+    assert!(
+        html.contains(&format!("id=\"code-form-{grant}\"")),
+        "{html}"
+    );
     assert!(html.contains("id=\"no-codes\""));
     assert_eq!(get(&w.responder).await.0, 404);
 
@@ -654,8 +679,8 @@ async fn the_dispatcher_page_issues_a_keypad_code_once_and_lists_what_became_of_
     assert!(html.contains("Read this code to the crew over the radio"));
     let code = code_on(&html).expect("the code on the page");
     // It is the lock's code: it opens this lock once in its window.
-    let secret = SecretRoot::derive(&firstkey::crypto::Kek::from_bytes([0x2a; 32]))
-        .lock_secret(w.lock, 1);
+    let secret =
+        SecretRoot::derive(&firstkey::crypto::Kek::from_bytes([0x2a; 32])).lock_secret(w.lock, 1);
     let wire = w.lock.to_string();
     let none = BTreeMap::new();
     let view = KeypadView {
