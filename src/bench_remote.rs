@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
-use chrono::Utc;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -189,7 +188,8 @@ async fn measure(
     let started = Instant::now();
     let mut pending = locks.into_iter();
     loop {
-        let chunk: Vec<_> = pending.by_ref().take(64).collect();
+        // Fewer handshakes at once than the channel admits per address (16 by default).
+        let chunk: Vec<_> = pending.by_ref().take(8).collect();
         if chunk.is_empty() {
             break;
         }
@@ -198,6 +198,7 @@ async fn measure(
                 &target,
                 lock,
                 bundle.clone(),
+                clock.clone(),
                 deliveries_tx.clone(),
                 decisions_tx.clone(),
             )
@@ -273,9 +274,9 @@ async fn measure(
             *lock,
             &InboxMessage::Revocation {
                 token_hash: hash,
-                expires_at: u64::try_from(Utc::now().timestamp()).unwrap_or(0) + 60,
+                expires_at: u64::try_from(clock.now().timestamp()).unwrap_or(0) + 60,
             },
-            Utc::now(),
+            clock.now(),
         )
         .await?;
         tx.commit().await.map_err(StoreError::from)?;

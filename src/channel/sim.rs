@@ -263,7 +263,7 @@ impl firstkey_token::LockView for SimDoor {
 }
 
 /// Like [`connect`], and each `RemoteOpen` entry is decided as the agent decides it: verified
-/// offline against `bundle` at the system clock (signature, audience, window, replay; no proof of
+/// offline against `bundle` at `clock` (signature, audience, window, replay; no proof of
 /// possession), then the scope must be `remote_open`. The decision is reported on `decisions`,
 /// the entry acknowledged and the signed receipt uploaded (held in memory, chained from the last
 /// receipt the server acknowledged at `Welcome`: a fresh lock starts at 1).
@@ -271,6 +271,7 @@ pub async fn connect_deciding(
     target: &SimTarget,
     lock: SimLock,
     bundle: Arc<firstkey_token::TrustBundle>,
+    clock: Arc<dyn crate::clock::Clock>,
     deliveries: mpsc::UnboundedSender<Delivery>,
     decisions: mpsc::UnboundedSender<RemoteDecision>,
 ) -> Result<SimConnection, SimError> {
@@ -299,7 +300,7 @@ pub async fn connect_deciding(
                         send(&mut stream, &AgentMessage::Ack { seq }).await?;
                         continue;
                     };
-                    let now = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
+                    let now = u64::try_from(clock.now().timestamp()).unwrap_or(0);
                     let options = firstkey_token::VerifyOptions {
                         require_proof_of_possession: false,
                         ..firstkey_token::VerifyOptions::default()
