@@ -99,7 +99,7 @@ pub async fn run(
     result
 }
 
-async fn admin(server: &tokio_postgres::Config, sql: &str) -> anyhow::Result<()> {
+pub(crate) async fn admin(server: &tokio_postgres::Config, sql: &str) -> anyhow::Result<()> {
     let mut config = server.clone();
     config.dbname("postgres");
     let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
@@ -113,7 +113,7 @@ async fn admin(server: &tokio_postgres::Config, sql: &str) -> anyhow::Result<()>
     Ok(())
 }
 
-fn raise_file_limit(wanted: usize) {
+pub(crate) fn raise_file_limit(wanted: usize) {
     let wanted = u64::try_from(wanted).unwrap_or(u64::MAX);
     // Root (CI, containers) may raise the hard limit too; others get the soft limit raised to it.
     let _ = rlimit::setrlimit(rlimit::Resource::NOFILE, wanted, wanted);

@@ -81,6 +81,10 @@ pub enum Command {
         /// Only the dispatcher-console figures (render time, live-state latency).
         #[arg(long)]
         console_only: bool,
+        /// Only the homeowner's remote unlock: request → the lock's open, p50/p99, with
+        /// `--latency-agents` agents connected and `--pushes` opens (`src/bench_remote.rs`).
+        #[arg(long)]
+        remote_open: bool,
     },
     /// Internal: the simulated-agent process of `firstkey bench` (c).
     #[command(hide = true)]
@@ -550,7 +554,15 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             battery_agents,
             home_only,
             console_only,
+            remote_open,
         } => {
+            if remote_open {
+                let options = crate::bench_remote::RemoteBenchOptions {
+                    agents: latency_agents,
+                    opens: pushes,
+                };
+                return crate::bench_remote::run(settings, database.config.clone(), options).await;
+            }
             let options = crate::bench::BenchOptions {
                 latency_agents,
                 pushes,

@@ -30,8 +30,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore};
 
 use crate::door::Door;
+use crate::keypad::KeypadAnswer;
 use crate::protocol::tap::{MAX_TAP_FRAME, Outcome, PresenterMessage, encode_presenter_message};
-use crate::tap_server::{PRESENT_TIMEOUT, TapError, decide_blocking, note_malformed_blocking};
+use crate::tap_server::{
+    PRESENT_TIMEOUT, TapError, decide_blocking, keypad_blocking, note_malformed_blocking,
+};
 
 /// Default listen address of the panel: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8470";
@@ -194,7 +197,7 @@ async fn read_request(stream: &mut TcpStream) -> Result<Request, ReadError> {
     };
     if length > MAX_BODY {
         return Err(ReadError::BodyTooLarge {
-            present: path == "/present",
+            present: path == "/present" || path == "/keypad",
         });
     }
     let (host, origin) = (header("host"), header("origin"));
@@ -259,6 +262,7 @@ impl Response {
             404 => "Not Found",
             405 => "Method Not Allowed",
             409 => "Conflict",
+            429 => "Too Many Requests",
             411 => "Length Required",
             413 => "Content Too Large",
             431 => "Request Header Fields Too Large",
@@ -358,15 +362,16 @@ async fn route(panel: &Panel, request: &Request) -> Result<Response, TapError> {
             content_type: "image/svg+xml",
             body: ICON.as_bytes().to_vec(),
         }),
-        ("POST", "/challenge" | "/present") if !same_origin(request) => Ok(Response::error(
-            403,
-            "only the door panel's own page may post here",
-        )),
+        ("POST", "/challenge" | "/present" | "/keypad") if !same_origin(request) => Ok(
+            Response::error(403, "only the door panel's own page may post here"),
+        ),
         ("POST", "/challenge") => challenge(panel),
         ("POST", "/present") => present(panel, &request.body).await,
-        (_, "/" | "/panel.js" | "/panel.css" | "/icon.svg" | "/challenge" | "/present") => {
-            Ok(Response::error(405, "method not allowed"))
-        }
+        ("POST", "/keypad") => keypad(panel, &request.body).await,
+        (
+            _,
+            "/" | "/panel.js" | "/panel.css" | "/icon.svg" | "/challenge" | "/present" | "/keypad",
+        ) => Ok(Response::error(405, "method not allowed")),
         _ => Ok(Response::error(404, "not found")),
     }
 }
@@ -588,9 +593,115 @@ async fn present(panel: &Panel, body: &[u8]) -> Result<Response, TapError> {
     ))
 }
 
+/// The `code` field of a form body (`application/x-www-form-urlencoded`), decoded; `None` when
+/// the body is not such a form or has no single `code` field.
+fn form_code(body: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(body).ok()?;
+    let mut found = None;
+    for pair in text.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if name != "code" {
+            continue;
+        }
+        if found.is_some() {
+            return None;
+        }
+        let bytes = value.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while let Some(&b) = bytes.get(i) {
+            match b {
+                b'+' => out.push(b' '),
+                b'%' => {
+                    let hex = bytes.get(i + 1..i + 3)?;
+                    let hex = std::str::from_utf8(hex).ok()?;
+                    out.push(u8::from_str_radix(hex, 16).ok()?);
+                    i += 2;
+                }
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        found = Some(String::from_utf8(out).ok()?);
+    }
+    found
+}
+
+/// The keypad's answer as a page: the same decision as `firstkey-agent keypad`, in words.
+fn keypad_page(status: u16, outcome: &str, words: &str, detail: &str) -> Response {
+    let body = format!(
+        "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
+         <title>Keypad · {words}</title>\n<link rel=\"stylesheet\" href=\"/panel.css\">\n</head>\n\
+         <body>\n<main>\n<h1>Keypad</h1>\n\
+         <p class=\"verdict {outcome}\" id=\"verdict\" data-outcome=\"{outcome}\" role=\"status\">{words}</p>\n\
+         <p>{detail}</p>\n<p><a href=\"/#keypad\">Back to the door panel</a></p>\n</main>\n</body>\n</html>\n"
+    );
+    Response {
+        status,
+        content_type: "text/html; charset=utf-8",
+        body: body.into_bytes(),
+    }
+}
+
+/// A code typed at the panel's keypad (a form, no script needed): decided by the same
+/// [`crate::keypad::decide`] as the tap socket's `Keypad` message — lockout, verify, durable
+/// receipt, open — under a fresh challenge for the signed ack. A body that is not a form with one
+/// `code` gets no decision and no receipt and is counted like a malformed tap frame.
+async fn keypad(panel: &Panel, body: &[u8]) -> Result<Response, TapError> {
+    let Some(code) = form_code(body) else {
+        tracing::info!("door panel: malformed keypad entry; no decision");
+        note_malformed_blocking(panel.door.clone()).await?;
+        return Ok(Response::error(400, "malformed keypad entry"));
+    };
+    let challenge = {
+        let d = panel.door.lock().map_err(|_| TapError::Poisoned)?;
+        d.new_challenge()?
+    };
+    let answer = keypad_blocking(panel.door.clone(), challenge, code).await?;
+    panel.decided.notify_one();
+    Ok(match answer {
+        KeypadAnswer::Decided(decision) => {
+            let detail = format!(
+                "Receipt {} ({}…), signed by the lock.",
+                decision.ack.seq,
+                hex::encode(decision.ack.receipt_hash.0.get(..8).unwrap_or_default())
+            );
+            match decision.outcome {
+                Outcome::Allow => keypad_page(200, "allow", "Open: the door is unlocked", &detail),
+                Outcome::Deny => {
+                    keypad_page(200, "deny", "Refused: the door stays locked", &detail)
+                }
+            }
+        }
+        KeypadAnswer::Locked { retry_after } => keypad_page(
+            429,
+            "locked",
+            "The keypad is locked",
+            &format!(
+                "Too many wrong codes. Try again in {retry_after} seconds; nothing was checked."
+            ),
+        ),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_keypad_form_gives_exactly_one_code() {
+        assert_eq!(
+            form_code(b"code=123+456%20789-012-345").as_deref(),
+            Some("123 456 789-012-345")
+        );
+        assert_eq!(form_code(b"x=1&code=42").as_deref(), Some("42"));
+        assert_eq!(form_code(b"code=1&code=2"), None);
+        assert_eq!(form_code(b"other=1"), None);
+        assert_eq!(form_code(b"code=%zz"), None);
+        assert_eq!(form_code(b"code=%4"), None);
+        assert_eq!(form_code(&[0xff, 0xfe]), None);
+    }
 
     #[test]
     fn only_the_panels_own_origin_may_post() {

@@ -149,7 +149,7 @@ pub(crate) async fn note_malformed_blocking(door: Arc<Mutex<Door>>) -> Result<()
     .map_err(|_| TapError::Join)?
 }
 
-async fn keypad_blocking(
+pub(crate) async fn keypad_blocking(
     door: Arc<Mutex<Door>>,
     challenge: Challenge,
     code: String,

@@ -2620,6 +2620,100 @@ mod keypad_codes {
         running.stop().await;
     }
 
+    /// The door panel's keypad form goes through the same keypad decision as the tap socket's
+    /// `Keypad` message: the incident code opens once, then is refused as replayed; a wrong code
+    /// is refused; a body that is not a form with one code gets no decision and no receipt (only
+    /// the malformed tally); a post from another origin is refused before the door; after five
+    /// wrong codes the panel says the keypad is locked and writes no receipt, and a socket entry
+    /// finds it locked too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_door_panel_keypad_decides_as_the_keypad_does() {
+        let lock = new_lock(&["k1"], None);
+        let clock = ManualClock::new(T);
+        let running = start_panel_agent(&lock, Arc::new(clock.clone()));
+        let addr = running.door_panel.unwrap();
+        let secret = CodeSecret([11; 32]);
+        give_secret(&running, &secret);
+        let window = incident_window(T, T + 1800).unwrap();
+        let (code, spec) = incident_code(&secret, LOCK, window, 0).unwrap();
+        let form = |code: &str| format!("code={}", code.replace(' ', "+"));
+        let post = |body: String| async move {
+            let mut raw = format!(
+                "POST /keypad HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://{addr}\r\n\
+                 Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .into_bytes();
+            raw.extend_from_slice(body.as_bytes());
+            let (status, page) = panel_raw(addr, &raw).await;
+            (status, String::from_utf8(page).unwrap())
+        };
+
+        // The panel page offers the keypad form.
+        let (status, page) = panel_raw(
+            addr,
+            format!("GET / HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert_eq!(status, 200);
+        let page = String::from_utf8(page).unwrap();
+        assert!(page.contains(r#"action="/keypad""#) && page.contains(r#"name="code""#));
+
+        let (status, page) = post(form(&code.display())).await;
+        assert_eq!(status, 200, "{page}");
+        assert!(page.contains(r#"data-outcome="allow""#), "{page}");
+        assert_eq!(last_reason(&running), "keypad_ok");
+        let (status, page) = post(form(&code.digits())).await;
+        assert_eq!(status, 200);
+        assert!(page.contains(r#"data-outcome="deny""#), "{page}");
+        assert_eq!(last_reason(&running), "keypad_replayed");
+        assert_eq!(receipt_count(&running), 2);
+
+        // Not a keypad form: no decision, no receipt, counted.
+        let before = malformed_count(&running);
+        for body in ["", "other=1", "code=1&code=2", "code=%zz"] {
+            let (status, _) = post(body.to_owned()).await;
+            assert_eq!(status, 400, "{body:?}");
+        }
+        assert_eq!(receipt_count(&running), 2);
+        assert_eq!(malformed_count(&running), before + 4);
+        // Another origin cannot drive the keypad from a browser.
+        let mut raw = format!(
+            "POST /keypad HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://evil.example\r\n\
+             Content-Length: {}\r\n\r\n",
+            form(WRONG).len()
+        )
+        .into_bytes();
+        raw.extend_from_slice(form(WRONG).as_bytes());
+        assert_eq!(panel_raw(addr, &raw).await.0, 403);
+        assert_eq!(receipt_count(&running), 2);
+
+        // Wrong codes: the same lockout as the keypad (the replay was the first failure).
+        for _ in 1..keypad::FREE_TRIES {
+            let (status, page) = post(form(WRONG)).await;
+            assert_eq!(status, 200);
+            assert!(page.contains(r#"data-outcome="deny""#));
+        }
+        assert_eq!(last_reason(&running), "keypad_invalid");
+        assert_eq!(receipt_count(&running), 6);
+        let (fresh, _) = incident_code(&secret, LOCK, window, 1).unwrap();
+        let (status, page) = post(form(&fresh.display())).await;
+        assert_eq!(status, 429, "{page}");
+        assert!(page.contains(r#"data-outcome="locked""#) && page.contains("60 seconds"));
+        assert_eq!(receipt_count(&running), 6);
+        assert!(matches!(
+            enter(&running, &fresh.display()).await,
+            EntryAnswer::Locked(_)
+        ));
+        // Once the lockout is over the fresh code opens, through the panel.
+        clock.advance(61);
+        let (_, page) = post(form(&fresh.display())).await;
+        assert!(page.contains(r#"data-outcome="allow""#), "{page}");
+        assert_eq!(door_opens(&lock.state).len(), 2);
+        assert!(spec.not_after > T);
+        running.stop().await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn wrong_codes_lock_the_keypad_with_doubling_delays_and_a_flood_writes_no_receipts() {
         let lock = new_lock(&["k1"], None);

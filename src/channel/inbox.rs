@@ -1,4 +1,5 @@
-//! The per-lock inbox: tokens, revocations and trust bundles waiting for a lock, in order.
+//! The per-lock inbox: tokens, revocations, trust bundles and keypad settings waiting for a lock,
+//! in order.
 //!
 //! [`push`] runs inside the caller's transaction: the entry, its sequence number and the `NOTIFY`
 //! that wakes the replica holding the lock's connection all commit together with the event that
@@ -42,6 +43,14 @@ pub enum InboxMessage {
         /// Secret generation, from 1.
         generation: i32,
     },
+    /// A trusted party's standing-code slot at the lock, or `None` to clear it (its codes stop
+    /// working at once).
+    KeypadStanding {
+        /// Slot 0..=99.
+        slot: u8,
+        /// The slot's schedule.
+        schedule: Option<firstkey_agent::keypad::StandingSchedule>,
+    },
 }
 
 impl InboxMessage {
@@ -52,11 +61,13 @@ impl InboxMessage {
             Self::TrustBundle(_) => "trust_bundle",
             Self::RemoteOpen { .. } => "remote_open",
             Self::KeypadSecret { .. } => "keypad_secret",
+            Self::KeypadStanding { .. } => "keypad_standing",
         }
     }
 
     /// Stored form: the token or bundle bytes; for a revocation, hash ‖ u64be expiry; for a remote
-    /// open, u32be hold ‖ token.
+    /// open, u32be hold ‖ token; for a standing slot, the slot byte, then (unless cleared) u64be
+    /// epoch ‖ period ‖ overlap ‖ until.
     fn payload(&self) -> Vec<u8> {
         match self {
             Self::Token(bytes) | Self::TrustBundle(bytes) => bytes.clone(),
@@ -74,6 +85,15 @@ impl InboxMessage {
                 out
             }
             Self::KeypadSecret { generation } => generation.to_be_bytes().to_vec(),
+            Self::KeypadStanding { slot, schedule } => {
+                let mut out = vec![*slot];
+                if let Some(s) = schedule {
+                    for v in [s.epoch, s.period_secs, s.overlap_secs, s.until] {
+                        out.extend_from_slice(&v.to_be_bytes());
+                    }
+                }
+                out
+            }
         }
     }
 
@@ -99,6 +119,30 @@ impl InboxMessage {
             "keypad_secret" => Some(Self::KeypadSecret {
                 generation: i32::from_be_bytes(payload.try_into().ok()?),
             }),
+            "keypad_standing" => {
+                let (slot, rest) = payload.split_first()?;
+                let schedule = match rest.len() {
+                    0 => None,
+                    32 => {
+                        let word = |i: usize| {
+                            rest.get(i * 8..i * 8 + 8)
+                                .and_then(|b| b.try_into().ok())
+                                .map(u64::from_be_bytes)
+                        };
+                        Some(firstkey_agent::keypad::StandingSchedule {
+                            epoch: word(0)?,
+                            period_secs: word(1)?,
+                            overlap_secs: word(2)?,
+                            until: word(3)?,
+                        })
+                    }
+                    _ => return None,
+                };
+                Some(Self::KeypadStanding {
+                    slot: *slot,
+                    schedule,
+                })
+            }
             _ => None,
         }
     }
@@ -157,4 +201,34 @@ pub async fn pending(
             InboxMessage::from_stored(&kind, &payload).map(|m| (r.get(0), m))
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_standing_slot_survives_storage_and_nothing_else_parses_as_one() {
+        let schedule = firstkey_agent::keypad::StandingSchedule {
+            epoch: 1_800_000_000,
+            period_secs: 7 * 86_400,
+            overlap_secs: 86_400,
+            until: 1_800_000_000 + 30 * 86_400,
+        };
+        for message in [
+            InboxMessage::KeypadStanding {
+                slot: 42,
+                schedule: Some(schedule),
+            },
+            InboxMessage::KeypadStanding {
+                slot: 7,
+                schedule: None,
+            },
+        ] {
+            let back = InboxMessage::from_stored(message.kind(), &message.payload());
+            assert_eq!(back, Some(message));
+        }
+        assert_eq!(InboxMessage::from_stored("keypad_standing", &[]), None);
+        assert_eq!(InboxMessage::from_stored("keypad_standing", &[1; 20]), None);
+    }
 }

@@ -240,6 +240,13 @@ async fn store_one(
         }
         _ => None,
     };
+    if allowed && let Some(k) = &keypad {
+        tx.execute(
+            "UPDATE keypad_codes SET used_at = coalesce(used_at, $2) WHERE id = $1",
+            &[&k.id, &decided_at],
+        )
+        .await?;
+    }
     if allowed && let Some(hash) = &token_hash {
         tx.execute(
             "UPDATE issued_tokens SET status = 'used'
@@ -311,8 +318,9 @@ async fn store_one(
                     lock.name
                 ),
                 None => format!(
-                    "{} opened at {when} with a trusted party's keypad code.",
-                    lock.name
+                    "{} opened at {when} with the keypad code of {} (your trusted party).",
+                    lock.name,
+                    k.trusted_label.as_deref().unwrap_or("a trusted party")
                 ),
             },
             (None, None) => format!(

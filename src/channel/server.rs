@@ -515,6 +515,9 @@ fn to_wire(
         },
         InboxMessage::TrustBundle(bundle) => WireInbox::TrustBundle { bundle },
         InboxMessage::RemoteOpen { token, hold_secs } => WireInbox::RemoteOpen { token, hold_secs },
+        InboxMessage::KeypadStanding { slot, schedule } => {
+            WireInbox::KeypadStanding { slot, schedule }
+        }
     })
 }
 

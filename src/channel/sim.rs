@@ -1,7 +1,10 @@
 //! Simulated lock agents for tests and `firstkey bench`: paired locks created straight in the
 //! database, and minimal TLS clients that speak the channel protocol (handshake, then acknowledge
-//! every inbox entry at once and report when it arrived). They keep no state on disk and upload no
-//! receipts; the real agent is `firstkey-agent`.
+//! every inbox entry at once and report when it arrived). They keep no state on disk; the real
+//! agent is `firstkey-agent`. [`connect_deciding`] also decides remote opens as the agent's
+//! `Door::remote_open` does (the token verified offline against the trust bundle, no proof of
+//! possession, scope `remote_open`) and uploads the signed receipt, for `firstkey bench
+//! --remote-open`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -147,14 +150,14 @@ impl Drop for SimConnection {
     }
 }
 
-/// Connects `lock` to `target`, completes the handshake (returns after `Welcome`), then
-/// acknowledges every inbox entry after `resume_after` and reports it on `deliveries`.
-pub async fn connect(
+type SimStream = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// TLS, `Challenge`, signed `Hello`, `Welcome`.
+async fn handshake(
     target: &SimTarget,
     lock: &SimLock,
     resume_after: u64,
-    deliveries: mpsc::UnboundedSender<Delivery>,
-) -> Result<SimConnection, SimError> {
+) -> Result<SimStream, SimError> {
     let tcp = TcpStream::connect(target.addr).await?;
     let _ = tcp.set_nodelay(true);
     let name = ServerName::try_from(target.server_name.clone())
@@ -191,6 +194,18 @@ pub async fn connect(
         ServerMessage::Welcome { .. } => {}
         other => return Err(SimError::Protocol(format!("expected welcome: {other:?}"))),
     }
+    Ok(stream)
+}
+
+/// Connects `lock` to `target`, completes the handshake (returns after `Welcome`), then
+/// acknowledges every inbox entry after `resume_after` and reports it on `deliveries`.
+pub async fn connect(
+    target: &SimTarget,
+    lock: &SimLock,
+    resume_after: u64,
+    deliveries: mpsc::UnboundedSender<Delivery>,
+) -> Result<SimConnection, SimError> {
+    let mut stream = handshake(target, lock, resume_after).await?;
     let id = lock.id;
     let task = tokio::spawn(async move {
         loop {
@@ -202,6 +217,151 @@ pub async fn connect(
                         at: Instant::now(),
                     });
                     send(&mut stream, &AgentMessage::Ack { seq }).await?;
+                }
+                ServerMessage::Pong
+                | ServerMessage::Time { .. }
+                | ServerMessage::ReceiptsAck { .. } => {}
+                other => return Err(SimError::Protocol(format!("unexpected {other:?}"))),
+            }
+        }
+    });
+    Ok(SimConnection { task })
+}
+
+/// A remote open as a deciding simulated agent decided it.
+#[derive(Debug, Clone)]
+pub struct RemoteDecision {
+    /// The lock.
+    pub lock: Uuid,
+    /// Whether the token verified with the `remote_open` scope (the door would open).
+    pub opened: bool,
+    /// The receipt reason (`ok`, a refusal code, or `wrong_scope`).
+    pub reason: String,
+    /// When it decided (the door would move now).
+    pub at: Instant,
+}
+
+/// What a deciding simulated agent remembers: its id and the tokens it used (replay records).
+struct SimDoor {
+    id: firstkey_token::LockId,
+    used: std::collections::HashSet<[u8; 16]>,
+}
+
+impl firstkey_token::LockView for SimDoor {
+    fn lock_id(&self) -> &firstkey_token::LockId {
+        &self.id
+    }
+    fn time_floor(&self) -> u64 {
+        0
+    }
+    fn is_revoked(&self, _: &firstkey_token::TokenHash) -> bool {
+        false
+    }
+    fn uses(&self, id: &firstkey_token::TokenId) -> u32 {
+        u32::from(self.used.contains(&id.0))
+    }
+}
+
+/// Like [`connect`], and each `RemoteOpen` entry is decided as the agent decides it: verified
+/// offline against `bundle` at `clock` (signature, audience, window, replay; no proof of
+/// possession), then the scope must be `remote_open`. The decision is reported on `decisions`,
+/// the entry acknowledged and the signed receipt uploaded (held in memory, chained from the last
+/// receipt the server acknowledged at `Welcome`: a fresh lock starts at 1).
+pub async fn connect_deciding(
+    target: &SimTarget,
+    lock: SimLock,
+    bundle: Arc<firstkey_token::TrustBundle>,
+    clock: Arc<dyn crate::clock::Clock>,
+    deliveries: mpsc::UnboundedSender<Delivery>,
+    decisions: mpsc::UnboundedSender<RemoteDecision>,
+) -> Result<SimConnection, SimError> {
+    use firstkey_agent::protocol::channel::InboxMessage as Wire;
+    use firstkey_agent::protocol::tap::Outcome;
+    use firstkey_agent::receipt::{ChainHead, ReceiptBody, sign_next};
+
+    let mut stream = handshake(target, &lock, 0).await?;
+    let wire_id = lock.id.to_string();
+    let mut door = SimDoor {
+        id: firstkey_token::LockId::parse(&wire_id)
+            .ok_or_else(|| SimError::Setup("lock id".to_owned()))?,
+        used: std::collections::HashSet::new(),
+    };
+    let task = tokio::spawn(async move {
+        let mut head = ChainHead::GENESIS;
+        loop {
+            match next(&mut stream).await? {
+                ServerMessage::Inbox { seq, message } => {
+                    let _ = deliveries.send(Delivery {
+                        lock: lock.id,
+                        seq,
+                        at: Instant::now(),
+                    });
+                    let Wire::RemoteOpen { token, .. } = message else {
+                        send(&mut stream, &AgentMessage::Ack { seq }).await?;
+                        continue;
+                    };
+                    let now = u64::try_from(clock.now().timestamp()).unwrap_or(0);
+                    let options = firstkey_token::VerifyOptions {
+                        require_proof_of_possession: false,
+                        ..firstkey_token::VerifyOptions::default()
+                    };
+                    let challenge = firstkey_token::Challenge([0; 32]);
+                    let presentation = firstkey_token::Presentation {
+                        challenge: &challenge,
+                        proof: None,
+                    };
+                    let mut body = ReceiptBody {
+                        version: 0,
+                        lock_id: wire_id.clone(),
+                        seq: 0,
+                        time: now,
+                        prev: Bytes([0; 32]),
+                        outcome: Outcome::Deny,
+                        reason: String::new(),
+                        token_hash: Some(Bytes(firstkey_token::token_hash(&token).0)),
+                        token_id: None,
+                        expires_at: None,
+                    };
+                    match firstkey_token::verify(
+                        &token,
+                        &bundle,
+                        &door,
+                        &presentation,
+                        now,
+                        &options,
+                    ) {
+                        Ok(v) if v.claims().scope != firstkey_token::Scope::RemoteOpen => {
+                            body.reason = "wrong_scope".to_owned();
+                            body.token_id = Some(Bytes(v.claims().token_id.0));
+                        }
+                        Ok(v) => {
+                            body.outcome = Outcome::Allow;
+                            body.reason = "ok".to_owned();
+                            body.token_id = Some(Bytes(v.claims().token_id.0));
+                            body.expires_at = Some(v.claims().expires_at);
+                            door.used.insert(v.claims().token_id.0);
+                        }
+                        Err(refusal) => body.reason = refusal.code().to_owned(),
+                    }
+                    let _ = decisions.send(RemoteDecision {
+                        lock: lock.id,
+                        opened: body.outcome == Outcome::Allow,
+                        reason: body.reason.clone(),
+                        at: Instant::now(),
+                    });
+                    let receipt = sign_next(&lock.key, head, body)?;
+                    head = ChainHead {
+                        seq: receipt.body.seq,
+                        hash: receipt.hash,
+                    };
+                    send(&mut stream, &AgentMessage::Ack { seq }).await?;
+                    send(
+                        &mut stream,
+                        &AgentMessage::Receipts {
+                            receipts: vec![receipt.encoded.into()],
+                        },
+                    )
+                    .await?;
                 }
                 ServerMessage::Pong
                 | ServerMessage::Time { .. }

@@ -1,7 +1,7 @@
 //! Offline keypad codes, the server side (issue 11 §2; `firmware-agent/PROTOCOL.md`, "Keypad
 //! codes"): the per-lock code secret, incident codes issued by a dispatcher under a live grant,
 //! their revocation with the grant, and the join from a lock's keypad receipts back to who was
-//! given the code.
+//! given the code. Standing codes for trusted parties (slots, rotation, mail) are in [`standing`].
 //!
 //! The code secret is never stored. Every replica derives it from the data key (KEK) with
 //! HKDF and then per lock and generation with HMAC, so a database dump alone can make no code;
@@ -25,6 +25,8 @@ use crate::emergency::{EmergencyError, Notice, grants, notify_property, unix_sec
 use crate::http::error::ApiError;
 use crate::policy::{AuthzRequest, KeypadCodeContext, PolicyEngine};
 use crate::store::{StoreError, Tenant};
+
+pub mod standing;
 
 /// HKDF label of the key every lock's code secret is derived from.
 const SECRET_LABEL: &[u8] = b"firstkey keypad code secret v1";
@@ -351,6 +353,69 @@ pub async fn revoke_of_grant(
     Ok(rows.len())
 }
 
+/// An incident code as the dispatcher's page lists it (never the digits).
+#[derive(Debug, Clone)]
+pub struct IncidentCodeRow {
+    /// The code's record.
+    pub id: Uuid,
+    /// The grant it was issued under.
+    pub grant: Uuid,
+    /// The lock's name.
+    pub lock_name: String,
+    /// Who issued it.
+    pub issued_by: String,
+    /// When.
+    pub issued_at: DateTime<Utc>,
+    /// Valid from.
+    pub not_before: DateTime<Utc>,
+    /// Valid until.
+    pub not_after: DateTime<Utc>,
+    /// `used`, `revoked`, `expired` or `unused`.
+    pub state: &'static str,
+}
+
+/// The incident codes issued for `incident`, newest first, with their state at `now`: used (a
+/// receipt showed it open the door), revoked (with its grant), expired, or unused.
+pub async fn of_incident(
+    client: &impl GenericClient,
+    tenant: Tenant,
+    incident: Uuid,
+    now: DateTime<Utc>,
+) -> Result<Vec<IncidentCodeRow>, StoreError> {
+    Ok(client
+        .query(
+            "SELECT c.id, c.grant_id, l.name, u.display_name, c.issued_at, c.not_before, c.not_after,
+                    c.used_at IS NOT NULL, c.revoked_at IS NOT NULL
+             FROM keypad_codes c JOIN locks l ON l.id = c.lock_id
+             JOIN users u ON u.id = c.issued_by
+             WHERE c.municipality_id = $1 AND c.incident_id = $2 AND c.kind = 'incident'
+             ORDER BY c.issued_at DESC, c.id",
+            &[&tenant.id(), &incident],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            let not_after: DateTime<Utc> = r.get(6);
+            let state = match (r.get::<_, bool>(7), r.get::<_, bool>(8)) {
+                (true, _) => "used",
+                (false, true) => "revoked",
+                _ if not_after <= now => "expired",
+                _ => "unused",
+            };
+            IncidentCodeRow {
+                id: r.get(0),
+                grant: r.get(1),
+                lock_name: r.get(2),
+                issued_by: r.get(3),
+                issued_at: r.get(4),
+                not_before: r.get(5),
+                not_after,
+                state,
+            }
+        })
+        .collect())
+}
+
 /// Who was given the code a keypad receipt names.
 #[derive(Debug, Clone)]
 pub struct CodeHolder {
@@ -366,6 +431,8 @@ pub struct CodeHolder {
     pub cad_number: Option<String>,
     /// The trusted party, for a standing code.
     pub trusted_party: Option<Uuid>,
+    /// What the homeowner calls that trusted party.
+    pub trusted_label: Option<String>,
 }
 
 /// The record of the code with this id at this lock, if the server issued it.
@@ -376,8 +443,9 @@ pub async fn holder(
 ) -> Result<Option<CodeHolder>, StoreError> {
     let row = tx
         .query_opt(
-            "SELECT c.id, c.kind, c.incident_id, c.grant_id, i.cad_number, c.trusted_party_id
+            "SELECT c.id, c.kind, c.incident_id, c.grant_id, i.cad_number, c.trusted_party_id, t.label
              FROM keypad_codes c LEFT JOIN incidents i ON i.id = c.incident_id
+             LEFT JOIN trusted_parties t ON t.id = c.trusted_party_id
              WHERE c.lock_id = $1 AND c.code_id = $2",
             &[&lock, &code_id.to_vec()],
         )
@@ -389,6 +457,7 @@ pub async fn holder(
         grant: r.get(3),
         cad_number: r.get(4),
         trusted_party: r.get(5),
+        trusted_label: r.get(6),
     }))
 }
 

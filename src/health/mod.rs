@@ -222,10 +222,12 @@ pub async fn sweep_offline(pool: &Pool, now: DateTime<Utc>) -> Result<usize, Sto
     Ok(rows.len())
 }
 
-/// Runs [`sweep_offline`] every `period` until the task is dropped.
+/// Runs [`sweep_offline`] every `period` until the task is dropped, and in the same loop the
+/// rotation of trusted parties' standing keypad codes (`codes::standing::issue_due`).
 pub async fn run_offline_sweeper(
     pool: Pool,
     clock: std::sync::Arc<dyn crate::clock::Clock>,
+    keypad_root: crate::codes::SecretRoot,
     period: std::time::Duration,
 ) {
     let mut tick = tokio::time::interval(period);
@@ -233,6 +235,11 @@ pub async fn run_offline_sweeper(
         tick.tick().await;
         if let Err(e) = sweep_offline(&pool, clock.now()).await {
             tracing::warn!(error = %e, "offline sweep failed");
+        }
+        match crate::codes::standing::issue_due(&pool, &keypad_root, clock.now()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(codes = n, "standing keypad codes issued"),
+            Err(e) => tracing::warn!(error = %e, "standing keypad code rotation failed"),
         }
     }
 }

@@ -68,7 +68,8 @@ pub struct Application {
     /// Seals pending audit entries while the server runs (every replica runs one; they take turns
     /// per municipality under the sealing lock).
     sealer: tokio::task::JoinHandle<()>,
-    /// Mails homeowners of locks not seen for their period (replica-safe: `SKIP LOCKED`).
+    /// Mails homeowners of locks not seen for their period and issues trusted parties' standing
+    /// keypad codes as their periods start (both replica-safe: `SKIP LOCKED`).
     offline_sweeper: tokio::task::JoinHandle<()>,
     /// Applies the plan's fallback to requests for live consent left unanswered (replica-safe:
     /// `SKIP LOCKED`).
@@ -152,6 +153,7 @@ impl Application {
         let offline_sweeper = tokio::spawn(crate::health::run_offline_sweeper(
             pool.clone(),
             clock.clone(),
+            crate::codes::SecretRoot::derive(&kek),
             std::time::Duration::from_secs(60),
         ));
         let consent_sweeper = tokio::spawn(crate::emergency::consent::run_timeout_sweeper(

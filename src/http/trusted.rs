@@ -100,9 +100,11 @@ pub async fn edit_trusted(
     let (property, party) = path.into_inner();
     let mut client = state.pool.get().await.map_err(StoreError::from)?;
     let now = state.clock.now();
+    let root = crate::codes::SecretRoot::derive(&state.kek);
     let party = trusted::edit(
         &mut client,
         &state.policy,
+        &root,
         &actor,
         property,
         party,

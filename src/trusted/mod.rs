@@ -140,6 +140,8 @@ struct Terms<'a> {
     uses_per_day: Option<i16>,
     notify_on_use: Option<bool>,
     share_with_dispatch: Option<bool>,
+    keypad_codes: Option<bool>,
+    code_rotation_days: Option<i16>,
 }
 
 /// Body of an invitation: who, and the terms.
@@ -172,6 +174,15 @@ pub struct NewTrustedParty {
     pub notify_on_use: Option<bool>,
     /// Dispatch may be told this party holds access (shown on the plan summary; default false).
     pub share_with_dispatch: Option<bool>,
+    /// Standing keypad codes besides tokens (default false): mailed to them, rotated every
+    /// `code_rotation_days`, working at the lock's keypad any number of times inside the window.
+    /// The lock cannot check a weekly schedule offline, so not with a `schedule`.
+    pub keypad_codes: Option<bool>,
+    /// Days between keypad-code rotations, 1 to 90 (default 7). The previous code keeps working
+    /// for a quarter of the period (at most a day) after the next one is mailed.
+    #[schema(minimum = 1, maximum = 90)]
+    #[serde(default, deserialize_with = "crate::domain::optional_integer")]
+    pub code_rotation_days: Option<i16>,
 }
 
 /// Body of an edit: new terms, and whether access is paused.
@@ -196,6 +207,15 @@ pub struct TrustedPartyEdit {
     pub notify_on_use: Option<bool>,
     /// Dispatch may be told this party holds access (shown on the plan summary; default false).
     pub share_with_dispatch: Option<bool>,
+    /// Standing keypad codes besides tokens (default false): mailed to them, rotated every
+    /// `code_rotation_days`, working at the lock's keypad any number of times inside the window.
+    /// The lock cannot check a weekly schedule offline, so not with a `schedule`.
+    pub keypad_codes: Option<bool>,
+    /// Days between keypad-code rotations, 1 to 90 (default 7). The previous code keeps working
+    /// for a quarter of the period (at most a day) after the next one is mailed.
+    #[schema(minimum = 1, maximum = 90)]
+    #[serde(default, deserialize_with = "crate::domain::optional_integer")]
+    pub code_rotation_days: Option<i16>,
 }
 
 macro_rules! terms_of {
@@ -208,6 +228,8 @@ macro_rules! terms_of {
             uses_per_day: $body.uses_per_day,
             notify_on_use: $body.notify_on_use,
             share_with_dispatch: $body.share_with_dispatch,
+            keypad_codes: $body.keypad_codes,
+            code_rotation_days: $body.code_rotation_days,
         }
     };
 }
@@ -249,6 +271,10 @@ pub struct TrustedParty {
     pub notify_on_use: bool,
     /// Dispatch may be told they hold access.
     pub share_with_dispatch: bool,
+    /// They get standing keypad codes.
+    pub keypad_codes: bool,
+    /// Days between keypad-code rotations.
+    pub code_rotation_days: i16,
     /// When invited.
     pub created_at: DateTime<Utc>,
 }
@@ -276,6 +302,8 @@ pub struct MyAccess {
     pub uses_per_day: i16,
     /// Whether a token request would be inside the terms now (window, schedule, entries left).
     pub open_now: bool,
+    /// They get standing keypad codes (mailed; shown on their page).
+    pub keypad_codes: bool,
 }
 
 /// Body of a trusted party's token request.
@@ -342,6 +370,8 @@ struct Row {
     share_with_dispatch: bool,
     created_at: DateTime<Utc>,
     locks: Vec<Uuid>,
+    keypad_codes: bool,
+    code_rotation_days: i16,
 }
 
 const SELECT: &str =
@@ -349,7 +379,8 @@ const SELECT: &str =
         t.schedule_days, t.schedule_from, t.schedule_until, t.uses_per_day, t.notify_on_use,
         t.share_with_dispatch, t.created_at,
         coalesce((SELECT array_agg(l.lock_id ORDER BY l.lock_id) FROM trusted_party_locks l
-                  WHERE l.trusted_party_id = t.id), '{}')
+                  WHERE l.trusted_party_id = t.id), '{}'),
+        t.keypad_codes, t.code_rotation_days
      FROM trusted_parties t JOIN users u ON u.id = t.user_id";
 
 fn row(r: &tokio_postgres::Row) -> Row {
@@ -374,6 +405,8 @@ fn row(r: &tokio_postgres::Row) -> Row {
         share_with_dispatch: r.get(13),
         created_at: r.get(14),
         locks: r.get(15),
+        keypad_codes: r.get(16),
+        code_rotation_days: r.get(17),
     }
 }
 
@@ -392,6 +425,8 @@ impl Row {
             uses_per_day: self.uses_per_day,
             notify_on_use: self.notify_on_use,
             share_with_dispatch: self.share_with_dispatch,
+            keypad_codes: self.keypad_codes,
+            code_rotation_days: self.code_rotation_days,
             created_at: self.created_at,
         }
     }
@@ -428,6 +463,8 @@ struct Checked {
     uses_per_day: i16,
     notify_on_use: bool,
     share_with_dispatch: bool,
+    keypad_codes: bool,
+    code_rotation_days: i16,
 }
 
 async fn check_terms(
@@ -476,7 +513,26 @@ async fn check_terms(
             "uses_per_day: 1 to {MAX_USES_PER_DAY}"
         )));
     }
+    let keypad_codes = terms.keypad_codes.unwrap_or(false);
+    if keypad_codes && terms.schedule.is_some() {
+        return Err(EmergencyError::Invalid(
+            "keypad_codes: a keypad code works at any hour of the window (the lock cannot check a \
+             weekly schedule offline); remove the weekly schedule or leave keypad codes off"
+                .to_owned(),
+        ));
+    }
+    let code_rotation_days = terms
+        .code_rotation_days
+        .unwrap_or(crate::codes::standing::DEFAULT_ROTATION_DAYS);
+    if !(1..=crate::codes::standing::MAX_ROTATION_DAYS).contains(&code_rotation_days) {
+        return Err(EmergencyError::Invalid(format!(
+            "code_rotation_days: 1 to {}",
+            crate::codes::standing::MAX_ROTATION_DAYS
+        )));
+    }
     Ok(Checked {
+        keypad_codes,
+        code_rotation_days,
         locks,
         starts_at,
         ends_at,
@@ -599,8 +655,10 @@ pub async fn invite(
     tx.execute(
         "INSERT INTO trusted_parties (id, municipality_id, property_id, user_id, invitation_id, invited_by,
              label, status, starts_at, ends_at, schedule_days, schedule_from, schedule_until,
-             uses_per_day, notify_on_use, share_with_dispatch, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'invited', $8, $9, $10, $11, $12, $13, $14, $15, $16, $16)",
+             uses_per_day, notify_on_use, share_with_dispatch, created_at, updated_at, keypad_codes,
+             code_rotation_days)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'invited', $8, $9, $10, $11, $12, $13, $14, $15, $16, $16,
+             $17, $18)",
         &[
             &id,
             &actor.tenant.id(),
@@ -618,6 +676,8 @@ pub async fn invite(
             &checked.notify_on_use,
             &checked.share_with_dispatch,
             &now,
+            &checked.keypad_codes,
+            &checked.code_rotation_days,
         ],
     )
     .await
@@ -636,6 +696,8 @@ pub async fn invite(
             "ends_at": checked.ends_at.to_rfc3339(),
             "schedule": schedule.map(|s| s.view()),
             "uses_per_day": checked.uses_per_day,
+            "keypad_codes": checked.keypad_codes,
+            "code_rotation_days": checked.code_rotation_days,
         }));
     // Who was invited, in words (label, address), is personal: erasable details only.
     let personal = serde_json::json!({ "label": label.as_str(), "email": email.as_str() });
@@ -792,6 +854,9 @@ pub async fn accept(
         .subject("trusted_party", row.get::<_, Uuid>(0))
         .property(row.get(1));
     audit::record(tx, tenant, &event, now).await?;
+    // Keypad codes: the slots reach the locks with this commit; the rotation loop issues (mails)
+    // the first code within its period (a minute).
+    crate::codes::standing::sync_party(tx, tenant, row.get(0), now).await?;
     Ok(true)
 }
 
@@ -817,9 +882,11 @@ pub async fn list(
 
 /// The homeowner edits the terms or pauses/resumes (fresh step-up). Tokens already issued are
 /// revoked, at the locks too, so what can open the door is only what the new terms allow.
+#[allow(clippy::too_many_arguments)]
 pub async fn edit(
     client: &mut deadpool_postgres::Object,
     engine: &PolicyEngine,
+    root: &crate::codes::SecretRoot,
     actor: &Actor,
     property: Uuid,
     id: Uuid,
@@ -858,7 +925,7 @@ pub async fn edit(
     tx.execute(
         "UPDATE trusted_parties SET status = $3, starts_at = $4, ends_at = $5, schedule_days = $6,
              schedule_from = $7, schedule_until = $8, uses_per_day = $9, notify_on_use = $10,
-             share_with_dispatch = $11, updated_at = $12
+             share_with_dispatch = $11, updated_at = $12, keypad_codes = $13, code_rotation_days = $14
          WHERE municipality_id = $1 AND id = $2",
         &[
             &actor.tenant.id(),
@@ -873,6 +940,8 @@ pub async fn edit(
             &checked.notify_on_use,
             &checked.share_with_dispatch,
             &now,
+            &checked.keypad_codes,
+            &checked.code_rotation_days,
         ],
     )
     .await
@@ -880,6 +949,10 @@ pub async fn edit(
     insert_locks(&tx, actor.tenant, id, &checked.locks).await?;
     let revoked =
         crate::emergency::revoke_tokens_of_trusted_party(&tx, actor.tenant, id, now).await?;
+    // Keypad slots follow the new terms at the locks (cleared when paused); a new slot's first
+    // code is issued and mailed with this commit.
+    let slots = crate::codes::standing::sync_party(&tx, actor.tenant, id, now).await?;
+    crate::codes::standing::issue_due_for_party(&tx, root, actor.tenant, id, now).await?;
     let event = Event::new("trusted.edit", Outcome::Allow)
         .actor(actor.user_id)
         .subject("trusted_party", id)
@@ -893,6 +966,10 @@ pub async fn edit(
             "schedule": schedule.map(|s| s.view()),
             "uses_per_day": checked.uses_per_day,
             "tokens_revoked": revoked,
+            "keypad_codes": checked.keypad_codes,
+            "code_rotation_days": checked.code_rotation_days,
+            "keypad_slots_set": slots.set,
+            "keypad_slots_cleared": slots.cleared,
         }));
     audit::record(&tx, actor.tenant, &event, now).await?;
     let party = load(&tx, actor.tenant, property, id).await?;
@@ -922,6 +999,8 @@ pub async fn revoke(
     if changed == 1 {
         let revoked =
             crate::emergency::revoke_tokens_of_trusted_party(&tx, actor.tenant, id, now).await?;
+        // Its keypad slots are cleared at the locks: its codes stop working there.
+        let slots = crate::codes::standing::sync_party(&tx, actor.tenant, id, now).await?;
         // An invitation not yet accepted can no longer be.
         tx.execute(
             "UPDATE invitations SET revoked_at = $3 WHERE municipality_id = $1
@@ -935,7 +1014,10 @@ pub async fn revoke(
             .subject("trusted_party", id)
             .property(property)
             .policy(decision.policy_set_hash)
-            .details(serde_json::json!({ "tokens_revoked": revoked }));
+            .details(serde_json::json!({
+                "tokens_revoked": revoked,
+                "keypad_slots_cleared": slots.cleared,
+            }));
         audit::record(&tx, actor.tenant, &event, now).await?;
     }
     let party = load(&tx, actor.tenant, property, id).await?;
@@ -1013,6 +1095,7 @@ pub async fn mine(
             schedule: r.schedule.as_ref().map(StoredSchedule::view),
             uses_per_day: r.uses_per_day,
             open_now,
+            keypad_codes: r.keypad_codes,
         });
     }
     Ok(out)

@@ -48,6 +48,14 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
         .route("/dispatch/incidents/{id}/close", web::post().to(close))
         .route("/dispatch/incidents/{id}/grants", web::post().to(grant))
         .route("/dispatch/incidents/{id}/reveal", web::post().to(reveal))
+        .route(
+            "/dispatch/incidents/{id}/keypad-codes",
+            web::post().to(keypad_code),
+        )
+        .route(
+            "/dispatch/incidents/{id}/keypad-codes",
+            web::get().to(back_to_incident),
+        )
         .route("/dispatch/incidents/{id}/events", web::get().to(events))
         .route("/dispatch/approvals", web::get().to(approvals))
         .route("/dispatch/grants/{id}/approve", web::post().to(approve))
@@ -407,6 +415,14 @@ struct IncidentPage {
     step_up_for: Option<&'static str>,
     /// The alarms behind the incident, oldest first.
     alarms: Vec<AlarmLine>,
+    /// Live grants a keypad code may be issued under, with their homes' paired locks.
+    code_grants: Vec<CodeGrant>,
+    /// Keypad codes issued for this incident (never the digits).
+    codes: Vec<CodeRow>,
+    /// A code just issued, shown once.
+    issued_code: Option<IssuedView>,
+    /// The code form as typed.
+    code_form: CodeForm,
 }
 
 /// An alarm as the incident page lists it.
@@ -416,6 +432,40 @@ struct AlarmLine {
     received: String,
     confirmed: &'static str,
     repeat: bool,
+}
+
+/// A live grant in the keypad-code form.
+struct CodeGrant {
+    id: Uuid,
+    address: String,
+    locks: Vec<(Uuid, String)>,
+    /// Its form waits for a fresh step-up.
+    step_up: bool,
+}
+
+/// An issued code in the list.
+struct CodeRow {
+    lock: String,
+    issued: String,
+    window: String,
+    state: &'static str,
+}
+
+/// A code just issued.
+struct IssuedView {
+    digits: String,
+    lock: String,
+    address: String,
+    until: String,
+}
+
+/// The keypad-code form as typed.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default)]
+struct CodeForm {
+    grant: String,
+    lock: String,
+    minutes: String,
 }
 
 fn rule_words(rule: &AgencyRule) -> String {
@@ -652,8 +702,47 @@ async fn incident_page(
         })
         .collect();
     let open = incident.closed_at.is_none();
+    let mut code_grants = Vec::new();
+    if open {
+        for g in list.iter().filter(|g| g.is_live(now)) {
+            let locks = store::locks(&*client, actor.tenant, g.property_id)
+                .await?
+                .into_iter()
+                .filter(|l| l.pairing_state == "paired")
+                .map(|l| (l.id, l.name))
+                .collect::<Vec<_>>();
+            if locks.is_empty() {
+                continue;
+            }
+            let address = rows
+                .iter()
+                .find(|r| r.id == g.id)
+                .map(|r| r.address.clone())
+                .unwrap_or_default();
+            code_grants.push(CodeGrant {
+                id: g.id,
+                address,
+                locks,
+                step_up: false,
+            });
+        }
+    }
+    let codes = crate::codes::of_incident(&*client, actor.tenant, incident.id, now)
+        .await?
+        .into_iter()
+        .map(|c| CodeRow {
+            lock: c.lock_name,
+            issued: format!("{} by {}", when(c.issued_at), c.issued_by),
+            window: format!("{} – {}", when(c.not_before), when(c.not_after)),
+            state: c.state,
+        })
+        .collect();
     Ok(IncidentPage {
         alarms,
+        code_grants,
+        codes,
+        issued_code: None,
+        code_form: CodeForm::default(),
         chrome: Chrome::of(&*client, actor).await?,
         live_js: &assets::LIVE_JS.path,
         opened: when(incident.opened_at),
@@ -929,6 +1018,130 @@ async fn reveal_steps(
         ],
     };
     Ok((revealed.address, lines))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keypad codes read over the radio.
+
+/// `POST /api/v1/grants/{grant}/keypad-codes`'s steps: the code is shown once on the page
+/// (`no-store`), to read to the crew by radio; a stale step-up is asked for inline and keeps the
+/// choices; a refusal is said beside the form.
+async fn keypad_code(
+    state: web::Data<AppState>,
+    SignedIn(actor): SignedIn,
+    id: web::Path<Uuid>,
+    form: web::Form<CodeForm>,
+) -> Result<HttpResponse, WebError> {
+    dispatcher(&actor)?;
+    let typed = form.into_inner();
+    let mut client = connection(&state).await?;
+    let now = state.clock.now();
+    let parsed = match (
+        Uuid::parse_str(typed.grant.trim()),
+        Uuid::parse_str(typed.lock.trim()),
+    ) {
+        (Ok(g), Ok(l)) => {
+            let minutes = typed.minutes.trim();
+            if minutes.is_empty() {
+                Ok((g, l, None))
+            } else {
+                minutes
+                    .parse::<u32>()
+                    .map(|m| (g, l, Some(m)))
+                    .map_err(|_| "minutes: 10 to 120".to_owned())
+            }
+        }
+        _ => Err("choose a grant and a lock".to_owned()),
+    };
+    // The grant must be one of this incident's.
+    if let Ok((grant, _, _)) = &parsed {
+        let g = grants::by_id(&client, actor.tenant, *grant)
+            .await
+            .map_err(api)?;
+        if g.incident_id != *id {
+            return Err(WebError::not_found());
+        }
+    }
+    let root = crate::codes::SecretRoot::derive(&state.kek);
+    let outcome = match &parsed {
+        Ok((grant, lock, minutes)) => {
+            crate::codes::issue_incident(
+                &mut client,
+                &state.policy,
+                &root,
+                &actor,
+                *grant,
+                &crate::codes::IncidentCodeRequest {
+                    lock: *lock,
+                    minutes: *minutes,
+                },
+                now,
+            )
+            .await
+        }
+        Err(words) => Err(EmergencyError::Invalid(words.clone())),
+    };
+    let (status, issued, error, step_up) = match outcome {
+        Ok(code) => (StatusCode::CREATED, Some(code), None, None),
+        Err(EmergencyError::StepUpRequired) => (
+            StatusCode::UNAUTHORIZED,
+            None,
+            None,
+            parsed.as_ref().ok().map(|(g, _, _)| *g),
+        ),
+        Err(e) => match inline(&e) {
+            Some(words) => (StatusCode::BAD_REQUEST, None, Some(words), None),
+            None => return Err(api(e)),
+        },
+    };
+    let mut page = incident_page(
+        &state,
+        &mut client,
+        &actor,
+        *id,
+        &IncidentQuery::default(),
+        GrantForm::default(),
+        RevealForm::default(),
+        None,
+        error,
+        None,
+    )
+    .await?;
+    for g in &mut page.code_grants {
+        g.step_up = step_up == Some(g.id);
+    }
+    page.code_form = typed;
+    if let Some(code) = issued {
+        let lock = page
+            .code_grants
+            .iter()
+            .flat_map(|g| g.locks.iter())
+            .find(|(l, _)| *l == code.lock_id)
+            .map_or_else(|| code.lock_id.to_string(), |(_, n)| n.clone());
+        let address = page
+            .code_grants
+            .iter()
+            .find(|g| g.id == code.grant_id)
+            .map(|g| g.address.clone())
+            .unwrap_or_default();
+        page.issued_code = Some(IssuedView {
+            digits: code.code,
+            lock,
+            address,
+            until: when(code.not_after),
+        });
+        page.code_form = CodeForm::default();
+        // The digits are on this page only: not for a cache or the back button.
+        return Ok(page::html_response(status)
+            .insert_header(("Cache-Control", "no-store"))
+            .body(page.render()?));
+    }
+    page::render(status, &page)
+}
+
+/// Reloading the page of an issued code issues no second code.
+async fn back_to_incident(id: web::Path<Uuid>) -> HttpResponse {
+    page::see_other(&format!("/dispatch/incidents/{id}#codes"))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -69,6 +69,8 @@ struct Names {
     incidents: HashMap<Uuid, String>,
     /// A token (hex id) → who it was issued to (their unit, else their name).
     token_holders: HashMap<String, String>,
+    /// Trusted parties by id → the homeowner's name for them.
+    trusted: HashMap<Uuid, String>,
     personal: HashMap<i64, Personal>,
 }
 
@@ -91,7 +93,9 @@ async fn names(
     let mut incidents: Vec<Uuid> = Vec::new();
     let mut ctis: Vec<Vec<u8>> = Vec::new();
     let mut with_personal: Vec<i64> = Vec::new();
+    let mut trusted: Vec<Uuid> = Vec::new();
     for e in entries {
+        trusted.extend(uuid_in(&e.details, "trusted_party"));
         people.extend(e.actor);
         incidents.extend(e.incident);
         if e.subject_kind.as_deref() == Some("lock") {
@@ -145,6 +149,15 @@ async fn names(
         .await?
     {
         out.token_holders.insert(r.get(0), r.get(1));
+    }
+    for r in client
+        .query(
+            "SELECT id, label FROM trusted_parties WHERE municipality_id = $1 AND id = ANY($2)",
+            &[&t, &trusted],
+        )
+        .await?
+    {
+        out.trusted.insert(r.get(0), r.get(1));
     }
     out.personal = personal::open_many(client, tenant, &with_personal, &state.kek).await?;
     Ok(out)
@@ -238,6 +251,31 @@ fn words(e: &Entry, n: &Names) -> String {
         "grant.approve" => format!("{actor} approved entry{incident}"),
         "grant.revoke" => format!("Entry{incident} ended"),
         "token.issue" => format!("A door token for {lock} was issued to {actor}{incident}"),
+        "keypad_code.issue" => match uuid_in(&e.details, "trusted_party") {
+            Some(p) => format!(
+                "A keypad code for {lock} was mailed to {} (your trusted party), valid until {}",
+                n.trusted.get(&p).map_or("a trusted party", String::as_str),
+                detail("not_after")
+            ),
+            None => format!("A one-time keypad code for {lock} was issued{incident} by {actor}"),
+        },
+        "lock.receipt" if e.details.get("keypad_kind").is_some() => {
+            let whose = match uuid_in(&e.details, "trusted_party") {
+                Some(p) => format!(
+                    "the keypad code of {}",
+                    n.trusted.get(&p).map_or("a trusted party", String::as_str)
+                ),
+                None => format!("the one-time keypad code{incident}"),
+            };
+            if allowed {
+                format!("{lock} opened with {whose}")
+            } else {
+                format!(
+                    "{lock} stayed locked: {whose} was refused ({})",
+                    detail("reason").replace('_', " ")
+                )
+            }
+        }
         "lock.receipt" => {
             let by = e
                 .details
@@ -455,6 +493,42 @@ mod tests {
         assert_eq!(
             words(&e, &n),
             "Entry granted by someone (the reason given was erased)"
+        );
+    }
+
+    #[test]
+    fn keypad_entries_name_who_was_given_the_code() {
+        let lock = Uuid::new_v4();
+        let party = Uuid::new_v4();
+        let mut n = Names::default();
+        n.locks.insert(lock, "Front door".to_owned());
+        n.trusted.insert(party, "Sam at no. 12".to_owned());
+        let mut e = entry(
+            "lock.receipt",
+            "allow",
+            serde_json::json!({ "keypad_kind": "standing", "trusted_party": party, "reason": "keypad_ok" }),
+        );
+        e.subject_kind = Some("lock".to_owned());
+        e.subject_id = Some(lock);
+        assert_eq!(
+            words(&e, &n),
+            "Front door opened with the keypad code of Sam at no. 12"
+        );
+        e.outcome = "deny".to_owned();
+        e.details["reason"] = serde_json::json!("keypad_revoked");
+        assert_eq!(
+            words(&e, &n),
+            "Front door stayed locked: the keypad code of Sam at no. 12 was refused (keypad revoked)"
+        );
+        let e = entry(
+            "keypad_code.issue",
+            "allow",
+            serde_json::json!({ "kind": "standing", "trusted_party": party, "lock": lock,
+                                "not_after": "2026-12-09T00:00:00+00:00" }),
+        );
+        assert_eq!(
+            words(&e, &n),
+            "A keypad code for Front door was mailed to Sam at no. 12 (your trusted party), valid until 2026-12-09T00:00:00+00:00"
         );
     }
 

@@ -47,7 +47,9 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
         .route("/homes/{id}/remote-open", web::get().to(back_to_home))
         .route("/trusted", web::get().to(mine))
         .route("/trusted/tokens", web::post().to(request_token))
-        .route("/trusted/tokens", web::get().to(back_to_mine));
+        .route("/trusted/tokens", web::get().to(back_to_mine))
+        .route("/trusted/keypad-codes", web::post().to(reveal_codes))
+        .route("/trusted/keypad-codes", web::get().to(back_to_mine));
 }
 
 const WEEKDAYS: [(&str, &str); 7] = [
@@ -95,6 +97,8 @@ struct PartyRow {
     uses_per_day: i16,
     notify_on_use: bool,
     share_with_dispatch: bool,
+    keypad_codes: bool,
+    code_rotation_days: i16,
 }
 
 /// The invitation form as typed.
@@ -111,12 +115,15 @@ struct InviteForm {
     uses_per_day: String,
     notify_on_use: bool,
     share_with_dispatch: bool,
+    keypad_codes: bool,
+    code_rotation_days: String,
 }
 
 impl InviteForm {
     fn fresh() -> Self {
         Self {
             uses_per_day: "1".to_owned(),
+            code_rotation_days: crate::codes::standing::DEFAULT_ROTATION_DAYS.to_string(),
             notify_on_use: true,
             ..Self::default()
         }
@@ -141,6 +148,8 @@ impl InviteForm {
                 "uses_per_day" => f.uses_per_day.clone_from(v),
                 "notify_on_use" => f.notify_on_use = true,
                 "share_with_dispatch" => f.share_with_dispatch = true,
+                "keypad_codes" => f.keypad_codes = true,
+                "code_rotation_days" => f.code_rotation_days.clone_from(v),
                 _ => {}
             }
         }
@@ -186,6 +195,23 @@ impl InviteForm {
             .trim()
             .parse::<i16>()
             .map_err(|_| "Entries per day: a whole number, 1 to 50.".to_owned())?;
+        let rotation = self.code_rotation_days.trim();
+        let code_rotation_days = if rotation.is_empty() {
+            None
+        } else {
+            Some(
+                rotation
+                    .parse::<i16>()
+                    .map_err(|_| "New code every: a whole number of days, 1 to 90.".to_owned())?,
+            )
+        };
+        if self.keypad_codes && schedule.is_some() {
+            return Err(
+                "Keypad codes work at any hour of the window: leave the days and hours \
+                        empty, or keypad codes off."
+                    .to_owned(),
+            );
+        }
         Ok(NewTrustedParty {
             email: self.email.trim().to_owned(),
             label: self.label.trim().to_owned(),
@@ -196,6 +222,8 @@ impl InviteForm {
             uses_per_day: Some(uses_per_day),
             notify_on_use: Some(self.notify_on_use),
             share_with_dispatch: Some(self.share_with_dispatch),
+            keypad_codes: Some(self.keypad_codes),
+            code_rotation_days,
         })
     }
 }
@@ -278,6 +306,8 @@ async fn home_page(
             uses_per_day: p.uses_per_day,
             notify_on_use: p.notify_on_use,
             share_with_dispatch: p.share_with_dispatch,
+            keypad_codes: p.keypad_codes,
+            code_rotation_days: p.code_rotation_days,
         })
         .collect();
     Ok(HomeTrusted {
@@ -448,8 +478,22 @@ async fn set_status(
         uses_per_day: Some(current.uses_per_day),
         notify_on_use: Some(current.notify_on_use),
         share_with_dispatch: Some(current.share_with_dispatch),
+        keypad_codes: Some(current.keypad_codes),
+        code_rotation_days: Some(current.code_rotation_days),
     };
-    match trusted::edit(&mut client, &state.policy, &actor, id, party, &edit, now).await {
+    let root = crate::codes::SecretRoot::derive(&state.kek);
+    match trusted::edit(
+        &mut client,
+        &state.policy,
+        &root,
+        &actor,
+        id,
+        party,
+        &edit,
+        now,
+    )
+    .await
+    {
         Ok(_) => Ok(page::see_other(&format!("/homes/{id}/trusted#parties"))),
         Err(EmergencyError::StepUpRequired) => {
             ask_step_up(&state, &mut client, &actor, id, format!("status-{party}")).await
@@ -606,6 +650,17 @@ struct AccessRow {
     uses_per_day: i16,
     open_now: bool,
     locks: Vec<(Uuid, String)>,
+    keypad_codes: bool,
+    /// Its current keypad codes.
+    codes: Vec<CodeRow>,
+}
+
+/// A current standing keypad code as a row (digits only when they may be shown).
+struct CodeRow {
+    access: Uuid,
+    lock: String,
+    digits: Option<String>,
+    valid: String,
 }
 
 #[derive(Template)]
@@ -617,6 +672,42 @@ struct Mine {
     step_up_for: Option<(Uuid, Uuid)>,
     /// Why the last request was refused, in words.
     refused: Option<String>,
+    /// Showing the codes' digits again waits for a fresh step-up.
+    codes_step_up: bool,
+    /// Some code's digits are on the page.
+    codes_shown: bool,
+    /// Some code's digits are hidden (shown before).
+    codes_hidden: bool,
+}
+
+impl Mine {
+    /// Puts each code under its access.
+    fn set_codes(&mut self, codes: Vec<crate::codes::standing::ShownCode>) {
+        for c in codes {
+            let row = CodeRow {
+                access: c.trusted_party,
+                lock: c.lock_name,
+                digits: c.digits,
+                valid: format!("{} to {}", when(c.not_before), when(c.not_after)),
+            };
+            self.codes_shown |= row.digits.is_some();
+            self.codes_hidden |= row.digits.is_none();
+            if let Some(a) = self.accesses.iter_mut().find(|a| a.id == row.access) {
+                a.codes.push(row);
+            }
+        }
+    }
+}
+
+/// The page with its codes; `no-store` whenever digits are on it.
+fn mine_response(status: StatusCode, page: &Mine) -> Result<HttpResponse, WebError> {
+    if page.codes_shown {
+        Ok(page::html_response(status)
+            .insert_header(("Cache-Control", "no-store"))
+            .body(page.render()?))
+    } else {
+        page::render(status, page)
+    }
 }
 
 async fn mine_page(
@@ -640,6 +731,8 @@ async fn mine_page(
             uses_per_day: a.uses_per_day,
             open_now: a.open_now,
             locks: a.locks.into_iter().map(|l| (l.id, l.name)).collect(),
+            keypad_codes: a.keypad_codes,
+            codes: Vec::new(),
         })
         .collect();
     Ok(Mine {
@@ -647,15 +740,72 @@ async fn mine_page(
         accesses,
         step_up_for: None,
         refused: None,
+        codes_step_up: false,
+        codes_shown: false,
+        codes_hidden: false,
     })
 }
 
+/// The accesses, with a newly issued keypad code shown once (then only after a fresh step-up).
 async fn mine(
     state: web::Data<AppState>,
     SignedIn(actor): SignedIn,
 ) -> Result<HttpResponse, WebError> {
-    let client = connection(&state).await?;
-    page::ok(&mine_page(&state, &client, &actor).await?)
+    let mut client = connection(&state).await?;
+    let mut page = mine_page(&state, &client, &actor).await?;
+    let root = crate::codes::SecretRoot::derive(&state.kek);
+    let tx = client.transaction().await.map_err(StoreError::from)?;
+    let codes = crate::codes::standing::codes_of(
+        &tx,
+        &root,
+        actor.tenant,
+        actor.user_id,
+        crate::codes::standing::Reveal::New,
+        state.clock.now(),
+    )
+    .await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    page.set_codes(codes);
+    mine_response(StatusCode::OK, &page)
+}
+
+/// Every current keypad code with its digits, after a fresh step-up (asked inline).
+async fn reveal_codes(
+    state: web::Data<AppState>,
+    SignedIn(actor): SignedIn,
+) -> Result<HttpResponse, WebError> {
+    if !actor.has(Role::TrustedParty) {
+        return Err(WebError::not_found());
+    }
+    let mut client = connection(&state).await?;
+    let root = crate::codes::SecretRoot::derive(&state.kek);
+    let now = state.clock.now();
+    let revealed =
+        crate::codes::standing::reveal(&mut client, &state.policy, &root, &actor, now).await;
+    let mut page = mine_page(&state, &client, &actor).await?;
+    match revealed {
+        Ok(codes) => {
+            page.set_codes(codes);
+            mine_response(StatusCode::OK, &page)
+        }
+        Err(EmergencyError::StepUpRequired) => {
+            let tx = client.transaction().await.map_err(StoreError::from)?;
+            let codes = crate::codes::standing::codes_of(
+                &tx,
+                &root,
+                actor.tenant,
+                actor.user_id,
+                crate::codes::standing::Reveal::New,
+                now,
+            )
+            .await?;
+            tx.commit().await.map_err(StoreError::from)?;
+            page.set_codes(codes);
+            page.codes_step_up = true;
+            mine_response(StatusCode::UNAUTHORIZED, &page)
+        }
+        Err(e) => Err(emergency(e)),
+    }
 }
 
 #[derive(Deserialize)]

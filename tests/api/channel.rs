@@ -157,7 +157,7 @@ impl World {
     }
 
     /// A replica with explicit options, its LISTEN connection made with `listen_config`.
-    async fn replica_with(
+    pub(crate) async fn replica_with(
         &self,
         options: ChannelOptions,
         listen_config: tokio_postgres::Config,

@@ -33,6 +33,7 @@ mod privacy;
 mod registrations;
 mod restore;
 mod schemathesis;
+mod standing_codes;
 mod startup;
 mod story;
 mod tenancy;

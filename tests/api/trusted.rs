@@ -242,7 +242,7 @@ pub(crate) fn terms(w: &World, schedule: Value) -> Value {
     })
 }
 
-async fn invite(w: &World, who: &As, email: &str, body: Value) -> (u16, Value) {
+pub(crate) async fn invite(w: &World, who: &As, email: &str, body: Value) -> (u16, Value) {
     let mut body = body;
     body["email"] = json!(email);
     body["label"] = json!("Sam at no. 12");
@@ -289,7 +289,7 @@ async fn ask(w: &World, who: &As, party: Uuid, lock: Uuid) -> (u16, Value) {
     .await
 }
 
-async fn edit(w: &World, party: Uuid, body: Value) -> (u16, Value) {
+pub(crate) async fn edit(w: &World, party: Uuid, body: Value) -> (u16, Value) {
     call(
         &w.app,
         Method::PUT,
@@ -381,7 +381,7 @@ async fn revocations(w: &World, lock: Uuid) -> Vec<TokenHash> {
         .collect()
 }
 
-async fn audit(w: &World, action: &str) -> Vec<Value> {
+pub(crate) async fn audit(w: &World, action: &str) -> Vec<Value> {
     let client = w.app.pool.get().await.unwrap();
     client
         .query(
@@ -395,7 +395,7 @@ async fn audit(w: &World, action: &str) -> Vec<Value> {
         .collect()
 }
 
-async fn mails(w: &World, kind: &str) -> Vec<String> {
+pub(crate) async fn mails(w: &World, kind: &str) -> Vec<String> {
     let client = w.app.pool.get().await.unwrap();
     client
         .query(

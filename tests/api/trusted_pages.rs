@@ -20,7 +20,7 @@ fn browser() -> reqwest::Client {
         .unwrap()
 }
 
-async fn page(w: &World, path: &str, who: &As) -> (u16, String) {
+pub(crate) async fn page(w: &World, path: &str, who: &As) -> (u16, String) {
     let response = browser()
         .get(format!("{}{path}", w.app.address))
         .header("accept", "text/html")
@@ -33,7 +33,7 @@ async fn page(w: &World, path: &str, who: &As) -> (u16, String) {
 }
 
 /// A form post; returns the status, the `Location` (for a 303), the `Cache-Control` and the body.
-async fn post(
+pub(crate) async fn post(
     w: &World,
     path: &str,
     who: &As,
