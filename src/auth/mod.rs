@@ -7,6 +7,7 @@ pub mod client;
 pub mod error;
 pub mod keys;
 pub mod pins;
+pub mod proof;
 pub mod ratelimit;
 pub mod session;
 pub mod signin;
