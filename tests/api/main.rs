@@ -26,6 +26,7 @@ mod helpers;
 mod mail;
 mod middleware;
 mod migrations;
+mod oneround;
 mod openapi;
 mod privacy;
 mod restore;

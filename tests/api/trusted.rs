@@ -242,7 +242,7 @@ pub(crate) fn terms(w: &World, schedule: Value) -> Value {
     })
 }
 
-async fn invite(w: &World, who: &As, email: &str, body: Value) -> (u16, Value) {
+pub(crate) async fn invite(w: &World, who: &As, email: &str, body: Value) -> (u16, Value) {
     let mut body = body;
     body["email"] = json!(email);
     body["label"] = json!("Sam at no. 12");
