@@ -25,6 +25,7 @@ pub mod audit;
 pub mod auth;
 pub mod bench;
 pub mod bench_console;
+pub mod bench_sql;
 pub mod channel;
 pub mod cli;
 pub mod clock;
