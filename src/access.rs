@@ -122,7 +122,8 @@ pub async fn authorize(
 ) -> Result<AuthzDecision, ApiError> {
     match judge(engine, actor, property, actor.stepped_up(now), build) {
         Ok(decision) => Ok(decision),
-        Err((event, answer)) => {
+        Err(denial) => {
+            let (event, answer) = *denial;
             let tx = client.transaction().await.map_err(StoreError::from)?;
             audit::record(&tx, actor.tenant, &event, now).await?;
             tx.commit().await.map_err(StoreError::from)?;
@@ -145,7 +146,8 @@ pub async fn authorize_in(
 ) -> Result<AuthzDecision, ApiError> {
     match judge(engine, actor, property, fresh, build) {
         Ok(decision) => Ok(decision),
-        Err((event, answer)) => {
+        Err(denial) => {
+            let (event, answer) = *denial;
             audit::record(tx, actor.tenant, &event, now).await?;
             Err(answer)
         }
@@ -159,7 +161,7 @@ fn judge(
     property: Option<Uuid>,
     fresh: bool,
     build: impl Fn(bool) -> AuthzRequest,
-) -> Result<AuthzDecision, (Event, ApiError)> {
+) -> Result<AuthzDecision, Box<(Event, ApiError)>> {
     let request = build(fresh);
     let decision = engine.decide(&request);
     if decision.allowed {
@@ -183,7 +185,7 @@ fn judge(
     } else {
         ApiError::NotFound
     };
-    Err((event, answer))
+    Err(Box::new((event, answer)))
 }
 
 /// Whether the actor is named in a live grant for the property.

@@ -221,11 +221,21 @@ pub async fn verify_in(
             return Err(AuthError::CeremonyInvalid);
         }
     };
-    let first_use = tx
-        .execute(
+    let insert = tx
+        .prepare_cached(
             "INSERT INTO used_token_challenges (tag, municipality_id, expires_at) VALUES ($1, $2, $3)
              ON CONFLICT (tag) DO NOTHING",
-            &[&checked.tag.as_slice(), &actor.tenant.id(), &checked.expires_at],
+        )
+        .await
+        .map_err(StoreError::from)?;
+    let first_use = tx
+        .execute(
+            &insert,
+            &[
+                &checked.tag.as_slice(),
+                &actor.tenant.id(),
+                &checked.expires_at,
+            ],
         )
         .await
         .map_err(StoreError::from)?

@@ -754,12 +754,15 @@ pub async fn verify_assertion(
         audit::record(tx, tenant, &deny(reason, None), now).await?;
         return Err(AuthError::AuthenticationFailed);
     }
-    let row = tx
-        .query_opt(
+    let select = tx
+        .prepare_cached(
             "SELECT id, kind, credential, status, sign_count FROM webauthn_credentials
              WHERE municipality_id = $1 AND user_id = $2 AND credential_id = $3 FOR UPDATE",
-            &[&tenant.id(), &user, &response.raw_id.as_slice()],
         )
+        .await
+        .map_err(StoreError::from)?;
+    let row = tx
+        .query_opt(&select, &[&tenant.id(), &user, &response.raw_id.as_slice()])
         .await
         .map_err(StoreError::from)?;
     let Some(row) = row else {
@@ -830,9 +833,20 @@ pub async fn verify_assertion(
             }
             let mut credential = stored.credential.clone();
             update_counter(&mut credential, stored.kind, &r);
+            let update = tx
+                .prepare_cached(
+                    "UPDATE webauthn_credentials SET credential = $2, sign_count = $3, last_used_at = $4 WHERE id = $1",
+                )
+                .await
+                .map_err(StoreError::from)?;
             tx.execute(
-                "UPDATE webauthn_credentials SET credential = $2, sign_count = $3, last_used_at = $4 WHERE id = $1",
-                &[&stored.id, &serde_json::to_value(&credential)?, &i64::from(r.counter()), &now],
+                &update,
+                &[
+                    &stored.id,
+                    &serde_json::to_value(&credential)?,
+                    &i64::from(r.counter()),
+                    &now,
+                ],
             )
             .await
             .map_err(StoreError::from)?;

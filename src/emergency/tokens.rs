@@ -140,8 +140,8 @@ pub async fn issue(
     // The grant, its incident, the lock and the caller as the policy sees them, in one statement
     // and under a share lock on the grant: a revocation or incident close that commits first wins,
     // and one that comes later waits for this token and then revokes it.
-    let row = tx
-        .query_opt(
+    let context = tx
+        .prepare_cached(
             "SELECT g.property_id, g.incident_id, g.ends_at, i.cad_number, i.kind,
                     g.status = 'live' AND g.starts_at <= $4 AND g.ends_at > $4 AND i.closed_at IS NULL
                       AND EXISTS (SELECT 1 FROM grant_responders r
@@ -155,7 +155,18 @@ pub async fn issue(
                               AND l.property_id = g.property_id AND l.pairing_state = 'paired'
              WHERE g.municipality_id = $1 AND g.id = $2
              FOR SHARE OF g",
-            &[&tenant.id(), &request.grant, &actor.user_id, &now, &request.lock],
+        )
+        .await?;
+    let row = tx
+        .query_opt(
+            &context,
+            &[
+                &tenant.id(),
+                &request.grant,
+                &actor.user_id,
+                &now,
+                &request.lock,
+            ],
         )
         .await?;
     let Some(row) = row else {
@@ -279,13 +290,10 @@ impl Signer {
     ) -> Result<Self, EmergencyError> {
         let key = keys::current_signing_key(client, tenant, key_dir, now).await?;
         let kid = key.key_id()?;
-        let issuer: String = client
-            .query_one(
-                "SELECT slug FROM municipalities WHERE id = $1",
-                &[&tenant.id()],
-            )
-            .await?
-            .get(0);
+        let slug = client
+            .prepare_cached("SELECT slug FROM municipalities WHERE id = $1")
+            .await?;
+        let issuer: String = client.query_one(&slug, &[&tenant.id()]).await?.get(0);
         Ok(Self { key, kid, issuer })
     }
 }
@@ -408,10 +416,16 @@ pub(crate) async fn mint_recorded(
     let not_before = DateTime::from_timestamp(now.timestamp(), 0).unwrap_or(now);
     let expires_at =
         DateTime::from_timestamp(mint.expires_at.timestamp(), 0).unwrap_or(mint.expires_at);
+    // Prepared once per connection: every token takes this path.
+    let insert = tx
+        .prepare_cached(
+            "INSERT INTO issued_tokens (cti, municipality_id, grant_id, trusted_party_id, remote_open, lock_id,
+                 responder_id, credential_id, kid, token_hash, issued_at, not_before, expires_at)
+             VALUES ($1, $2, $3, $4, $13, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .await?;
     tx.execute(
-        "INSERT INTO issued_tokens (cti, municipality_id, grant_id, trusted_party_id, remote_open, lock_id,
-             responder_id, credential_id, kid, token_hash, issued_at, not_before, expires_at)
-         VALUES ($1, $2, $3, $4, $13, $5, $6, $7, $8, $9, $10, $11, $12)",
+        &insert,
         &[
             &cti.to_vec(),
             &mint.tenant.id(),
@@ -479,11 +493,16 @@ pub(crate) async fn confirmation_key(
     kinds: &[&str],
 ) -> Result<ConfirmationKey, EmergencyError> {
     let kinds: Vec<String> = kinds.iter().map(|k| (*k).to_owned()).collect();
-    let cose: Vec<u8> = client
-        .query_opt(
+    let query = client
+        .prepare_cached(
             "SELECT public_key_cose FROM webauthn_credentials
              WHERE municipality_id = $1 AND id = $2 AND user_id = $3 AND status = 'active'
                AND kind = ANY($4)",
+        )
+        .await?;
+    let cose: Vec<u8> = client
+        .query_opt(
+            &query,
             &[&actor.tenant.id(), &credential, &actor.user_id, &kinds],
         )
         .await?
