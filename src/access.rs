@@ -32,16 +32,25 @@ pub async fn principal(
         )
         .await?
         .ok_or(StoreError::NotFound)?;
-    let status: String = row.get(0);
-    let kind: Option<String> = row.get(1);
-    Ok(PrincipalAttrs {
+    Ok(principal_of(actor, row.get(0), row.get(1), row.get(2)))
+}
+
+/// The actor as the policy sees it, from the user's `status` and agency (`kind`, `id`) as read
+/// by [`principal`] or by a caller's own query that reads them along with other rows.
+pub fn principal_of(
+    actor: &Actor,
+    status: &str,
+    agency_kind: Option<&str>,
+    agency: Option<Uuid>,
+) -> PrincipalAttrs {
+    PrincipalAttrs {
         id: actor.user_id,
         municipality: actor.tenant.id(),
         roles: actor.roles.clone(),
-        agency_kind: kind.and_then(|k| AgencyKind::parse(&k).ok()),
-        agency: row.get(2),
+        agency_kind: agency_kind.and_then(|k| AgencyKind::parse(k).ok()),
+        agency,
         active: status == "active",
-    })
+    }
 }
 
 fn rule(r: &crate::plans::AgencyRule) -> AgencyRule {
@@ -111,7 +120,48 @@ pub async fn authorize(
     now: DateTime<Utc>,
     build: impl Fn(bool) -> AuthzRequest,
 ) -> Result<AuthzDecision, ApiError> {
-    let fresh = actor.stepped_up(now);
+    match judge(engine, actor, property, actor.stepped_up(now), build) {
+        Ok(decision) => Ok(decision),
+        Err(denial) => {
+            let (event, answer) = *denial;
+            let tx = client.transaction().await.map_err(StoreError::from)?;
+            audit::record(&tx, actor.tenant, &event, now).await?;
+            tx.commit().await.map_err(StoreError::from)?;
+            Err(answer)
+        }
+    }
+}
+
+/// [`authorize`] inside the caller's transaction `tx`, with the freshness the caller established
+/// (an assertion the request itself carried, or the session's step-up). A denial is audited in
+/// `tx`; the caller commits `tx` before answering with the error, so the entry stands.
+pub async fn authorize_in(
+    tx: &impl GenericClient,
+    engine: &PolicyEngine,
+    actor: &Actor,
+    property: Option<Uuid>,
+    fresh: bool,
+    now: DateTime<Utc>,
+    build: impl Fn(bool) -> AuthzRequest,
+) -> Result<AuthzDecision, ApiError> {
+    match judge(engine, actor, property, fresh, build) {
+        Ok(decision) => Ok(decision),
+        Err(denial) => {
+            let (event, answer) = *denial;
+            audit::record(tx, actor.tenant, &event, now).await?;
+            Err(answer)
+        }
+    }
+}
+
+/// The engine's decision, or the audit entry of the denial and what the caller may learn.
+fn judge(
+    engine: &PolicyEngine,
+    actor: &Actor,
+    property: Option<Uuid>,
+    fresh: bool,
+    build: impl Fn(bool) -> AuthzRequest,
+) -> Result<AuthzDecision, Box<(Event, ApiError)>> {
     let request = build(fresh);
     let decision = engine.decide(&request);
     if decision.allowed {
@@ -130,14 +180,12 @@ pub async fn authorize(
         // Only reference the property when it is the caller's tenant's (it was loaded in scope).
         event = event.property(p);
     }
-    let tx = client.transaction().await.map_err(StoreError::from)?;
-    audit::record(&tx, actor.tenant, &event, now).await?;
-    tx.commit().await.map_err(StoreError::from)?;
-    if would_with_step_up {
-        Err(ApiError::StepUpRequired)
+    let answer = if would_with_step_up {
+        ApiError::StepUpRequired
     } else {
-        Err(ApiError::NotFound)
-    }
+        ApiError::NotFound
+    };
+    Err(Box::new((event, answer)))
 }
 
 /// Whether the actor is named in a live grant for the property.

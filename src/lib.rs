@@ -26,6 +26,7 @@ pub mod auth;
 pub mod bench;
 pub mod bench_console;
 pub mod bench_remote;
+pub mod bench_sql;
 pub mod channel;
 pub mod cli;
 pub mod clock;

@@ -42,6 +42,7 @@ const TAG_LEN: usize = 32;
 pub struct AuthKeys {
     cookie: hmac::Key,
     decoy: hmac::Key,
+    token_challenge: hmac::Key,
 }
 
 impl AuthKeys {
@@ -50,7 +51,13 @@ impl AuthKeys {
         Self {
             cookie: kek.derive_hmac_key(b"firstkey auth ceremony cookie v1"),
             decoy: kek.derive_hmac_key(b"firstkey auth decoy credentials v1"),
+            token_challenge: kek.derive_hmac_key(b"firstkey token challenge v1"),
         }
+    }
+
+    /// The key of the stateless token challenges (`proof`).
+    pub(super) fn token_challenge(&self) -> &hmac::Key {
+        &self.token_challenge
     }
 
     /// The credential ids a decoy sign-in for `email` of `municipality` offers: the same on every

@@ -8,6 +8,7 @@ pub mod deletion;
 pub mod error;
 pub mod keys;
 pub mod pins;
+pub mod proof;
 pub mod ratelimit;
 pub mod session;
 pub mod signin;

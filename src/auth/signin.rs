@@ -163,7 +163,7 @@ pub async fn finish_sign_in(
             user,
             purpose: Purpose::SignIn,
         },
-        &authenticating,
+        wa::Expected::Ceremony(&authenticating),
         response,
         now,
     )
@@ -251,7 +251,7 @@ pub async fn finish_step_up(
             user: actor.user_id,
             purpose: Purpose::StepUp,
         },
-        &authenticating,
+        wa::Expected::Ceremony(&authenticating),
         response,
         now,
     )

@@ -587,6 +587,37 @@ pub fn start_authentication(
     Ok(Some((options, state)))
 }
 
+/// An authentication ceremony over `credentials` whose challenge is `challenge` instead of a random
+/// one: the stateless token challenges of [`super::proof`], which the server recomputes rather
+/// than stores. webauthn-rs draws its challenges itself, so the state and the options it returns
+/// get `challenge` put in their (serialised) challenge fields; a layout that lacks one is an error,
+/// never a ceremony over the random challenge.
+pub fn start_authentication_over(
+    rp: &Webauthn,
+    kind: CredentialKind,
+    credentials: &[StoredCredential],
+    challenge: &[u8],
+) -> Result<Option<(serde_json::Value, Authenticating)>, AuthError> {
+    use base64::Engine;
+    let Some((mut options, state)) = start_authentication(rp, kind, credentials)? else {
+        return Ok(None);
+    };
+    let encoded = serde_json::Value::String(
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(challenge),
+    );
+    let mut state = serde_json::to_value(&state)?;
+    let layout = || AuthError::Configuration("webauthn-rs state layout changed".to_owned());
+    match state.pointer_mut("/state/ast/challenge") {
+        Some(slot @ serde_json::Value::String(_)) => *slot = encoded.clone(),
+        _ => return Err(layout()),
+    }
+    match options.pointer_mut("/publicKey/challenge") {
+        Some(slot @ serde_json::Value::String(_)) => *slot = encoded,
+        _ => return Err(layout()),
+    }
+    Ok(Some((options, serde_json::from_value(state)?)))
+}
+
 /// The options of an authentication ceremony as sent to the client: one shape for every account
 /// (no hints, extensions, transports or mediation, which differ between security keys and
 /// passkeys). allowCredentials is what the browser needs; the rest is convenience, and the
@@ -638,6 +669,10 @@ pub enum Purpose {
     SignIn,
     /// Stepping up an existing session.
     StepUp,
+    /// The assertion a token request carries (`super::proof`). Its success is recorded in the
+    /// `token.issue` entry it leads to, not in an entry of its own; refusals are audited as
+    /// `auth.token_assertion`.
+    Token,
 }
 
 impl Purpose {
@@ -646,6 +681,7 @@ impl Purpose {
         match self {
             Self::SignIn => "auth.sign_in",
             Self::StepUp => "auth.step_up",
+            Self::Token => "auth.token_assertion",
         }
     }
 }
@@ -659,6 +695,17 @@ pub struct Claimant {
     pub user: Uuid,
     /// Sign-in or step-up.
     pub purpose: Purpose,
+}
+
+/// What an assertion must answer: the state of a stored ceremony, or a challenge the caller
+/// checked itself (a stateless token challenge, `super::proof`), over the credential the assertion
+/// names.
+#[derive(Clone, Copy)]
+pub enum Expected<'a> {
+    /// A ceremony taken from the store.
+    Ceremony(&'a Authenticating),
+    /// These challenge bytes.
+    Challenge(&'a [u8]),
 }
 
 /// Why an assertion's JSON is refused before any cryptography: WebAuthn §7.2 steps webauthn-rs
@@ -689,7 +736,7 @@ pub async fn verify_assertion(
     tx: &impl GenericClient,
     rp: &Webauthn,
     claimant: Claimant,
-    authenticating: &Authenticating,
+    expected: Expected<'_>,
     response: &PublicKeyCredential,
     now: DateTime<Utc>,
 ) -> Result<Uuid, AuthError> {
@@ -711,12 +758,15 @@ pub async fn verify_assertion(
         audit::record(tx, tenant, &deny(reason, None), now).await?;
         return Err(AuthError::AuthenticationFailed);
     }
-    let row = tx
-        .query_opt(
+    let select = tx
+        .prepare_cached(
             "SELECT id, kind, credential, status, sign_count FROM webauthn_credentials
              WHERE municipality_id = $1 AND user_id = $2 AND credential_id = $3 FOR UPDATE",
-            &[&tenant.id(), &user, &response.raw_id.as_slice()],
         )
+        .await
+        .map_err(StoreError::from)?;
+    let row = tx
+        .query_opt(&select, &[&tenant.id(), &user, &response.raw_id.as_slice()])
         .await
         .map_err(StoreError::from)?;
     let Some(row) = row else {
@@ -734,6 +784,24 @@ pub async fn verify_assertion(
         .await?;
         return Err(AuthError::AuthenticationFailed);
     }
+    let over_challenge;
+    let authenticating = match expected {
+        Expected::Ceremony(state) => state,
+        Expected::Challenge(challenge) => {
+            match start_authentication_over(
+                rp,
+                stored.kind,
+                std::slice::from_ref(&stored),
+                challenge,
+            )? {
+                Some((_, state)) => {
+                    over_challenge = state;
+                    &over_challenge
+                }
+                None => return Err(AuthError::AuthenticationFailed),
+            }
+        }
+    };
     let result = match (authenticating, stored.kind) {
         (Authenticating::SecurityKey(state), CredentialKind::SecurityKey) => {
             rp.finish_attested_passkey_authentication(response, state)
@@ -769,9 +837,20 @@ pub async fn verify_assertion(
             }
             let mut credential = stored.credential.clone();
             update_counter(&mut credential, stored.kind, &r);
+            let update = tx
+                .prepare_cached(
+                    "UPDATE webauthn_credentials SET credential = $2, sign_count = $3, last_used_at = $4 WHERE id = $1",
+                )
+                .await
+                .map_err(StoreError::from)?;
             tx.execute(
-                "UPDATE webauthn_credentials SET credential = $2, sign_count = $3, last_used_at = $4 WHERE id = $1",
-                &[&stored.id, &serde_json::to_value(&credential)?, &i64::from(r.counter()), &now],
+                &update,
+                &[
+                    &stored.id,
+                    &serde_json::to_value(&credential)?,
+                    &i64::from(r.counter()),
+                    &now,
+                ],
             )
             .await
             .map_err(StoreError::from)?;
@@ -779,7 +858,9 @@ pub async fn verify_assertion(
                 .actor(user)
                 .subject("credential", stored.id)
                 .details(serde_json::json!({ "kind": stored.kind.as_str() }));
-            audit::record(tx, tenant, &event, now).await?;
+            if purpose != Purpose::Token {
+                audit::record(tx, tenant, &event, now).await?;
+            }
             Ok(stored.id)
         }
         Err(WebauthnError::CredentialPossibleCompromise) => {

@@ -321,6 +321,7 @@ pub async fn connect_deciding(
                         token_hash: Some(Bytes(firstkey_token::token_hash(&token).0)),
                         token_id: None,
                         expires_at: None,
+                        door_event: None,
                     };
                     match firstkey_token::verify(
                         &token,

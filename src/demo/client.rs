@@ -134,6 +134,48 @@ impl ApiClient {
         Ok(())
     }
 
+    /// A token in one request (issue 14 §1): the challenge for this session and request (a GET
+    /// that stores nothing), the key's assertion over it, and the token request carrying it.
+    /// `under` is the query naming what the token is issued under (`grant=…` or
+    /// `trusted_party=…`), `body` the token request without its assertion, `path` where it goes.
+    pub async fn token_in_one_request(
+        &self,
+        cookie: &str,
+        key: &mut SoftSecurityKey,
+        path: &str,
+        under: &str,
+        lock: &str,
+        mut body: Value,
+    ) -> anyhow::Result<Value> {
+        let challenge = self
+            .get(
+                &format!("/api/v1/tokens/challenge?{under}&lock={lock}"),
+                Some(cookie),
+            )
+            .await?;
+        body["assertion"] = key.assert(&challenge["options"])?;
+        self.post(path, &body, Some(cookie)).await
+    }
+
+    /// A responder's token for `lock` under `grant`, in one request ([`Self::token_in_one_request`]).
+    pub async fn request_token(
+        &self,
+        cookie: &str,
+        key: &mut SoftSecurityKey,
+        grant: &str,
+        lock: &str,
+    ) -> anyhow::Result<Value> {
+        self.token_in_one_request(
+            cookie,
+            key,
+            "/api/v1/tokens",
+            &format!("grant={grant}"),
+            lock,
+            json!({ "grant": grant, "lock": lock }),
+        )
+        .await
+    }
+
     /// GETs JSON; a non-2xx status is an error.
     pub async fn get(&self, path: &str, cookie: Option<&str>) -> anyhow::Result<Value> {
         Ok(self

@@ -440,12 +440,14 @@ pub async fn run(stage: &Stage, now: DateTime<Utc>) -> anyhow::Result<Ending> {
         grant["policy_set_hash"].as_str().map(|h| h.get(..12).unwrap_or(h)).unwrap_or("?")
     ));
 
-    // --- Responder: a token for the front door, bound to the security key just used.
+    // --- Responder: a token for the front door in one request, carrying an assertion of the
+    // security key it is bound to.
     let issued = http
-        .post(
-            "/api/v1/tokens",
-            &json!({ "grant": grant_id, "lock": lock_id }),
-            Some(&responder),
+        .request_token(
+            &responder,
+            &mut responder_key,
+            &grant_id,
+            &lock_id.to_string(),
         )
         .await?;
     let token = URL_SAFE_NO_PAD
@@ -578,10 +580,13 @@ pub async fn run(stage: &Stage, now: DateTime<Utc>) -> anyhow::Result<Ending> {
         .enrol("/api/v1/invitations/accept", &secret, &mut neighbour_key)
         .await?;
     let lee_token = http
-        .post(
+        .token_in_one_request(
+            &lee,
+            &mut neighbour_key,
             "/api/v1/trusted/tokens",
-            &json!({ "trusted_party": party_id, "lock": lock_id }),
-            Some(&lee),
+            &format!("trusted_party={}", party_id.as_str().unwrap_or_default()),
+            &lock_id.to_string(),
+            json!({ "trusted_party": party_id, "lock": lock_id }),
         )
         .await?;
     let lee_bytes = URL_SAFE_NO_PAD
@@ -757,12 +762,12 @@ pub async fn run(stage: &Stage, now: DateTime<Utc>) -> anyhow::Result<Ending> {
     )
     .await?;
     n.say("the lock's kitchen smoke detector went off: incident opened, the fire service granted entry automatically");
-    http.step_up(&responder, &mut responder_key).await?;
     let issued = http
-        .post(
-            "/api/v1/tokens",
-            &json!({ "grant": alarm_grant, "lock": lock_id }),
-            Some(&responder),
+        .request_token(
+            &responder,
+            &mut responder_key,
+            &alarm_grant.to_string(),
+            &lock_id.to_string(),
         )
         .await?;
     let token = URL_SAFE_NO_PAD

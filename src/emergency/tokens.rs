@@ -1,15 +1,19 @@
 //! Override tokens: minted for a responder, for one lock, under a live grant that names them.
 //!
-//! The responder proves freshness with a WebAuthn assertion from the last few minutes (the session's
-//! step-up, which records the credential used), and the token's `cnf` is that same security key's
-//! P-256 public key, so only the hand holding that key can use the token at the door. The token is
-//! signed with the municipality's newest non-retired issuer key, expires at the earlier of the grant's
-//! end and now + the token lifetime, opens once, and names the lock as its audience.
+//! The responder proves freshness with a WebAuthn assertion: either the one the token request
+//! carries itself, over a stateless challenge for this session, grant and lock
+//! (`GET /api/v1/tokens/challenge`, `auth::proof`: one HTTP request and one transaction per token),
+//! or the session's step-up from the last few minutes (which records the credential used). The
+//! token's `cnf` is that security key's P-256 public key, so only the hand holding that key can use
+//! the token at the door. The token is signed with the municipality's newest non-retired issuer
+//! key, expires at the earlier of the grant's end and now + the token lifetime, opens once, and
+//! names the lock as its audience.
 //!
-//! Recording (`issued_tokens`), the audit entry, the lock's inbox entry and the homeowner's mail
-//! commit in one transaction with the token: no token exists that the audit log does not know. A
-//! responder who is not named in a live grant of an open incident, or asks for a lock of another
-//! property, learns nothing (not found); one without a fresh assertion is told to step up.
+//! The assertion's check and the challenge's single use, recording (`issued_tokens`), the audit
+//! entry, the lock's inbox entry and the homeowner's mail commit in one transaction with the token:
+//! no token exists that the audit log does not know. A responder who is not named in a live grant
+//! of an open incident, or asks for a lock of another property, learns nothing (not found); one
+//! without a fresh assertion is told to step up.
 
 use std::path::Path;
 
@@ -20,13 +24,15 @@ use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
+use webauthn_rs::prelude::PublicKeyCredential;
 
-use super::grants;
 use super::keys;
 use super::{EmergencyError, Notice, notify_property, unix_seconds};
 use crate::access;
 use crate::audit::{self, Event, Outcome};
 use crate::auth::Actor;
+use crate::auth::error::AuthError;
+use crate::auth::proof::{self, Bound, Proving};
 use crate::channel::inbox::{self, InboxMessage};
 use crate::domain::Role;
 use crate::http::error::ApiError;
@@ -41,6 +47,13 @@ pub struct TokenRequest {
     pub grant: Uuid,
     /// The lock to open (a lock of the grant's property).
     pub lock: Uuid,
+    /// The assertion (`navigator.credentials.get()` over the options of
+    /// `GET /api/v1/tokens/challenge` for this grant and lock) that proves the request fresh: the
+    /// token is then issued in this one request, bound to the key that signed it. Without it the
+    /// session needs a fresh step-up.
+    #[serde(default)]
+    #[schema(schema_with = crate::http::auth::assertion_schema)]
+    pub assertion: Option<PublicKeyCredential>,
 }
 
 /// A minted token, as handed to the responder.
@@ -84,12 +97,22 @@ fn denied(e: ApiError) -> EmergencyError {
     }
 }
 
-/// Mints a token for `actor`; see the module documentation.
+/// Why a token request's own assertion was refused, as the callers answer it: a bad challenge is
+/// a 400 (fetch a new one), a refused assertion a 401, as a step-up's finish answers.
+pub(crate) fn refused(e: AuthError) -> EmergencyError {
+    EmergencyError::Denied(ApiError::from(e))
+}
+
+/// Mints a token for `actor`; see the module documentation. Everything runs in one transaction:
+/// the request's own assertion when it carries one (`proof::verify_in`: the challenge's use is
+/// recorded, the counter moved), the grant re-read under a share lock, the policy, and the token's
+/// record, audit entry, inbox entry and mail. A refusal commits what it audited and nothing else.
 #[tracing::instrument(name = "token.issue", skip_all)]
 pub async fn issue(
     client: &mut deadpool_postgres::Object,
     engine: &PolicyEngine,
     minting: Minting<'_>,
+    proving: Proving<'_>,
     actor: &Actor,
     request: &TokenRequest,
     now: DateTime<Utc>,
@@ -98,100 +121,132 @@ pub async fn issue(
         return Err(EmergencyError::NotFound);
     }
     let tenant = actor.tenant;
-    let grant = grants::by_id(&*client, tenant, request.grant).await?;
-    let lock = client
-        .query_opt(
-            "SELECT id FROM locks WHERE municipality_id = $1 AND id = $2 AND property_id = $3
-               AND pairing_state = 'paired'",
-            &[&tenant.id(), &request.lock, &grant.property_id],
+    let tx = client.transaction().await.map_err(StoreError::from)?;
+    let proven = match &request.assertion {
+        Some(assertion) => {
+            let bound = Bound::Grant {
+                grant: request.grant,
+                lock: request.lock,
+            };
+            match proof::verify_in(&tx, proving, actor, bound, assertion, now).await {
+                Ok(credential) => Some(credential),
+                Err(e) => {
+                    tx.commit().await.map_err(StoreError::from)?;
+                    return Err(refused(e));
+                }
+            }
+        }
+        None => None,
+    };
+    // The grant, its incident, the lock and the caller as the policy sees them, in one statement
+    // and under a share lock on the grant: a revocation or incident close that commits first wins,
+    // and one that comes later waits for this token and then revokes it.
+    let context = tx
+        .prepare_cached(
+            "SELECT g.property_id, g.incident_id, g.ends_at, i.cad_number, i.kind,
+                    g.status = 'live' AND g.starts_at <= $4 AND g.ends_at > $4 AND i.closed_at IS NULL
+                      AND EXISTS (SELECT 1 FROM grant_responders r
+                                  WHERE r.grant_id = g.id AND r.responder_id = $3),
+                    l.name, u.status, a.kind, a.id
+             FROM grants g
+             JOIN incidents i ON i.id = g.incident_id
+             JOIN users u ON u.municipality_id = g.municipality_id AND u.id = $3
+             LEFT JOIN agencies a ON a.id = u.agency_id
+             LEFT JOIN locks l ON l.municipality_id = g.municipality_id AND l.id = $5
+                              AND l.property_id = g.property_id AND l.pairing_state = 'paired'
+             WHERE g.municipality_id = $1 AND g.id = $2
+             FOR SHARE OF g",
         )
-        .await?
-        .map(|r| r.get::<_, Uuid>(0));
-    let incident = super::incidents::by_id(&*client, tenant, grant.incident_id).await?;
+        .await?;
+    let row = tx
+        .query_opt(
+            &context,
+            &[
+                &tenant.id(),
+                &request.grant,
+                &actor.user_id,
+                &now,
+                &request.lock,
+            ],
+        )
+        .await?;
+    let Some(row) = row else {
+        tx.commit().await.map_err(StoreError::from)?;
+        return Err(EmergencyError::NotFound);
+    };
+    let property: Uuid = row.get(0);
+    let incident_id: Uuid = row.get(1);
+    let grant_ends: DateTime<Utc> = row.get(2);
+    let cad_number: String = row.get(3);
+    let incident_kind: String = row.get(4);
+    let lock_name: Option<String> = row.get(6);
     // Someone else's grant, a lock of another property, an ended grant or a closed incident: the
     // policy sees "not named in a live grant", denies (audited) and the caller learns nothing.
-    let live = grant.responders.contains(&actor.user_id)
-        && grant.is_live(now)
-        && incident.closed_at.is_none()
-        && lock.is_some();
-    let ctx = access::property(&*client, tenant, grant.property_id).await?;
-    let principal = access::principal(&*client, actor).await?;
-    let decision = access::authorize(client, engine, actor, Some(ctx.property.id), now, |fresh| {
-        AuthzRequest::request_token(
-            &principal,
-            &ctx.attrs,
-            TokenContext {
-                step_up_fresh: fresh,
-                named_in_live_grant: live,
-            },
-        )
-    })
-    .await
-    .map_err(denied)?;
-    let lock = lock.ok_or(EmergencyError::NotFound)?;
-    let credential = actor
-        .step_up_credential
-        .ok_or(EmergencyError::StepUpRequired)?;
-    let confirmation = confirmation_key(&*client, actor, credential, &["security_key"]).await?;
-    let signer = Signer::load(&*client, tenant, minting.key_dir, now).await?;
-
-    let tx = client.transaction().await.map_err(StoreError::from)?;
-    // Re-check under a share lock on the grant: a revocation or incident close that commits first
-    // wins, and one that comes later waits for this token and then revokes it.
-    let still_live = tx
-        .query_opt(
-            "SELECT 1 FROM grants g
-             JOIN grant_responders r ON r.grant_id = g.id AND r.responder_id = $3
-             JOIN incidents i ON i.id = g.incident_id
-             WHERE g.municipality_id = $1 AND g.id = $2 AND g.status = 'live'
-               AND g.starts_at <= $4 AND g.ends_at > $4 AND i.closed_at IS NULL
-             FOR SHARE OF g",
-            &[&tenant.id(), &grant.id, &actor.user_id, &now],
-        )
-        .await?
-        .is_some();
-    if !still_live {
-        return Err(EmergencyError::NotFound);
-    }
+    let live = row.get::<_, bool>(5) && lock_name.is_some();
+    let principal = access::principal_of(actor, row.get(7), row.get(8), row.get(9));
+    let ctx = access::property(&tx, tenant, property).await?;
+    let fresh = proven.is_some() || actor.stepped_up(now);
+    let authorized =
+        access::authorize_in(&tx, engine, actor, Some(property), fresh, now, |fresh| {
+            AuthzRequest::request_token(
+                &principal,
+                &ctx.attrs,
+                TokenContext {
+                    step_up_fresh: fresh,
+                    named_in_live_grant: live,
+                },
+            )
+        })
+        .await;
+    let (decision, lock_name, credential) =
+        match (authorized, lock_name, proven.or(actor.step_up_credential)) {
+            (Ok(decision), Some(name), Some(credential)) => (decision, name, credential),
+            (authorized, _, _) => {
+                tx.commit().await.map_err(StoreError::from)?;
+                return Err(match authorized {
+                    Err(e) => denied(e),
+                    Ok(_) => EmergencyError::StepUpRequired,
+                });
+            }
+        };
+    let confirmation = confirmation_key(&tx, actor, credential, &["security_key"]).await?;
+    let signer = Signer::load(&tx, tenant, minting.key_dir, now).await?;
     let minted = mint_recorded(
         &tx,
         &signer,
         &Mint {
             tenant,
             holder: Holder::Grant {
-                grant: grant.id,
-                incident: grant.incident_id,
-                cad_number: &incident.cad_number,
+                grant: request.grant,
+                incident: incident_id,
+                cad_number: &cad_number,
             },
             subject: actor.user_id,
-            property: grant.property_id,
-            lock,
+            property,
+            lock: request.lock,
             credential,
             confirmation: Some(confirmation),
             scope: Scope::Open,
-            expires_at: grant.ends_at.min(now + minting.lifetime),
+            expires_at: grant_ends.min(now + minting.lifetime),
             policy_set_hash: decision.policy_set_hash,
             policies: &decision.determining_policies,
+            proven_in_request: proven.is_some(),
         },
         now,
     )
     .await?;
-    let lock_name: String = tx
-        .query_one("SELECT name FROM locks WHERE id = $1", &[&lock])
-        .await?
-        .get(0);
     let text = format!(
         "An entry token for your lock \"{lock_name}\" at {} was issued to a responder for incident {} \
          ({}). It is valid until {} and opens the door once.",
         ctx.property.address,
-        incident.cad_number,
-        incident.kind,
+        cad_number,
+        incident_kind,
         minted.expires_at.format("%Y-%m-%d %H:%M:%S UTC"),
     );
     notify_property(
         &tx,
         tenant,
-        grant.property_id,
+        property,
         &Notice {
             kind: "token.issued",
             event: hex::encode(minted.cti),
@@ -201,7 +256,7 @@ pub async fn issue(
         now,
     )
     .await?;
-    let lock_warnings = crate::health::of_lock(&tx, actor.tenant, lock, now)
+    let lock_warnings = crate::health::of_lock(&tx, actor.tenant, request.lock, now)
         .await?
         .warnings;
     tx.commit().await.map_err(StoreError::from)?;
@@ -209,8 +264,8 @@ pub async fn issue(
     Ok(IssuedToken {
         token: minted.token_text(),
         token_id: hex::encode(minted.cti),
-        lock_id: lock,
-        grant_id: grant.id,
+        lock_id: request.lock,
+        grant_id: request.grant,
         kid: minted.kid,
         not_before: minted.not_before,
         expires_at: minted.expires_at,
@@ -236,13 +291,10 @@ impl Signer {
     ) -> Result<Self, EmergencyError> {
         let key = keys::current_signing_key(client, tenant, key_dir, now).await?;
         let kid = key.key_id()?;
-        let issuer: String = client
-            .query_one(
-                "SELECT slug FROM municipalities WHERE id = $1",
-                &[&tenant.id()],
-            )
-            .await?
-            .get(0);
+        let slug = client
+            .prepare_cached("SELECT slug FROM municipalities WHERE id = $1")
+            .await?;
+        let issuer: String = client.query_one(&slug, &[&tenant.id()]).await?.get(0);
         Ok(Self { key, kid, issuer })
     }
 }
@@ -301,6 +353,9 @@ pub(crate) struct Mint<'a> {
     pub expires_at: DateTime<Utc>,
     pub policy_set_hash: [u8; 32],
     pub policies: &'a [String],
+    /// Whether the freshness came from an assertion the request itself carried (`proof`), not
+    /// from the session's step-up.
+    pub proven_in_request: bool,
 }
 
 /// A token minted and recorded.
@@ -374,10 +429,16 @@ pub(crate) async fn mint_recorded(
     let not_before = DateTime::from_timestamp(now.timestamp(), 0).unwrap_or(now);
     let expires_at =
         DateTime::from_timestamp(mint.expires_at.timestamp(), 0).unwrap_or(mint.expires_at);
+    // Prepared once per connection: every token takes this path.
+    let insert = tx
+        .prepare_cached(
+            "INSERT INTO issued_tokens (cti, municipality_id, grant_id, trusted_party_id, remote_open, lock_id,
+                 responder_id, credential_id, kid, token_hash, issued_at, not_before, expires_at)
+             VALUES ($1, $2, $3, $4, $13, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .await?;
     tx.execute(
-        "INSERT INTO issued_tokens (cti, municipality_id, grant_id, trusted_party_id, remote_open, lock_id,
-             responder_id, credential_id, kid, token_hash, issued_at, not_before, expires_at)
-         VALUES ($1, $2, $3, $4, $13, $5, $6, $7, $8, $9, $10, $11, $12)",
+        &insert,
         &[
             &cti.to_vec(),
             &mint.tenant.id(),
@@ -410,6 +471,7 @@ pub(crate) async fn mint_recorded(
             "token_hash": hex::encode(hash.as_bytes()),
             "expires_at": expires_at.to_rfc3339(),
             "credential": mint.credential,
+            "assertion": if mint.proven_in_request { "in_request" } else { "step_up" },
             "policies": mint.policies,
         }));
     if let Some(incident) = incident_id {
@@ -444,11 +506,16 @@ pub(crate) async fn confirmation_key(
     kinds: &[&str],
 ) -> Result<ConfirmationKey, EmergencyError> {
     let kinds: Vec<String> = kinds.iter().map(|k| (*k).to_owned()).collect();
-    let cose: Vec<u8> = client
-        .query_opt(
+    let query = client
+        .prepare_cached(
             "SELECT public_key_cose FROM webauthn_credentials
              WHERE municipality_id = $1 AND id = $2 AND user_id = $3 AND status = 'active'
                AND kind = ANY($4)",
+        )
+        .await?;
+    let cose: Vec<u8> = client
+        .query_opt(
+            &query,
             &[&actor.tenant.id(), &credential, &actor.user_id, &kinds],
         )
         .await?

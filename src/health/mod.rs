@@ -241,6 +241,15 @@ pub async fn run_offline_sweeper(
             Ok(n) => tracing::info!(codes = n, "standing keypad codes issued"),
             Err(e) => tracing::warn!(error = %e, "standing keypad code rotation failed"),
         }
+        // The same minute also forgets token challenges that can no longer be answered.
+        match pool.get().await {
+            Ok(client) => {
+                if let Err(e) = crate::auth::proof::prune(&client, clock.now()).await {
+                    tracing::warn!(error = %e, "pruning used token challenges failed");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "pruning used token challenges: no connection"),
+        }
     }
 }
 

@@ -192,7 +192,7 @@ fn credential_schema(
 }
 
 /// The schema of [`FinishAssertion::credential`].
-fn assertion_schema() -> utoipa::openapi::schema::Object {
+pub(crate) fn assertion_schema() -> utoipa::openapi::schema::Object {
     use utoipa::openapi::schema::{ObjectBuilder, Type};
     let response = ObjectBuilder::new()
         .schema_type(Type::Object)

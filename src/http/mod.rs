@@ -294,6 +294,15 @@ impl Application {
         self.scheme
     }
 
+    /// Stops this replica's background tasks (the audit sealer, the offline sweeper), so that only
+    /// requests use the pool: for `firstkey bench`'s statement count. Another replica (or a later
+    /// start) seals what this one records.
+    pub fn without_background_tasks(self) -> Self {
+        self.sealer.abort();
+        self.offline_sweeper.abort();
+        self
+    }
+
     /// A handle that stops the server (`stop(true)` lets open requests finish).
     pub fn handle(&self) -> ServerHandle {
         self.server.handle()

@@ -144,10 +144,12 @@ pub async fn my_access(state: web::Data<AppState>, actor: Actor) -> Result<HttpR
 }
 
 /// A trusted party asks for a token for one lock, inside the homeowner's terms, exactly as a
-/// responder does: a WebAuthn step-up from the last few minutes; the token is bound to that key
-/// (`cnf`), opens once and is short-lived. Outside the terms: 409 with the reason (audited).
+/// responder does: the request's own `assertion` over a challenge from
+/// `GET /api/v1/tokens/challenge?trusted_party=…&lock=…` (or a WebAuthn step-up from the last few
+/// minutes); the token is bound to that key (`cnf`), opens once and is short-lived. Outside the
+/// terms: 409 with the reason (audited).
 #[utoipa::path(post, path = "/api/v1/trusted/tokens", tag = "trusted", request_body = TrustedTokenRequest,
-    responses((status = 201, body = TrustedToken), (status = 401), (status = 404), (status = 409),
+    responses((status = 201, body = TrustedToken), (status = 400), (status = 401), (status = 404), (status = 409),
               (status = 503)))]
 #[post("/api/v1/trusted/tokens")]
 pub async fn request_trusted_token(
@@ -160,9 +162,22 @@ pub async fn request_trusted_token(
         key_dir: &state.settings.key_dir,
         lifetime: state.settings.token_lifetime,
     };
+    let (rp, keys) = super::tokens::proving_parts(&state)?;
+    let proving = crate::auth::proof::Proving {
+        rp: &rp,
+        keys: &keys,
+    };
     let mut client = state.pool.get().await.map_err(StoreError::from)?;
-    let token =
-        trusted::issue_token(&mut client, &state.policy, minting, &actor, &body, now).await?;
+    let token = trusted::issue_token(
+        &mut client,
+        &state.policy,
+        minting,
+        proving,
+        &actor,
+        &body,
+        now,
+    )
+    .await?;
     Ok(HttpResponse::Created().json(token))
 }
 

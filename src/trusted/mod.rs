@@ -22,6 +22,7 @@ use crate::access;
 use crate::audit::{self, Event, Outcome};
 use crate::auth::Actor;
 use crate::auth::accounts::{self, NewInvitation};
+use crate::auth::proof::{self, Bound, Proving};
 use crate::domain::{Email, Role, Text};
 use crate::emergency::tokens::{self, Holder, Mint, Minting, Signer};
 use crate::emergency::{EmergencyError, Notice, notify_property};
@@ -314,6 +315,12 @@ pub struct TrustedTokenRequest {
     pub trusted_party: Uuid,
     /// The lock to open.
     pub lock: Uuid,
+    /// The assertion over the options of `GET /api/v1/tokens/challenge` for this record and lock,
+    /// as a responder's token request carries it (one request per token). Without it the session
+    /// needs a fresh step-up.
+    #[serde(default)]
+    #[schema(schema_with = crate::http::auth::assertion_schema)]
+    pub assertion: Option<webauthn_rs::prelude::PublicKeyCredential>,
 }
 
 /// A token minted for a trusted party.
@@ -1160,6 +1167,7 @@ pub async fn issue_token(
     client: &mut deadpool_postgres::Object,
     engine: &PolicyEngine,
     minting: Minting<'_>,
+    proving: Proving<'_>,
     actor: &Actor,
     request: &TrustedTokenRequest,
     now: DateTime<Utc>,
@@ -1168,40 +1176,69 @@ pub async fn issue_token(
         return Err(EmergencyError::NotFound);
     }
     let tenant = actor.tenant;
-    let sql = format!("{SELECT} WHERE t.municipality_id = $1 AND t.id = $2 AND t.user_id = $3");
-    let party = client
+    // One transaction, as a responder's token: the request's own assertion, the terms, the policy
+    // and the token's records.
+    let tx = client.transaction().await.map_err(StoreError::from)?;
+    let proven = match &request.assertion {
+        Some(assertion) => {
+            let bound = Bound::Trusted {
+                party: request.trusted_party,
+                lock: request.lock,
+            };
+            match proof::verify_in(&tx, proving, actor, bound, assertion, now).await {
+                Ok(credential) => Some(credential),
+                Err(e) => {
+                    tx.commit().await.map_err(StoreError::from)?;
+                    return Err(tokens::refused(e));
+                }
+            }
+        }
+        None => None,
+    };
+    // Under a lock on the record: a pause, edit or revocation that commits first wins, and one
+    // that comes later waits for this token and then revokes it. The daily count is read under the
+    // same lock, so two concurrent requests cannot both take the last entry.
+    let sql = format!(
+        "{SELECT} WHERE t.municipality_id = $1 AND t.id = $2 AND t.user_id = $3 FOR UPDATE OF t"
+    );
+    let party = tx
         .query_opt(
             &sql,
             &[&tenant.id(), &request.trusted_party, &actor.user_id],
         )
         .await?
-        .map(|r| row(&r))
-        .ok_or(EmergencyError::NotFound)?;
-    let lock_paired = client
-        .query_opt(
-            "SELECT name FROM locks WHERE municipality_id = $1 AND id = $2 AND property_id = $3
-               AND pairing_state = 'paired'",
-            &[&tenant.id(), &request.lock, &party.property_id],
-        )
-        .await?
-        .map(|r| r.get::<_, String>(0));
-    let lock_name = match lock_paired {
-        Some(name) if party.locks.contains(&request.lock) => name,
-        _ => return Err(EmergencyError::NotFound),
+        .map(|r| row(&r));
+    let lock_paired = match &party {
+        Some(party) => tx
+            .query_opt(
+                "SELECT name FROM locks WHERE municipality_id = $1 AND id = $2 AND property_id = $3
+                   AND pairing_state = 'paired'",
+                &[&tenant.id(), &request.lock, &party.property_id],
+            )
+            .await?
+            .map(|r| r.get::<_, String>(0)),
+        None => None,
+    };
+    let (party, lock_name) = match (party, lock_paired) {
+        (Some(party), Some(name)) if party.locks.contains(&request.lock) => (party, name),
+        _ => {
+            tx.commit().await.map_err(StoreError::from)?;
+            return Err(EmergencyError::NotFound);
+        }
     };
     let mut refusal = party.refusal(now);
-    if refusal.is_none()
-        && used_today(&*client, party.id, now).await? >= i64::from(party.uses_per_day)
-    {
+    if refusal.is_none() && used_today(&tx, party.id, now).await? >= i64::from(party.uses_per_day) {
         refusal = Some("no entries left today");
     }
-    let ctx = access::property(&*client, tenant, party.property_id).await?;
-    let principal = access::principal(&*client, actor).await?;
-    let authorized = access::authorize(
-        client,
+    let ctx = access::property(&tx, tenant, party.property_id).await?;
+    let principal = access::principal(&tx, actor).await?;
+    let fresh = proven.is_some() || actor.stepped_up(now);
+    let authorized = access::authorize_in(
+        &tx,
         engine,
         actor,
         Some(party.property_id),
+        fresh,
         now,
         |fresh| {
             AuthzRequest::request_trusted_token(
@@ -1217,14 +1254,16 @@ pub async fn issue_token(
     .await;
     let decision = match (authorized, refusal) {
         (Ok(decision), _) => decision,
-        (Err(ApiError::StepUpRequired), None) => return Err(EmergencyError::StepUpRequired),
+        (Err(ApiError::StepUpRequired), None) => {
+            tx.commit().await.map_err(StoreError::from)?;
+            return Err(EmergencyError::StepUpRequired);
+        }
         (Err(e), Some(reason)) => {
             let event = Event::new("trusted.token", Outcome::Deny)
                 .actor(actor.user_id)
                 .subject("trusted_party", party.id)
                 .property(party.property_id)
                 .details(serde_json::json!({ "lock": request.lock, "reason": reason }));
-            let tx = client.transaction().await.map_err(StoreError::from)?;
             audit::record(&tx, tenant, &event, now).await?;
             tx.commit().await.map_err(StoreError::from)?;
             return Err(match e {
@@ -1234,34 +1273,18 @@ pub async fn issue_token(
                 other => denied(other),
             });
         }
-        (Err(e), None) => return Err(denied(e)),
+        (Err(e), None) => {
+            tx.commit().await.map_err(StoreError::from)?;
+            return Err(denied(e));
+        }
     };
-    let credential = actor
-        .step_up_credential
-        .ok_or(EmergencyError::StepUpRequired)?;
+    let Some(credential) = proven.or(actor.step_up_credential) else {
+        tx.commit().await.map_err(StoreError::from)?;
+        return Err(EmergencyError::StepUpRequired);
+    };
     let confirmation =
-        tokens::confirmation_key(&*client, actor, credential, &["security_key", "passkey"]).await?;
-    let signer = Signer::load(&*client, tenant, minting.key_dir, now).await?;
-
-    let tx = client.transaction().await.map_err(StoreError::from)?;
-    // Re-check under a lock on the record: a pause, edit or revocation that commits first wins, and
-    // one that comes later waits for this token and then revokes it. The daily count is re-read
-    // under the same lock, so two concurrent requests cannot both take the last entry.
-    let still = tx
-        .query_opt(
-            "SELECT 1 FROM trusted_parties t JOIN trusted_party_locks l ON l.trusted_party_id = t.id AND l.lock_id = $3
-             WHERE t.municipality_id = $1 AND t.id = $2 AND t.status = 'active'
-               AND t.starts_at <= $4 AND t.ends_at > $4
-             FOR UPDATE OF t",
-            &[&tenant.id(), &party.id, &request.lock, &now],
-        )
-        .await?
-        .is_some();
-    if !still || used_today(&tx, party.id, now).await? >= i64::from(party.uses_per_day) {
-        return Err(EmergencyError::Conflict(
-            "your access changed; ask again".to_owned(),
-        ));
-    }
+        tokens::confirmation_key(&tx, actor, credential, &["security_key", "passkey"]).await?;
+    let signer = Signer::load(&tx, tenant, minting.key_dir, now).await?;
     let mut expires_at = party.ends_at.min(now + minting.lifetime);
     if let Some(s) = party.schedule {
         // Not past the end of today's slot.
@@ -1288,6 +1311,7 @@ pub async fn issue_token(
             expires_at,
             policy_set_hash: decision.policy_set_hash,
             policies: &decision.determining_policies,
+            proven_in_request: proven.is_some(),
         },
         now,
     )

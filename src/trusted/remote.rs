@@ -158,6 +158,7 @@ pub async fn unlock(
             expires_at: now + Duration::seconds(REMOTE_TOKEN_SECS),
             policy_set_hash: decision.policy_set_hash,
             policies: &decision.determining_policies,
+            proven_in_request: false,
         },
         now,
     )

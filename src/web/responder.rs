@@ -5,10 +5,13 @@
 //! Each action runs the core function its JSON endpoint runs: the grant list is
 //! `grants::live_for_responder` (`GET /api/v1/responder/grants`), the reveal is
 //! `http::properties::reveal_plan` (`POST /api/v1/properties/{id}/plan/reveal`), the token is
-//! `tokens::issue` (`POST /api/v1/tokens`: the policy, the fresh security-key step-up, the record,
-//! the audit entry and the lock's inbox entry in one transaction). A token request without a fresh
-//! step-up shows the grant again with the step-up asked inline (`webauthn.js` confirms and resubmits
-//! the form). A grant that does not name the viewer, or is not live, is "not found".
+//! `tokens::issue` (`POST /api/v1/tokens`: the request's own assertion, the policy, the record,
+//! the audit entry and the lock's inbox entry in one transaction). A door-pass form is a
+//! `data-ceremony="token"` form: `webauthn.js` fetches the challenge for its grant and lock
+//! (`GET /api/v1/tokens/challenge`, nothing stored), has the security key sign it, and submits the
+//! form with the assertion: one request mints the pass. A form that arrives without one (no script)
+//! needs a fresh step-up, which the grant page then asks for inline. A grant that does not name the
+//! viewer, or is not live, is "not found".
 //!
 //! The issued token is shown once, in the answer to the request, as a *door pass*: the token and the
 //! id of the security key it is bound to, `base64url(token) "." base64url(credential id)`, which the
@@ -271,6 +274,24 @@ async fn reveal(
 #[derive(Deserialize)]
 struct TokenForm {
     lock: Uuid,
+    /// The assertion `webauthn.js` put in (JSON of the `PublicKeyCredential`), over the challenge
+    /// of `GET /api/v1/tokens/challenge` for this grant and lock.
+    #[serde(default)]
+    assertion: Option<String>,
+}
+
+/// The assertion a door-pass form carries, if any (an empty field is none).
+pub(super) fn form_assertion(
+    field: Option<&str>,
+) -> Result<Option<webauthn_rs::prelude::PublicKeyCredential>, WebError> {
+    match field.map(str::trim).filter(|f| !f.is_empty()) {
+        None => Ok(None),
+        Some(json) => serde_json::from_str(json).map(Some).map_err(|_| {
+            WebError::Api(ApiError::BadRequest(
+                "assertion: not a WebAuthn credential".to_owned(),
+            ))
+        }),
+    }
 }
 
 /// The state of a token in words.
@@ -426,16 +447,31 @@ async fn request_token(
     let request = TokenRequest {
         grant: *id,
         lock: form.lock,
+        assertion: form_assertion(form.assertion.as_deref())?,
     };
-    let issued =
-        match tokens::issue(&mut client, &state.policy, minting, &actor, &request, now).await {
-            Ok(issued) => issued,
-            Err(EmergencyError::StepUpRequired) => {
-                let page = grant_page(&state, &client, &actor, *id, None, Some(form.lock)).await?;
-                return page::render(StatusCode::UNAUTHORIZED, &page);
-            }
-            Err(e) => return Err(emergency(e)),
-        };
+    let (rp, keys) = crate::http::tokens::proving_parts(&state)?;
+    let proving = crate::auth::proof::Proving {
+        rp: &rp,
+        keys: &keys,
+    };
+    let issued = match tokens::issue(
+        &mut client,
+        &state.policy,
+        minting,
+        proving,
+        &actor,
+        &request,
+        now,
+    )
+    .await
+    {
+        Ok(issued) => issued,
+        Err(EmergencyError::StepUpRequired) => {
+            let page = grant_page(&state, &client, &actor, *id, None, Some(form.lock)).await?;
+            return page::render(StatusCode::UNAUTHORIZED, &page);
+        }
+        Err(e) => return Err(emergency(e)),
+    };
     let credential: Vec<u8> = client
         .query_one(
             "SELECT c.credential_id FROM issued_tokens t

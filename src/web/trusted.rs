@@ -812,6 +812,9 @@ async fn reveal_codes(
 struct TokenForm {
     trusted_party: Uuid,
     lock: Uuid,
+    /// The assertion `webauthn.js` put in (see `responder::form_assertion`).
+    #[serde(default)]
+    assertion: Option<String>,
 }
 
 #[derive(Template)]
@@ -845,11 +848,18 @@ async fn request_token(
     let request = TrustedTokenRequest {
         trusted_party: form.trusted_party,
         lock: form.lock,
+        assertion: super::responder::form_assertion(form.assertion.as_deref())?,
+    };
+    let (rp, keys) = crate::http::tokens::proving_parts(&state)?;
+    let proving = crate::auth::proof::Proving {
+        rp: &rp,
+        keys: &keys,
     };
     let issued = match trusted::issue_token(
         &mut client,
         &state.policy,
         minting,
+        proving,
         &actor,
         &request,
         now,

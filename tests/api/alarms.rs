@@ -1064,6 +1064,8 @@ async fn a_stopped_lock_past_its_period_is_mailed_once_by_the_running_sweeper() 
     let sweeper = tokio::spawn(firstkey::health::run_offline_sweeper(
         world.pool.clone(),
         std::sync::Arc::new(firstkey::clock::SystemClock),
+        // The test app's data key (as `standing_codes` derives it); no party here has codes.
+        firstkey::codes::SecretRoot::derive(&firstkey::crypto::Kek::from_bytes([0x2a; 32])),
         std::time::Duration::from_millis(200),
     ));
     // The lock stops. Its period is shortened in the database to 2 s so the test need not wait

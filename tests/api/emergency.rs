@@ -267,7 +267,7 @@ pub(crate) async fn open_incident(w: &World, cad: &str, kind: &str, agency: Uuid
     body["id"].as_str().unwrap().parse().unwrap()
 }
 
-async fn grant(w: &World, incident: Uuid, who: &As, body: Value) -> (u16, Value) {
+pub(crate) async fn grant(w: &World, incident: Uuid, who: &As, body: Value) -> (u16, Value) {
     call(
         &w.app,
         Method::POST,

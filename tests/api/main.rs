@@ -27,6 +27,7 @@ mod helpers;
 mod mail;
 mod middleware;
 mod migrations;
+mod oneround;
 mod openapi;
 mod otlp;
 mod privacy;

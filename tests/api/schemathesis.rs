@@ -11,10 +11,11 @@
 //! - `sign-out`, `sign-out-everywhere` and `DELETE /api/v1/me` (account deletion) are left out:
 //!   they end the very session the run authenticates with (the last one the account too), and
 //!   everything after them would test an anonymous caller.
-//! - `positive_data_acceptance` also accepts 400 on the five ceremony finishes
-//!   ([`CEREMONY_FINISHES`]) and on the operations whose bodies name things of the caller's own
-//!   data or must agree across fields (trusted parties, monitoring accounts, alarm rules), and on
-//!   registering locks, whose bounds (409, 429) a generator's valid bodies reach.
+//! - `positive_data_acceptance` also accepts 400 on the five ceremony finishes and the two token
+//!   requests, which finish a WebAuthn assertion when they carry one ([`CEREMONY_FINISHES`]), on
+//!   the operations whose bodies name things of the caller's own data or must agree across fields
+//!   (trusted parties, monitoring accounts, alarm rules), and on registering locks, whose bounds
+//!   (409, 429) a generator's valid bodies reach.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -120,13 +121,14 @@ async fn run(app: &TestApp, binary: &Path, config: &str) -> (bool, String) {
 /// The finish of a WebAuthn ceremony takes a credential signed by an authenticator over the
 /// challenge of a ceremony this server started; a generator cannot make one, so every
 /// schema-valid body it makes is (rightly) refused with 400, and `positive_data_acceptance`
-/// ("a schema-valid request is accepted") cannot hold there: on these five operations it accepts
-/// 400 as well (`--checks all` on the command line overrides a plain `enabled = false`). Every
+/// ("a schema-valid request is accepted") cannot hold there: on these five operations, and on the
+/// two token requests (whose optional `assertion` is such a credential, over a challenge of
+/// `GET /api/v1/tokens/challenge`), it accepts 400 as well (`--checks all` on the command line overrides a plain `enabled = false`). Every
 /// other check runs on them, and the API tests run these ceremonies with real software
 /// authenticators.
 const CEREMONY_FINISHES: &str = r#"
 [[operations]]
-include-path-regex = "^/api/v1/(auth/sign-in|auth/step-up|accounts/verify|invitations/accept|me/keys)/finish$"
+include-path-regex = "^/api/v1/((auth/sign-in|auth/step-up|accounts/verify|invitations/accept|me/keys)/finish|tokens|trusted/tokens)$"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409", "429"]
 "#;
 

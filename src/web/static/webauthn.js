@@ -1,7 +1,9 @@
 // firstkey portal: the WebAuthn ceremonies, the one thing the pages cannot do without script.
 // Each ceremony is two calls to the JSON API (…/start returns {ceremony, options}; …/finish takes
 // {ceremony, credential}), with navigator.credentials in between. Forms opt in with
-// data-ceremony="sign-in" | "enrol" | "step-up" | "add-key"; everything else on the pages is plain HTML.
+// data-ceremony="sign-in" | "enrol" | "step-up" | "add-key" | "token"; everything else on the pages is
+// plain HTML. A "token" form (a door pass) is one request: the challenge comes from a GET that stores
+// nothing (data-challenge), and the form itself is submitted with the assertion in its "assertion" field.
 "use strict";
 
 (function () {
@@ -165,6 +167,32 @@
     form.submit();
   }
 
+  async function getJson(path) {
+    const response = await fetch(path, {
+      method: "GET",
+      credentials: "same-origin",
+      headers: { "Accept": "application/json" }
+    });
+    const text = await response.text();
+    let data = null;
+    try { data = text ? JSON.parse(text) : null; } catch (e) { data = null; }
+    if (!response.ok) {
+      const words = data && (data.detail || data.title);
+      throw new Error(words || ("The server answered " + response.status + "."));
+    }
+    return data;
+  }
+
+  // A door pass: sign this form's own challenge, then send the form once with the assertion.
+  async function token(form) {
+    say(form, "Touch your security key…");
+    const challenge = await getJson(form.dataset.challenge);
+    const cred = await navigator.credentials.get(requestOptions(challenge.options));
+    form.elements.assertion.value = JSON.stringify(assertion(cred));
+    say(form, "Confirmed. Getting the door pass…");
+    form.submit();
+  }
+
   // "My security keys": a registration ceremony bound to the signed-in session (needs a fresh
   // step-up, which the page asks for first).
   async function addKey(form) {
@@ -219,6 +247,7 @@
         });
         form.setAttribute("data-ready", "true");
       }
+      if (kind === "token") wire(form, function () { return token(form); });
     });
   });
 })();
