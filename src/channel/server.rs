@@ -924,12 +924,17 @@ async fn record_pushed(
     seq: u64,
 ) -> Result<(), StoreError> {
     let client = shared.pool.get().await.map_err(StoreError::from)?;
-    client
-        .execute(
+    let statement = client
+        .prepare_cached(
             "UPDATE issued_tokens SET pushed_at = $4
              WHERE lock_id = $1 AND pushed_at IS NULL AND token_hash IN (
                  SELECT sha256(payload) FROM lock_inbox
                  WHERE lock_id = $1 AND kind = 'token' AND seq > $2 AND seq <= $3)",
+        )
+        .await?;
+    client
+        .execute(
+            &statement,
             &[
                 &lock,
                 &seq_i64(previous),
@@ -950,20 +955,20 @@ async fn record_ack(
     seq: u64,
 ) -> Result<(), StoreError> {
     let client = shared.pool.get().await.map_err(StoreError::from)?;
-    client
-        .execute(
-            "UPDATE locks SET inbox_acked_seq = $2 WHERE id = $1 AND inbox_acked_seq < $2 AND $2 < inbox_next_seq",
-            &[&lock, &seq_i64(seq)],
-        )
-        .await?;
-    client
-        .execute(
-            "UPDATE issued_tokens SET status = 'delivered'
+    // One statement (one round trip, prepared once per pooled connection) for both updates.
+    let statement = client
+        .prepare_cached(
+            "WITH acked AS (
+                 UPDATE locks SET inbox_acked_seq = $3
+                 WHERE id = $1 AND inbox_acked_seq < $3 AND $3 < inbox_next_seq)
+             UPDATE issued_tokens SET status = 'delivered'
              WHERE lock_id = $1 AND status = 'issued' AND token_hash IN (
                  SELECT sha256(payload) FROM lock_inbox
                  WHERE lock_id = $1 AND kind = 'token' AND seq > $2 AND seq <= $3)",
-            &[&lock, &seq_i64(previous), &seq_i64(seq)],
         )
+        .await?;
+    client
+        .execute(&statement, &[&lock, &seq_i64(previous), &seq_i64(seq)])
         .await?;
     Ok(())
 }

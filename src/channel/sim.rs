@@ -62,6 +62,20 @@ pub async fn provision(
     n: usize,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Vec<SimLock>, StoreError> {
+    provision_across(client, tenant, &[property], n, now).await
+}
+
+/// Creates `n` locks, the i-th on `properties[i % len]`, already paired with fresh device keys.
+pub async fn provision_across(
+    client: &impl GenericClient,
+    tenant: Tenant,
+    properties: &[Uuid],
+    n: usize,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<SimLock>, StoreError> {
+    if properties.is_empty() {
+        return Err(StoreError::NotFound);
+    }
     let rng = ring::rand::SystemRandom::new();
     let mut locks = Vec::with_capacity(n);
     for _ in 0..n {
@@ -75,7 +89,10 @@ pub async fn provision(
         .map_err(|_| StoreError::Conflict("lock id derivation failed".to_owned()))?;
         locks.push(SimLock { id, key });
     }
-    for chunk in locks.chunks(1000) {
+    let on: Vec<Uuid> = (0..n)
+        .filter_map(|i| properties.get(i % properties.len()).copied())
+        .collect();
+    for (chunk, on) in locks.chunks(1000).zip(on.chunks(1000)) {
         let ids: Vec<Uuid> = chunk.iter().map(|l| l.id).collect();
         let keys: Vec<Vec<u8>> = chunk
             .iter()
@@ -85,9 +102,9 @@ pub async fn provision(
             .execute(
                 "INSERT INTO locks (id, municipality_id, property_id, name, pairing_state, device_public_key,
                      paired_at, created_at)
-                 SELECT id, $2, $3, 'sim ' || id::text, 'paired', key, $5, $5
-                 FROM unnest($1::uuid[], $4::bytea[]) AS t(id, key)",
-                &[&ids, &tenant.id(), &property, &keys, &now],
+                 SELECT id, $2, property, 'sim ' || id::text, 'paired', key, $5, $5
+                 FROM unnest($1::uuid[], $4::bytea[], $3::uuid[]) AS t(id, key, property)",
+                &[&ids, &tenant.id(), &on, &keys, &now],
             )
             .await?;
     }

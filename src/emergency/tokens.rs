@@ -132,7 +132,7 @@ pub async fn issue(
         .step_up_credential
         .ok_or(EmergencyError::StepUpRequired)?;
     let confirmation = confirmation_key(&*client, actor, credential, &["security_key"]).await?;
-    let signer = Signer::load(&*client, tenant, minting.key_dir, now).await?;
+    let signer = Signer::load(&*client, tenant, lock, minting.key_dir, now).await?;
 
     let tx = client.transaction().await.map_err(StoreError::from)?;
     // Re-check under a share lock on the grant: a revocation or incident close that commits first
@@ -226,10 +226,15 @@ pub(crate) struct Signer {
 }
 
 impl Signer {
-    /// The municipality's newest usable issuer key and its slug (the `iss` claim).
+    /// The municipality's newest usable issuer key and the `iss` claim for a token for `lock`:
+    /// the municipality's short issuer id if the lock's trust bundle names it (the lock reported
+    /// a bundle at or after the first one naming it, or every bundle of the municipality named
+    /// it), else its slug — which the bundle that renamed the issuer still accepts, so a lock
+    /// that updated but has not reported yet opens either way (V26, `firstkey_token::bundle`).
     pub(crate) async fn load(
         client: &impl GenericClient,
         tenant: crate::store::Tenant,
+        lock: Uuid,
         key_dir: &Path,
         now: DateTime<Utc>,
     ) -> Result<Self, EmergencyError> {
@@ -237,8 +242,11 @@ impl Signer {
         let kid = key.key_id()?;
         let issuer: String = client
             .query_one(
-                "SELECT slug FROM municipalities WHERE id = $1",
-                &[&tenant.id()],
+                "SELECT CASE WHEN m.issuer_id_since = 1 OR l.trust_bundle_version >= m.issuer_id_since
+                             THEN m.issuer_id ELSE m.slug END
+                 FROM municipalities m LEFT JOIN locks l ON l.id = $2 AND l.municipality_id = m.id
+                 WHERE m.id = $1",
+                &[&tenant.id(), &lock],
             )
             .await?
             .get(0);

@@ -1045,7 +1045,7 @@ pub async fn issue_token(
         .ok_or(EmergencyError::StepUpRequired)?;
     let confirmation =
         tokens::confirmation_key(&*client, actor, credential, &["security_key", "passkey"]).await?;
-    let signer = Signer::load(&*client, tenant, minting.key_dir, now).await?;
+    let signer = Signer::load(&*client, tenant, request.lock, minting.key_dir, now).await?;
 
     let tx = client.transaction().await.map_err(StoreError::from)?;
     // Re-check under a lock on the record: a pause, edit or revocation that commits first wins, and
