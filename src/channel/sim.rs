@@ -145,10 +145,15 @@ pub struct Delivery {
     pub at: Instant,
 }
 
+/// How often a simulated agent pings, as the real agent does (the server closes a session that
+/// stays silent past its idle timeout, 100 s).
+pub const PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A connected simulated agent; dropping it hangs up.
 #[derive(Debug)]
 pub struct SimConnection {
     task: tokio::task::JoinHandle<Result<(), SimError>>,
+    pinger: tokio::task::JoinHandle<()>,
 }
 
 impl SimConnection {
@@ -161,6 +166,7 @@ impl SimConnection {
 impl Drop for SimConnection {
     fn drop(&mut self) {
         self.task.abort();
+        self.pinger.abort();
     }
 }
 
@@ -209,16 +215,33 @@ pub async fn connect(
         other => return Err(SimError::Protocol(format!("expected welcome: {other:?}"))),
     }
     let id = lock.id;
+    // One task reads (and acknowledges at once), one pings; they share the write half.
+    let (mut reader, writer) = tokio::io::split(stream);
+    let writer = Arc::new(tokio::sync::Mutex::new(writer));
+    let pinging = writer.clone();
+    let pinger = tokio::spawn(async move {
+        let mut interval = tokio::time::interval(PING_INTERVAL);
+        interval.tick().await;
+        loop {
+            interval.tick().await;
+            if send(&mut *pinging.lock().await, &AgentMessage::Ping)
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
     let task = tokio::spawn(async move {
         loop {
-            match next(&mut stream).await? {
+            match next(&mut reader).await? {
                 ServerMessage::Inbox { seq, .. } => {
                     let _ = deliveries.send(Delivery {
                         lock: id,
                         seq,
                         at: Instant::now(),
                     });
-                    send(&mut stream, &AgentMessage::Ack { seq }).await?;
+                    send(&mut *writer.lock().await, &AgentMessage::Ack { seq }).await?;
                 }
                 ServerMessage::Pong
                 | ServerMessage::Time { .. }
@@ -227,7 +250,7 @@ pub async fn connect(
             }
         }
     });
-    Ok(SimConnection { task })
+    Ok(SimConnection { task, pinger })
 }
 
 async fn next<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Result<ServerMessage, SimError> {

@@ -1796,7 +1796,7 @@ async fn a_municipality_moves_its_locks_from_the_slug_to_a_short_issuer_id_lock_
         .unwrap()
         .get(0);
     assert!(issuer_id.len() < "town-a".len(), "{issuer_id}");
-    let (grant, _) = live_fire_grant(&w).await;
+    let (_, grant) = live_fire_grant(&w).await;
     let key = w.responder.key.as_ref().unwrap();
     let token = |lock: Uuid| {
         let w = &w;
