@@ -364,8 +364,9 @@ async fn measure(
     fleet.drain_deliveries();
     c.batch_execute("CREATE TABLE bench_raw (id uuid PRIMARY KEY, payload bytea NOT NULL)")
         .await?;
-    // As many connections as this process's pool holds (each replica's pool is as large).
-    let raw_connections = options.clients.min(BENCH_POOL);
+    // As many connections as this process's pool has free (one is held for the setup queries);
+    // each replica's pool is as large.
+    let raw_connections = options.clients.min(BENCH_POOL - 1);
     let raw = crate::bench::raw_insert_rate(pool, raw_connections, Duration::from_secs(5)).await?;
 
     // --- The grants: one per home, each naming one responder, made by the dispatcher.
