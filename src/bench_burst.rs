@@ -385,17 +385,20 @@ async fn measure(
     let granting = Instant::now();
     let mut dispatcher = dispatcher;
     let mut grants: Vec<String> = Vec::with_capacity(options.grants);
-    for chunk in properties.chunks(200).enumerate() {
+    // 24 at a time (a replica's pool is 8 connections), the step-up renewed every 192.
+    for chunk in properties.chunks(24).enumerate() {
         let (n, homes) = chunk;
-        // The dispatcher's step-up stays fresh (5-minute window).
-        first
-            .step_up(&dispatcher.cookie, &mut dispatcher.key)
-            .await?;
+        if n % 8 == 0 {
+            // The dispatcher's step-up stays fresh (5-minute window).
+            first
+                .step_up(&dispatcher.cookie, &mut dispatcher.key)
+                .await?;
+        }
         let made = futures_util::future::join_all(homes.iter().enumerate().map(|(i, home)| {
             let responder = responders
-                .get((n * 200 + i) % responders.len())
+                .get((n * 24 + i) % responders.len())
                 .map(|r| r.id);
-            let client = clients.get((n * 200 + i) % clients.len()).unwrap_or(first);
+            let client = clients.get((n * 24 + i) % clients.len()).unwrap_or(first);
             let body = json!({ "property": home, "responders": [responder], "minutes": 60,
                                "justification": "disaster burst" });
             let path = format!("/api/v1/incidents/{incident}/grants");
