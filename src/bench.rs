@@ -60,10 +60,11 @@ pub struct BenchOptions {
     pub console_only: bool,
 }
 
+/// A staff member enrolled over HTTP: session cookie, security key, user id.
 pub(crate) struct Staff {
     pub(crate) cookie: String,
     pub(crate) key: SoftSecurityKey,
-    id: Uuid,
+    pub(crate) id: Uuid,
 }
 
 /// Runs every measurement and prints the figures.
@@ -100,6 +101,15 @@ pub async fn run(
     )
     .await?;
     result
+}
+
+/// Lets `concurrent` simulated agents, all on the loopback address, handshake at once (the caps on
+/// unauthenticated connections count per address; a real fleet comes from many).
+pub(crate) fn loopback_fleet_limits(settings: &mut Settings, concurrent: usize) {
+    let wanted = concurrent.saturating_mul(2);
+    settings.agent_max_unauthenticated = settings.agent_max_unauthenticated.max(wanted);
+    settings.agent_max_unauthenticated_per_address =
+        settings.agent_max_unauthenticated_per_address.max(wanted);
 }
 
 pub(crate) async fn admin(server: &tokio_postgres::Config, sql: &str) -> anyhow::Result<()> {
@@ -141,6 +151,10 @@ async fn measure(
     settings.listen = ([127, 0, 0, 1], 0).into();
     settings.agent_listen = ([127, 0, 0, 1], 0).into();
     settings.smtp = None;
+    // Every simulated agent connects from 127.0.0.1, up to 100 handshakes at a time: with the
+    // per-address cap on unauthenticated connections (16 by default: strangers behind one address)
+    // the listener closed the rest before TLS, which the simulator saw as `tls handshake eof`.
+    loopback_fleet_limits(settings, 100);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let now = clock.now();
     let origin = settings.public_origin.clone();
@@ -461,7 +475,7 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-async fn world(
+pub(crate) async fn world(
     pool: &Pool,
     client: &ApiClient,
     settings: &Settings,
@@ -558,7 +572,7 @@ async fn world(
     Ok((tenant, property.id, dispatcher, staff.collect()))
 }
 
-async fn raw_insert_rate(
+pub(crate) async fn raw_insert_rate(
     pool: &Pool,
     concurrency: usize,
     duration: Duration,
@@ -656,7 +670,7 @@ fn rate(count: u64, elapsed: Duration) -> f64 {
 
 /// A `key=value` connection string for a config (passwords are not carried: the fleet process is a
 /// local benchmark helper; use trust or a socket).
-fn connection_string(config: &tokio_postgres::Config) -> String {
+pub(crate) fn connection_string(config: &tokio_postgres::Config) -> String {
     let host = match config.get_hosts().first() {
         Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
         Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),

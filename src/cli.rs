@@ -85,6 +85,28 @@ pub enum Command {
         /// `--latency-agents` agents connected and `--pushes` opens (`src/bench_remote.rs`).
         #[arg(long)]
         remote_open: bool,
+        /// Only the disaster burst: replicas sharing one PostgreSQL, agents across them, one token
+        /// per grant within a window (the --burst-* and --replicas options).
+        #[arg(long)]
+        burst: bool,
+        /// Burst: server replicas (`firstkey serve` processes of this binary).
+        #[arg(long, default_value_t = 3)]
+        replicas: usize,
+        /// Burst: idle agents connected across the replicas (lower it on a small machine).
+        #[arg(long, default_value_t = 10_000)]
+        burst_agents: usize,
+        /// Burst: grants, one token each.
+        #[arg(long, default_value_t = 2000)]
+        burst_grants: usize,
+        /// Burst: concurrent responders asking for the tokens.
+        #[arg(long, default_value_t = 64)]
+        burst_clients: usize,
+        /// Burst: seconds the tokens are asked for in (evenly spread).
+        #[arg(long, default_value_t = 60)]
+        burst_seconds: u64,
+        /// Burst: skip connecting as many agents as the open-file limit allows.
+        #[arg(long)]
+        burst_skip_max_agents: bool,
     },
     /// Internal: the simulated-agent process of `firstkey bench` (c).
     #[command(hide = true)]
@@ -555,6 +577,13 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             home_only,
             console_only,
             remote_open,
+            burst,
+            replicas,
+            burst_agents,
+            burst_grants,
+            burst_clients,
+            burst_seconds,
+            burst_skip_max_agents,
         } => {
             if remote_open {
                 let options = crate::bench_remote::RemoteBenchOptions {
@@ -562,6 +591,17 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                     opens: pushes,
                 };
                 return crate::bench_remote::run(settings, database.config.clone(), options).await;
+            }
+            if burst {
+                let options = crate::bench_burst::BurstOptions {
+                    replicas,
+                    agents: burst_agents,
+                    grants: burst_grants,
+                    clients: burst_clients,
+                    window: Duration::from_secs(burst_seconds),
+                    max_agents: !burst_skip_max_agents,
+                };
+                return crate::bench_burst::run(settings, database.config.clone(), options).await;
             }
             let options = crate::bench::BenchOptions {
                 latency_agents,

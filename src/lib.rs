@@ -24,6 +24,7 @@ pub mod alarms;
 pub mod audit;
 pub mod auth;
 pub mod bench;
+pub mod bench_burst;
 pub mod bench_console;
 pub mod bench_remote;
 pub mod bench_sql;

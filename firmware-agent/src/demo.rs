@@ -147,6 +147,7 @@ impl Issuer {
             }
         }
         let contents = BundleContents {
+            former_issuer: None,
             issuer: self.name.clone(),
             version,
             rp_id: self.rp_id.clone(),

@@ -44,6 +44,7 @@ pub struct Fleet {
     pub locks: Vec<SimLock>,
     connections: Vec<SimConnection>,
     deliveries: mpsc::UnboundedReceiver<sim::Delivery>,
+    sender: mpsc::UnboundedSender<sim::Delivery>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -88,22 +89,59 @@ impl Fleet {
         target: &SimTarget,
         concurrency: usize,
     ) -> Result<Self, BenchError> {
-        let n = locks.len();
+        Self::connect_spread(locks, std::slice::from_ref(target), concurrency).await
+    }
+
+    /// Connects one simulated agent per lock, the i-th to `targets[i % len]` (replicas),
+    /// `concurrency` handshakes at a time.
+    pub async fn connect_spread(
+        locks: Vec<SimLock>,
+        targets: &[SimTarget],
+        concurrency: usize,
+    ) -> Result<Self, BenchError> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let mut connections = Vec::with_capacity(n);
+        let mut fleet = Self {
+            locks: Vec::new(),
+            connections: Vec::new(),
+            deliveries: rx,
+            sender: tx,
+        };
+        fleet.connect_more(locks, targets, concurrency).await?;
+        Ok(fleet)
+    }
+
+    /// Connects more agents to the fleet, continuing the round robin over `targets`.
+    pub async fn connect_more(
+        &mut self,
+        locks: Vec<SimLock>,
+        targets: &[SimTarget],
+        concurrency: usize,
+    ) -> Result<(), BenchError> {
+        if targets.is_empty() {
+            return Ok(());
+        }
+        self.connections.reserve(locks.len());
         for chunk in locks.chunks(concurrency.max(1)) {
-            let attempts = chunk
-                .iter()
-                .map(|lock| sim::connect(target, lock, 0, tx.clone()));
+            let first = self.connections.len();
+            let attempts = chunk.iter().enumerate().filter_map(|(i, lock)| {
+                let target = targets.get((first + i) % targets.len())?;
+                Some(sim::connect(target, lock, 0, self.sender.clone()))
+            });
             for connection in futures_util::future::join_all(attempts).await {
-                connections.push(connection?);
+                self.connections.push(connection?);
             }
         }
-        Ok(Self {
-            locks,
-            connections,
-            deliveries: rx,
-        })
+        self.locks.extend(locks);
+        Ok(())
+    }
+
+    /// Every delivery that arrived so far, in arrival order.
+    pub fn drain_deliveries(&mut self) -> Vec<sim::Delivery> {
+        let mut out = Vec::new();
+        while let Ok(d) = self.deliveries.try_recv() {
+            out.push(d);
+        }
+        out
     }
 
     /// Number of agents still connected.

@@ -180,18 +180,22 @@ pub async fn push(
     Ok(seq)
 }
 
-/// Entries of a lock after `after_seq`, oldest first, at most `limit`.
+/// Entries of a lock after `after_seq`, oldest first, at most `limit`. The statement is prepared
+/// once per pooled connection (a woken session's read is one round trip, not two: it is on the
+/// path from commit to the lock).
 pub async fn pending(
     client: &impl GenericClient,
     lock: Uuid,
     after_seq: i64,
     limit: i64,
 ) -> Result<Vec<(i64, InboxMessage)>, StoreError> {
-    let rows = client
-        .query(
+    let statement = client
+        .prepare_cached(
             "SELECT seq, kind, payload FROM lock_inbox WHERE lock_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-            &[&lock, &after_seq, &limit],
         )
+        .await?;
+    let rows = client
+        .query(&statement, &[&lock, &after_seq, &limit])
         .await?;
     Ok(rows
         .iter()

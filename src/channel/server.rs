@@ -540,9 +540,15 @@ async fn session(
     let opts = &shared.options;
     let _ = tcp.set_nodelay(true);
     let local_ip = tcp.local_addr()?.ip();
-    let mut stream = tokio::time::timeout(opts.handshake_timeout, shared.acceptor.accept(tcp))
-        .await
-        .map_err(|_| SessionError::Timeout("in the TLS handshake"))??;
+    // The rare and large futures of a session (the TLS handshake, every database call) are boxed:
+    // a session's task is as large as its largest suspended state, and each of these would
+    // otherwise be carried, as dead space, by every idle session (see the test below).
+    let mut stream = Box::pin(tokio::time::timeout(
+        opts.handshake_timeout,
+        shared.acceptor.accept(tcp),
+    ))
+    .await
+    .map_err(|_| SessionError::Timeout("in the TLS handshake"))??;
     let server_name = signed_server_name(stream.get_ref().1.server_name(), local_ip);
     let mut reader = FrameReader::default();
 
@@ -599,7 +605,7 @@ async fn session(
             &signature,
         );
     let lock = if signature_ok {
-        authenticate(shared, &lock_id, &device_public_key).await
+        Box::pin(authenticate(shared, &lock_id, &device_public_key)).await
     } else {
         Err(ErrorCode::AuthenticationFailed)
     };
@@ -617,7 +623,7 @@ async fn session(
     let registration = shared.registry.register(lock.id);
 
     let now = shared.clock.now();
-    let receipts_through = {
+    let receipts_through = Box::pin(async {
         let client = shared.pool.get().await.map_err(StoreError::from)?;
         client
             .execute(
@@ -628,8 +634,9 @@ async fn session(
             )
             .await
             .map_err(StoreError::from)?;
-        receipts::head(&client, lock.id).await?.0
-    };
+        Ok::<_, SessionError>(receipts::head(&client, lock.id).await?.0)
+    })
+    .await?;
     send(
         &mut stream,
         &ServerMessage::Welcome { receipts_through },
@@ -656,10 +663,11 @@ async fn session(
     }
     loop {
         if dirty && acked >= sent {
-            let entries = {
+            let entries = Box::pin(async {
                 let client = shared.pool.get().await.map_err(StoreError::from)?;
-                inbox::pending(&client, lock.id, seq_i64(sent), window).await?
-            };
+                inbox::pending(&client, lock.id, seq_i64(sent), window).await
+            })
+            .await?;
             dirty = i64::try_from(entries.len()).unwrap_or(i64::MAX) >= window;
             let before = sent;
             for (seq, message) in entries {
@@ -684,7 +692,7 @@ async fn session(
                 sent = sent.max(seq);
             }
             if sent > before {
-                record_pushed(shared, lock.id, before, sent).await?;
+                Box::pin(record_pushed(shared, lock.id, before, sent)).await?;
             }
         }
         let wake = tokio::select! {
@@ -722,7 +730,7 @@ async fn session(
                     );
                 }
                 if seq > acked {
-                    record_ack(shared, lock.id, acked, seq).await?;
+                    Box::pin(record_ack(shared, lock.id, acked, seq)).await?;
                     acked = seq;
                 }
             }
@@ -733,7 +741,7 @@ async fn session(
                     );
                 }
                 let now = shared.clock.now();
-                match receipts::store_batch(&shared.pool, &lock, &receipts, now).await? {
+                match Box::pin(receipts::store_batch(&shared.pool, &lock, &receipts, now)).await? {
                     BatchOutcome::Stored { through } => {
                         send(
                             &mut stream,
@@ -744,7 +752,7 @@ async fn session(
                     }
                     BatchOutcome::Rejected { reason, seq } => {
                         tracing::error!(lock = %lock.id, reason, ?seq, "receipt batch rejected");
-                        record_rejection(shared, &lock, reason, seq).await;
+                        Box::pin(record_rejection(shared, &lock, reason, seq)).await;
                         return Err(refuse(
                             &mut stream,
                             ErrorCode::ReceiptRejected,
@@ -776,19 +784,25 @@ async fn session(
                         bundle_version: status.1,
                         time_floor: status.2,
                     };
-                    crate::health::record(&shared.pool, &lock, &report, shared.clock.now()).await?;
+                    Box::pin(crate::health::record(
+                        &shared.pool,
+                        &lock,
+                        &report,
+                        shared.clock.now(),
+                    ))
+                    .await?;
                     last_status = Some(status);
                     status_written = Instant::now();
                 }
             }
             AgentMessage::Alarm { kind, detector, id } => {
-                record_alarm(
+                Box::pin(record_alarm(
                     shared,
                     &lock,
                     kind,
                     detector,
                     id.map(|b| Uuid::from_bytes(b.0)),
-                )
+                ))
                 .await?;
             }
             AgentMessage::Ping => {
@@ -887,12 +901,17 @@ async fn record_pushed(
     seq: u64,
 ) -> Result<(), StoreError> {
     let client = shared.pool.get().await.map_err(StoreError::from)?;
-    client
-        .execute(
+    let statement = client
+        .prepare_cached(
             "UPDATE issued_tokens SET pushed_at = $4
              WHERE lock_id = $1 AND pushed_at IS NULL AND token_hash IN (
                  SELECT sha256(payload) FROM lock_inbox
                  WHERE lock_id = $1 AND kind = 'token' AND seq > $2 AND seq <= $3)",
+        )
+        .await?;
+    client
+        .execute(
+            &statement,
             &[
                 &lock,
                 &seq_i64(previous),
@@ -914,20 +933,20 @@ async fn record_ack(
     seq: u64,
 ) -> Result<(), StoreError> {
     let client = shared.pool.get().await.map_err(StoreError::from)?;
-    client
-        .execute(
-            "UPDATE locks SET inbox_acked_seq = $2 WHERE id = $1 AND inbox_acked_seq < $2 AND $2 < inbox_next_seq",
-            &[&lock, &seq_i64(seq)],
-        )
-        .await?;
-    client
-        .execute(
-            "UPDATE issued_tokens SET status = 'delivered'
+    // One statement (one round trip, prepared once per pooled connection) for both updates.
+    let statement = client
+        .prepare_cached(
+            "WITH acked AS (
+                 UPDATE locks SET inbox_acked_seq = $3
+                 WHERE id = $1 AND inbox_acked_seq < $3 AND $3 < inbox_next_seq)
+             UPDATE issued_tokens SET status = 'delivered'
              WHERE lock_id = $1 AND status = 'issued' AND token_hash IN (
                  SELECT sha256(payload) FROM lock_inbox
                  WHERE lock_id = $1 AND kind = 'token' AND seq > $2 AND seq <= $3)",
-            &[&lock, &seq_i64(previous), &seq_i64(seq)],
         )
+        .await?;
+    client
+        .execute(&statement, &[&lock, &seq_i64(previous), &seq_i64(seq)])
         .await?;
     Ok(())
 }
@@ -1053,6 +1072,44 @@ mod tests {
         drop((a2, b1, b2));
         assert_eq!(limiter.counts.lock().unwrap().0, 0);
         assert!(limiter.counts.lock().unwrap().1.is_empty());
+    }
+
+    /// Every idle agent's session is a task as large as the session's largest suspended state;
+    /// with the handshake and the database calls boxed, that is the waiting loop's own state
+    /// (the TLS stream, frame reader, timers), not a database future's.
+    #[tokio::test]
+    async fn a_session_task_carries_no_database_future() {
+        let dir = tempfile::tempdir().unwrap();
+        let identity = ServerIdentity::dev(dir.path(), &["localhost".to_owned()]).unwrap();
+        let config: tokio_postgres::Config =
+            "host=127.0.0.1 user=nobody dbname=nothing".parse().unwrap();
+        let listener = AgentListener::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            identity,
+            crate::store::pool(config, 1).unwrap(),
+            Arc::new(crate::clock::SystemClock),
+            Registry::new(),
+            ChannelOptions::default(),
+        )
+        .await
+        .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (tcp, peer) = listener.listener.accept().await.unwrap();
+        let permit = listener
+            .shared
+            .unauthenticated
+            .acquire(peer.ip(), 4, 4)
+            .unwrap();
+        let shared = listener.shared.clone();
+        let task = session(&shared, tcp, permit);
+        let size = std::mem::size_of_val(&task);
+        // The TLS stream alone (rustls' connection state, held inline) is most of it.
+        let stream = std::mem::size_of::<tokio_rustls::server::TlsStream<TcpStream>>();
+        assert!(
+            size <= stream + 2048,
+            "session future {size} B, its TLS stream {stream} B"
+        );
     }
 
     #[test]

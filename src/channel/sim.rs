@@ -65,6 +65,20 @@ pub async fn provision(
     n: usize,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Vec<SimLock>, StoreError> {
+    provision_across(client, tenant, &[property], n, now).await
+}
+
+/// Creates `n` locks, the i-th on `properties[i % len]`, already paired with fresh device keys.
+pub async fn provision_across(
+    client: &impl GenericClient,
+    tenant: Tenant,
+    properties: &[Uuid],
+    n: usize,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<SimLock>, StoreError> {
+    if properties.is_empty() {
+        return Err(StoreError::NotFound);
+    }
     let rng = ring::rand::SystemRandom::new();
     let mut locks = Vec::with_capacity(n);
     for _ in 0..n {
@@ -78,7 +92,10 @@ pub async fn provision(
         .map_err(|_| StoreError::Conflict("lock id derivation failed".to_owned()))?;
         locks.push(SimLock { id, key });
     }
-    for chunk in locks.chunks(1000) {
+    let on: Vec<Uuid> = (0..n)
+        .filter_map(|i| properties.get(i % properties.len()).copied())
+        .collect();
+    for (chunk, on) in locks.chunks(1000).zip(on.chunks(1000)) {
         let ids: Vec<Uuid> = chunk.iter().map(|l| l.id).collect();
         let keys: Vec<Vec<u8>> = chunk
             .iter()
@@ -88,9 +105,9 @@ pub async fn provision(
             .execute(
                 "INSERT INTO locks (id, municipality_id, property_id, name, pairing_state, device_public_key,
                      paired_at, created_at)
-                 SELECT id, $2, $3, 'sim ' || id::text, 'paired', key, $5, $5
-                 FROM unnest($1::uuid[], $4::bytea[]) AS t(id, key)",
-                &[&ids, &tenant.id(), &property, &keys, &now],
+                 SELECT id, $2, property, 'sim ' || id::text, 'paired', key, $5, $5
+                 FROM unnest($1::uuid[], $4::bytea[], $3::uuid[]) AS t(id, key, property)",
+                &[&ids, &tenant.id(), &on, &keys, &now],
             )
             .await?;
     }
@@ -131,10 +148,16 @@ pub struct Delivery {
     pub at: Instant,
 }
 
+/// How often a simulated agent pings, as the real agent does (the server closes a session that
+/// stays silent past its idle timeout, 100 s).
+pub const PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A connected simulated agent; dropping it hangs up.
 #[derive(Debug)]
 pub struct SimConnection {
     task: tokio::task::JoinHandle<Result<(), SimError>>,
+    /// Pings the server like a real agent (`None`: a short-lived session that does not).
+    pinger: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl SimConnection {
@@ -147,6 +170,9 @@ impl SimConnection {
 impl Drop for SimConnection {
     fn drop(&mut self) {
         self.task.abort();
+        if let Some(pinger) = &self.pinger {
+            pinger.abort();
+        }
     }
 }
 
@@ -205,18 +231,35 @@ pub async fn connect(
     resume_after: u64,
     deliveries: mpsc::UnboundedSender<Delivery>,
 ) -> Result<SimConnection, SimError> {
-    let mut stream = handshake(target, lock, resume_after).await?;
+    let stream = handshake(target, lock, resume_after).await?;
     let id = lock.id;
+    // One task reads (and acknowledges at once), one pings; they share the write half.
+    let (mut reader, writer) = tokio::io::split(stream);
+    let writer = Arc::new(tokio::sync::Mutex::new(writer));
+    let pinging = writer.clone();
+    let pinger = tokio::spawn(async move {
+        let mut interval = tokio::time::interval(PING_INTERVAL);
+        interval.tick().await;
+        loop {
+            interval.tick().await;
+            if send(&mut *pinging.lock().await, &AgentMessage::Ping)
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
     let task = tokio::spawn(async move {
         loop {
-            match next(&mut stream).await? {
+            match next(&mut reader).await? {
                 ServerMessage::Inbox { seq, .. } => {
                     let _ = deliveries.send(Delivery {
                         lock: id,
                         seq,
                         at: Instant::now(),
                     });
-                    send(&mut stream, &AgentMessage::Ack { seq }).await?;
+                    send(&mut *writer.lock().await, &AgentMessage::Ack { seq }).await?;
                 }
                 ServerMessage::Pong
                 | ServerMessage::Time { .. }
@@ -225,7 +268,10 @@ pub async fn connect(
             }
         }
     });
-    Ok(SimConnection { task })
+    Ok(SimConnection {
+        task,
+        pinger: Some(pinger),
+    })
 }
 
 /// A remote open as a deciding simulated agent decided it.
@@ -371,7 +417,7 @@ pub async fn connect_deciding(
             }
         }
     });
-    Ok(SimConnection { task })
+    Ok(SimConnection { task, pinger: None })
 }
 
 async fn next<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Result<ServerMessage, SimError> {

@@ -402,8 +402,13 @@ pub struct BuiltBundle {
 }
 
 /// Builds, signs (with `root`), stores and queues for every lock the municipality's next trust
-/// bundle: issuer = the slug, rp id = `rp_id`, keys = every key not yet retired at `now`. The first
-/// bundle pins the root's public key on the municipality; later ones must use the same root.
+/// bundle: issuer = the municipality's short issuer id, rp id = `rp_id`, keys = every key not yet
+/// retired at `now`. The first bundle pins the root's public key on the municipality; later ones
+/// must use the same root. If earlier bundles named the slug (made before V26), the bundle names
+/// the slug as former issuer: locks accept it as the successor of their slug bundle and go on
+/// accepting tokens under either name; the first such bundle's version is recorded
+/// (`issuer_id_since`), and tokens for a lock move to the short id once it reports that version
+/// (see [`crate::emergency::tokens`]).
 pub async fn bundle(
     client: &mut deadpool_postgres::Client,
     tenant: Tenant,
@@ -415,12 +420,14 @@ pub async fn bundle(
     lock_keys(&tx, tenant).await?;
     let row = tx
         .query_one(
-            "SELECT slug, root_public_key FROM municipalities WHERE id = $1",
+            "SELECT slug, root_public_key, issuer_id, issuer_id_since FROM municipalities WHERE id = $1",
             &[&tenant.id()],
         )
         .await?;
     let slug: String = row.get(0);
     let pinned: Option<Vec<u8>> = row.get(1);
+    let issuer_id: String = row.get(2);
+    let issuer_id_since: Option<i64> = row.get(3);
     let root_public = public_of(root)?;
     match pinned {
         Some(p) if p.as_slice() != root_public.as_slice() => {
@@ -469,11 +476,25 @@ pub async fn bundle(
         .await?
         .get(0);
     let version = previous.unwrap_or(0).saturating_add(1);
+    let since = match issuer_id_since {
+        Some(since) => since,
+        None => {
+            tx.execute(
+                "UPDATE municipalities SET issuer_id_since = $2 WHERE id = $1",
+                &[&tenant.id(), &version],
+            )
+            .await?;
+            version
+        }
+    };
     let contents = BundleContents {
-        issuer: slug,
+        issuer: issuer_id,
         version: u64::try_from(version).map_err(|_| KeyError::Refused("version".to_owned()))?,
         rp_id: rp_id.to_owned(),
         keys,
+        // Bundles before `since` named the slug: keep the rename in every later bundle, so a
+        // lock that skipped none accepts it and tokens minted under the slug still open.
+        former_issuer: (since > 1).then_some(slug),
     };
     let bytes = firstkey_token::mint_bundle(&contents, root).map_err(KeyError::Mint)?;
     tx.execute(

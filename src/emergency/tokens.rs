@@ -210,7 +210,7 @@ pub async fn issue(
             }
         };
     let confirmation = confirmation_key(&tx, actor, credential, &["security_key"]).await?;
-    let signer = Signer::load(&tx, tenant, minting.key_dir, now).await?;
+    let signer = Signer::load(&tx, tenant, request.lock, minting.key_dir, now).await?;
     let minted = mint_recorded(
         &tx,
         &signer,
@@ -282,19 +282,32 @@ pub(crate) struct Signer {
 }
 
 impl Signer {
-    /// The municipality's newest usable issuer key and its slug (the `iss` claim).
+    /// The municipality's newest usable issuer key and the `iss` claim for a token for `lock`:
+    /// the municipality's short issuer id if the lock's trust bundle names it (the lock reported
+    /// a bundle at or after the first one naming it, or every bundle of the municipality named
+    /// it), else its slug — which the bundle that renamed the issuer still accepts, so a lock
+    /// that updated but has not reported yet opens either way (V26, `firstkey_token::bundle`).
     pub(crate) async fn load(
         client: &impl GenericClient,
         tenant: crate::store::Tenant,
+        lock: Uuid,
         key_dir: &Path,
         now: DateTime<Utc>,
     ) -> Result<Self, EmergencyError> {
         let key = keys::current_signing_key(client, tenant, key_dir, now).await?;
         let kid = key.key_id()?;
-        let slug = client
-            .prepare_cached("SELECT slug FROM municipalities WHERE id = $1")
+        let issuer = client
+            .prepare_cached(
+                "SELECT CASE WHEN m.issuer_id_since = 1 OR l.trust_bundle_version >= m.issuer_id_since
+                             THEN m.issuer_id ELSE m.slug END
+                 FROM municipalities m LEFT JOIN locks l ON l.id = $2 AND l.municipality_id = m.id
+                 WHERE m.id = $1",
+            )
             .await?;
-        let issuer: String = client.query_one(&slug, &[&tenant.id()]).await?.get(0);
+        let issuer: String = client
+            .query_one(&issuer, &[&tenant.id(), &lock])
+            .await?
+            .get(0);
         Ok(Self { key, kid, issuer })
     }
 }

@@ -1284,7 +1284,7 @@ pub async fn issue_token(
     };
     let confirmation =
         tokens::confirmation_key(&tx, actor, credential, &["security_key", "passkey"]).await?;
-    let signer = Signer::load(&tx, tenant, minting.key_dir, now).await?;
+    let signer = Signer::load(&tx, tenant, request.lock, minting.key_dir, now).await?;
     let mut expires_at = party.ends_at.min(now + minting.lifetime);
     if let Some(s) = party.schedule {
         // Not past the end of today's slot.

@@ -139,7 +139,7 @@ pub async fn unlock(
     let credential = actor
         .step_up_credential
         .ok_or(EmergencyError::StepUpRequired)?;
-    let signer = Signer::load(&*client, tenant, minting.key_dir, now).await?;
+    let signer = Signer::load(&*client, tenant, lock, minting.key_dir, now).await?;
     let tx = client.transaction().await.map_err(StoreError::from)?;
     let minted = tokens::mint_recorded(
         &tx,

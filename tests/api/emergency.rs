@@ -124,6 +124,12 @@ async fn property(app: &TestApp, owner: &As, address: &str) -> Uuid {
 }
 
 pub(crate) async fn world() -> World {
+    world_with(false).await
+}
+
+/// The world; with `slug_bundle`, its first trust bundle is one made before V26: issuer = the
+/// municipality's slug (and no `issuer_id_since`).
+async fn world_with(slug_bundle: bool) -> World {
     let tmp = tempfile::tempdir().unwrap();
     let key_dir = tmp.path().join("keys");
     let app = spawn_with_keys(&key_dir).await;
@@ -168,7 +174,11 @@ pub(crate) async fn world() -> World {
         true,
     )
     .await;
-    let bundle = bundle(&app, tenant, &tmp.path().join("root.pk8"), now).await;
+    let bundle = if slug_bundle {
+        legacy_slug_bundle(&app, tenant, &tmp.path().join("root.pk8"), now).await
+    } else {
+        bundle(&app, tenant, &tmp.path().join("root.pk8"), now).await
+    };
     World {
         dispatcher: user(
             &app,
@@ -247,6 +257,61 @@ async fn bundle(
         .await
         .unwrap();
     TrustBundle::verify(&built.bytes, &RootPublicKey(public)).unwrap()
+}
+
+/// Version 1 of the trust bundle as `keys::bundle` made it before V26 (issuer = the slug), stored
+/// and queued as it did (the root key pinned, the bundle in every lock's inbox).
+async fn legacy_slug_bundle(
+    app: &TestApp,
+    tenant: Tenant,
+    root: &std::path::Path,
+    now: chrono::DateTime<Utc>,
+) -> TrustBundle {
+    keys::root_generate(root).unwrap();
+    let pair = keys::load_pair(root).unwrap();
+    let public: [u8; 32] = ring::signature::KeyPair::public_key(&pair)
+        .as_ref()
+        .try_into()
+        .unwrap();
+    let client = app.pool.get().await.unwrap();
+    let row = client
+        .query_one(
+            "SELECT s.slug, k.kid, k.public_key FROM municipalities s
+             JOIN signing_keys k ON k.municipality_id = s.id WHERE s.id = $1",
+            &[&tenant.id()],
+        )
+        .await
+        .unwrap();
+    let (slug, kid, key): (String, String, Vec<u8>) = (row.get(0), row.get(1), row.get(2));
+    let bytes = firstkey_token::mint_bundle(
+        &firstkey_token::BundleContents {
+            issuer: slug,
+            version: 1,
+            rp_id: RP_ID.into(),
+            keys: vec![firstkey_token::IssuerKey {
+                kid: firstkey_token::KeyId::parse(kid.as_bytes()).unwrap(),
+                public_key: key.try_into().unwrap(),
+            }],
+            former_issuer: None,
+        },
+        &pair,
+    )
+    .unwrap();
+    client
+        .execute(
+            "UPDATE municipalities SET root_public_key = $2 WHERE id = $1",
+            &[&tenant.id(), &public.to_vec()],
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            "INSERT INTO trust_bundles (municipality_id, version, bundle, created_at) VALUES ($1, 1, $2, $3)",
+            &[&tenant.id(), &bytes, &now],
+        )
+        .await
+        .unwrap();
+    TrustBundle::verify(&bytes, &RootPublicKey(public)).unwrap()
 }
 
 pub(crate) async fn open_incident(w: &World, cad: &str, kind: &str, agency: Uuid) -> Uuid {
@@ -483,7 +548,18 @@ async fn dispatcher_grants_and_responder_gets_a_token_the_lock_accepts() {
     let key = w.responder.key.as_ref().unwrap();
     let verified = tap(&w.bundle, w.lock, &bytes, key, vec![]).expect("the lock accepts it");
     let claims = verified.claims();
-    assert_eq!(claims.issuer, "town-a");
+    // Every bundle of this municipality names its short issuer id (V26), so tokens do too.
+    let issuer_id: String = client
+        .query_one(
+            "SELECT issuer_id FROM municipalities WHERE id = $1",
+            &[&w.tenant.id()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(claims.issuer, issuer_id);
+    assert_eq!(w.bundle.issuer(), issuer_id);
+    assert_eq!(w.bundle.former_issuer(), None);
     assert_eq!(claims.audience.as_str(), w.lock.to_string());
     assert_eq!(claims.subject, w.responder.id.to_string());
     assert_eq!(claims.incident, "25-04711");
@@ -1700,4 +1776,129 @@ async fn a_dispatcher_issues_a_keypad_code_under_a_live_grant_and_revoking_the_g
         keypad::verify(&view, &code, now, &at_lock).reason,
         keypad::REASON_KEYPAD_REVOKED
     );
+}
+
+/// A municipality whose locks pin its slug (bundles made before V26) moves to its short issuer id
+/// lock by lock: the next bundle renames the issuer (the slug as former issuer), tokens for a lock
+/// keep the slug until that lock reports the renaming bundle, and then carry the short id and are
+/// shorter. No token is refused by a lock along the way; a lock still on the slug bundle would
+/// refuse the short id, which is why the server waits for the report.
+#[tokio::test]
+async fn a_municipality_moves_its_locks_from_the_slug_to_a_short_issuer_id_lock_by_lock() {
+    let w = world_with(true).await;
+    let client = w.app.pool.get().await.unwrap();
+    let issuer_id: String = client
+        .query_one(
+            "SELECT issuer_id FROM municipalities WHERE id = $1",
+            &[&w.tenant.id()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(issuer_id.len() < "town-a".len(), "{issuer_id}");
+    let (_, grant) = live_fire_grant(&w).await;
+    let key = w.responder.key.as_ref().unwrap();
+    let token = |lock: Uuid| {
+        let w = &w;
+        async move {
+            let (status, t) = request_token(w, &w.responder, grant, lock).await;
+            assert_eq!(status, 201, "{t}");
+            token_bytes(&t)
+        }
+    };
+    let v1 = w.bundle.clone();
+    assert_eq!(v1.issuer(), "town-a");
+    let before = token(w.lock).await;
+    assert_eq!(
+        tap(&v1, w.lock, &before, key, vec![])
+            .unwrap()
+            .claims()
+            .issuer,
+        "town-a"
+    );
+
+    // The operator signs the next bundle: the rename.
+    let v2_served = bundle(
+        &w.app,
+        w.tenant,
+        &w._tmp.path().join("root.pk8"),
+        Utc::now(),
+    )
+    .await;
+    assert_eq!(v2_served.version(), 2);
+    assert_eq!(v2_served.issuer(), issuer_id);
+    assert_eq!(v2_served.former_issuer(), Some("town-a"));
+    let since: Option<i64> = client
+        .query_one(
+            "SELECT issuer_id_since FROM municipalities WHERE id = $1",
+            &[&w.tenant.id()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(since, Some(2));
+    // A lock on v1 takes it as its successor (the root signed the rename).
+    let root = RootPublicKey(
+        ring::signature::KeyPair::public_key(
+            &keys::load_pair(&w._tmp.path().join("root.pk8")).unwrap(),
+        )
+        .as_ref()
+        .try_into()
+        .unwrap(),
+    );
+    let v2 = v1.accept_update(v2_served.as_bytes(), &root).unwrap();
+
+    // Not reported yet: still the slug, which both bundles accept.
+    let pending = token(w.lock).await;
+    for trust in [&v1, &v2] {
+        assert_eq!(
+            tap(trust, w.lock, &pending, key, vec![])
+                .unwrap()
+                .claims()
+                .issuer,
+            "town-a"
+        );
+    }
+    // The lock reports bundle 2 (its status message): now the short id, and shorter.
+    report_bundle_version(&w, w.lock, 2).await;
+    let after = token(w.lock).await;
+    assert_eq!(
+        tap(&v2, w.lock, &after, key, vec![])
+            .unwrap()
+            .claims()
+            .issuer,
+        issuer_id
+    );
+    assert_eq!(before.len() - after.len(), "town-a".len() - issuer_id.len());
+    assert_eq!(
+        tap(&v1, w.lock, &after, key, vec![]).unwrap_err(),
+        Refusal::WrongIssuer,
+        "what the server must not send to a lock still on the slug bundle"
+    );
+    // A lock that reported an older bundle, or nothing, keeps getting the slug.
+    report_bundle_version(&w, w.lock, 1).await;
+    let reported_old = token(w.lock).await;
+    assert_eq!(
+        tap(&v1, w.lock, &reported_old, key, vec![])
+            .unwrap()
+            .claims()
+            .issuer,
+        "town-a"
+    );
+}
+
+/// What the channel records when a lock's status report names its bundle version
+/// (`health::record`).
+async fn report_bundle_version(w: &World, lock: Uuid, version: i64) {
+    w.app
+        .pool
+        .get()
+        .await
+        .unwrap()
+        .execute(
+            "UPDATE locks SET trust_bundle_version = $2 WHERE id = $1",
+            &[&lock, &version],
+        )
+        .await
+        .unwrap();
 }

@@ -70,6 +70,7 @@ fn fixture() -> &'static Fixture {
         let trust = TrustBundle::verify(
             &mint_bundle(
                 &BundleContents {
+                    former_issuer: None,
                     issuer: "mun-042".into(),
                     version: 1,
                     rp_id: "firstkey.example".into(),

@@ -6,6 +6,14 @@
 //! the same issuer, so an old (or forged) bundle can never bring a retired key back. A lock that
 //! stays offline through a rotation keeps working with the keys of the bundle it has.
 //!
+//! The one exception to "same issuer" is a rename the root signed: a bundle may carry a
+//! `former_issuer`, and it may succeed a bundle whose issuer is that former name. This is how a
+//! municipality moves from its slug (`demo-city`, in every token) to a short issuer id (`7`):
+//! tokens get shorter, and a lock that has the renaming bundle accepts tokens naming either the
+//! issuer or the former issuer, so tokens minted before its update still open. Locks whose
+//! firmware predates the field refuse the renaming bundle as malformed and keep their bundle; the
+//! server goes on minting their tokens under the old name (it knows each lock's bundle version).
+//!
 //! # Wire form
 //!
 //! A COSE_Sign1 (untagged) with protected header `{1: -8}` (EdDSA), an empty unprotected header,
@@ -13,7 +21,8 @@
 //! signature or the reverse), and as payload the canonical CBOR map
 //!
 //! ```text
-//! { 1: issuer tstr, 2: version uint, 3: rp_id tstr, 4: [ [kid bstr, ed25519 key bstr .size 32], ... ] }
+//! { 1: issuer tstr, 2: version uint, 3: rp_id tstr, 4: [ [kid bstr, ed25519 key bstr .size 32], ... ],
+//!   ? 5: former_issuer tstr }
 //! ```
 //!
 //! with keys sorted by kid, no duplicates, at least one key. Small-order Ed25519 keys (the
@@ -63,6 +72,10 @@ pub struct BundleContents {
     pub rp_id: String,
     /// The issuer keys, any order on input; stored sorted by kid.
     pub keys: Vec<IssuerKey>,
+    /// The name this issuer had before a rename (the municipality's slug before it got a short
+    /// issuer id): tokens naming it are accepted too, and this bundle may succeed one issued
+    /// under that name.
+    pub former_issuer: Option<String>,
 }
 
 /// Why a trust bundle was refused.
@@ -136,7 +149,8 @@ impl TrustBundle {
     /// higher version. On error the caller keeps `self`.
     pub fn accept_update(&self, bytes: &[u8], root: &RootPublicKey) -> Result<Self, BundleError> {
         let next = Self::verify(bytes, root)?;
-        if next.contents.issuer != self.contents.issuer {
+        let renamed = next.contents.former_issuer.as_deref() == Some(self.issuer());
+        if next.contents.issuer != self.contents.issuer && !renamed {
             return Err(BundleError::WrongIssuer);
         }
         if next.contents.version <= self.contents.version {
@@ -153,6 +167,16 @@ impl TrustBundle {
     /// The issuer (municipality) tokens must name.
     pub fn issuer(&self) -> &str {
         &self.contents.issuer
+    }
+
+    /// Whether a token's `iss` names this bundle's issuer (or its former name).
+    pub fn names_issuer(&self, iss: &str) -> bool {
+        iss == self.contents.issuer || self.contents.former_issuer.as_deref() == Some(iss)
+    }
+
+    /// The issuer's name before a rename, if this bundle carries one.
+    pub fn former_issuer(&self) -> Option<&str> {
+        self.contents.former_issuer.as_deref()
     }
 
     /// The bundle version.
@@ -203,12 +227,16 @@ pub fn mint_bundle(
             ])
         })
         .collect();
-    let payload = Value::Map(alloc::vec![
+    let mut entries = alloc::vec![
         (Value::from(1), Value::Text(sorted.issuer.clone())),
         (Value::from(2), Value::from(sorted.version)),
         (Value::from(3), Value::Text(sorted.rp_id.clone())),
         (Value::from(4), Value::Array(keys)),
-    ]);
+    ];
+    if let Some(former) = &sorted.former_issuer {
+        entries.push((Value::from(5), Value::Text(former.clone())));
+    }
+    let payload = Value::Map(entries);
     let mut payload_bytes = Vec::new();
     ciborium::into_writer(&payload, &mut payload_bytes)
         .map_err(|_| crate::token::MintError::Encoding)?;
@@ -292,7 +320,12 @@ fn contents_valid(contents: &BundleContents) -> bool {
         .keys
         .windows(2)
         .all(|pair| matches!(pair, [a, b] if a.kid < b.kid));
+    let former_ok = contents
+        .former_issuer
+        .as_deref()
+        .is_none_or(|former| bundle_text_ok(former) && former != contents.issuer);
     bundle_text_ok(&contents.issuer)
+        && former_ok
         && bundle_text_ok(&contents.rp_id)
         && !contents.keys.is_empty()
         && sorted_unique
@@ -315,12 +348,23 @@ fn contents_from_value(value: Value) -> Option<BundleContents> {
     let Value::Map(entries) = value else {
         return None;
     };
-    let [(l1, issuer), (l2, version), (l3, rp_id), (l4, keys)]: [(Value, Value); 4] =
-        entries.try_into().ok()?;
-    let labels_ok = [l1, l2, l3, l4].iter().zip(1i64..).all(
-        |(label, want)| matches!(label, Value::Integer(i) if i64::try_from(*i).ok() == Some(want)),
-    );
-    if !labels_ok {
+    // Four entries, or five with the former issuer (labels in order: the map is canonical).
+    let mut entries = entries.into_iter();
+    let mut take = |want: i64| -> Option<Value> {
+        let (label, value) = entries.next()?;
+        matches!(label, Value::Integer(i) if i64::try_from(i).ok() == Some(want)).then_some(value)
+    };
+    let (issuer, version, rp_id, keys) = (take(1)?, take(2)?, take(3)?, take(4)?);
+    let former_issuer = match entries.next() {
+        None => None,
+        Some((Value::Integer(label), Value::Text(former)))
+            if i64::try_from(label).ok() == Some(5) =>
+        {
+            Some(former)
+        }
+        Some(_) => return None,
+    };
+    if entries.next().is_some() {
         return None;
     }
     let (Value::Text(issuer), Value::Integer(version), Value::Text(rp_id), Value::Array(keys)) =
@@ -349,6 +393,7 @@ fn contents_from_value(value: Value) -> Option<BundleContents> {
         version: u64::try_from(version).ok()?,
         rp_id,
         keys,
+        former_issuer,
     })
 }
 

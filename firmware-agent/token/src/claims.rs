@@ -338,8 +338,12 @@ impl Claims {
     }
 
     /// Typed claims from a decoded claims set; `None` if anything is missing, unknown, of the
-    /// wrong type or out of bounds.
-    pub(crate) fn from_claims_set(set: coset::cwt::ClaimsSet) -> Option<Self> {
+    /// wrong type or out of bounds. A compressed P-256 `cnf` is returned beside the claims (whose
+    /// `confirmation` is then `None`) and decompressed only when a proof is checked: the tap pays for it with the ECDSA verification anyway, and a
+    /// token's verification up to that step does not.
+    pub(crate) fn from_claims_set(
+        set: coset::cwt::ClaimsSet,
+    ) -> Option<(Self, Option<CompressedP256>)> {
         use coset::cwt::{ClaimName, Timestamp};
         use coset::iana::CwtClaimName;
 
@@ -348,11 +352,15 @@ impl Claims {
             _ => None,
         };
         let mut confirmation = None;
+        let mut compressed = None;
         let mut scope = None;
         let mut private = None;
         for (name, value) in set.rest {
             match name {
-                ClaimName::Assigned(CwtClaimName::Cnf) => confirmation = Some(parse_cnf(value)?),
+                ClaimName::Assigned(CwtClaimName::Cnf) => match parse_cnf(value)? {
+                    ParsedCnf::Key(key) => confirmation = Some(key),
+                    ParsedCnf::Compressed(point) => compressed = Some(point),
+                },
                 ClaimName::Assigned(CwtClaimName::Scope) => match value {
                     Value::Text(text) => scope = Some(Scope::parse(&text)?),
                     _ => return None,
@@ -376,8 +384,30 @@ impl Claims {
             max_uses,
             confirmation,
         };
-        claims.is_valid().then_some(claims)
+        claims.is_valid().then_some((claims, compressed))
     }
+}
+
+/// A P-256 `cnf` point as it travels: x and the sign of y (RFC 9053 §7.1.1), not yet checked to
+/// be on the curve.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct CompressedP256 {
+    x: [u8; 32],
+    y_odd: bool,
+}
+
+impl CompressedP256 {
+    /// The key, or `None` if x is not on P-256 (only an issuer's bug could sign such a token:
+    /// minting refuses it).
+    pub(crate) fn decompress(&self) -> Option<ConfirmationKey> {
+        decompress_p256(&self.x, self.y_odd).map(ConfirmationKey::P256)
+    }
+}
+
+/// A parsed `cnf`: a key ready for use, or a compressed P-256 point.
+enum ParsedCnf {
+    Key(ConfirmationKey),
+    Compressed(CompressedP256),
 }
 
 /// Claim labels whose UUID text travels as 16 bytes: `sub` (2) and `aud` (3).
@@ -513,8 +543,6 @@ fn bytes32(value: Value) -> Option<[u8; 32]> {
     }
 }
 
-/// Parses `{1: COSE_Key}`. The canonical checker already ran, so labels are unique and sorted;
-/// here each position must hold exactly the expected label.
 /// The uncompressed SEC1 point for `x` and the sign of y; `None` if `x` is not on P-256.
 fn decompress_p256(x: &[u8; 32], y_odd: bool) -> Option<[u8; 65]> {
     use p256::elliptic_curve::sec1::{FromSec1Point, ToSec1Point};
@@ -529,7 +557,9 @@ fn decompress_p256(x: &[u8; 32], y_odd: bool) -> Option<[u8; 65]> {
     <[u8; 65]>::try_from(full.as_bytes()).ok()
 }
 
-fn parse_cnf(value: Value) -> Option<ConfirmationKey> {
+/// Parses `{1: COSE_Key}`. The canonical checker already ran, so labels are unique and sorted;
+/// here each position must hold exactly the expected label.
+fn parse_cnf(value: Value) -> Option<ParsedCnf> {
     let Value::Map(outer) = value else {
         return None;
     };
@@ -548,18 +578,18 @@ fn parse_cnf(value: Value) -> Option<ConfirmationKey> {
     let kty = int(&next(KTY)?)?;
     let crv = int(&next(CRV)?)?;
     let key = match (kty, crv) {
-        (KTY_OKP, CRV_ED25519) => ConfirmationKey::Ed25519(bytes32(next(X)?)?),
+        (KTY_OKP, CRV_ED25519) => ParsedCnf::Key(ConfirmationKey::Ed25519(bytes32(next(X)?)?)),
         (KTY_EC2, CRV_P256) => {
             let x = bytes32(next(X)?)?;
             match next(Y)? {
-                Value::Bool(odd) => ConfirmationKey::P256(decompress_p256(&x, odd)?),
+                Value::Bool(y_odd) => ParsedCnf::Compressed(CompressedP256 { x, y_odd }),
                 y => {
                     let y = bytes32(y)?;
                     let mut point = [0u8; 65];
                     point[0] = 0x04;
                     point[1..33].copy_from_slice(&x);
                     point[33..].copy_from_slice(&y);
-                    ConfirmationKey::P256(point)
+                    ParsedCnf::Key(ConfirmationKey::P256(point))
                 }
             }
         }

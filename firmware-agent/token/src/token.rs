@@ -26,7 +26,7 @@ use ring::signature::{ED25519, UnparsedPublicKey};
 
 use crate::MAX_TOKEN_LEN;
 use crate::bundle::TrustBundle;
-use crate::claims::{Claims, KeyId};
+use crate::claims::{Claims, CompressedP256, KeyId};
 use crate::cose;
 use crate::lock::{LockView, VerifyOptions};
 use crate::pop::{self, Presentation, Proof, pop_message};
@@ -74,6 +74,9 @@ pub struct UnverifiedToken {
     hash: TokenHash,
     kid: KeyId,
     claims: Claims,
+    /// A compressed P-256 `cnf` (then `claims.confirmation` is `None`), decompressed at the
+    /// proof-of-possession step.
+    compressed_cnf: Option<CompressedP256>,
     to_be_signed: Vec<u8>,
     signature: Option<[u8; 64]>,
 }
@@ -96,20 +99,22 @@ impl UnverifiedToken {
     pub fn parse(bytes: &[u8]) -> Result<Self, Refusal> {
         let sign1 = cose::split(bytes, MAX_TOKEN_LEN)?;
         let kid = parse_protected(sign1.protected)?;
-        let claims = ciborium::de::from_reader::<ciborium::value::Value, _>(sign1.payload)
-            .ok()
-            .and_then(|mut value| {
-                crate::claims::expand_ids(&mut value);
-                ClaimsSet::from_cbor_value(value).ok()
-            })
-            .and_then(Claims::from_claims_set)
-            .ok_or(Refusal::InvalidClaims)?;
+        let (claims, compressed_cnf) =
+            ciborium::de::from_reader::<ciborium::value::Value, _>(sign1.payload)
+                .ok()
+                .and_then(|mut value| {
+                    crate::claims::expand_ids(&mut value);
+                    ClaimsSet::from_cbor_value(value).ok()
+                })
+                .and_then(Claims::from_claims_set)
+                .ok_or(Refusal::InvalidClaims)?;
         // A wrong-length signature cannot verify; refuse it as a bad signature, in order.
         let signature = <[u8; 64]>::try_from(sign1.signature).ok();
         Ok(Self {
             hash: token_hash(bytes),
             kid,
             claims,
+            compressed_cnf,
             to_be_signed: cose::to_be_signed(sign1.protected, &[], sign1.payload),
             signature,
         })
@@ -118,6 +123,16 @@ impl UnverifiedToken {
     /// The token's hash (usable for logging a refused token).
     pub fn hash(&self) -> &TokenHash {
         &self.hash
+    }
+
+    /// The claims with a compressed `cnf` decompressed; `None` if that point is off the curve.
+    #[cfg(feature = "issuer")]
+    fn resolved_claims(&self) -> Option<Claims> {
+        let mut claims = self.claims.clone();
+        if let Some(compressed) = &self.compressed_cnf {
+            claims.confirmation = Some(compressed.decompress()?);
+        }
+        Some(claims)
     }
 
     /// Runs the rest of the verification (trust, time, lock state, proof of possession).
@@ -135,9 +150,9 @@ impl UnverifiedToken {
         UnparsedPublicKey::new(&ED25519, key)
             .verify(&self.to_be_signed, &signature)
             .map_err(|_| Refusal::BadSignature)?;
-        let claims = self.claims;
+        let mut claims = self.claims;
         // iss → aud
-        if claims.issuer != trust.issuer() {
+        if !trust.names_issuer(&claims.issuer) {
             return Err(Refusal::WrongIssuer);
         }
         if &claims.audience != lock.lock_id() {
@@ -168,16 +183,23 @@ impl UnverifiedToken {
             });
         }
         // proof of possession
-        match &claims.confirmation {
-            Some(cnf) => {
-                let proof = Proof::from_cbor(presentation.proof.ok_or(Refusal::ProofMissing)?)?;
-                let message = pop_message(presentation.challenge, lock.lock_id(), &self.hash);
-                pop::check_proof(cnf, &proof, &message, trust.rp_id())?;
-            }
-            None if options.require_proof_of_possession => {
-                return Err(Refusal::NoConfirmationKey);
-            }
-            None => {}
+        if claims.confirmation.is_some() || self.compressed_cnf.is_some() {
+            let proof = Proof::from_cbor(presentation.proof.ok_or(Refusal::ProofMissing)?)?;
+            // A compressed P-256 point becomes the key only here, where its proof is checked
+            // (the ECDSA verification dwarfs it); off the curve, only a broken issuer could have
+            // signed it.
+            let cnf = match (claims.confirmation, &self.compressed_cnf) {
+                (Some(cnf), _) => cnf,
+                (None, Some(compressed)) => {
+                    compressed.decompress().ok_or(Refusal::InvalidClaims)?
+                }
+                (None, None) => return Err(Refusal::NoConfirmationKey),
+            };
+            let message = pop_message(presentation.challenge, lock.lock_id(), &self.hash);
+            pop::check_proof(&cnf, &proof, &message, trust.rp_id())?;
+            claims.confirmation = Some(cnf);
+        } else if options.require_proof_of_possession {
+            return Err(Refusal::NoConfirmationKey);
         }
         Ok(VerifiedToken {
             hash: self.hash,
@@ -312,9 +334,10 @@ pub fn mint(
     if bytes.len() > MAX_TOKEN_LEN {
         return Err(MintError::Oversize);
     }
-    // Only hand out what every verifier accepts: canonical, and parsing back to the same claims.
+    // Only hand out what every verifier accepts: canonical, and parsing back to the same claims
+    // (a P-256 `cnf` decompressed, so a point off the curve is refused here).
     match UnverifiedToken::parse(&bytes) {
-        Ok(parsed) if parsed.claims == *claims => Ok(bytes),
+        Ok(parsed) if parsed.resolved_claims().as_ref() == Some(claims) => Ok(bytes),
         _ => Err(MintError::Encoding),
     }
 }

@@ -74,6 +74,7 @@ fn bundle_bytes(version: u64, key_numbers: &[u8], root: &Ed25519KeyPair) -> Vec<
         })
         .collect();
     let contents = BundleContents {
+        former_issuer: None,
         issuer: ISSUER.into(),
         version,
         rp_id: RP_ID.into(),
@@ -1224,6 +1225,7 @@ fn refuses_forged_tampered_and_foreign_bundles() {
     // another municipality under the same root
     let other = mint_bundle(
         &BundleContents {
+            former_issuer: None,
             issuer: "mun-043".into(),
             version: 5,
             rp_id: RP_ID.into(),
@@ -1261,6 +1263,7 @@ fn refuses_forged_tampered_and_foreign_bundles() {
 #[test]
 fn refuses_bundles_with_small_order_keys() {
     let zero = BundleContents {
+        former_issuer: None,
         issuer: ISSUER.into(),
         version: 2,
         rp_id: RP_ID.into(),
@@ -1304,6 +1307,7 @@ fn refuses_bundles_with_small_order_keys() {
 #[test]
 fn bundle_keys_are_sorted_and_unique() {
     let mut contents = BundleContents {
+        former_issuer: None,
         issuer: ISSUER.into(),
         version: 1,
         rp_id: RP_ID.into(),
@@ -1456,6 +1460,7 @@ proptest! {
         let trust = TrustBundle::verify(
             &mint_bundle(
                 &BundleContents {
+                    former_issuer: None,
                     issuer: claims.issuer.clone(),
                     version: 1,
                     rp_id: RP_ID.into(),
@@ -1600,4 +1605,224 @@ fn p256_cnf_travels_compressed_and_off_curve_points_are_refused() {
     bad.confirmation = Some(ConfirmationKey::P256(off_curve));
     let (kid, key) = issuer_key(1);
     assert!(mint(&bad, &kid, &key).is_err());
+}
+
+// ---------------------------------------------------------------------------------------------
+// the issuer's rename (slug → short issuer id) and the lazily decompressed P-256 `cnf`
+
+fn renaming_bundle_bytes(version: u64, issuer: &str, former: Option<&str>) -> Vec<u8> {
+    mint_bundle(
+        &BundleContents {
+            issuer: issuer.into(),
+            version,
+            rp_id: RP_ID.into(),
+            keys: vec![IssuerKey {
+                kid: kid("k1"),
+                public_key: public(&issuer_key(1).1),
+            }],
+            former_issuer: former.map(Into::into),
+        },
+        &root(),
+    )
+    .unwrap()
+}
+
+fn check_under(
+    bytes: &[u8],
+    trust: &TrustBundle,
+) -> Result<firstkey_token::VerifiedToken, Refusal> {
+    let proof = ed25519_proof(bytes, &holder(), &lock_id(), &CHALLENGE);
+    let presentation = Presentation {
+        challenge: &CHALLENGE,
+        proof: Some(&proof),
+    };
+    verify(
+        bytes,
+        trust,
+        &Lock::new(),
+        &presentation,
+        NOW,
+        &VerifyOptions::default(),
+    )
+}
+
+/// A municipality moves from its slug to a short issuer id: the root-signed renaming bundle
+/// succeeds the slug's bundle, and under it tokens naming either name open (tokens minted before
+/// the lock's update still work); a lock still on the old bundle refuses the short name; nobody
+/// else's bundle passes as a rename, and a rename must name the current issuer.
+#[test]
+fn a_root_signed_rename_moves_the_issuer_to_a_short_id_and_keeps_old_tokens_working() {
+    let v1 = bundle(1, &[1]);
+    let mut short = claims();
+    short.issuer = "7".into();
+    let short_token = mint_with(&short, 1);
+    let slug_token = token();
+    // Still on the slug's bundle: the short name is another issuer.
+    assert_eq!(
+        check_under(&short_token, &v1).unwrap_err(),
+        Refusal::WrongIssuer
+    );
+    assert!(check_under(&slug_token, &v1).is_ok());
+    // A rename from someone else's name, or a new name without the former one: refused.
+    for bytes in [
+        renaming_bundle_bytes(2, "7", Some("mun-043")),
+        renaming_bundle_bytes(2, "7", None),
+    ] {
+        assert_eq!(
+            v1.accept_update(&bytes, &root_public()).unwrap_err(),
+            BundleError::WrongIssuer
+        );
+    }
+    // The rename, signed by the root.
+    let v2 = v1
+        .accept_update(&renaming_bundle_bytes(2, "7", Some(ISSUER)), &root_public())
+        .unwrap();
+    assert_eq!(v2.issuer(), "7");
+    assert_eq!(v2.former_issuer(), Some(ISSUER));
+    assert_eq!(check_under(&short_token, &v2).unwrap().claims(), &short);
+    assert_eq!(check_under(&slug_token, &v2).unwrap().claims(), &claims());
+    let mut stranger = claims();
+    stranger.issuer = "8".into();
+    assert_eq!(
+        check_under(&mint_with(&stranger, 1), &v2).unwrap_err(),
+        Refusal::WrongIssuer
+    );
+    // Later bundles keep the short name; they can go on carrying the former one or drop it.
+    let v3 = v2
+        .accept_update(&renaming_bundle_bytes(3, "7", Some(ISSUER)), &root_public())
+        .unwrap();
+    let v4 = v3
+        .accept_update(&renaming_bundle_bytes(4, "7", None), &root_public())
+        .unwrap();
+    assert_eq!(
+        check_under(&slug_token, &v4).unwrap_err(),
+        Refusal::WrongIssuer
+    );
+    // Going back to the slug is a rename only if the bundle says so.
+    assert_eq!(
+        v4.accept_update(&renaming_bundle_bytes(5, ISSUER, None), &root_public())
+            .unwrap_err(),
+        BundleError::WrongIssuer
+    );
+    // The persisted bytes re-verify with the former issuer.
+    assert_eq!(
+        TrustBundle::verify(v2.as_bytes(), &root_public()).unwrap(),
+        v2
+    );
+    // A former issuer equal to the issuer, or empty, is not a bundle anyone mints.
+    for former in [ISSUER, ""] {
+        assert_eq!(
+            mint_bundle(
+                &BundleContents {
+                    issuer: ISSUER.into(),
+                    version: 9,
+                    rp_id: RP_ID.into(),
+                    keys: vec![IssuerKey {
+                        kid: kid("k1"),
+                        public_key: public(&issuer_key(1).1),
+                    }],
+                    former_issuer: Some(former.into()),
+                },
+                &root(),
+            )
+            .unwrap_err(),
+            MintError::InvalidBundle
+        );
+    }
+}
+
+/// The former issuer is label 5, text, after the keys; anything else there is malformed.
+#[test]
+fn a_bundle_with_a_malformed_former_issuer_is_refused() {
+    let (protected, payload, _) = parts(&renaming_bundle_bytes(2, "7", Some(ISSUER)));
+    let Value::Map(mut entries) = decode(&payload) else {
+        panic!()
+    };
+    let sign = |entries: Vec<(Value, Value)>| {
+        let payload = cbor(&Value::Map(entries));
+        let tbs = cbor(&Value::Array(vec![
+            Value::Text("Signature1".into()),
+            Value::Bytes(protected.clone()),
+            Value::Bytes(BUNDLE_AAD.to_vec()),
+            Value::Bytes(payload.clone()),
+        ]));
+        let sig = root().sign(&tbs);
+        assemble(&protected, &[0xa0], &payload, sig.as_ref())
+    };
+    // The untouched payload re-signed here verifies (the construction is right).
+    assert!(TrustBundle::verify(&sign(entries.clone()), &root_public()).is_ok());
+    entries[4].1 = Value::Bytes(ISSUER.as_bytes().to_vec());
+    assert_eq!(
+        TrustBundle::verify(&sign(entries.clone()), &root_public()).unwrap_err(),
+        BundleError::Malformed
+    );
+    entries[4] = (Value::from(6), Value::Text(ISSUER.into()));
+    assert_eq!(
+        TrustBundle::verify(&sign(entries), &root_public()).unwrap_err(),
+        BundleError::Malformed
+    );
+}
+
+/// A compressed P-256 `cnf` is decompressed only at the proof step: a signed token whose x is
+/// not on the curve (only a broken issuer could sign one; `mint` refuses it) parses, passes
+/// every check before the proof, and is refused there as invalid claims, after a missing proof.
+#[test]
+fn an_off_curve_compressed_cnf_is_refused_at_the_proof_step() {
+    use p256::elliptic_curve::sec1::ToSec1Point;
+    let p = (p256::ProjectivePoint::GENERATOR * p256::Scalar::from(4_242u64)).to_affine();
+    let point = <[u8; 65]>::try_from(p.to_sec1_point(false).as_bytes()).unwrap();
+    let mut c = claims();
+    c.confirmation = Some(ConfirmationKey::P256(point));
+    let good = mint_with(&c, 1);
+    let (protected, payload, _) = parts(&good);
+    // Find an x near the real one that is not on the curve, and put it in the payload.
+    let at = payload
+        .windows(32)
+        .position(|w| w == &point[1..33])
+        .unwrap();
+    let mut forged = None;
+    for delta in 1u8..=64 {
+        let mut x = [0u8; 32];
+        x.copy_from_slice(&point[1..33]);
+        x[31] = x[31].wrapping_add(delta);
+        let mut sec1 = [0u8; 33];
+        sec1[0] = 0x02;
+        sec1[1..].copy_from_slice(&x);
+        let on_curve = {
+            use p256::elliptic_curve::sec1::FromSec1Point;
+            let encoded = p256::Sec1Point::from_bytes(sec1).unwrap();
+            Option::<p256::AffinePoint>::from(p256::AffinePoint::from_sec1_point(&encoded))
+                .is_some()
+        };
+        if !on_curve {
+            let mut p2 = payload.clone();
+            p2[at..at + 32].copy_from_slice(&x);
+            forged = Some(sign1_raw(&protected, &[0xa0], &p2, &issuer_key(1).1));
+            break;
+        }
+    }
+    let forged = forged.expect("an x off the curve within 64 steps");
+    assert!(UnverifiedToken::parse(&forged).is_ok());
+    assert_eq!(
+        check_with_proof(&forged, None).unwrap_err(),
+        Refusal::ProofMissing
+    );
+    let rng = SystemRandom::new();
+    let any_proof = SoftwareAuthenticator::from_pkcs8(
+        &SoftwareAuthenticator::generate_pkcs8(&rng).unwrap(),
+        RP_ID,
+        &rng,
+    )
+    .unwrap()
+    .assert(
+        &pop_message(&CHALLENGE, &lock_id(), &token_hash(&forged)),
+        firstkey_token::pop::FLAG_USER_PRESENT,
+        &rng,
+    )
+    .unwrap()
+    .to_cbor();
+    assert_eq!(
+        check_with_proof(&forged, Some(&any_proof)).unwrap_err(),
+        Refusal::InvalidClaims
+    );
 }
