@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::audit::{self, Event, Outcome};
 use crate::auth::Actor;
 use crate::domain::AgencyKind;
-use crate::http::error::ApiError;
+use crate::error::CoreError;
 use crate::plans::AgencyRules;
 use crate::policy::{AgencyRule, PlanAttrs, PrincipalAttrs, PropertyAttrs};
 use crate::policy::{AuthzDecision, AuthzRequest, PolicyEngine};
@@ -119,7 +119,7 @@ pub async fn authorize(
     property: Option<Uuid>,
     now: DateTime<Utc>,
     build: impl Fn(bool) -> AuthzRequest,
-) -> Result<AuthzDecision, ApiError> {
+) -> Result<AuthzDecision, CoreError> {
     match judge(engine, actor, property, actor.stepped_up(now), build) {
         Ok(decision) => Ok(decision),
         Err(denial) => {
@@ -143,7 +143,7 @@ pub async fn authorize_in(
     fresh: bool,
     now: DateTime<Utc>,
     build: impl Fn(bool) -> AuthzRequest,
-) -> Result<AuthzDecision, ApiError> {
+) -> Result<AuthzDecision, CoreError> {
     match judge(engine, actor, property, fresh, build) {
         Ok(decision) => Ok(decision),
         Err(denial) => {
@@ -161,7 +161,7 @@ fn judge(
     property: Option<Uuid>,
     fresh: bool,
     build: impl Fn(bool) -> AuthzRequest,
-) -> Result<AuthzDecision, Box<(Event, ApiError)>> {
+) -> Result<AuthzDecision, Box<(Event, CoreError)>> {
     let request = build(fresh);
     let decision = engine.decide(&request);
     if decision.allowed {
@@ -181,9 +181,9 @@ fn judge(
         event = event.property(p);
     }
     let answer = if would_with_step_up {
-        ApiError::StepUpRequired
+        CoreError::StepUpRequired
     } else {
-        ApiError::NotFound
+        CoreError::NotFound
     };
     Err(Box::new((event, answer)))
 }

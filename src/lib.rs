@@ -36,6 +36,7 @@ pub mod crypto;
 pub mod demo;
 pub mod domain;
 pub mod emergency;
+pub mod error;
 pub mod health;
 pub mod http;
 pub mod metrics;

@@ -20,7 +20,7 @@ use crate::access;
 use crate::audit::{self, Event, Outcome};
 use crate::auth::Actor;
 use crate::domain::{AgencyKind, Role, Text};
-use crate::http::error::ApiError;
+use crate::error::CoreError;
 use crate::policy::{AuthzRequest, MunicipalityAttrs, PolicyEngine, StepUpContext};
 use crate::store::{StoreError, Tenant};
 
@@ -44,7 +44,7 @@ pub enum AdminError {
     Conflict(String),
     /// The policy check failed otherwise (already classified for the caller).
     #[error("access check failed")]
-    Access(#[source] ApiError),
+    Access(#[source] CoreError),
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -97,8 +97,8 @@ pub async fn authorize(
     .await
     .map(drop)
     .map_err(|e| match e {
-        ApiError::NotFound => AdminError::NotFound,
-        ApiError::StepUpRequired => AdminError::StepUpRequired,
+        CoreError::NotFound => AdminError::NotFound,
+        CoreError::StepUpRequired => AdminError::StepUpRequired,
         other => AdminError::Access(other),
     })
 }

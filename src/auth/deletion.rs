@@ -32,7 +32,7 @@ use super::Actor;
 use crate::audit::personal::{self, ERASED};
 use crate::audit::{self, Event, Outcome};
 use crate::domain::Email;
-use crate::http::error::ApiError;
+use crate::error::CoreError;
 use crate::notify::{self, Mail};
 use crate::store::StoreError;
 
@@ -73,7 +73,7 @@ pub async fn delete_account(
     actor: &Actor,
     homes: &[Uuid],
     now: DateTime<Utc>,
-) -> Result<Deleted, ApiError> {
+) -> Result<Deleted, CoreError> {
     let t = actor.tenant.id();
     let user = actor.user_id;
     let row = tx
@@ -84,7 +84,7 @@ pub async fn delete_account(
         )
         .await
         .map_err(StoreError::from)?
-        .ok_or(ApiError::NotFound)?;
+        .ok_or(CoreError::NotFound)?;
     let email: String = row.get(0);
     let mut owned: Vec<Uuid> = tx
         .query(
@@ -102,7 +102,7 @@ pub async fn delete_account(
     owned.sort_unstable();
     if asked != owned {
         // A home was added meanwhile, without the policy asked about it: start again.
-        return Err(ApiError::Conflict(
+        return Err(CoreError::Conflict(
             "Your homes changed while deleting; try again.".to_owned(),
         ));
     }
@@ -116,7 +116,7 @@ pub async fn delete_account(
         .map_err(StoreError::from)?
         .get(0);
     if busy {
-        return Err(ApiError::Conflict(GRANT_IN_PROGRESS.to_owned()));
+        return Err(CoreError::Conflict(GRANT_IN_PROGRESS.to_owned()));
     }
     let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
     let mut out = Deleted {

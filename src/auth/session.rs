@@ -6,11 +6,8 @@
 //! user is disabled (checked on every request, so disabling takes effect at once). High-risk actions
 //! also require a fresh WebAuthn assertion (step-up) within [`STEP_UP_WINDOW`].
 
-use std::future::Future;
-use std::pin::Pin;
 
 use actix_web::cookie::{Cookie, SameSite};
-use actix_web::{FromRequest, HttpRequest, web};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Duration, Utc};
@@ -20,8 +17,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use uuid::Uuid;
 
 use crate::domain::Role;
-use crate::http::AppState;
-use crate::http::error::ApiError;
+use crate::error::CoreError;
 use crate::store::{StoreError, Tenant};
 
 /// Name of the session cookie.
@@ -149,11 +145,11 @@ impl Actor {
     }
 
     /// Refuses unless the last step-up is fresh.
-    pub fn require_step_up(&self, now: DateTime<Utc>) -> Result<(), ApiError> {
+    pub fn require_step_up(&self, now: DateTime<Utc>) -> Result<(), CoreError> {
         if self.stepped_up(now) {
             Ok(())
         } else {
-            Err(ApiError::StepUpRequired)
+            Err(CoreError::StepUpRequired)
         }
     }
 }
@@ -268,21 +264,3 @@ pub async fn end_all(
         .await?)
 }
 
-impl FromRequest for Actor {
-    type Error = ApiError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self, Self::Error>>>>;
-
-    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        let secret = req.cookie(COOKIE).map(|c| c.value().to_owned());
-        let state = req.app_data::<web::Data<AppState>>().cloned();
-        Box::pin(async move {
-            let (Some(secret), Some(state)) = (secret, state) else {
-                return Err(ApiError::Unauthenticated);
-            };
-            let client = state.pool.get().await.map_err(StoreError::from)?;
-            authenticate(&client, &secret, state.clock.now())
-                .await?
-                .ok_or(ApiError::Unauthenticated)
-        })
-    }
-}

@@ -1045,6 +1045,37 @@ fn cbor_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
+/// A base64url (unpadded) byte string, as webauthn-rs reads the credential's binary fields.
+pub(crate) fn base64url(description: &str) -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .description(Some(description))
+        .pattern(Some("^([A-Za-z0-9_-]{4})*([A-Za-z0-9_-]{2,3})?$"))
+        .build()
+}
+
+/// The OpenAPI schema of a WebAuthn assertion as the JSON bodies carry it.
+pub(crate) fn assertion_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    let response = ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property("authenticatorData", base64url("Authenticator data"))
+        .property("clientDataJSON", base64url("The signed client data"))
+        .property("signature", base64url("The assertion signature"))
+        .property(
+            "userHandle",
+            base64url("The user handle, if the authenticator gave one"),
+        )
+        .required("authenticatorData")
+        .required("clientDataJSON")
+        .required("signature")
+        .build();
+    credential_schema(
+        "The `PublicKeyCredential` from `navigator.credentials.get()`, as JSON.",
+        response,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,7 +22,7 @@ use crate::auth::Actor;
 use crate::channel::inbox::{self, InboxMessage};
 use crate::domain::Role;
 use crate::emergency::{EmergencyError, Notice, grants, notify_property, unix_seconds};
-use crate::http::error::ApiError;
+use crate::error::CoreError;
 use crate::policy::{AuthzRequest, KeypadCodeContext, PolicyEngine};
 use crate::store::{StoreError, Tenant};
 
@@ -133,10 +133,10 @@ pub struct IssuedCode {
     pub not_after: DateTime<Utc>,
 }
 
-fn denied(e: ApiError) -> EmergencyError {
+fn denied(e: CoreError) -> EmergencyError {
     match e {
-        ApiError::NotFound => EmergencyError::NotFound,
-        ApiError::StepUpRequired => EmergencyError::StepUpRequired,
+        CoreError::NotFound => EmergencyError::NotFound,
+        CoreError::StepUpRequired => EmergencyError::StepUpRequired,
         other => EmergencyError::Denied(other),
     }
 }

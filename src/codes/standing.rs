@@ -37,7 +37,7 @@ use crate::domain::Email;
 use crate::domain::Role;
 use crate::emergency::EmergencyError;
 use crate::emergency::unix_seconds;
-use crate::http::error::ApiError;
+use crate::error::CoreError;
 use crate::notify::{self, Mail};
 use crate::policy::{AuthzRequest, PolicyEngine, TrustedTokenContext};
 use crate::store::{StoreError, Tenant};
@@ -640,8 +640,8 @@ pub async fn reveal(
         })
         .await
         .map_err(|e| match e {
-            ApiError::StepUpRequired => EmergencyError::StepUpRequired,
-            ApiError::NotFound => EmergencyError::NotFound,
+            CoreError::StepUpRequired => EmergencyError::StepUpRequired,
+            CoreError::NotFound => EmergencyError::NotFound,
             other => EmergencyError::Denied(other),
         })?;
     }

@@ -35,7 +35,7 @@ use crate::access;
 use crate::audit::{self, Event, Outcome};
 use crate::auth::Actor;
 use crate::domain::Email;
-use crate::http::error::ApiError;
+use crate::error::CoreError;
 use crate::notify::{self, Mail};
 use crate::plans::{ConsentFallback, LiveConsent};
 use crate::policy::{AuthzRequest, PolicyEngine, StepUpContext};
@@ -319,10 +319,10 @@ async fn load(
         .ok_or(EmergencyError::NotFound)
 }
 
-fn denied(e: ApiError) -> EmergencyError {
+fn denied(e: CoreError) -> EmergencyError {
     match e {
-        ApiError::NotFound => EmergencyError::NotFound,
-        ApiError::StepUpRequired => EmergencyError::StepUpRequired,
+        CoreError::NotFound => EmergencyError::NotFound,
+        CoreError::StepUpRequired => EmergencyError::StepUpRequired,
         other => EmergencyError::Denied(other),
     }
 }

@@ -28,7 +28,7 @@ use crate::audit::{self, Event, Outcome};
 use crate::auth::Actor;
 use crate::crypto::Kek;
 use crate::domain::{AgencyKind, Role, Text};
-use crate::http::error::ApiError;
+use crate::error::CoreError;
 use crate::policy::{ApprovalContext, AuthzRequest, GrantContext, PolicyEngine};
 use crate::settings::PublicOrigin;
 use crate::store::StoreError;
@@ -306,10 +306,10 @@ pub async fn live_for_responder(
         .collect())
 }
 
-fn denied(e: ApiError) -> EmergencyError {
+fn denied(e: CoreError) -> EmergencyError {
     match e {
-        ApiError::NotFound => EmergencyError::NotFound,
-        ApiError::StepUpRequired => EmergencyError::StepUpRequired,
+        CoreError::NotFound => EmergencyError::NotFound,
+        CoreError::StepUpRequired => EmergencyError::StepUpRequired,
         other => EmergencyError::Denied(other),
     }
 }
@@ -655,7 +655,7 @@ pub async fn approve(
         })
         .await
         .map_err(|e| match e {
-            ApiError::StepUpRequired => EmergencyError::StepUpRequired,
+            CoreError::StepUpRequired => EmergencyError::StepUpRequired,
             _ => EmergencyError::Conflict(
                 "the access plan in force no longer allows this grant".to_owned(),
             ),

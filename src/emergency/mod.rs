@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use crate::channel::inbox::{self, InboxMessage};
 use crate::domain::Email;
-use crate::http::error::ApiError;
+use crate::error::CoreError;
 use crate::notify::{self, Mail};
 use crate::store::{StoreError, Tenant};
 
@@ -49,7 +49,7 @@ pub enum EmergencyError {
     Conflict(String),
     /// The policy refused, and `access::authorize` has audited it and chosen the answer.
     #[error("policy denial")]
-    Denied(#[source] ApiError),
+    Denied(#[source] CoreError),
     /// Issuer keys are missing or unusable.
     #[error(transparent)]
     Keys(#[from] keys::KeyError),

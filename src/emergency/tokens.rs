@@ -35,7 +35,7 @@ use crate::auth::error::AuthError;
 use crate::auth::proof::{self, Bound, Proving};
 use crate::channel::inbox::{self, InboxMessage};
 use crate::domain::Role;
-use crate::http::error::ApiError;
+use crate::error::CoreError;
 use crate::policy::{AuthzRequest, PolicyEngine, TokenContext};
 use crate::store::StoreError;
 
@@ -52,7 +52,7 @@ pub struct TokenRequest {
     /// token is then issued in this one request, bound to the key that signed it. Without it the
     /// session needs a fresh step-up.
     #[serde(default)]
-    #[schema(schema_with = crate::http::auth::assertion_schema)]
+    #[schema(schema_with = crate::auth::webauthn::assertion_schema)]
     pub assertion: Option<PublicKeyCredential>,
 }
 
@@ -89,10 +89,10 @@ pub struct Minting<'a> {
     pub lifetime: Duration,
 }
 
-fn denied(e: ApiError) -> EmergencyError {
+fn denied(e: CoreError) -> EmergencyError {
     match e {
-        ApiError::NotFound => EmergencyError::NotFound,
-        ApiError::StepUpRequired => EmergencyError::StepUpRequired,
+        CoreError::NotFound => EmergencyError::NotFound,
+        CoreError::StepUpRequired => EmergencyError::StepUpRequired,
         other => EmergencyError::Denied(other),
     }
 }
@@ -100,7 +100,7 @@ fn denied(e: ApiError) -> EmergencyError {
 /// Why a token request's own assertion was refused, as the callers answer it: a bad challenge is
 /// a 400 (fetch a new one), a refused assertion a 401, as a step-up's finish answers.
 pub(crate) fn refused(e: AuthError) -> EmergencyError {
-    EmergencyError::Denied(ApiError::from(e))
+    EmergencyError::Denied(CoreError::from(e))
 }
 
 /// Mints a token for `actor`; see the module documentation. Everything runs in one transaction:

@@ -22,7 +22,7 @@ use crate::auth::error::AuthError;
 use crate::auth::ratelimit::{self, Decision, SignInClient};
 use crate::auth::session::{self, Actor};
 use crate::auth::signin;
-use crate::auth::webauthn::{self, Challenge, TrustedCa, relying_party};
+use crate::auth::webauthn::{self, Challenge, TrustedCa, assertion_schema, base64url, relying_party};
 use crate::domain::{Email, Role, Slug};
 use crate::municipal::Intent;
 use crate::store::{StoreError, Tenant, tenancy};
@@ -148,14 +148,6 @@ pub struct FinishRegistration {
     pub credential: RegisterPublicKeyCredential,
 }
 
-/// A base64url (unpadded) byte string, as webauthn-rs reads the credential's binary fields.
-fn base64url(description: &str) -> utoipa::openapi::schema::Object {
-    utoipa::openapi::schema::ObjectBuilder::new()
-        .schema_type(utoipa::openapi::schema::Type::String)
-        .description(Some(description))
-        .pattern(Some("^([A-Za-z0-9_-]{4})*([A-Za-z0-9_-]{2,3})?$"))
-        .build()
-}
 
 /// The JSON of a WebAuthn credential (`PublicKeyCredential.toJSON()`), with `response` as given.
 fn credential_schema(
@@ -191,27 +183,6 @@ fn credential_schema(
         .build()
 }
 
-/// The schema of [`FinishAssertion::credential`].
-pub(crate) fn assertion_schema() -> utoipa::openapi::schema::Object {
-    use utoipa::openapi::schema::{ObjectBuilder, Type};
-    let response = ObjectBuilder::new()
-        .schema_type(Type::Object)
-        .property("authenticatorData", base64url("Authenticator data"))
-        .property("clientDataJSON", base64url("The signed client data"))
-        .property("signature", base64url("The assertion signature"))
-        .property(
-            "userHandle",
-            base64url("The user handle, if the authenticator gave one"),
-        )
-        .required("authenticatorData")
-        .required("clientDataJSON")
-        .required("signature")
-        .build();
-    credential_schema(
-        "The `PublicKeyCredential` from `navigator.credentials.get()`, as JSON.",
-        response,
-    )
-}
 
 /// The schema of [`FinishRegistration::credential`].
 fn attestation_schema() -> utoipa::openapi::schema::Object {

@@ -1,54 +1,15 @@
-//! The one place core errors become HTTP: [`ApiError`] renders RFC 9457 problem details. The client
-//! gets a fixed, external message; the internal cause goes to the log with the request's span.
+//! The one place core errors become HTTP: [`ApiError`] (the core's [`crate::error::CoreError`])
+//! renders RFC 9457 problem details with its status code. The client gets a fixed, external
+//! message; the internal cause goes to the log with the request's span.
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
-use crate::domain::ParseError;
-use crate::store::StoreError;
 
-/// An error on its way to an HTTP client.
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    /// The request was malformed; the detail is safe to show (it names the bad input).
-    #[error("bad request: {0}")]
-    BadRequest(String),
-    /// Missing or unusable credentials.
-    #[error("unauthenticated")]
-    Unauthenticated,
-    /// Authenticated, but this action needs a fresh WebAuthn assertion first.
-    #[error("step-up required")]
-    StepUpRequired,
-    /// Authenticated, but not allowed to do this (used where the resource's existence is no secret).
-    #[error("forbidden")]
-    Forbidden,
-    /// Too many attempts; try again after the given number of seconds.
-    #[error("too many requests")]
-    TooManyRequests {
-        /// Seconds until a retry may succeed.
-        retry_after: u64,
-    },
-    /// The resource does not exist, or the caller may not know that it exists.
-    #[error("not found")]
-    NotFound,
-    /// The resource exists but does not answer this method; `allow` lists those it does
-    /// (`Allow` header, e.g. `GET, PUT`).
-    #[error("method not allowed")]
-    MethodNotAllowed {
-        /// The methods the resource answers.
-        allow: String,
-    },
-    /// The request conflicts with the current state.
-    #[error("conflict: {0}")]
-    Conflict(String),
-    /// A dependency (the database) is unavailable; retrying later may succeed.
-    #[error("service unavailable")]
-    Unavailable(#[source] anyhow::Error),
-    /// A fault of ours.
-    #[error("internal error")]
-    Internal(#[source] anyhow::Error),
-}
+/// The core's classification of a failure; this module maps it to HTTP (the pages' mapping is
+/// `web::error`).
+pub use crate::error::CoreError as ApiError;
 
 /// RFC 9457 problem details body.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -144,41 +105,6 @@ impl ResponseError for ApiError {
 
 /// The `application/problem+json` media type.
 pub const PROBLEM_JSON: &str = "application/problem+json";
-
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::NotFound => Self::NotFound,
-            // The constraint's name is the schema's business: it goes to the log, never to the
-            // client (a unique violation says only that such a record exists).
-            StoreError::Conflict(c) => {
-                tracing::info!(constraint = %c, "refused by a database constraint");
-                Self::Conflict("conflicts with an existing record".to_owned())
-            }
-            StoreError::Unavailable(_) => Self::Unavailable(e.into()),
-            StoreError::Query(_) | StoreError::Migration(_) => Self::Internal(e.into()),
-        }
-    }
-}
-
-impl From<crate::store::registrations::RegisterError> for ApiError {
-    fn from(e: crate::store::registrations::RegisterError) -> Self {
-        use crate::store::registrations::{Refusal, RegisterError};
-        match e {
-            RegisterError::Refused(Refusal::AccountFull { retry_after }) => {
-                Self::TooManyRequests { retry_after }
-            }
-            RegisterError::Refused(r) => Self::Conflict(r.message().to_owned()),
-            RegisterError::Store(e) => e.into(),
-        }
-    }
-}
-
-impl From<ParseError> for ApiError {
-    fn from(e: ParseError) -> Self {
-        Self::BadRequest(e.to_string())
-    }
-}
 
 /// Turns actix's JSON/path/query extractor failures into problem details.
 pub fn extractor_error(err: impl std::fmt::Display) -> actix_web::Error {

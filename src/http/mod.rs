@@ -15,6 +15,7 @@ pub mod codes;
 pub mod consent;
 pub mod dispatch;
 pub mod error;
+mod extract;
 pub mod health;
 pub mod keys;
 pub mod log;

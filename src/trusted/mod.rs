@@ -26,7 +26,7 @@ use crate::auth::proof::{self, Bound, Proving};
 use crate::domain::{Email, Role, Text};
 use crate::emergency::tokens::{self, Holder, Mint, Minting, Signer};
 use crate::emergency::{EmergencyError, Notice, notify_property};
-use crate::http::error::ApiError;
+use crate::error::CoreError;
 use crate::policy::{AuthzRequest, PolicyEngine, StepUpContext, TrustedTokenContext};
 use crate::settings::PublicOrigin;
 use crate::store::{StoreError, Tenant};
@@ -319,7 +319,7 @@ pub struct TrustedTokenRequest {
     /// as a responder's token request carries it (one request per token). Without it the session
     /// needs a fresh step-up.
     #[serde(default)]
-    #[schema(schema_with = crate::http::auth::assertion_schema)]
+    #[schema(schema_with = crate::auth::webauthn::assertion_schema)]
     pub assertion: Option<webauthn_rs::prelude::PublicKeyCredential>,
 }
 
@@ -550,10 +550,10 @@ async fn check_terms(
     })
 }
 
-fn denied(e: ApiError) -> EmergencyError {
+fn denied(e: CoreError) -> EmergencyError {
     match e {
-        ApiError::NotFound => EmergencyError::NotFound,
-        ApiError::StepUpRequired => EmergencyError::StepUpRequired,
+        CoreError::NotFound => EmergencyError::NotFound,
+        CoreError::StepUpRequired => EmergencyError::StepUpRequired,
         other => EmergencyError::Denied(other),
     }
 }
@@ -1254,7 +1254,7 @@ pub async fn issue_token(
     .await;
     let decision = match (authorized, refusal) {
         (Ok(decision), _) => decision,
-        (Err(ApiError::StepUpRequired), None) => {
+        (Err(CoreError::StepUpRequired), None) => {
             tx.commit().await.map_err(StoreError::from)?;
             return Err(EmergencyError::StepUpRequired);
         }
@@ -1267,7 +1267,7 @@ pub async fn issue_token(
             audit::record(&tx, tenant, &event, now).await?;
             tx.commit().await.map_err(StoreError::from)?;
             return Err(match e {
-                ApiError::NotFound | ApiError::StepUpRequired => {
+                CoreError::NotFound | CoreError::StepUpRequired => {
                     EmergencyError::Conflict(reason.to_owned())
                 }
                 other => denied(other),

@@ -26,7 +26,7 @@ use crate::clock::Clock;
 use crate::domain::Role;
 use crate::emergency::EmergencyError;
 use crate::emergency::tokens::{self, Holder, Mint, Minting, Signer};
-use crate::http::error::ApiError;
+use crate::error::CoreError;
 use crate::policy::{AuthzRequest, PolicyEngine, StepUpContext};
 use crate::store::StoreError;
 
@@ -84,10 +84,10 @@ pub struct RemoteUnlock {
     pub expires_at: DateTime<Utc>,
 }
 
-fn denied(e: ApiError) -> EmergencyError {
+fn denied(e: CoreError) -> EmergencyError {
     match e {
-        ApiError::NotFound => EmergencyError::NotFound,
-        ApiError::StepUpRequired => EmergencyError::StepUpRequired,
+        CoreError::NotFound => EmergencyError::NotFound,
+        CoreError::StepUpRequired => EmergencyError::StepUpRequired,
         other => EmergencyError::Denied(other),
     }
 }
