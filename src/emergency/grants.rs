@@ -315,6 +315,7 @@ fn denied(e: CoreError) -> EmergencyError {
 }
 
 /// Creates a grant for an open incident, as the policy decides; see the module documentation.
+#[allow(clippy::too_many_arguments)]
 pub async fn create(
     client: &mut deadpool_postgres::Object,
     engine: &PolicyEngine,
