@@ -85,4 +85,3 @@ impl From<ParseError> for CoreError {
         Self::BadRequest(e.to_string())
     }
 }
-

@@ -6,7 +6,6 @@
 //! user is disabled (checked on every request, so disabling takes effect at once). High-risk actions
 //! also require a fresh WebAuthn assertion (step-up) within [`STEP_UP_WINDOW`].
 
-
 use actix_web::cookie::{Cookie, SameSite};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -263,4 +262,3 @@ pub async fn end_all(
         )
         .await?)
 }
-

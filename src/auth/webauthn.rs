@@ -1054,6 +1054,40 @@ pub(crate) fn base64url(description: &str) -> utoipa::openapi::schema::Object {
         .build()
 }
 
+/// The JSON of a WebAuthn credential (`PublicKeyCredential.toJSON()`), with `response` as given.
+pub(crate) fn credential_schema(
+    description: &str,
+    response: utoipa::openapi::schema::Object,
+) -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .description(Some(description))
+        .property("id", base64url("The credential id"))
+        .property(
+            "rawId",
+            base64url("The credential id, the same bytes as `id`"),
+        )
+        .property("response", response)
+        .property(
+            "type",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(["public-key"])),
+        )
+        .property(
+            "extensions",
+            ObjectBuilder::new()
+                .schema_type(Type::Object)
+                .description(Some("Client extension results")),
+        )
+        .required("id")
+        .required("rawId")
+        .required("response")
+        .required("type")
+        .build()
+}
+
 /// The OpenAPI schema of a WebAuthn assertion as the JSON bodies carry it.
 pub(crate) fn assertion_schema() -> utoipa::openapi::schema::Object {
     use utoipa::openapi::schema::{ObjectBuilder, Type};

@@ -22,7 +22,9 @@ use crate::auth::error::AuthError;
 use crate::auth::ratelimit::{self, Decision, SignInClient};
 use crate::auth::session::{self, Actor};
 use crate::auth::signin;
-use crate::auth::webauthn::{self, Challenge, TrustedCa, assertion_schema, base64url, relying_party};
+use crate::auth::webauthn::{
+    self, Challenge, TrustedCa, assertion_schema, base64url, credential_schema, relying_party,
+};
 use crate::domain::{Email, Role, Slug};
 use crate::municipal::Intent;
 use crate::store::{StoreError, Tenant, tenancy};
@@ -147,42 +149,6 @@ pub struct FinishRegistration {
     #[schema(schema_with = attestation_schema)]
     pub credential: RegisterPublicKeyCredential,
 }
-
-
-/// The JSON of a WebAuthn credential (`PublicKeyCredential.toJSON()`), with `response` as given.
-fn credential_schema(
-    description: &str,
-    response: utoipa::openapi::schema::Object,
-) -> utoipa::openapi::schema::Object {
-    use utoipa::openapi::schema::{ObjectBuilder, Type};
-    ObjectBuilder::new()
-        .schema_type(Type::Object)
-        .description(Some(description))
-        .property("id", base64url("The credential id"))
-        .property(
-            "rawId",
-            base64url("The credential id, the same bytes as `id`"),
-        )
-        .property("response", response)
-        .property(
-            "type",
-            ObjectBuilder::new()
-                .schema_type(Type::String)
-                .enum_values(Some(["public-key"])),
-        )
-        .property(
-            "extensions",
-            ObjectBuilder::new()
-                .schema_type(Type::Object)
-                .description(Some("Client extension results")),
-        )
-        .required("id")
-        .required("rawId")
-        .required("response")
-        .required("type")
-        .build()
-}
-
 
 /// The schema of [`FinishRegistration::credential`].
 fn attestation_schema() -> utoipa::openapi::schema::Object {

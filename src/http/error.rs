@@ -6,7 +6,6 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
-
 /// The core's classification of a failure; this module maps it to HTTP (the pages' mapping is
 /// `web::error`).
 pub use crate::error::CoreError as ApiError;
