@@ -801,6 +801,8 @@ pub async fn enable(
         &[&tenant.id(), &target],
     )
     .await?;
+    // A trusted party's keypad slots come back (the rotation loop mails it new codes).
+    crate::codes::standing::sync_parties_of_account(tx, tenant, target, now).await?;
     audit::record(
         tx,
         tenant,

@@ -928,6 +928,20 @@ pub async fn disable(
         )
         .await
         .map_err(StoreError::from)?;
+    // A trusted party's standing keypad codes stop working at the locks (its slots are cleared);
+    // its tokens are revoked there too.
+    for party in tx
+        .query(
+            "SELECT id FROM trusted_parties WHERE municipality_id = $1 AND user_id = $2",
+            &[&actor.tenant.id(), &target],
+        )
+        .await
+        .map_err(StoreError::from)?
+    {
+        crate::emergency::revoke_tokens_of_trusted_party(tx, actor.tenant, party.get(0), now)
+            .await?;
+    }
+    crate::codes::standing::sync_parties_of_account(tx, actor.tenant, target, now).await?;
     let (grants_ended, tokens_revoked) = crate::emergency::grants::end_for_disabled_responder(
         tx,
         actor.tenant,

@@ -141,8 +141,8 @@ async fn clear(
 
 /// Brings a trusted party's standing slots in line with its record, inside the caller's
 /// transaction (which holds the party's row): a slot with the schedule its terms give on every
-/// paired lock it may open while it is active with keypad codes and its window is not over, and
-/// no slot anywhere else. A slot whose schedule would change is cleared and given a new one (a
+/// paired lock it may open while it is active with keypad codes, its account is not disabled and
+/// its window is not over, and no slot anywhere else. A slot whose schedule would change is cleared and given a new one (a
 /// new epoch: the codes mailed before stop working, the next issue mails the new one). Nothing is
 /// issued here; [`issue_due`] (or [`issue_due_for_party`] in the same transaction) does that.
 pub async fn sync_party(
@@ -153,8 +153,11 @@ pub async fn sync_party(
 ) -> Result<Synced, StoreError> {
     let row = tx
         .query_opt(
-            "SELECT status, keypad_codes, code_rotation_days, starts_at, ends_at FROM trusted_parties
-             WHERE municipality_id = $1 AND id = $2",
+            "SELECT CASE WHEN u.status = 'disabled' THEN 'account_disabled' ELSE t.status END,
+                    t.keypad_codes, t.code_rotation_days, t.starts_at, t.ends_at
+             FROM trusted_parties t
+             JOIN users u ON u.municipality_id = t.municipality_id AND u.id = t.user_id
+             WHERE t.municipality_id = $1 AND t.id = $2",
             &[&tenant.id(), &party],
         )
         .await?
@@ -658,6 +661,33 @@ pub async fn reveal(
     audit::record(&tx, actor.tenant, &event, now).await?;
     tx.commit().await.map_err(StoreError::from)?;
     Ok(codes)
+}
+
+/// Re-syncs the slots of every trusted party whose account is `user`, after the account was
+/// disabled (its codes stop working at the locks) or enabled again (the rotation loop issues it
+/// new ones). Returns the slots cleared or made.
+pub async fn sync_parties_of_account(
+    tx: &impl GenericClient,
+    tenant: Tenant,
+    user: Uuid,
+    now: DateTime<Utc>,
+) -> Result<usize, StoreError> {
+    let parties: Vec<Uuid> = tx
+        .query(
+            "SELECT id FROM trusted_parties WHERE municipality_id = $1 AND user_id = $2
+             ORDER BY id FOR UPDATE",
+            &[&tenant.id(), &user],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut changed = 0;
+    for party in parties {
+        let synced = sync_party(tx, tenant, party, now).await?;
+        changed += synced.cleared + synced.set;
+    }
+    Ok(changed)
 }
 
 #[cfg(test)]

@@ -721,3 +721,56 @@ async fn the_dispatcher_page_issues_a_keypad_code_once_and_lists_what_became_of_
     assert!(html.contains("data-code-state=\"revoked\""), "{html}");
     assert!(!html.contains(&format!("id=\"code-form-{grant}\"")));
 }
+
+#[tokio::test]
+async fn disabling_a_trusted_partys_account_clears_its_codes_at_the_locks() {
+    let w = world().await;
+    let pool = &w.app.pool;
+    let mut body = terms(&w, Value::Null);
+    body["locks"] = json!([w.lock]);
+    body["keypad_codes"] = json!(true);
+    let (_party, sam) = accepted(&w, "sam@a.example", body).await;
+    assert_eq!(slots_at(pool, w.lock).await.len(), 1, "a slot while active");
+    let admin = crate::helpers::user(
+        &w.app,
+        w.tenant,
+        "admin@a.example",
+        None,
+        Role::MunicipalAdmin,
+        true,
+    )
+    .await;
+    let (status, body) = call(
+        &w.app,
+        Method::POST,
+        &format!("/api/v1/admin/users/{}/disable", sam.id),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        slots_at(pool, w.lock).await.is_empty(),
+        "the lock is told to clear the slot: the codes stop working offline"
+    );
+    // The rotation loop issues nothing to a disabled account.
+    standing::issue_due(pool, &root_of(&w), w.now() + Duration::days(8))
+        .await
+        .unwrap();
+    let before = mailed_codes(pool, "sam@a.example").await.len();
+    standing::issue_due(pool, &root_of(&w), w.now() + Duration::days(16))
+        .await
+        .unwrap();
+    assert_eq!(mailed_codes(pool, "sam@a.example").await.len(), before);
+    // Enabled again, the party's slot comes back with a new schedule.
+    let (status, body) = call(
+        &w.app,
+        Method::POST,
+        &format!("/api/v1/admin/users/{}/enable", sam.id),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(slots_at(pool, w.lock).await.len(), 1);
+}
