@@ -166,8 +166,9 @@ pub async fn delete_account(
         for sql in [
             "DELETE FROM monitoring_accounts WHERE municipality_id = $1 AND property_id = $2",
             "DELETE FROM alarm_rules WHERE municipality_id = $1 AND property_id = $2",
-            "DELETE FROM lock_pairings WHERE municipality_id = $1
-                 AND lock_id IN (SELECT id FROM locks WHERE property_id = $2)",
+            // Registrations still waiting for their lock close: no lock pairs into a deleted home.
+            "UPDATE lock_registrations SET state = 'cancelled', code_hash = NULL, closed_at = now()
+             WHERE municipality_id = $1 AND property_id = $2 AND state = 'pending'",
         ] {
             tx.execute(sql, &[&t, &home])
                 .await

@@ -224,7 +224,7 @@ pub async fn property_lock_health(
 /// For the municipal admin: locks whose trust bundle is behind the newest, or whose reported time
 /// floor is more than ten minutes from the server's clock.
 #[utoipa::path(get, path = "/api/v1/admin/locks/drift", tag = "alarms",
-    responses((status = 200, body = [LockDrift])))]
+    responses((status = 200, body = [LockDrift]), (status = 401), (status = 404)))]
 #[get("/api/v1/admin/locks/drift")]
 pub async fn locks_drift(
     state: web::Data<AppState>,

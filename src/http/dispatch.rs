@@ -281,7 +281,7 @@ pub struct NewCadCredential {
 
 /// A municipal admin (with step-up) creates a CAD API credential; the secret is shown only here.
 #[utoipa::path(post, path = "/api/v1/admin/cad-credentials", tag = "cad", request_body = NewCadCredential,
-    responses((status = 201, body = NewCredential), (status = 400), (status = 401), (status = 403)))]
+    responses((status = 201, body = NewCredential), (status = 400), (status = 401), (status = 404)))]
 #[post("/api/v1/admin/cad-credentials")]
 pub async fn create_cad_credential(
     state: web::Data<AppState>,

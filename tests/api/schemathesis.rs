@@ -228,6 +228,12 @@ enabled = false
 include-operation-id = "delete_my_account"
 enabled = false
 
+# A token challenge names what the token is for: exactly one of `grant` and `trusted_party`
+# (both optional in the schema, as query parameters are); with neither or both it is a 400.
+[[operations]]
+include-path-regex = "^/api/v1/tokens/challenge$"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409", "429"]
+
 {ceremonies}
 "#,
         ceremonies = CEREMONY_FINISHES,
