@@ -173,9 +173,13 @@ pub struct PhysicalKey {
     #[serde(default, deserialize_with = "crate::domain::objects")]
     #[schema(max_items = 5)]
     pub holders: Vec<KeyHolder>,
-    /// The key box code (secret), at most 40 characters.
+    /// The key box code (secret), 1 to 40 characters (not only white space).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(max_length = 40, pattern = r"^[^\u0000]*$")]
+    #[schema(
+        min_length = 1,
+        max_length = 40,
+        pattern = r"^[^\u0000]*[^\s\u0000\u0085][^\u0000]*$"
+    )]
     pub key_box_code: Option<String>,
 }
 
